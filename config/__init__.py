@@ -1,0 +1,1 @@
+"""Settings, model catalogue and Celery wiring. Imports nothing of workers/ or producer/."""

@@ -1,0 +1,61 @@
+"""The Celery app: build it, render its settings from `Settings`, autodiscover the tasks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from config.settings import Settings, load_settings
+
+QUEUES = ("submit", "poll", "finalize", "events")
+
+#: The longest countdown any genq task schedules; every countdown is clamped to it.
+MAX_COUNTDOWN_S = 300
+#: With the Redis broker a worker holds every countdown message it fetched, unacknowledged. One held
+#: longer than the visibility timeout is redelivered, i.e. runs twice. Keep it far above the longest
+#: countdown plus the longest task run (a large download).
+VISIBILITY_TIMEOUT_S = 3600
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    transport = {
+        "visibility_timeout": VISIBILITY_TIMEOUT_S,
+        # kombu restores messages of dead consumers from the unacked index; look every few seconds
+        # rather than every minute so a SIGKILLed worker's messages come back quickly.
+        "unacked_restore_interval": 5,
+    }
+    return {
+        "broker_url": settings.redis_url,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        # The job store is the truth; Celery's result backend is not used.
+        "task_ignore_result": True,
+        "result_backend": None,
+        # At-least-once: ack after the task ran, and requeue when the worker process dies mid-task.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # One message at a time per process, so a busy process does not sit on work others could do.
+        "worker_prefetch_multiplier": 1,
+        # Bound the countdown messages one worker holds in memory (~8.6 KiB each).
+        "worker_eta_task_limit": 1000,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "event_serializer": "json",
+        "task_default_queue": "submit",
+        "task_routes": {f"genq.{q}": {"queue": q} for q in QUEUES},
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "imports": ["workers.tasks"],
+    }
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    settings = settings or load_settings()
+    app = Celery("genq")
+    app.conf.update(celery_config(settings))
+    return app
+
+
+app = create_app()

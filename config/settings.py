@@ -1,0 +1,150 @@
+"""The one typed settings object, read once from the environment and an optional TOML file.
+
+Sources, highest priority first: keyword arguments, `GENQ_*` environment variables (plus the standard
+`DASHSCOPE_API_KEY`), the TOML file named by `GENQ_CONFIG` (or passed to `load_settings`), defaults.
+Library code receives a `Settings` object and never reads `os.environ` itself.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+#: Base URLs per region (dashscope-api.md, "Endpoints"). Keys are region-specific.
+REGION_BASE_URLS = {
+    "beijing": "https://dashscope.aliyuncs.com/api/v1",
+    "singapore": "https://dashscope-intl.aliyuncs.com/api/v1",
+    "virginia": "https://dashscope-us.aliyuncs.com/api/v1",
+}
+
+#: The documented OSS hosts that serve result URLs (dashscope-api.md, "Responses").
+DOCUMENTED_RESULT_HOSTS = (
+    *(
+        f"dashscope-result-{r}.oss-cn-{city}.aliyuncs.com"
+        for r, city in (
+            ("bj", "beijing"),
+            ("hz", "hangzhou"),
+            ("sh", "shanghai"),
+            ("wlcb", "wulanchabu"),
+            ("zjk", "zhangjiakou"),
+            ("sz", "shenzhen"),
+            ("hy", "heyuan"),
+            ("cd", "chengdu"),
+            ("gz", "guangzhou"),
+        )
+    ),
+    "dashscope-result-wlcb-acdr-1.oss-cn-wulanchabu-acdr-1.aliyuncs.com",
+)
+
+
+class Settings(BaseSettings):
+    """Everything genq can be told. Field names map to `GENQ_<NAME>` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="GENQ_", extra="ignore", frozen=True)
+
+    # --- services -------------------------------------------------------------------------------
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Job store and Celery broker. A loopback URL that does not answer is started locally.",
+    )
+    s3_endpoint: str = Field(
+        "127.0.0.1:9000", description="host:port of the S3 server (MinIO). Loopback: started locally."
+    )
+    s3_access_key: SecretStr | None = Field(None, description="None: the local stack's own credentials.")
+    s3_secret_key: SecretStr | None = None
+    s3_secure: bool = False
+    s3_region: str | None = None
+    bucket: str = "genq-results"
+
+    # --- DashScope --------------------------------------------------------------------------------
+    dashscope_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("DASHSCOPE_API_KEY", "GENQ_DASHSCOPE_API_KEY"),
+        description="Unset: genq runs against its local DashScope simulator.",
+    )
+    region: str = Field("singapore", description="One of " + ", ".join(REGION_BASE_URLS))
+    dashscope_base_url: str | None = Field(None, description="Overrides the region's base URL.")
+    account: str = Field("default", description="Name of the quota scope's account.")
+    result_hosts: tuple[str, ...] = Field(
+        DOCUMENTED_RESULT_HOSTS, description="Hosts result URLs may be fetched from."
+    )
+    require_https_results: bool = True
+    http_timeout_s: float = 30.0
+
+    # --- jobs -------------------------------------------------------------------------------------
+    default_model: str = "wan2.5-t2i-preview"
+    image_deadline_s: float = 600.0
+    video_deadline_s: float = 1800.0
+    submit_max_attempts: int = Field(5, description="Transient create failures tolerated per job.")
+    poll_max_errors: int = Field(8, description="Consecutive transient query failures tolerated per job.")
+    result_max_bytes: int = Field(2 * 1024**3, description="Largest result object fetched.")
+    event_stream: str = "genq:events"
+    event_stream_maxlen: int = 100_000
+
+    # --- local stack ------------------------------------------------------------------------------
+    state_dir: Path = Field(Path(".genq"), description="Data and logs of the local stack.")
+    worker_concurrency: int = 4
+    simulator_profile: str = Field("demo", description="Timing profile of the local simulator.")
+    simulator_port: int = Field(0, description="0: a free port.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = settings_cls.model_config.get("toml_file") or os.environ.get("GENQ_CONFIG")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml_file)))
+        return tuple(sources)
+
+    # --- derived ----------------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        if self.dashscope_base_url:
+            return self.dashscope_base_url.rstrip("/")
+        try:
+            return REGION_BASE_URLS[self.region]
+        except KeyError:
+            raise ValueError(
+                f"unknown region {self.region!r}: use one of {', '.join(REGION_BASE_URLS)} "
+                "or set GENQ_DASHSCOPE_BASE_URL"
+            ) from None
+
+    @property
+    def uses_simulator(self) -> bool:
+        return self.dashscope_api_key is None
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict fit for a log line: secrets masked, URLs without passwords."""
+        out = self.model_dump(mode="json")
+        parts = urlsplit(self.redis_url)
+        if parts.password:
+            out["redis_url"] = self.redis_url.replace(parts.password, "***")
+        return out
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read the settings once. `config_file` wins over `GENQ_CONFIG`."""
+    if config_file is None:
+        return Settings(**overrides)
+    if not config_file.is_file():
+        raise FileNotFoundError(f"config file {config_file} does not exist")
+    from_file = type(
+        "Settings", (Settings,), {"model_config": SettingsConfigDict(**Settings.model_config, toml_file=config_file)}
+    )
+    return from_file(**overrides)

@@ -1,0 +1,1 @@
+"""What runs and measures genq: the local stack, the DashScope simulator."""

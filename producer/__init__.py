@@ -1,0 +1,1 @@
+"""The ways work enters genq (CSV batch) and the `genq` command line."""

@@ -1,0 +1,1 @@
+"""The Celery tasks and what they stand on: DashScope client, job store, storage, events."""

@@ -1,0 +1,44 @@
+"""CloudEvents 1.0 for terminal jobs. The store appends them atomically with the terminal transition.
+
+A job event's `id` is `{ref}/{status}`: a consumer that sees the same id twice has seen the same event.
+Batch events (`genq.batch.finished`) are built in Lua beside the batch counters (`store_lua.py`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from workers.job import Job, Status
+
+SOURCE = "genq"
+
+
+def job_event(job: Job, status: Status, *, now: float, error_code: str | None = None,
+              error_message: str | None = None, objects: list[dict[str, Any]] | None = None,
+              manifest_key: str | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "ref": job.ref,
+        "batch_id": job.batch_id,
+        "job_id": job.job_id,
+        "status": status.value,
+        "model": job.request.model,
+        "task_id": job.task_id,
+        "line": job.line,
+    }
+    if error_code:
+        data["error"] = {"code": error_code, "message": error_message or ""}
+    if objects is not None:
+        data["objects"] = objects
+    if manifest_key:
+        data["manifest"] = manifest_key
+    return {
+        "specversion": "1.0",
+        "id": f"{job.ref}/{status.value}",
+        "source": SOURCE,
+        "type": f"genq.job.{status.value}",
+        "subject": job.ref,
+        "time": datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "datacontenttype": "application/json",
+        "data": data,
+    }

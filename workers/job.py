@@ -1,0 +1,150 @@
+"""The job record: its statuses, the transitions allowed between them, and its typed view.
+
+Status moves only along `TRANSITIONS`. The one way "back" is a resubmission (a transient upstream failure
+sends a `submitted`/`running` job to `submitting` again), which the attempt counter keeps safe: every
+action first *claims* the job by advancing `attempt`, so two deliveries of one message cannot both act.
+
+Fields of `genq:job:{ref}` (all strings in Redis):
+`batch_id`, `job_id`, `line`, `request` (JSON), `model`, `kind`, `status`, `attempt`, `next_action`,
+`due_at`, `deadline_at`, `task_id`, `submits` (creates sent), `submit_errors`, `throttles`, `submitted_at`, `poll_count`,
+`poll_errors`, `poll_delay_s`, `finalize_errors`, `created_at`,
+`t_{status}` (when it entered each status), `submit_time` / `scheduled_time` / `end_time` (upstream, as
+the service wrote them), `results` (JSON: upstream results), `objects` (JSON: stored keys + sha256),
+`usage` (JSON), `error_code`, `error_message`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from workers.requests import GenerationRequest
+
+
+class Status(StrEnum):
+    ACCEPTED = "accepted"
+    ADMITTED = "admitted"
+    SUBMITTING = "submitting"
+    SUBMITTED = "submitted"
+    RUNNING = "running"
+    DOWNLOADING = "downloading"
+    SUCCEEDED = "succeeded"
+    PARTIALLY_SUCCEEDED = "partially_succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    EXPIRED = "expired"
+    TIMED_OUT = "timed_out"
+    REJECTED = "rejected"
+
+
+class Action(StrEnum):
+    """The next thing that must happen to a job; `NONE` once terminal."""
+
+    ADMIT = "admit"
+    SUBMIT = "submit"
+    POLL = "poll"
+    FINALIZE = "finalize"
+    NONE = "none"
+
+
+TERMINAL = frozenset(
+    {Status.SUCCEEDED, Status.PARTIALLY_SUCCEEDED, Status.FAILED, Status.CANCELED, Status.EXPIRED,
+     Status.TIMED_OUT, Status.REJECTED}
+)
+_ENDINGS = {Status.FAILED, Status.CANCELED, Status.TIMED_OUT}
+
+#: status -> the statuses it may move to. Staying in the same status is allowed for reschedules.
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.ACCEPTED: frozenset({Status.ADMITTED, *_ENDINGS}),
+    Status.ADMITTED: frozenset({Status.SUBMITTING, *_ENDINGS}),
+    Status.SUBMITTING: frozenset({Status.SUBMITTED, *_ENDINGS}),
+    Status.SUBMITTED: frozenset({Status.RUNNING, Status.DOWNLOADING, Status.SUBMITTING, Status.EXPIRED,
+                                 *_ENDINGS}),
+    Status.RUNNING: frozenset({Status.DOWNLOADING, Status.SUBMITTING, Status.EXPIRED, *_ENDINGS}),
+    Status.DOWNLOADING: frozenset({Status.SUCCEEDED, Status.PARTIALLY_SUCCEEDED, Status.FAILED,
+                                   Status.TIMED_OUT}),
+    **{s: frozenset() for s in TERMINAL},
+}
+
+
+def allowed_sources(target: Status) -> frozenset[Status]:
+    """The statuses from which `target` may be entered (including `target` itself, if not terminal)."""
+    sources = {s for s, nexts in TRANSITIONS.items() if target in nexts}
+    if target not in TERMINAL:
+        sources.add(target)
+    return frozenset(sources)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A typed, read-only view of one job record."""
+
+    ref: str
+    batch_id: str
+    job_id: str
+    line: int
+    request: GenerationRequest
+    status: Status
+    attempt: int
+    next_action: Action
+    due_at: float
+    deadline_at: float
+    task_id: str | None = None
+    submits: int = 0
+    poll_count: int = 0
+    poll_errors: int = 0
+    submit_errors: int = 0
+    finalize_errors: int = 0
+    throttles: int = 0
+    submitted_at: float | None = None
+    poll_delay_s: float | None = None
+    created_at: float = 0.0
+    error_code: str | None = None
+    error_message: str | None = None
+    results: list[dict[str, Any]] = field(default_factory=list)
+    objects: list[dict[str, Any]] = field(default_factory=list)
+    usage: dict[str, Any] = field(default_factory=dict)
+    upstream: dict[str, str] = field(default_factory=dict)
+    times: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @classmethod
+    def from_hash(cls, ref: str, h: dict[str, str]) -> Job:
+        def opt(name: str) -> str | None:
+            value = h.get(name)
+            return value if value else None
+
+        return cls(
+            ref=ref,
+            batch_id=h["batch_id"],
+            job_id=h["job_id"],
+            line=int(h.get("line", 0)),
+            request=GenerationRequest.from_dict(json.loads(h["request"])),
+            status=Status(h["status"]),
+            attempt=int(h.get("attempt", 0)),
+            next_action=Action(h.get("next_action", Action.NONE)),
+            due_at=float(h.get("due_at", 0)),
+            deadline_at=float(h.get("deadline_at", 0)),
+            task_id=opt("task_id"),
+            submits=int(h.get("submits", 0)),
+            poll_count=int(h.get("poll_count", 0)),
+            poll_errors=int(h.get("poll_errors", 0)),
+            submit_errors=int(h.get("submit_errors", 0)),
+            finalize_errors=int(h.get("finalize_errors", 0)),
+            throttles=int(h.get("throttles", 0)),
+            submitted_at=float(h["submitted_at"]) if h.get("submitted_at") else None,
+            poll_delay_s=float(h["poll_delay_s"]) if h.get("poll_delay_s") else None,
+            created_at=float(h.get("created_at", 0)),
+            error_code=opt("error_code"),
+            error_message=opt("error_message"),
+            results=json.loads(h.get("results") or "[]"),
+            objects=json.loads(h.get("objects") or "[]"),
+            usage=json.loads(h.get("usage") or "{}"),
+            upstream={k: h[k] for k in ("submit_time", "scheduled_time", "end_time") if h.get(k)},
+            times={k[2:]: float(v) for k, v in h.items() if k.startswith("t_")},
+        )

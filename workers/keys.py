@@ -1,0 +1,54 @@
+"""Every Redis key genq uses, built here and nowhere else.
+
+A job is named by its *ref*, `{batch_id}/{job_id}`: both parts match `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`,
+so a ref is also the job's prefix in the bucket.
+
+| key                                  | type        | TTL  | holds                                               |
+| ------------------------------------ | ----------- | ---- | --------------------------------------------------- |
+| `genq:job:{ref}`                     | hash        | none | the job record (`workers/job.py` lists the fields)  |
+| `genq:batch:{batch_id}`              | hash        | none | batch meta and counters: `total`, `terminal`,       |
+|                                      |             |      | `rejected`, `n:{status}` per status, `sealed`, ...  |
+| `genq:batch:{batch_id}:jobs`         | sorted set  | none | job ids of the batch, scored by source line number  |
+| `genq:batch:{batch_id}:rejected`     | hash        | none | line -> JSON record of rejected input: field, reason |
+| `genq:batches`                       | sorted set  | none | batch ids scored by creation time                   |
+| `genq:due`                           | sorted set  | none | job refs scored by when their next action is due    |
+| `genq:events` (setting)              | stream      | none | CloudEvents of terminal jobs and finished batches,  |
+|                                      |             |      | trimmed to `event_stream_maxlen`                    |
+
+Celery's own keys (the broker queues, `unacked`, `unacked_index`) are kombu's and live beside these.
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "genq"
+DUE = f"{PREFIX}:due"
+BATCHES = f"{PREFIX}:batches"
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def job_ref(batch_id: str, job_id: str) -> str:
+    return f"{batch_id}/{job_id}"
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    batch_id, _, job_id = ref.partition("/")
+    return batch_id, job_id
+
+
+def job(ref: str) -> str:
+    return f"{PREFIX}:job:{ref}"
+
+
+def batch(batch_id: str) -> str:
+    return f"{PREFIX}:batch:{batch_id}"
+
+
+def batch_jobs(batch_id: str) -> str:
+    return f"{PREFIX}:batch:{batch_id}:jobs"
+
+
+def batch_rejected(batch_id: str) -> str:
+    return f"{PREFIX}:batch:{batch_id}:rejected"

@@ -1,0 +1,106 @@
+"""Stage `poll`: ask the service how a task is doing, and decide what comes next.
+
+Not finished (any status not known to be terminal): a fresh countdown message after the poll policy's
+delay, never `self.retry`, so polls burn no retries. SUCCEEDED: hand over to finalize at once. FAILED:
+resubmit when the code is transient and submits remain, else fail with the code. CANCELED, UNKNOWN,
+or past the deadline: terminal with the reason.
+"""
+
+from __future__ import annotations
+
+from config.catalogue import model_spec
+from workers.dashscope import TaskState
+from workers.dashscope.classify import is_transient_task_failure
+from workers.errors import PermanentRemoteError, Throttled, TransientRemoteError
+from workers.job import Action, Job, Status
+from workers.poll_policy import next_poll_delay_s
+from workers.runtime import Runtime
+from workers.steps import Next, backoff_s, claim, end, load_current, log, reschedule
+
+POLL_LEASE_S = 90.0
+
+
+def poll(rt: Runtime, ref: str, attempt: int) -> Next | None:
+    job = load_current(rt, ref, attempt, Action.POLL)
+    if job is None:
+        return None
+    current = claim(rt, job, Action.POLL, lease_s=POLL_LEASE_S, fields={"poll_count": job.poll_count + 1})
+    if current is None:
+        return None
+    if rt.clock() >= job.deadline_at:
+        return _deadline(rt, job, current)
+    try:
+        state = rt.dashscope.get_task(job.task_id or "")
+    except Throttled as exc:
+        delay = exc.retry_after_s or backoff_s(job.throttles + 1, base_s=1.0, cap_s=30.0, rng=rt.rng)
+        return reschedule(rt, job, current, job.status, Action.POLL, delay, fields={"throttles": job.throttles + 1})
+    except PermanentRemoteError as exc:
+        end(rt, job, current, Status.FAILED, code=exc.code, message=exc.message)
+        return None
+    except TransientRemoteError as exc:
+        errors = job.poll_errors + 1
+        if errors >= rt.settings.poll_max_errors:
+            end(rt, job, current, Status.FAILED, code=exc.code, message=f"{exc.message} ({errors} polls failed)")
+            return None
+        delay = backoff_s(errors, base_s=2.0, cap_s=30.0, rng=rt.rng)
+        return reschedule(rt, job, current, job.status, Action.POLL, delay, fields={"poll_errors": errors})
+    return _on_state(rt, job, current, state)
+
+
+def _on_state(rt: Runtime, job: Job, current: int, state: TaskState) -> Next | None:
+    upstream = state.upstream_times()
+    if state.status == "SUCCEEDED":
+        if not state.urls:
+            end(rt, job, current, Status.FAILED, code=_first_code(state) or "NoResults",
+                message=_first_message(state) or "task succeeded without a result URL", fields=upstream)
+            return None
+        return reschedule(rt, job, current, Status.DOWNLOADING, Action.FINALIZE, 0.0,
+                          fields={**upstream, "results": [r.to_dict() for r in state.results],
+                                  "usage": state.usage, "poll_errors": 0})
+    if state.status == "FAILED":
+        return _on_failed(rt, job, current, state)
+    if state.status == "CANCELED":
+        end(rt, job, current, Status.CANCELED, code="Canceled", message="the task was canceled upstream",
+            fields=upstream)
+        return None
+    if state.status == "UNKNOWN":
+        end(rt, job, current, Status.EXPIRED, code="TaskUnknown",
+            message="the service no longer knows the task (expired after 24 h, or unknown id)", fields=upstream)
+        return None
+    # PENDING, RUNNING, or a status this version does not know: not terminal, poll again.
+    status = Status.RUNNING if state.status == "RUNNING" else job.status
+    now = rt.clock()
+    delay = next_poll_delay_s(model_spec(job.request.model).kind, elapsed_s=now - (job.submitted_at or now),
+                              previous_delay_s=job.poll_delay_s, remaining_s=job.deadline_at - now, rng=rt.rng)
+    return reschedule(rt, job, current, status, Action.POLL, delay,
+                      fields={**upstream, "poll_delay_s": delay, "poll_errors": 0})
+
+
+def _on_failed(rt: Runtime, job: Job, current: int, state: TaskState) -> Next | None:
+    code = state.code or "TaskFailed"
+    message = state.message or "the task failed upstream"
+    if is_transient_task_failure(code) and job.submits < rt.settings.submit_max_attempts:
+        delay = backoff_s(job.submits, base_s=2.0, cap_s=60.0, rng=rt.rng)
+        log.warning("task failed transiently, resubmitting", ref=job.ref, task_id=job.task_id, code=code)
+        return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, delay,
+                          fields={"task_id": "", "last_error_code": code, "last_error_message": message})
+    end(rt, job, current, Status.FAILED, code=code, message=message, fields=state.upstream_times())
+    return None
+
+
+def _deadline(rt: Runtime, job: Job, current: int) -> None:
+    """Past the deadline: try to cancel (only a PENDING task can be), then end `timed_out`."""
+    try:
+        rt.dashscope.cancel_task(job.task_id or "")
+    except (PermanentRemoteError, TransientRemoteError) as exc:
+        log.info("cancel at deadline not possible", ref=job.ref, task_id=job.task_id, code=exc.code)
+    end(rt, job, current, Status.TIMED_OUT, code="DeadlineExceeded",
+        message=f"no result within the job's deadline ({job.deadline_at - job.created_at:.0f} s)")
+
+
+def _first_code(state: TaskState) -> str | None:
+    return state.code or next((r.code for r in state.results if r.code), None)
+
+
+def _first_message(state: TaskState) -> str | None:
+    return state.message or next((r.message for r in state.results if r.message), None)

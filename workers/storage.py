@@ -1,0 +1,108 @@
+"""The results bucket: a thin layer over the MinIO SDK that speaks genq's terms and errors.
+
+Objects live under `{batch_id}/{job_id}/{index}.{png|mp4}` beside `{batch_id}/{job_id}/manifest.json`;
+each object carries its sha256 in the `x-amz-meta-sha256` header.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from typing import IO, Any
+
+import urllib3
+from minio import Minio
+from minio.error import MinioException, S3Error
+
+from config.settings import Settings
+from workers.errors import StorageError
+
+PART_SIZE = 16 * 1024 * 1024  # multipart upload parts: memory per upload is bounded by this
+
+
+def make_minio(settings: Settings) -> Minio:
+    if settings.s3_access_key is None or settings.s3_secret_key is None:
+        raise StorageError("no S3 credentials: set GENQ_S3_ACCESS_KEY and GENQ_S3_SECRET_KEY")
+    # Short timeouts and few retries: a down S3 server should surface as StorageError quickly, and
+    # the task decides when to try again.
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=5, read=60), retries=urllib3.Retry(total=2, backoff_factor=0.2),
+        maxsize=8,
+    )
+    return Minio(settings.s3_endpoint, access_key=settings.s3_access_key.get_secret_value(),
+                 secret_key=settings.s3_secret_key.get_secret_value(), secure=settings.s3_secure,
+                 region=settings.s3_region, http_client=http)
+
+
+class ResultStore:
+    def __init__(self, client: Minio, bucket: str) -> None:
+        self.client = client
+        self.bucket = bucket
+
+    def ensure_bucket(self) -> None:
+        try:
+            if not self.client.bucket_exists(self.bucket):
+                self.client.make_bucket(self.bucket)
+        except (MinioException, OSError, urllib3.exceptions.HTTPError) as exc:
+            raise StorageError(f"bucket {self.bucket}: {exc}") from exc
+
+    def sha256_of(self, key: str) -> str | None:
+        """The stored object's sha256 (from its metadata), or None when there is no such object."""
+        try:
+            stat = self.client.stat_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}:
+                return None
+            raise StorageError(f"stat {key}: {exc}") from exc
+        except (MinioException, OSError, urllib3.exceptions.HTTPError) as exc:
+            raise StorageError(f"stat {key}: {exc}") from exc
+        metadata = stat.metadata or {}
+        for name, value in metadata.items():
+            if name.lower() == "x-amz-meta-sha256":
+                return str(value)
+        return ""
+
+    def put_file(self, key: str, data: IO[bytes], size: int, *, content_type: str, sha256: str) -> None:
+        try:
+            self.client.put_object(self.bucket, key, data, size, content_type=content_type,
+                                   metadata={"sha256": sha256}, part_size=PART_SIZE)
+        except (MinioException, OSError, urllib3.exceptions.HTTPError, ValueError) as exc:
+            raise StorageError(f"put {key}: {exc}") from exc
+
+    def put_json(self, key: str, document: dict[str, Any]) -> None:
+        raw = json.dumps(document, ensure_ascii=False, indent=2).encode()
+        try:
+            self.client.put_object(self.bucket, key, io.BytesIO(raw), len(raw), content_type="application/json")
+        except (MinioException, OSError, urllib3.exceptions.HTTPError) as exc:
+            raise StorageError(f"put {key}: {exc}") from exc
+
+    def get_json(self, key: str) -> dict[str, Any] | None:
+        try:
+            response = self.client.get_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in {"NoSuchKey", "NoSuchObject"}:
+                return None
+            raise StorageError(f"get {key}: {exc}") from exc
+        except (MinioException, OSError, urllib3.exceptions.HTTPError) as exc:
+            raise StorageError(f"get {key}: {exc}") from exc
+        try:
+            document: dict[str, Any] = json.loads(response.read())
+            return document
+        finally:
+            response.close()
+            response.release_conn()
+
+    def download(self, key: str, path: str) -> None:
+        try:
+            self.client.fget_object(self.bucket, key, path)
+        except (MinioException, OSError, urllib3.exceptions.HTTPError) as exc:
+            raise StorageError(f"download {key}: {exc}") from exc
+
+    def keys(self, prefix: str) -> Iterator[str]:
+        try:
+            for obj in self.client.list_objects(self.bucket, prefix=prefix, recursive=True):
+                if obj.object_name:
+                    yield obj.object_name
+        except (MinioException, OSError, urllib3.exceptions.HTTPError) as exc:
+            raise StorageError(f"list {prefix}: {exc}") from exc

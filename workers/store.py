@@ -1,0 +1,211 @@
+"""The job store in Redis: jobs, batches, the due index, and every change of status by compare-and-set.
+
+Celery messages are triggers; this store is the truth. Each change goes through one Lua script
+(`store_lua.TRANSITION`) that checks the job's `attempt` and current status, applies the change, keeps the
+batch counters, and appends the job's CloudEvent when it turns terminal: all in one atomic step, so a job
+emits exactly one terminal event however often its messages are delivered.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from workers import keys, store_lua
+from workers.job import TERMINAL, Action, Job, Status, allowed_sources
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _flatten(fields: Mapping[str, Any]) -> list[str]:
+    out: list[str] = []
+    for name, value in fields.items():
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        elif value is None:
+            value = ""
+        out += [name, str(value)]
+    return out
+
+
+@dataclass(frozen=True)
+class Applied:
+    """The outcome of a transition: `ok` when this caller's change took effect."""
+
+    ok: bool
+    status: str
+    attempt: int
+    batch_finished: bool = False
+    reason: str = ""
+
+
+@dataclass
+class BatchSummary:
+    batch_id: str
+    total: int = 0
+    terminal: int = 0
+    rejected: int = 0
+    sealed: bool = False
+    done_at: float | None = None
+    created_at: float | None = None
+    source: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return self.sealed and self.terminal >= self.total
+
+    @property
+    def succeeded(self) -> int:
+        return self.counts.get(Status.SUCCEEDED, 0) + self.counts.get(Status.PARTIALLY_SUCCEEDED, 0)
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis, *, event_stream: str = "genq:events",
+                 event_stream_maxlen: int = 100_000) -> None:
+        self.redis = client
+        self.event_stream = event_stream
+        self.event_stream_maxlen = event_stream_maxlen
+        self._create = client.register_script(store_lua.CREATE_JOB)
+        self._transition = client.register_script(store_lua.TRANSITION)
+        self._seal = client.register_script(store_lua.SEAL_BATCH)
+
+    # --- batches --------------------------------------------------------------------------------
+    def open_batch(self, batch_id: str, *, source: str, now: float | None = None) -> bool:
+        """Create the batch or reopen it for more jobs. True when it is new."""
+        now = time.time() if now is None else now
+        key = keys.batch(batch_id)
+        pipe = self.redis.pipeline()
+        pipe.hsetnx(key, "created_at", now)
+        pipe.hset(key, mapping={"sealed": "0", "source": source})
+        pipe.zadd(keys.BATCHES, {batch_id: now}, nx=True)
+        created = pipe.execute()[0]
+        return bool(created)
+
+    def seal_batch(self, batch_id: str, *, now: float | None = None) -> bool:
+        """No more jobs will be added. True when this finished the batch (every job already terminal)."""
+        now = time.time() if now is None else now
+        finished = self._seal(
+            keys=[keys.batch(batch_id), self.event_stream],
+            args=[batch_id, now, _iso(now), self.event_stream_maxlen],
+        )
+        return bool(finished)
+
+    def record_rejected(self, batch_id: str, line: int, field_name: str, reason: str,
+                        raw: Mapping[str, Any]) -> None:
+        """Record a rejected input line (idempotent per line), with the field and the rule it broke."""
+        record = {"line": line, "field": field_name, "reason": reason, "input": dict(raw)}
+        pipe = self.redis.pipeline()
+        pipe.hset(keys.batch_rejected(batch_id), str(line), json.dumps(record, ensure_ascii=False))
+        pipe.hlen(keys.batch_rejected(batch_id))
+        count = pipe.execute()[1]
+        self.redis.hset(keys.batch(batch_id), "rejected", count)
+
+    def rejected(self, batch_id: str) -> list[dict[str, Any]]:
+        records = [json.loads(v) for v in self.redis.hvals(keys.batch_rejected(batch_id))]
+        return sorted(records, key=lambda r: int(r["line"]))
+
+    def batch_summary(self, batch_id: str) -> BatchSummary | None:
+        h: dict[str, str] = self.redis.hgetall(keys.batch(batch_id))
+        if not h:
+            return None
+        return BatchSummary(
+            batch_id=batch_id,
+            total=int(h.get("total", 0)),
+            terminal=int(h.get("terminal", 0)),
+            rejected=int(h.get("rejected", 0)),
+            sealed=h.get("sealed") == "1",
+            done_at=float(h["done_at"]) if h.get("done_at") else None,
+            created_at=float(h["created_at"]) if h.get("created_at") else None,
+            source=h.get("source", ""),
+            counts={k[2:]: int(v) for k, v in h.items() if k.startswith("n:") and int(v)},
+        )
+
+    def batch_ids(self) -> list[str]:
+        return list(self.redis.zrange(keys.BATCHES, 0, -1))
+
+    # --- jobs -----------------------------------------------------------------------------------
+    def create_job(self, ref: str, *, line: int, fields: Mapping[str, Any], due_at: float) -> Status | None:
+        """Create the job unless it exists. None when created; else the existing job's status."""
+        batch_id, job_id = keys.split_ref(ref)
+        existing = self._create(
+            keys=[keys.job(ref), keys.batch(batch_id), keys.batch_jobs(batch_id), keys.DUE, keys.BATCHES],
+            args=[ref, job_id, line, time.time(), due_at, *_flatten(fields)],
+        )
+        return Status(existing) if existing else None
+
+    def get(self, ref: str) -> Job | None:
+        h: dict[str, str] = self.redis.hgetall(keys.job(ref))
+        return Job.from_hash(ref, h) if h else None
+
+    def jobs(self, batch_id: str, chunk: int = 500) -> Iterator[Job]:
+        """Every job of the batch, in source order, read in pipelined chunks."""
+        start = 0
+        while True:
+            ids = self.redis.zrange(keys.batch_jobs(batch_id), start, start + chunk - 1)
+            if not ids:
+                return
+            pipe = self.redis.pipeline()
+            for job_id in ids:
+                pipe.hgetall(keys.job(keys.job_ref(batch_id, job_id)))
+            for job_id, h in zip(ids, pipe.execute(), strict=True):
+                if h:
+                    yield Job.from_hash(keys.job_ref(batch_id, job_id), h)
+            start += chunk
+
+    def transition(
+        self,
+        ref: str,
+        target: Status,
+        *,
+        expected_attempt: int | None,
+        bump_attempt: bool = False,
+        next_action: Action = Action.NONE,
+        due_at: float | None = None,
+        fields: Mapping[str, Any] | None = None,
+        event: Mapping[str, Any] | None = None,
+        now: float | None = None,
+    ) -> Applied:
+        """Move the job to `target` if its attempt is still `expected_attempt` and the move is allowed.
+
+        `bump_attempt` claims the job: later messages carrying the old attempt find it moved on.
+        A terminal target removes it from the due index; any other schedules `next_action` at `due_at`.
+        """
+        now = time.time() if now is None else now
+        terminal = target in TERMINAL
+        all_fields = {"next_action": Action.NONE if terminal else next_action, **(fields or {})}
+        sources = " ".join(sorted(allowed_sources(target)))
+        code, status, attempt, finished = self._transition(
+            keys=[keys.job(ref), keys.batch(keys.split_ref(ref)[0]), keys.DUE, self.event_stream],
+            args=[
+                ref,
+                "" if expected_attempt is None else expected_attempt,
+                1 if bump_attempt else 0,
+                target.value,
+                sources,
+                1 if terminal else 0,
+                now,
+                _iso(now),
+                "" if terminal or due_at is None else due_at,
+                json.dumps(event, ensure_ascii=False) if event else "",
+                self.event_stream_maxlen,
+                keys.split_ref(ref)[0],
+                *_flatten(all_fields),
+            ],
+        )
+        reason = {0: "attempt moved on", -1: "no such job", -2: f"{status} cannot move to {target}"}.get(code, "")
+        return Applied(ok=code == 1, status=status, attempt=int(attempt), batch_finished=bool(finished),
+                       reason=reason)
+
+    def due(self, now: float, limit: int = 1000) -> list[tuple[str, float]]:
+        """Refs whose next action was due at or before `now`, oldest first (for the recovery sweep)."""
+        return [(ref, score) for ref, score in self.redis.zrangebyscore(keys.DUE, "-inf", now, start=0,
+                                                                          num=limit, withscores=True)]

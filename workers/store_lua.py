@@ -1,0 +1,89 @@
+"""The job store's Lua scripts: each one change of state, atomic on the Redis server.
+
+Kept apart from `store.py` so that the Python reads as the protocol and the Lua as the mechanism.
+"""
+
+# Shared by the scripts below: when a sealed batch has every job terminal, stamp it done (once) and
+# append its CloudEvent. KEYS: batch hash, events stream. Returns 1 when this call finished the batch.
+_FINISH_BATCH = """
+local function finish_batch(batch_key, events_key, batch_id, now, now_iso, maxlen)
+  local b = redis.call('HMGET', batch_key, 'sealed', 'total', 'terminal', 'done_at')
+  if b[1] ~= '1' or b[4] or tonumber(b[2] or '0') ~= tonumber(b[3] or '0') then return 0 end
+  redis.call('HSET', batch_key, 'done_at', now)
+  local flat = redis.call('HGETALL', batch_key)
+  local counts = {}
+  for i = 1, #flat, 2 do
+    if string.sub(flat[i], 1, 2) == 'n:' then counts[string.sub(flat[i], 3)] = tonumber(flat[i + 1]) end
+  end
+  local data = {batch_id = batch_id, total = tonumber(b[2] or '0'),
+                rejected = tonumber(redis.call('HGET', batch_key, 'rejected') or '0'), counts = counts}
+  local event = {specversion = '1.0', id = 'batch/' .. batch_id .. '/finished/' .. now, source = 'genq',
+                 type = 'genq.batch.finished', subject = batch_id, time = now_iso,
+                 datacontenttype = 'application/json', data = data}
+  redis.call('XADD', events_key, 'MAXLEN', '~', maxlen, '*', 'event', cjson.encode(event))
+  return 1
+end
+"""
+
+# KEYS: job, batch, batch_jobs, due, batches
+# ARGV: ref, job_id, line, now, due_at, then field/value pairs of the new record.
+CREATE_JOB = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('HGET', KEYS[1], 'status')
+end
+local fields = {}
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('ZADD', KEYS[3], tonumber(ARGV[3]), ARGV[2])
+redis.call('ZADD', KEYS[4], tonumber(ARGV[5]), ARGV[1])
+redis.call('HINCRBY', KEYS[2], 'total', 1)
+redis.call('HINCRBY', KEYS[2], 'n:' .. redis.call('HGET', KEYS[1], 'status'), 1)
+redis.call('HDEL', KEYS[2], 'done_at')
+return ''
+"""
+
+# KEYS: job, batch, due, events
+# ARGV: 1 ref, 2 expected attempt ('' = any), 3 bump attempt (0/1), 4 target status,
+#       5 allowed source statuses (space separated), 6 terminal (0/1), 7 now (epoch s), 8 now (ISO),
+#       9 due_at ('' = not due: remove from the due set), 10 job event JSON ('' = none), 11 stream maxlen,
+#       12 batch id, 13.. field/value pairs to set.
+# Returns {code, status, attempt, batch_finished}: code 1 applied, 0 attempt moved on, -1 no such job,
+# -2 status does not allow the target.
+TRANSITION = _FINISH_BATCH + """
+local cur = redis.call('HMGET', KEYS[1], 'status', 'attempt')
+if not cur[1] then return {-1, '', 0, 0} end
+local status, attempt = cur[1], tonumber(cur[2] or '0')
+if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= attempt then return {0, status, attempt, 0} end
+if not string.find(' ' .. ARGV[5] .. ' ', ' ' .. status .. ' ', 1, true) then return {-2, status, attempt, 0} end
+if ARGV[3] == '1' then attempt = attempt + 1 end
+local fields = {'status', ARGV[4], 'attempt', attempt}
+for i = 13, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+if ARGV[9] == '' then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('HSET', KEYS[1], 'due_at', '')
+else
+  redis.call('ZADD', KEYS[3], tonumber(ARGV[9]), ARGV[1])
+  redis.call('HSET', KEYS[1], 'due_at', ARGV[9])
+end
+local finished = 0
+if status ~= ARGV[4] then
+  redis.call('HSET', KEYS[1], 't_' .. ARGV[4], ARGV[7])
+  redis.call('HINCRBY', KEYS[2], 'n:' .. status, -1)
+  redis.call('HINCRBY', KEYS[2], 'n:' .. ARGV[4], 1)
+  if ARGV[6] == '1' then
+    redis.call('HINCRBY', KEYS[2], 'terminal', 1)
+    if ARGV[10] ~= '' then
+      redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[11], '*', 'event', ARGV[10])
+    end
+    finished = finish_batch(KEYS[2], KEYS[4], ARGV[12], ARGV[7], ARGV[8], ARGV[11])
+  end
+end
+return {1, ARGV[4], attempt, finished}
+"""
+
+# KEYS: batch, events. ARGV: batch id, now, now ISO, maxlen. Returns 1 when the batch is finished by it.
+SEAL_BATCH = _FINISH_BATCH + """
+redis.call('HSET', KEYS[1], 'sealed', '1')
+return finish_batch(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+"""
