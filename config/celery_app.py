@@ -5,16 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from celery.signals import setup_logging
 
+from config.logging import configure_logging
 from config.settings import Settings, load_settings
 
 QUEUES = ("submit", "poll", "finalize", "events")
 
-#: The longest countdown any genq task schedules; every countdown is clamped to it.
-MAX_COUNTDOWN_S = 300
-#: With the Redis broker a worker holds every countdown message it fetched, unacknowledged. One held
+#: With the Redis broker a worker holds every countdown message it fetched, unacknowledged; one held
 #: longer than the visibility timeout is redelivered, i.e. runs twice. Keep it far above the longest
-#: countdown plus the longest task run (a large download).
+#: countdown (300 s, `workers/messages.py`) plus the longest task run (a large download).
 VISIBILITY_TIMEOUT_S = 3600
 
 
@@ -56,6 +56,12 @@ def create_app(settings: Settings | None = None) -> Celery:
     app = Celery("genq")
     app.conf.update(celery_config(settings))
     return app
+
+
+@setup_logging.connect
+def _use_structlog(**_: Any) -> None:
+    """Celery's own log lines go through the same structlog pipeline as genq's."""
+    configure_logging()
 
 
 app = create_app()

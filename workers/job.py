@@ -119,6 +119,14 @@ class Job:
             value = h.get(name)
             return value if value else None
 
+        def number(name: str) -> float:
+            value = h.get(name)
+            return float(value) if value else 0.0
+
+        def maybe(name: str) -> float | None:
+            value = h.get(name)
+            return float(value) if value else None
+
         return cls(
             ref=ref,
             batch_id=h["batch_id"],
@@ -128,8 +136,8 @@ class Job:
             status=Status(h["status"]),
             attempt=int(h.get("attempt", 0)),
             next_action=Action(h.get("next_action", Action.NONE)),
-            due_at=float(h.get("due_at", 0)),
-            deadline_at=float(h.get("deadline_at", 0)),
+            due_at=number("due_at"),
+            deadline_at=number("deadline_at"),
             task_id=opt("task_id"),
             submits=int(h.get("submits", 0)),
             poll_count=int(h.get("poll_count", 0)),
@@ -137,14 +145,14 @@ class Job:
             submit_errors=int(h.get("submit_errors", 0)),
             finalize_errors=int(h.get("finalize_errors", 0)),
             throttles=int(h.get("throttles", 0)),
-            submitted_at=float(h["submitted_at"]) if h.get("submitted_at") else None,
-            poll_delay_s=float(h["poll_delay_s"]) if h.get("poll_delay_s") else None,
-            created_at=float(h.get("created_at", 0)),
+            submitted_at=maybe("submitted_at"),
+            poll_delay_s=maybe("poll_delay_s"),
+            created_at=number("created_at"),
             error_code=opt("error_code"),
             error_message=opt("error_message"),
             results=json.loads(h.get("results") or "[]"),
             objects=json.loads(h.get("objects") or "[]"),
             usage=json.loads(h.get("usage") or "{}"),
             upstream={k: h[k] for k in ("submit_time", "scheduled_time", "end_time") if h.get(k)},
-            times={k[2:]: float(v) for k, v in h.items() if k.startswith("t_")},
+            times={k[2:]: float(v) for k, v in h.items() if k.startswith("t_") and v},
         )

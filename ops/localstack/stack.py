@@ -1,0 +1,184 @@
+"""The local stack: start whatever the configured services lack, hand back settings that point at them,
+and stop everything on exit.
+
+- Redis: the configured URL answers -> used as is. It does not, and its host is loopback -> a Valkey server
+  is started on that port with its data in `{state_dir}/redis`. Otherwise: a clear error.
+- S3: the same, with SeaweedFS `weed mini` on the configured port and data in `{state_dir}/s3`; credentials
+  are generated once and kept in `{state_dir}/local-secrets.json` (mode 0600).
+- DashScope: no `DASHSCOPE_API_KEY` -> the simulator on a free port, with a generated key.
+- Workers: started when asked and none is attached (always when this stack started the Redis itself).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import SecretStr
+
+from config.settings import Settings
+from ops.localstack import services
+from ops.localstack.process import ManagedProcess, StackError, free_port, is_listening
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def _local_secrets(state_dir: Path) -> dict[str, str]:
+    path = state_dir / "local-secrets.json"
+    if path.exists():
+        loaded: dict[str, str] = json.loads(path.read_text())
+        return loaded
+    state_dir.mkdir(parents=True, exist_ok=True)
+    created = {"s3_access_key": "genq" + secrets.token_hex(6), "s3_secret_key": secrets.token_urlsafe(24),
+               "simulator_api_key": "local-" + secrets.token_urlsafe(18)}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(created, handle)
+    return created
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """The environment a genq child process needs to see these settings (secrets included, never logged)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENQ_") or k == "GENQ_CONFIG"}
+    env.update({
+        "GENQ_REDIS_URL": settings.redis_url,
+        "GENQ_S3_ENDPOINT": settings.s3_endpoint,
+        "GENQ_S3_SECURE": str(settings.s3_secure).lower(),
+        "GENQ_BUCKET": settings.bucket,
+        "GENQ_REGION": settings.region,
+        "GENQ_RESULT_HOSTS": json.dumps(list(settings.result_hosts)),
+        "GENQ_REQUIRE_HTTPS_RESULTS": str(settings.require_https_results).lower(),
+        "GENQ_STATE_DIR": str(settings.state_dir),
+        "PYTHONUNBUFFERED": "1",
+    })
+    optional = {
+        "GENQ_S3_ACCESS_KEY": settings.s3_access_key, "GENQ_S3_SECRET_KEY": settings.s3_secret_key,
+        "DASHSCOPE_API_KEY": settings.dashscope_api_key,
+    }
+    for name, secret in optional.items():
+        if secret is not None:
+            env[name] = secret.get_secret_value()
+    if settings.dashscope_base_url:
+        env["GENQ_DASHSCOPE_BASE_URL"] = settings.dashscope_base_url
+    return env
+
+
+@dataclass
+class LocalStack:
+    """`with LocalStack(settings, workers=1) as stack:` then use `stack.settings`."""
+
+    configured: Settings
+    workers: int = 0
+    simulator_time_scale: float = 1.0
+    settings: Settings = field(init=False)
+    started: list[ManagedProcess] = field(default_factory=list, init=False)
+    simulator_url: str | None = field(default=None, init=False)
+    _exit: ExitStack = field(default_factory=ExitStack, init=False)
+
+    def __enter__(self) -> LocalStack:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    @property
+    def log_dir(self) -> Path:
+        return self.configured.state_dir / "logs"
+
+    def _start(self) -> None:
+        state = self.configured.state_dir.resolve()
+        updates: dict[str, Any] = {"state_dir": state}
+        local = _local_secrets(state)
+        base_env = dict(os.environ)
+        started_redis = self._ensure_redis(state)
+        updates.update(self._ensure_s3(state, local, base_env))
+        if self.configured.dashscope_api_key is None:
+            port = self.configured.simulator_port or free_port()
+            self._add(services.start_simulator(port, self.log_dir, api_key=local["simulator_api_key"],
+                                               profile=self.configured.simulator_profile, base_env=base_env,
+                                               time_scale=self.simulator_time_scale))
+            self.simulator_url = f"http://127.0.0.1:{port}"
+            updates.update(dashscope_api_key=SecretStr(local["simulator_api_key"]),
+                           dashscope_base_url=f"{self.simulator_url}/api/v1",
+                           result_hosts=(*self.configured.result_hosts, f"127.0.0.1:{port}"),
+                           require_https_results=False)
+        self.settings = self.configured.model_copy(update=updates)
+        if self.workers and (started_redis or not self._workers_attached()):
+            for index in range(self.workers):
+                self._add(services.start_worker(self.log_dir, concurrency=self.configured.worker_concurrency,
+                                                env=child_env(self.settings), name=f"local{index + 1}"))
+
+    def _ensure_redis(self, state: Path) -> bool:
+        url = self.configured.redis_url
+        if services.redis_ready(url):
+            return False
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port or 6379
+        if host not in LOOPBACK:
+            raise StackError(f"Redis at {host}:{port} does not answer (GENQ_REDIS_URL); genq starts a local "
+                             "Redis only for a loopback address")
+        if is_listening("127.0.0.1", port):
+            raise StackError(f"port {port} on 127.0.0.1 is taken by something that is not Redis; "
+                             "set GENQ_REDIS_URL to another port")
+        self._add(services.start_redis(state / "redis", port, self.log_dir))
+        return True
+
+    def _ensure_s3(self, state: Path, local: dict[str, str], base_env: dict[str, str]) -> dict[str, Any]:
+        endpoint = self.configured.s3_endpoint
+        host, _, port_text = endpoint.rpartition(":")
+        using_local_keys = self.configured.s3_access_key is None
+        updates: dict[str, Any] = {}
+        if using_local_keys:
+            updates = {"s3_access_key": SecretStr(local["s3_access_key"]),
+                       "s3_secret_key": SecretStr(local["s3_secret_key"]), "s3_secure": False}
+        if services.s3_ready(endpoint):
+            return updates
+        if host not in LOOPBACK:
+            raise StackError(f"S3 at {endpoint} does not answer (GENQ_S3_ENDPOINT); genq starts a local S3 "
+                             "server only for a loopback address")
+        if not using_local_keys:
+            raise StackError(f"S3 at {endpoint} does not answer, and GENQ_S3_ACCESS_KEY is set: start that "
+                             "server, or unset the keys to let genq run its own")
+        keys = updates["s3_access_key"].get_secret_value(), updates["s3_secret_key"].get_secret_value()
+        self._add(services.start_s3(state / "s3", int(port_text), self.log_dir, access_key=keys[0],
+                                    secret_key=keys[1], base_env=base_env))
+        return updates
+
+    def _workers_attached(self) -> bool:
+        from config.celery_app import create_app
+
+        app = create_app(self.settings)
+        try:
+            return bool(app.control.ping(timeout=1.0))
+        except Exception:  # noqa: BLE001 - any broker trouble means "no worker we can see"
+            return False
+        finally:
+            app.close()
+
+    def _add(self, process: ManagedProcess) -> None:
+        self.started.append(process)
+
+    def simulator_counters(self) -> dict[str, Any] | None:
+        if self.simulator_url is None:
+            return None
+        counters: dict[str, Any] = httpx.get(f"{self.simulator_url}/_sim/counters", timeout=5).json()
+        return counters
+
+    def stop(self) -> None:
+        """Stop what this stack started, newest first (workers before the Redis they use)."""
+        while self.started:
+            self.started.pop().stop()

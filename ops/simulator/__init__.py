@@ -1,0 +1,1 @@
+"""A stand-in for DashScope that imports nothing of genq: see docs/simulator.md."""

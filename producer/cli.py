@@ -1,0 +1,212 @@
+"""The `genq` command line: the top floor, and the one place outside `ops` that starts the local stack.
+
+Exit codes: 0 every accepted job succeeded (rejected rows are reported, not fatal); 1 some job did not
+succeed, or waiting timed out; 2 bad usage or unreadable input; 3 a service could not be reached or started.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from config.celery_app import create_app
+from config.logging import configure_logging
+from config.settings import Settings, load_settings
+from ops.localstack import LocalStack, StackError
+from producer.batch import enqueue_rows
+from producer.csv_source import CsvFormatError, read_rows
+from producer.display import failed_table, rejected_table, summary_table, wait_for_batch
+from producer.export import export_batch
+from workers import keys
+from workers.errors import StorageError
+from workers.messages import publish
+from workers.runtime import make_store
+from workers.storage import ResultStore, make_minio
+
+app = typer.Typer(
+    name="genq",
+    help="Turn prompts into stored images and videos through Alibaba Cloud Model Studio (DashScope), "
+         "at the volume the account's quota allows. Without DASHSCOPE_API_KEY, genq runs against its local "
+         "simulator; services that are not reachable on loopback are started for the command's duration.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=False)
+errors = Console(stderr=True)
+
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="A TOML settings file (else GENQ_CONFIG).",
+                                                   exists=True, dir_okay=False)]
+
+
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    configure_logging(json_lines=False) if sys.stderr.isatty() else configure_logging()
+    return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    errors.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+def default_batch_id(path: Path) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).strip("-._") or "batch"
+    return slug[:64]
+
+
+@app.command()
+def batch(
+    csv_file: Annotated[Path, typer.Argument(help="The prompts CSV: a header row with at least a 'prompt' column.",
+                                             exists=True, dir_okay=False, readable=True)],
+    batch_id: Annotated[str | None, typer.Option("--batch-id", "-b", help="Name of the batch (default: the "
+                                                 "file's name). Rerunning a batch submits nothing twice.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model for rows that name none.")] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait with a progress display until every job "
+                                       "ended.")] = True,
+    timeout_s: Annotated[float | None, typer.Option("--timeout", help="Stop waiting after this many seconds.")] = None,
+    export_dir: Annotated[Path | None, typer.Option("--export", help="When done, copy results here.")] = None,
+    workers: Annotated[int, typer.Option(help="Local worker processes to start if none is attached.")] = 1,
+    config: ConfigOption = None,
+) -> None:
+    """Validate every row of a CSV, enqueue the valid ones, and (by default) wait until they are done.
+
+    Bad rows are listed with their line number and reason and never sent; the rest of the batch goes on.
+    """
+    settings = _settings(config, default_model=model)
+    batch_id = batch_id or default_batch_id(csv_file)
+    if not keys.ID_PATTERN.match(batch_id):
+        raise _fail(f"batch id {batch_id!r} must be letters, digits, '.', '_' or '-' (at most 64)", 2)
+    try:
+        with LocalStack(settings, workers=workers if wait else 0) as stack:
+            code = _run_batch(stack, csv_file, batch_id, wait=wait, timeout_s=timeout_s, export_dir=export_dir)
+    except CsvFormatError as exc:
+        raise _fail(str(exc), 2) from exc
+    except (StackError, StorageError) as exc:
+        raise _fail(str(exc), 3) from exc
+    raise typer.Exit(code)
+
+
+def _run_batch(stack: LocalStack, csv_file: Path, batch_id: str, *, wait: bool, timeout_s: float | None,
+               export_dir: Path | None) -> int:
+    settings = stack.settings
+    store = make_store(settings)
+    results = ResultStore(make_minio(settings), settings.bucket)
+    results.ensure_bucket()
+    celery = create_app(settings)
+    if stack.simulator_url:
+        console.print(f"No DASHSCOPE_API_KEY: using the local DashScope simulator at {stack.simulator_url}")
+    report = enqueue_rows(store, settings, batch_id, read_rows(csv_file), source=str(csv_file),
+                          send=lambda step: publish(celery, step))
+    already = sum(report.existing.values())
+    console.print(f"batch [bold]{batch_id}[/bold]: {report.rows} rows read, {report.accepted} new jobs "
+                  f"({report.images} images) enqueued, {already} already known, {len(report.rejected)} rejected")
+    if already:
+        states = ", ".join(f"{n} {s}" for s, n in sorted(report.existing.items()))
+        console.print(f"  already known from an earlier run, not submitted again: {states}")
+    if report.rejected:
+        console.print(rejected_table(store.rejected(batch_id)))
+    if not wait:
+        console.print(f"Not waiting. Follow it with: genq status {batch_id}")
+        return 0
+    summary = wait_for_batch(store, batch_id, console, timeout_s=timeout_s)
+    console.print(summary_table(summary))
+    failed = failed_table(store, batch_id)
+    if failed is not None:
+        console.print(failed)
+    console.print(f"Results: s3://{settings.bucket}/{batch_id}/ on {settings.s3_endpoint} "
+                  f"(each job: {{job_id}}/{{index}}.png and manifest.json)")
+    if export_dir:
+        exported = export_batch(store, results, batch_id, export_dir)
+        console.print(f"Exported {exported.files} files and {exported.csv_path}")
+    else:
+        console.print(f"Copy them to a folder with: genq export {batch_id} DIR")
+    counters = stack.simulator_counters()
+    if counters is not None:
+        made = counters["counters"].get("creates", 0)
+        console.print(f"DashScope simulator: {made} upstream tasks created by this run, "
+                      f"{counters['duplicate_creates']} duplicate creates")
+    return 0 if summary.done and summary.succeeded == summary.total else 1
+
+
+@app.command()
+def status(
+    batch_id: Annotated[str, typer.Argument(help="The batch to report on.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the counters as JSON.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Show a batch's counters by status, its rejected rows and its failed jobs."""
+    settings = _settings(config)
+    try:
+        with LocalStack(settings) as stack:
+            store = make_store(stack.settings)
+            summary = store.batch_summary(batch_id)
+            if summary is None:
+                known = ", ".join(store.batch_ids()[-10:]) or "none yet"
+                raise _fail(f"no batch {batch_id!r} (recent batches: {known})", 2)
+            if as_json:
+                console.print_json(json.dumps({**summary.__dict__, "done": summary.done}))
+                return
+            console.print(summary_table(summary))
+            console.print("done" if summary.done else f"{summary.terminal} of {summary.total} jobs ended so far")
+            if summary.rejected:
+                console.print(rejected_table(store.rejected(batch_id)))
+            failed = failed_table(store, batch_id)
+            if failed is not None:
+                console.print(failed)
+    except StackError as exc:
+        raise _fail(str(exc), 3) from exc
+
+
+@app.command()
+def export(
+    batch_id: Annotated[str, typer.Argument(help="The batch to export.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write into (created if missing).", file_okay=False)],
+    config: ConfigOption = None,
+) -> None:
+    """Copy a batch's stored images/videos and manifests into OUT_DIR, with a results.csv of every job."""
+    settings = _settings(config)
+    try:
+        with LocalStack(settings) as stack:
+            store = make_store(stack.settings)
+            if store.batch_summary(batch_id) is None:
+                raise _fail(f"no batch {batch_id!r}", 2)
+            results = ResultStore(make_minio(stack.settings), stack.settings.bucket)
+            exported = export_batch(store, results, batch_id, out_dir)
+    except (StackError, StorageError) as exc:
+        raise _fail(str(exc), 3) from exc
+    console.print(f"Exported {exported.jobs} jobs, {exported.files} files; index: {exported.csv_path}")
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int | None, typer.Option("--concurrency", help="Processes (default: settings).")] = None,
+    queues: Annotated[str, typer.Option(help="Queues to consume.")] = "submit,poll,finalize",
+    config: ConfigOption = None,
+) -> None:
+    """Run a Celery worker in the foreground against the configured Redis (for long-lived deployments)."""
+    settings = _settings(config)
+    celery = create_app(settings)
+    celery.worker_main(["worker", "-Q", queues, "-c", str(concurrency or settings.worker_concurrency),
+                        "--pool", "prefork", "-l", "INFO"])
+
+
+@app.command()
+def sim(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8089,
+    profile: Annotated[str, typer.Option(help="Timing profile: realistic, demo or fast.")] = "demo",
+    time_scale: Annotated[float, typer.Option(help="Multiplies every duration.")] = 1.0,
+) -> None:
+    """Run the DashScope simulator in the foreground. Its API keys come from SIM_API_KEYS."""
+    from ops.simulator.__main__ import main as simulator_main
+
+    raise typer.Exit(simulator_main(["--port", str(port), "--profile", profile, "--time-scale", str(time_scale)]))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,78 @@
+"""What a person sees: live progress of a batch, and the summary at the end."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from workers.job import TERMINAL, Status
+from workers.store import BatchSummary, JobStore
+
+_ORDER = [s.value for s in Status]
+
+
+def _in_flight(summary: BatchSummary) -> str:
+    parts = [f"{summary.counts[s]} {s}" for s in _ORDER if s in summary.counts and Status(s) not in TERMINAL]
+    return ", ".join(parts) or "-"
+
+
+def wait_for_batch(store: JobStore, batch_id: str, console: Console, *, timeout_s: float | None = None,
+                   interval_s: float = 0.5, clock: Callable[[], float] = time.monotonic) -> BatchSummary:
+    """Show progress until every job of the batch is terminal (or `timeout_s` passes); return the summary."""
+    started = clock()
+    summary = store.batch_summary(batch_id) or BatchSummary(batch_id)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console,
+                  transient=False) as progress:
+        bar = progress.add_task(f"batch {batch_id}", total=max(summary.total, 1), detail="")
+        while True:
+            summary = store.batch_summary(batch_id) or summary
+            progress.update(bar, total=max(summary.total, 1), completed=summary.terminal,
+                            detail=_in_flight(summary))
+            if summary.done:
+                return summary
+            if timeout_s is not None and clock() - started > timeout_s:
+                return summary
+            time.sleep(interval_s)
+
+
+def summary_table(summary: BatchSummary) -> Table:
+    table = Table(title=f"batch {summary.batch_id}", show_header=True)
+    table.add_column("status")
+    table.add_column("jobs", justify="right")
+    for status in _ORDER:
+        if summary.counts.get(status):
+            table.add_row(status, str(summary.counts[status]))
+    if summary.rejected:
+        table.add_row("rejected rows", str(summary.rejected))
+    table.add_row("[bold]total accepted", f"[bold]{summary.total}")
+    return table
+
+
+def rejected_table(records: list[dict[str, object]]) -> Table:
+    table = Table(title="rejected rows (nothing was sent for these)", show_header=True)
+    table.add_column("line", justify="right")
+    table.add_column("field")
+    table.add_column("reason")
+    for record in records:
+        table.add_row(str(record["line"]), str(record["field"]), str(record["reason"]))
+    return table
+
+
+def failed_table(store: JobStore, batch_id: str, limit: int = 20) -> Table | None:
+    table = Table(title="jobs that did not succeed", show_header=True)
+    for column in ("line", "job", "status", "code", "message"):
+        table.add_column(column)
+    shown = 0
+    for job in store.jobs(batch_id):
+        if job.terminal and job.status not in {Status.SUCCEEDED}:
+            table.add_row(str(job.line), job.job_id, job.status.value, job.error_code or "",
+                          (job.error_message or "")[:120])
+            shown += 1
+            if shown >= limit:
+                break
+    return table if shown else None
