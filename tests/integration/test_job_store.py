@@ -1,0 +1,81 @@
+"""The job store on a real Redis: compare-and-set on the attempt, forward-only status, one event per end."""
+
+from __future__ import annotations
+
+import json
+
+from config.settings import Settings
+from workers.job import Action, Status
+from workers.requests import GenerationRequest
+from workers.runtime import make_store
+from workers.store import JobStore
+
+
+def new_job(store: JobStore, ref: str = "b1/j1", line: int = 2) -> None:
+    request = GenerationRequest(model="wan2.5-t2i-preview", prompt="a cat", size="1280*1280")
+    batch_id, job_id = ref.split("/")
+    store.create_job(ref, line=line, due_at=0, fields={
+        "batch_id": batch_id, "job_id": job_id, "line": line, "request": request.to_dict(), "status": "accepted",
+        "attempt": 0, "next_action": "admit"})
+
+
+def test_create_is_idempotent_and_reports_the_existing_status(settings: Settings) -> None:
+    """Creating a job twice keeps the first and says what status it has; the batch counts it once."""
+    store = make_store(settings)
+    store.open_batch("b1", source="t")
+    new_job(store)
+    assert store.create_job("b1/j1", line=2, due_at=0, fields={"status": "accepted"}) is Status.ACCEPTED
+    summary = store.batch_summary("b1")
+    assert summary is not None and summary.total == 1 and summary.counts == {"accepted": 1}
+
+
+def test_a_stale_attempt_cannot_act(settings: Settings) -> None:
+    """Once a claim advanced the attempt, a message carrying the old attempt is refused."""
+    store = make_store(settings)
+    new_job(store)
+    first = store.transition("b1/j1", Status.ADMITTED, expected_attempt=0, bump_attempt=True,
+                             next_action=Action.SUBMIT, due_at=1)
+    duplicate = store.transition("b1/j1", Status.ADMITTED, expected_attempt=0, bump_attempt=True,
+                                 next_action=Action.SUBMIT, due_at=1)
+    assert first.ok and first.attempt == 1
+    assert not duplicate.ok and duplicate.reason == "attempt moved on"
+
+
+def test_status_only_moves_along_the_allowed_transitions(settings: Settings) -> None:
+    """A terminal job cannot be revived, and accepted cannot jump to succeeded."""
+    store = make_store(settings)
+    new_job(store)
+    assert not store.transition("b1/j1", Status.SUCCEEDED, expected_attempt=None).ok
+    assert store.transition("b1/j1", Status.CANCELED, expected_attempt=None).ok
+    refused = store.transition("b1/j1", Status.ADMITTED, expected_attempt=None)
+    assert not refused.ok and "cannot move" in refused.reason
+
+
+def test_one_event_per_terminal_job_and_one_for_the_batch(settings: Settings) -> None:
+    """Ending a job appends its event once, however often the end is attempted; the sealed batch emits its own."""
+    store = make_store(settings)
+    store.open_batch("b1", source="t")
+    new_job(store, "b1/j1")
+    new_job(store, "b1/j2", line=3)
+    store.seal_batch("b1")
+    event = {"specversion": "1.0", "id": "b1/j1/canceled", "type": "genq.job.canceled"}
+    assert store.transition("b1/j1", Status.CANCELED, expected_attempt=0, event=event).ok
+    assert not store.transition("b1/j1", Status.CANCELED, expected_attempt=0, event=event).ok
+    done = store.transition("b1/j2", Status.FAILED, expected_attempt=0, event={**event, "id": "b1/j2/failed"})
+    assert done.batch_finished
+    entries = store.redis.xrange(settings.event_stream)
+    types = [json.loads(fields["event"])["type"] for _, fields in entries]
+    assert types == ["genq.job.canceled", "genq.job.canceled", "genq.batch.finished"]
+    batch_event = json.loads(entries[-1][1]["event"])
+    assert batch_event["data"]["counts"] == {"canceled": 1, "failed": 1}
+
+
+def test_rejected_rows_are_recorded_once_per_line(settings: Settings) -> None:
+    """Recording the same rejected line twice (a rerun) keeps one record; the batch counts it once."""
+    store = make_store(settings)
+    store.open_batch("b1", source="t")
+    for _ in range(2):
+        store.record_rejected("b1", 7, "size", "bad size", {"prompt": "x"})
+    summary = store.batch_summary("b1")
+    assert summary is not None and summary.rejected == 1
+    assert store.rejected("b1") == [{"line": 7, "field": "size", "reason": "bad size", "input": {"prompt": "x"}}]
