@@ -2,7 +2,7 @@
 """Set up genq from nothing but Python 3.11+, then run a command inside its environment.
 
     python3 bootstrap.py genq batch examples/prompts.csv   # any `genq ...` command
-    python3 bootstrap.py test [PYTEST ARGS]                # the test suite
+    python3 bootstrap.py test [PYTEST ARGS]                # lint, type-check, then the test suite
 
 What it does, every time (each step is a no-op when already done):
 1. makes `.venv-tools/` with a pinned `uv` in it (pip, from PyPI);
@@ -25,6 +25,8 @@ UV_VERSION = "0.13.9"
 ROOT = Path(__file__).resolve().parent
 TOOLS_VENV = ROOT / ".venv-tools"
 PROJECT_VENV = ROOT / ".venv"
+#: What `test` runs before pytest; the first failure stops it (the same checks CI runs).
+CHECKS = [["ruff", "check", "."], ["ruff", "format", "--check", "."], ["mypy"]]
 
 
 def _say(message: str) -> None:
@@ -55,7 +57,7 @@ def _sync(uv: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - this file runs before any Python is chosen
         _say(f"genq needs Python 3.11 or newer; this is {sys.version.split()[0]}")
         return 2
     if not argv or argv[0] in {"-h", "--help"}:
@@ -65,11 +67,16 @@ def main(argv: list[str]) -> int:
     bin_dir = PROJECT_VENV / "bin"
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", VIRTUAL_ENV=str(PROJECT_VENV))
     if argv[0] == "test":
-        command = [str(bin_dir / "python"), "-m", "pytest", *argv[1:]]
+        commands = [[str(bin_dir / tool), *args] for tool, *args in CHECKS]
+        commands.append([str(bin_dir / "python"), "-m", "pytest", *argv[1:]])
     else:
-        command = [str(bin_dir / argv[0]), *argv[1:]]
+        commands = [[str(bin_dir / argv[0]), *argv[1:]]]
     try:
-        return subprocess.run(command, cwd=ROOT, env=env).returncode
+        for command in commands:
+            code = subprocess.run(command, cwd=ROOT, env=env).returncode
+            if code != 0:
+                return code
+        return 0
     except KeyboardInterrupt:
         return 130
 

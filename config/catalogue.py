@@ -78,11 +78,22 @@ def _image(name: str, *, prompt_max: int, rule: SizeRule, size: str, rate: float
     return ModelSpec(name, Kind.IMAGE, protocol, prompt_max, rule, size, rate, slots)
 
 
-def _video(name: str, *, prompt_max: int, sizes: tuple[str, ...], durations: tuple[int, ...], rate: float,
-           slots: int) -> ModelSpec:
+def _video(
+    name: str, *, prompt_max: int, sizes: tuple[str, ...], durations: tuple[int, ...], rate: float, slots: int
+) -> ModelSpec:
     return ModelSpec(
-        name, Kind.VIDEO, Protocol.VIDEO_SYNTHESIS, prompt_max, SizeRule.FIXED, "1280*720", rate, slots,
-        fixed_sizes=sizes, max_n=1, durations_s=durations, default_duration_s=5,
+        name,
+        Kind.VIDEO,
+        Protocol.VIDEO_SYNTHESIS,
+        prompt_max,
+        SizeRule.FIXED,
+        "1280*720",
+        rate,
+        slots,
+        fixed_sizes=sizes,
+        max_n=1,
+        durations_s=durations,
+        default_duration_s=5,
     )
 
 
@@ -91,18 +102,45 @@ _MODELS = (
     _image("wan2.5-t2i-preview", prompt_max=2000, rule=SizeRule.TOTAL_PIXELS, size="1280*1280", rate=5, slots=5),
     *(
         _image(name, prompt_max=800, rule=SizeRule.PER_SIDE, size="1024*1024", rate=2, slots=2)
-        for name in ("wan2.2-t2i-flash", "wan2.2-t2i-plus", "wanx2.1-t2i-turbo", "wanx2.1-t2i-plus",
-                     "wanx2.0-t2i-turbo")
+        for name in (
+            "wan2.2-t2i-flash",
+            "wan2.2-t2i-plus",
+            "wanx2.1-t2i-turbo",
+            "wanx2.1-t2i-plus",
+            "wanx2.0-t2i-turbo",
+        )
     ),
     *(
-        ModelSpec(name, Kind.IMAGE, Protocol.IMAGE_SYNTHESIS, 800, SizeRule.FIXED, "1664*928", 2, 2,
-                  fixed_sizes=QWEN_IMAGE_SIZES, max_n=1)
+        ModelSpec(
+            name,
+            Kind.IMAGE,
+            Protocol.IMAGE_SYNTHESIS,
+            800,
+            SizeRule.FIXED,
+            "1664*928",
+            2,
+            2,
+            fixed_sizes=QWEN_IMAGE_SIZES,
+            max_n=1,
+        )
         for name in ("qwen-image", "qwen-image-plus")
     ),
-    _video("wan2.6-t2v", prompt_max=2000, sizes=VIDEO_SIZES_720P + VIDEO_SIZES_1080P, durations=(5, 10, 15),
-           rate=5, slots=5),
-    _video("wan2.5-t2v-preview", prompt_max=2000, sizes=VIDEO_SIZES_480P + VIDEO_SIZES_720P + VIDEO_SIZES_1080P,
-           durations=(5, 10), rate=5, slots=5),
+    _video(
+        "wan2.6-t2v",
+        prompt_max=2000,
+        sizes=VIDEO_SIZES_720P + VIDEO_SIZES_1080P,
+        durations=(5, 10, 15),
+        rate=5,
+        slots=5,
+    ),
+    _video(
+        "wan2.5-t2v-preview",
+        prompt_max=2000,
+        sizes=VIDEO_SIZES_480P + VIDEO_SIZES_720P + VIDEO_SIZES_1080P,
+        durations=(5, 10),
+        rate=5,
+        slots=5,
+    ),
     *(
         _video(name, prompt_max=800, sizes=VIDEO_SIZES_480P + VIDEO_SIZES_1080P, durations=(5,), rate=2, slots=2)
         for name in ("wan2.2-t2v-plus", "wanx2.1-t2v-turbo", "wanx2.1-t2v-plus")

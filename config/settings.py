@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr
@@ -75,9 +75,7 @@ class Settings(BaseSettings):
     region: str = Field("singapore", description="One of " + ", ".join(REGION_BASE_URLS))
     dashscope_base_url: str | None = Field(None, description="Overrides the region's base URL.")
     account: str = Field("default", description="Name of the quota scope's account.")
-    result_hosts: tuple[str, ...] = Field(
-        DOCUMENTED_RESULT_HOSTS, description="Hosts result URLs may be fetched from."
-    )
+    result_hosts: tuple[str, ...] = Field(DOCUMENTED_RESULT_HOSTS, description="Hosts result URLs may be fetched from.")
     require_https_results: bool = True
     http_timeout_s: float = 30.0
 
@@ -109,7 +107,7 @@ class Settings(BaseSettings):
         toml_file = settings_cls.model_config.get("toml_file") or os.environ.get("GENQ_CONFIG")
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if toml_file:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml_file)))
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(str(toml_file))))
         return tuple(sources)
 
     # --- derived ----------------------------------------------------------------------------------
@@ -147,4 +145,4 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     from_file = type(
         "Settings", (Settings,), {"model_config": SettingsConfigDict(**Settings.model_config, toml_file=config_file)}
     )
-    return from_file(**overrides)
+    return cast(Settings, from_file(**overrides))

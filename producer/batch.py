@@ -40,17 +40,27 @@ class EnqueueReport:
 def job_id_for(row: CsvRow, request: GenerationRequest, seen: Counter[str]) -> str:
     if row.client_id:
         if not keys.ID_PATTERN.match(row.client_id):
-            raise RequestInvalid("id", "must be 1-64 characters of letters, digits, '.', '_' or '-', "
-                                       f"starting with a letter or digit; got {row.client_id!r}")
+            raise RequestInvalid(
+                "id",
+                "must be 1-64 characters of letters, digits, '.', '_' or '-', "
+                f"starting with a letter or digit; got {row.client_id!r}",
+            )
         return row.client_id
     fingerprint = request.fingerprint()
     seen[fingerprint] += 1
     return "r" + hashlib.sha256(f"{fingerprint}:{seen[fingerprint]}".encode()).hexdigest()[:15]
 
 
-def enqueue_rows(store: JobStore, settings: Settings, batch_id: str, rows: Iterable[CsvRow], *,
-                 source: str, send: Callable[[Next | None], None],
-                 on_row: Callable[[EnqueueReport], None] | None = None) -> EnqueueReport:
+def enqueue_rows(
+    store: JobStore,
+    settings: Settings,
+    batch_id: str,
+    rows: Iterable[CsvRow],
+    *,
+    source: str,
+    send: Callable[[Next | None], None],
+    on_row: Callable[[EnqueueReport], None] | None = None,
+) -> EnqueueReport:
     """Validate and enqueue every row; return what happened. The batch is sealed at the end."""
     report = EnqueueReport(batch_id)
     store.open_batch(batch_id, source=source)
@@ -59,14 +69,16 @@ def enqueue_rows(store: JobStore, settings: Settings, batch_id: str, rows: Itera
     for row in rows:
         try:
             if "_extra_values" in row.fields:
-                raise RequestInvalid("row", "has more values than the header has columns (a stray comma or an "
-                                            "unquoted field?)")
+                raise RequestInvalid(
+                    "row", "has more values than the header has columns (a stray comma or an unquoted field?)"
+                )
             request = validate_request(row.to_input(), default_model=settings.default_model)
             job_id = job_id_for(row, request, seen_requests)
             if row.client_id:
                 if row.client_id in first_line_of_id:
-                    raise RequestInvalid("id", f"duplicate id {row.client_id!r}, first used on line "
-                                               f"{first_line_of_id[row.client_id]}")
+                    raise RequestInvalid(
+                        "id", f"duplicate id {row.client_id!r}, first used on line {first_line_of_id[row.client_id]}"
+                    )
                 first_line_of_id[row.client_id] = row.line
         except RequestInvalid as exc:
             store.record_rejected(batch_id, row.line, exc.field, exc.reason, row.fields)
@@ -79,15 +91,35 @@ def enqueue_rows(store: JobStore, settings: Settings, batch_id: str, rows: Itera
     return report
 
 
-def _create(store: JobStore, settings: Settings, report: EnqueueReport, ref: str, line: int,
-            request: GenerationRequest, send: Callable[[Next | None], None]) -> None:
+def _create(
+    store: JobStore,
+    settings: Settings,
+    report: EnqueueReport,
+    ref: str,
+    line: int,
+    request: GenerationRequest,
+    send: Callable[[Next | None], None],
+) -> None:
     now = time.time()
     batch_id, job_id = keys.split_ref(ref)
-    existing = store.create_job(ref, line=line, due_at=now, fields={
-        "batch_id": batch_id, "job_id": job_id, "line": line, "request": request.to_dict(),
-        "model": request.model, "status": Status.ACCEPTED, "attempt": 0, "next_action": Action.ADMIT,
-        "due_at": now, "created_at": now, f"t_{Status.ACCEPTED}": now,
-    })
+    existing = store.create_job(
+        ref,
+        line=line,
+        due_at=now,
+        fields={
+            "batch_id": batch_id,
+            "job_id": job_id,
+            "line": line,
+            "request": request.to_dict(),
+            "model": request.model,
+            "status": Status.ACCEPTED,
+            "attempt": 0,
+            "next_action": Action.ADMIT,
+            "due_at": now,
+            "created_at": now,
+            f"t_{Status.ACCEPTED}": now,
+        },
+    )
     if existing is not None:
         report.existing[existing] += 1
         return

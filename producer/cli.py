@@ -32,8 +32,8 @@ from workers.storage import ResultStore, make_minio
 app = typer.Typer(
     name="genq",
     help="Turn prompts into stored images and videos through Alibaba Cloud Model Studio (DashScope), "
-         "at the volume the account's quota allows. Without DASHSCOPE_API_KEY, genq runs against its local "
-         "simulator; services that are not reachable on loopback are started for the command's duration.",
+    "at the volume the account's quota allows. Without DASHSCOPE_API_KEY, genq runs against its local "
+    "simulator; services that are not reachable on loopback are started for the command's duration.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -41,8 +41,10 @@ app = typer.Typer(
 console = Console(stderr=False)
 errors = Console(stderr=True)
 
-ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="A TOML settings file (else GENQ_CONFIG).",
-                                                   exists=True, dir_okay=False)]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="A TOML settings file (else GENQ_CONFIG).", exists=True, dir_okay=False),
+]
 
 
 def _settings(config: Path | None, **overrides: Any) -> Settings:
@@ -62,13 +64,27 @@ def default_batch_id(path: Path) -> str:
 
 @app.command()
 def batch(
-    csv_file: Annotated[Path, typer.Argument(help="The prompts CSV: a header row with at least a 'prompt' column.",
-                                             exists=True, dir_okay=False, readable=True)],
-    batch_id: Annotated[str | None, typer.Option("--batch-id", "-b", help="Name of the batch (default: the "
-                                                 "file's name). Rerunning a batch submits nothing twice.")] = None,
+    csv_file: Annotated[
+        Path,
+        typer.Argument(
+            help="The prompts CSV: a header row with at least a 'prompt' column.",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ],
+    batch_id: Annotated[
+        str | None,
+        typer.Option(
+            "--batch-id",
+            "-b",
+            help="Name of the batch (default: the file's name). Rerunning a batch submits nothing twice.",
+        ),
+    ] = None,
     model: Annotated[str | None, typer.Option(help="Model for rows that name none.")] = None,
-    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait with a progress display until every job "
-                                       "ended.")] = True,
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="Wait with a progress display until every job ended.")
+    ] = True,
     timeout_s: Annotated[float | None, typer.Option("--timeout", help="Stop waiting after this many seconds.")] = None,
     export_dir: Annotated[Path | None, typer.Option("--export", help="When done, copy results here.")] = None,
     workers: Annotated[int, typer.Option(help="Local worker processes to start if none is attached.")] = 1,
@@ -92,8 +108,9 @@ def batch(
     raise typer.Exit(code)
 
 
-def _run_batch(stack: LocalStack, csv_file: Path, batch_id: str, *, wait: bool, timeout_s: float | None,
-               export_dir: Path | None) -> int:
+def _run_batch(
+    stack: LocalStack, csv_file: Path, batch_id: str, *, wait: bool, timeout_s: float | None, export_dir: Path | None
+) -> int:
     settings = stack.settings
     store = make_store(settings)
     results = ResultStore(make_minio(settings), settings.bucket)
@@ -101,11 +118,14 @@ def _run_batch(stack: LocalStack, csv_file: Path, batch_id: str, *, wait: bool, 
     celery = create_app(settings)
     if stack.simulator_url:
         console.print(f"No DASHSCOPE_API_KEY: using the local DashScope simulator at {stack.simulator_url}")
-    report = enqueue_rows(store, settings, batch_id, read_rows(csv_file), source=str(csv_file),
-                          send=lambda step: publish(celery, step))
+    report = enqueue_rows(
+        store, settings, batch_id, read_rows(csv_file), source=str(csv_file), send=lambda step: publish(celery, step)
+    )
     already = sum(report.existing.values())
-    console.print(f"batch [bold]{batch_id}[/bold]: {report.rows} rows read, {report.accepted} new jobs "
-                  f"({report.images} images) enqueued, {already} already known, {len(report.rejected)} rejected")
+    console.print(
+        f"batch [bold]{batch_id}[/bold]: {report.rows} rows read, {report.accepted} new jobs "
+        f"({report.images} images) enqueued, {already} already known, {len(report.rejected)} rejected"
+    )
     if already:
         states = ", ".join(f"{n} {s}" for s, n in sorted(report.existing.items()))
         console.print(f"  already known from an earlier run, not submitted again: {states}")
@@ -119,8 +139,10 @@ def _run_batch(stack: LocalStack, csv_file: Path, batch_id: str, *, wait: bool, 
     failed = failed_table(store, batch_id)
     if failed is not None:
         console.print(failed)
-    console.print(f"Results: s3://{settings.bucket}/{batch_id}/ on {settings.s3_endpoint} "
-                  f"(each job: {{job_id}}/{{index}}.png and manifest.json)")
+    console.print(
+        f"Results: s3://{settings.bucket}/{batch_id}/ on {settings.s3_endpoint} "
+        f"(each job: {{job_id}}/{{index}}.png and manifest.json)"
+    )
     if export_dir:
         exported = export_batch(store, results, batch_id, export_dir)
         console.print(f"Exported {exported.files} files and {exported.csv_path}")
@@ -129,8 +151,10 @@ def _run_batch(stack: LocalStack, csv_file: Path, batch_id: str, *, wait: bool, 
     counters = stack.simulator_counters()
     if counters is not None:
         made = counters["counters"].get("creates", 0)
-        console.print(f"DashScope simulator: {made} upstream tasks created by this run, "
-                      f"{counters['duplicate_creates']} duplicate creates")
+        console.print(
+            f"DashScope simulator: {made} upstream tasks created by this run, "
+            f"{counters['duplicate_creates']} duplicate creates"
+        )
     return 0 if summary.done and summary.succeeded == summary.total else 1
 
 
@@ -192,8 +216,19 @@ def worker(
     """Run a Celery worker in the foreground against the configured Redis (for long-lived deployments)."""
     settings = _settings(config)
     celery = create_app(settings)
-    celery.worker_main(["worker", "-Q", queues, "-c", str(concurrency or settings.worker_concurrency),
-                        "--pool", "prefork", "-l", "INFO"])
+    celery.worker_main(
+        [
+            "worker",
+            "-Q",
+            queues,
+            "-c",
+            str(concurrency or settings.worker_concurrency),
+            "--pool",
+            "prefork",
+            "-l",
+            "INFO",
+        ]
+    )
 
 
 @app.command()

@@ -14,8 +14,18 @@ from pathlib import Path
 from workers.errors import GenqError
 from workers.requests import RequestInput
 
-KNOWN_COLUMNS = ("id", "prompt", "negative_prompt", "model", "size", "n", "seed", "prompt_extend", "watermark",
-                 "duration")
+KNOWN_COLUMNS = (
+    "id",
+    "prompt",
+    "negative_prompt",
+    "model",
+    "size",
+    "n",
+    "seed",
+    "prompt_extend",
+    "watermark",
+    "duration",
+)
 
 
 class CsvFormatError(GenqError):
@@ -34,9 +44,15 @@ class CsvRow:
     def to_input(self) -> RequestInput:
         f = self.fields
         return RequestInput(
-            prompt=f.get("prompt"), model=f.get("model"), negative_prompt=f.get("negative_prompt"),
-            size=f.get("size"), n=f.get("n"), seed=f.get("seed"), prompt_extend=f.get("prompt_extend"),
-            watermark=f.get("watermark"), duration=f.get("duration"),
+            prompt=f.get("prompt"),
+            model=f.get("model"),
+            negative_prompt=f.get("negative_prompt"),
+            size=f.get("size"),
+            n=f.get("n"),
+            seed=f.get("seed"),
+            prompt_extend=f.get("prompt_extend"),
+            watermark=f.get("watermark"),
+            duration=f.get("duration"),
             metadata={k: v for k, v in f.items() if k not in KNOWN_COLUMNS and v},
         )
 
@@ -59,7 +75,7 @@ def read_rows(path: Path) -> Iterator[CsvRow]:
                     continue  # blank line
                 fields = dict(zip(columns, values, strict=False))
                 if len(values) > len(columns):
-                    fields["_extra_values"] = ",".join(values[len(columns):])
+                    fields["_extra_values"] = ",".join(values[len(columns) :])
                 yield CsvRow(line, fields)
     except UnicodeDecodeError as exc:
         raise CsvFormatError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc

@@ -20,19 +20,31 @@ def _in_flight(summary: BatchSummary) -> str:
     return ", ".join(parts) or "-"
 
 
-def wait_for_batch(store: JobStore, batch_id: str, console: Console, *, timeout_s: float | None = None,
-                   interval_s: float = 0.5, clock: Callable[[], float] = time.monotonic) -> BatchSummary:
+def wait_for_batch(
+    store: JobStore,
+    batch_id: str,
+    console: Console,
+    *,
+    timeout_s: float | None = None,
+    interval_s: float = 0.5,
+    clock: Callable[[], float] = time.monotonic,
+) -> BatchSummary:
     """Show progress until every job of the batch is terminal (or `timeout_s` passes); return the summary."""
     started = clock()
     summary = store.batch_summary(batch_id) or BatchSummary(batch_id)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console,
-                  transient=False) as progress:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
         bar = progress.add_task(f"batch {batch_id}", total=max(summary.total, 1), detail="")
         while True:
             summary = store.batch_summary(batch_id) or summary
-            progress.update(bar, total=max(summary.total, 1), completed=summary.terminal,
-                            detail=_in_flight(summary))
+            progress.update(bar, total=max(summary.total, 1), completed=summary.terminal, detail=_in_flight(summary))
             if summary.done:
                 return summary
             if timeout_s is not None and clock() - started > timeout_s:
@@ -70,8 +82,9 @@ def failed_table(store: JobStore, batch_id: str, limit: int = 20) -> Table | Non
     shown = 0
     for job in store.jobs(batch_id):
         if job.terminal and job.status not in {Status.SUCCEEDED}:
-            table.add_row(str(job.line), job.job_id, job.status.value, job.error_code or "",
-                          (job.error_message or "")[:120])
+            table.add_row(
+                str(job.line), job.job_id, job.status.value, job.error_code or "", (job.error_message or "")[:120]
+            )
             shown += 1
             if shown >= limit:
                 break

@@ -14,8 +14,21 @@ from workers.job import Job
 from workers.storage import ResultStore
 from workers.store import JobStore
 
-COLUMNS = ("line", "job_id", "status", "model", "prompt", "actual_prompt", "seed", "size", "n", "task_id",
-           "files", "error_code", "error_message")
+COLUMNS = (
+    "line",
+    "job_id",
+    "status",
+    "model",
+    "prompt",
+    "actual_prompt",
+    "seed",
+    "size",
+    "n",
+    "task_id",
+    "files",
+    "error_code",
+    "error_message",
+)
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -34,9 +47,18 @@ class ExportReport:
 def _row(job: Job, files: list[str]) -> dict[str, str]:
     actual = next((r.get("actual_prompt") for r in job.results if r.get("actual_prompt")), "")
     values: dict[str, object] = {
-        "line": job.line, "job_id": job.job_id, "status": job.status.value, "model": job.request.model,
-        "prompt": job.request.prompt, "actual_prompt": actual, "seed": job.request.seed, "size": job.request.size,
-        "n": job.request.n, "task_id": job.task_id, "files": " ".join(files), "error_code": job.error_code,
+        "line": job.line,
+        "job_id": job.job_id,
+        "status": job.status.value,
+        "model": job.request.model,
+        "prompt": job.request.prompt,
+        "actual_prompt": actual,
+        "seed": job.request.seed,
+        "size": job.request.size,
+        "n": job.request.n,
+        "task_id": job.task_id,
+        "files": " ".join(files),
+        "error_code": job.error_code,
         "error_message": job.error_message,
     }
     return {k: spreadsheet_safe(v) for k, v in values.items()}

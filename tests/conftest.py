@@ -62,8 +62,9 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     root = tmp_path_factory.mktemp("s3")
     port = free_port(with_grpc_offset=True)
     server = S3Server(f"127.0.0.1:{port}", "testkey" + secrets.token_hex(4), secrets.token_urlsafe(20))
-    process = services.start_s3(root / "data", port, root / "logs", access_key=server.access_key,
-                                secret_key=server.secret_key, base_env={})
+    process = services.start_s3(
+        root / "data", port, root / "logs", access_key=server.access_key, secret_key=server.secret_key, base_env={}
+    )
     yield server
     process.stop()
 
@@ -102,10 +103,16 @@ def settings(redis_url: str, s3_server: S3Server, simulator: RunningSimulator, t
     """Settings pointing at this test's Redis, S3 bucket and simulator."""
     host = simulator.url.removeprefix("http://")
     return Settings(
-        redis_url=redis_url, s3_endpoint=s3_server.endpoint, s3_access_key=SecretStr(s3_server.access_key),
-        s3_secret_key=SecretStr(s3_server.secret_key), bucket="genq-test-" + secrets.token_hex(4),
-        dashscope_api_key=SecretStr(SIM_KEY), dashscope_base_url=simulator.base_url,
-        result_hosts=(host,), require_https_results=False, state_dir=tmp_path / "state",
+        redis_url=redis_url,
+        s3_endpoint=s3_server.endpoint,
+        s3_access_key=SecretStr(s3_server.access_key),
+        s3_secret_key=SecretStr(s3_server.secret_key),
+        bucket="genq-test-" + secrets.token_hex(4),
+        dashscope_api_key=SecretStr(SIM_KEY),
+        dashscope_base_url=simulator.base_url,
+        result_hosts=(host,),
+        require_https_results=False,
+        state_dir=tmp_path / "state",
     )
 
 
@@ -117,8 +124,12 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
     results.ensure_bucket()
     key = settings.dashscope_api_key
     assert key is not None
-    yield Runtime(settings=settings, store=make_store(settings),
-                  dashscope=DashScopeClient(api, base_url=settings.base_url, api_key=key.get_secret_value()),
-                  results=results, downloads=downloads)
+    yield Runtime(
+        settings=settings,
+        store=make_store(settings),
+        dashscope=DashScopeClient(api, base_url=settings.base_url, api_key=key.get_secret_value()),
+        results=results,
+        downloads=downloads,
+    )
     api.close()
     downloads.close()

@@ -27,7 +27,13 @@ def admit(store: JobStore, settings: Settings, ref: str, *, now: float | None = 
     job = store.get(ref)
     if job is None or job.status is not Status.ACCEPTED:
         return None
-    applied = store.transition(ref, Status.ADMITTED, expected_attempt=job.attempt, next_action=Action.SUBMIT,
-                               due_at=now, fields={"deadline_at": now + deadline_s(settings, job.request.model)},
-                               now=now)
+    applied = store.transition(
+        ref,
+        Status.ADMITTED,
+        expected_attempt=job.attempt,
+        next_action=Action.SUBMIT,
+        due_at=now,
+        fields={"deadline_at": now + deadline_s(settings, job.request.model)},
+        now=now,
+    )
     return Next(Action.SUBMIT, ref, applied.attempt) if applied.ok else None

@@ -31,8 +31,9 @@ class RequestInvalid(GenqError):
 class RemoteError(GenqError):
     """An error answer (or no answer) from DashScope. `code` is DashScope's, or our own for transport faults."""
 
-    def __init__(self, code: str, message: str, *, http_status: int | None = None,
-                 request_id: str | None = None) -> None:
+    def __init__(
+        self, code: str, message: str, *, http_status: int | None = None, request_id: str | None = None
+    ) -> None:
         super().__init__(f"{code}: {message}" + (f" (HTTP {http_status})" if http_status else ""))
         self.code = code
         self.message = message
@@ -41,8 +42,15 @@ class RemoteError(GenqError):
 
 
 class Throttled(RemoteError):
-    def __init__(self, code: str, message: str, *, http_status: int | None = None,
-                 request_id: str | None = None, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        http_status: int | None = None,
+        request_id: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(code, message, http_status=http_status, request_id=request_id)
         self.retry_after_s = retry_after_s
 

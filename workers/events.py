@@ -14,9 +14,16 @@ from workers.job import Job, Status
 SOURCE = "genq"
 
 
-def job_event(job: Job, status: Status, *, now: float, error_code: str | None = None,
-              error_message: str | None = None, objects: list[dict[str, Any]] | None = None,
-              manifest_key: str | None = None) -> dict[str, Any]:
+def job_event(
+    job: Job,
+    status: Status,
+    *,
+    now: float,
+    error_code: str | None = None,
+    error_message: str | None = None,
+    objects: list[dict[str, Any]] | None = None,
+    manifest_key: str | None = None,
+) -> dict[str, Any]:
     data: dict[str, Any] = {
         "ref": job.ref,
         "batch_id": job.batch_id,

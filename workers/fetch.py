@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO
+from typing import BinaryIO, cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -22,7 +22,7 @@ CHUNK_BYTES = 1024 * 1024
 SPOOL_BYTES = 8 * 1024 * 1024
 
 #: content type -> (file extension, magic test on the first bytes)
-_SIGNATURES = {
+_SIGNATURES: dict[str, tuple[str, Callable[[bytes], bool]]] = {
     "image/png": ("png", lambda head: head.startswith(b"\x89PNG\r\n\x1a\n")),
     "image/jpeg": ("jpg", lambda head: head.startswith(b"\xff\xd8\xff")),
     "image/webp": ("webp", lambda head: head[:4] == b"RIFF" and head[8:12] == b"WEBP"),
@@ -32,7 +32,7 @@ _SIGNATURES = {
 
 @dataclass(frozen=True)
 class Fetched:
-    file: IO[bytes]
+    file: BinaryIO
     size: int
     sha256: str
     content_type: str
@@ -67,7 +67,7 @@ def fetch(http: httpx.Client, url: str, *, max_bytes: int) -> Iterator[Fetched]:
         try:
             with http.stream("GET", url, follow_redirects=False) as response:
                 if response.status_code == 403:
-                    raise ResultRejected("ResultUrlExpired", f"result URL answered 403 (expired?)")
+                    raise ResultRejected("ResultUrlExpired", "result URL answered 403 (expired?)")
                 if response.status_code >= 400:
                     raise TransientRemoteError("ResultDownload", f"result URL answered HTTP {response.status_code}")
                 declared = int(response.headers.get("Content-Length") or 0)
@@ -84,4 +84,4 @@ def fetch(http: httpx.Client, url: str, *, max_bytes: int) -> Iterator[Fetched]:
         spool.seek(0)
         content_type, extension = sniff(spool.read(16))
         spool.seek(0)
-        yield Fetched(spool, size, digest.hexdigest(), content_type, extension)  # type: ignore[arg-type]
+        yield Fetched(cast(BinaryIO, spool), size, digest.hexdigest(), content_type, extension)

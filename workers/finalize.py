@@ -47,8 +47,9 @@ def finalize(rt: Runtime, ref: str, attempt: int) -> Next | None:
             return None
         delay = backoff_s(errors, base_s=2.0, cap_s=120.0, rng=rt.rng)
         log.warning("finalize failed, will retry", ref=ref, error=str(exc), errors=errors, delay_s=round(delay, 1))
-        return reschedule(rt, job, current, Status.DOWNLOADING, Action.FINALIZE, delay,
-                          fields={"finalize_errors": errors})
+        return reschedule(
+            rt, job, current, Status.DOWNLOADING, Action.FINALIZE, delay, fields={"finalize_errors": errors}
+        )
 
     fields: dict[str, Any] = {"objects": objects, "failures": failures}
     if not objects:
@@ -67,25 +68,36 @@ def _store_results(rt: Runtime, job: Job) -> tuple[list[dict[str, Any]], list[di
     for index, item in enumerate(job.results):
         url = item.get("url")
         if not url:
-            failures.append({"index": index, "code": item.get("code") or "NoResult",
-                             "message": item.get("message") or "sub-result failed"})
+            failures.append(
+                {
+                    "index": index,
+                    "code": item.get("code") or "NoResult",
+                    "message": item.get("message") or "sub-result failed",
+                }
+            )
             continue
         key = object_key(job.ref, index, extension)
         try:
-            check_url(url, allowed_hosts=rt.settings.result_hosts,
-                      require_https=rt.settings.require_https_results)
+            check_url(url, allowed_hosts=rt.settings.result_hosts, require_https=rt.settings.require_https_results)
             existing = rt.results.sha256_of(key)
             if existing:
                 objects.append({"index": index, "key": key, "sha256": existing})
                 continue
             with fetch(rt.downloads, url, max_bytes=rt.settings.result_max_bytes) as fetched:
                 if fetched.content_type not in allowed_types:
-                    raise ResultRejected("ResultContentType",
-                                         f"expected {extension} bytes, got {fetched.content_type}")
-                rt.results.put_file(key, fetched.file, fetched.size, content_type=fetched.content_type,
-                                    sha256=fetched.sha256)
-                objects.append({"index": index, "key": key, "sha256": fetched.sha256, "size": fetched.size,
-                                "content_type": fetched.content_type})
+                    raise ResultRejected("ResultContentType", f"expected {extension} bytes, got {fetched.content_type}")
+                rt.results.put_file(
+                    key, fetched.file, fetched.size, content_type=fetched.content_type, sha256=fetched.sha256
+                )
+                objects.append(
+                    {
+                        "index": index,
+                        "key": key,
+                        "sha256": fetched.sha256,
+                        "size": fetched.size,
+                        "content_type": fetched.content_type,
+                    }
+                )
         except ResultRejected as exc:
             log.warning("result refused", ref=job.ref, index=index, code=exc.code, reason=exc.message)
             failures.append({"index": index, "code": exc.code, "message": exc.message})

@@ -6,7 +6,8 @@ action first *claims* the job by advancing `attempt`, so two deliveries of one m
 
 Fields of `genq:job:{ref}` (all strings in Redis):
 `batch_id`, `job_id`, `line`, `request` (JSON), `model`, `kind`, `status`, `attempt`, `next_action`,
-`due_at`, `deadline_at`, `task_id`, `submits` (creates sent), `submit_errors`, `throttles`, `submitted_at`, `poll_count`,
+`due_at`, `deadline_at`, `task_id`, `submits` (creates sent), `submit_errors`, `throttles`, `submitted_at`,
+`poll_count`,
 `poll_errors`, `poll_delay_s`, `finalize_errors`, `created_at`,
 `t_{status}` (when it entered each status), `submit_time` / `scheduled_time` / `end_time` (upstream, as
 the service wrote them), `results` (JSON: upstream results), `objects` (JSON: stored keys + sha256),
@@ -50,8 +51,15 @@ class Action(StrEnum):
 
 
 TERMINAL = frozenset(
-    {Status.SUCCEEDED, Status.PARTIALLY_SUCCEEDED, Status.FAILED, Status.CANCELED, Status.EXPIRED,
-     Status.TIMED_OUT, Status.REJECTED}
+    {
+        Status.SUCCEEDED,
+        Status.PARTIALLY_SUCCEEDED,
+        Status.FAILED,
+        Status.CANCELED,
+        Status.EXPIRED,
+        Status.TIMED_OUT,
+        Status.REJECTED,
+    }
 )
 _ENDINGS = {Status.FAILED, Status.CANCELED, Status.TIMED_OUT}
 
@@ -60,11 +68,9 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.ACCEPTED: frozenset({Status.ADMITTED, *_ENDINGS}),
     Status.ADMITTED: frozenset({Status.SUBMITTING, *_ENDINGS}),
     Status.SUBMITTING: frozenset({Status.SUBMITTED, *_ENDINGS}),
-    Status.SUBMITTED: frozenset({Status.RUNNING, Status.DOWNLOADING, Status.SUBMITTING, Status.EXPIRED,
-                                 *_ENDINGS}),
+    Status.SUBMITTED: frozenset({Status.RUNNING, Status.DOWNLOADING, Status.SUBMITTING, Status.EXPIRED, *_ENDINGS}),
     Status.RUNNING: frozenset({Status.DOWNLOADING, Status.SUBMITTING, Status.EXPIRED, *_ENDINGS}),
-    Status.DOWNLOADING: frozenset({Status.SUCCEEDED, Status.PARTIALLY_SUCCEEDED, Status.FAILED,
-                                   Status.TIMED_OUT}),
+    Status.DOWNLOADING: frozenset({Status.SUCCEEDED, Status.PARTIALLY_SUCCEEDED, Status.FAILED, Status.TIMED_OUT}),
     **{s: frozenset() for s in TERMINAL},
 }
 

@@ -15,5 +15,9 @@ def publish(app: Celery, step: Next | None) -> None:
     if step is None:
         return
     countdown = min(max(0.0, step.delay_s), MAX_COUNTDOWN_S)
-    app.send_task(f"genq.{step.action.value}", kwargs={"ref": step.ref, "attempt": step.attempt},
-                  queue=step.action.value, countdown=countdown or None)
+    app.send_task(
+        f"genq.{step.action.value}",
+        kwargs={"ref": step.ref, "attempt": step.attempt},
+        queue=step.action.value,
+        countdown=countdown or None,
+    )

@@ -28,7 +28,8 @@ def poll(rt: Runtime, ref: str, attempt: int) -> Next | None:
     if current is None:
         return None
     if rt.clock() >= job.deadline_at:
-        return _deadline(rt, job, current)
+        _deadline(rt, job, current)
+        return None
     try:
         state = rt.dashscope.get_task(job.task_id or "")
     except Throttled as exc:
@@ -51,29 +52,67 @@ def _on_state(rt: Runtime, job: Job, current: int, state: TaskState) -> Next | N
     upstream = state.upstream_times()
     if state.status == "SUCCEEDED":
         if not state.urls:
-            end(rt, job, current, Status.FAILED, code=_first_code(state) or "NoResults",
-                message=_first_message(state) or "task succeeded without a result URL", fields=upstream)
+            end(
+                rt,
+                job,
+                current,
+                Status.FAILED,
+                code=_first_code(state) or "NoResults",
+                message=_first_message(state) or "task succeeded without a result URL",
+                fields=upstream,
+            )
             return None
-        return reschedule(rt, job, current, Status.DOWNLOADING, Action.FINALIZE, 0.0,
-                          fields={**upstream, "results": [r.to_dict() for r in state.results],
-                                  "usage": state.usage, "poll_errors": 0})
+        return reschedule(
+            rt,
+            job,
+            current,
+            Status.DOWNLOADING,
+            Action.FINALIZE,
+            0.0,
+            fields={
+                **upstream,
+                "results": [r.to_dict() for r in state.results],
+                "usage": state.usage,
+                "poll_errors": 0,
+            },
+        )
     if state.status == "FAILED":
         return _on_failed(rt, job, current, state)
     if state.status == "CANCELED":
-        end(rt, job, current, Status.CANCELED, code="Canceled", message="the task was canceled upstream",
-            fields=upstream)
+        end(
+            rt,
+            job,
+            current,
+            Status.CANCELED,
+            code="Canceled",
+            message="the task was canceled upstream",
+            fields=upstream,
+        )
         return None
     if state.status == "UNKNOWN":
-        end(rt, job, current, Status.EXPIRED, code="TaskUnknown",
-            message="the service no longer knows the task (expired after 24 h, or unknown id)", fields=upstream)
+        end(
+            rt,
+            job,
+            current,
+            Status.EXPIRED,
+            code="TaskUnknown",
+            message="the service no longer knows the task (expired after 24 h, or unknown id)",
+            fields=upstream,
+        )
         return None
     # PENDING, RUNNING, or a status this version does not know: not terminal, poll again.
     status = Status.RUNNING if state.status == "RUNNING" else job.status
     now = rt.clock()
-    delay = next_poll_delay_s(model_spec(job.request.model).kind, elapsed_s=now - (job.submitted_at or now),
-                              previous_delay_s=job.poll_delay_s, remaining_s=job.deadline_at - now, rng=rt.rng)
-    return reschedule(rt, job, current, status, Action.POLL, delay,
-                      fields={**upstream, "poll_delay_s": delay, "poll_errors": 0})
+    delay = next_poll_delay_s(
+        model_spec(job.request.model).kind,
+        elapsed_s=now - (job.submitted_at or now),
+        previous_delay_s=job.poll_delay_s,
+        remaining_s=job.deadline_at - now,
+        rng=rt.rng,
+    )
+    return reschedule(
+        rt, job, current, status, Action.POLL, delay, fields={**upstream, "poll_delay_s": delay, "poll_errors": 0}
+    )
 
 
 def _on_failed(rt: Runtime, job: Job, current: int, state: TaskState) -> Next | None:
@@ -82,8 +121,15 @@ def _on_failed(rt: Runtime, job: Job, current: int, state: TaskState) -> Next | 
     if is_transient_task_failure(code) and job.submits < rt.settings.submit_max_attempts:
         delay = backoff_s(job.submits, base_s=2.0, cap_s=60.0, rng=rt.rng)
         log.warning("task failed transiently, resubmitting", ref=job.ref, task_id=job.task_id, code=code)
-        return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, delay,
-                          fields={"task_id": "", "last_error_code": code, "last_error_message": message})
+        return reschedule(
+            rt,
+            job,
+            current,
+            Status.SUBMITTING,
+            Action.SUBMIT,
+            delay,
+            fields={"task_id": "", "last_error_code": code, "last_error_message": message},
+        )
     end(rt, job, current, Status.FAILED, code=code, message=message, fields=state.upstream_times())
     return None
 
@@ -94,8 +140,14 @@ def _deadline(rt: Runtime, job: Job, current: int) -> None:
         rt.dashscope.cancel_task(job.task_id or "")
     except (PermanentRemoteError, TransientRemoteError) as exc:
         log.info("cancel at deadline not possible", ref=job.ref, task_id=job.task_id, code=exc.code)
-    end(rt, job, current, Status.TIMED_OUT, code="DeadlineExceeded",
-        message=f"no result within the job's deadline ({job.deadline_at - job.created_at:.0f} s)")
+    end(
+        rt,
+        job,
+        current,
+        Status.TIMED_OUT,
+        code="DeadlineExceeded",
+        message=f"no result within the job's deadline ({job.deadline_at - job.created_at:.0f} s)",
+    )
 
 
 def _first_code(state: TaskState) -> str | None:

@@ -37,8 +37,14 @@ POLICIES = {
 }
 
 
-def next_poll_delay_s(kind: Kind, *, elapsed_s: float, previous_delay_s: float | None,
-                      remaining_s: float, rng: random.Random | None = None) -> float:
+def next_poll_delay_s(
+    kind: Kind,
+    *,
+    elapsed_s: float,
+    previous_delay_s: float | None,
+    remaining_s: float,
+    rng: random.Random | None = None,
+) -> float:
     """The policy's delay for `kind`, cut so the last poll lands at the deadline rather than after it."""
     delay = POLICIES[kind].delay_s(elapsed_s, previous_delay_s, rng)
     return max(0.0, min(delay, remaining_s))

@@ -29,13 +29,15 @@ class Runtime:
 
 
 def make_redis(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=10,
-                                socket_connect_timeout=5, health_check_interval=30)
+    return redis.Redis.from_url(
+        settings.redis_url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
+    )
 
 
 def make_store(settings: Settings) -> JobStore:
-    return JobStore(make_redis(settings), event_stream=settings.event_stream,
-                    event_stream_maxlen=settings.event_stream_maxlen)
+    return JobStore(
+        make_redis(settings), event_stream=settings.event_stream, event_stream_maxlen=settings.event_stream_maxlen
+    )
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -46,8 +48,9 @@ def build_runtime(settings: Settings) -> Runtime:
     return Runtime(
         settings=settings,
         store=make_store(settings),
-        dashscope=DashScopeClient(api, base_url=settings.base_url,
-                                  api_key=settings.dashscope_api_key.get_secret_value()),
+        dashscope=DashScopeClient(
+            api, base_url=settings.base_url, api_key=settings.dashscope_api_key.get_secret_value()
+        ),
         results=ResultStore(make_minio(settings), settings.bucket),
         downloads=httpx.Client(timeout=httpx.Timeout(120.0, connect=5.0)),
     )

@@ -44,55 +44,103 @@ def load_current(rt: Runtime, ref: str, attempt: int, action: Action) -> Job | N
         log.warning("message for unknown job dropped", ref=ref, action=action.value)
         return None
     if job.next_action is not action or job.attempt != attempt:
-        log.debug("stale message dropped", ref=ref, action=action.value, attempt=attempt,
-                  current_attempt=job.attempt, next_action=job.next_action.value)
+        log.debug(
+            "stale message dropped",
+            ref=ref,
+            action=action.value,
+            attempt=attempt,
+            current_attempt=job.attempt,
+            next_action=job.next_action.value,
+        )
         return None
     return job
 
 
-def claim(rt: Runtime, job: Job, action: Action, *, lease_s: float, fields: dict[str, Any] | None = None,
-          status: Status | None = None) -> int | None:
+def claim(
+    rt: Runtime,
+    job: Job,
+    action: Action,
+    *,
+    lease_s: float,
+    fields: dict[str, Any] | None = None,
+    status: Status | None = None,
+) -> int | None:
     """Take the job for this action. Returns the new attempt, or None when another delivery won."""
     now = rt.clock()
-    applied = rt.store.transition(job.ref, status or job.status, expected_attempt=job.attempt,
-                                  bump_attempt=True, next_action=action, due_at=now + lease_s,
-                                  fields=fields, now=now)
+    applied = rt.store.transition(
+        job.ref,
+        status or job.status,
+        expected_attempt=job.attempt,
+        bump_attempt=True,
+        next_action=action,
+        due_at=now + lease_s,
+        fields=fields,
+        now=now,
+    )
     if not applied.ok:
         log.info("claim lost", ref=job.ref, action=action.value, reason=applied.reason)
         return None
     return applied.attempt
 
 
-def reschedule(rt: Runtime, job: Job, attempt: int, status: Status, action: Action, delay_s: float,
-               fields: dict[str, Any] | None = None) -> Next | None:
+def reschedule(
+    rt: Runtime,
+    job: Job,
+    attempt: int,
+    status: Status,
+    action: Action,
+    delay_s: float,
+    fields: dict[str, Any] | None = None,
+) -> Next | None:
     """Record that `action` is due in `delay_s`, then return the message that will carry it."""
     now = rt.clock()
-    applied = rt.store.transition(job.ref, status, expected_attempt=attempt, next_action=action,
-                                  due_at=now + delay_s, fields=fields, now=now)
+    applied = rt.store.transition(
+        job.ref, status, expected_attempt=attempt, next_action=action, due_at=now + delay_s, fields=fields, now=now
+    )
     if not applied.ok:
         log.warning("reschedule refused", ref=job.ref, action=action.value, reason=applied.reason)
         return None
     if status != job.status:
-        log.info("job status changed", ref=job.ref, old=job.status.value, new=status.value,
-                 task_id=(fields or {}).get("task_id", job.task_id))
+        log.info(
+            "job status changed",
+            ref=job.ref,
+            old=job.status.value,
+            new=status.value,
+            task_id=(fields or {}).get("task_id", job.task_id),
+        )
     return Next(action, job.ref, attempt, delay_s)
 
 
-def end(rt: Runtime, job: Job, attempt: int, status: Status, *, code: str | None = None,
-        message: str | None = None, fields: dict[str, Any] | None = None,
-        objects: list[dict[str, Any]] | None = None, manifest_key: str | None = None) -> None:
+def end(
+    rt: Runtime,
+    job: Job,
+    attempt: int,
+    status: Status,
+    *,
+    code: str | None = None,
+    message: str | None = None,
+    fields: dict[str, Any] | None = None,
+    objects: list[dict[str, Any]] | None = None,
+    manifest_key: str | None = None,
+) -> None:
     """Move the job to a terminal status and emit its event, in one atomic step."""
     now = rt.clock()
     all_fields = dict(fields or {})
     if code:
         all_fields.update(error_code=code, error_message=message or "")
-    event = job_event(job, status, now=now, error_code=code, error_message=message, objects=objects,
-                      manifest_key=manifest_key)
-    applied = rt.store.transition(job.ref, status, expected_attempt=attempt, fields=all_fields, event=event,
-                                  now=now)
+    event = job_event(
+        job, status, now=now, error_code=code, error_message=message, objects=objects, manifest_key=manifest_key
+    )
+    applied = rt.store.transition(job.ref, status, expected_attempt=attempt, fields=all_fields, event=event, now=now)
     if applied.ok:
-        log.info("job status changed", ref=job.ref, old=job.status.value, new=status.value,
-                 task_id=job.task_id, error_code=code)
+        log.info(
+            "job status changed",
+            ref=job.ref,
+            old=job.status.value,
+            new=status.value,
+            task_id=job.task_id,
+            error_code=code,
+        )
         if applied.batch_finished:
             log.info("batch finished", batch_id=job.batch_id)
     else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import Any, BinaryIO
 
 import urllib3
 from minio import Minio
@@ -27,12 +27,18 @@ def make_minio(settings: Settings) -> Minio:
     # Short timeouts and few retries: a down S3 server should surface as StorageError quickly, and
     # the task decides when to try again.
     http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=5, read=60), retries=urllib3.Retry(total=2, backoff_factor=0.2),
+        timeout=urllib3.Timeout(connect=5, read=60),
+        retries=urllib3.Retry(total=2, backoff_factor=0.2),
         maxsize=8,
     )
-    return Minio(settings.s3_endpoint, access_key=settings.s3_access_key.get_secret_value(),
-                 secret_key=settings.s3_secret_key.get_secret_value(), secure=settings.s3_secure,
-                 region=settings.s3_region, http_client=http)
+    return Minio(
+        settings.s3_endpoint,
+        access_key=settings.s3_access_key.get_secret_value(),
+        secret_key=settings.s3_secret_key.get_secret_value(),
+        secure=settings.s3_secure,
+        region=settings.s3_region,
+        http_client=http,
+    )
 
 
 class ResultStore:
@@ -63,10 +69,17 @@ class ResultStore:
                 return str(value)
         return ""
 
-    def put_file(self, key: str, data: IO[bytes], size: int, *, content_type: str, sha256: str) -> None:
+    def put_file(self, key: str, data: BinaryIO, size: int, *, content_type: str, sha256: str) -> None:
         try:
-            self.client.put_object(self.bucket, key, data, size, content_type=content_type,
-                                   metadata={"sha256": sha256}, part_size=PART_SIZE)
+            self.client.put_object(
+                self.bucket,
+                key,
+                data,
+                size,
+                content_type=content_type,
+                metadata={"sha256": sha256},
+                part_size=PART_SIZE,
+            )
         except (MinioException, OSError, urllib3.exceptions.HTTPError, ValueError) as exc:
             raise StorageError(f"put {key}: {exc}") from exc
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -69,8 +69,9 @@ class BatchSummary:
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis, *, event_stream: str = "genq:events",
-                 event_stream_maxlen: int = 100_000) -> None:
+    def __init__(
+        self, client: redis.Redis, *, event_stream: str = "genq:events", event_stream_maxlen: int = 100_000
+    ) -> None:
         self.redis = client
         self.event_stream = event_stream
         self.event_stream_maxlen = event_stream_maxlen
@@ -99,8 +100,7 @@ class JobStore:
         )
         return bool(finished)
 
-    def record_rejected(self, batch_id: str, line: int, field_name: str, reason: str,
-                        raw: Mapping[str, Any]) -> None:
+    def record_rejected(self, batch_id: str, line: int, field_name: str, reason: str, raw: Mapping[str, Any]) -> None:
         """Record a rejected input line (idempotent per line), with the field and the rule it broke."""
         record = {"line": line, "field": field_name, "reason": reason, "input": dict(raw)}
         pipe = self.redis.pipeline()
@@ -114,7 +114,7 @@ class JobStore:
         return sorted(records, key=lambda r: int(r["line"]))
 
     def batch_summary(self, batch_id: str) -> BatchSummary | None:
-        h: dict[str, str] = self.redis.hgetall(keys.batch(batch_id))
+        h = self._hash(keys.batch(batch_id))
         if not h:
             return None
         return BatchSummary(
@@ -130,7 +130,7 @@ class JobStore:
         )
 
     def batch_ids(self) -> list[str]:
-        return list(self.redis.zrange(keys.BATCHES, 0, -1))
+        return cast(list[str], self.redis.zrange(keys.BATCHES, 0, -1))
 
     # --- jobs -----------------------------------------------------------------------------------
     def create_job(self, ref: str, *, line: int, fields: Mapping[str, Any], due_at: float) -> Status | None:
@@ -143,14 +143,14 @@ class JobStore:
         return Status(existing) if existing else None
 
     def get(self, ref: str) -> Job | None:
-        h: dict[str, str] = self.redis.hgetall(keys.job(ref))
+        h = self._hash(keys.job(ref))
         return Job.from_hash(ref, h) if h else None
 
     def jobs(self, batch_id: str, chunk: int = 500) -> Iterator[Job]:
         """Every job of the batch, in source order, read in pipelined chunks."""
         start = 0
         while True:
-            ids = self.redis.zrange(keys.batch_jobs(batch_id), start, start + chunk - 1)
+            ids = cast(list[str], self.redis.zrange(keys.batch_jobs(batch_id), start, start + chunk - 1))
             if not ids:
                 return
             pipe = self.redis.pipeline()
@@ -183,29 +183,35 @@ class JobStore:
         terminal = target in TERMINAL
         all_fields = {"next_action": Action.NONE if terminal else next_action, **(fields or {})}
         sources = " ".join(sorted(allowed_sources(target)))
-        code, status, attempt, finished = self._transition(
-            keys=[keys.job(ref), keys.batch(keys.split_ref(ref)[0]), keys.DUE, self.event_stream],
-            args=[
-                ref,
-                "" if expected_attempt is None else expected_attempt,
-                1 if bump_attempt else 0,
-                target.value,
-                sources,
-                1 if terminal else 0,
-                now,
-                _iso(now),
-                "" if terminal or due_at is None else due_at,
-                json.dumps(event, ensure_ascii=False) if event else "",
-                self.event_stream_maxlen,
-                keys.split_ref(ref)[0],
-                *_flatten(all_fields),
-            ],
+        code, status, attempt, finished = cast(
+            list[Any],
+            self._transition(
+                keys=[keys.job(ref), keys.batch(keys.split_ref(ref)[0]), keys.DUE, self.event_stream],
+                args=[
+                    ref,
+                    "" if expected_attempt is None else expected_attempt,
+                    1 if bump_attempt else 0,
+                    target.value,
+                    sources,
+                    1 if terminal else 0,
+                    now,
+                    _iso(now),
+                    "" if terminal or due_at is None else due_at,
+                    json.dumps(event, ensure_ascii=False) if event else "",
+                    self.event_stream_maxlen,
+                    keys.split_ref(ref)[0],
+                    *_flatten(all_fields),
+                ],
+            ),
         )
         reason = {0: "attempt moved on", -1: "no such job", -2: f"{status} cannot move to {target}"}.get(code, "")
-        return Applied(ok=code == 1, status=status, attempt=int(attempt), batch_finished=bool(finished),
-                       reason=reason)
+        return Applied(ok=code == 1, status=status, attempt=int(attempt), batch_finished=bool(finished), reason=reason)
 
     def due(self, now: float, limit: int = 1000) -> list[tuple[str, float]]:
         """Refs whose next action was due at or before `now`, oldest first (for the recovery sweep)."""
-        return [(ref, score) for ref, score in self.redis.zrangebyscore(keys.DUE, "-inf", now, start=0,
-                                                                          num=limit, withscores=True)]
+        found = self.redis.zrangebyscore(keys.DUE, "-inf", now, start=0, num=limit, withscores=True)
+        return cast(list[tuple[str, float]], found)
+
+    def _hash(self, key: str) -> dict[str, str]:
+        # The client is built with decode_responses=True, so replies are str (redis-py types them loosely).
+        return cast(dict[str, str], self.redis.hgetall(key))

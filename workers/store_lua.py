@@ -51,7 +51,9 @@ return ''
 #       12 batch id, 13.. field/value pairs to set.
 # Returns {code, status, attempt, batch_finished}: code 1 applied, 0 attempt moved on, -1 no such job,
 # -2 status does not allow the target.
-TRANSITION = _FINISH_BATCH + """
+TRANSITION = (
+    _FINISH_BATCH
+    + """
 local cur = redis.call('HMGET', KEYS[1], 'status', 'attempt')
 if not cur[1] then return {-1, '', 0, 0} end
 local status, attempt = cur[1], tonumber(cur[2] or '0')
@@ -83,9 +85,13 @@ if status ~= ARGV[4] then
 end
 return {1, ARGV[4], attempt, finished}
 """
+)
 
 # KEYS: batch, events. ARGV: batch id, now, now ISO, maxlen. Returns 1 when the batch is finished by it.
-SEAL_BATCH = _FINISH_BATCH + """
+SEAL_BATCH = (
+    _FINISH_BATCH
+    + """
 redis.call('HSET', KEYS[1], 'sealed', '1')
 return finish_batch(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 """
+)

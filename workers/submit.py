@@ -26,8 +26,14 @@ def submit(rt: Runtime, ref: str, attempt: int) -> Next | None:
         end(rt, job, attempt, Status.TIMED_OUT, code="DeadlineExceeded", message="deadline passed before submit")
         return None
     now = rt.clock()
-    current = claim(rt, job, Action.SUBMIT, lease_s=SUBMIT_LEASE_S, status=Status.SUBMITTING,
-                    fields={"submits": job.submits + 1, "submit_sent_at": now})
+    current = claim(
+        rt,
+        job,
+        Action.SUBMIT,
+        lease_s=SUBMIT_LEASE_S,
+        status=Status.SUBMITTING,
+        fields={"submits": job.submits + 1, "submit_sent_at": now},
+    )
     if current is None:
         return None
 
@@ -38,23 +44,46 @@ def submit(rt: Runtime, ref: str, attempt: int) -> Next | None:
         delay = exc.retry_after_s or backoff_s(throttles, base_s=1.0, cap_s=30.0, rng=rt.rng)
         log.info("submit throttled", ref=ref, code=exc.code, delay_s=round(delay, 2))
         # The create was refused, so nothing was paid for: it does not count as a submit.
-        return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, delay,
-                          fields={"submits": job.submits, "throttles": throttles})
+        return reschedule(
+            rt,
+            job,
+            current,
+            Status.SUBMITTING,
+            Action.SUBMIT,
+            delay,
+            fields={"submits": job.submits, "throttles": throttles},
+        )
     except PermanentRemoteError as exc:
         end(rt, job, current, Status.FAILED, code=exc.code, message=exc.message)
         return None
     except TransientRemoteError as exc:
         errors = job.submit_errors + 1
         if errors >= rt.settings.submit_max_attempts:
-            end(rt, job, current, Status.FAILED, code=exc.code,
-                message=f"{exc.message} (gave up after {errors} attempts)")
+            end(
+                rt,
+                job,
+                current,
+                Status.FAILED,
+                code=exc.code,
+                message=f"{exc.message} (gave up after {errors} attempts)",
+            )
             return None
         delay = backoff_s(errors, base_s=2.0, cap_s=60.0, rng=rt.rng)
         log.warning("submit failed, will retry", ref=ref, code=exc.code, errors=errors, delay_s=round(delay, 2))
-        return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, delay,
-                          fields={"submit_errors": errors})
+        return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, delay, fields={"submit_errors": errors})
 
     first_delay_s = POLICIES[model_spec(job.request.model).kind].first_delay_s
-    return reschedule(rt, job, current, Status.SUBMITTED, Action.POLL, first_delay_s,
-                      fields={"task_id": task_id, "request_id": request_id, "submitted_at": rt.clock(),
-                              "poll_delay_s": first_delay_s})
+    return reschedule(
+        rt,
+        job,
+        current,
+        Status.SUBMITTED,
+        Action.POLL,
+        first_delay_s,
+        fields={
+            "task_id": task_id,
+            "request_id": request_id,
+            "submitted_at": rt.clock(),
+            "poll_delay_s": first_delay_s,
+        },
+    )

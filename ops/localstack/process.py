@@ -3,6 +3,7 @@ stopped (SIGTERM to the group, then SIGKILL after a grace period)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -47,14 +48,28 @@ def is_listening(host: str, port: int, timeout_s: float = 0.5) -> bool:
 
 
 class ManagedProcess:
-    def __init__(self, name: str, argv: Sequence[str], *, log_path: Path, env: Mapping[str, str] | None = None,
-                 cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.name = name
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(list(argv), stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True)
+        self.popen = subprocess.Popen(
+            list(argv),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+        )
 
     @property
     def pid(self) -> int:
@@ -67,8 +82,9 @@ class ManagedProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.alive():
-                raise StackError(f"{self.name} exited with code {self.popen.returncode} before {what}; "
-                                 f"see {self.log_path}")
+                raise StackError(
+                    f"{self.name} exited with code {self.popen.returncode} before {what}; see {self.log_path}"
+                )
             if ready():
                 return
             time.sleep(0.1)
@@ -88,7 +104,5 @@ class ManagedProcess:
         self._log.close()
 
     def _signal(self, sig: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.popen.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass

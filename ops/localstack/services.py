@@ -44,9 +44,27 @@ def redis_ready(url: str) -> bool:
 def start_redis(data_dir: Path, port: int, log_dir: Path) -> ManagedProcess:
     """A Valkey server with AOF (queued messages survive a crash) and noeviction (never drop a job)."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    argv = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
-            "--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction",
-            "--save", "", "--protected-mode", "yes", "--daemonize", "no"]
+    argv = [
+        redis_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data_dir),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--maxmemory-policy",
+        "noeviction",
+        "--save",
+        "",
+        "--protected-mode",
+        "yes",
+        "--daemonize",
+        "no",
+    ]
     process = ManagedProcess("redis", argv, log_path=log_dir / "redis.log")
     process.wait_until(lambda: redis_ready(f"redis://127.0.0.1:{port}/0"), timeout_s=20, what="answering PING")
     return process
@@ -68,38 +86,81 @@ def s3_ready(endpoint: str) -> bool:
     return response.status_code in {200, 403}
 
 
-def start_s3(data_dir: Path, port: int, log_dir: Path, *, access_key: str, secret_key: str,
-             base_env: Mapping[str, str]) -> ManagedProcess:
+def start_s3(
+    data_dir: Path, port: int, log_dir: Path, *, access_key: str, secret_key: str, base_env: Mapping[str, str]
+) -> ManagedProcess:
     """SeaweedFS `weed mini` as the S3 server: every port on loopback, static credentials from the env."""
     data_dir.mkdir(parents=True, exist_ok=True)
     # weed mini remembers earlier flags in mini.options; ports are chosen afresh on each start.
     (data_dir / "mini.options").unlink(missing_ok=True)
     others = [free_port(with_grpc_offset=True) for _ in range(4)]
-    argv = [weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-s3.port={port}", f"-master.port={others[0]}", f"-volume.port={others[1]}",
-            f"-filer.port={others[2]}", f"-admin.port={others[3]}", "-admin.ui=false", "-webdav=false",
-            "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
-            f"-filer.localSocket={data_dir / 'filer.sock'}", f"-s3.localSocket={data_dir / 's3.sock'}"]
+    argv = [
+        weed_binary(),
+        "mini",
+        f"-dir={data_dir}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-s3.port={port}",
+        f"-master.port={others[0]}",
+        f"-volume.port={others[1]}",
+        f"-filer.port={others[2]}",
+        f"-admin.port={others[3]}",
+        "-admin.ui=false",
+        "-webdav=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-master.telemetry=false",
+        f"-filer.localSocket={data_dir / 'filer.sock'}",
+        f"-s3.localSocket={data_dir / 's3.sock'}",
+    ]
     env = {**base_env, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
     process = ManagedProcess("s3", argv, log_path=log_dir / "s3.log", env=env)
     process.wait_until(lambda: s3_ready(f"127.0.0.1:{port}"), timeout_s=60, what="serving S3")
     return process
 
 
-def start_simulator(port: int, log_dir: Path, *, api_key: str, profile: str, base_env: Mapping[str, str],
-                    time_scale: float = 1.0) -> ManagedProcess:
-    argv = [sys.executable, "-m", "ops.simulator", "--port", str(port), "--profile", profile,
-            "--time-scale", str(time_scale)]
-    process = ManagedProcess("simulator", argv, log_path=log_dir / "simulator.log",
-                             env={**base_env, "SIM_API_KEYS": api_key})
+def start_simulator(
+    port: int, log_dir: Path, *, api_key: str, profile: str, base_env: Mapping[str, str], time_scale: float = 1.0
+) -> ManagedProcess:
+    argv = [
+        sys.executable,
+        "-m",
+        "ops.simulator",
+        "--port",
+        str(port),
+        "--profile",
+        profile,
+        "--time-scale",
+        str(time_scale),
+    ]
+    process = ManagedProcess(
+        "simulator", argv, log_path=log_dir / "simulator.log", env={**base_env, "SIM_API_KEYS": api_key}
+    )
     process.wait_until(lambda: _http_ok(f"http://127.0.0.1:{port}/_sim/health"), timeout_s=30, what="answering")
     return process
 
 
 def start_worker(log_dir: Path, *, concurrency: int, env: Mapping[str, str], name: str = "local") -> ManagedProcess:
-    argv = [sys.executable, "-m", "celery", "-A", "config.celery_app", "worker", "-Q", "submit,poll,finalize",
-            "-c", str(concurrency), "--pool", "prefork", "-n", f"genq-{name}@%h", "--without-gossip",
-            "--without-mingle", "-l", "INFO"]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "config.celery_app",
+        "worker",
+        "-Q",
+        "submit,poll,finalize",
+        "-c",
+        str(concurrency),
+        "--pool",
+        "prefork",
+        "-n",
+        f"genq-{name}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "-l",
+        "INFO",
+    ]
     return ManagedProcess(f"worker-{name}", argv, log_path=log_dir / f"worker-{name}.log", env=env)
 
 

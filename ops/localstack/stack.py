@@ -37,8 +37,11 @@ def _local_secrets(state_dir: Path) -> dict[str, str]:
         loaded: dict[str, str] = json.loads(path.read_text())
         return loaded
     state_dir.mkdir(parents=True, exist_ok=True)
-    created = {"s3_access_key": "genq" + secrets.token_hex(6), "s3_secret_key": secrets.token_urlsafe(24),
-               "simulator_api_key": "local-" + secrets.token_urlsafe(18)}
+    created = {
+        "s3_access_key": "genq" + secrets.token_hex(6),
+        "s3_secret_key": secrets.token_urlsafe(24),
+        "simulator_api_key": "local-" + secrets.token_urlsafe(18),
+    }
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         json.dump(created, handle)
@@ -48,19 +51,22 @@ def _local_secrets(state_dir: Path) -> dict[str, str]:
 def child_env(settings: Settings) -> dict[str, str]:
     """The environment a genq child process needs to see these settings (secrets included, never logged)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GENQ_") or k == "GENQ_CONFIG"}
-    env.update({
-        "GENQ_REDIS_URL": settings.redis_url,
-        "GENQ_S3_ENDPOINT": settings.s3_endpoint,
-        "GENQ_S3_SECURE": str(settings.s3_secure).lower(),
-        "GENQ_BUCKET": settings.bucket,
-        "GENQ_REGION": settings.region,
-        "GENQ_RESULT_HOSTS": json.dumps(list(settings.result_hosts)),
-        "GENQ_REQUIRE_HTTPS_RESULTS": str(settings.require_https_results).lower(),
-        "GENQ_STATE_DIR": str(settings.state_dir),
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "GENQ_REDIS_URL": settings.redis_url,
+            "GENQ_S3_ENDPOINT": settings.s3_endpoint,
+            "GENQ_S3_SECURE": str(settings.s3_secure).lower(),
+            "GENQ_BUCKET": settings.bucket,
+            "GENQ_REGION": settings.region,
+            "GENQ_RESULT_HOSTS": json.dumps(list(settings.result_hosts)),
+            "GENQ_REQUIRE_HTTPS_RESULTS": str(settings.require_https_results).lower(),
+            "GENQ_STATE_DIR": str(settings.state_dir),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     optional = {
-        "GENQ_S3_ACCESS_KEY": settings.s3_access_key, "GENQ_S3_SECRET_KEY": settings.s3_secret_key,
+        "GENQ_S3_ACCESS_KEY": settings.s3_access_key,
+        "GENQ_S3_SECRET_KEY": settings.s3_secret_key,
         "DASHSCOPE_API_KEY": settings.dashscope_api_key,
     }
     for name, secret in optional.items():
@@ -91,8 +97,9 @@ class LocalStack:
             raise
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     @property
@@ -108,19 +115,34 @@ class LocalStack:
         updates.update(self._ensure_s3(state, local, base_env))
         if self.configured.dashscope_api_key is None:
             port = self.configured.simulator_port or free_port()
-            self._add(services.start_simulator(port, self.log_dir, api_key=local["simulator_api_key"],
-                                               profile=self.configured.simulator_profile, base_env=base_env,
-                                               time_scale=self.simulator_time_scale))
+            self._add(
+                services.start_simulator(
+                    port,
+                    self.log_dir,
+                    api_key=local["simulator_api_key"],
+                    profile=self.configured.simulator_profile,
+                    base_env=base_env,
+                    time_scale=self.simulator_time_scale,
+                )
+            )
             self.simulator_url = f"http://127.0.0.1:{port}"
-            updates.update(dashscope_api_key=SecretStr(local["simulator_api_key"]),
-                           dashscope_base_url=f"{self.simulator_url}/api/v1",
-                           result_hosts=(*self.configured.result_hosts, f"127.0.0.1:{port}"),
-                           require_https_results=False)
+            updates.update(
+                dashscope_api_key=SecretStr(local["simulator_api_key"]),
+                dashscope_base_url=f"{self.simulator_url}/api/v1",
+                result_hosts=(*self.configured.result_hosts, f"127.0.0.1:{port}"),
+                require_https_results=False,
+            )
         self.settings = self.configured.model_copy(update=updates)
         if self.workers and (started_redis or not self._workers_attached()):
             for index in range(self.workers):
-                self._add(services.start_worker(self.log_dir, concurrency=self.configured.worker_concurrency,
-                                                env=child_env(self.settings), name=f"local{index + 1}"))
+                self._add(
+                    services.start_worker(
+                        self.log_dir,
+                        concurrency=self.configured.worker_concurrency,
+                        env=child_env(self.settings),
+                        name=f"local{index + 1}",
+                    )
+                )
 
     def _ensure_redis(self, state: Path) -> bool:
         url = self.configured.redis_url
@@ -129,11 +151,14 @@ class LocalStack:
         parts = urlsplit(url)
         host, port = parts.hostname or "", parts.port or 6379
         if host not in LOOPBACK:
-            raise StackError(f"Redis at {host}:{port} does not answer (GENQ_REDIS_URL); genq starts a local "
-                             "Redis only for a loopback address")
+            raise StackError(
+                f"Redis at {host}:{port} does not answer (GENQ_REDIS_URL); genq starts a local "
+                "Redis only for a loopback address"
+            )
         if is_listening("127.0.0.1", port):
-            raise StackError(f"port {port} on 127.0.0.1 is taken by something that is not Redis; "
-                             "set GENQ_REDIS_URL to another port")
+            raise StackError(
+                f"port {port} on 127.0.0.1 is taken by something that is not Redis; set GENQ_REDIS_URL to another port"
+            )
         self._add(services.start_redis(state / "redis", port, self.log_dir))
         return True
 
@@ -143,19 +168,29 @@ class LocalStack:
         using_local_keys = self.configured.s3_access_key is None
         updates: dict[str, Any] = {}
         if using_local_keys:
-            updates = {"s3_access_key": SecretStr(local["s3_access_key"]),
-                       "s3_secret_key": SecretStr(local["s3_secret_key"]), "s3_secure": False}
+            updates = {
+                "s3_access_key": SecretStr(local["s3_access_key"]),
+                "s3_secret_key": SecretStr(local["s3_secret_key"]),
+                "s3_secure": False,
+            }
         if services.s3_ready(endpoint):
             return updates
         if host not in LOOPBACK:
-            raise StackError(f"S3 at {endpoint} does not answer (GENQ_S3_ENDPOINT); genq starts a local S3 "
-                             "server only for a loopback address")
+            raise StackError(
+                f"S3 at {endpoint} does not answer (GENQ_S3_ENDPOINT); genq starts a local S3 "
+                "server only for a loopback address"
+            )
         if not using_local_keys:
-            raise StackError(f"S3 at {endpoint} does not answer, and GENQ_S3_ACCESS_KEY is set: start that "
-                             "server, or unset the keys to let genq run its own")
+            raise StackError(
+                f"S3 at {endpoint} does not answer, and GENQ_S3_ACCESS_KEY is set: start that "
+                "server, or unset the keys to let genq run its own"
+            )
         keys = updates["s3_access_key"].get_secret_value(), updates["s3_secret_key"].get_secret_value()
-        self._add(services.start_s3(state / "s3", int(port_text), self.log_dir, access_key=keys[0],
-                                    secret_key=keys[1], base_env=base_env))
+        self._add(
+            services.start_s3(
+                state / "s3", int(port_text), self.log_dir, access_key=keys[0], secret_key=keys[1], base_env=base_env
+            )
+        )
         return updates
 
     def _workers_attached(self) -> bool:
@@ -164,7 +199,7 @@ class LocalStack:
         app = create_app(self.settings)
         try:
             return bool(app.control.ping(timeout=1.0))
-        except Exception:  # noqa: BLE001 - any broker trouble means "no worker we can see"
+        except Exception:
             return False
         finally:
             app.close()

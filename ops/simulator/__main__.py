@@ -27,8 +27,9 @@ def parse_keys(spec: str) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ops.simulator", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m ops.simulator", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8089)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="demo")
@@ -39,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     if not keys:
         print("set SIM_API_KEYS to the API keys the simulator accepts", file=sys.stderr)
         return 2
-    config = SimConfig(profile=args.profile, time_scale=args.time_scale, keys=keys,
-                       concurrency_mode=args.concurrency_mode)
+    config = SimConfig(
+        profile=args.profile, time_scale=args.time_scale, keys=keys, concurrency_mode=args.concurrency_mode
+    )
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0
 

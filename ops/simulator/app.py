@@ -65,8 +65,10 @@ class Simulator:
         expires = int(task.end or task.created) + int(self.engine.config.url_life_s * self.engine.config.time_scale)
         base = str(request.base_url).rstrip("/")
         signature = self._sign(task.task_id, index, expires)
-        return (f"{base}/results/{task.task_id}/{index}.{extension}"
-                f"?Expires={expires}&OSSAccessKeyId=LTAIsimulator&Signature={signature}")
+        return (
+            f"{base}/results/{task.task_id}/{index}.{extension}"
+            f"?Expires={expires}&OSSAccessKeyId=LTAIsimulator&Signature={signature}"
+        )
 
     # --- create ---------------------------------------------------------------------------------
     async def create(self, request: Request) -> Response:
@@ -85,7 +87,7 @@ class Simulator:
         model = MODELS.get(str(body.get("model", "")))
         if model is None:
             return error(404, "ModelNotFound", f"Model not exist: {body.get('model')!r}.")
-        if model.path != request.url.path[len(API):]:
+        if model.path != request.url.path[len(API) :]:
             return error(400, "InvalidParameter", f"Model {model.name} is not served by this url.")
         parsed = self._parse_create(model.path, body)
         if isinstance(parsed, JSONResponse):
@@ -115,10 +117,20 @@ class Simulator:
             return error(429, "Throttling.RateQuota", "Too many tasks at once, please try again later.")
         # Over-long prompts are truncated by the service, not refused.
         prompt = prompt[: model.prompt_max]
-        task = self.engine.create(key=key, account=account, model=model, body=body, prompt=prompt, n=n, size=size,
-                                  prompt_extend=bool(parameters.get("prompt_extend", True)), now=now)
-        return JSONResponse({"request_id": _request_id(),
-                             "output": {"task_id": task.task_id, "task_status": "PENDING"}})
+        task = self.engine.create(
+            key=key,
+            account=account,
+            model=model,
+            body=body,
+            prompt=prompt,
+            n=n,
+            size=size,
+            prompt_extend=bool(parameters.get("prompt_extend", True)),
+            now=now,
+        )
+        return JSONResponse(
+            {"request_id": _request_id(), "output": {"task_id": task.task_id, "task_status": "PENDING"}}
+        )
 
     @staticmethod
     def _parse_create(path: str, body: dict[str, Any]) -> tuple[str, dict[str, Any]] | JSONResponse:
@@ -128,8 +140,12 @@ class Simulator:
             return error(400, "InvalidParameter", "Field required: input")
         if path == IMAGE_GENERATION:
             messages = body_input.get("messages")
-            if (not isinstance(messages, list) or len(messages) != 1 or messages[0].get("role") != "user"
-                    or not isinstance(messages[0].get("content"), list)):
+            if (
+                not isinstance(messages, list)
+                or len(messages) != 1
+                or messages[0].get("role") != "user"
+                or not isinstance(messages[0].get("content"), list)
+            ):
                 return error(400, "InvalidParameter", "input.messages must hold exactly one user message.")
             texts = [c.get("text") for c in messages[0]["content"] if isinstance(c, dict) and "text" in c]
             if len(texts) != 1 or not isinstance(texts[0], str) or not texts[0].strip():
@@ -177,10 +193,19 @@ class Simulator:
             body["usage"] = {"video_count": 1, "video_duration": duration, "video_ratio": task.size}
         elif task.model.path == IMAGE_GENERATION:
             output["finished"] = True
-            output["choices"] = [{"finish_reason": "stop", "message": {"role": "assistant", "content": [
-                {"image": url, "type": "image"} for url in urls]}}]
-            body["usage"] = {"size": task.size, "total_tokens": 0, "image_count": task.n, "output_tokens": 0,
-                             "input_tokens": 0}
+            output["choices"] = [
+                {
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": [{"image": url, "type": "image"} for url in urls]},
+                }
+            ]
+            body["usage"] = {
+                "size": task.size,
+                "total_tokens": 0,
+                "image_count": task.n,
+                "output_tokens": 0,
+                "input_tokens": 0,
+            }
         else:
             results = []
             for url in urls:
@@ -203,8 +228,11 @@ class Simulator:
         if task is None:
             return error(404, "InvalidParameter", "The task does not exist.")
         if not self.engine.cancel(task, now):
-            return error(400, "UnsupportedOperation", f"Failed to cancel the task, please confirm the task "
-                                                      f"status is PENDING (it is {task.status(now)}).")
+            return error(
+                400,
+                "UnsupportedOperation",
+                f"Failed to cancel the task, please confirm the task status is PENDING (it is {task.status(now)}).",
+            )
         return JSONResponse({"request_id": _request_id()})
 
     # --- result URLs ----------------------------------------------------------------------------
@@ -217,8 +245,11 @@ class Simulator:
             index, expires = int(index_text), int(query.get("Expires", "0"))
         except ValueError:
             index, expires = -1, 0
-        valid = (task is not None and 0 <= index < task.n
-                 and hmac.compare_digest(self._sign(task_id, index, expires), query.get("Signature", "")))
+        valid = (
+            task is not None
+            and 0 <= index < task.n
+            and hmac.compare_digest(self._sign(task_id, index, expires), query.get("Signature", ""))
+        )
         if not valid or task is None:
             return self._oss_error("SignatureDoesNotMatch", "The request signature we calculated does not match.")
         if time.time() > expires:
@@ -233,9 +264,11 @@ class Simulator:
 
     @staticmethod
     def _oss_error(code: str, message: str) -> Response:
-        xml = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error>\n  <Code>{code}</Code>\n  <Message>{message}'
-               f"</Message>\n  <RequestId>{uuid.uuid4().hex.upper()[:24]}</RequestId>\n"
-               "  <HostId>dashscope-result-sim.oss-cn-sim.aliyuncs.com</HostId>\n</Error>\n")
+        xml = (
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<Error>\n  <Code>{code}</Code>\n  <Message>{message}'
+            f"</Message>\n  <RequestId>{uuid.uuid4().hex.upper()[:24]}</RequestId>\n"
+            "  <HostId>dashscope-result-sim.oss-cn-sim.aliyuncs.com</HostId>\n</Error>\n"
+        )
         return Response(xml, status_code=403, media_type="application/xml")
 
     # --- admin (outside /api/v1) ----------------------------------------------------------------
@@ -253,8 +286,10 @@ class Simulator:
 def create_app(config: SimConfig) -> Starlette:
     sim = Simulator(config)
     routes = [
-        *(Route(API + path, sim.create, methods=["POST"]) for path in (IMAGE_SYNTHESIS, IMAGE_GENERATION,
-                                                                        VIDEO_SYNTHESIS)),
+        *(
+            Route(API + path, sim.create, methods=["POST"])
+            for path in (IMAGE_SYNTHESIS, IMAGE_GENERATION, VIDEO_SYNTHESIS)
+        ),
         Route(API + "/tasks/{task_id}", sim.get_task, methods=["GET"]),
         Route(API + "/tasks/{task_id}/cancel", sim.cancel, methods=["POST"]),
         Route("/results/{task_id}/{name}", sim.result, methods=["GET"]),

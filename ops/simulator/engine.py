@@ -18,7 +18,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from ops.simulator.models import MODELS, SimModel
+from ops.simulator.models import SimModel
 
 
 @dataclass(frozen=True)
@@ -165,12 +165,33 @@ class Engine:
         return True
 
     # --- tasks ----------------------------------------------------------------------------------
-    def create(self, *, key: str, account: str, model: SimModel, body: dict[str, Any], prompt: str, n: int,
-               size: str, prompt_extend: bool, now: float) -> SimTask:
+    def create(
+        self,
+        *,
+        key: str,
+        account: str,
+        model: SimModel,
+        body: dict[str, Any],
+        prompt: str,
+        n: int,
+        size: str,
+        prompt_extend: bool,
+        now: float,
+    ) -> SimTask:
         actual = f"{prompt}. Highly detailed, soft natural light, balanced composition." if prompt_extend else None
-        task = SimTask(task_id=str(uuid.uuid4()), account=account, key=key, model=model, created=now,
-                       duration_s=self.duration_s(model, prompt_extend), body=body, n=n, size=size, prompt=prompt,
-                       actual_prompt=actual)
+        task = SimTask(
+            task_id=str(uuid.uuid4()),
+            account=account,
+            key=key,
+            model=model,
+            created=now,
+            duration_s=self.duration_s(model, prompt_extend),
+            body=body,
+            n=n,
+            size=size,
+            prompt=prompt,
+            actual_prompt=actual,
+        )
         self.tasks[task.task_id] = task
         scope = self.scope(account, model)
         scope.pending.append(task)
@@ -212,9 +233,16 @@ class Engine:
             ],
             "duplicate_creates": duplicates,
             "scopes": [
-                {"account": account, "model": model, "submit_per_s": s.submit_per_s,
-                 "concurrency": s.concurrency, "max_running": s.max_running, "pending": len(s.pending),
-                 "running": sum(1 for t in s.slot_free_at if t > now), "intervals": s.intervals}
+                {
+                    "account": account,
+                    "model": model,
+                    "submit_per_s": s.submit_per_s,
+                    "concurrency": s.concurrency,
+                    "max_running": s.max_running,
+                    "pending": len(s.pending),
+                    "running": sum(1 for t in s.slot_free_at if t > now),
+                    "intervals": s.intervals,
+                }
                 for (account, model), s in sorted(self.scopes.items())
             ],
         }

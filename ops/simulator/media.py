@@ -14,7 +14,7 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def png(width: int, height: int, seed: str) -> bytes:
     """An RGB PNG of `width` x `height`: horizontal bands whose colours derive from `seed`."""
     digest = hashlib.sha256(seed.encode()).digest()
-    palette = [digest[i:i + 3] for i in range(0, 24, 3)]
+    palette = [digest[i : i + 3] for i in range(0, 24, 3)]
     band = max(1, height // len(palette))
     rows = []
     for i, colour in enumerate(palette):
@@ -23,8 +23,9 @@ def png(width: int, height: int, seed: str) -> bytes:
         rows.append(row * max(0, count))
     raw = b"".join(rows)
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw, 6))
-            + _chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw, 6)) + _chunk(b"IEND", b"")
+    )
 
 
 def _box(kind: bytes, payload: bytes) -> bytes:
@@ -34,9 +35,21 @@ def _box(kind: bytes, payload: bytes) -> bytes:
 def mp4(seed: str, size_bytes: int = 0) -> bytes:
     """A structurally valid MP4 (ftyp + moov + mdat); `size_bytes` pads the mdat for large-download tests."""
     ftyp = _box(b"ftyp", b"isom" + struct.pack(">I", 512) + b"isomiso2avc1mp41")
-    mvhd = _box(b"mvhd", b"\x00" * 4 + struct.pack(">IIII", 0, 0, 1000, 5000) + b"\x00\x01\x00\x00"
-                + b"\x01\x00" + b"\x00" * 10 + b"\x00\x01\x00\x00" + b"\x00" * 12 + b"\x00\x01\x00\x00"
-                + b"\x00" * 12 + b"\x40\x00\x00\x00" + b"\x00" * 24 + struct.pack(">I", 2))
+    mvhd = _box(
+        b"mvhd",
+        b"\x00" * 4
+        + struct.pack(">IIII", 0, 0, 1000, 5000)
+        + b"\x00\x01\x00\x00"
+        + b"\x01\x00"
+        + b"\x00" * 10
+        + b"\x00\x01\x00\x00"
+        + b"\x00" * 12
+        + b"\x00\x01\x00\x00"
+        + b"\x00" * 12
+        + b"\x40\x00\x00\x00"
+        + b"\x00" * 24
+        + struct.pack(">I", 2),
+    )
     moov = _box(b"moov", mvhd)
     filler = hashlib.sha256(seed.encode()).digest()
     body_len = max(len(filler), size_bytes - len(ftyp) - len(moov) - 8)

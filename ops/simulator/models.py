@@ -30,23 +30,47 @@ class SimModel:
 
 
 _QWEN = ("1664*928", "928*1664", "1328*1328", "1472*1104", "1104*1472")
-_VIDEO = ("832*480", "480*832", "624*624", "1280*720", "720*1280", "960*960", "1088*832", "832*1088",
-          "1920*1080", "1080*1920", "1440*1440", "1632*1248", "1248*1632")
+_VIDEO = (
+    "832*480",
+    "480*832",
+    "624*624",
+    "1280*720",
+    "720*1280",
+    "960*960",
+    "1088*832",
+    "832*1088",
+    "1920*1080",
+    "1080*1920",
+    "1440*1440",
+    "1632*1248",
+    "1248*1632",
+)
 
 MODELS: dict[str, SimModel] = {
     m.name: m
     for m in (
         SimModel("wan2.6-t2i", IMAGE_GENERATION, 5, 5, 2100, "total", "1280*1280"),
         SimModel("wan2.5-t2i-preview", IMAGE_SYNTHESIS, 5, 5, 2000, "total", "1280*1280"),
-        *(SimModel(n, IMAGE_SYNTHESIS, 2, 2, 800, "side", "1024*1024")
-          for n in ("wan2.2-t2i-flash", "wan2.2-t2i-plus", "wanx2.1-t2i-turbo", "wanx2.1-t2i-plus",
-                    "wanx2.0-t2i-turbo")),
-        *(SimModel(n, IMAGE_SYNTHESIS, 2, 2, 800, "fixed", "1664*928", _QWEN) for n in ("qwen-image",
-                                                                                       "qwen-image-plus")),
+        *(
+            SimModel(n, IMAGE_SYNTHESIS, 2, 2, 800, "side", "1024*1024")
+            for n in (
+                "wan2.2-t2i-flash",
+                "wan2.2-t2i-plus",
+                "wanx2.1-t2i-turbo",
+                "wanx2.1-t2i-plus",
+                "wanx2.0-t2i-turbo",
+            )
+        ),
+        *(
+            SimModel(n, IMAGE_SYNTHESIS, 2, 2, 800, "fixed", "1664*928", _QWEN)
+            for n in ("qwen-image", "qwen-image-plus")
+        ),
         SimModel("wan2.6-t2v", VIDEO_SYNTHESIS, 5, 5, 2000, "fixed", "1280*720", _VIDEO),
         SimModel("wan2.5-t2v-preview", VIDEO_SYNTHESIS, 5, 5, 2000, "fixed", "1280*720", _VIDEO),
-        *(SimModel(n, VIDEO_SYNTHESIS, 2, 2, 800, "fixed", "1280*720", _VIDEO)
-          for n in ("wan2.2-t2v-plus", "wanx2.1-t2v-turbo", "wanx2.1-t2v-plus")),
+        *(
+            SimModel(n, VIDEO_SYNTHESIS, 2, 2, 800, "fixed", "1280*720", _VIDEO)
+            for n in ("wan2.2-t2v-plus", "wanx2.1-t2v-turbo", "wanx2.1-t2v-plus")
+        ),
     )
 }
 
@@ -64,7 +88,11 @@ def size_problem(model: SimModel, size: str) -> str | None:
         return None if ok else f"The size '{size}' is out of range: width and height must be in [512, 1440]."
     pixels_ok = 768 * 768 <= width * height <= 1440 * 1440
     ratio_ok = 0.25 <= width / height <= 4
-    return None if pixels_ok and ratio_ok else (
-        f"The size '{size}' is out of range: total pixels must be in [768*768, 1440*1440] "
-        "and the aspect ratio in [1:4, 4:1]."
+    return (
+        None
+        if pixels_ok and ratio_ok
+        else (
+            f"The size '{size}' is out of range: total pixels must be in [768*768, 1440*1440] "
+            "and the aspect ratio in [1:4, 4:1]."
+        )
     )

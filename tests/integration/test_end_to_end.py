@@ -33,9 +33,14 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def local_stack(tmp_path: Path) -> Iterator[LocalStack]:
-    configured = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0",
-                          s3_endpoint=f"127.0.0.1:{free_port(with_grpc_offset=True)}", state_dir=tmp_path / "state",
-                          simulator_profile="fast", worker_concurrency=3, _env_file=None)  # type: ignore[call-arg]
+    configured = Settings(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        s3_endpoint=f"127.0.0.1:{free_port(with_grpc_offset=True)}",
+        state_dir=tmp_path / "state",
+        simulator_profile="fast",
+        worker_concurrency=3,
+        _env_file=None,
+    )  # type: ignore[call-arg]
     with LocalStack(configured, workers=2) as stack:
         yield stack
     assert all(not p.alive() for p in stack.started)
@@ -48,8 +53,9 @@ def test_celery_workers_take_a_csv_batch_to_stored_results(local_stack: LocalSta
     store, celery = make_store(settings), create_app(settings)
     results = ResultStore(make_minio(settings), settings.bucket)
     results.ensure_bucket()
-    report = enqueue_rows(store, settings, "sample", read_rows(SAMPLE), source="test",
-                          send=lambda step: publish(celery, step))
+    report = enqueue_rows(
+        store, settings, "sample", read_rows(SAMPLE), source="test", send=lambda step: publish(celery, step)
+    )
     assert report.accepted == 12 and [r["line"] for r in report.rejected] == [15, 16, 17]
 
     deadline = time.monotonic() + 120
@@ -86,16 +92,26 @@ def test_the_readme_batch_command_runs_twice_without_paying_twice(tmp_path: Path
     """`genq batch examples/prompts.csv` on a machine with nothing running exits 0 with every valid row
     succeeded and every bad row reported by line; the second run creates zero upstream tasks; export works."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GENQ_", "DASHSCOPE_"))}
-    env.update(GENQ_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", GENQ_STATE_DIR=str(tmp_path / "state"),
-               GENQ_S3_ENDPOINT=f"127.0.0.1:{free_port(with_grpc_offset=True)}", GENQ_SIMULATOR_PROFILE="fast",
-               COLUMNS="200")
+    env.update(
+        GENQ_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+        GENQ_STATE_DIR=str(tmp_path / "state"),
+        GENQ_S3_ENDPOINT=f"127.0.0.1:{free_port(with_grpc_offset=True)}",
+        GENQ_SIMULATOR_PROFILE="fast",
+        COLUMNS="200",
+    )
     first = genq("batch", str(SAMPLE), env=env, cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "12 new jobs (14 images) enqueued, 0 already known, 3 rejected" in first.stdout
-    for line, reason in (("15", "use '*' between width and height"), ("16", "unknown model 'dall-e-3'"),
-                         ("17", "must be 1-4")):
-        assert any(row.split("│")[1].strip() == line and reason in row for row in first.stdout.splitlines()
-                   if row.count("│") >= 3), (line, first.stdout)
+    for line, reason in (
+        ("15", "use '*' between width and height"),
+        ("16", "unknown model 'dall-e-3'"),
+        ("17", "must be 1-4"),
+    ):
+        assert any(
+            row.split("│")[1].strip() == line and reason in row
+            for row in first.stdout.splitlines()
+            if row.count("│") >= 3
+        ), (line, first.stdout)
     assert "succeeded      │   12" in first.stdout
     assert "12 upstream tasks created by this run, 0 duplicate creates" in first.stdout
 

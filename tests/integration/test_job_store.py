@@ -14,9 +14,20 @@ from workers.store import JobStore
 def new_job(store: JobStore, ref: str = "b1/j1", line: int = 2) -> None:
     request = GenerationRequest(model="wan2.5-t2i-preview", prompt="a cat", size="1280*1280")
     batch_id, job_id = ref.split("/")
-    store.create_job(ref, line=line, due_at=0, fields={
-        "batch_id": batch_id, "job_id": job_id, "line": line, "request": request.to_dict(), "status": "accepted",
-        "attempt": 0, "next_action": "admit"})
+    store.create_job(
+        ref,
+        line=line,
+        due_at=0,
+        fields={
+            "batch_id": batch_id,
+            "job_id": job_id,
+            "line": line,
+            "request": request.to_dict(),
+            "status": "accepted",
+            "attempt": 0,
+            "next_action": "admit",
+        },
+    )
 
 
 def test_create_is_idempotent_and_reports_the_existing_status(settings: Settings) -> None:
@@ -33,10 +44,12 @@ def test_a_stale_attempt_cannot_act(settings: Settings) -> None:
     """Once a claim advanced the attempt, a message carrying the old attempt is refused."""
     store = make_store(settings)
     new_job(store)
-    first = store.transition("b1/j1", Status.ADMITTED, expected_attempt=0, bump_attempt=True,
-                             next_action=Action.SUBMIT, due_at=1)
-    duplicate = store.transition("b1/j1", Status.ADMITTED, expected_attempt=0, bump_attempt=True,
-                                 next_action=Action.SUBMIT, due_at=1)
+    first = store.transition(
+        "b1/j1", Status.ADMITTED, expected_attempt=0, bump_attempt=True, next_action=Action.SUBMIT, due_at=1
+    )
+    duplicate = store.transition(
+        "b1/j1", Status.ADMITTED, expected_attempt=0, bump_attempt=True, next_action=Action.SUBMIT, due_at=1
+    )
     assert first.ok and first.attempt == 1
     assert not duplicate.ok and duplicate.reason == "attempt moved on"
 

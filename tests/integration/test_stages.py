@@ -30,8 +30,14 @@ STAGES = {Action.SUBMIT: submit, Action.POLL: poll, Action.FINALIZE: finalize}
 
 def enqueue(rt: Runtime, *rows: dict[str, str], batch_id: str = "b") -> list[Next]:
     sent: list[Next] = []
-    enqueue_rows(rt.store, rt.settings, batch_id, [CsvRow(i + 2, r) for i, r in enumerate(rows)], source="test",
-                 send=lambda step: sent.append(step) if step else None)
+    enqueue_rows(
+        rt.store,
+        rt.settings,
+        batch_id,
+        [CsvRow(i + 2, r) for i, r in enumerate(rows)],
+        source="test",
+        send=lambda step: sent.append(step) if step else None,
+    )
     return sent
 
 
@@ -48,8 +54,9 @@ def run(rt: Runtime, steps: list[Next], timeout_s: float = 30) -> None:
             steps.append(follow)
 
 
-def test_old_protocol_job_ends_with_every_image_and_manifest_stored(runtime: Runtime,
-                                                                    simulator: RunningSimulator) -> None:
+def test_old_protocol_job_ends_with_every_image_and_manifest_stored(
+    runtime: Runtime, simulator: RunningSimulator
+) -> None:
     """Two images of one task land in the bucket with their sha256 in metadata and manifest, and one event."""
     run(runtime, enqueue(runtime, {"id": "fox", "prompt": "a fox", "n": "2", "seed": "5"}))
     job = runtime.store.get("b/fox")
@@ -69,8 +76,14 @@ def test_old_protocol_job_ends_with_every_image_and_manifest_stored(runtime: Run
 
 def test_new_protocol_and_video_go_through_the_same_chain(runtime: Runtime) -> None:
     """A wan2.6 image (choices[]) and a video (video_url, MP4) both end succeeded with their objects."""
-    run(runtime, enqueue(runtime, {"id": "img", "prompt": "a poster", "model": "wan2.6-t2i", "size": "1024*1024"},
-                         {"id": "vid", "prompt": "waves", "model": "wan2.5-t2v-preview", "size": "1280*720"}))
+    run(
+        runtime,
+        enqueue(
+            runtime,
+            {"id": "img", "prompt": "a poster", "model": "wan2.6-t2i", "size": "1024*1024"},
+            {"id": "vid", "prompt": "waves", "model": "wan2.5-t2v-preview", "size": "1280*720"},
+        ),
+    )
     image, video = runtime.store.get("b/img"), runtime.store.get("b/vid")
     assert image is not None and image.status is Status.SUCCEEDED and image.objects[0]["key"] == "b/img/0.png"
     assert video is not None and video.status is Status.SUCCEEDED and video.objects[0]["key"] == "b/vid/0.mp4"
@@ -89,8 +102,9 @@ def test_a_duplicated_message_submits_once(runtime: Runtime, simulator: RunningS
     assert simulator.counters()["creates"] == 1
 
 
-def test_result_host_off_the_allowlist_is_refused_and_nothing_fetched(runtime: Runtime,
-                                                                      simulator: RunningSimulator) -> None:
+def test_result_host_off_the_allowlist_is_refused_and_nothing_fetched(
+    runtime: Runtime, simulator: RunningSimulator
+) -> None:
     """With the simulator's host not allowed, the job fails naming the host, and no download happens."""
     strict = replace(runtime, settings=runtime.settings.model_copy(update={"result_hosts": ("example.com",)}))
     run(strict, enqueue(strict, {"id": "x", "prompt": "a cat"}))
@@ -103,8 +117,11 @@ def test_result_host_off_the_allowlist_is_refused_and_nothing_fetched(runtime: R
 def test_a_refused_key_fails_the_job_with_the_services_code(runtime: Runtime, settings: Settings) -> None:
     """An unknown API key ends the job failed with InvalidApiKey at once, and the key is in no record."""
     wrong = "sk-wrong-" + "z" * 20
-    bad = replace(runtime, dashscope=DashScopeClient(runtime.downloads, base_url=settings.base_url, api_key=wrong),
-                  settings=settings.model_copy(update={"dashscope_api_key": SecretStr(wrong)}))
+    bad = replace(
+        runtime,
+        dashscope=DashScopeClient(runtime.downloads, base_url=settings.base_url, api_key=wrong),
+        settings=settings.model_copy(update={"dashscope_api_key": SecretStr(wrong)}),
+    )
     run(bad, enqueue(bad, {"id": "k", "prompt": "a cat"}))
     job = bad.store.get("b/k")
     assert job is not None and job.status is Status.FAILED and job.error_code == "InvalidApiKey"
@@ -114,8 +131,13 @@ def test_a_refused_key_fails_the_job_with_the_services_code(runtime: Runtime, se
 
 def test_rows_are_validated_and_rerun_enqueues_nothing(runtime: Runtime, simulator: RunningSimulator) -> None:
     """Bad rows are recorded with line and reason; running the same rows again creates no job and no task."""
-    rows = ({"prompt": "a cat"}, {"prompt": "a dog", "size": "10x10"}, {"prompt": "an owl", "id": "bad id!"},
-            {"prompt": "an eel", "id": "e"}, {"prompt": "an elk", "id": "e"})
+    rows = (
+        {"prompt": "a cat"},
+        {"prompt": "a dog", "size": "10x10"},
+        {"prompt": "an owl", "id": "bad id!"},
+        {"prompt": "an eel", "id": "e"},
+        {"prompt": "an elk", "id": "e"},
+    )
     run(runtime, enqueue(runtime, *rows))
     assert [(r["line"], r["field"]) for r in runtime.store.rejected("b")] == [(3, "size"), (4, "id"), (6, "id")]
     assert "first used on line 5" in runtime.store.rejected("b")[2]["reason"]

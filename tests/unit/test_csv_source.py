@@ -31,7 +31,7 @@ def test_unknown_columns_become_metadata(tmp_path: Path) -> None:
 
 def test_header_without_prompt_column_is_an_error(tmp_path: Path) -> None:
     """A file without a 'prompt' column is refused as a whole, naming the columns it has."""
-    with pytest.raises(CsvFormatError, match="no 'prompt' column.*text, size"):
+    with pytest.raises(CsvFormatError, match=r"no 'prompt' column.*text, size"):
         list(read_rows(write(tmp_path, b"text,size\na,b\n")))
 
 

@@ -77,9 +77,13 @@ def test_video_create_sends_duration_not_n() -> None:
 
 def test_429_becomes_throttled_with_retry_after() -> None:
     """HTTP 429 Throttling.RateQuota is Throttled, carrying a Retry-After when one is sent."""
+
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(429, headers={"Retry-After": "2"},
-                              json={"code": "Throttling.RateQuota", "message": "slow down", "request_id": "r"})
+        return httpx.Response(
+            429,
+            headers={"Retry-After": "2"},
+            json={"code": "Throttling.RateQuota", "message": "slow down", "request_id": "r"},
+        )
 
     with pytest.raises(Throttled) as info:
         client(handler).create_task(request_for("wan2.5-t2i-preview"))
@@ -88,6 +92,7 @@ def test_429_becomes_throttled_with_retry_after() -> None:
 
 def test_throttling_code_wins_over_http_400() -> None:
     """Some deployments send throttling with HTTP 400: the code decides."""
+
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(400, json={"code": "Throttling", "message": "x"})
 
@@ -97,6 +102,7 @@ def test_throttling_code_wins_over_http_400() -> None:
 
 def test_timeout_on_create_is_outcome_unknown_but_on_query_is_transient() -> None:
     """A create that got no answer may have created a task; a query that got none is simply transient."""
+
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("slow", request=request)
 
@@ -109,6 +115,7 @@ def test_timeout_on_create_is_outcome_unknown_but_on_query_is_transient() -> Non
 
 def test_connect_error_on_create_is_plainly_transient() -> None:
     """A create that never connected cannot have created a task."""
+
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused", request=request)
 
@@ -119,6 +126,7 @@ def test_connect_error_on_create_is_plainly_transient() -> None:
 
 def test_malformed_json_query_is_transient() -> None:
     """A query answered with broken JSON is a transient fault, not a crash."""
+
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=b'{"output": {"task_')
 
@@ -129,6 +137,7 @@ def test_malformed_json_query_is_transient() -> None:
 
 def test_api_key_never_appears_in_error_text() -> None:
     """An error answer's message does not carry the key the client sent."""
+
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(401, json={"code": "InvalidApiKey", "message": "Invalid API-key provided."})
 
@@ -139,16 +148,42 @@ def test_api_key_never_appears_in_error_text() -> None:
 
 def test_parses_new_protocol_and_video_results() -> None:
     """Result URLs come out of choices[] for wan2.6 and video_url for video."""
-    bodies = iter([
-        {"output": {"task_id": "a", "task_status": "SUCCEEDED", "choices": [
-            {"finish_reason": "stop", "message": {"role": "assistant", "content": [{"image": "https://h/1.png",
-                                                                                     "type": "image"}]}}]},
-         "usage": {"image_count": 1}},
-        {"output": {"task_id": "b", "task_status": "SUCCEEDED", "video_url": "https://h/v.mp4",
-                    "end_time": "2025-01-08 19:36:13.270"}, "usage": {"video_count": 1}},
-        {"output": {"task_id": "c", "task_status": "SUCCEEDED", "results": [
-            {"url": "https://h/a.png"}, {"code": "InternalError.Timeout", "message": "timeout"}]}},
-    ])
+    bodies = iter(
+        [
+            {
+                "output": {
+                    "task_id": "a",
+                    "task_status": "SUCCEEDED",
+                    "choices": [
+                        {
+                            "finish_reason": "stop",
+                            "message": {
+                                "role": "assistant",
+                                "content": [{"image": "https://h/1.png", "type": "image"}],
+                            },
+                        }
+                    ],
+                },
+                "usage": {"image_count": 1},
+            },
+            {
+                "output": {
+                    "task_id": "b",
+                    "task_status": "SUCCEEDED",
+                    "video_url": "https://h/v.mp4",
+                    "end_time": "2025-01-08 19:36:13.270",
+                },
+                "usage": {"video_count": 1},
+            },
+            {
+                "output": {
+                    "task_id": "c",
+                    "task_status": "SUCCEEDED",
+                    "results": [{"url": "https://h/a.png"}, {"code": "InternalError.Timeout", "message": "timeout"}],
+                }
+            },
+        ]
+    )
 
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json=next(bodies))
@@ -161,27 +196,30 @@ def test_parses_new_protocol_and_video_results() -> None:
     assert partial.urls == ["https://h/a.png"] and partial.results[1].code == "InternalError.Timeout"
 
 
-@pytest.mark.parametrize(("code", "status", "message", "expected"), [
-    ("Throttling.RateQuota", 429, "", Throttled),
-    ("Throttling.BurstRate", 429, "", Throttled),
-    ("Throttling.AllocationQuota", 429, "Free allocated quota exceeded.", AccountError),
-    ("Throttling.AllocationQuota", 429, "quota", Throttled),
-    ("InvalidParameter", 400, "", PermanentRemoteError),
-    ("InvalidParameter.DataInspection", 400, "", PermanentRemoteError),
-    ("DataInspectionFailed", 400, "", PermanentRemoteError),
-    ("IPInfringementSuspect", 400, "", PermanentRemoteError),
-    ("InvalidApiKey", 401, "", AccountError),
-    ("AccessDenied.Unpurchased", 403, "", AccountError),
-    ("Arrearage", 400, "", AccountError),
-    ("PrepaidBillOverdue", 429, "", AccountError),
-    ("ModelNotFound", 404, "", PermanentRemoteError),
-    ("InternalError", 500, "", TransientRemoteError),
-    ("InternalError.Algo", 500, "", TransientRemoteError),
-    ("ModelServingError", 503, "", TransientRemoteError),
-    ("SomethingNew", 429, "", Throttled),
-    ("SomethingNew", 502, "", TransientRemoteError),
-    ("SomethingNew", 422, "", PermanentRemoteError),
-])
+@pytest.mark.parametrize(
+    ("code", "status", "message", "expected"),
+    [
+        ("Throttling.RateQuota", 429, "", Throttled),
+        ("Throttling.BurstRate", 429, "", Throttled),
+        ("Throttling.AllocationQuota", 429, "Free allocated quota exceeded.", AccountError),
+        ("Throttling.AllocationQuota", 429, "quota", Throttled),
+        ("InvalidParameter", 400, "", PermanentRemoteError),
+        ("InvalidParameter.DataInspection", 400, "", PermanentRemoteError),
+        ("DataInspectionFailed", 400, "", PermanentRemoteError),
+        ("IPInfringementSuspect", 400, "", PermanentRemoteError),
+        ("InvalidApiKey", 401, "", AccountError),
+        ("AccessDenied.Unpurchased", 403, "", AccountError),
+        ("Arrearage", 400, "", AccountError),
+        ("PrepaidBillOverdue", 429, "", AccountError),
+        ("ModelNotFound", 404, "", PermanentRemoteError),
+        ("InternalError", 500, "", TransientRemoteError),
+        ("InternalError.Algo", 500, "", TransientRemoteError),
+        ("ModelServingError", 503, "", TransientRemoteError),
+        ("SomethingNew", 429, "", Throttled),
+        ("SomethingNew", 502, "", TransientRemoteError),
+        ("SomethingNew", 422, "", PermanentRemoteError),
+    ],
+)
 def test_error_classification_table(code: str, status: int, message: str, expected: type) -> None:
     """Each row of dashscope-api.md's error table maps to its class: code first, HTTP status second."""
     assert error_class(code, status, message) is expected

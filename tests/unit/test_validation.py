@@ -18,10 +18,16 @@ def refused(**fields: object) -> RequestInvalid:
     return info.value
 
 
-@pytest.mark.parametrize(("model", "limit"), [
-    ("wan2.6-t2i", 2100), ("wan2.5-t2i-preview", 2000), ("wan2.2-t2i-flash", 800), ("wanx2.1-t2i-turbo", 800),
-    ("wanx2.0-t2i-turbo", 800),
-])
+@pytest.mark.parametrize(
+    ("model", "limit"),
+    [
+        ("wan2.6-t2i", 2100),
+        ("wan2.5-t2i-preview", 2000),
+        ("wan2.2-t2i-flash", 800),
+        ("wanx2.1-t2i-turbo", 800),
+        ("wanx2.0-t2i-turbo", 800),
+    ],
+)
 def test_prompt_length_limit_per_model(model: str, limit: int) -> None:
     """A prompt of exactly the model's limit passes; one character more is refused, naming the limit."""
     check(model=model, prompt="字" * limit)
@@ -51,8 +57,9 @@ def test_n_defaults_to_1_not_the_services_4() -> None:
     assert validate_request(RequestInput(prompt="a cat"), default_model="wan2.5-t2i-preview").n == 1
 
 
-@pytest.mark.parametrize(("seed", "ok"), [("0", True), ("2147483647", True), ("-1", False),
-                                          ("2147483648", False), ("abc", False)])
+@pytest.mark.parametrize(
+    ("seed", "ok"), [("0", True), ("2147483647", True), ("-1", False), ("2147483648", False), ("abc", False)]
+)
 def test_seed_range(seed: str, ok: bool) -> None:
     """The seed must be an integer in 0..2147483647."""
     if ok:
@@ -61,13 +68,19 @@ def test_seed_range(seed: str, ok: bool) -> None:
         assert refused(seed=seed).field == "seed"
 
 
-@pytest.mark.parametrize(("size", "ok"), [
-    ("768*768", True), ("1440*1440", True), ("768*2700", True), ("1280*720", True),
-    ("767*768", False),  # under 768*768 pixels
-    ("1441*1440", False),  # over 1440*1440 pixels
-    ("600*2500", False),  # enough pixels, but narrower than 1:4
-    ("2500*600", False),  # wider than 4:1
-])
+@pytest.mark.parametrize(
+    ("size", "ok"),
+    [
+        ("768*768", True),
+        ("1440*1440", True),
+        ("768*2700", True),
+        ("1280*720", True),
+        ("767*768", False),  # under 768*768 pixels
+        ("1441*1440", False),  # over 1440*1440 pixels
+        ("600*2500", False),  # enough pixels, but narrower than 1:4
+        ("2500*600", False),  # wider than 4:1
+    ],
+)
 def test_size_rule_of_wan25_and_wan26(size: str, ok: bool) -> None:
     """wan2.5/2.6: total pixels within 768*768..1440*1440 and aspect ratio within 1:4..4:1."""
     for model in ("wan2.5-t2i-preview", "wan2.6-t2i"):
@@ -77,14 +90,20 @@ def test_size_rule_of_wan25_and_wan26(size: str, ok: bool) -> None:
             assert refused(model=model, size=size).field == "size"
 
 
-@pytest.mark.parametrize(("size", "ok"), [
-    ("512*512", True), ("1440*1440", True), ("512*1440", True),
-    ("511*1024", False), ("1024*1441", False), ("768*2700", False),
-])
+@pytest.mark.parametrize(
+    ("size", "ok"),
+    [
+        ("512*512", True),
+        ("1440*1440", True),
+        ("512*1440", True),
+        ("511*1024", False),
+        ("1024*1441", False),
+        ("768*2700", False),
+    ],
+)
 def test_size_rule_of_wan22_and_earlier(size: str, ok: bool) -> None:
     """wan2.2 and earlier: each side within 512..1440."""
-    for model in ("wan2.2-t2i-flash", "wan2.2-t2i-plus", "wanx2.1-t2i-turbo", "wanx2.1-t2i-plus",
-                  "wanx2.0-t2i-turbo"):
+    for model in ("wan2.2-t2i-flash", "wan2.2-t2i-plus", "wanx2.1-t2i-turbo", "wanx2.1-t2i-plus", "wanx2.0-t2i-turbo"):
         if ok:
             check(model=model, size=size)
         else:
@@ -102,6 +121,7 @@ def test_size_must_be_w_star_h(size: str) -> None:
 
 def test_default_size_per_generation() -> None:
     """No size: 1280*1280 for wan2.5/2.6, 1024*1024 for 2.2 and earlier."""
+
     def size_of(model: str) -> str:
         return validate_request(RequestInput(prompt="a cat", model=model), default_model=model).size
 
@@ -131,14 +151,16 @@ def test_video_duration_rules() -> None:
 
 def test_booleans_are_parsed_and_defaults_filled() -> None:
     """prompt_extend defaults to true and watermark to false; 'no'/'yes' are understood; junk is refused."""
-    request = validate_request(RequestInput(prompt="a cat", prompt_extend="no", watermark="yes"),
-                               default_model="wan2.5-t2i-preview")
+    request = validate_request(
+        RequestInput(prompt="a cat", prompt_extend="no", watermark="yes"), default_model="wan2.5-t2i-preview"
+    )
     assert (request.prompt_extend, request.watermark) == (False, True)
     assert refused(watermark="maybe").field == "watermark"
 
 
 def test_equal_requests_have_equal_fingerprints() -> None:
     """Whitespace around fields does not change a request's identity; a different seed does."""
+
     def fingerprint(**fields: object) -> str:
         raw = RequestInput(**{"prompt": "a cat", **fields})  # type: ignore[arg-type]
         return validate_request(raw, default_model="wan2.5-t2i-preview").fingerprint()

@@ -14,10 +14,22 @@ from workers.errors import (
 )
 
 _ACCOUNT_CODES = {"InvalidApiKey", "Arrearage", "CommodityNotPurchased"}
-_PERMANENT_CODES = {"InvalidParameter", "DataInspectionFailed", "IPInfringementSuspect", "ModelNotFound",
-                    "UnsupportedOperation"}
-_TRANSIENT_CODES = {"InternalError", "InternalError.Algo", "InternalError.Timeout", "SystemError",
-                    "ModelServiceFailed", "ModelServingError", "ModelUnavailable"}
+_PERMANENT_CODES = {
+    "InvalidParameter",
+    "DataInspectionFailed",
+    "IPInfringementSuspect",
+    "ModelNotFound",
+    "UnsupportedOperation",
+}
+_TRANSIENT_CODES = {
+    "InternalError",
+    "InternalError.Algo",
+    "InternalError.Timeout",
+    "SystemError",
+    "ModelServiceFailed",
+    "ModelServingError",
+    "ModelUnavailable",
+}
 FREE_QUOTA_EXHAUSTED = "free allocated quota exceeded"
 
 

@@ -41,30 +41,40 @@ def _error_from_response(response: httpx.Response) -> RemoteError:
     message = str(body.get("message") or response.reason_phrase or "")
     cls = error_class(code, response.status_code, message)
     if cls is Throttled:
-        return Throttled(code, message, http_status=response.status_code, request_id=body.get("request_id"),
-                         retry_after_s=_retry_after_s(response))
+        return Throttled(
+            code,
+            message,
+            http_status=response.status_code,
+            request_id=body.get("request_id"),
+            retry_after_s=_retry_after_s(response),
+        )
     return cls(code, message, http_status=response.status_code, request_id=body.get("request_id"))
 
 
 class DashScopeClient:
     """One account key against one base URL. Thread-safe as far as the `httpx.Client` is."""
 
-    def __init__(self, http: httpx.Client, *, base_url: str, api_key: str,
-                 workspace: str | None = None) -> None:
+    def __init__(self, http: httpx.Client, *, base_url: str, api_key: str, workspace: str | None = None) -> None:
         self._http = http
         self._base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}"}
         if workspace:
             self._headers["X-DashScope-WorkSpace"] = workspace
 
-    def _send(self, method: str, path: str, *, json_body: dict[str, Any] | None = None,
-              params: dict[str, Any] | None = None, creates: bool = False) -> dict[str, Any]:
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+        creates: bool = False,
+    ) -> dict[str, Any]:
         headers = dict(self._headers)
         if creates:
             headers["X-DashScope-Async"] = "enable"
         try:
-            response = self._http.request(method, self._base_url + path, json=json_body, params=params,
-                                          headers=headers)
+            response = self._http.request(method, self._base_url + path, json=json_body, params=params, headers=headers)
         except httpx.ConnectError as exc:  # nothing reached the service
             raise TransientRemoteError("ConnectError", f"cannot connect to DashScope: {exc}") from exc
         except httpx.ConnectTimeout as exc:

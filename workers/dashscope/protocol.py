@@ -84,8 +84,13 @@ class TaskState:
 
 def _results(output: dict[str, Any]) -> list[ResultItem]:
     if output.get("video_url"):  # video protocol
-        return [ResultItem(url=output["video_url"], orig_prompt=output.get("orig_prompt"),
-                           actual_prompt=output.get("actual_prompt"))]
+        return [
+            ResultItem(
+                url=output["video_url"],
+                orig_prompt=output.get("orig_prompt"),
+                actual_prompt=output.get("actual_prompt"),
+            )
+        ]
     if "choices" in output:  # wan2.6 image-generation protocol
         items: list[ResultItem] = []
         for choice in output.get("choices") or []:
@@ -97,8 +102,13 @@ def _results(output: dict[str, Any]) -> list[ResultItem]:
                 items.append(ResultItem(code=choice["code"], message=choice.get("message_text")))
         return items
     return [  # old image protocol
-        ResultItem(url=r.get("url"), code=r.get("code"), message=r.get("message"),
-                   orig_prompt=r.get("orig_prompt"), actual_prompt=r.get("actual_prompt"))
+        ResultItem(
+            url=r.get("url"),
+            code=r.get("code"),
+            message=r.get("message"),
+            orig_prompt=r.get("orig_prompt"),
+            actual_prompt=r.get("actual_prompt"),
+        )
         for r in output.get("results") or []
     ]
 
