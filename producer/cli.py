@@ -233,14 +233,17 @@ def worker(
 
 @app.command()
 def sim(
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8089,
+    host: Annotated[str, typer.Option(help="Address to bind (0.0.0.0 inside a container).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8089,
     profile: Annotated[str, typer.Option(help="Timing profile: realistic, demo or fast.")] = "demo",
     time_scale: Annotated[float, typer.Option(help="Multiplies every duration.")] = 1.0,
 ) -> None:
     """Run the DashScope simulator in the foreground. Its API keys come from SIM_API_KEYS."""
     from ops.simulator.__main__ import main as simulator_main
 
-    raise typer.Exit(simulator_main(["--port", str(port), "--profile", profile, "--time-scale", str(time_scale)]))
+    raise typer.Exit(
+        simulator_main(["--host", host, "--port", str(port), "--profile", profile, "--time-scale", str(time_scale)])
+    )
 
 
 def main() -> None:

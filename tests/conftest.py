@@ -11,9 +11,10 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -83,19 +84,33 @@ class RunningSimulator:
 
 
 @pytest.fixture
-def simulator() -> Iterator[RunningSimulator]:
-    app = create_app(SimConfig(profile="fast", keys={SIM_KEY: "default"}, seed=1))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "simulator did not start"
-        time.sleep(0.02)
-    yield RunningSimulator(f"http://127.0.0.1:{port}", app.state.simulator.engine)
-    server.should_exit = True
-    thread.join(5)
+def simulator_factory() -> Iterator[Callable[..., RunningSimulator]]:
+    """Start simulators with `SimConfig` overrides (profile `fast` by default); all stopped at the end."""
+    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def start(**overrides: Any) -> RunningSimulator:
+        config = SimConfig(**{"profile": "fast", "keys": {SIM_KEY: "default"}, "seed": 1, **overrides})
+        app = create_app(config)
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "simulator did not start"
+            time.sleep(0.02)
+        return RunningSimulator(f"http://127.0.0.1:{port}", app.state.simulator.engine)
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(5)
+
+
+@pytest.fixture
+def simulator(simulator_factory: Callable[..., RunningSimulator]) -> RunningSimulator:
+    return simulator_factory()
 
 
 @pytest.fixture

@@ -1,0 +1,144 @@
+"""The simulator over HTTP, checked from the outside with plain httpx calls shaped like the seed pages' cURL."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from ops.simulator.engine import Engine
+from tests.conftest import SIM_KEY, RunningSimulator
+
+IMAGE = "/services/aigc/text2image/image-synthesis"
+STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}$")
+
+
+def create(
+    sim: RunningSimulator, body: dict[str, Any], *, key: str = SIM_KEY, path: str = IMAGE, async_header: bool = True
+) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    if async_header:
+        headers["X-DashScope-Async"] = "enable"
+    return httpx.post(sim.base_url + path, json=body, headers=headers)
+
+
+def body(**parameters: Any) -> dict[str, Any]:
+    return {
+        "model": "wan2.5-t2i-preview",
+        "input": {"prompt": "a flower shop"},
+        "parameters": {"size": "1024*1024", "n": 1, **parameters},
+    }
+
+
+def query(sim: RunningSimulator, task_id: str) -> httpx.Response:
+    return httpx.get(f"{sim.base_url}/tasks/{task_id}", headers={"Authorization": f"Bearer {SIM_KEY}"})
+
+
+def wait_status(sim: RunningSimulator, task_id: str, wanted: str, timeout_s: float = 10) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        answer: dict[str, Any] = query(sim, task_id).json()
+        if answer["output"]["task_status"] == wanted:
+            return answer
+        assert time.monotonic() < deadline, answer
+        time.sleep(0.1)
+
+
+def test_checks_come_in_the_services_order(simulator: RunningSimulator) -> None:
+    """Unknown key 401, missing async header 403 with the documented message, unknown model 404, bad size 400."""
+    assert create(simulator, body(), key="nope").json()["code"] == "InvalidApiKey"
+    denied = create(simulator, body(), async_header=False)
+    assert (
+        denied.status_code == 403 and denied.json()["message"] == "current user api does not support synchronous calls"
+    )
+    unknown = create(simulator, {**body(), "model": "dall-e-3"})
+    assert unknown.status_code == 404 and unknown.json()["code"] == "ModelNotFound"
+    bad = create(simulator, body(size="1024x1024"))
+    assert bad.status_code == 400 and bad.json()["code"] == "InvalidParameter" and "size" in bad.json()["message"]
+    assert set(bad.json()) == {"request_id", "code", "message"}
+
+
+def test_success_answer_has_the_seed_examples_fields(simulator: RunningSimulator) -> None:
+    """A finished old-protocol task answers with every field of the seed example, typed the same."""
+    created = create(simulator, body())
+    assert created.json()["output"]["task_status"] == "PENDING"
+    answer = wait_status(simulator, created.json()["output"]["task_id"], "SUCCEEDED")
+    output = answer["output"]
+    for name in ("submit_time", "scheduled_time", "end_time"):
+        assert STAMP.match(output[name]), output[name]
+    assert set(output["results"][0]) == {"url", "orig_prompt", "actual_prompt"}
+    assert output["task_metrics"] == {"TOTAL": 1, "SUCCEEDED": 1, "FAILED": 0}
+    assert answer["usage"] == {"image_count": 1} and isinstance(answer["request_id"], str)
+    assert re.search(r"\?Expires=\d+&OSSAccessKeyId=\w+&Signature=\w+$", output["results"][0]["url"])
+
+
+def test_submit_rate_is_enforced_with_429(simulator: RunningSimulator) -> None:
+    """Creating faster than 5 per second for wan2.5 yields Throttling.RateQuota 429s."""
+    answers = [create(simulator, body(seed=i)) for i in range(8)]
+    codes = [a.status_code for a in answers]
+    assert codes.count(200) == 5 and codes.count(429) == 3
+    assert {a.json()["code"] for a in answers if a.status_code == 429} == {"Throttling.RateQuota"}
+
+
+def test_never_more_tasks_at_once_than_the_models_concurrency(
+    simulator_factory: Callable[..., RunningSimulator],
+) -> None:
+    """Six tasks for a 2-slot model: the excess waits in PENDING and the max-running counter stays at 2."""
+    simulator = simulator_factory(time_scale=4.0)  # 1.2-4 s per task: longer than the submit pacing
+    ids = []
+    for i in range(6):
+        if i and i % 2 == 0:
+            time.sleep(1.05)  # stay under the 2/s submit rate
+        answer = create(simulator, {**body(seed=i), "model": "wan2.2-t2i-flash"})
+        ids.append(answer.json()["output"]["task_id"])
+    statuses = [query(simulator, t).json()["output"]["task_status"] for t in ids]
+    assert "PENDING" in statuses
+    for task_id in ids:
+        wait_status(simulator, task_id, "SUCCEEDED", timeout_s=30)
+    engine: Engine = simulator.engine
+    (scope,) = [s for s in engine.scopes.values() if s.model.name == "wan2.2-t2i-flash"]
+    assert scope.max_running == 2
+
+
+def test_query_budget_is_20_per_second_per_account(simulator: RunningSimulator) -> None:
+    """The 21st query within one second is refused with Throttling 429."""
+    task_id = create(simulator, body()).json()["output"]["task_id"]
+    with httpx.Client(headers={"Authorization": f"Bearer {SIM_KEY}"}) as client:
+        codes = [client.get(f"{simulator.base_url}/tasks/{task_id}").status_code for _ in range(25)]
+    assert codes.count(429) >= 5 and codes[:20].count(200) == 20
+
+
+def test_cancel_only_while_pending(simulator_factory: Callable[..., RunningSimulator]) -> None:
+    """A queued task can be cancelled; a finished one answers UnsupportedOperation."""
+    simulator = simulator_factory(time_scale=4.0)
+    ids = [
+        create(simulator, {**body(seed=i), "model": "wanx2.0-t2i-turbo"}).json()["output"]["task_id"] for i in range(2)
+    ]
+    time.sleep(1.05)
+    queued = create(simulator, {**body(seed=9), "model": "wanx2.0-t2i-turbo"}).json()["output"]["task_id"]
+    headers = {"Authorization": f"Bearer {SIM_KEY}"}
+    assert httpx.post(f"{simulator.base_url}/tasks/{queued}/cancel", headers=headers).status_code == 200
+    assert query(simulator, queued).json()["output"]["task_status"] == "CANCELED"
+    wait_status(simulator, ids[0], "SUCCEEDED", timeout_s=20)
+    refused = httpx.post(f"{simulator.base_url}/tasks/{ids[0]}/cancel", headers=headers)
+    assert refused.status_code == 400 and refused.json()["code"] == "UnsupportedOperation"
+
+
+def test_unknown_task_is_unknown_and_tampered_url_is_refused(simulator: RunningSimulator) -> None:
+    """An unknown id answers UNKNOWN; a result URL with a changed signature gets OSS's 403 XML."""
+    assert query(simulator, "no-such-task").json()["output"]["task_status"] == "UNKNOWN"
+    task_id = create(simulator, body()).json()["output"]["task_id"]
+    url = wait_status(simulator, task_id, "SUCCEEDED")["output"]["results"][0]["url"]
+    assert httpx.get(url).content.startswith(b"\x89PNG")
+    tampered = httpx.get(url[:-4] + "0000")
+    assert tampered.status_code == 403 and b"<Code>SignatureDoesNotMatch</Code>" in tampered.content
+
+
+@pytest.mark.parametrize("n", [0, 5])
+def test_n_out_of_range_is_invalid(simulator: RunningSimulator, n: int) -> None:
+    """n outside 1..4 is InvalidParameter."""
+    assert create(simulator, body(n=n)).json()["code"] == "InvalidParameter"
