@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import (
@@ -127,14 +126,6 @@ class Settings(BaseSettings):
     def uses_simulator(self) -> bool:
         return self.dashscope_api_key is None
 
-    def redacted(self) -> dict[str, Any]:
-        """The settings as a dict fit for a log line: secrets masked, URLs without passwords."""
-        out = self.model_dump(mode="json")
-        parts = urlsplit(self.redis_url)
-        if parts.password:
-            out["redis_url"] = self.redis_url.replace(parts.password, "***")
-        return out
-
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Read the settings once. `config_file` wins over `GENQ_CONFIG`."""
@@ -143,6 +134,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     if not config_file.is_file():
         raise FileNotFoundError(f"config file {config_file} does not exist")
     from_file = type(
-        "Settings", (Settings,), {"model_config": SettingsConfigDict(**Settings.model_config, toml_file=config_file)}
+        "Settings",
+        (Settings,),
+        {"model_config": SettingsConfigDict(**{**Settings.model_config, "toml_file": config_file})},
     )
     return cast(Settings, from_file(**overrides))

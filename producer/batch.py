@@ -1,8 +1,10 @@
 """Turn rows into jobs: validate each against the catalogue, record the rejected ones, enqueue the rest.
 
-A job's id is the row's `id` column when given, else a hash of the canonical request and how many times
-the same request came before it in the batch. Both are stable across runs of the same file, so running a
-CSV twice finds every job already there and submits nothing twice.
+Two passes over the stream: `check_rows` validates every row and sends nothing, so a file that turns out
+unreadable half-way leaves no half-enqueued batch; `enqueue_rows` then records the rejected rows and creates
+the jobs. A job's id is the row's `id` column when given, else a hash of the canonical request and how many
+times the same request came before it in the file. Both are stable across runs of the same file, so running
+a CSV twice finds every job already there and submits nothing twice.
 """
 
 from __future__ import annotations
@@ -37,18 +39,61 @@ class EnqueueReport:
         return self.accepted + sum(self.existing.values()) + len(self.rejected)
 
 
-def job_id_for(row: CsvRow, request: GenerationRequest, seen: Counter[str]) -> str:
-    if row.client_id:
+class RowChecker:
+    """Validates rows in file order and names their jobs; remembers ids (for duplicates) and how often each
+    request came before (for hashed ids). Both passes over a file use one, so they agree row for row."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.seen_requests: Counter[str] = Counter()
+        self.first_line_of_id: dict[str, int] = {}
+
+    def check(self, row: CsvRow) -> tuple[str, GenerationRequest]:
+        """The row's job id and canonical request, or `RequestInvalid` naming the field and the rule."""
+        if "_extra_values" in row.fields:
+            raise RequestInvalid(
+                "row", "has more values than the header has columns (a stray comma or an unquoted field?)"
+            )
+        request = validate_request(row.to_input(), default_model=self.settings.default_model)
+        if not row.client_id:
+            fingerprint = request.fingerprint()
+            self.seen_requests[fingerprint] += 1
+            digest = hashlib.sha256(f"{fingerprint}:{self.seen_requests[fingerprint]}".encode()).hexdigest()
+            return "r" + digest[:15], request
         if not keys.ID_PATTERN.match(row.client_id):
             raise RequestInvalid(
                 "id",
                 "must be 1-64 characters of letters, digits, '.', '_' or '-', "
                 f"starting with a letter or digit; got {row.client_id!r}",
             )
-        return row.client_id
-    fingerprint = request.fingerprint()
-    seen[fingerprint] += 1
-    return "r" + hashlib.sha256(f"{fingerprint}:{seen[fingerprint]}".encode()).hexdigest()[:15]
+        if row.client_id in self.first_line_of_id:
+            raise RequestInvalid(
+                "id", f"duplicate id {row.client_id!r}, first used on line {self.first_line_of_id[row.client_id]}"
+            )
+        self.first_line_of_id[row.client_id] = row.line
+        return row.client_id, request
+
+
+@dataclass
+class CheckReport:
+    valid: int = 0
+    images: int = 0
+    rejected: list[dict[str, object]] = field(default_factory=list)
+
+
+def check_rows(settings: Settings, rows: Iterable[CsvRow]) -> CheckReport:
+    """First pass: validate every row and send nothing. A file that cannot be read fails here, before any job
+    exists (`CsvFormatError` propagates)."""
+    checker, report = RowChecker(settings), CheckReport()
+    for row in rows:
+        try:
+            _, request = checker.check(row)
+        except RequestInvalid as exc:
+            report.rejected.append({"line": row.line, "field": exc.field, "reason": exc.reason})
+        else:
+            report.valid += 1
+            report.images += request.n
+    return report
 
 
 def enqueue_rows(
@@ -59,34 +104,19 @@ def enqueue_rows(
     *,
     source: str,
     send: Callable[[Next | None], None],
-    on_row: Callable[[EnqueueReport], None] | None = None,
 ) -> EnqueueReport:
-    """Validate and enqueue every row; return what happened. The batch is sealed at the end."""
+    """Second pass: record the rejected rows, create and admit the valid ones. The batch is sealed at the end."""
     report = EnqueueReport(batch_id)
     store.open_batch(batch_id, source=source)
-    seen_requests: Counter[str] = Counter()
-    first_line_of_id: dict[str, int] = {}
+    checker = RowChecker(settings)
     for row in rows:
         try:
-            if "_extra_values" in row.fields:
-                raise RequestInvalid(
-                    "row", "has more values than the header has columns (a stray comma or an unquoted field?)"
-                )
-            request = validate_request(row.to_input(), default_model=settings.default_model)
-            job_id = job_id_for(row, request, seen_requests)
-            if row.client_id:
-                if row.client_id in first_line_of_id:
-                    raise RequestInvalid(
-                        "id", f"duplicate id {row.client_id!r}, first used on line {first_line_of_id[row.client_id]}"
-                    )
-                first_line_of_id[row.client_id] = row.line
+            job_id, request = checker.check(row)
         except RequestInvalid as exc:
             store.record_rejected(batch_id, row.line, exc.field, exc.reason, row.fields)
             report.rejected.append({"line": row.line, "field": exc.field, "reason": exc.reason})
         else:
             _create(store, settings, report, keys.job_ref(batch_id, job_id), row.line, request, send)
-        if on_row:
-            on_row(report)
     store.seal_batch(batch_id)
     return report
 

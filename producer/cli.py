@@ -19,7 +19,7 @@ from config.celery_app import create_app
 from config.logging import configure_logging
 from config.settings import Settings, load_settings
 from ops.localstack import LocalStack, StackError
-from producer.batch import enqueue_rows
+from producer.batch import check_rows, enqueue_rows
 from producer.csv_source import CsvFormatError, read_rows
 from producer.display import failed_table, rejected_table, summary_table, wait_for_batch
 from producer.export import export_batch
@@ -99,6 +99,11 @@ def batch(
     if not keys.ID_PATTERN.match(batch_id):
         raise _fail(f"batch id {batch_id!r} must be letters, digits, '.', '_' or '-' (at most 64)", 2)
     try:
+        checked = check_rows(settings, read_rows(csv_file))
+        console.print(
+            f"checked {checked.valid + len(checked.rejected)} rows of {csv_file}: {checked.valid} valid "
+            f"({checked.images} images), {len(checked.rejected)} rejected"
+        )
         with LocalStack(settings, workers=workers if wait else 0) as stack:
             code = _run_batch(stack, csv_file, batch_id, wait=wait, timeout_s=timeout_s, export_dir=export_dir)
     except CsvFormatError as exc:
