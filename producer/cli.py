@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,6 +30,7 @@ from workers.errors import StorageError
 from workers.messages import publish
 from workers.runtime import make_store
 from workers.storage import ResultStore, make_minio
+from workers.store import BatchSummary, JobStore
 
 app = typer.Typer(
     name="genq",
@@ -163,6 +166,21 @@ def _run_batch(
     return 0 if summary.done and summary.succeeded == summary.total else 1
 
 
+@contextmanager
+def _open_batch(config: Path | None, batch_id: str) -> Iterator[tuple[Settings, JobStore, BatchSummary]]:
+    """The stack (started if needed), the job store and the batch's summary; exit 2 if there is no such batch."""
+    try:
+        with LocalStack(_settings(config)) as stack:
+            store = make_store(stack.settings)
+            summary = store.batch_summary(batch_id)
+            if summary is None:
+                known = ", ".join(store.batch_ids()[-10:]) or "none yet"
+                raise _fail(f"no batch {batch_id!r} (recent batches: {known})", 2)
+            yield stack.settings, store, summary
+    except (StackError, StorageError) as exc:
+        raise _fail(str(exc), 3) from exc
+
+
 @app.command()
 def status(
     batch_id: Annotated[str, typer.Argument(help="The batch to report on.")],
@@ -170,26 +188,17 @@ def status(
     config: ConfigOption = None,
 ) -> None:
     """Show a batch's counters by status, its rejected rows and its failed jobs."""
-    settings = _settings(config)
-    try:
-        with LocalStack(settings) as stack:
-            store = make_store(stack.settings)
-            summary = store.batch_summary(batch_id)
-            if summary is None:
-                known = ", ".join(store.batch_ids()[-10:]) or "none yet"
-                raise _fail(f"no batch {batch_id!r} (recent batches: {known})", 2)
-            if as_json:
-                console.print_json(json.dumps({**summary.__dict__, "done": summary.done}))
-                return
-            console.print(summary_table(summary))
-            console.print("done" if summary.done else f"{summary.terminal} of {summary.total} jobs ended so far")
-            if summary.rejected:
-                console.print(rejected_table(store.rejected(batch_id)))
-            failed = failed_table(store, batch_id)
-            if failed is not None:
-                console.print(failed)
-    except StackError as exc:
-        raise _fail(str(exc), 3) from exc
+    with _open_batch(config, batch_id) as (_, store, summary):
+        if as_json:
+            console.print_json(json.dumps({**summary.__dict__, "done": summary.done}))
+            return
+        console.print(summary_table(summary))
+        console.print("done" if summary.done else f"{summary.terminal} of {summary.total} jobs ended so far")
+        if summary.rejected:
+            console.print(rejected_table(store.rejected(batch_id)))
+        failed = failed_table(store, batch_id)
+        if failed is not None:
+            console.print(failed)
 
 
 @app.command()
@@ -199,16 +208,8 @@ def export(
     config: ConfigOption = None,
 ) -> None:
     """Copy a batch's stored images/videos and manifests into OUT_DIR, with a results.csv of every job."""
-    settings = _settings(config)
-    try:
-        with LocalStack(settings) as stack:
-            store = make_store(stack.settings)
-            if store.batch_summary(batch_id) is None:
-                raise _fail(f"no batch {batch_id!r}", 2)
-            results = ResultStore(make_minio(stack.settings), stack.settings.bucket)
-            exported = export_batch(store, results, batch_id, out_dir)
-    except (StackError, StorageError) as exc:
-        raise _fail(str(exc), 3) from exc
+    with _open_batch(config, batch_id) as (settings, store, _):
+        exported = export_batch(store, ResultStore(make_minio(settings), settings.bucket), batch_id, out_dir)
     console.print(f"Exported {exported.jobs} jobs, {exported.files} files; index: {exported.csv_path}")
 
 
