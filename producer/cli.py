@@ -241,14 +241,28 @@ def worker(
 def sim(
     host: Annotated[str, typer.Option(help="Address to bind (0.0.0.0 inside a container).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8089,
-    profile: Annotated[str, typer.Option(help="Timing profile: realistic, demo or fast.")] = "demo",
-    time_scale: Annotated[float, typer.Option(help="Multiplies every duration.")] = 1.0,
+    profile: Annotated[str, typer.Option(help="realistic, demo, fast or hostile.")] = "demo",
+    profile_file: Annotated[
+        Path | None, typer.Option(help="A TOML profile (timing, limits, faults).", exists=True, dir_okay=False)
+    ] = None,
+    time_scale: Annotated[float | None, typer.Option(help="Multiplies every duration.")] = None,
 ) -> None:
     """Run the DashScope simulator in the foreground. Its API keys come from SIM_API_KEYS."""
     from ops.simulator.__main__ import main as simulator_main
 
     raise typer.Exit(
-        simulator_main(["--host", host, "--port", str(port), "--profile", profile, "--time-scale", str(time_scale)])
+        simulator_main(
+            [
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--profile",
+                profile,
+                *(["--profile-file", str(profile_file)] if profile_file else []),
+                *(["--time-scale", str(time_scale)] if time_scale is not None else []),
+            ]
+        )
     )
 
 

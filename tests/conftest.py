@@ -27,6 +27,7 @@ from ops.localstack import services
 from ops.localstack.process import free_port
 from ops.simulator.app import create_app
 from ops.simulator.engine import Engine, SimConfig
+from ops.simulator.profiles import load_profile
 from workers.dashscope import DashScopeClient
 from workers.runtime import Runtime, make_store
 from workers.storage import ResultStore, make_minio
@@ -89,7 +90,8 @@ def simulator_factory() -> Iterator[Callable[..., RunningSimulator]]:
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
 
     def start(**overrides: Any) -> RunningSimulator:
-        config = SimConfig(**{"profile": "fast", "keys": {SIM_KEY: "default"}, "seed": 1, **overrides})
+        profile = load_profile(overrides.pop("profile", "fast"))
+        config = SimConfig(**{"profile": profile, "keys": {SIM_KEY: "default"}, "seed": 1, **overrides})
         app = create_app(config)
         port = free_port()
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

@@ -120,19 +120,17 @@ def start_s3(
 
 
 def start_simulator(
-    port: int, log_dir: Path, *, api_key: str, profile: str, base_env: Mapping[str, str], time_scale: float = 1.0
+    port: int,
+    log_dir: Path,
+    *,
+    api_key: str,
+    profile: str,
+    base_env: Mapping[str, str],
+    time_scale: float | None = None,
 ) -> ManagedProcess:
-    argv = [
-        sys.executable,
-        "-m",
-        "ops.simulator",
-        "--port",
-        str(port),
-        "--profile",
-        profile,
-        "--time-scale",
-        str(time_scale),
-    ]
+    argv = [sys.executable, "-m", "ops.simulator", "--port", str(port), "--profile", profile]
+    if time_scale is not None:
+        argv += ["--time-scale", str(time_scale)]
     process = ManagedProcess(
         "simulator", argv, log_path=log_dir / "simulator.log", env={**base_env, "SIM_API_KEYS": api_key}
     )

@@ -83,7 +83,7 @@ class LocalStack:
 
     configured: Settings
     workers: int = 0
-    simulator_time_scale: float = 1.0
+    simulator_time_scale: float | None = None
     settings: Settings = field(init=False)
     started: list[ManagedProcess] = field(default_factory=list, init=False)
     simulator_url: str | None = field(default=None, init=False)

@@ -1,45 +1,61 @@
 """The DashScope simulator's HTTP surface: the `/api/v1` endpoints of the contract, result URLs, admin.
 
 Checks run in the order the service applies them: key (401), async header (403), body and model (400/404),
-then the account's limits (429). Answers are shaped field for field like the seed pages' examples.
+then the account's limits (429). Faults (`faults.py`) are applied where the real service would fail.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
+import math
 import secrets
 import time
-import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ops.simulator import media
 from ops.simulator.engine import Engine, SimConfig, SimTask
-from ops.simulator.models import IMAGE_GENERATION, IMAGE_SYNTHESIS, MODELS, VIDEO_SYNTHESIS, size_problem
+from ops.simulator.faults import FaultPlan
+from ops.simulator.models import (
+    IMAGE_GENERATION,
+    IMAGE_SYNTHESIS,
+    MODELS,
+    SYNC_GENERATION,
+    VIDEO_SYNTHESIS,
+    SimModel,
+    size_problem,
+)
+from ops.simulator.responses import (
+    UTC8,
+    Dropped,
+    choice,
+    error,
+    image_generation_usage,
+    list_entry,
+    malformed,
+    oss_error,
+    request_id,
+    task_body,
+)
 
-UTC8 = timezone(timedelta(hours=8))
 API = "/api/v1"
 
 
-def stamp(ts: float) -> str:
-    """`YYYY-MM-DD HH:MM:SS.mmm` in UTC+8, as the service writes its times."""
-    return datetime.fromtimestamp(ts, UTC8).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+class Invalid(Exception):
+    """A request the service refuses; carries the answer to send."""
 
-
-def _request_id() -> str:
-    return str(uuid.uuid4())
-
-
-def error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"request_id": _request_id(), "code": code, "message": message}, status_code=status)
+    def __init__(self, response: Response) -> None:
+        super().__init__("invalid request")
+        self.response = response
 
 
 class Simulator:
@@ -47,124 +63,169 @@ class Simulator:
         self.engine = Engine(config)
         self.signing_key = secrets.token_bytes(32)
 
-    # --- helpers --------------------------------------------------------------------------------
-    def _account(self, request: Request) -> tuple[str, str] | JSONResponse:
+    @property
+    def faults(self) -> FaultPlan:
+        return self.engine.faults
+
+    # --- shared checks --------------------------------------------------------------------------
+    def _account(self, request: Request) -> tuple[str, str]:
         header = request.headers.get("authorization", "")
         key = header[7:].strip() if header.lower().startswith("bearer ") else ""
         account = self.engine.account_of(key)
         if account is None:
-            return error(401, "InvalidApiKey", "Invalid API-key provided.")
+            raise Invalid(error(401, "InvalidApiKey", "Invalid API-key provided."))
         return key, account
 
+    async def _parse(self, request: Request, path: str) -> tuple[SimModel, dict[str, Any], str, dict[str, Any]]:
+        """The model, body, prompt and parameters of a create, or `Invalid` with the service's complaint."""
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            raise Invalid(error(400, "InvalidParameter", "The request body is not valid JSON.")) from None
+        if not isinstance(body, dict):
+            raise Invalid(error(400, "InvalidParameter", "The request body must be a JSON object."))
+        model = MODELS.get(str(body.get("model", "")))
+        if model is None:
+            raise Invalid(error(404, "ModelNotFound", f"Model not exist: {body.get('model')!r}."))
+        if path not in model.paths:
+            raise Invalid(error(400, "InvalidParameter", f"Model {model.name} is not served by this url."))
+        body_input, parameters = body.get("input"), body.get("parameters") or {}
+        if not isinstance(body_input, dict) or not isinstance(parameters, dict):
+            raise Invalid(error(400, "InvalidParameter", "Field required: input"))
+        prompt = _messages_prompt(body_input) if path in {IMAGE_GENERATION, SYNC_GENERATION} else _prompt(body_input)
+        _check_parameters(model, parameters)
+        return model, body, prompt, parameters
+
     def _sign(self, task_id: str, index: int, expires: int) -> str:
-        message = f"{task_id}/{index}/{expires}".encode()
-        return hmac.new(self.signing_key, message, hashlib.sha256).hexdigest()[:32]
+        return hmac.new(self.signing_key, f"{task_id}/{index}/{expires}".encode(), hashlib.sha256).hexdigest()[:32]
 
     def _result_url(self, request: Request, task: SimTask, index: int) -> str:
         extension = "mp4" if task.model.video else "png"
-        expires = int(task.end or task.created) + int(self.engine.config.url_life_s * self.engine.config.time_scale)
+        config = self.engine.config
+        life_s = 0 if self.faults.fires("url_expired", task.prompt) else config.url_life_s * config.scale
+        expires = int(task.end or task.created) + max(0, math.ceil(life_s))
         base = str(request.base_url).rstrip("/")
-        signature = self._sign(task.task_id, index, expires)
         return (
             f"{base}/results/{task.task_id}/{index}.{extension}"
-            f"?Expires={expires}&OSSAccessKeyId=LTAIsimulator&Signature={signature}"
+            f"?Expires={expires}&OSSAccessKeyId=LTAIsimulator&Signature={self._sign(task.task_id, index, expires)}"
         )
 
     # --- create ---------------------------------------------------------------------------------
     async def create(self, request: Request) -> Response:
-        who = self._account(request)
-        if isinstance(who, JSONResponse):
-            return who
-        key, account = who
-        if request.headers.get("x-dashscope-async", "").lower() != "enable":
-            return error(403, "AccessDenied", "current user api does not support synchronous calls")
         try:
-            body = json.loads(await request.body())
-        except ValueError:
-            return error(400, "InvalidParameter", "The request body is not valid JSON.")
-        if not isinstance(body, dict):
-            return error(400, "InvalidParameter", "The request body must be a JSON object.")
-        model = MODELS.get(str(body.get("model", "")))
-        if model is None:
-            return error(404, "ModelNotFound", f"Model not exist: {body.get('model')!r}.")
-        if model.path != request.url.path[len(API) :]:
-            return error(400, "InvalidParameter", f"Model {model.name} is not served by this url.")
-        parsed = self._parse_create(model.path, body)
-        if isinstance(parsed, JSONResponse):
-            return parsed
-        prompt, parameters = parsed
-        n = parameters.get("n", 4)  # the service's default is 4: clients must send n
-        if model.video:
-            n = 1
-        elif not isinstance(n, int) or not 1 <= n <= 4:
-            return error(400, "InvalidParameter", "The parameter n must be an integer in [1, 4].")
-        size = str(parameters.get("size", model.default_size))
-        problem = size_problem(model, size)
-        if problem:
-            return error(400, "InvalidParameter", problem)
-        seed = parameters.get("seed")
-        if seed is not None and (not isinstance(seed, int) or not 0 <= seed <= 2147483647):
-            return error(400, "InvalidParameter", "The parameter seed must be an integer in [0, 2147483647].")
+            key, account = self._account(request)
+            if request.headers.get("x-dashscope-async", "").lower() != "enable":
+                return error(403, "AccessDenied", "current user api does not support synchronous calls")
+            path = request.url.path[len(API) :]
+            model, body, prompt, parameters = await self._parse(request, path)
+        except Invalid as invalid:
+            return invalid.response
+        refused = self._create_faults_before(prompt) or self._admit(account, model)
+        if refused is not None:
+            return refused
+        task = self.engine.create(
+            key=key,
+            account=account,
+            model=model,
+            body=body,
+            prompt=prompt[: model.prompt_max],  # the service truncates, it does not refuse
+            n=_n(model, parameters),
+            size=str(parameters.get("size", model.default_size)),
+            prompt_extend=bool(parameters.get("prompt_extend", True)),
+            now=time.time(),
+        )
+        answer = {"request_id": request_id(), "output": {"task_id": task.task_id, "task_status": "PENDING"}}
+        return await self._create_faults_after(prompt, answer)
 
+    def _create_faults_before(self, prompt: str) -> Response | None:
+        if self.faults.fires("create_inspection", prompt):
+            return error(400, "DataInspectionFailed", "Input data may contain inappropriate content.")
+        if self.faults.fires("burst", prompt):
+            self.engine.counters["throttled_burst"] += 1
+            return error(429, "Throttling.BurstRate", "Request rate increased too quickly.")
+        if self.faults.fires("create_500", prompt):
+            return error(500, "InternalError", "An internal error has occured, please try again later.")
+        if self.faults.fires("create_503", prompt):
+            return error(
+                503,
+                "ModelServingError",
+                "Too many requests. Your requests are being throttled due to "
+                "system capacity limits. Please try again later.",
+            )
+        if self.faults.fires("create_drop_before", prompt):
+            return Dropped()
+        return None
+
+    def _admit(self, account: str, model: SimModel) -> Response | None:
         now = time.time()
         scope = self.engine.scope(account, model)
-        if not self.engine.take_submit(scope, now):
-            self.engine.counters["throttled_submit"] += 1
-            return error(429, "Throttling.RateQuota", "Requests rate limit exceeded, please try again later.")
+        code = self.engine.take_submit(scope, now)
+        if code is not None:
+            self.engine.counters["throttled_burst" if code.endswith("BurstRate") else "throttled_submit"] += 1
+            message = (
+                "Request rate increased too quickly."
+                if code.endswith("BurstRate")
+                else "Requests rate limit exceeded, please try again later."
+            )
+            return error(429, code, message)
         scope.advance(now)
-        if self.engine.config.concurrency_mode == "throttle" and scope.unfinished(now) >= scope.concurrency:
+        if self.engine.config.profile.concurrency_mode == "throttle" and scope.unfinished(now) >= scope.concurrency:
             self.engine.counters["throttled_concurrency"] += 1
             return error(429, "Throttling.RateQuota", "Too many tasks at once, please try again later.")
-        # Over-long prompts are truncated by the service, not refused.
-        prompt = prompt[: model.prompt_max]
+        return None
+
+    async def _create_faults_after(self, prompt: str, answer: dict[str, Any]) -> Response:
+        if self.faults.fires("create_drop_after", prompt):
+            return Dropped()
+        if self.faults.fires("create_malformed", prompt):
+            return malformed(answer)
+        if self.faults.fires("create_slow", prompt):
+            await asyncio.sleep(self.engine.config.slow_response_s)
+        return JSONResponse(answer)
+
+    # --- sync generation (no task) --------------------------------------------------------------
+    async def generate(self, request: Request) -> Response:
+        """`multimodal-generation/generation`: waits for the image and answers with it, no task id."""
+        try:
+            key, account = self._account(request)
+            model, body, prompt, parameters = await self._parse(request, SYNC_GENERATION)
+        except Invalid as invalid:
+            return invalid.response
+        refused = self._create_faults_before(prompt) or self._admit(account, model)
+        if refused is not None:
+            return refused
         task = self.engine.create(
             key=key,
             account=account,
             model=model,
             body=body,
             prompt=prompt,
-            n=n,
-            size=size,
+            n=_n(model, parameters),
+            size=str(parameters.get("size", model.default_size)),
             prompt_extend=bool(parameters.get("prompt_extend", True)),
-            now=now,
+            now=time.time(),
         )
+        self.engine.counters["sync_calls"] += 1
+        while (status := task.status(time.time())) in {"PENDING", "RUNNING"}:
+            await asyncio.sleep(0.05)
+            self.engine.scope(account, model).advance(time.time())
+        if status == "FAILED" and task.failure:
+            return error(500 if task.failure[0].startswith("InternalError") else 400, *task.failure)
+        urls = [self._result_url(request, task, i) for i in range(task.n) if i not in task.failed_indices]
         return JSONResponse(
-            {"request_id": _request_id(), "output": {"task_id": task.task_id, "task_status": "PENDING"}}
+            {
+                "output": {"choices": [choice(u) for u in urls], "finished": True},
+                "usage": image_generation_usage(task.size, len(urls)),
+                "request_id": request_id(),
+            }
         )
 
-    @staticmethod
-    def _parse_create(path: str, body: dict[str, Any]) -> tuple[str, dict[str, Any]] | JSONResponse:
-        body_input = body.get("input")
-        parameters = body.get("parameters") or {}
-        if not isinstance(body_input, dict) or not isinstance(parameters, dict):
-            return error(400, "InvalidParameter", "Field required: input")
-        if path == IMAGE_GENERATION:
-            messages = body_input.get("messages")
-            if (
-                not isinstance(messages, list)
-                or len(messages) != 1
-                or messages[0].get("role") != "user"
-                or not isinstance(messages[0].get("content"), list)
-            ):
-                return error(400, "InvalidParameter", "input.messages must hold exactly one user message.")
-            texts = [c.get("text") for c in messages[0]["content"] if isinstance(c, dict) and "text" in c]
-            if len(texts) != 1 or not isinstance(texts[0], str) or not texts[0].strip():
-                return error(400, "InvalidParameter", "input.messages[0].content must hold exactly one text.")
-            return texts[0], parameters
-        prompt = body_input.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            return error(400, "InvalidParameter", "Field required: input.prompt")
-        negative = body_input.get("negative_prompt", "")
-        if isinstance(negative, str) and len(negative) > 500:
-            return error(400, "InvalidParameter", "input.negative_prompt must be at most 500 characters.")
-        return prompt, parameters
-
-    # --- query and cancel -----------------------------------------------------------------------
+    # --- query, list and cancel -----------------------------------------------------------------
     async def get_task(self, request: Request) -> Response:
-        who = self._account(request)
-        if isinstance(who, JSONResponse):
-            return who
-        _, account = who
+        try:
+            _, account = self._account(request)
+        except Invalid as invalid:
+            return invalid.response
         now = time.time()
         if not self.engine.take_query(account, now):
             self.engine.counters["throttled_query"] += 1
@@ -172,57 +233,70 @@ class Simulator:
         self.engine.counters["queries"] += 1
         task_id = request.path_params["task_id"]
         task = self.engine.find(task_id, account, now)
+        prompt = self.engine.tasks[task_id].prompt if task_id in self.engine.tasks else ""
+        broken = await self._query_faults(prompt)
+        if broken is not None:
+            return broken
         if task is None:
-            return JSONResponse({"request_id": _request_id(), "output": {"task_id": task_id, "task_status": "UNKNOWN"}})
-        return JSONResponse(self._task_body(request, task, now))
+            return JSONResponse({"request_id": request_id(), "output": {"task_id": task_id, "task_status": "UNKNOWN"}})
+        body = task_body(task, now, lambda i: self._result_url(request, task, i))
+        if self.faults.fires("query_malformed", prompt):
+            return malformed(body)
+        return JSONResponse(body)
 
-    def _task_body(self, request: Request, task: SimTask, now: float) -> dict[str, Any]:
-        status = task.status(now)
-        output: dict[str, Any] = {"task_id": task.task_id, "task_status": status, "submit_time": stamp(task.created)}
-        if task.scheduled is not None and task.scheduled <= now:
-            output["scheduled_time"] = stamp(task.scheduled)
-        if status in {"SUCCEEDED", "CANCELED"}:
-            output["end_time"] = stamp(task.end if status == "SUCCEEDED" and task.end else task.canceled_at or now)
-        body: dict[str, Any] = {"request_id": _request_id(), "output": output}
-        if status != "SUCCEEDED":
-            return body
-        urls = [self._result_url(request, task, i) for i in range(task.n)]
-        if task.model.video:
-            output.update(video_url=urls[0], orig_prompt=task.prompt, actual_prompt=task.actual_prompt or task.prompt)
-            duration = (task.body.get("parameters") or {}).get("duration", 5)
-            body["usage"] = {"video_count": 1, "video_duration": duration, "video_ratio": task.size}
-        elif task.model.path == IMAGE_GENERATION:
-            output["finished"] = True
-            output["choices"] = [
-                {
-                    "finish_reason": "stop",
-                    "message": {"role": "assistant", "content": [{"image": url, "type": "image"} for url in urls]},
-                }
-            ]
-            body["usage"] = {
-                "size": task.size,
-                "total_tokens": 0,
-                "image_count": task.n,
-                "output_tokens": 0,
-                "input_tokens": 0,
+    async def _query_faults(self, prompt: str) -> Response | None:
+        if self.faults.fires("query_429", prompt):
+            self.engine.counters["throttled_query"] += 1
+            return error(429, "Throttling", "Requests rate limit exceeded, please try again later.")
+        if self.faults.fires("query_500", prompt):
+            return error(500, "InternalError", "An internal error has occured, please try again later.")
+        if self.faults.fires("query_503", prompt):
+            return error(503, "ModelServingError", "The model is temporarily unavailable.")
+        if self.faults.fires("query_drop", prompt):
+            return Dropped()
+        if self.faults.fires("query_slow", prompt):
+            await asyncio.sleep(self.engine.config.slow_response_s)
+        return None
+
+    async def list_tasks(self, request: Request) -> Response:
+        """`GET /tasks`: the account's tasks in a time window (default the last 24 h), newest first, paged."""
+        try:
+            _, account = self._account(request)
+            params = request.query_params
+            now = time.time()
+            start = _list_time(params.get("start_time"), now - 24 * 3600)
+            end = _list_time(params.get("end_time"), now)
+            page_no, page_size = int(params.get("page_no", "1")), int(params.get("page_size", "10"))
+            if page_no < 1 or not 1 <= page_size <= 100:
+                raise ValueError("page_no must be >= 1 and page_size 1-100")
+        except Invalid as invalid:
+            return invalid.response
+        except ValueError as exc:
+            return error(400, "InvalidParameter", str(exc))
+        if not self.engine.take_query(account, now):
+            self.engine.counters["throttled_query"] += 1
+            return error(429, "Throttling", "Requests rate limit exceeded, please try again later.")
+        self.engine.counters["lists"] += 1
+        found = self.engine.list(
+            account, start=start, end=end, model=params.get("model_name"), status=params.get("status"), now=now
+        )
+        page = found[(page_no - 1) * page_size : page_no * page_size]
+        return JSONResponse(
+            {
+                "request_id": request_id(),
+                "data": [list_entry(t, now) for t in page],
+                "page_no": page_no,
+                "page_size": page_size,
+                "total": len(found),
+                "total_page": max(1, math.ceil(len(found) / page_size)),
             }
-        else:
-            results = []
-            for url in urls:
-                item = {"url": url, "orig_prompt": task.prompt}
-                if task.actual_prompt:
-                    item["actual_prompt"] = task.actual_prompt
-                results.append(item)
-            output["results"] = results
-            output["task_metrics"] = {"TOTAL": task.n, "SUCCEEDED": task.n, "FAILED": 0}
-            body["usage"] = {"image_count": task.n}
-        return body
+        )
 
     async def cancel(self, request: Request) -> Response:
-        who = self._account(request)
-        if isinstance(who, JSONResponse):
-            return who
-        _, account = who
+        try:
+            _, account = self._account(request)
+        except Invalid as invalid:
+            return invalid.response
         now = time.time()
         task = self.engine.find(request.path_params["task_id"], account, now)
         if task is None:
@@ -233,43 +307,40 @@ class Simulator:
                 "UnsupportedOperation",
                 f"Failed to cancel the task, please confirm the task status is PENDING (it is {task.status(now)}).",
             )
-        return JSONResponse({"request_id": _request_id()})
+        return JSONResponse({"request_id": request_id()})
 
     # --- result URLs ----------------------------------------------------------------------------
     async def result(self, request: Request) -> Response:
         task_id, name = request.path_params["task_id"], request.path_params["name"]
-        index_text, _, _ = name.partition(".")
         query = request.query_params
         task = self.engine.tasks.get(task_id)
         try:
-            index, expires = int(index_text), int(query.get("Expires", "0"))
+            index, expires = int(name.partition(".")[0]), int(query.get("Expires", "0"))
         except ValueError:
             index, expires = -1, 0
-        valid = (
-            task is not None
-            and 0 <= index < task.n
-            and hmac.compare_digest(self._sign(task_id, index, expires), query.get("Signature", ""))
-        )
-        if not valid or task is None:
-            return self._oss_error("SignatureDoesNotMatch", "The request signature we calculated does not match.")
+        if (
+            task is None
+            or not 0 <= index < task.n
+            or not hmac.compare_digest(self._sign(task_id, index, expires), query.get("Signature", ""))
+        ):
+            return oss_error("SignatureDoesNotMatch", "The request signature we calculated does not match.")
         if time.time() > expires:
-            return self._oss_error("AccessDenied", "Request has expired.")
+            return oss_error("AccessDenied", "Request has expired.")
+        url_key = f"{task_id}/{index}"
+        first = url_key not in self.engine.downloaded_urls
+        self.engine.downloaded_urls.add(url_key)
+        if first and self.faults.fires("url_fail_once", task.prompt):
+            return oss_error("ServiceUnavailable", "Please reduce your request rate.", status=503)
         self.engine.counters["downloads"] += 1
         if task.model.video:
-            data = await run_in_threadpool(media.mp4, f"{task_id}/{index}")
-            return Response(data, media_type="video/mp4")
+            size = media.mp4_size(self.engine.config.video_bytes)
+            return StreamingResponse(
+                media.mp4_chunks(url_key, self.engine.config.video_bytes),
+                media_type="video/mp4",
+                headers={"Content-Length": str(size)},
+            )
         width, height = (int(x) for x in task.size.split("*"))
-        data = await run_in_threadpool(media.png, width, height, f"{task_id}/{index}")
-        return Response(data, media_type="image/png")
-
-    @staticmethod
-    def _oss_error(code: str, message: str) -> Response:
-        xml = (
-            f'<?xml version="1.0" encoding="UTF-8"?>\n<Error>\n  <Code>{code}</Code>\n  <Message>{message}'
-            f"</Message>\n  <RequestId>{uuid.uuid4().hex.upper()[:24]}</RequestId>\n"
-            "  <HostId>dashscope-result-sim.oss-cn-sim.aliyuncs.com</HostId>\n</Error>\n"
-        )
-        return Response(xml, status_code=403, media_type="application/xml")
+        return Response(await run_in_threadpool(media.png, width, height, url_key), media_type="image/png")
 
     # --- admin (outside /api/v1) ----------------------------------------------------------------
     async def counters(self, request: Request) -> Response:
@@ -279,8 +350,86 @@ class Simulator:
         self.engine.reset()
         return JSONResponse({"reset": True})
 
+    async def configure(self, request: Request) -> Response:
+        """`POST /_sim/config` with any of `faults`, `limits`, `concurrency_mode`, `burst_protection`,
+        `video_bytes`, `slow_response_s`, `time_scale`."""
+        data = await request.json()
+        try:
+            self.engine.configure(
+                faults=data.get("faults"),
+                limits=data.get("limits"),
+                concurrency_mode=data.get("concurrency_mode"),
+                burst_protection=data.get("burst_protection"),
+            )
+        except ValueError as exc:
+            return error(400, "InvalidParameter", str(exc))
+        config = self.engine.config
+        config.video_bytes = int(data.get("video_bytes", config.video_bytes))
+        config.slow_response_s = float(data.get("slow_response_s", config.slow_response_s))
+        if "time_scale" in data:
+            config.time_scale = float(data["time_scale"])
+        return JSONResponse({"profile": config.profile.name, "faults": self.engine.faults.probabilities})
+
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"ok": True, "profile": self.engine.config.profile})
+        return JSONResponse({"ok": True, "profile": self.engine.config.profile.name})
+
+
+def _prompt(body_input: dict[str, Any]) -> str:
+    prompt = body_input.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise Invalid(error(400, "InvalidParameter", "Field required: input.prompt"))
+    negative = body_input.get("negative_prompt", "")
+    if isinstance(negative, str) and len(negative) > 500:
+        raise Invalid(error(400, "InvalidParameter", "input.negative_prompt must be at most 500 characters."))
+    return prompt
+
+
+def _messages_prompt(body_input: dict[str, Any]) -> str:
+    messages = body_input.get("messages")
+    if (
+        not isinstance(messages, list)
+        or len(messages) != 1
+        or not isinstance(messages[0], dict)
+        or messages[0].get("role") != "user"
+        or not isinstance(messages[0].get("content"), list)
+    ):
+        raise Invalid(error(400, "InvalidParameter", "input.messages must hold exactly one user message."))
+    texts = [c.get("text") for c in messages[0]["content"] if isinstance(c, dict) and "text" in c]
+    if len(texts) != 1 or not isinstance(texts[0], str) or not texts[0].strip():
+        raise Invalid(error(400, "InvalidParameter", "input.messages[0].content must hold exactly one text."))
+    return texts[0]
+
+
+def _check_parameters(model: SimModel, parameters: dict[str, Any]) -> None:
+    n = parameters.get("n", 4)
+    if not model.video and (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 4):
+        raise Invalid(error(400, "InvalidParameter", "The parameter n must be an integer in [1, 4]."))
+    problem = size_problem(model, str(parameters.get("size", model.default_size)))
+    if problem:
+        raise Invalid(error(400, "InvalidParameter", problem))
+    seed = parameters.get("seed")
+    if seed is not None and (not isinstance(seed, int) or not 0 <= seed <= 2147483647):
+        raise Invalid(error(400, "InvalidParameter", "The parameter seed must be an integer in [0, 2147483647]."))
+    negative = parameters.get("negative_prompt", "")
+    if isinstance(negative, str) and len(negative) > 500:
+        raise Invalid(error(400, "InvalidParameter", "parameters.negative_prompt must be at most 500 characters."))
+    duration = parameters.get("duration")
+    if model.video and duration is not None and duration not in model.durations:
+        raise Invalid(error(400, "InvalidParameter", f"The parameter duration must be one of {model.durations}."))
+
+
+def _n(model: SimModel, parameters: dict[str, Any]) -> int:
+    return 1 if model.video else int(parameters.get("n", 4))  # the service's default is 4
+
+
+def _list_time(value: str | None, default: float) -> float:
+    """`YYYYMMDDhhmmss` in UTC+8 -> epoch seconds."""
+    if not value:
+        return default
+    try:
+        return datetime.strptime(value, "%Y%m%d%H%M%S").replace(tzinfo=UTC8).timestamp()
+    except ValueError:
+        raise ValueError(f"time {value!r} must be YYYYMMDDhhmmss") from None
 
 
 def create_app(config: SimConfig) -> Starlette:
@@ -290,11 +439,14 @@ def create_app(config: SimConfig) -> Starlette:
             Route(API + path, sim.create, methods=["POST"])
             for path in (IMAGE_SYNTHESIS, IMAGE_GENERATION, VIDEO_SYNTHESIS)
         ),
+        Route(API + SYNC_GENERATION, sim.generate, methods=["POST"]),
+        Route(API + "/tasks", sim.list_tasks, methods=["GET"]),
         Route(API + "/tasks/{task_id}", sim.get_task, methods=["GET"]),
         Route(API + "/tasks/{task_id}/cancel", sim.cancel, methods=["POST"]),
         Route("/results/{task_id}/{name}", sim.result, methods=["GET"]),
         Route("/_sim/counters", sim.counters, methods=["GET"]),
         Route("/_sim/reset", sim.reset, methods=["POST"]),
+        Route("/_sim/config", sim.configure, methods=["POST"]),
         Route("/_sim/health", sim.health, methods=["GET"]),
     ]
     app = Starlette(routes=routes)

@@ -1,9 +1,9 @@
-"""The simulated service's state: accounts, tasks, limits, the timing model, and the counters.
+"""The simulated service's state: accounts, tasks, limits, the timing model, faults and counters.
 
 Time is real wall-clock time; only durations are scaled. Each (account, model) scope has `concurrency`
-slots. Tasks wait in FIFO order in PENDING until a slot is free, run for a duration drawn from the
-profile, then end. The schedule is advanced lazily to "now" whenever anything looks at the scope, so the
-simulator needs no background thread and its answers are exact for any query time.
+slots. Tasks wait in FIFO order in PENDING until a slot is free, run for a duration drawn from the profile,
+then end with the outcome decided when they were created. The schedule is advanced lazily to "now"
+whenever anything looks at the scope, so there is no background thread and every answer is exact.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
+import math
 import random
 import time
 import uuid
@@ -18,37 +19,33 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from ops.simulator.faults import FaultPlan
 from ops.simulator.models import SimModel
+from ops.simulator.profiles import PROFILES, Profile
 
-
-@dataclass(frozen=True)
-class Profile:
-    image_s: tuple[float, float]
-    video_s: tuple[float, float]
-    prompt_extend_s: float = 3.5
-
-
-PROFILES = {
-    # Durations as documented: images 10 s to 2 min (typically 1-2 min), videos 1-5 min.
-    "realistic": Profile(image_s=(10.0, 120.0), video_s=(60.0, 300.0)),
-    # Short enough for a person watching a demo batch, long enough to show queueing.
-    "demo": Profile(image_s=(2.0, 6.0), video_s=(5.0, 10.0), prompt_extend_s=1.0),
-    # For tests: sub-second generations.
-    "fast": Profile(image_s=(0.3, 1.0), video_s=(0.5, 1.5), prompt_extend_s=0.1),
+#: (code, message) of the documented task failures the simulator can produce.
+FAILURES = {
+    "task_failed": ("InternalError.Algo", "An internal error occurred in the algorithm."),
+    "task_timeout": ("InternalError.Timeout", "An internal timeout error has occured during execution."),
+    "task_inspection": ("DataInspectionFailed", "Output data may contain inappropriate content."),
 }
 
 
 @dataclass
 class SimConfig:
-    profile: str = "demo"
-    time_scale: float = 1.0  # multiplies every duration
+    profile: Profile = field(default_factory=lambda: PROFILES["demo"])
     keys: dict[str, str] = field(default_factory=dict)  # api key -> account
-    concurrency_mode: str = "queue"  # "queue": excess waits in PENDING; "throttle": excess gets 429
+    time_scale: float | None = None  # overrides the profile's
     query_qps: int = 20
-    retention_s: float = 24 * 3600.0  # tasks and URLs are forgotten after this (scaled)
-    url_life_s: float = 24 * 3600.0
-    limits: dict[str, tuple[int, int]] = field(default_factory=dict)  # model -> (submit/s, concurrency)
+    retention_s: float = 24 * 3600.0  # tasks are forgotten (UNKNOWN) after this, scaled
+    url_life_s: float = 24 * 3600.0  # result URLs expire after this, scaled
+    slow_response_s: float = 40.0  # how late a "slow" answer comes (absolute, not scaled)
+    video_bytes: int = 0  # size of generated MP4s; 0 = small
     seed: int | None = None
+
+    @property
+    def scale(self) -> float:
+        return self.profile.time_scale if self.time_scale is None else self.time_scale
 
 
 @dataclass
@@ -64,6 +61,9 @@ class SimTask:
     size: str
     prompt: str
     actual_prompt: str | None
+    failure: tuple[str, str] | None = None  # the whole task fails with (code, message)
+    failed_indices: frozenset[int] = frozenset()  # partial failure: these sub-images fail
+    expire_on_end: bool = False
     scheduled: float | None = None
     end: float | None = None
     canceled_at: float | None = None
@@ -75,7 +75,7 @@ class SimTask:
             return "PENDING"
         if self.end is not None and self.end > now:
             return "RUNNING"
-        return "SUCCEEDED"
+        return "FAILED" if self.failure else "SUCCEEDED"
 
 
 @dataclass
@@ -126,7 +126,36 @@ class Engine:
         self.counters: Counter[str] = Counter()
         self.creates_by_key_model: Counter[tuple[str, str]] = Counter()
         self.create_fingerprints: Counter[tuple[str, str]] = Counter()
+        self.downloaded_urls: set[str] = set()
+        self.faults = FaultPlan(self.config.profile.faults, self.rng)
         self.started_at = time.time()
+
+    def configure(
+        self,
+        *,
+        faults: dict[str, float] | None = None,
+        limits: dict[str, list[int]] | None = None,
+        concurrency_mode: str | None = None,
+        burst_protection: bool | None = None,
+    ) -> None:
+        """Change faults or limits at run time (the admin endpoint). New limits apply to new scopes and to
+        the submit rate of existing ones; the slots of a running scope keep their count."""
+        profile = self.config.profile
+        if faults is not None:
+            self.faults = FaultPlan({**self.faults.probabilities, **faults}, self.rng)
+        new_limits = {**profile.limits, **{m: (int(v[0]), int(v[1])) for m, v in (limits or {}).items()}}
+        self.config.profile = Profile(
+            profile.name,
+            profile.timing,
+            new_limits,
+            self.faults.probabilities,
+            concurrency_mode or profile.concurrency_mode,
+            profile.burst_protection if burst_protection is None else burst_protection,
+            profile.time_scale,
+        )
+        for (_, model), scope in self.scopes.items():
+            if model in new_limits:
+                scope.submit_per_s = new_limits[model][0]
 
     # --- lookups --------------------------------------------------------------------------------
     def account_of(self, key: str) -> str | None:
@@ -135,25 +164,34 @@ class Engine:
     def scope(self, account: str, model: SimModel) -> Scope:
         found = self.scopes.get((account, model.name))
         if found is None:
-            rate, slots = self.config.limits.get(model.name, (model.submit_per_s, model.concurrency))
+            rate, slots = self.config.profile.limits.get(model.name, (model.submit_per_s, model.concurrency))
             found = self.scopes[(account, model.name)] = Scope(model, rate, slots)
         return found
 
     def duration_s(self, model: SimModel, prompt_extend: bool) -> float:
-        profile = PROFILES[self.config.profile]
-        low, high = profile.video_s if model.video else profile.image_s
-        seconds = self.rng.uniform(low, high) + (profile.prompt_extend_s if prompt_extend else 0.0)
-        return seconds * self.config.time_scale
+        timing = self.config.profile.timing
+        low, high = timing.video_s if model.video else timing.image_s
+        if timing.distribution == "lognormal" and low > 0:
+            # Median at the geometric mean of the bounds; about 95 % of draws fall inside them.
+            median, sigma = math.sqrt(low * high), max(1e-9, math.log(high / low) / 4)
+            seconds = min(high, max(low, self.rng.lognormvariate(math.log(median), sigma)))
+        else:
+            seconds = self.rng.uniform(low, high)
+        seconds += timing.prompt_extend_s if prompt_extend else 0.0
+        return seconds * self.config.scale
 
     # --- limits ---------------------------------------------------------------------------------
-    def take_submit(self, scope: Scope, now: float) -> bool:
-        """True when a create fits the scope's submit rate (a sliding one-second window)."""
+    def take_submit(self, scope: Scope, now: float) -> str | None:
+        """None when a create fits the scope's submit rate (a sliding one-second window); else the 429 code."""
         while scope.creates and scope.creates[0] <= now - 1.0:
             scope.creates.popleft()
         if len(scope.creates) >= scope.submit_per_s:
-            return False
+            return "Throttling.RateQuota"
+        recent = sum(1 for t in scope.creates if t > now - 0.2)
+        if self.config.profile.burst_protection and recent >= max(1, scope.submit_per_s // 2):
+            return "Throttling.BurstRate"  # "Request rate increased too quickly"
         scope.creates.append(now)
-        return True
+        return None
 
     def take_query(self, account: str, now: float) -> bool:
         window = self.queries.setdefault(account, deque())
@@ -192,6 +230,7 @@ class Engine:
             prompt=prompt,
             actual_prompt=actual,
         )
+        self._decide_outcome(task)
         self.tasks[task.task_id] = task
         scope = self.scope(account, model)
         scope.pending.append(task)
@@ -202,15 +241,42 @@ class Engine:
         self.counters["creates"] += 1
         return task
 
+    def _decide_outcome(self, task: SimTask) -> None:
+        for fault, failure in FAILURES.items():
+            if self.faults.fires(fault, task.prompt):
+                task.failure = failure
+                return
+        if task.n > 1 and self.faults.fires("task_partial", task.prompt):
+            failed = self.rng.sample(range(task.n), self.rng.randint(1, task.n - 1))
+            task.failed_indices = frozenset(failed)
+        task.expire_on_end = self.faults.fires("task_expire", task.prompt)
+
     def find(self, task_id: str, account: str, now: float) -> SimTask | None:
-        """The task as of `now`, or None when unknown to this account or past retention."""
+        """The task as of `now`, or None when unknown to this account, past retention, or expired early."""
         task = self.tasks.get(task_id)
         if task is None or task.account != account:
             return None
-        if now - task.created > self.config.retention_s * self.config.time_scale:
+        if now - task.created > self.config.retention_s * self.config.scale:
             return None
         self.scope(account, task.model).advance(now)
+        if task.expire_on_end and task.end is not None and task.end <= now:
+            return None
         return task
+
+    def list(
+        self, account: str, *, start: float, end: float, model: str | None, status: str | None, now: float
+    ) -> list[SimTask]:
+        found = []
+        for task in self.tasks.values():
+            if task.account != account or not start <= task.created <= end:
+                continue
+            if model and task.model.name != model:
+                continue
+            current = self.find(task.task_id, account, now)
+            if current is None or (status and current.status(now) != status):
+                continue
+            found.append(current)
+        return sorted(found, key=lambda t: t.created, reverse=True)
 
     def cancel(self, task: SimTask, now: float) -> bool:
         if task.status(now) != "PENDING":
@@ -226,7 +292,9 @@ class Engine:
         duplicates = sum(count - 1 for count in self.create_fingerprints.values() if count > 1)
         return {
             "now": now,
+            "profile": self.config.profile.name,
             "counters": dict(self.counters),
+            "faults_fired": dict(self.faults.fired),
             "creates_by_key_model": [
                 {"key_suffix": key[-4:], "model": model, "creates": count}
                 for (key, model), count in sorted(self.creates_by_key_model.items())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import zlib
+from collections.abc import Iterator
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -32,8 +33,7 @@ def _box(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", 8 + len(payload)) + kind + payload
 
 
-def mp4(seed: str, size_bytes: int = 0) -> bytes:
-    """A structurally valid MP4 (ftyp + moov + mdat); `size_bytes` pads the mdat for large-download tests."""
+def _mp4_head() -> bytes:
     ftyp = _box(b"ftyp", b"isom" + struct.pack(">I", 512) + b"isomiso2avc1mp41")
     mvhd = _box(
         b"mvhd",
@@ -50,8 +50,26 @@ def mp4(seed: str, size_bytes: int = 0) -> bytes:
         + b"\x00" * 24
         + struct.pack(">I", 2),
     )
-    moov = _box(b"moov", mvhd)
-    filler = hashlib.sha256(seed.encode()).digest()
-    body_len = max(len(filler), size_bytes - len(ftyp) - len(moov) - 8)
-    mdat = _box(b"mdat", (filler * (body_len // len(filler) + 1))[:body_len])
-    return ftyp + moov + mdat
+    return ftyp + _box(b"moov", mvhd)
+
+
+def mp4_size(size_bytes: int) -> int:
+    """The length `mp4_chunks` will produce for a requested size (at least a minimal file)."""
+    return max(size_bytes, len(_mp4_head()) + 8 + 32)
+
+
+def mp4_chunks(seed: str, size_bytes: int = 0, chunk_bytes: int = 1024 * 1024) -> Iterator[bytes]:
+    """A structurally valid MP4 (ftyp + moov + mdat) of `mp4_size(size_bytes)` bytes, generated in chunks so a
+    large file never sits in memory (for download tests of hundreds of MB)."""
+    head = _mp4_head()
+    payload = mp4_size(size_bytes) - len(head) - 8
+    yield head + struct.pack(">I", 8 + payload if 8 + payload < 2**32 else 1) + b"mdat"
+    block = (hashlib.sha256(seed.encode()).digest() * (chunk_bytes // 32 + 1))[:chunk_bytes]
+    while payload > 0:
+        piece = block[: min(chunk_bytes, payload)]
+        payload -= len(piece)
+        yield piece
+
+
+def mp4(seed: str, size_bytes: int = 0) -> bytes:
+    return b"".join(mp4_chunks(seed, size_bytes))

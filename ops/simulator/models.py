@@ -11,6 +11,7 @@ from dataclasses import dataclass
 IMAGE_SYNTHESIS = "/services/aigc/text2image/image-synthesis"
 IMAGE_GENERATION = "/services/aigc/image-generation/generation"
 VIDEO_SYNTHESIS = "/services/aigc/video-generation/video-synthesis"
+SYNC_GENERATION = "/services/aigc/multimodal-generation/generation"
 
 
 @dataclass(frozen=True)
@@ -23,10 +24,16 @@ class SimModel:
     size_rule: str  # "total" | "side" | "fixed"
     default_size: str
     fixed_sizes: tuple[str, ...] = ()
+    durations: tuple[int, ...] = ()
+    sync: bool = False  # also served by the sync multimodal-generation endpoint
 
     @property
     def video(self) -> bool:
         return self.path == VIDEO_SYNTHESIS
+
+    @property
+    def paths(self) -> frozenset[str]:
+        return frozenset({self.path, SYNC_GENERATION} if self.sync else {self.path})
 
 
 _QWEN = ("1664*928", "928*1664", "1328*1328", "1472*1104", "1104*1472")
@@ -49,7 +56,7 @@ _VIDEO = (
 MODELS: dict[str, SimModel] = {
     m.name: m
     for m in (
-        SimModel("wan2.6-t2i", IMAGE_GENERATION, 5, 5, 2100, "total", "1280*1280"),
+        SimModel("wan2.6-t2i", IMAGE_GENERATION, 5, 5, 2100, "total", "1280*1280", sync=True),
         SimModel("wan2.5-t2i-preview", IMAGE_SYNTHESIS, 5, 5, 2000, "total", "1280*1280"),
         *(
             SimModel(n, IMAGE_SYNTHESIS, 2, 2, 800, "side", "1024*1024")
@@ -62,13 +69,13 @@ MODELS: dict[str, SimModel] = {
             )
         ),
         *(
-            SimModel(n, IMAGE_SYNTHESIS, 2, 2, 800, "fixed", "1664*928", _QWEN)
+            SimModel(n, IMAGE_SYNTHESIS, 2, 2, 800, "fixed", "1664*928", _QWEN, sync=True)
             for n in ("qwen-image", "qwen-image-plus")
         ),
-        SimModel("wan2.6-t2v", VIDEO_SYNTHESIS, 5, 5, 2000, "fixed", "1280*720", _VIDEO),
-        SimModel("wan2.5-t2v-preview", VIDEO_SYNTHESIS, 5, 5, 2000, "fixed", "1280*720", _VIDEO),
+        SimModel("wan2.6-t2v", VIDEO_SYNTHESIS, 5, 5, 2000, "fixed", "1280*720", _VIDEO, (5, 10, 15)),
+        SimModel("wan2.5-t2v-preview", VIDEO_SYNTHESIS, 5, 5, 2000, "fixed", "1280*720", _VIDEO, (5, 10)),
         *(
-            SimModel(n, VIDEO_SYNTHESIS, 2, 2, 800, "fixed", "1280*720", _VIDEO)
+            SimModel(n, VIDEO_SYNTHESIS, 2, 2, 800, "fixed", "1280*720", _VIDEO, (5,))
             for n in ("wan2.2-t2v-plus", "wanx2.1-t2v-turbo", "wanx2.1-t2v-plus")
         ),
     )
