@@ -86,13 +86,17 @@ class RunningSimulator:
 
 @pytest.fixture
 def simulator_factory() -> Iterator[Callable[..., RunningSimulator]]:
-    """Start simulators with `SimConfig` overrides (profile `fast` by default); all stopped at the end."""
+    """Start simulators with `SimConfig` overrides (profile `fast` by default, `faults` as probabilities);
+    all stopped at the end."""
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
 
     def start(**overrides: Any) -> RunningSimulator:
         profile = load_profile(overrides.pop("profile", "fast"))
+        faults = overrides.pop("faults", None)
         config = SimConfig(**{"profile": profile, "keys": {SIM_KEY: "default"}, "seed": 1, **overrides})
         app = create_app(config)
+        if faults:
+            app.state.simulator.engine.configure(faults=faults)
         port = free_port()
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)

@@ -23,10 +23,13 @@ from ops.simulator.faults import FaultPlan
 from ops.simulator.models import SimModel
 from ops.simulator.profiles import PROFILES, Profile
 
+TIMEOUT_MESSAGE = (
+    "An internal timeout error has occurred during execution, please try again later or contact service support."
+)
 #: (code, message) of the documented task failures the simulator can produce.
 FAILURES = {
     "task_failed": ("InternalError.Algo", "An internal error occurred in the algorithm."),
-    "task_timeout": ("InternalError.Timeout", "An internal timeout error has occured during execution."),
+    "task_timeout": ("InternalError.Timeout", TIMEOUT_MESSAGE),
     "task_inspection": ("DataInspectionFailed", "Output data may contain inappropriate content."),
 }
 
@@ -247,8 +250,9 @@ class Engine:
                 task.failure = failure
                 return
         if task.n > 1 and self.faults.fires("task_partial", task.prompt):
-            failed = self.rng.sample(range(task.n), self.rng.randint(1, task.n - 1))
-            task.failed_indices = frozenset(failed)
+            # The trailing sub-images fail, as in the documented example (successes listed first).
+            failing = self.rng.randint(1, task.n - 1)
+            task.failed_indices = frozenset(range(task.n - failing, task.n))
         task.expire_on_end = self.faults.fires("task_expire", task.prompt)
 
     def find(self, task_id: str, account: str, now: float) -> SimTask | None:

@@ -10,7 +10,7 @@ from typing import Any
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from ops.simulator.engine import SimTask
+from ops.simulator.engine import TIMEOUT_MESSAGE, SimTask
 from ops.simulator.models import IMAGE_GENERATION
 
 UTC8 = timezone(timedelta(hours=8))
@@ -99,7 +99,7 @@ def _success(task: SimTask, output: dict[str, Any], body: dict[str, Any], url_fo
                 results.append(
                     {
                         "code": "InternalError.Timeout",
-                        "message": "An internal timeout error has occured during execution.",
+                        "message": TIMEOUT_MESSAGE,
                     }
                 )
                 continue

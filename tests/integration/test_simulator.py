@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from ops.localstack.process import free_port
 from ops.simulator.engine import Engine
 from tests.conftest import SIM_KEY, RunningSimulator
 
@@ -142,3 +147,75 @@ def test_unknown_task_is_unknown_and_tampered_url_is_refused(simulator: RunningS
 def test_n_out_of_range_is_invalid(simulator: RunningSimulator, n: int) -> None:
     """n outside 1..4 is InvalidParameter."""
     assert create(simulator, body(n=n)).json()["code"] == "InvalidParameter"
+
+
+def test_limits_are_per_account_and_shared_by_its_keys(simulator_factory: Callable[..., RunningSimulator]) -> None:
+    """Two keys of one account share the submit rate; another account has its own."""
+    sim = simulator_factory()
+    sim.engine.config.keys.update({"key-a2": "default", "key-b": "other"})
+
+    def create_with(key: str, seed: int) -> int:
+        return create(sim, body(seed=seed), key=key).status_code
+
+    codes_a = [create_with(SIM_KEY if i % 2 else "key-a2", i) for i in range(6)]
+    codes_b = [create_with("key-b", 100 + i) for i in range(5)]
+    assert codes_a.count(200) == 5 and codes_a.count(429) == 1
+    assert codes_b == [200] * 5
+
+
+def test_counters_report_what_happened_and_reset_clears_them(simulator: RunningSimulator) -> None:
+    """The admin counters show creates per key and model, duplicates, queries, downloads and slot intervals."""
+    first = create(simulator, body(seed=1)).json()["output"]["task_id"]
+    create(simulator, body(seed=1))  # the identical request again
+    url = wait_status(simulator, first, "SUCCEEDED")["output"]["results"][0]["url"]
+    httpx.get(url)
+    counters = httpx.get(f"{simulator.url}/_sim/counters").json()
+    assert counters["counters"]["creates"] == 2 and counters["duplicate_creates"] == 1
+    assert counters["counters"]["queries"] >= 1 and counters["counters"]["downloads"] == 1
+    assert counters["creates_by_key_model"] == [
+        {"key_suffix": SIM_KEY[-4:], "model": "wan2.5-t2i-preview", "creates": 2}
+    ]
+    (scope,) = counters["scopes"]
+    assert scope["max_running"] == 2 and len(scope["intervals"]) == 2
+    httpx.post(f"{simulator.url}/_sim/reset")
+    assert httpx.get(f"{simulator.url}/_sim/counters").json()["counters"] == {}
+
+
+def test_genq_sim_runs_a_profile_file(tmp_path: Path) -> None:
+    """`genq sim --profile-file F` serves with that profile, keys from SIM_API_KEYS, and stops on SIGTERM."""
+    profile = tmp_path / "slowish.toml"
+    profile.write_text('base = "fast"\n[faults]\ncreate_503 = 1.0\n')
+    port = free_port()
+    env = {**os.environ, "SIM_API_KEYS": "cli-key"}
+    command = [
+        sys.executable,
+        "-c",
+        "from producer.cli import main; main()",
+        "sim",
+        "--port",
+        str(port),
+        "--profile-file",
+        str(profile),
+    ]
+    log = tmp_path / "sim.log"
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/_sim/health", timeout=0.5).json()
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline and process.poll() is None, log.read_text()
+                time.sleep(0.1)
+        assert health["profile"] == "slowish"
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/api/v1{IMAGE}",
+            json=body(),
+            headers={"Authorization": "Bearer cli-key", "X-DashScope-Async": "enable"},
+        )
+        assert answer.status_code == 503
+    finally:
+        process.terminate()
+        assert process.wait(10) is not None

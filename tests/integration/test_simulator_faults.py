@@ -1,0 +1,214 @@
+"""Every fault of the simulator can be switched on (trigger word, probability, profile) and is observed from
+the outside: status codes, broken bodies, timeouts, and the simulator's own counters."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import SIM_KEY, RunningSimulator
+
+HEADERS = {"X-DashScope-Async": "enable", "Authorization": f"Bearer {SIM_KEY}"}
+IMAGE = "/services/aigc/text2image/image-synthesis"
+
+
+def body(prompt: str, n: int = 1) -> dict[str, Any]:
+    return {"model": "wan2.5-t2i-preview", "input": {"prompt": prompt}, "parameters": {"size": "1024*1024", "n": n}}
+
+
+def post(sim: RunningSimulator, prompt: str, *, n: int = 1, timeout_s: float = 10) -> httpx.Response:
+    return httpx.post(sim.base_url + IMAGE, headers=HEADERS, json=body(prompt, n), timeout=timeout_s)
+
+
+def get(sim: RunningSimulator, task_id: str, timeout_s: float = 10) -> httpx.Response:
+    return httpx.get(f"{sim.base_url}/tasks/{task_id}", headers=HEADERS, timeout=timeout_s)
+
+
+def settle(sim: RunningSimulator, task_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 15
+    while (answer := get(sim, task_id).json())["output"]["task_status"] in {"PENDING", "RUNNING"}:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    return answer  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "code", "creates"),
+    [
+        ("create_500", 500, "InternalError", 0),
+        ("create_503", 503, "ModelServingError", 0),
+        ("create_inspection", 400, "DataInspectionFailed", 0),
+        ("burst", 429, "Throttling.BurstRate", 0),
+    ],
+)
+def test_create_error_answers(simulator: RunningSimulator, fault: str, status: int, code: str, creates: int) -> None:
+    """A create fault answers the documented status and code, and no task is created."""
+    answer = post(simulator, f"a cat sim:{fault}")
+    assert (answer.status_code, answer.json()["code"]) == (status, code)
+    assert simulator.counters().get("creates", 0) == creates
+    assert simulator.engine.faults.fired[fault] == 1
+
+
+@pytest.mark.parametrize(("fault", "creates"), [("create_drop_before", 0), ("create_drop_after", 1)])
+def test_dropped_create_connection(simulator: RunningSimulator, fault: str, creates: int) -> None:
+    """The connection is cut mid-answer; the task exists only for the 'after' variant (the ambiguous case)."""
+    with pytest.raises(httpx.RemoteProtocolError):
+        post(simulator, f"a cat sim:{fault}")
+    assert simulator.counters().get("creates", 0) == creates
+
+
+def test_malformed_create_answer_still_created_the_task(simulator: RunningSimulator) -> None:
+    """A 200 with truncated JSON: the client cannot read the task id, but the task was created."""
+    answer = post(simulator, "a cat sim:create_malformed")
+    assert answer.status_code == 200
+    with pytest.raises(ValueError):
+        answer.json()
+    assert simulator.counters()["creates"] == 1
+
+
+def test_slow_create_outlives_a_client_timeout(simulator_factory: Callable[..., RunningSimulator]) -> None:
+    """A slow answer comes after the client gave up; the task was created anyway and shows in the task list."""
+    sim = simulator_factory(slow_response_s=1.5)
+    with pytest.raises(httpx.ReadTimeout):
+        post(sim, "a cat sim:create_slow", timeout_s=0.5)
+    listed = httpx.get(f"{sim.base_url}/tasks", headers=HEADERS).json()
+    assert listed["total"] == 1 and listed["data"][0]["model_name"] == "wan2.5-t2i-preview"
+
+
+def test_once_trigger_fails_only_the_first_time(simulator: RunningSimulator) -> None:
+    """`sim:NAME:once` fails the first request with that prompt; the retry of the same request succeeds."""
+    assert post(simulator, "a cat sim:create_500:once").status_code == 500
+    assert post(simulator, "a cat sim:create_500:once").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "code"),
+    [
+        ("query_500", 500, "InternalError"),
+        ("query_503", 503, "ModelServingError"),
+        ("query_429", 429, "Throttling"),
+    ],
+)
+def test_query_error_answers(simulator: RunningSimulator, fault: str, status: int, code: str) -> None:
+    """A query fault, triggered by the task's prompt, answers the documented status and code."""
+    task_id = post(simulator, f"a cat sim:{fault}:once").json()["output"]["task_id"]
+    answer = get(simulator, task_id)
+    assert (answer.status_code, answer.json()["code"]) == (status, code)
+    assert get(simulator, task_id).status_code == 200  # :once: the next query is fine
+
+
+def test_query_drop_malformed_and_slow(simulator_factory: Callable[..., RunningSimulator]) -> None:
+    """A query can be cut, answered with broken JSON, or answered too late for the client."""
+    sim = simulator_factory(slow_response_s=1.5)
+    dropped = post(sim, "x sim:query_drop:once").json()["output"]["task_id"]
+    with pytest.raises(httpx.RemoteProtocolError):
+        get(sim, dropped)
+    broken = post(sim, "y sim:query_malformed:once").json()["output"]["task_id"]
+    with pytest.raises(ValueError):
+        get(sim, broken).json()
+    slow = post(sim, "z sim:query_slow:once").json()["output"]["task_id"]
+    with pytest.raises(httpx.ReadTimeout):
+        get(sim, slow, timeout_s=0.5)
+
+
+@pytest.mark.parametrize(
+    ("fault", "code"),
+    [
+        ("task_failed", "InternalError.Algo"),
+        ("task_timeout", "InternalError.Timeout"),
+        ("task_inspection", "DataInspectionFailed"),
+    ],
+)
+def test_task_ends_failed_with_a_documented_code(simulator: RunningSimulator, fault: str, code: str) -> None:
+    """The task is accepted, runs, and ends FAILED with the code, a message, and all images failed."""
+    answer = settle(simulator, post(simulator, f"a cat sim:{fault}", n=2).json()["output"]["task_id"])
+    output = answer["output"]
+    assert (output["task_status"], output["code"]) == ("FAILED", code) and output["message"]
+    assert output["task_metrics"] == {"TOTAL": 2, "SUCCEEDED": 0, "FAILED": 2}
+
+
+def test_partial_failure_bills_only_the_good_images(simulator: RunningSimulator) -> None:
+    """n=4 with a partial failure: SUCCEEDED, some results carry a code, usage counts only the URLs."""
+    answer = settle(simulator, post(simulator, "a cat sim:task_partial", n=4).json()["output"]["task_id"])
+    results = answer["output"]["results"]
+    good = [r for r in results if "url" in r]
+    assert answer["output"]["task_status"] == "SUCCEEDED" and 1 <= len(good) < 4
+    assert answer["usage"]["image_count"] == len(good) == answer["output"]["task_metrics"]["SUCCEEDED"]
+    assert {r["code"] for r in results if "code" in r} == {"InternalError.Timeout"}
+
+
+def test_task_expire_and_retention_answer_unknown(simulator_factory: Callable[..., RunningSimulator]) -> None:
+    """A task forgotten at its end, and any task past the (scaled) retention, answer UNKNOWN."""
+    sim = simulator_factory()
+    expiring = post(sim, "a cat sim:task_expire").json()["output"]["task_id"]
+    assert settle(sim, expiring)["output"]["task_status"] == "UNKNOWN"
+    short = simulator_factory(retention_s=1.5)
+    task_id = post(short, "a dog").json()["output"]["task_id"]
+    assert settle(short, task_id)["output"]["task_status"] == "SUCCEEDED"
+    time.sleep(1.6)
+    assert get(short, task_id).json()["output"]["task_status"] == "UNKNOWN"
+
+
+def test_result_url_faults(simulator_factory: Callable[..., RunningSimulator]) -> None:
+    """A URL that fails once answers 503 then the PNG; an expired URL answers OSS's 403 XML."""
+    sim = simulator_factory()
+    once = settle(sim, post(sim, "a cat sim:url_fail_once").json()["output"]["task_id"])["output"]["results"][0]["url"]
+    assert httpx.get(once).status_code == 503
+    assert httpx.get(once).content.startswith(b"\x89PNG")
+    expired = settle(sim, post(sim, "a cat sim:url_expired").json()["output"]["task_id"])["output"]["results"][0]["url"]
+    time.sleep(1.1)  # Expires is whole seconds
+    answer = httpx.get(expired)
+    assert answer.status_code == 403 and b"<Code>AccessDenied</Code>" in answer.content
+
+
+def test_faults_by_probability_through_the_admin_endpoint(simulator: RunningSimulator) -> None:
+    """POST /_sim/config switches a fault on for every request; the counters report what fired."""
+    assert httpx.post(f"{simulator.url}/_sim/config", json={"faults": {"create_503": 1.0}}).status_code == 200
+    codes = {post(simulator, f"prompt {i}").status_code for i in range(3)}
+    assert codes == {503}
+    counters = httpx.get(f"{simulator.url}/_sim/counters").json()
+    assert counters["faults_fired"] == {"create_503": 3}
+    refused = httpx.post(f"{simulator.url}/_sim/config", json={"faults": {"no_such_fault": 1.0}})
+    assert refused.status_code == 400 and "no_such_fault" in refused.json()["message"]
+
+
+def test_big_videos_stream_at_the_configured_size(simulator: RunningSimulator) -> None:
+    """With video_bytes set, a video result is a valid MP4 of that size, streamed."""
+    httpx.post(f"{simulator.url}/_sim/config", json={"video_bytes": 5_000_000})
+    video = {"model": "wan2.5-t2v-preview", "input": {"prompt": "waves"}, "parameters": {"size": "1280*720"}}
+    task_id = httpx.post(
+        f"{simulator.base_url}/services/aigc/video-generation/video-synthesis", headers=HEADERS, json=video
+    ).json()["output"]["task_id"]
+    url = settle(simulator, task_id)["output"]["video_url"]
+    with httpx.stream("GET", url) as response:
+        chunks = response.iter_bytes(64 * 1024)
+        head = next(chunks)
+        total = len(head) + sum(len(chunk) for chunk in chunks)
+    assert head[4:8] == b"ftyp" and total == 5_000_000 == int(response.headers["content-length"])
+
+
+def test_hostile_profile_throttles_bursts_and_tightens_limits(
+    simulator_factory: Callable[..., RunningSimulator],
+) -> None:
+    """The hostile profile holds wan2.5 to 2 creates per second and answers a burst with BurstRate."""
+    sim = simulator_factory(profile="hostile")
+    sim.engine.configure(faults={name: 0.0 for name in sim.engine.faults.probabilities})
+    codes = [post(sim, f"p{i}").json().get("code") for i in range(4)]
+    assert codes[0] is None and set(codes[1:]) <= {"Throttling.BurstRate", "Throttling.RateQuota"}
+    assert "Throttling.BurstRate" in codes
+
+
+def test_throttle_mode_refuses_tasks_beyond_the_concurrency(simulator_factory: Callable[..., RunningSimulator]) -> None:
+    """In 'throttle' concurrency mode a create beyond the tasks-at-once limit gets 429 instead of waiting."""
+    sim = simulator_factory(time_scale=5.0)
+    sim.engine.configure(concurrency_mode="throttle")
+    flash = {"model": "wan2.2-t2i-flash", "input": {"prompt": "x"}, "parameters": {"size": "1024*1024", "n": 1}}
+    first = [httpx.post(sim.base_url + IMAGE, headers=HEADERS, json=flash).status_code for _ in range(2)]
+    time.sleep(1.05)
+    third = httpx.post(sim.base_url + IMAGE, headers=HEADERS, json=flash)
+    assert first == [200, 200] and third.status_code == 429
+    assert sim.counters()["throttled_concurrency"] == 1

@@ -1,0 +1,68 @@
+"""Simulator profiles: built-ins, TOML files with a base, clear errors, and durations inside their bounds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ops.simulator.__main__ import parse_keys
+from ops.simulator.engine import Engine, SimConfig
+from ops.simulator.models import MODELS
+from ops.simulator.profiles import PROFILES, ProfileError, load_profile
+
+
+def test_builtin_profiles_exist_and_hostile_is_hostile() -> None:
+    """realistic, demo, fast and hostile exist; hostile has faults, tight limits and burst protection."""
+    assert set(PROFILES) == {"realistic", "demo", "fast", "hostile"}
+    hostile = load_profile("hostile")
+    assert hostile.faults and hostile.burst_protection and hostile.limits["wan2.5-t2i-preview"] == (2, 2)
+    with pytest.raises(ProfileError, match="unknown profile"):
+        load_profile("gentle")
+
+
+def test_profile_file_overrides_its_base(tmp_path: Path) -> None:
+    """A TOML file starts from its base and overrides timing, limits and faults."""
+    path = tmp_path / "mine.toml"
+    path.write_text(
+        'base = "fast"\ntime_scale = 2.0\n[timing]\nimage_s = [1, 2]\n'
+        '[limits]\n"wan2.5-t2i-preview" = [3, 1]\n[faults]\ncreate_500 = 0.5\n'
+    )
+    profile = load_profile(path=path)
+    assert profile.name == "mine" and profile.time_scale == 2.0 and profile.timing.image_s == (1.0, 2.0)
+    assert profile.timing.video_s == PROFILES["fast"].timing.video_s
+    assert profile.limits["wan2.5-t2i-preview"] == (3, 1) and profile.faults == {"create_500": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[faults]\nnope = 1.0\n", "unknown faults"),
+        ("[timing]\nimage_s = [5, 1]\n", "low <= high"),
+        ('[timing]\ndistribution = "normal"\n', "uniform or lognormal"),
+    ],
+)
+def test_bad_profile_files_are_refused_clearly(tmp_path: Path, text: str, message: str) -> None:
+    """Unknown faults, inverted bounds and unknown distributions are named in the error."""
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ProfileError, match=message):
+        load_profile(path=path)
+
+
+@pytest.mark.parametrize("name", ["realistic", "demo", "fast", "hostile"])
+def test_durations_stay_inside_the_profiles_bounds(name: str) -> None:
+    """Every drawn image duration lies within the profile's bounds (plus prompt_extend), scaled."""
+    profile = load_profile(name)
+    engine = Engine(SimConfig(profile=profile, time_scale=0.5, seed=3))
+    low, high = profile.timing.image_s
+    draws = [engine.duration_s(MODELS["wan2.5-t2i-preview"], prompt_extend=False) for _ in range(2000)]
+    assert low * 0.5 <= min(draws) and max(draws) <= high * 0.5
+    extended = engine.duration_s(MODELS["wan2.5-t2i-preview"], prompt_extend=True)
+    assert extended >= (low + profile.timing.prompt_extend_s) * 0.5
+
+
+def test_keys_map_to_accounts() -> None:
+    """`k1,k2` belong to account default; `a=k1|k2;b=k3` names accounts."""
+    assert parse_keys("k1, k2") == {"k1": "default", "k2": "default"}
+    assert parse_keys("a=k1|k2;b=k3") == {"k1": "a", "k2": "a", "k3": "b"}
