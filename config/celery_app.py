@@ -16,6 +16,18 @@ QUEUES = ("submit", "poll", "finalize", "events")
 #: longer than the visibility timeout is redelivered, i.e. runs twice. Keep it far above the longest
 #: countdown (300 s, `workers/messages.py`) plus the longest task run (a large download).
 VISIBILITY_TIMEOUT_S = 3600
+#: How often beat runs the recovery sweep: a killed worker's jobs are re-sent within this plus the grace.
+SWEEP_EVERY_S = 5.0
+
+
+def beat_schedule(settings: Settings) -> dict[str, Any]:
+    """Periodic work: the crash-recovery sweep, and webhook delivery when a webhook is configured."""
+    schedule: dict[str, Any] = {
+        "genq-sweep": {"task": "genq.sweep", "schedule": SWEEP_EVERY_S, "options": {"expires": SWEEP_EVERY_S * 2}},
+    }
+    if settings.webhook_url:
+        schedule["genq-webhooks"] = {"task": "genq.deliver_webhooks", "schedule": 2.0, "options": {"expires": 10}}
+    return schedule
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -47,7 +59,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "event_serializer": "json",
         "task_default_queue": "submit",
-        "task_routes": {f"genq.{q}": {"queue": q} for q in QUEUES},
+        "task_routes": {
+            **{f"genq.{q}": {"queue": q} for q in ("submit", "poll", "finalize")},
+            "genq.sweep": {"queue": "events"},
+            "genq.deliver_webhooks": {"queue": "events"},
+        },
+        # Beat: redbeat keeps the schedule and a lock in Redis, so a second beat never double-fires.
+        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "redbeat_redis_url": settings.redis_url,
+        "redbeat_lock_timeout": 30,
+        "beat_max_loop_interval": 5,
+        "beat_schedule": beat_schedule(settings),
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "imports": ["workers.tasks"],

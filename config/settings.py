@@ -87,6 +87,22 @@ class Settings(BaseSettings):
     result_max_bytes: int = Field(2 * 1024**3, description="Largest result object fetched.")
     event_stream: str = "genq:events"
     event_stream_maxlen: int = 100_000
+    result_url_life_s: float = Field(24 * 3600.0, description="How long result URLs live (the service: 24 h).")
+    result_risk_margin_s: float = Field(3600.0, description="Alarm when a result's URL dies within this long.")
+    account_pause_recheck_s: float = Field(60.0, description="How often jobs of a paused account look again.")
+    sweep_grace_s: float = Field(5.0, description="How overdue a job's next action must be to be re-sent.")
+
+    # --- poll policy, per model kind (workers/poll_policy.py) ----------------------------------
+    poll_first_delay_s: float = 3.0
+    poll_fast_phase_s: float = 30.0
+    poll_growth: float = 1.5
+    poll_image_cap_s: float = 30.0
+    poll_video_cap_s: float = 60.0
+
+    # --- events -----------------------------------------------------------------------------------
+    webhook_url: str | None = Field(None, description="Every event is also POSTed here, signed.")
+    webhook_secret: SecretStr | None = Field(None, description="HMAC-SHA256 key of the X-Genq-Signature header.")
+    webhook_max_attempts: int = 8
 
     # --- local stack ------------------------------------------------------------------------------
     state_dir: Path = Field(Path(".genq"), description="Data and logs of the local stack.")

@@ -216,7 +216,7 @@ def export(
 @app.command()
 def worker(
     concurrency: Annotated[int | None, typer.Option("--concurrency", help="Processes (default: settings).")] = None,
-    queues: Annotated[str, typer.Option(help="Queues to consume.")] = "submit,poll,finalize",
+    queues: Annotated[str, typer.Option(help="Queues to consume.")] = "submit,poll,finalize,events",
     config: ConfigOption = None,
 ) -> None:
     """Run a Celery worker in the foreground against the configured Redis (for long-lived deployments)."""
@@ -235,6 +235,13 @@ def worker(
             "INFO",
         ]
     )
+
+
+@app.command()
+def beat(config: ConfigOption = None) -> None:
+    """Run Celery beat (the recovery sweep every few seconds; webhook delivery). Safe to run on several hosts."""
+    celery = create_app(_settings(config))
+    celery.start(["beat", "-l", "INFO"])
 
 
 @app.command()

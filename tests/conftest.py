@@ -138,19 +138,30 @@ def settings(redis_url: str, s3_server: S3Server, simulator: RunningSimulator, t
 
 
 @pytest.fixture
-def runtime(settings: Settings) -> Iterator[Runtime]:
-    """A worker runtime wired to real services, as a worker process builds it."""
-    api, downloads = httpx.Client(timeout=10), httpx.Client(timeout=30)
-    results = ResultStore(make_minio(settings), settings.bucket)
-    results.ensure_bucket()
-    key = settings.dashscope_api_key
-    assert key is not None
-    yield Runtime(
-        settings=settings,
-        store=make_store(settings),
-        dashscope=DashScopeClient(api, base_url=settings.base_url, api_key=key.get_secret_value()),
-        results=results,
-        downloads=downloads,
-    )
-    api.close()
-    downloads.close()
+def runtime_factory(settings: Settings) -> Iterator[Callable[..., Runtime]]:
+    """Build worker runtimes wired to real services, as a worker process builds them, with settings overrides."""
+    clients: list[httpx.Client] = []
+
+    def build(**overrides: Any) -> Runtime:
+        configured = settings.model_copy(update=overrides)
+        api = httpx.Client(timeout=httpx.Timeout(configured.http_timeout_s, connect=5.0))
+        downloads = httpx.Client(timeout=30)
+        clients.extend([api, downloads])
+        results = ResultStore(make_minio(configured), configured.bucket)
+        results.ensure_bucket()
+        key = configured.dashscope_api_key
+        assert key is not None
+        client = DashScopeClient(api, base_url=configured.base_url, api_key=key.get_secret_value())
+        return Runtime(
+            settings=configured, store=make_store(configured), dashscope=client, results=results, downloads=downloads
+        )
+
+    yield build
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def runtime(runtime_factory: Callable[..., Runtime]) -> Runtime:
+    """A worker runtime with the test settings."""
+    return runtime_factory()

@@ -41,7 +41,7 @@ def job_event(
         data["manifest"] = manifest_key
     return {
         "specversion": "1.0",
-        "id": f"{job.ref}/{status.value}",
+        "id": f"{job.ref}/{status.value}/{job.attempt}",
         "source": SOURCE,
         "type": f"genq.job.{status.value}",
         "subject": job.ref,

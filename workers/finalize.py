@@ -7,17 +7,20 @@ bytes) is recorded against its index and never fetched.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from config.catalogue import Kind, model_spec
 from workers.errors import ResultRejected, StorageError, TransientRemoteError
+from workers.events import job_event
 from workers.fetch import check_url, fetch
 from workers.job import Action, Job, Status
 from workers.runtime import Runtime
 from workers.steps import Next, backoff_s, claim, end, load_current, log, reschedule
 
 FINALIZE_LEASE_S = 900.0
-FINALIZE_MAX_ERRORS = 12
+#: Failed attempts after which a result counts as at risk even while its URL still has time left.
+AT_RISK_AFTER_ERRORS = 5
 _EXPECTED = {Kind.IMAGE: ("png", {"image/png", "image/jpeg", "image/webp"}), Kind.VIDEO: ("mp4", {"video/mp4"})}
 
 
@@ -41,15 +44,7 @@ def finalize(rt: Runtime, ref: str, attempt: int) -> Next | None:
         if objects:
             rt.results.put_json(manifest_key(ref), _manifest(job, objects, failures))
     except (StorageError, TransientRemoteError) as exc:
-        errors = job.finalize_errors + 1
-        if errors >= FINALIZE_MAX_ERRORS:
-            end(rt, job, current, Status.FAILED, code="FinalizeFailed", message=f"{exc} ({errors} attempts)")
-            return None
-        delay = backoff_s(errors, base_s=2.0, cap_s=120.0, rng=rt.rng)
-        log.warning("finalize failed, will retry", ref=ref, error=str(exc), errors=errors, delay_s=round(delay, 1))
-        return reschedule(
-            rt, job, current, Status.DOWNLOADING, Action.FINALIZE, delay, fields={"finalize_errors": errors}
-        )
+        return _retry_later(rt, job, current, exc)
 
     fields: dict[str, Any] = {"objects": objects, "failures": failures}
     if not objects:
@@ -59,6 +54,54 @@ def finalize(rt: Runtime, ref: str, attempt: int) -> Next | None:
     status = Status.PARTIALLY_SUCCEEDED if failures else Status.SUCCEEDED
     end(rt, job, current, status, fields=fields, objects=objects, manifest_key=manifest_key(ref))
     return None
+
+
+def _retry_later(rt: Runtime, job: Job, current: int, exc: Exception) -> Next | None:
+    """S3 (or the download) failed: retry with backoff until the result URLs die, alarming once when at risk."""
+    now = rt.clock()
+    urls_die_at = (job.results_at or now) + rt.settings.result_url_life_s
+    errors = job.finalize_errors + 1
+    if now >= urls_die_at:
+        end(
+            rt,
+            job,
+            current,
+            Status.FAILED,
+            code="ResultExpired",
+            message=f"results could not be stored before their URLs expired ({errors} attempts; last: {exc})",
+        )
+        return None
+    at_risk = errors >= AT_RISK_AFTER_ERRORS or urls_die_at - now <= rt.settings.result_risk_margin_s
+    if at_risk and not job.at_risk:
+        alarm_result_at_risk(rt, job, urls_die_at, str(exc), now)
+    delay = min(backoff_s(errors, base_s=2.0, cap_s=60.0, rng=rt.rng), max(1.0, urls_die_at - now))
+    log.warning("finalize failed, will retry", ref=job.ref, error=str(exc), errors=errors, delay_s=round(delay, 1))
+    return reschedule(
+        rt,
+        job,
+        current,
+        Status.DOWNLOADING,
+        Action.FINALIZE,
+        delay,
+        fields={"finalize_errors": errors, "at_risk": 1 if at_risk else 0},
+    )
+
+
+def alarm_result_at_risk(rt: Runtime, job: Job, urls_die_at: float, error: str, now: float) -> None:
+    """A paid result may be lost: say so loudly in the log and as an event."""
+    log.error(
+        "result at risk: storing it keeps failing and its URL will expire",
+        ref=job.ref,
+        task_id=job.task_id,
+        error=error,
+        seconds_left=round(urls_die_at - now),
+    )
+    event = job_event(job, Status.DOWNLOADING, now=now, error_code="ResultAtRisk", error_message=error)
+    event.update(id=f"{job.ref}/at-risk/{now}", type="genq.result.at_risk")
+    event["data"]["urls_expire_at"] = urls_die_at
+    rt.store.redis.xadd(
+        rt.settings.event_stream, {"event": json.dumps(event)}, maxlen=rt.settings.event_stream_maxlen, approximate=True
+    )
 
 
 def _store_results(rt: Runtime, job: Job) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

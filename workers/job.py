@@ -5,13 +5,13 @@ sends a `submitted`/`running` job to `submitting` again), which the attempt coun
 action first *claims* the job by advancing `attempt`, so two deliveries of one message cannot both act.
 
 Fields of `genq:job:{ref}` (all strings in Redis):
-`batch_id`, `job_id`, `line`, `request` (JSON), `model`, `kind`, `status`, `attempt`, `next_action`,
-`due_at`, `deadline_at`, `task_id`, `submits` (creates sent), `submit_errors`, `throttles`, `submitted_at`,
-`poll_count`,
-`poll_errors`, `poll_delay_s`, `finalize_errors`, `created_at`,
-`t_{status}` (when it entered each status), `submit_time` / `scheduled_time` / `end_time` (upstream, as
-the service wrote them), `results` (JSON: upstream results), `objects` (JSON: stored keys + sha256),
-`usage` (JSON), `error_code`, `error_message`.
+`batch_id`, `job_id`, `line`, `request` (JSON), `model`, `status`, `attempt`, `next_action`, `due_at`,
+`deadline_at`, `task_id`, `request_id`, `submits` (creates sent), `create_pending` (1 while a create's outcome
+is unknown), `submit_sent_at`, `submit_errors`, `throttles`, `submitted_at`, `poll_count`, `poll_errors`,
+`poll_delay_s`, `results_at`, `finalize_errors`, `at_risk`, `created_at`, `t_{status}` (when it entered each status),
+`submit_time` / `scheduled_time` / `end_time` (upstream, as the service wrote them), `results` (JSON: upstream
+results), `usage` (JSON), `objects` (JSON: stored keys + sha256), `failures` (JSON: failed sub-results),
+`error_code`, `error_message`.
 """
 
 from __future__ import annotations
@@ -105,6 +105,10 @@ class Job:
     finalize_errors: int = 0
     throttles: int = 0
     submitted_at: float | None = None
+    submit_sent_at: float | None = None
+    results_at: float | None = None  # when the upstream results (and their 24 h URLs) were received
+    at_risk: bool = False  # the at-risk alarm was raised for this job's results
+    create_pending: bool = False  # a create was sent and its outcome is not known yet
     poll_delay_s: float | None = None
     created_at: float = 0.0
     error_code: str | None = None
@@ -152,6 +156,10 @@ class Job:
             finalize_errors=int(h.get("finalize_errors", 0)),
             throttles=int(h.get("throttles", 0)),
             submitted_at=maybe("submitted_at"),
+            submit_sent_at=maybe("submit_sent_at"),
+            results_at=maybe("results_at"),
+            at_risk=h.get("at_risk") == "1",
+            create_pending=h.get("create_pending") == "1",
             poll_delay_s=maybe("poll_delay_s"),
             created_at=number("created_at"),
             error_code=opt("error_code"),

@@ -14,6 +14,9 @@ so a ref is also the job's prefix in the bucket.
 | `genq:due`                           | sorted set  | none | job refs scored by when their next action is due    |
 | `genq:events` (setting)              | stream      | none | CloudEvents of terminal jobs and finished batches,  |
 |                                      |             |      | trimmed to `event_stream_maxlen`                    |
+| `genq:paused`                        | hash        | none | account -> JSON {code, message, at}: paused scopes  |
+| `genq:task:{task_id}`                | string      | 48 h | the ref of the job that owns an upstream task       |
+| `genq:webhook:dead`                  | stream      | none | events the webhook refused past every retry          |
 
 Celery's own keys (the broker queues, `unacked`, `unacked_index`) are kombu's and live beside these.
 """
@@ -25,6 +28,10 @@ import re
 PREFIX = "genq"
 DUE = f"{PREFIX}:due"
 BATCHES = f"{PREFIX}:batches"
+PAUSED = f"{PREFIX}:paused"
+WEBHOOK_DEAD = f"{PREFIX}:webhook:dead"
+WEBHOOK_GROUP = "genq-webhook"
+TASK_OWNER_TTL_S = 48 * 3600
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -52,3 +59,7 @@ def batch_jobs(batch_id: str) -> str:
 
 def batch_rejected(batch_id: str) -> str:
     return f"{PREFIX}:batch:{batch_id}:rejected"
+
+
+def task_owner(task_id: str) -> str:
+    return f"{PREFIX}:task:{task_id}"

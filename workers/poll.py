@@ -13,7 +13,7 @@ from workers.dashscope import TaskState
 from workers.dashscope.classify import is_transient_task_failure
 from workers.errors import PermanentRemoteError, Throttled, TransientRemoteError
 from workers.job import Action, Job, Status
-from workers.poll_policy import next_poll_delay_s
+from workers.poll_policy import next_poll_delay_s, policy_for
 from workers.runtime import Runtime
 from workers.steps import Next, backoff_s, claim, end, load_current, log, reschedule
 
@@ -73,6 +73,7 @@ def _on_state(rt: Runtime, job: Job, current: int, state: TaskState) -> Next | N
                 **upstream,
                 "results": [r.to_dict() for r in state.results],
                 "usage": state.usage,
+                "results_at": rt.clock(),
                 "poll_errors": 0,
             },
         )
@@ -104,7 +105,7 @@ def _on_state(rt: Runtime, job: Job, current: int, state: TaskState) -> Next | N
     status = Status.RUNNING if state.status == "RUNNING" else job.status
     now = rt.clock()
     delay = next_poll_delay_s(
-        model_spec(job.request.model).kind,
+        policy_for(rt.settings, model_spec(job.request.model).kind),
         elapsed_s=now - (job.submitted_at or now),
         previous_delay_s=job.poll_delay_s,
         remaining_s=job.deadline_at - now,

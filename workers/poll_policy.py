@@ -11,6 +11,7 @@ import random
 from dataclasses import dataclass
 
 from config.catalogue import Kind
+from config.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -31,20 +32,25 @@ class PollPolicy:
         return max(0.5, base + (rng or random).uniform(-spread, spread))
 
 
-POLICIES = {
-    Kind.IMAGE: PollPolicy(cap_s=30.0),
-    Kind.VIDEO: PollPolicy(cap_s=60.0),
-}
+def policy_for(settings: Settings, kind: Kind) -> PollPolicy:
+    """The configured policy for a model kind (`GENQ_POLL_*`)."""
+    cap_s = settings.poll_video_cap_s if kind is Kind.VIDEO else settings.poll_image_cap_s
+    return PollPolicy(
+        first_delay_s=settings.poll_first_delay_s,
+        fast_phase_s=settings.poll_fast_phase_s,
+        growth=settings.poll_growth,
+        cap_s=cap_s,
+    )
 
 
 def next_poll_delay_s(
-    kind: Kind,
+    policy: PollPolicy,
     *,
     elapsed_s: float,
     previous_delay_s: float | None,
     remaining_s: float,
     rng: random.Random | None = None,
 ) -> float:
-    """The policy's delay for `kind`, cut so the last poll lands at the deadline rather than after it."""
-    delay = POLICIES[kind].delay_s(elapsed_s, previous_delay_s, rng)
+    """The policy's delay, cut so the last poll lands at the deadline rather than after it."""
+    delay = policy.delay_s(elapsed_s, previous_delay_s, rng)
     return max(0.0, min(delay, remaining_s))

@@ -78,6 +78,7 @@ class JobStore:
         self._create = client.register_script(store_lua.CREATE_JOB)
         self._transition = client.register_script(store_lua.TRANSITION)
         self._seal = client.register_script(store_lua.SEAL_BATCH)
+        self._revive = client.register_script(store_lua.REVIVE)
 
     # --- batches --------------------------------------------------------------------------------
     def open_batch(self, batch_id: str, *, source: str, now: float | None = None) -> bool:
@@ -206,6 +207,15 @@ class JobStore:
         )
         reason = {0: "attempt moved on", -1: "no such job", -2: f"{status} cannot move to {target}"}.get(code, "")
         return Applied(ok=code == 1, status=status, attempt=int(attempt), batch_finished=bool(finished), reason=reason)
+
+    def revive(self, ref: str, *, allowed: frozenset[Status], now: float | None = None) -> bool:
+        """Move an ended job whose status is in `allowed` back to `accepted` for another try."""
+        now = time.time() if now is None else now
+        batch_id = keys.split_ref(ref)[0]
+        revived = self._revive(
+            keys=[keys.job(ref), keys.batch(batch_id), keys.DUE], args=[ref, now, " ".join(sorted(allowed))]
+        )
+        return bool(revived)
 
     def due(self, now: float, limit: int = 1000) -> list[tuple[str, float]]:
         """Refs whose next action was due at or before `now`, oldest first (for the recovery sweep)."""

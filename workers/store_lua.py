@@ -95,3 +95,21 @@ redis.call('HSET', KEYS[1], 'sealed', '1')
 return finish_batch(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 """
 )
+
+# Bring an ended job back for another try (`genq retry`). KEYS: job, batch, due.
+# ARGV: ref, now, statuses that may be revived (space separated). Returns 1 when revived.
+REVIVE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or not string.find(' ' .. ARGV[3] .. ' ', ' ' .. status .. ' ', 1, true) then return 0 end
+redis.call('HINCRBY', KEYS[2], 'n:' .. status, -1)
+redis.call('HINCRBY', KEYS[2], 'n:accepted', 1)
+redis.call('HINCRBY', KEYS[2], 'terminal', -1)
+redis.call('HDEL', KEYS[2], 'done_at')
+redis.call('HINCRBY', KEYS[1], 'retries', 1)
+redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+redis.call('HSET', KEYS[1], 'status', 'accepted', 'next_action', 'admit', 'due_at', ARGV[2], 't_accepted', ARGV[2],
+           'task_id', '', 'create_pending', '0', 'submit_errors', '0', 'poll_errors', '0', 'finalize_errors', '0',
+           'submits', '0', 'error_code', '', 'error_message', '', 'results', '[]', 'at_risk', '0')
+redis.call('ZADD', KEYS[3], tonumber(ARGV[2]), ARGV[1])
+return 1
+"""

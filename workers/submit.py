@@ -1,15 +1,20 @@
-"""Stage `submit`: create the upstream task for an admitted job, honouring throttling.
+"""Stage `submit`: create the upstream task for an admitted job, without ever paying for it twice.
 
-The attempt is recorded (claimed) before the POST, so a duplicate delivery cannot send a second create.
-A 429 is not a failure: the job is rescheduled with a cooldown and burns no retry.
+Before the POST the job is claimed and marked `create_pending`; the mark is cleared as soon as the outcome is
+known. A job that reaches this stage still marked (its create timed out, its answer was lost, or its worker
+died mid-request) is reconciled through the task list before anything is sent again (`reconcile.py`).
+A 429 is not a failure: the job comes back after a cooldown and burns no retry. An account-level refusal
+pauses the account for every job (`accounts.py`); the jobs of a paused account wait.
 """
 
 from __future__ import annotations
 
 from config.catalogue import model_spec
-from workers.errors import PermanentRemoteError, Throttled, TransientRemoteError
-from workers.job import Action, Status
-from workers.poll_policy import POLICIES
+from workers import accounts, keys
+from workers.errors import AccountError, CreateOutcomeUnknown, PermanentRemoteError, Throttled, TransientRemoteError
+from workers.job import Action, Job, Status
+from workers.poll_policy import policy_for
+from workers.reconcile import reconcile
 from workers.runtime import Runtime
 from workers.steps import Next, backoff_s, claim, end, load_current, log, reschedule
 
@@ -22,28 +27,44 @@ def submit(rt: Runtime, ref: str, attempt: int) -> Next | None:
     job = load_current(rt, ref, attempt, Action.SUBMIT)
     if job is None:
         return None
-    if rt.clock() >= job.deadline_at:
+    now = rt.clock()
+    if now >= job.deadline_at:
         end(rt, job, attempt, Status.TIMED_OUT, code="DeadlineExceeded", message="deadline passed before submit")
         return None
-    now = rt.clock()
-    current = claim(
-        rt,
-        job,
-        Action.SUBMIT,
-        lease_s=SUBMIT_LEASE_S,
-        status=Status.SUBMITTING,
-        fields={"submits": job.submits + 1, "submit_sent_at": now},
-    )
+    current = claim(rt, job, Action.SUBMIT, lease_s=SUBMIT_LEASE_S, status=Status.SUBMITTING)
     if current is None:
         return None
+    pause = accounts.paused(rt.store, rt.settings.account)
+    if pause is not None:
+        delay = rt.settings.account_pause_recheck_s * rt.rng.uniform(0.8, 1.2)
+        return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, delay)
+    if job.create_pending:
+        found = reconcile(rt, job, now)
+        if found.wait_s:
+            return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, found.wait_s)
+        if found.task_id:
+            return _submitted(rt, job, current, found.task_id, None)
+    return _create(rt, job, current)
 
+
+def _create(rt: Runtime, job: Job, current: int) -> Next | None:
+    sent = rt.store.transition(
+        job.ref,
+        Status.SUBMITTING,
+        expected_attempt=current,
+        next_action=Action.SUBMIT,
+        due_at=rt.clock() + SUBMIT_LEASE_S,
+        fields={"create_pending": 1, "submit_sent_at": rt.clock(), "submits": job.submits + 1},
+    )
+    if not sent.ok:
+        return None
     try:
         task_id, request_id = rt.dashscope.create_task(job.request)
     except Throttled as exc:
         throttles = job.throttles + 1
         delay = exc.retry_after_s or backoff_s(throttles, base_s=1.0, cap_s=30.0, rng=rt.rng)
-        log.info("submit throttled", ref=ref, code=exc.code, delay_s=round(delay, 2))
-        # The create was refused, so nothing was paid for: it does not count as a submit.
+        log.info("submit throttled", ref=job.ref, code=exc.code, delay_s=round(delay, 2))
+        # Refused, so nothing was created or paid for: it does not count as a submit.
         return reschedule(
             rt,
             job,
@@ -51,28 +72,46 @@ def submit(rt: Runtime, ref: str, attempt: int) -> Next | None:
             Status.SUBMITTING,
             Action.SUBMIT,
             delay,
-            fields={"submits": job.submits, "throttles": throttles},
+            fields={"create_pending": 0, "submits": job.submits, "throttles": throttles},
         )
-    except PermanentRemoteError as exc:
-        end(rt, job, current, Status.FAILED, code=exc.code, message=exc.message)
+    except AccountError as exc:
+        accounts.pause(rt.store, rt.settings.account, code=exc.code, message=exc.message, now=rt.clock())
+        end(rt, job, current, Status.FAILED, code=exc.code, message=exc.message, fields={"create_pending": 0})
         return None
+    except PermanentRemoteError as exc:
+        end(rt, job, current, Status.FAILED, code=exc.code, message=exc.message, fields={"create_pending": 0})
+        return None
+    except CreateOutcomeUnknown as exc:
+        log.warning("create outcome unknown; will reconcile before sending again", ref=job.ref, code=exc.code)
+        return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, rt.settings.http_timeout_s / 2)
     except TransientRemoteError as exc:
-        errors = job.submit_errors + 1
-        if errors >= rt.settings.submit_max_attempts:
-            end(
-                rt,
-                job,
-                current,
-                Status.FAILED,
-                code=exc.code,
-                message=f"{exc.message} (gave up after {errors} attempts)",
-            )
-            return None
-        delay = backoff_s(errors, base_s=2.0, cap_s=60.0, rng=rt.rng)
-        log.warning("submit failed, will retry", ref=ref, code=exc.code, errors=errors, delay_s=round(delay, 2))
-        return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, delay, fields={"submit_errors": errors})
+        return _transient(rt, job, current, exc)
+    return _submitted(rt, job, current, task_id, request_id)
 
-    first_delay_s = POLICIES[model_spec(job.request.model).kind].first_delay_s
+
+def _transient(rt: Runtime, job: Job, current: int, exc: TransientRemoteError) -> Next | None:
+    errors = job.submit_errors + 1
+    if errors >= rt.settings.submit_max_attempts:
+        end(
+            rt,
+            job,
+            current,
+            Status.FAILED,
+            code=exc.code,
+            fields={"create_pending": 0},
+            message=f"{exc.message} (gave up after {errors} attempts)",
+        )
+        return None
+    delay = backoff_s(errors, base_s=2.0, cap_s=60.0, rng=rt.rng)
+    log.warning("submit failed, will retry", ref=job.ref, code=exc.code, errors=errors, delay_s=round(delay, 2))
+    return reschedule(
+        rt, job, current, Status.SUBMITTING, Action.SUBMIT, delay, fields={"create_pending": 0, "submit_errors": errors}
+    )
+
+
+def _submitted(rt: Runtime, job: Job, current: int, task_id: str, request_id: str | None) -> Next | None:
+    rt.store.redis.set(keys.task_owner(task_id), job.ref, ex=keys.TASK_OWNER_TTL_S)
+    first_delay_s = policy_for(rt.settings, model_spec(job.request.model).kind).first_delay_s
     return reschedule(
         rt,
         job,
@@ -83,6 +122,7 @@ def submit(rt: Runtime, ref: str, attempt: int) -> Next | None:
         fields={
             "task_id": task_id,
             "request_id": request_id,
+            "create_pending": 0,
             "submitted_at": rt.clock(),
             "poll_delay_s": first_delay_s,
         },

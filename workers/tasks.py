@@ -17,6 +17,7 @@ from workers.poll import poll as poll_stage
 from workers.runtime import Runtime, runtime
 from workers.steps import Next
 from workers.submit import submit as submit_stage
+from workers.sweep import sweep as sweep_overdue
 
 Stage = Callable[[Runtime, str, int], Next | None]
 
@@ -40,3 +41,9 @@ def poll(ref: str, attempt: int) -> None:
 @app.task(name="genq.finalize")
 def finalize(ref: str, attempt: int) -> None:
     _run(finalize_stage, ref, attempt)
+
+
+@app.task(name="genq.sweep")
+def sweep() -> int:
+    """Re-send the messages of jobs whose next action is overdue (their worker died)."""
+    return sweep_overdue(runtime(), lambda step: publish(app, step))

@@ -147,7 +147,7 @@ def start_worker(log_dir: Path, *, concurrency: int, env: Mapping[str, str], nam
         "config.celery_app",
         "worker",
         "-Q",
-        "submit,poll,finalize",
+        "submit,poll,finalize,events",
         "-c",
         str(concurrency),
         "--pool",
@@ -167,3 +167,9 @@ def _http_ok(url: str) -> bool:
         return httpx.get(url, timeout=0.5).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def start_beat(log_dir: Path, *, env: Mapping[str, str]) -> ManagedProcess:
+    """Celery beat with redbeat (schedule and lock in Redis, so a second beat would not double-fire)."""
+    argv = [sys.executable, "-m", "celery", "-A", "config.celery_app", "beat", "-l", "INFO"]
+    return ManagedProcess("beat", argv, log_path=log_dir / "beat.log", env=env)

@@ -134,6 +134,7 @@ class LocalStack:
             )
         self.settings = self.configured.model_copy(update=updates)
         if self.workers and (started_redis or not self._workers_attached()):
+            self._add(services.start_beat(self.log_dir, env=child_env(self.settings)))
             for index in range(self.workers):
                 self._add(
                     services.start_worker(

@@ -8,50 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import replace
 
 from pydantic import SecretStr
 
 from config.settings import Settings
-from producer.batch import enqueue_rows
-from producer.csv_source import CsvRow
 from tests.conftest import RunningSimulator
+from tests.stage_runner import enqueue, run
 from workers.dashscope import DashScopeClient
-from workers.finalize import finalize
-from workers.job import Action, Status
-from workers.poll import poll
+from workers.job import Status
 from workers.runtime import Runtime
-from workers.steps import Next
 from workers.submit import submit
-
-STAGES = {Action.SUBMIT: submit, Action.POLL: poll, Action.FINALIZE: finalize}
-
-
-def enqueue(rt: Runtime, *rows: dict[str, str], batch_id: str = "b") -> list[Next]:
-    sent: list[Next] = []
-    enqueue_rows(
-        rt.store,
-        rt.settings,
-        batch_id,
-        [CsvRow(i + 2, r) for i, r in enumerate(rows)],
-        source="test",
-        send=lambda step: sent.append(step) if step else None,
-    )
-    return sent
-
-
-def run(rt: Runtime, steps: list[Next], timeout_s: float = 30) -> None:
-    """Follow every step each stage asks for, sleeping its delay (capped), until none is left."""
-    deadline = time.monotonic() + timeout_s
-    while steps:
-        assert time.monotonic() < deadline, f"stages still running: {steps}"
-        step = min(steps, key=lambda s: s.delay_s)
-        steps.remove(step)
-        time.sleep(min(step.delay_s, 0.2))
-        follow = STAGES[step.action](rt, step.ref, step.attempt)
-        if follow is not None:
-            steps.append(follow)
 
 
 def test_old_protocol_job_ends_with_every_image_and_manifest_stored(

@@ -1,0 +1,180 @@
+"""One test per outcome of a job, each driven by the simulator's fault switches, checked in the job store,
+the bucket, the event stream and the simulator's own counters (which do not trust genq)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+from tests.conftest import RunningSimulator
+from tests.stage_runner import enqueue, run
+from workers import accounts
+from workers.control import cancel, retry
+from workers.dashscope import DashScopeClient
+from workers.job import Job, Status
+from workers.runtime import Runtime
+
+
+def one_job(rt: Runtime, prompt: str, *, timeout_s: float = 30, **fields: str) -> Job:
+    """Run one job with this prompt to its end; return it."""
+    run(rt, enqueue(rt, {"id": "j", "prompt": prompt, **fields}), timeout_s=timeout_s)
+    job = rt.store.get("b/j")
+    assert job is not None
+    return job
+
+
+def events(rt: Runtime) -> list[dict[str, object]]:
+    return [json.loads(f["event"]) for _, f in rt.store.redis.xrange(rt.settings.event_stream)]
+
+
+def test_transient_task_failure_is_resubmitted_and_then_succeeds(runtime: Runtime, simulator: RunningSimulator) -> None:
+    """FAILED with InternalError.Timeout: genq creates the task again, and the second one succeeds."""
+    job = one_job(runtime, "a cat sim:task_timeout:once")
+    assert job.status is Status.SUCCEEDED and simulator.counters()["creates"] == 2
+
+
+def test_permanent_task_failure_is_not_resubmitted(runtime: Runtime, simulator: RunningSimulator) -> None:
+    """FAILED with DataInspectionFailed ends the job with the code at once; one task only."""
+    job = one_job(runtime, "a cat sim:task_inspection")
+    assert (job.status, job.error_code) == (Status.FAILED, "DataInspectionFailed")
+    assert job.error_message and simulator.counters()["creates"] == 1
+
+
+def test_partial_success_keeps_the_good_images(runtime: Runtime) -> None:
+    """n=3 with failed sub-images: partially_succeeded, good images stored, failed indexes recorded."""
+    job = one_job(runtime, "a cat sim:task_partial", n="3")
+    assert job.status is Status.PARTIALLY_SUCCEEDED
+    stored = {o["index"] for o in job.objects}
+    failures = json.loads(runtime.store.redis.hget("genq:job:b/j", "failures"))  # type: ignore[arg-type]
+    assert stored and {f["index"] for f in failures} == {0, 1, 2} - stored
+    assert {f["code"] for f in failures} == {"InternalError.Timeout"}
+    manifest = runtime.results.get_json("b/j/manifest.json")
+    assert manifest is not None and manifest["failures"] == failures
+
+
+def test_unknown_task_ends_expired(runtime: Runtime) -> None:
+    """A task the service no longer knows ends the job expired, with the reason."""
+    job = one_job(runtime, "a cat sim:task_expire")
+    assert (job.status, job.error_code) == (Status.EXPIRED, "TaskUnknown")
+
+
+def test_deadline_cancels_a_pending_task_and_times_out(
+    runtime_factory: Callable[..., Runtime], simulator_factory: Callable[..., RunningSimulator]
+) -> None:
+    """Past its deadline a job whose task still waits upstream is cancelled there and ends timed_out."""
+    sim = simulator_factory(time_scale=30.0)  # 9-30 s per task: the queue stays full for the whole test
+    rt = runtime_factory(
+        dashscope_base_url=sim.base_url, result_hosts=(sim.url.removeprefix("http://"),), image_deadline_s=3.0
+    )
+    steps = enqueue(rt, *({"id": f"j{i}", "prompt": f"p{i}", "model": "wanx2.0-t2i-turbo"} for i in range(3)))
+    run(rt, steps, timeout_s=20, max_sleep_s=0.5)
+    jobs = [rt.store.get(f"b/j{i}") for i in range(3)]
+    assert all(j is not None and j.status is Status.TIMED_OUT for j in jobs)
+    assert sim.counters()["cancels"] >= 1  # the queued one was cancelled upstream; running ones cannot be
+
+
+def test_cancel_stops_a_batch_and_cancels_upstream(
+    runtime_factory: Callable[..., Runtime], simulator_factory: Callable[..., RunningSimulator]
+) -> None:
+    """genq cancel: every job ends canceled, queued tasks are cancelled upstream, stale messages do nothing."""
+    sim = simulator_factory(time_scale=30.0)
+    rt = runtime_factory(dashscope_base_url=sim.base_url, result_hosts=(sim.url.removeprefix("http://"),))
+    steps = enqueue(rt, *({"id": f"j{i}", "prompt": f"p{i}", "model": "wanx2.0-t2i-turbo"} for i in range(3)))
+    left = run(rt, steps, timeout_s=3, max_sleep_s=0.5)
+    report = cancel(rt, rt.dashscope, "b")
+    assert sorted(report.changed) == ["b/j0", "b/j1", "b/j2"] and report.upstream_canceled >= 1
+    assert run(rt, left, timeout_s=5) == []  # every message still in flight is now stale
+    assert all(j.status is Status.CANCELED for j in rt.store.jobs("b"))
+    assert sim.counters()["cancels"] >= 1
+
+
+def test_create_timeout_is_reconciled_not_paid_twice(
+    runtime_factory: Callable[..., Runtime], simulator_factory: Callable[..., RunningSimulator]
+) -> None:
+    """A create that timed out did create a task: genq finds it through the task list and adopts it."""
+    sim = simulator_factory(slow_response_s=2.0)
+    rt = runtime_factory(
+        dashscope_base_url=sim.base_url, result_hosts=(sim.url.removeprefix("http://"),), http_timeout_s=0.5
+    )
+    job = one_job(rt, "a cat sim:create_slow:once")
+    assert job.status is Status.SUCCEEDED
+    assert sim.counters()["creates"] == 1 and sim.counters()["lists"] >= 1
+
+
+def test_dropped_creates_are_reconciled_either_way(
+    runtime_factory: Callable[..., Runtime], simulator_factory: Callable[..., RunningSimulator]
+) -> None:
+    """Cut before the task existed: sent again. Cut after it existed, or garbled: adopted. One task per job."""
+    sim = simulator_factory()
+    rt = runtime_factory(
+        dashscope_base_url=sim.base_url, result_hosts=(sim.url.removeprefix("http://"),), http_timeout_s=0.5
+    )
+    prompts = ["a sim:create_drop_before:once", "b sim:create_drop_after:once", "c sim:create_malformed:once"]
+    run(rt, enqueue(rt, *({"id": f"j{i}", "prompt": p} for i, p in enumerate(prompts))), timeout_s=30)
+    assert [j.status for j in rt.store.jobs("b")] == [Status.SUCCEEDED] * 3
+    assert sim.counters()["creates"] == 3 and sim.engine.snapshot(time.time())["duplicate_creates"] == 0
+
+
+def test_throttling_and_server_errors_are_retried(runtime: Runtime, simulator: RunningSimulator) -> None:
+    """429 and 5xx on create and on query, and a garbled query answer, each delay the job but it succeeds."""
+    prompts = [
+        "a sim:burst:once",
+        "b sim:create_500:once",
+        "c sim:create_503:once",
+        "d sim:query_429:once",
+        "e sim:query_503:once",
+        "f sim:query_malformed:once",
+        "g sim:query_drop:once",
+    ]
+    run(runtime, enqueue(runtime, *({"id": f"j{i}", "prompt": p} for i, p in enumerate(prompts))), timeout_s=30)
+    jobs = list(runtime.store.jobs("b"))
+    assert [j.status for j in jobs] == [Status.SUCCEEDED] * len(prompts)
+    assert jobs[0].throttles == 1 and jobs[1].submit_errors == 1 and jobs[3].throttles == 1
+    assert simulator.counters()["creates"] == len(prompts)
+
+
+def test_account_error_pauses_the_account_for_every_job(
+    runtime_factory: Callable[..., Runtime], simulator: RunningSimulator
+) -> None:
+    """A refused key fails that job, pauses the account (logged, event), and the other jobs wait without
+    sending anything; after `resume` and a good key, a retry finishes the batch."""
+    bad = runtime_factory()
+    bad.dashscope = DashScopeClient(bad.downloads, base_url=bad.settings.base_url, api_key="revoked-key")
+    steps = enqueue(bad, {"id": "first", "prompt": "a"}, {"id": "second", "prompt": "b"})
+    run(bad, steps[:1], timeout_s=10)
+    pause = accounts.paused(bad.store, bad.settings.account)
+    assert pause is not None and pause["code"] == "InvalidApiKey"
+    assert [e["type"] for e in events(bad)] == ["genq.account.paused", "genq.job.failed"]
+    left = run(bad, steps[1:], timeout_s=1.0)
+    second = bad.store.get("b/second")
+    assert second is not None and second.status is Status.SUBMITTING and second.submits == 0 and left
+
+    good = runtime_factory()
+    assert accounts.resume(good.store, good.settings.account)
+    run(good, left, timeout_s=20)
+    report, again = retry(good, "b")
+    assert report.changed == ["b/first"]
+    run(good, again, timeout_s=20)
+    assert [j.status for j in good.store.jobs("b")] == [Status.SUCCEEDED, Status.SUCCEEDED]
+    assert simulator.counters()["creates"] == 2
+
+
+def test_retry_skips_permanent_failures_unless_forced(runtime: Runtime, simulator: RunningSimulator) -> None:
+    """genq retry --failed leaves content-moderation failures alone; --force retries them too."""
+    one_job(runtime, "a cat sim:task_inspection")
+    report, steps = retry(runtime, "b")
+    assert report.changed == [] and "permanent" in report.skipped["b/j"] and steps == []
+    report, steps = retry(runtime, "b", force=True)
+    assert report.changed == ["b/j"] and len(steps) == 1
+
+
+def test_every_terminal_job_emits_exactly_one_event(runtime: Runtime) -> None:
+    """A mix of outcomes: one job event per terminal job, each with a distinct id, plus one batch event."""
+    prompts = ["ok", "x sim:task_inspection", "y sim:task_expire", "z sim:create_inspection"]
+    run(runtime, enqueue(runtime, *({"id": f"j{i}", "prompt": p} for i, p in enumerate(prompts))), timeout_s=30)
+    seen = events(runtime)
+    job_events = [e for e in seen if str(e["type"]).startswith("genq.job.")]
+    assert sorted(e["subject"] for e in job_events) == [f"b/j{i}" for i in range(4)]  # type: ignore[type-var]
+    assert len({e["id"] for e in job_events}) == 4
+    assert [e["type"] for e in seen].count("genq.batch.finished") == 1

@@ -1,0 +1,61 @@
+"""Drive jobs through the stages in-process (no Celery), following the `Next` values each stage returns.
+
+Delays are compressed (each step sleeps at most `max_sleep_s`), so backoffs and poll intervals do not slow the
+tests down; anything that waits on real time (reconciliation windows, the simulator's task durations) still
+waits for it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from producer.batch import enqueue_rows
+from producer.csv_source import CsvRow
+from workers.finalize import finalize
+from workers.job import Action
+from workers.poll import poll
+from workers.runtime import Runtime
+from workers.steps import Next
+from workers.submit import submit
+
+STAGES: dict[Action, Callable[[Runtime, str, int], Next | None]] = {
+    Action.SUBMIT: submit,
+    Action.POLL: poll,
+    Action.FINALIZE: finalize,
+}
+
+
+def enqueue(rt: Runtime, *rows: dict[str, str], batch_id: str = "b") -> list[Next]:
+    """Enqueue rows as a CSV batch would; return the submit messages the producer would send."""
+    sent: list[Next] = []
+    enqueue_rows(
+        rt.store,
+        rt.settings,
+        batch_id,
+        [CsvRow(i + 2, r) for i, r in enumerate(rows)],
+        source="test",
+        send=lambda step: sent.append(step) if step else None,
+    )
+    return sent
+
+
+def run(
+    rt: Runtime,
+    steps: list[Next],
+    timeout_s: float = 30,
+    max_sleep_s: float = 0.2,
+    until: Callable[[], bool] | None = None,
+) -> list[Next]:
+    """Follow every step until none is left (or `until()` holds, or time is up); return what is left."""
+    deadline = time.monotonic() + timeout_s
+    while steps and not (until and until()):
+        if time.monotonic() >= deadline:
+            return steps
+        step = min(steps, key=lambda s: s.delay_s)
+        steps.remove(step)
+        time.sleep(min(step.delay_s, max_sleep_s))
+        follow = STAGES[step.action](rt, step.ref, step.attempt)
+        if follow is not None:
+            steps.append(follow)
+    return steps

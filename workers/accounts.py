@@ -1,0 +1,55 @@
+"""Account-level trouble (a refused key, arrears, access denied, free quota used up) pauses the account for
+every worker at once: submits wait instead of failing one by one, until an operator resumes it
+(`genq resume ACCOUNT`). The pause is logged, shown by `genq status`, and emitted once as an event."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import structlog
+
+from workers import keys
+from workers.store import JobStore
+
+log = structlog.get_logger("genq.accounts")
+
+
+def pause(store: JobStore, account: str, *, code: str, message: str, now: float) -> bool:
+    """Pause `account`; True when this call paused it (and emitted the event), False if it already was."""
+    record = json.dumps({"code": code, "message": message, "at": now})
+    if not store.redis.hsetnx(keys.PAUSED, account, record):
+        return False
+    log.error("account paused: submits wait until `genq resume` is run", account=account, code=code, reason=message)
+    event = {
+        "specversion": "1.0",
+        "id": f"account/{account}/paused/{now}",
+        "source": "genq",
+        "type": "genq.account.paused",
+        "subject": account,
+        "time": datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "datacontenttype": "application/json",
+        "data": {"account": account, "code": code, "message": message},
+    }
+    store.redis.xadd(
+        store.event_stream, {"event": json.dumps(event)}, maxlen=store.event_stream_maxlen, approximate=True
+    )
+    return True
+
+
+def paused(store: JobStore, account: str) -> dict[str, Any] | None:
+    raw = cast(str | None, store.redis.hget(keys.PAUSED, account))
+    return json.loads(raw) if raw else None
+
+
+def all_paused(store: JobStore) -> dict[str, dict[str, Any]]:
+    return {a: json.loads(v) for a, v in cast(dict[str, str], store.redis.hgetall(keys.PAUSED)).items()}
+
+
+def resume(store: JobStore, account: str) -> bool:
+    """Lift the pause; True when the account was paused."""
+    resumed = bool(store.redis.hdel(keys.PAUSED, account))
+    if resumed:
+        log.warning("account resumed", account=account)
+    return resumed

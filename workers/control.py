@@ -1,0 +1,102 @@
+"""What an operator does to jobs that are already in flight: cancel them, retry the failed ones.
+
+Cancel: a job whose task is still `PENDING` upstream is cancelled there (nothing is billed); one already
+running upstream cannot be, so genq just stops looking after it. A job already downloading its results is
+left to finish (they are paid for). Either way the job ends `canceled` at once, by a compare-and-set that
+any message still in flight then finds moved on.
+
+Retry: jobs that ended `failed`, `timed_out` or `expired` go back to `accepted` and are admitted again,
+unless their error is permanent (content moderation, invalid parameter, a refused result URL, ...), which only
+`force` overrides. Jobs failed by an account error are retried: resume the account first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from workers import keys
+from workers.admission import admit
+from workers.dashscope import DashScopeClient
+from workers.dashscope.classify import error_class
+from workers.errors import AccountError, PermanentRemoteError, RemoteError
+from workers.events import job_event
+from workers.job import Job, Status
+from workers.runtime import Runtime
+from workers.steps import Next, log
+
+RETRYABLE = frozenset({Status.FAILED, Status.TIMED_OUT, Status.EXPIRED})
+#: genq's own refusals of a result: retrying would pay for the same refusal again.
+_OWN_PERMANENT = frozenset({"ResultHostNotAllowed", "ResultUrlScheme", "ResultTooLarge", "ResultContentType"})
+_ACTIVE_UPSTREAM = frozenset({Status.SUBMITTED, Status.RUNNING})
+
+
+@dataclass
+class ControlReport:
+    changed: list[str] = field(default_factory=list)
+    upstream_canceled: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)  # ref -> why
+
+
+def _targets(rt: Runtime, target: str) -> list[Job]:
+    """`batch` -> its jobs; `batch/job` -> that job."""
+    if "/" in target:
+        job = rt.store.get(target)
+        return [job] if job else []
+    return list(rt.store.jobs(target))
+
+
+def cancel(rt: Runtime, client: DashScopeClient, target: str) -> ControlReport:
+    report = ControlReport()
+    for job in _targets(rt, target):
+        if job.terminal:
+            continue
+        if job.status is Status.DOWNLOADING:
+            report.skipped[job.ref] = "already downloading its (paid) results; left to finish"
+            continue
+        if job.task_id and job.status in _ACTIVE_UPSTREAM:
+            try:
+                client.cancel_task(job.task_id)
+                report.upstream_canceled += 1
+            except RemoteError as exc:  # UnsupportedOperation: running upstream; it will finish unseen
+                log.info("upstream cancel refused; no longer polling", ref=job.ref, code=exc.code)
+        now = rt.clock()
+        event = job_event(job, Status.CANCELED, now=now, error_code="Canceled", error_message="canceled by the user")
+        applied = rt.store.transition(
+            job.ref,
+            Status.CANCELED,
+            expected_attempt=None,
+            event=event,
+            now=now,
+            fields={"error_code": "Canceled", "error_message": "canceled by the user"},
+        )
+        if applied.ok:
+            report.changed.append(job.ref)
+        else:
+            report.skipped[job.ref] = applied.reason
+    return report
+
+
+def retry(rt: Runtime, target: str, *, force: bool = False) -> tuple[ControlReport, list[Next]]:
+    """Revive the retryable jobs of `target`; return the report and the submit messages to send."""
+    report, steps = ControlReport(), []
+    for job in _targets(rt, target):
+        if job.status not in RETRYABLE:
+            continue
+        if not force and job.error_code and _permanent(job.error_code):
+            report.skipped[job.ref] = f"{job.error_code} is permanent (use --force to retry anyway)"
+            continue
+        if rt.store.revive(job.ref, allowed=RETRYABLE, now=rt.clock()):
+            report.changed.append(job.ref)
+            step = admit(rt.store, rt.settings, job.ref, now=rt.clock())
+            if step is not None:
+                steps.append(step)
+    if report.changed:
+        batch_id = keys.split_ref(report.changed[0])[0]
+        rt.store.seal_batch(batch_id)
+    return report, steps
+
+
+def _permanent(code: str) -> bool:
+    """A failure that a retry would only repeat. Account errors are not: the operator fixes the account first."""
+    cls = error_class(code, None)
+    return code in _OWN_PERMANENT or (issubclass(cls, PermanentRemoteError) and not issubclass(cls, AccountError))
