@@ -89,6 +89,7 @@ class Settings(BaseSettings):
     event_stream_maxlen: int = 100_000
     result_url_life_s: float = Field(24 * 3600.0, description="How long result URLs live (the service: 24 h).")
     result_risk_margin_s: float = Field(3600.0, description="Alarm when a result's URL dies within this long.")
+    finalize_retry_cap_s: float = Field(60.0, description="Longest wait between attempts to store a result.")
     account_pause_recheck_s: float = Field(60.0, description="How often jobs of a paused account look again.")
     sweep_grace_s: float = Field(5.0, description="How overdue a job's next action must be to be re-sent.")
 

@@ -25,10 +25,10 @@ from producer.batch import check_rows, enqueue_rows
 from producer.csv_source import CsvFormatError, read_rows
 from producer.display import failed_table, rejected_table, summary_table, wait_for_batch
 from producer.export import export_batch
-from workers import keys
+from workers import accounts, control, keys
 from workers.errors import StorageError
 from workers.messages import publish
-from workers.runtime import make_store
+from workers.runtime import build_runtime, make_store
 from workers.storage import ResultStore, make_minio
 from workers.store import BatchSummary, JobStore
 
@@ -194,6 +194,11 @@ def status(
             return
         console.print(summary_table(summary))
         console.print("done" if summary.done else f"{summary.terminal} of {summary.total} jobs ended so far")
+        for account, pause in accounts.all_paused(store).items():
+            console.print(
+                f"[red]account {account} is PAUSED[/red] since {pause['code']}: {pause['message']} "
+                f"(fix it, then: genq resume {account})"
+            )
         if summary.rejected:
             console.print(rejected_table(store.rejected(batch_id)))
         failed = failed_table(store, batch_id)
@@ -211,6 +216,67 @@ def export(
     with _open_batch(config, batch_id) as (settings, store, _):
         exported = export_batch(store, ResultStore(make_minio(settings), settings.bucket), batch_id, out_dir)
     console.print(f"Exported {exported.jobs} jobs, {exported.files} files; index: {exported.csv_path}")
+
+
+@app.command("cancel")
+def cancel_command(
+    target: Annotated[str, typer.Argument(help="A batch id, or one job as BATCH/JOB.")],
+    config: ConfigOption = None,
+) -> None:
+    """Cancel a batch or a job: tasks still queued upstream are cancelled there; the rest are no longer polled."""
+    try:
+        with LocalStack(_settings(config)) as stack:
+            rt = build_runtime(stack.settings)
+            report = control.cancel(rt, rt.dashscope, target)
+    except (StackError, StorageError) as exc:
+        raise _fail(str(exc), 3) from exc
+    console.print(
+        f"canceled {len(report.changed)} jobs ({report.upstream_canceled} cancelled upstream before they ran)"
+    )
+    for ref, why in report.skipped.items():
+        console.print(f"  {ref}: {why}")
+
+
+@app.command("retry")
+def retry_command(
+    batch_id: Annotated[str, typer.Argument(help="The batch (or BATCH/JOB) whose failed jobs to run again.")],
+    failed: Annotated[bool, typer.Option("--failed", help="Retry jobs that failed, timed out or expired.")] = True,
+    force: Annotated[bool, typer.Option(help="Also retry permanent failures (moderation, bad parameters).")] = False,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the retried jobs end.")] = True,
+    config: ConfigOption = None,
+) -> None:
+    """Run a batch's failed jobs again, except those whose error is permanent (unless --force)."""
+    if not failed:
+        raise _fail("nothing to retry: only --failed jobs can be retried", 2)
+    try:
+        with LocalStack(_settings(config), workers=1 if wait else 0) as stack:
+            rt = build_runtime(stack.settings)
+            report, steps = control.retry(rt, batch_id, force=force)
+            celery = create_app(stack.settings)
+            for step in steps:
+                publish(celery, step)
+            console.print(f"retrying {len(report.changed)} jobs; {len(report.skipped)} skipped")
+            for ref, why in report.skipped.items():
+                console.print(f"  {ref}: {why}")
+            if wait and report.changed:
+                summary = wait_for_batch(rt.store, keys.split_ref(report.changed[0])[0], console)
+                console.print(summary_table(summary))
+    except (StackError, StorageError) as exc:
+        raise _fail(str(exc), 3) from exc
+
+
+@app.command()
+def resume(
+    account: Annotated[str, typer.Argument(help="The account to resume (see `genq status`).")] = "default",
+    config: ConfigOption = None,
+) -> None:
+    """Lift the pause an account-level error (bad key, arrears, access denied) put on an account."""
+    try:
+        with LocalStack(_settings(config)) as stack:
+            resumed = accounts.resume(make_store(stack.settings), account)
+    except StackError as exc:
+        raise _fail(str(exc), 3) from exc
+    console.print(f"account {account} resumed" if resumed else f"account {account} was not paused")
 
 
 @app.command()

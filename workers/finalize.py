@@ -74,7 +74,8 @@ def _retry_later(rt: Runtime, job: Job, current: int, exc: Exception) -> Next | 
     at_risk = errors >= AT_RISK_AFTER_ERRORS or urls_die_at - now <= rt.settings.result_risk_margin_s
     if at_risk and not job.at_risk:
         alarm_result_at_risk(rt, job, urls_die_at, str(exc), now)
-    delay = min(backoff_s(errors, base_s=2.0, cap_s=60.0, rng=rt.rng), max(1.0, urls_die_at - now))
+    delay = backoff_s(errors, base_s=2.0, cap_s=rt.settings.finalize_retry_cap_s, rng=rt.rng)
+    delay = min(delay, max(1.0, urls_die_at - now))
     log.warning("finalize failed, will retry", ref=job.ref, error=str(exc), errors=errors, delay_s=round(delay, 1))
     return reschedule(
         rt,

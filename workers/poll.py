@@ -17,7 +17,9 @@ from workers.poll_policy import next_poll_delay_s, policy_for
 from workers.runtime import Runtime
 from workers.steps import Next, backoff_s, claim, end, load_current, log, reschedule
 
-POLL_LEASE_S = 90.0
+#: A claimed poll not recorded within this long is re-sent by the sweep (its worker died). Short, since a
+#: re-sent poll only costs a query: whichever delivery records second finds the attempt moved on.
+POLL_LEASE_S = 15.0
 
 
 def poll(rt: Runtime, ref: str, attempt: int) -> Next | None:

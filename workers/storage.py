@@ -60,6 +60,9 @@ class ResultStore:
         except S3Error as exc:
             if exc.code in {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}:
                 return None
+            if exc.code == "NoSuchBucket":  # a fresh server, or one wiped: create it, nothing is stored yet
+                self.ensure_bucket()
+                return None
             raise StorageError(f"stat {key}: {exc}") from exc
         except (MinioException, OSError, urllib3.exceptions.HTTPError) as exc:
             raise StorageError(f"stat {key}: {exc}") from exc

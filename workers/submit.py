@@ -18,9 +18,10 @@ from workers.reconcile import reconcile
 from workers.runtime import Runtime
 from workers.steps import Next, backoff_s, claim, end, load_current, log, reschedule
 
-#: How long a claimed submit may take before the recovery sweep treats it as abandoned. Above the HTTP
-#: timeout, so a live create is never taken for a dead one.
-SUBMIT_LEASE_S = 120.0
+#: How long a claimed submit may take before the recovery sweep re-sends it. A re-sent submit that finds
+#: `create_pending` reconciles (after the create's timeout has passed) instead of POSTing again, so a short
+#: lease cannot cause a second paid create.
+SUBMIT_LEASE_S = 30.0
 
 
 def submit(rt: Runtime, ref: str, attempt: int) -> Next | None:

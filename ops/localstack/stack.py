@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from contextlib import ExitStack
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -87,7 +87,7 @@ class LocalStack:
     settings: Settings = field(init=False)
     started: list[ManagedProcess] = field(default_factory=list, init=False)
     simulator_url: str | None = field(default=None, init=False)
-    _exit: ExitStack = field(default_factory=ExitStack, init=False)
+    _s3_start: Callable[[], ManagedProcess] | None = field(default=None, init=False)
 
     def __enter__(self) -> LocalStack:
         try:
@@ -187,11 +187,10 @@ class LocalStack:
                 "server, or unset the keys to let genq run its own"
             )
         keys = updates["s3_access_key"].get_secret_value(), updates["s3_secret_key"].get_secret_value()
-        self._add(
-            services.start_s3(
-                state / "s3", int(port_text), self.log_dir, access_key=keys[0], secret_key=keys[1], base_env=base_env
-            )
+        self._s3_start = lambda: services.start_s3(
+            state / "s3", int(port_text), self.log_dir, access_key=keys[0], secret_key=keys[1], base_env=base_env
         )
+        self._add(self._s3_start())
         return updates
 
     def _workers_attached(self) -> bool:
@@ -213,6 +212,20 @@ class LocalStack:
             return None
         counters: dict[str, Any] = httpx.get(f"{self.simulator_url}/_sim/counters", timeout=5).json()
         return counters
+
+    def process(self, name: str) -> ManagedProcess:
+        """A process this stack started, by name (`redis`, `s3`, `simulator`, `beat`, `worker-local1`, ...)."""
+        return next(p for p in self.started if p.name == name)
+
+    def stop_s3(self) -> None:
+        """Stop the local S3 server (for outage tests); `start_s3` brings it back on the same port and data."""
+        self.process("s3").stop()
+
+    def start_s3(self) -> None:
+        if self._s3_start is None:
+            raise StackError("this stack did not start the S3 server")
+        old = self.process("s3")
+        self.started[self.started.index(old)] = self._s3_start()
 
     def stop(self) -> None:
         """Stop what this stack started, newest first (workers before the Redis they use)."""
