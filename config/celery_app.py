@@ -21,13 +21,11 @@ SWEEP_EVERY_S = 5.0
 
 
 def beat_schedule(settings: Settings) -> dict[str, Any]:
-    """Periodic work: the crash-recovery sweep, and webhook delivery when a webhook is configured."""
-    schedule: dict[str, Any] = {
+    """Periodic work: the crash-recovery sweep, and webhook delivery (cheap when no webhook is set)."""
+    return {
         "genq-sweep": {"task": "genq.sweep", "schedule": SWEEP_EVERY_S, "options": {"expires": SWEEP_EVERY_S * 2}},
+        "genq-webhooks": {"task": "genq.deliver_webhooks", "schedule": 2.0, "options": {"expires": 10}},
     }
-    if settings.webhook_url:
-        schedule["genq-webhooks"] = {"task": "genq.deliver_webhooks", "schedule": 2.0, "options": {"expires": 10}}
-    return schedule
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

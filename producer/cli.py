@@ -31,6 +31,7 @@ from workers.messages import publish
 from workers.runtime import build_runtime, make_store
 from workers.storage import ResultStore, make_minio
 from workers.store import BatchSummary, JobStore
+from workers.webhook import BATCH_WEBHOOK_FIELD
 
 app = typer.Typer(
     name="genq",
@@ -91,6 +92,12 @@ def batch(
     timeout_s: Annotated[float | None, typer.Option("--timeout", help="Stop waiting after this many seconds.")] = None,
     export_dir: Annotated[Path | None, typer.Option("--export", help="When done, copy results here.")] = None,
     workers: Annotated[int, typer.Option(help="Local worker processes to start if none is attached.")] = 1,
+    webhook: Annotated[
+        str | None,
+        typer.Option(
+            help="POST this batch's events here (signed with GENQ_WEBHOOK_SECRET), instead of GENQ_WEBHOOK_URL."
+        ),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Validate every row of a CSV, enqueue the valid ones, and (by default) wait until they are done.
@@ -108,7 +115,9 @@ def batch(
             f"({checked.images} images), {len(checked.rejected)} rejected"
         )
         with LocalStack(settings, workers=workers if wait else 0) as stack:
-            code = _run_batch(stack, csv_file, batch_id, wait=wait, timeout_s=timeout_s, export_dir=export_dir)
+            code = _run_batch(
+                stack, csv_file, batch_id, wait=wait, timeout_s=timeout_s, export_dir=export_dir, webhook=webhook
+            )
     except CsvFormatError as exc:
         raise _fail(str(exc), 2) from exc
     except (StackError, StorageError) as exc:
@@ -117,7 +126,14 @@ def batch(
 
 
 def _run_batch(
-    stack: LocalStack, csv_file: Path, batch_id: str, *, wait: bool, timeout_s: float | None, export_dir: Path | None
+    stack: LocalStack,
+    csv_file: Path,
+    batch_id: str,
+    *,
+    wait: bool,
+    timeout_s: float | None,
+    export_dir: Path | None,
+    webhook: str | None,
 ) -> int:
     settings = stack.settings
     store = make_store(settings)
@@ -126,6 +142,8 @@ def _run_batch(
     celery = create_app(settings)
     if stack.simulator_url:
         console.print(f"No DASHSCOPE_API_KEY: using the local DashScope simulator at {stack.simulator_url}")
+    if webhook:
+        store.redis.hset(keys.batch(batch_id), BATCH_WEBHOOK_FIELD, webhook)
     report = enqueue_rows(
         store, settings, batch_id, read_rows(csv_file), source=str(csv_file), send=lambda step: publish(celery, step)
     )

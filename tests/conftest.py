@@ -142,13 +142,14 @@ def runtime_factory(settings: Settings) -> Iterator[Callable[..., Runtime]]:
     """Build worker runtimes wired to real services, as a worker process builds them, with settings overrides."""
     clients: list[httpx.Client] = []
 
-    def build(**overrides: Any) -> Runtime:
+    def build(ensure_bucket: bool = True, **overrides: Any) -> Runtime:
         configured = settings.model_copy(update=overrides)
         api = httpx.Client(timeout=httpx.Timeout(configured.http_timeout_s, connect=5.0))
         downloads = httpx.Client(timeout=30)
         clients.extend([api, downloads])
         results = ResultStore(make_minio(configured), configured.bucket)
-        results.ensure_bucket()
+        if ensure_bucket:
+            results.ensure_bucket()
         key = configured.dashscope_api_key
         assert key is not None
         client = DashScopeClient(api, base_url=configured.base_url, api_key=key.get_secret_value())

@@ -6,8 +6,10 @@ stale or duplicated message is harmless. Countdowns are clamped far below the br
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
+import httpx
 import structlog
 
 from config.celery_app import app
@@ -18,6 +20,7 @@ from workers.runtime import Runtime, runtime
 from workers.steps import Next
 from workers.submit import submit as submit_stage
 from workers.sweep import sweep as sweep_overdue
+from workers.webhook import deliver_pending
 
 Stage = Callable[[Runtime, str, int], Next | None]
 
@@ -47,3 +50,15 @@ def finalize(ref: str, attempt: int) -> None:
 def sweep() -> int:
     """Re-send the messages of jobs whose next action is overdue (their worker died)."""
     return sweep_overdue(runtime(), lambda step: publish(app, step))
+
+
+@app.task(name="genq.deliver_webhooks")
+def deliver_webhooks() -> int:
+    """One round of webhook delivery (new events, and retries of failed ones)."""
+    rt = runtime()
+    return deliver_pending(rt, _webhook_http(), now=rt.clock()).delivered
+
+
+@functools.cache
+def _webhook_http() -> httpx.Client:
+    return httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0), follow_redirects=False)

@@ -1,0 +1,168 @@
+"""Events: every event genq emits validates against docs/events.schema.json; the webhook sink delivers them
+signed, retries failures and dead-letters what never gets through."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+import uvicorn
+from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ops.localstack.process import free_port
+from tests.stage_runner import enqueue, run
+from workers import keys
+from workers.dashscope import DashScopeClient
+from workers.runtime import Runtime
+from workers.webhook import BATCH_WEBHOOK_FIELD, deliver_pending, signature
+
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "events.schema.json").read_text())
+
+
+def stream_events(rt: Runtime) -> list[dict[str, Any]]:
+    return [json.loads(f["event"]) for _, f in rt.store.redis.xrange(rt.settings.event_stream)]
+
+
+def test_every_event_kind_validates_against_the_schema(runtime_factory: Callable[..., Runtime]) -> None:
+    """Succeeded, partial, failed, expired, batch finished, account paused and result-at-risk events all
+    validate; the schema is strict enough to refuse a broken one."""
+    rt = runtime_factory()
+    prompts = ["ok", "p sim:task_partial", "x sim:task_inspection", "y sim:task_expire"]
+    run(rt, enqueue(rt, *({"id": f"j{i}", "prompt": p, "n": "2"} for i, p in enumerate(prompts))), timeout_s=30)
+
+    no_s3 = runtime_factory(ensure_bucket=False, s3_endpoint=f"127.0.0.1:{free_port()}")  # nothing listens there
+    run(
+        no_s3,
+        enqueue(no_s3, {"id": "r", "prompt": "a"}, batch_id="risk"),
+        timeout_s=40,
+        until=lambda: any(e["type"] == "genq.result.at_risk" for e in stream_events(rt)),
+    )
+
+    revoked = runtime_factory()
+    revoked.dashscope = DashScopeClient(revoked.downloads, base_url=revoked.settings.base_url, api_key="revoked")
+    run(revoked, enqueue(revoked, {"id": "k", "prompt": "a"}, batch_id="acct"), timeout_s=10)
+
+    events = stream_events(rt)
+    kinds = {e["type"] for e in events}
+    assert kinds >= {
+        "genq.job.succeeded",
+        "genq.job.partially_succeeded",
+        "genq.job.failed",
+        "genq.job.expired",
+        "genq.batch.finished",
+        "genq.account.paused",
+        "genq.result.at_risk",
+    }
+    for event in events:
+        jsonschema.validate(event, SCHEMA)
+    broken = {**events[0], "data": {"ref": "no-slash"}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, SCHEMA)
+
+
+class Receiver:
+    """A webhook endpoint on 127.0.0.1 that answers with the statuses it is given, and records each request."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        self.statuses = statuses
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.port = free_port()
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                Starlette(routes=[Route("/hook", self.hook, methods=["POST"])]),
+                host="127.0.0.1",
+                port=self.port,
+                log_level="warning",
+            )
+        )
+
+    async def hook(self, request: Request) -> Response:
+        self.requests.append((dict(request.headers), await request.body()))
+        return Response(status_code=self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+
+@pytest.fixture
+def receiver_factory() -> Iterator[Callable[[list[int]], Receiver]]:
+    started: list[tuple[Receiver, threading.Thread]] = []
+
+    def start(statuses: list[int]) -> Receiver:
+        receiver = Receiver(statuses)
+        thread = threading.Thread(target=receiver.server.run, daemon=True)
+        thread.start()
+        while not receiver.server.started:
+            time.sleep(0.02)
+        started.append((receiver, thread))
+        return receiver
+
+    yield start
+    for receiver, thread in started:
+        receiver.server.should_exit = True
+        thread.join(5)
+
+
+def test_webhook_delivers_signed_events_and_retries_failures(
+    runtime_factory: Callable[..., Runtime], receiver_factory: Callable[[list[int]], Receiver]
+) -> None:
+    """A first 500 is retried; the delivered body is the CloudEvent, signed with HMAC-SHA256 over
+    '<timestamp>.<body>'; the secret itself is never sent."""
+    hook = receiver_factory([500, 200])
+    rt = runtime_factory(webhook_url=hook.url, webhook_secret=SecretStr("hook-secret-123"))
+    run(rt, enqueue(rt, {"id": "j", "prompt": "a cat"}), timeout_s=20)
+    with httpx.Client() as http:
+        first = deliver_pending(rt, http, retry_after_s=0, now=time.time())
+        second = deliver_pending(rt, http, retry_after_s=0, now=time.time())
+    assert first.delivered + second.delivered == 2 and first.failed == 1  # job + batch events
+    headers, body = hook.requests[-1]
+    assert headers["x-genq-signature"] == signature("hook-secret-123", headers["x-genq-timestamp"], body)
+    assert all(b"hook-secret-123" not in b and "hook-secret-123" not in str(h) for h, b in hook.requests)
+    assert {json.loads(b)["type"] for _, b in hook.requests} == {"genq.job.succeeded", "genq.batch.finished"}
+
+
+def test_webhook_dead_letters_after_the_last_attempt(
+    runtime_factory: Callable[..., Runtime], receiver_factory: Callable[[list[int]], Receiver]
+) -> None:
+    """An endpoint that always fails gets each event webhook_max_attempts times, then it is dead-lettered."""
+    hook = receiver_factory([503])
+    rt = runtime_factory(webhook_url=hook.url, webhook_max_attempts=3)
+    run(rt, enqueue(rt, {"id": "j", "prompt": "a cat"}), timeout_s=20)
+    with httpx.Client() as http:
+        reports = [deliver_pending(rt, http, retry_after_s=0, now=time.time()) for _ in range(4)]
+    assert sum(r.dead for r in reports) == 2 and len(hook.requests) == 6
+    dead = rt.store.redis.xrange(keys.WEBHOOK_DEAD)
+    assert len(dead) == 2 and dead[0][1]["error"] == "HTTP 503" and dead[0][1]["attempts"] == "3"
+    pending = rt.store.redis.xpending(rt.settings.event_stream, keys.WEBHOOK_GROUP)
+    assert pending["pending"] == 0
+
+
+def test_a_batch_webhook_overrides_the_global_one(
+    runtime_factory: Callable[..., Runtime], receiver_factory: Callable[[list[int]], Receiver]
+) -> None:
+    """Events of a batch with its own webhook go there; other batches' go to the global one."""
+    global_hook, batch_hook = receiver_factory([200]), receiver_factory([200])
+    rt = runtime_factory(webhook_url=global_hook.url)
+    rt.store.open_batch("mine", source="t")
+    rt.store.redis.hset(keys.batch("mine"), BATCH_WEBHOOK_FIELD, batch_hook.url)
+    run(
+        rt,
+        enqueue(rt, {"id": "j", "prompt": "a"}, batch_id="mine") + enqueue(rt, {"id": "j", "prompt": "b"}),
+        timeout_s=20,
+    )
+    with httpx.Client() as http:
+        deliver_pending(rt, http, now=time.time())
+    assert {json.loads(b)["subject"] for _, b in batch_hook.requests} == {"mine/j", "mine"}
+    assert {json.loads(b)["subject"] for _, b in global_hook.requests} == {"b/j", "b"}
