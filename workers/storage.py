@@ -18,7 +18,7 @@ from minio.error import MinioException, S3Error
 from config.settings import Settings
 from workers.errors import StorageError
 
-PART_SIZE = 16 * 1024 * 1024  # multipart upload parts: memory per upload is bounded by this
+PART_SIZE = 5 * 1024 * 1024  # multipart parts, the S3 minimum: the SDK holds a part (and copies of it) in memory
 
 
 def make_minio(settings: Settings) -> Minio:
