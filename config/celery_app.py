@@ -71,6 +71,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "imports": ["workers.tasks"],
+        # genq's own: where the worker serves its metrics (workers/metrics_server.py).
+        "genq_metrics": {
+            "port": settings.metrics_port,
+            "bind": settings.metrics_bind,
+            "account": settings.account,
+            "redis_url": settings.redis_url,
+        },
     }
 
 

@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = Field(None, description="HMAC-SHA256 key of the X-Genq-Signature header.")
     webhook_max_attempts: int = 8
 
+    # --- metrics --------------------------------------------------------------------------------
+    metrics_port: int = Field(0, description="Serve Prometheus metrics from each worker on this port (0: off).")
+    metrics_bind: str = Field("127.0.0.1", description="Address of the metrics endpoint (0.0.0.0 in a container).")
+
     # --- local stack ------------------------------------------------------------------------------
     state_dir: Path = Field(Path(".genq"), description="Data and logs of the local stack.")
     worker_concurrency: int = 4

@@ -8,9 +8,11 @@ bytes) is recorded against its index and never fetched.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from config.catalogue import Kind, model_spec
+from workers import metrics
 from workers.errors import ResultRejected, StorageError, TransientRemoteError
 from workers.events import job_event
 from workers.fetch import check_url, fetch
@@ -61,6 +63,7 @@ def _retry_later(rt: Runtime, job: Job, current: int, exc: Exception) -> Next | 
     now = rt.clock()
     urls_die_at = (job.results_at or now) + rt.settings.result_url_life_s
     errors = job.finalize_errors + 1
+    metrics.FINALIZE_FAILURES.inc()
     if now >= urls_die_at:
         end(
             rt,
@@ -89,7 +92,8 @@ def _retry_later(rt: Runtime, job: Job, current: int, exc: Exception) -> Next | 
 
 
 def alarm_result_at_risk(rt: Runtime, job: Job, urls_die_at: float, error: str, now: float) -> None:
-    """A paid result may be lost: say so loudly in the log and as an event."""
+    """A paid result may be lost: say so loudly in the log, as an event and in the metrics."""
+    metrics.RESULTS_AT_RISK.inc()
     log.error(
         "result at risk: storing it keeps failing and its URL will expire",
         ref=job.ref,
@@ -127,12 +131,15 @@ def _store_results(rt: Runtime, job: Job) -> tuple[list[dict[str, Any]], list[di
             if existing:
                 objects.append({"index": index, "key": key, "sha256": existing})
                 continue
+            started = time.monotonic()
             with fetch(rt.downloads, url, max_bytes=rt.settings.result_max_bytes) as fetched:
                 if fetched.content_type not in allowed_types:
                     raise ResultRejected("ResultContentType", f"expected {extension} bytes, got {fetched.content_type}")
                 rt.results.put_file(
                     key, fetched.file, fetched.size, content_type=fetched.content_type, sha256=fetched.sha256
                 )
+                metrics.DOWNLOAD_BYTES.inc(fetched.size)
+                metrics.DOWNLOAD_SECONDS.observe(time.monotonic() - started)
                 objects.append(
                     {
                         "index": index,

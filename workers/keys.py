@@ -15,6 +15,8 @@ so a ref is also the job's prefix in the bucket.
 | `genq:events` (setting)              | stream      | none | CloudEvents of terminal jobs and finished batches,  |
 |                                      |             |      | trimmed to `event_stream_maxlen`                    |
 | `genq:paused`                        | hash        | none | account -> JSON {code, message, at}: paused scopes  |
+| `genq:counts`                        | hash        | none | status -> number of jobs in it, over all batches    |
+| `genq:inflight`                      | hash        | none | model -> tasks submitted or running upstream        |
 | `genq:task:{task_id}`                | string      | 48 h | the ref of the job that owns an upstream task       |
 | `genq:webhook:dead`                  | stream      | none | events the webhook refused past every retry          |
 
@@ -29,6 +31,8 @@ PREFIX = "genq"
 DUE = f"{PREFIX}:due"
 BATCHES = f"{PREFIX}:batches"
 PAUSED = f"{PREFIX}:paused"
+COUNTS = f"{PREFIX}:counts"
+INFLIGHT = f"{PREFIX}:inflight"
 WEBHOOK_DEAD = f"{PREFIX}:webhook:dead"
 WEBHOOK_GROUP = "genq-webhook"
 TASK_OWNER_TTL_S = 48 * 3600

@@ -9,8 +9,10 @@ or past the deadline: terminal with the reason.
 from __future__ import annotations
 
 from config.catalogue import model_spec
+from workers import metrics
 from workers.dashscope import TaskState
 from workers.dashscope.classify import is_transient_task_failure
+from workers.dashscope.protocol import upstream_epoch
 from workers.errors import PermanentRemoteError, Throttled, TransientRemoteError
 from workers.job import Action, Job, Status
 from workers.poll_policy import next_poll_delay_s, policy_for
@@ -35,6 +37,7 @@ def poll(rt: Runtime, ref: str, attempt: int) -> Next | None:
     try:
         state = rt.dashscope.get_task(job.task_id or "")
     except Throttled as exc:
+        metrics.THROTTLED.labels(account=rt.settings.account, model=job.request.model, endpoint="query").inc()
         delay = exc.retry_after_s or backoff_s(job.throttles + 1, base_s=1.0, cap_s=30.0, rng=rt.rng)
         return reschedule(rt, job, current, job.status, Action.POLL, delay, fields={"throttles": job.throttles + 1})
     except PermanentRemoteError as exc:
@@ -50,8 +53,23 @@ def poll(rt: Runtime, ref: str, attempt: int) -> Next | None:
     return _on_state(rt, job, current, state)
 
 
+def _observe_upstream(state: TaskState, now: float) -> None:
+    """Queue time, run time and how late genq noticed the end, from the service's own timestamps."""
+    submitted, scheduled, ended = (
+        upstream_epoch(t or "") for t in (state.submit_time, state.scheduled_time, state.end_time)
+    )
+    if submitted is not None and scheduled is not None:
+        metrics.UPSTREAM_QUEUE.observe(max(0.0, scheduled - submitted))
+    if scheduled is not None and ended is not None:
+        metrics.UPSTREAM_RUN.observe(max(0.0, ended - scheduled))
+    if ended is not None:
+        metrics.DETECTION_LAG.observe(max(0.0, now - ended))
+
+
 def _on_state(rt: Runtime, job: Job, current: int, state: TaskState) -> Next | None:
     upstream = state.upstream_times()
+    if state.status in {"SUCCEEDED", "FAILED"}:
+        _observe_upstream(state, rt.clock())
     if state.status == "SUCCEEDED":
         if not state.urls:
             end(

@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from workers import metrics
 from workers.events import job_event
 from workers.job import Action, Job, Status
 from workers.runtime import Runtime
@@ -133,6 +134,8 @@ def end(
     )
     applied = rt.store.transition(job.ref, status, expected_attempt=attempt, fields=all_fields, event=event, now=now)
     if applied.ok:
+        if job.task_id or job.poll_count:
+            metrics.POLLS_PER_JOB.observe(job.poll_count)
         log.info(
             "job status changed",
             ref=job.ref,

@@ -17,7 +17,7 @@ from typing import Any, cast
 
 import redis
 
-from workers import keys, store_lua
+from workers import keys, metrics, store_lua
 from workers.job import TERMINAL, Action, Job, Status, allowed_sources
 
 
@@ -138,7 +138,7 @@ class JobStore:
         """Create the job unless it exists. None when created; else the existing job's status."""
         batch_id, job_id = keys.split_ref(ref)
         existing = self._create(
-            keys=[keys.job(ref), keys.batch(batch_id), keys.batch_jobs(batch_id), keys.DUE, keys.BATCHES],
+            keys=[keys.job(ref), keys.batch(batch_id), keys.batch_jobs(batch_id), keys.DUE, keys.BATCHES, keys.COUNTS],
             args=[ref, job_id, line, time.time(), due_at, *_flatten(fields)],
         )
         return Status(existing) if existing else None
@@ -184,10 +184,17 @@ class JobStore:
         terminal = target in TERMINAL
         all_fields = {"next_action": Action.NONE if terminal else next_action, **(fields or {})}
         sources = " ".join(sorted(allowed_sources(target)))
-        code, status, attempt, finished = cast(
+        code, status, attempt, finished, previous = cast(
             list[Any],
             self._transition(
-                keys=[keys.job(ref), keys.batch(keys.split_ref(ref)[0]), keys.DUE, self.event_stream],
+                keys=[
+                    keys.job(ref),
+                    keys.batch(keys.split_ref(ref)[0]),
+                    keys.DUE,
+                    self.event_stream,
+                    keys.COUNTS,
+                    keys.INFLIGHT,
+                ],
                 args=[
                     ref,
                     "" if expected_attempt is None else expected_attempt,
@@ -206,6 +213,8 @@ class JobStore:
             ),
         )
         reason = {0: "attempt moved on", -1: "no such job", -2: f"{status} cannot move to {target}"}.get(code, "")
+        if code == 1 and previous != status:
+            metrics.JOB_STATUS.labels(status=status).inc()
         return Applied(ok=code == 1, status=status, attempt=int(attempt), batch_finished=bool(finished), reason=reason)
 
     def revive(self, ref: str, *, allowed: frozenset[Status], now: float | None = None) -> bool:
@@ -213,7 +222,8 @@ class JobStore:
         now = time.time() if now is None else now
         batch_id = keys.split_ref(ref)[0]
         revived = self._revive(
-            keys=[keys.job(ref), keys.batch(batch_id), keys.DUE], args=[ref, now, " ".join(sorted(allowed))]
+            keys=[keys.job(ref), keys.batch(batch_id), keys.DUE, keys.COUNTS],
+            args=[ref, now, " ".join(sorted(allowed))],
         )
         return bool(revived)
 

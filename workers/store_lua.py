@@ -27,7 +27,7 @@ local function finish_batch(batch_key, events_key, batch_id, now, now_iso, maxle
 end
 """
 
-# KEYS: job, batch, batch_jobs, due, batches
+# KEYS: job, batch, batch_jobs, due, batches, counts (all jobs by status)
 # ARGV: ref, job_id, line, now, due_at, then field/value pairs of the new record.
 CREATE_JOB = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -40,25 +40,28 @@ redis.call('ZADD', KEYS[3], tonumber(ARGV[3]), ARGV[2])
 redis.call('ZADD', KEYS[4], tonumber(ARGV[5]), ARGV[1])
 redis.call('HINCRBY', KEYS[2], 'total', 1)
 redis.call('HINCRBY', KEYS[2], 'n:' .. redis.call('HGET', KEYS[1], 'status'), 1)
+redis.call('HINCRBY', KEYS[6], redis.call('HGET', KEYS[1], 'status'), 1)
 redis.call('HDEL', KEYS[2], 'done_at')
 return ''
 """
 
-# KEYS: job, batch, due, events
+# KEYS: job, batch, due, events, counts (all jobs by status), inflight (tasks upstream per model)
 # ARGV: 1 ref, 2 expected attempt ('' = any), 3 bump attempt (0/1), 4 target status,
 #       5 allowed source statuses (space separated), 6 terminal (0/1), 7 now (epoch s), 8 now (ISO),
 #       9 due_at ('' = not due: remove from the due set), 10 job event JSON ('' = none), 11 stream maxlen,
 #       12 batch id, 13.. field/value pairs to set.
-# Returns {code, status, attempt, batch_finished}: code 1 applied, 0 attempt moved on, -1 no such job,
-# -2 status does not allow the target.
+# Returns {code, status, attempt, batch_finished, previous status}: code 1 applied, 0 attempt moved on,
+# -1 no such job, -2 status does not allow the target.
 TRANSITION = (
     _FINISH_BATCH
     + """
 local cur = redis.call('HMGET', KEYS[1], 'status', 'attempt')
-if not cur[1] then return {-1, '', 0, 0} end
+if not cur[1] then return {-1, '', 0, 0, ''} end
 local status, attempt = cur[1], tonumber(cur[2] or '0')
-if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= attempt then return {0, status, attempt, 0} end
-if not string.find(' ' .. ARGV[5] .. ' ', ' ' .. status .. ' ', 1, true) then return {-2, status, attempt, 0} end
+if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= attempt then return {0, status, attempt, 0, status} end
+if not string.find(' ' .. ARGV[5] .. ' ', ' ' .. status .. ' ', 1, true) then
+  return {-2, status, attempt, 0, status}
+end
 if ARGV[3] == '1' then attempt = attempt + 1 end
 local fields = {'status', ARGV[4], 'attempt', attempt}
 for i = 13, #ARGV do fields[#fields + 1] = ARGV[i] end
@@ -75,6 +78,13 @@ if status ~= ARGV[4] then
   redis.call('HSET', KEYS[1], 't_' .. ARGV[4], ARGV[7])
   redis.call('HINCRBY', KEYS[2], 'n:' .. status, -1)
   redis.call('HINCRBY', KEYS[2], 'n:' .. ARGV[4], 1)
+  redis.call('HINCRBY', KEYS[5], status, -1)
+  redis.call('HINCRBY', KEYS[5], ARGV[4], 1)
+  local upstream = {submitted = true, running = true}
+  if upstream[status] ~= upstream[ARGV[4]] then
+    local model = redis.call('HGET', KEYS[1], 'model') or 'unknown'
+    redis.call('HINCRBY', KEYS[6], model, upstream[ARGV[4]] and 1 or -1)
+  end
   if ARGV[6] == '1' then
     redis.call('HINCRBY', KEYS[2], 'terminal', 1)
     if ARGV[10] ~= '' then
@@ -83,7 +93,7 @@ if status ~= ARGV[4] then
     finished = finish_batch(KEYS[2], KEYS[4], ARGV[12], ARGV[7], ARGV[8], ARGV[11])
   end
 end
-return {1, ARGV[4], attempt, finished}
+return {1, ARGV[4], attempt, finished, status}
 """
 )
 
@@ -96,7 +106,7 @@ return finish_batch(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 """
 )
 
-# Bring an ended job back for another try (`genq retry`). KEYS: job, batch, due.
+# Bring an ended job back for another try (`genq retry`). KEYS: job, batch, due, counts.
 # ARGV: ref, now, statuses that may be revived (space separated). Returns 1 when revived.
 REVIVE = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -104,6 +114,8 @@ if not status or not string.find(' ' .. ARGV[3] .. ' ', ' ' .. status .. ' ', 1,
 redis.call('HINCRBY', KEYS[2], 'n:' .. status, -1)
 redis.call('HINCRBY', KEYS[2], 'n:accepted', 1)
 redis.call('HINCRBY', KEYS[2], 'terminal', -1)
+redis.call('HINCRBY', KEYS[4], status, -1)
+redis.call('HINCRBY', KEYS[4], 'accepted', 1)
 redis.call('HDEL', KEYS[2], 'done_at')
 redis.call('HINCRBY', KEYS[1], 'retries', 1)
 redis.call('HINCRBY', KEYS[1], 'attempt', 1)

@@ -10,7 +10,7 @@ pauses the account for every job (`accounts.py`); the jobs of a paused account w
 from __future__ import annotations
 
 from config.catalogue import model_spec
-from workers import accounts, keys
+from workers import accounts, keys, metrics
 from workers.errors import AccountError, CreateOutcomeUnknown, PermanentRemoteError, Throttled, TransientRemoteError
 from workers.job import Action, Job, Status
 from workers.poll_policy import policy_for
@@ -62,6 +62,7 @@ def _create(rt: Runtime, job: Job, current: int) -> Next | None:
     try:
         task_id, request_id = rt.dashscope.create_task(job.request)
     except Throttled as exc:
+        metrics.THROTTLED.labels(account=rt.settings.account, model=job.request.model, endpoint="create").inc()
         throttles = job.throttles + 1
         delay = exc.retry_after_s or backoff_s(throttles, base_s=1.0, cap_s=30.0, rng=rt.rng)
         log.info("submit throttled", ref=job.ref, code=exc.code, delay_s=round(delay, 2))

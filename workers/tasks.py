@@ -7,14 +7,18 @@ stale or duplicated message is harmless. Countdowns are clamped far below the br
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import structlog
+from celery.signals import worker_init, worker_process_shutdown
 
 from config.celery_app import app
 from workers.finalize import finalize as finalize_stage
 from workers.messages import publish
+from workers.metrics_server import process_exited, start_metrics_server
 from workers.poll import poll as poll_stage
 from workers.runtime import Runtime, runtime
 from workers.steps import Next
@@ -23,6 +27,17 @@ from workers.sweep import sweep as sweep_overdue
 from workers.webhook import deliver_pending
 
 Stage = Callable[[Runtime, str, int], Next | None]
+
+
+@worker_init.connect
+def _serve_metrics(sender: Any = None, **_: Any) -> None:
+    """In the worker's main process, before the pool forks: the Prometheus endpoint, if configured."""
+    start_metrics_server(app.conf.get("genq_metrics") or {})
+
+
+@worker_process_shutdown.connect
+def _pool_process_exited(pid: int | None = None, **_: Any) -> None:
+    process_exited(pid or os.getpid())
 
 
 def _run(stage: Stage, ref: str, attempt: int) -> None:

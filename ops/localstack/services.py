@@ -138,7 +138,10 @@ def start_simulator(
     return process
 
 
-def start_worker(log_dir: Path, *, concurrency: int, env: Mapping[str, str], name: str = "local") -> ManagedProcess:
+def start_worker(
+    log_dir: Path, *, concurrency: int, env: Mapping[str, str], name: str = "local", metrics_dir: Path | None = None
+) -> ManagedProcess:
+    """A prefork Celery worker on every genq queue; with `metrics_dir`, its pool's metrics are aggregated there."""
     argv = [
         sys.executable,
         "-m",
@@ -159,7 +162,12 @@ def start_worker(log_dir: Path, *, concurrency: int, env: Mapping[str, str], nam
         "-l",
         "INFO",
     ]
-    return ManagedProcess(f"worker-{name}", argv, log_path=log_dir / f"worker-{name}.log", env=env)
+    child = dict(env)
+    if metrics_dir is not None:  # empty and present before the worker imports prometheus_client
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        child["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    return ManagedProcess(f"worker-{name}", argv, log_path=log_dir / f"worker-{name}.log", env=child)
 
 
 def _http_ok(url: str) -> bool:

@@ -84,6 +84,8 @@ class LocalStack:
     configured: Settings
     workers: int = 0
     simulator_time_scale: float | None = None
+    metrics: bool = False  # serve each local worker's Prometheus metrics on a free port
+    metrics_urls: list[str] = field(default_factory=list, init=False)
     settings: Settings = field(init=False)
     started: list[ManagedProcess] = field(default_factory=list, init=False)
     simulator_url: str | None = field(default=None, init=False)
@@ -136,14 +138,24 @@ class LocalStack:
         if self.workers and (started_redis or not self._workers_attached()):
             self._add(services.start_beat(self.log_dir, env=child_env(self.settings)))
             for index in range(self.workers):
-                self._add(
-                    services.start_worker(
-                        self.log_dir,
-                        concurrency=self.configured.worker_concurrency,
-                        env=child_env(self.settings),
-                        name=f"local{index + 1}",
-                    )
-                )
+                self._start_worker(f"local{index + 1}", state)
+
+    def _start_worker(self, name: str, state: Path) -> None:
+        env, metrics_dir = child_env(self.settings), None
+        if self.metrics:
+            port = free_port()
+            env["GENQ_METRICS_PORT"] = str(port)
+            metrics_dir = state / "metrics" / name
+            self.metrics_urls.append(f"http://127.0.0.1:{port}/metrics")
+        self._add(
+            services.start_worker(
+                self.log_dir,
+                concurrency=self.configured.worker_concurrency,
+                env=env,
+                name=name,
+                metrics_dir=metrics_dir,
+            )
+        )
 
     def _ensure_redis(self, state: Path) -> bool:
         url = self.configured.redis_url

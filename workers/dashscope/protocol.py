@@ -7,12 +7,22 @@ Pure functions, no I/O: `create_body` turns a `GenerationRequest` into the JSON 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from config.catalogue import Protocol, model_spec
 from workers.requests import GenerationRequest
 
 TERMINAL_UPSTREAM = frozenset({"SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN"})
+UTC8 = timezone(timedelta(hours=8))
+
+
+def upstream_epoch(value: str) -> float | None:
+    """The service's `YYYY-MM-DD HH:MM:SS.mmm` (UTC+8) as epoch seconds; None when it is not in that form."""
+    try:
+        return datetime.strptime(value, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC8).timestamp()
+    except (TypeError, ValueError):
+        return None
 
 
 def create_body(request: GenerationRequest) -> dict[str, Any]:
