@@ -19,6 +19,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from config.logging import register_secrets
+
 #: Base URLs per region (dashscope-api.md, "Endpoints"). Keys are region-specific.
 REGION_BASE_URLS = {
     "beijing": "https://dashscope.aliyuncs.com/api/v1",
@@ -149,7 +151,14 @@ class Settings(BaseSettings):
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Read the settings once. `config_file` wins over `GENQ_CONFIG`."""
+    """Read the settings once. `config_file` wins over `GENQ_CONFIG`. Their secrets are registered for
+    redaction from every log line."""
+    settings = _read(config_file, **overrides)
+    register_secrets(settings.dashscope_api_key, settings.s3_secret_key, settings.webhook_secret)
+    return settings
+
+
+def _read(config_file: Path | None, **overrides: Any) -> Settings:
     if config_file is None:
         return Settings(**overrides)
     if not config_file.is_file():

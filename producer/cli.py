@@ -301,11 +301,21 @@ def resume(
 def worker(
     concurrency: Annotated[int | None, typer.Option("--concurrency", help="Processes (default: settings).")] = None,
     queues: Annotated[str, typer.Option(help="Queues to consume.")] = "submit,poll,finalize,events",
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve Prometheus metrics on this port (set PROMETHEUS_MULTIPROC_DIR to an empty folder first)."
+        ),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Run a Celery worker in the foreground against the configured Redis (for long-lived deployments)."""
     settings = _settings(config)
-    celery = create_app(settings)
+    celery = create_app(settings.model_copy(update={"metrics_port": metrics_port or settings.metrics_port}))
+    try:
+        ResultStore(make_minio(settings), settings.bucket).ensure_bucket()  # genq creates its bucket at start
+    except StorageError as exc:
+        errors.print(f"[yellow]warning:[/yellow] could not check the bucket yet ({exc}); workers will retry")
     celery.worker_main(
         [
             "worker",
@@ -326,6 +336,13 @@ def beat(config: ConfigOption = None) -> None:
     """Run Celery beat (the recovery sweep every few seconds; webhook delivery). Safe to run on several hosts."""
     celery = create_app(_settings(config))
     celery.start(["beat", "-l", "INFO"])
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def flower(ctx: typer.Context, config: ConfigOption = None) -> None:
+    """Run Flower (Celery's web monitor) against genq's broker; extra options go to Flower (e.g. --port=5555)."""
+    celery = create_app(_settings(config))
+    celery.start(["flower", *ctx.args])
 
 
 @app.command()

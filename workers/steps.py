@@ -54,6 +54,8 @@ def load_current(rt: Runtime, ref: str, attempt: int, action: Action) -> Job | N
             next_action=job.next_action.value,
         )
         return None
+    if job.task_id:
+        structlog.contextvars.bind_contextvars(task_id=job.task_id)
     return job
 
 

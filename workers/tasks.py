@@ -42,7 +42,8 @@ def _pool_process_exited(pid: int | None = None, **_: Any) -> None:
 
 def _run(stage: Stage, ref: str, attempt: int) -> None:
     batch_id, _, job_id = ref.partition("/")
-    with structlog.contextvars.bound_contextvars(batch_id=batch_id, job_id=job_id):
+    # task_id is bound by the stage once the job is loaded; binding it here too resets it after the task.
+    with structlog.contextvars.bound_contextvars(batch_id=batch_id, job_id=job_id, task_id=None):
         publish(app, stage(runtime(), ref, attempt))
 
 

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import SecretStr
 
+from config.logging import register_secrets
 from config.settings import Settings
 from ops.localstack import services
 from ops.localstack.process import ManagedProcess, StackError, free_port, is_listening
@@ -135,6 +136,7 @@ class LocalStack:
                 require_https_results=False,
             )
         self.settings = self.configured.model_copy(update=updates)
+        register_secrets(self.settings.s3_secret_key, self.settings.dashscope_api_key)
         if self.workers and (started_redis or not self._workers_attached()):
             self._add(services.start_beat(self.log_dir, env=child_env(self.settings)))
             for index in range(self.workers):

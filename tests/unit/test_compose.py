@@ -3,8 +3,10 @@ secret is inlined, and every genq role a service runs is a real genq command."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import jsonschema
 import yaml
 from typer.main import get_command
 
@@ -39,6 +41,30 @@ def test_every_service_role_resolves_to_a_genq_command() -> None:
         role = service["command"][0]
         assert role in roles, f"service {name}: role {role!r} unknown to ops/docker/start"
         assert roles[role][0] in commands, f"service {name}: genq {roles[role][0]} does not exist"
+
+
+def test_compose_file_validates_against_the_compose_specification() -> None:
+    """docker-compose.yml is valid under the Compose Specification's JSON Schema (tests/data/README.md)."""
+    schema = json.loads((ROOT / "tests" / "data" / "compose_spec.json").read_text())
+    errors = [f"{list(e.path)}: {e.message}" for e in jsonschema.Draft7Validator(schema).iter_errors(compose())]
+    assert errors == []
+
+
+def test_the_schema_check_catches_a_broken_file() -> None:
+    """The same check refuses a service with a misspelt key, so a pass above means something."""
+    schema = json.loads((ROOT / "tests" / "data" / "compose_spec.json").read_text())
+    broken = compose()
+    broken["services"]["worker"]["comand"] = ["worker"]
+    assert list(jsonschema.Draft7Validator(schema).iter_errors(broken))
+
+
+def test_every_genq_role_is_present() -> None:
+    """worker, beat and flower run from the genq image; the simulator and monitoring sit behind profiles."""
+    services = compose()["services"]
+    roles = {s["command"][0] for s in services.values() if s.get("image") == "genq:latest"}
+    assert {"worker", "beat", "flower", "sim"} <= roles
+    assert services["simulator"]["profiles"] == ["sim"]
+    assert services["prometheus"]["profiles"] == services["grafana"]["profiles"] == ["monitoring"]
 
 
 def test_redis_is_durable_and_never_evicts() -> None:
