@@ -236,6 +236,21 @@ def export(
     console.print(f"Exported {exported.jobs} jobs, {exported.files} files; index: {exported.csv_path}")
 
 
+@app.command()
+def doctor(config: ConfigOption = None) -> None:
+    """Check Redis (persistence, eviction), S3 (bucket, write, read), the DashScope key, the catalogue and the
+    clocks, as configured, starting nothing; say what is wrong. Exits 1 when something must be fixed."""
+    from ops.doctor import run_checks
+
+    findings = run_checks(_settings(config))
+    colours = {"ok": "green", "warn": "yellow", "fail": "red"}
+    for finding in findings:
+        console.print(f"[{colours[finding.level]}]{finding.level.upper():>4}[/] {finding.check:<10} {finding.message}")
+    failed = [f for f in findings if f.level == "fail"]
+    console.print(f"{len(failed)} problem(s) to fix" if failed else "all checks passed")
+    raise typer.Exit(1 if failed else 0)
+
+
 @app.command("cancel")
 def cancel_command(
     target: Annotated[str, typer.Argument(help="A batch id, or one job as BATCH/JOB.")],

@@ -1,0 +1,222 @@
+"""`genq doctor`: check the configured services as they are (nothing is started) and say what is wrong in words.
+
+Each check returns `Finding`s: `ok`, `warn` (works, but not as genq needs for safety) or `fail` (genq cannot
+work). The command exits non-zero when any check fails.
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Literal, cast
+from urllib.parse import urlsplit
+
+import httpx
+import redis
+from minio.error import MinioException
+
+from config.catalogue import CATALOGUE
+from config.settings import Settings
+from workers.dashscope import DashScopeClient
+from workers.errors import AccountError, RemoteError
+from workers.storage import make_minio
+
+Level = Literal["ok", "warn", "fail"]
+MAX_SKEW_S = 2.0
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    level: Level
+    message: str
+
+
+def check_redis(settings: Settings) -> list[Finding]:
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=3, decode_responses=True)
+    parts = urlsplit(settings.redis_url)  # shown without any password
+    where = f"{parts.hostname}:{parts.port or 6379}{parts.path}"
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        return [
+            Finding(
+                "redis",
+                "fail",
+                f"Redis at {where} does not answer ({type(exc).__name__}): start it, or fix GENQ_REDIS_URL.",
+            )
+        ]
+    found = [Finding("redis", "ok", f"Redis at {where} answers.")]
+    info = client.info("server")
+    version = tuple(int(x) for x in str(info.get("redis_version", "0")).split(".")[:2])
+    if version < (6, 2):
+        found.append(
+            Finding(
+                "redis",
+                "fail",
+                f"Redis {info.get('redis_version')} is too old: genq needs 6.2 or newer (XAUTOCLAIM, ZADD GT).",
+            )
+        )
+    try:
+        config = cast(dict[str, str], client.config_get("appendonly")) | cast(
+            dict[str, str], client.config_get("maxmemory-policy")
+        )
+    except redis.ResponseError:
+        found.append(
+            Finding(
+                "redis",
+                "warn",
+                "CONFIG GET is not allowed here, so persistence and eviction cannot "
+                "be checked: make sure AOF is on and the policy is noeviction.",
+            )
+        )
+    else:
+        if config.get("appendonly") != "yes":
+            found.append(
+                Finding(
+                    "redis",
+                    "warn",
+                    "Redis persistence (appendonly) is off: queued work is lost if Redis restarts. Set appendonly yes.",
+                )
+            )
+        if config.get("maxmemory-policy") != "noeviction":
+            found.append(
+                Finding(
+                    "redis",
+                    "fail",
+                    f"maxmemory-policy is {config.get('maxmemory-policy')}: Redis may "
+                    "evict jobs when full. Set maxmemory-policy noeviction.",
+                )
+            )
+    seconds, micros = client.time()
+    skew = abs(time.time() - (seconds + micros / 1e6))
+    found.append(_skew("clock", "Redis", skew))
+    return found
+
+
+def check_s3(settings: Settings) -> list[Finding]:
+    if settings.s3_access_key is None or settings.s3_secret_key is None:
+        return [
+            Finding(
+                "s3",
+                "warn",
+                f"No S3 credentials are set: only the local S3 server genq starts itself on "
+                f"{settings.s3_endpoint} can be used.",
+            )
+        ]
+    client = make_minio(settings)
+    try:
+        if not client.bucket_exists(settings.bucket):
+            return [
+                Finding(
+                    "s3",
+                    "fail",
+                    f"The bucket {settings.bucket!r} does not exist on {settings.s3_endpoint}: "
+                    "create it, or start a genq worker, which creates it.",
+                )
+            ]
+        key = f"_genq-doctor/{uuid.uuid4().hex}"
+        payload = secrets.token_bytes(64)
+        client.put_object(settings.bucket, key, io.BytesIO(payload), len(payload))
+        response = client.get_object(settings.bucket, key)
+        try:
+            echoed = response.read()
+        finally:
+            response.close()
+            response.release_conn()
+        client.remove_object(settings.bucket, key)
+    except (MinioException, OSError, ValueError) as exc:
+        return [
+            Finding(
+                "s3", "fail", f"S3 at {settings.s3_endpoint} failed ({_short(exc)}): check the endpoint and the keys."
+            )
+        ]
+    if echoed != payload:
+        return [Finding("s3", "fail", "S3 returned other bytes than were written: the server is not working.")]
+    return [Finding("s3", "ok", f"Bucket {settings.bucket!r} on {settings.s3_endpoint}: write, read, delete all work.")]
+
+
+def check_dashscope(settings: Settings, http: httpx.Client) -> list[Finding]:
+    if settings.dashscope_api_key is None:
+        return [Finding("dashscope", "ok", "No DASHSCOPE_API_KEY: genq runs against its local simulator.")]
+    client = DashScopeClient(http, base_url=settings.base_url, api_key=settings.dashscope_api_key.get_secret_value())
+    probe = f"genq-doctor-{uuid.uuid4()}"  # querying an unknown task creates nothing and costs nothing
+    started = time.time()
+    try:
+        state = client.get_task(probe)
+    except AccountError as exc:
+        return [
+            Finding(
+                "dashscope",
+                "fail",
+                f"DashScope refused the API key at {settings.base_url} ({exc.code}: "
+                f"{exc.message}). Keys are per region: check DASHSCOPE_API_KEY and "
+                "GENQ_REGION.",
+            )
+        ]
+    except RemoteError as exc:
+        return [Finding("dashscope", "fail", f"DashScope at {settings.base_url} did not answer properly ({exc.code}).")]
+    found = [
+        Finding(
+            "dashscope",
+            "ok",
+            f"DashScope at {settings.base_url} accepts the key (a probe query answered {state.status}).",
+        )
+    ]
+    date = _server_date(http, settings.base_url)
+    if date is not None:
+        found.append(_skew("clock", "DashScope", abs((started + time.time()) / 2 - date)))
+    return found
+
+
+def check_catalogue(settings: Settings) -> list[Finding]:
+    if settings.default_model not in CATALOGUE:
+        return [
+            Finding(
+                "catalogue",
+                "fail",
+                f"GENQ_DEFAULT_MODEL {settings.default_model!r} is not a known model; "
+                f"known: {', '.join(sorted(CATALOGUE))}.",
+            )
+        ]
+    broken = [m.name for m in CATALOGUE.values() if m.submit_rate_per_s <= 0 or m.max_concurrent <= 0]
+    if broken:
+        return [Finding("catalogue", "fail", f"Models without usable limits: {', '.join(broken)}.")]
+    return [Finding("catalogue", "ok", f"{len(CATALOGUE)} models; default {settings.default_model}.")]
+
+
+def run_checks(settings: Settings) -> list[Finding]:
+    with httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0)) as http:
+        return [
+            *check_catalogue(settings),
+            *check_redis(settings),
+            *check_s3(settings),
+            *check_dashscope(settings, http),
+        ]
+
+
+def _skew(check: str, other: str, skew_s: float) -> Finding:
+    if skew_s > MAX_SKEW_S:
+        return Finding(
+            check,
+            "warn",
+            f"This machine's clock is {skew_s:.1f} s off {other}'s: deadlines, retention "
+            "and detection-lag figures will be off. Run NTP.",
+        )
+    return Finding(check, "ok", f"Clock within {skew_s:.2f} s of {other}.")
+
+
+def _server_date(http: httpx.Client, base_url: str) -> float | None:
+    try:
+        header = http.head(base_url).headers.get("date")
+        return parsedate_to_datetime(header).timestamp() if header else None
+    except (httpx.HTTPError, TypeError, ValueError):
+        return None
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).split(";")[0].split("\n")[0][:160] or type(exc).__name__
