@@ -120,22 +120,30 @@ class Simulator:
             model, body, prompt, parameters = await self._parse(request, path)
         except Invalid as invalid:
             return invalid.response
+        task = self._accept(key, account, model, body, prompt, parameters)
+        if isinstance(task, Response):
+            return task
+        answer = {"request_id": request_id(), "output": {"task_id": task.task_id, "task_status": "PENDING"}}
+        return await self._create_faults_after(prompt, answer)
+
+    def _accept(
+        self, key: str, account: str, model: SimModel, body: dict[str, Any], prompt: str, parameters: dict[str, Any]
+    ) -> SimTask | Response:
+        """A new task, or the refusal a fault or a limit gives instead."""
         refused = self._create_faults_before(prompt) or self._admit(account, model)
         if refused is not None:
             return refused
-        task = self.engine.create(
+        return self.engine.create(
             key=key,
             account=account,
             model=model,
             body=body,
-            prompt=prompt[: model.prompt_max],  # the service truncates, it does not refuse
+            prompt=prompt[: model.prompt_max],  # the service truncates over-long prompts, it does not refuse them
             n=_n(model, parameters),
             size=str(parameters.get("size", model.default_size)),
             prompt_extend=bool(parameters.get("prompt_extend", True)),
             now=time.time(),
         )
-        answer = {"request_id": request_id(), "output": {"task_id": task.task_id, "task_status": "PENDING"}}
-        return await self._create_faults_after(prompt, answer)
 
     def _create_faults_before(self, prompt: str) -> Response | None:
         if self.faults.fires("create_inspection", prompt):
@@ -191,20 +199,9 @@ class Simulator:
             model, body, prompt, parameters = await self._parse(request, SYNC_GENERATION)
         except Invalid as invalid:
             return invalid.response
-        refused = self._create_faults_before(prompt) or self._admit(account, model)
-        if refused is not None:
-            return refused
-        task = self.engine.create(
-            key=key,
-            account=account,
-            model=model,
-            body=body,
-            prompt=prompt,
-            n=_n(model, parameters),
-            size=str(parameters.get("size", model.default_size)),
-            prompt_extend=bool(parameters.get("prompt_extend", True)),
-            now=time.time(),
-        )
+        task = self._accept(key, account, model, body, prompt, parameters)
+        if isinstance(task, Response):
+            return task
         self.engine.counters["sync_calls"] += 1
         while (status := task.status(time.time())) in {"PENDING", "RUNNING"}:
             await asyncio.sleep(0.05)
