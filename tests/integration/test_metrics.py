@@ -28,12 +28,12 @@ DASHBOARD = Path(__file__).resolve().parents[2] / "ops" / "grafana" / "genq-dash
 
 def scrape(urls: list[str], *, all_up: bool = True) -> dict[str, float]:
     """Sample name (with labels folded away) -> value summed over every worker's endpoint. With `all_up` false,
-    a worker whose endpoint is not listening yet is left out."""
+    a worker whose endpoint does not answer yet is left out."""
     totals: dict[str, float] = defaultdict(float)
     for url in urls:
         try:
             text = httpx.get(url, timeout=5).text
-        except httpx.ConnectError:
+        except httpx.TransportError:  # refused, reset or slow while the worker is still starting
             if all_up:
                 raise
             continue
