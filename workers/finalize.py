@@ -20,7 +20,9 @@ from workers.job import Action, Job, Status
 from workers.runtime import Runtime
 from workers.steps import Next, backoff_s, claim, end, load_current, log, reschedule
 
-FINALIZE_LEASE_S = 900.0
+#: A finalize not recorded within this long is re-sent by the sweep (its worker died). Overlapping a slow but
+#: live one is harmless: objects already stored are skipped, and only the first end() wins its compare-and-set.
+FINALIZE_LEASE_S = 120.0
 #: Failed attempts after which a result counts as at risk even while its URL still has time left.
 AT_RISK_AFTER_ERRORS = 5
 _EXPECTED = {Kind.IMAGE: ("png", {"image/png", "image/jpeg", "image/webp"}), Kind.VIDEO: ("mp4", {"video/mp4"})}

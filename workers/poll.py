@@ -21,7 +21,7 @@ from workers.steps import Next, backoff_s, claim, end, load_current, log, resche
 
 #: A claimed poll not recorded within this long is re-sent by the sweep (its worker died). Short, since a
 #: re-sent poll only costs a query: whichever delivery records second finds the attempt moved on.
-POLL_LEASE_S = 15.0
+POLL_LEASE_S = 10.0
 
 
 def poll(rt: Runtime, ref: str, attempt: int) -> Next | None:

@@ -21,7 +21,7 @@ from workers.steps import Next, backoff_s, claim, end, load_current, log, resche
 #: How long a claimed submit may take before the recovery sweep re-sends it. A re-sent submit that finds
 #: `create_pending` reconciles (after the create's timeout has passed) instead of POSTing again, so a short
 #: lease cannot cause a second paid create.
-SUBMIT_LEASE_S = 30.0
+SUBMIT_LEASE_S = 15.0
 
 
 def submit(rt: Runtime, ref: str, attempt: int) -> Next | None:
