@@ -49,6 +49,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # At-least-once: ack after the task ran, and requeue when the worker process dies mid-task.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        # On a lost broker connection, cancel running acks_late tasks so they are redelivered (they are
+        # idempotent); Celery recommends this with acks_late and will make it the default.
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
         # One message at a time per process, so a busy process does not sit on work others could do.
         "worker_prefetch_multiplier": 1,
         # Bound the countdown messages one worker holds in memory (~8.6 KiB each).

@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
+import redis
 import typer
 from rich.console import Console
 
@@ -348,9 +350,23 @@ def worker(
 
 @app.command()
 def beat(config: ConfigOption = None) -> None:
-    """Run Celery beat (the recovery sweep every few seconds; webhook delivery). Safe to run on several hosts."""
+    """Run Celery beat (the recovery sweep every few seconds; webhook delivery). Safe to run on several hosts.
+
+    Beat exits when it loses Redis; this command starts it again (with backoff), so a Redis restart never
+    leaves the fleet without its recovery sweep.
+    """
     celery = create_app(_settings(config))
-    celery.start(["beat", "-l", "INFO"])
+    failures = 0
+    while True:
+        started = time.monotonic()
+        try:
+            celery.Beat(loglevel="INFO").run()
+            return  # a clean stop (SIGTERM / SIGINT)
+        except (redis.RedisError, OSError) as exc:
+            failures = 1 if time.monotonic() - started > 60 else failures + 1
+            delay_s = min(30.0, 2.0**failures)
+            errors.print(f"[yellow]beat lost Redis ({type(exc).__name__}); starting again in {delay_s:.0f} s[/yellow]")
+            time.sleep(delay_s)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -178,6 +178,6 @@ def _http_ok(url: str) -> bool:
 
 
 def start_beat(log_dir: Path, *, env: Mapping[str, str]) -> ManagedProcess:
-    """Celery beat with redbeat (schedule and lock in Redis, so a second beat would not double-fire)."""
-    argv = [sys.executable, "-m", "celery", "-A", "config.celery_app", "beat", "-l", "INFO"]
+    """`genq beat`: Celery beat with redbeat (schedule and lock in Redis), restarted by itself if Redis drops."""
+    argv = [sys.executable, "-c", "from producer.cli import main; main()", "beat"]
     return ManagedProcess("beat", argv, log_path=log_dir / "beat.log", env=env)

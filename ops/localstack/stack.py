@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,7 @@ class LocalStack:
     started: list[ManagedProcess] = field(default_factory=list, init=False)
     simulator_url: str | None = field(default=None, init=False)
     _s3_start: Callable[[], ManagedProcess] | None = field(default=None, init=False)
+    _redis_start: Callable[[], ManagedProcess] | None = field(default=None, init=False)
 
     def __enter__(self) -> LocalStack:
         try:
@@ -174,7 +176,8 @@ class LocalStack:
             raise StackError(
                 f"port {port} on 127.0.0.1 is taken by something that is not Redis; set GENQ_REDIS_URL to another port"
             )
-        self._add(services.start_redis(state / "redis", port, self.log_dir))
+        self._redis_start = lambda: services.start_redis(state / "redis", port, self.log_dir)
+        self._add(self._redis_start())
         return True
 
     def _ensure_s3(self, state: Path, local: dict[str, str], base_env: dict[str, str]) -> dict[str, Any]:
@@ -230,6 +233,15 @@ class LocalStack:
     def process(self, name: str) -> ManagedProcess:
         """A process this stack started, by name (`redis`, `s3`, `simulator`, `beat`, `worker-local1`, ...)."""
         return next(p for p in self.started if p.name == name)
+
+    def restart_redis(self, down_s: float = 0.0) -> None:
+        """Stop the local Redis (SIGTERM: AOF flushed), wait `down_s`, start it again on the same port and data."""
+        if self._redis_start is None:
+            raise StackError("this stack did not start Redis")
+        old = self.process("redis")
+        old.stop()
+        time.sleep(down_s)
+        self.started[self.started.index(old)] = self._redis_start()
 
     def stop_s3(self) -> None:
         """Stop the local S3 server (for outage tests); `start_s3` brings it back on the same port and data."""
