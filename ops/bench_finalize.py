@@ -23,9 +23,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from config.settings import Settings
-from ops.localstack import LocalStack
-from ops.localstack.process import free_port
+from ops.localstack import LocalStack, isolated_settings
 from producer.batch import enqueue_rows
 from producer.csv_source import CsvRow
 from workers.finalize import finalize
@@ -86,38 +84,34 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--size-mb", type=int, default=512)
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as state:
-        configured = Settings(
-            redis_url=f"redis://127.0.0.1:{free_port()}/0",
-            state_dir=Path(state),
-            s3_endpoint=f"127.0.0.1:{free_port(with_grpc_offset=True)}",
-            simulator_profile="fast",
+    with (
+        tempfile.TemporaryDirectory() as state,
+        LocalStack(isolated_settings(Path(state), simulator_profile="fast")) as stack,
+    ):
+        assert stack.simulator_url is not None
+        httpx.post(f"{stack.simulator_url}/_sim/config", json={"video_bytes": args.size_mb * MB})
+        rt = build_runtime(stack.settings)
+        rt.results.ensure_bucket()
+        rows = [CsvRow(2, {"id": "video", "prompt": "waves", "model": "wan2.5-t2v-preview", "size": "1280*720"})]
+        steps: list[Next] = []
+        enqueue_rows(
+            rt.store, rt.settings, "bench", rows, source="bench", send=lambda s: steps.append(s) if s else None
         )
-        with LocalStack(configured) as stack:
-            assert stack.simulator_url is not None
-            httpx.post(f"{stack.simulator_url}/_sim/config", json={"video_bytes": args.size_mb * MB})
-            rt = build_runtime(stack.settings)
-            rt.results.ensure_bucket()
-            rows = [CsvRow(2, {"id": "video", "prompt": "waves", "model": "wan2.5-t2v-preview", "size": "1280*720"})]
-            steps: list[Next] = []
-            enqueue_rows(
-                rt.store, rt.settings, "bench", rows, source="bench", send=lambda s: steps.append(s) if s else None
-            )
-            step = run_until_downloading(rt, steps)
+        step = run_until_downloading(rt, steps)
 
-            with peak_rss_growth() as genq_growth:
-                started = time.monotonic()
-                finalize(rt, step.ref, step.attempt)
-                genq_s = time.monotonic() - started
-            job = rt.store.get(step.ref)
-            assert job is not None and job.status is Status.SUCCEEDED, job
-            stored = rt.results.client.stat_object(rt.settings.bucket, job.objects[0]["key"]).size or 0
+        with peak_rss_growth() as genq_growth:
+            started = time.monotonic()
+            finalize(rt, step.ref, step.attempt)
+            genq_s = time.monotonic() - started
+        job = rt.store.get(step.ref)
+        assert job is not None and job.status is Status.SUCCEEDED, job
+        stored = rt.results.client.stat_object(rt.settings.bucket, job.objects[0]["key"]).size or 0
 
-            url = job.results[0]["url"]
-            with peak_rss_growth() as naive_growth:
-                started = time.monotonic()
-                naive_copy(rt, url, "bench/naive.mp4")
-                naive_s = time.monotonic() - started
+        url = job.results[0]["url"]
+        with peak_rss_growth() as naive_growth:
+            started = time.monotonic()
+            naive_copy(rt, url, "bench/naive.mp4")
+            naive_s = time.monotonic() - started
 
     print(f"video size:                 {args.size_mb} MB (stored object: {stored / MB:.0f} MB)")
     print(f"genq finalize RSS growth:   {genq_growth():7.1f} MB   ({genq_s:.1f} s)")

@@ -116,14 +116,12 @@ def batch(
             f"checked {checked.valid + len(checked.rejected)} rows of {csv_file}: {checked.valid} valid "
             f"({checked.images} images), {len(checked.rejected)} rejected"
         )
-        with LocalStack(settings, workers=workers if wait else 0) as stack:
+        with _stack(settings, workers=workers if wait else 0) as stack:
             code = _run_batch(
                 stack, csv_file, batch_id, wait=wait, timeout_s=timeout_s, export_dir=export_dir, webhook=webhook
             )
     except CsvFormatError as exc:
         raise _fail(str(exc), 2) from exc
-    except (StackError, StorageError) as exc:
-        raise _fail(str(exc), 3) from exc
     raise typer.Exit(code)
 
 
@@ -187,18 +185,26 @@ def _run_batch(
 
 
 @contextmanager
-def _open_batch(config: Path | None, batch_id: str) -> Iterator[tuple[Settings, JobStore, BatchSummary]]:
-    """The stack (started if needed), the job store and the batch's summary; exit 2 if there is no such batch."""
+def _stack(settings: Settings, *, workers: int = 0) -> Iterator[LocalStack]:
+    """The local stack for one command (services started as needed); a service that cannot be reached or
+    started, or S3 trouble, ends the command with its reason and exit code 3."""
     try:
-        with LocalStack(_settings(config)) as stack:
-            store = make_store(stack.settings)
-            summary = store.batch_summary(batch_id)
-            if summary is None:
-                known = ", ".join(store.batch_ids()[-10:]) or "none yet"
-                raise _fail(f"no batch {batch_id!r} (recent batches: {known})", 2)
-            yield stack.settings, store, summary
+        with LocalStack(settings, workers=workers) as stack:
+            yield stack
     except (StackError, StorageError) as exc:
         raise _fail(str(exc), 3) from exc
+
+
+@contextmanager
+def _open_batch(config: Path | None, batch_id: str) -> Iterator[tuple[Settings, JobStore, BatchSummary]]:
+    """The stack (started if needed), the job store and the batch's summary; exit 2 if there is no such batch."""
+    with _stack(_settings(config)) as stack:
+        store = make_store(stack.settings)
+        summary = store.batch_summary(batch_id)
+        if summary is None:
+            known = ", ".join(store.batch_ids()[-10:]) or "none yet"
+            raise _fail(f"no batch {batch_id!r} (recent batches: {known})", 2)
+        yield stack.settings, store, summary
 
 
 @app.command()
@@ -259,12 +265,9 @@ def cancel_command(
     config: ConfigOption = None,
 ) -> None:
     """Cancel a batch or a job: tasks still queued upstream are cancelled there; the rest are no longer polled."""
-    try:
-        with LocalStack(_settings(config)) as stack:
-            rt = build_runtime(stack.settings)
-            report = control.cancel(rt, rt.dashscope, target)
-    except (StackError, StorageError) as exc:
-        raise _fail(str(exc), 3) from exc
+    with _stack(_settings(config)) as stack:
+        rt = build_runtime(stack.settings)
+        report = control.cancel(rt, rt.dashscope, target)
     console.print(
         f"canceled {len(report.changed)} jobs ({report.upstream_canceled} cancelled upstream before they ran)"
     )
@@ -283,21 +286,18 @@ def retry_command(
     """Run a batch's failed jobs again, except those whose error is permanent (unless --force)."""
     if not failed:
         raise _fail("nothing to retry: only --failed jobs can be retried", 2)
-    try:
-        with LocalStack(_settings(config), workers=1 if wait else 0) as stack:
-            rt = build_runtime(stack.settings)
-            report, steps = control.retry(rt, batch_id, force=force)
-            celery = create_app(stack.settings)
-            for step in steps:
-                publish(celery, step)
-            console.print(f"retrying {len(report.changed)} jobs; {len(report.skipped)} skipped")
-            for ref, why in report.skipped.items():
-                console.print(f"  {ref}: {why}")
-            if wait and report.changed:
-                summary = wait_for_batch(rt.store, keys.split_ref(report.changed[0])[0], console)
-                console.print(summary_table(summary))
-    except (StackError, StorageError) as exc:
-        raise _fail(str(exc), 3) from exc
+    with _stack(_settings(config), workers=1 if wait else 0) as stack:
+        rt = build_runtime(stack.settings)
+        report, steps = control.retry(rt, batch_id, force=force)
+        celery = create_app(stack.settings)
+        for step in steps:
+            publish(celery, step)
+        console.print(f"retrying {len(report.changed)} jobs; {len(report.skipped)} skipped")
+        for ref, why in report.skipped.items():
+            console.print(f"  {ref}: {why}")
+        if wait and report.changed:
+            summary = wait_for_batch(rt.store, keys.split_ref(report.changed[0])[0], console)
+            console.print(summary_table(summary))
 
 
 @app.command()
@@ -306,11 +306,8 @@ def resume(
     config: ConfigOption = None,
 ) -> None:
     """Lift the pause an account-level error (bad key, arrears, access denied) put on an account."""
-    try:
-        with LocalStack(_settings(config)) as stack:
-            resumed = accounts.resume(make_store(stack.settings), account)
-    except StackError as exc:
-        raise _fail(str(exc), 3) from exc
+    with _stack(_settings(config)) as stack:
+        resumed = accounts.resume(make_store(stack.settings), account)
     console.print(f"account {account} resumed" if resumed else f"account {account} was not paused")
 
 

@@ -23,7 +23,7 @@ import uvicorn
 from pydantic import SecretStr
 
 from config.settings import Settings
-from ops.localstack import services
+from ops.localstack import LocalStack, isolated_settings, services
 from ops.localstack.process import free_port
 from ops.simulator.app import create_app
 from ops.simulator.engine import Engine, SimConfig
@@ -166,3 +166,22 @@ def runtime_factory(settings: Settings) -> Iterator[Callable[..., Runtime]]:
 def runtime(runtime_factory: Callable[..., Runtime]) -> Runtime:
     """A worker runtime with the test settings."""
     return runtime_factory()
+
+
+@pytest.fixture
+def local_stack_factory(tmp_path: Path) -> Iterator[Callable[..., LocalStack]]:
+    """Start genq's own local stack (Redis, S3, simulator, beat, workers) on free ports under tmp_path, with
+    settings overrides; every stack is stopped at the end, and every process it started must be gone."""
+    stacks: list[LocalStack] = []
+
+    def start(*, workers: int = 1, metrics: bool = False, **overrides: Any) -> LocalStack:
+        configured = isolated_settings(tmp_path / f"state{len(stacks)}", **overrides)
+        stack = LocalStack(configured, workers=workers, metrics=metrics).__enter__()
+        stacks.append(stack)
+        return stack
+
+    yield start
+    for stack in stacks:
+        started = list(stack.started)
+        stack.stop()
+        assert all(not p.alive() for p in started)

@@ -1,4 +1,5 @@
-"""Drive jobs through the stages in-process (no Celery), following the `Next` values each stage returns.
+"""Drive jobs through the stages in-process (no Celery), following the `Next` values each stage returns; or
+hand them to real workers (`publish_rows`).
 
 Delays are compressed (each step sleeps at most `max_sleep_s`), so backoffs and poll intervals do not slow the
 tests down; anything that waits on real time (reconciliation windows, the simulator's task durations) still
@@ -10,13 +11,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from producer.batch import enqueue_rows
+from config.celery_app import create_app
+from ops.localstack import LocalStack
+from producer.batch import EnqueueReport, enqueue_rows
 from producer.csv_source import CsvRow
 from workers.finalize import finalize
 from workers.job import Action
+from workers.messages import publish
 from workers.poll import poll
-from workers.runtime import Runtime
+from workers.runtime import Runtime, make_store
 from workers.steps import Next
+from workers.store import JobStore
 from workers.submit import submit
 
 STAGES: dict[Action, Callable[[Runtime, str, int], Next | None]] = {
@@ -59,3 +64,23 @@ def run(
         if follow is not None:
             steps.append(follow)
     return steps
+
+
+def publish_rows(stack: LocalStack, batch_id: str, rows: list[CsvRow]) -> tuple[JobStore, EnqueueReport]:
+    """Enqueue rows as `genq batch` does, for the stack's Celery workers; return the job store and the report."""
+    settings, celery = stack.settings, create_app(stack.settings)
+    store = make_store(settings)
+    report = enqueue_rows(store, settings, batch_id, rows, source="test", send=lambda step: publish(celery, step))
+    return store, report
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll `condition` every 0.2 s; fail naming `what` if it does not hold within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def batch_done(store: JobStore, batch_id: str) -> Callable[[], bool]:
+    return lambda: (summary := store.batch_summary(batch_id)) is not None and summary.done

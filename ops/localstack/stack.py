@@ -50,6 +50,17 @@ def _local_secrets(state_dir: Path) -> dict[str, str]:
     return created
 
 
+def isolated_settings(state_dir: Path, **overrides: Any) -> Settings:
+    """Settings for a stack of its own: Redis and S3 on free loopback ports (so `LocalStack` starts them), data
+    under `state_dir`. For tests and benchmarks that must not meet any other stack on the machine."""
+    return Settings(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        s3_endpoint=f"127.0.0.1:{free_port(with_grpc_offset=True)}",
+        state_dir=state_dir,
+        **overrides,
+    )
+
+
 def child_env(settings: Settings) -> dict[str, str]:
     """The environment a genq child process needs to see these settings (secrets included, never logged)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GENQ_") or k == "GENQ_CONFIG"}

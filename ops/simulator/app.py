@@ -112,19 +112,24 @@ class Simulator:
 
     # --- create ---------------------------------------------------------------------------------
     async def create(self, request: Request) -> Response:
+        accepted = await self._new_task(request, request.url.path[len(API) :], async_only=True)
+        if isinstance(accepted, Response):
+            return accepted
+        task, prompt = accepted
+        answer = {"request_id": request_id(), "output": {"task_id": task.task_id, "task_status": "PENDING"}}
+        return await self._create_faults_after(prompt, answer)
+
+    async def _new_task(self, request: Request, path: str, *, async_only: bool) -> tuple[SimTask, str] | Response:
+        """Check the request in the service's order, then create the task; or the answer refusing it."""
         try:
             key, account = self._account(request)
-            if request.headers.get("x-dashscope-async", "").lower() != "enable":
+            if async_only and request.headers.get("x-dashscope-async", "").lower() != "enable":
                 return error(403, "AccessDenied", "current user api does not support synchronous calls")
-            path = request.url.path[len(API) :]
             model, body, prompt, parameters = await self._parse(request, path)
         except Invalid as invalid:
             return invalid.response
         task = self._accept(key, account, model, body, prompt, parameters)
-        if isinstance(task, Response):
-            return task
-        answer = {"request_id": request_id(), "output": {"task_id": task.task_id, "task_status": "PENDING"}}
-        return await self._create_faults_after(prompt, answer)
+        return task if isinstance(task, Response) else (task, prompt)
 
     def _accept(
         self, key: str, account: str, model: SimModel, body: dict[str, Any], prompt: str, parameters: dict[str, Any]
@@ -194,14 +199,11 @@ class Simulator:
     # --- sync generation (no task) --------------------------------------------------------------
     async def generate(self, request: Request) -> Response:
         """`multimodal-generation/generation`: waits for the image and answers with it, no task id."""
-        try:
-            key, account = self._account(request)
-            model, body, prompt, parameters = await self._parse(request, SYNC_GENERATION)
-        except Invalid as invalid:
-            return invalid.response
-        task = self._accept(key, account, model, body, prompt, parameters)
-        if isinstance(task, Response):
-            return task
+        accepted = await self._new_task(request, SYNC_GENERATION, async_only=False)
+        if isinstance(accepted, Response):
+            return accepted
+        task, _ = accepted
+        account, model = task.account, task.model
         self.engine.counters["sync_calls"] += 1
         while (status := task.status(time.time())) in {"PENDING", "RUNNING"}:
             await asyncio.sleep(0.05)

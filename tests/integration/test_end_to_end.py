@@ -9,21 +9,16 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from config.celery_app import create_app
-from config.settings import Settings
 from ops.localstack import LocalStack
 from ops.localstack.process import free_port
-from producer.batch import enqueue_rows
 from producer.csv_source import read_rows
+from tests.stage_runner import batch_done, publish_rows, wait_until
 from workers.job import TERMINAL
-from workers.messages import publish
-from workers.runtime import make_store
 from workers.storage import ResultStore, make_minio
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,38 +26,19 @@ SAMPLE = ROOT / "examples" / "prompts.csv"
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def local_stack(tmp_path: Path) -> Iterator[LocalStack]:
-    configured = Settings(
-        redis_url=f"redis://127.0.0.1:{free_port()}/0",
-        s3_endpoint=f"127.0.0.1:{free_port(with_grpc_offset=True)}",
-        state_dir=tmp_path / "state",
-        simulator_profile="fast",
-        worker_concurrency=3,
-        _env_file=None,
-    )  # type: ignore[call-arg]
-    with LocalStack(configured, workers=2) as stack:
-        yield stack
-    assert all(not p.alive() for p in stack.started)
-
-
-def test_celery_workers_take_a_csv_batch_to_stored_results(local_stack: LocalStack) -> None:
+def test_celery_workers_take_a_csv_batch_to_stored_results(local_stack_factory: Callable[..., LocalStack]) -> None:
     """Every valid sample row ends succeeded through real workers: objects match their sha256, one event per job,
     one upstream task per job, and no more tasks ever ran at once than the model allows."""
+    local_stack = local_stack_factory(workers=2, simulator_profile="fast", worker_concurrency=3)
     settings = local_stack.settings
-    store, celery = make_store(settings), create_app(settings)
     results = ResultStore(make_minio(settings), settings.bucket)
     results.ensure_bucket()
-    report = enqueue_rows(
-        store, settings, "sample", read_rows(SAMPLE), source="test", send=lambda step: publish(celery, step)
-    )
+    store, report = publish_rows(local_stack, "sample", list(read_rows(SAMPLE)))
     assert report.accepted == 12 and [r["line"] for r in report.rejected] == [15, 16, 17]
 
-    deadline = time.monotonic() + 120
-    while not (summary := store.batch_summary("sample")) or not summary.done:
-        assert time.monotonic() < deadline, f"batch not done: {summary}"
-        time.sleep(0.5)
-    assert summary.counts == {"succeeded": 12}
+    wait_until(batch_done(store, "sample"), 120, "the batch to finish")
+    summary = store.batch_summary("sample")
+    assert summary is not None and summary.counts == {"succeeded": 12}
 
     jobs = list(store.jobs("sample"))
     for job in jobs:

@@ -7,20 +7,16 @@ import json
 import re
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from config.celery_app import create_app
-from config.settings import Settings
 from ops.localstack import LocalStack
-from ops.localstack.process import free_port
-from producer.batch import enqueue_rows
 from producer.csv_source import CsvRow
-from workers.messages import publish
-from workers.runtime import make_store
+from tests.stage_runner import publish_rows
 
 pytestmark = pytest.mark.integration
 DASHBOARD = Path(__file__).resolve().parents[2] / "ops" / "grafana" / "genq-dashboard.json"
@@ -44,38 +40,28 @@ def scrape(urls: list[str], *, all_up: bool = True) -> dict[str, float]:
     return totals
 
 
-def test_a_batch_lights_up_every_metric(tmp_path: Path) -> None:
+def test_a_batch_lights_up_every_metric(local_stack_factory: Callable[..., LocalStack]) -> None:
     """Throttled creates and queries, a failed download and normal jobs make every metric non-zero (results at
     risk stays at zero, and is served)."""
-    configured = Settings(
-        redis_url=f"redis://127.0.0.1:{free_port()}/0",
-        state_dir=tmp_path / "state",
-        s3_endpoint=f"127.0.0.1:{free_port(with_grpc_offset=True)}",
-        simulator_profile="demo",
-    )
-    with LocalStack(configured, workers=2, metrics=True) as stack:
-        settings, celery = stack.settings, create_app(stack.settings)
-        store = make_store(settings)
-        prompts = ["a sim:burst:once", "b sim:query_429:once", "c sim:url_fail_once", "d", "e", "f", "g"]
-        rows = [CsvRow(i + 2, {"id": f"j{i}", "prompt": p}) for i, p in enumerate(prompts)]
-        enqueue_rows(store, settings, "b", rows, source="test", send=lambda step: publish(celery, step))
-
-        busy: dict[str, float] = {}
-        deadline = time.monotonic() + 90
-        while not (summary := store.batch_summary("b")) or not summary.done:
-            assert time.monotonic() < deadline, summary
-            sample = scrape(stack.metrics_urls, all_up=False)
-            if sample.get("genq_slot_utilisation", 0) > 0:
-                busy = sample
-            time.sleep(0.5)
-        done = scrape(stack.metrics_urls)
-        throttled_endpoints = {
-            sample.labels["endpoint"]
-            for url in stack.metrics_urls
-            for family in text_string_to_metric_families(httpx.get(url, timeout=5).text)
-            for sample in family.samples
-            if sample.name == "genq_throttled_total" and sample.value > 0
-        }
+    stack = local_stack_factory(workers=2, metrics=True, simulator_profile="demo")
+    prompts = ["a sim:burst:once", "b sim:query_429:once", "c sim:url_fail_once", "d", "e", "f", "g"]
+    store, _ = publish_rows(stack, "b", [CsvRow(i + 2, {"id": f"j{i}", "prompt": p}) for i, p in enumerate(prompts)])
+    busy: dict[str, float] = {}
+    deadline = time.monotonic() + 90
+    while not (summary := store.batch_summary("b")) or not summary.done:
+        assert time.monotonic() < deadline, summary
+        sample = scrape(stack.metrics_urls, all_up=False)
+        if sample.get("genq_slot_utilisation", 0) > 0:
+            busy = sample
+        time.sleep(0.5)
+    done = scrape(stack.metrics_urls)
+    throttled_endpoints = {
+        sample.labels["endpoint"]
+        for url in stack.metrics_urls
+        for family in text_string_to_metric_families(httpx.get(url, timeout=5).text)
+        for sample in family.samples
+        if sample.name == "genq_throttled_total" and sample.value > 0
+    }
 
     assert busy, "slot utilisation was never above zero while the batch ran"
     assert busy["genq_upstream_tasks"] > 0

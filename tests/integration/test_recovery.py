@@ -7,19 +7,14 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
-from config.celery_app import create_app
-from config.settings import Settings
 from ops.localstack import LocalStack
-from ops.localstack.process import free_port
-from producer.batch import enqueue_rows
 from producer.csv_source import CsvRow
+from tests.stage_runner import batch_done, publish_rows, wait_until
 from workers.job import Status
-from workers.messages import publish
 from workers.runtime import make_store
 from workers.store import JobStore
 
@@ -27,33 +22,15 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[LocalStack]:
-    configured = Settings(
-        redis_url=f"redis://127.0.0.1:{free_port()}/0",
-        s3_endpoint=f"127.0.0.1:{free_port(with_grpc_offset=True)}",
-        state_dir=tmp_path / "state",
-        simulator_profile="demo",
-        worker_concurrency=3,
-        finalize_retry_cap_s=5.0,
-    )
-    with LocalStack(configured, workers=2) as started:
-        yield started
+def stack(local_stack_factory: Callable[..., LocalStack]) -> LocalStack:
+    return local_stack_factory(workers=2, simulator_profile="demo", worker_concurrency=3, finalize_retry_cap_s=5.0)
 
 
 def enqueue(stack: LocalStack, count: int) -> JobStore:
-    settings, celery = stack.settings, create_app(stack.settings)
-    store = make_store(settings)
     rows = [CsvRow(i + 2, {"id": f"j{i}", "prompt": f"prompt {i}", "seed": str(i)}) for i in range(count)]
-    report = enqueue_rows(store, settings, "b", rows, source="test", send=lambda step: publish(celery, step))
+    store, report = publish_rows(stack, "b", rows)
     assert report.accepted == count
     return store
-
-
-def wait_until(condition, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def assert_all_succeeded_once(stack: LocalStack, store: JobStore, count: int) -> None:
@@ -85,7 +62,7 @@ def test_sigkilled_worker_jobs_are_polled_again_within_30_s(stack: LocalStack) -
 
     wait_until(all_moved_on, 30, "every unfinished job to be looked after again")
     assert time.monotonic() - killed_at < 30
-    wait_until(lambda: (s := store.batch_summary("b")) is not None and s.done, 120, "the batch to finish")
+    wait_until(batch_done(store, "b"), 120, "the batch to finish")
     assert_all_succeeded_once(stack, store, 12)
 
 
@@ -99,7 +76,7 @@ def test_a_minute_without_s3_loses_no_result(stack: LocalStack) -> None:
     downloading = sum(j.status is Status.DOWNLOADING for j in store.jobs("b"))
     assert downloading > 0, "no job was waiting for S3: the outage tested nothing"
     stack.start_s3()
-    wait_until(lambda: (s := store.batch_summary("b")) is not None and s.done, 120, "the batch to finish")
+    wait_until(batch_done(store, "b"), 120, "the batch to finish")
     assert_all_succeeded_once(stack, store, 8)
     assert all(j.objects and j.finalize_errors > 0 for j in store.jobs("b") if j.finalize_errors)
 
@@ -111,6 +88,6 @@ def test_a_redis_restart_mid_batch_loses_nothing(stack: LocalStack) -> None:
     wait_until(lambda: sum(j.status is not Status.ADMITTED for j in store.jobs("b")) >= 5, 30, "jobs in flight")
     stack.restart_redis(down_s=3)
     store = make_store(stack.settings)
-    wait_until(lambda: (s := store.batch_summary("b")) is not None and s.done, 120, "the batch to finish")
+    wait_until(batch_done(store, "b"), 120, "the batch to finish")
     assert all(p.alive() for p in stack.started), "a process died with the Redis restart"
     assert_all_succeeded_once(stack, store, 10)
