@@ -19,14 +19,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from config.accounts import REGION_BASE_URLS, AccountSettings
 from config.logging import register_secrets
-
-#: Base URLs per region (dashscope-api.md, "Endpoints"). Keys are region-specific.
-REGION_BASE_URLS = {
-    "beijing": "https://dashscope.aliyuncs.com/api/v1",
-    "singapore": "https://dashscope-intl.aliyuncs.com/api/v1",
-    "virginia": "https://dashscope-us.aliyuncs.com/api/v1",
-}
 
 #: The documented OSS hosts that serve result URLs (dashscope-api.md, "Responses").
 DOCUMENTED_RESULT_HOSTS = (
@@ -75,10 +69,16 @@ class Settings(BaseSettings):
     )
     region: str = Field("singapore", description="One of " + ", ".join(REGION_BASE_URLS))
     dashscope_base_url: str | None = Field(None, description="Overrides the region's base URL.")
-    account: str = Field("default", description="Name of the quota scope's account.")
+    account: str = Field("default", description="Name of the account made of the settings above.")
+    accounts: tuple[AccountSettings, ...] = Field(
+        (), description="Several accounts (config/accounts.py); empty: the one account above."
+    )
     result_hosts: tuple[str, ...] = Field(DOCUMENTED_RESULT_HOSTS, description="Hosts result URLs may be fetched from.")
     require_https_results: bool = True
     http_timeout_s: float = 30.0
+    reconcile_clock_skew_s: float = Field(
+        0.1, description="How far the service's clock may be from ours when a lost create is looked up."
+    )
 
     # --- jobs -------------------------------------------------------------------------------------
     default_model: str = "wan2.5-t2i-preview"
@@ -94,6 +94,19 @@ class Settings(BaseSettings):
     finalize_retry_cap_s: float = Field(60.0, description="Longest wait between attempts to store a result.")
     account_pause_recheck_s: float = Field(60.0, description="How often jobs of a paused account look again.")
     sweep_grace_s: float = Field(5.0, description="How overdue a job's next action must be to be re-sent.")
+
+    # --- quota (workers/quota/) -----------------------------------------------------------------
+    slot_lease_s: float = Field(
+        600.0, description="A slot lapses when nobody looked after its job for this long (a lost job)."
+    )
+    submit_rate_safety: float = Field(
+        0.9, gt=0, le=1, description="Fraction of the documented submit rate genq uses (clock jitter margin)."
+    )
+    throttle_cooldown_s: float = Field(1.0, description="First pause of a scope after a 429; doubles per strike.")
+    throttle_cooldown_cap_s: float = Field(30.0, description="Longest pause of a scope after 429s.")
+    rate_increase_step: float = Field(
+        0.05, description="Additive increase of a throttled scope's rate factor per second of successful creates."
+    )
 
     # --- poll policy, per model kind (workers/poll_policy.py) ----------------------------------
     poll_first_delay_s: float = 3.0
@@ -147,14 +160,31 @@ class Settings(BaseSettings):
 
     @property
     def uses_simulator(self) -> bool:
-        return self.dashscope_api_key is None
+        return self.dashscope_api_key is None and not self.accounts
+
+    def resolved_accounts(self) -> tuple[AccountSettings, ...]:
+        """The configured accounts, or the one made of the top-level settings."""
+        if self.accounts:
+            return self.accounts
+        keys = (self.dashscope_api_key,) if self.dashscope_api_key is not None else ()
+        return (
+            AccountSettings(name=self.account, api_keys=keys, region=self.region, base_url=self.dashscope_base_url),
+        )
+
+    def account_settings(self, name: str) -> AccountSettings:
+        for account in self.resolved_accounts():
+            if account.name == name:
+                return account
+        known = ", ".join(a.name for a in self.resolved_accounts())
+        raise KeyError(f"unknown account {name!r}; configured: {known}")
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Read the settings once. `config_file` wins over `GENQ_CONFIG`. Their secrets are registered for
     redaction from every log line."""
     settings = _read(config_file, **overrides)
-    register_secrets(settings.dashscope_api_key, settings.s3_secret_key, settings.webhook_secret)
+    account_keys = [key for account in settings.accounts for key in account.api_keys]
+    register_secrets(settings.dashscope_api_key, settings.s3_secret_key, settings.webhook_secret, *account_keys)
     return settings
 
 

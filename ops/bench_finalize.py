@@ -27,10 +27,9 @@ from ops.localstack import LocalStack, isolated_settings
 from producer.batch import enqueue_rows
 from producer.csv_source import CsvRow
 from workers.finalize import finalize
-from workers.job import Action, Status
+from workers.job import Action, Next, Status
 from workers.poll import poll
 from workers.runtime import Runtime, build_runtime
-from workers.steps import Next
 from workers.submit import submit
 
 MB = 1024 * 1024

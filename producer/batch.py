@@ -18,12 +18,15 @@ from dataclasses import dataclass, field
 from config.settings import Settings
 from producer.csv_source import CsvRow
 from workers import keys
-from workers.admission import admit
+from workers.admission import dispatch_all
 from workers.errors import RequestInvalid
-from workers.job import Action, Status
+from workers.job import Action, Next, Status
+from workers.quota.quota import Quota
 from workers.requests import GenerationRequest, validate_request
-from workers.steps import Next
 from workers.store import JobStore
+
+#: While a large file is read, waiting jobs are admitted every this many new jobs, so work starts at once.
+DISPATCH_EVERY = 500
 
 
 @dataclass
@@ -104,11 +107,13 @@ def enqueue_rows(
     *,
     source: str,
     send: Callable[[Next | None], None],
+    priority: int = 5,
 ) -> EnqueueReport:
-    """Second pass: record the rejected rows, create and admit the valid ones. The batch is sealed at the end."""
+    """Second pass: record the rejected rows, create the valid ones (they wait in their model's queue), and
+    admit what the free slots allow. The batch is sealed at the end."""
     report = EnqueueReport(batch_id)
-    store.open_batch(batch_id, source=source)
-    checker = RowChecker(settings)
+    store.open_batch(batch_id, source=source, priority=priority)
+    checker, quota = RowChecker(settings), Quota.redis(store.redis)
     for row in rows:
         try:
             job_id, request = checker.check(row)
@@ -116,26 +121,22 @@ def enqueue_rows(
             store.record_rejected(batch_id, row.line, exc.field, exc.reason, row.fields)
             report.rejected.append({"line": row.line, "field": exc.field, "reason": exc.reason})
         else:
-            _create(store, settings, report, keys.job_ref(batch_id, job_id), row.line, request, send)
+            created = _create(store, report, keys.job_ref(batch_id, job_id), row.line, request)
+            if created and report.accepted % DISPATCH_EVERY == 1:
+                dispatch_all(store, quota, settings, send)
     store.seal_batch(batch_id)
+    dispatch_all(store, quota, settings, send)
     return report
 
 
-def _create(
-    store: JobStore,
-    settings: Settings,
-    report: EnqueueReport,
-    ref: str,
-    line: int,
-    request: GenerationRequest,
-    send: Callable[[Next | None], None],
-) -> None:
+def _create(store: JobStore, report: EnqueueReport, ref: str, line: int, request: GenerationRequest) -> bool:
+    """Create the job, waiting for a slot; False when it already existed."""
     now = time.time()
     batch_id, job_id = keys.split_ref(ref)
     existing = store.create_job(
         ref,
         line=line,
-        due_at=now,
+        model=request.model,
         fields={
             "batch_id": batch_id,
             "job_id": job_id,
@@ -145,14 +146,14 @@ def _create(
             "status": Status.ACCEPTED,
             "attempt": 0,
             "next_action": Action.ADMIT,
-            "due_at": now,
+            "due_at": "",
             "created_at": now,
             f"t_{Status.ACCEPTED}": now,
         },
     )
     if existing is not None:
         report.existing[existing] += 1
-        return
+        return False
     report.accepted += 1
     report.images += request.n
-    send(admit(store, settings, ref, now=now))
+    return True

@@ -94,6 +94,14 @@ def batch(
     timeout_s: Annotated[float | None, typer.Option("--timeout", help="Stop waiting after this many seconds.")] = None,
     export_dir: Annotated[Path | None, typer.Option("--export", help="When done, copy results here.")] = None,
     workers: Annotated[int, typer.Option(help="Local worker processes to start if none is attached.")] = 1,
+    priority: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=9,
+            help="Admission priority, 0-9: a higher band takes free slots first; batches of one band take turns.",
+        ),
+    ] = 5,
     webhook: Annotated[
         str | None,
         typer.Option(
@@ -118,7 +126,14 @@ def batch(
         )
         with _stack(settings, workers=workers if wait else 0) as stack:
             code = _run_batch(
-                stack, csv_file, batch_id, wait=wait, timeout_s=timeout_s, export_dir=export_dir, webhook=webhook
+                stack,
+                csv_file,
+                batch_id,
+                wait=wait,
+                timeout_s=timeout_s,
+                export_dir=export_dir,
+                webhook=webhook,
+                priority=priority,
             )
     except CsvFormatError as exc:
         raise _fail(str(exc), 2) from exc
@@ -134,6 +149,7 @@ def _run_batch(
     timeout_s: float | None,
     export_dir: Path | None,
     webhook: str | None,
+    priority: int,
 ) -> int:
     settings = stack.settings
     store = make_store(settings)
@@ -145,7 +161,13 @@ def _run_batch(
     if webhook:
         store.redis.hset(keys.batch(batch_id), BATCH_WEBHOOK_FIELD, webhook)
     report = enqueue_rows(
-        store, settings, batch_id, read_rows(csv_file), source=str(csv_file), send=lambda step: publish(celery, step)
+        store,
+        settings,
+        batch_id,
+        read_rows(csv_file),
+        source=str(csv_file),
+        send=lambda step: publish(celery, step),
+        priority=priority,
     )
     already = sum(report.existing.values())
     console.print(
@@ -267,7 +289,9 @@ def cancel_command(
     """Cancel a batch or a job: tasks still queued upstream are cancelled there; the rest are no longer polled."""
     with _stack(_settings(config)) as stack:
         rt = build_runtime(stack.settings)
-        report = control.cancel(rt, rt.dashscope, target)
+        celery = create_app(stack.settings)
+        rt.send = lambda step: publish(celery, step)  # jobs admitted into the slots the cancel frees
+        report = control.cancel(rt, target)
     console.print(
         f"canceled {len(report.changed)} jobs ({report.upstream_canceled} cancelled upstream before they ran)"
     )

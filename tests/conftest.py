@@ -29,6 +29,7 @@ from ops.simulator.app import create_app
 from ops.simulator.engine import Engine, SimConfig
 from ops.simulator.profiles import load_profile
 from workers.dashscope import DashScopeClient
+from workers.quota.quota import Quota
 from workers.runtime import Runtime, make_store
 from workers.storage import ResultStore, make_minio
 
@@ -153,8 +154,14 @@ def runtime_factory(settings: Settings) -> Iterator[Callable[..., Runtime]]:
         key = configured.dashscope_api_key
         assert key is not None
         client = DashScopeClient(api, base_url=configured.base_url, api_key=key.get_secret_value())
+        store = make_store(configured)
         return Runtime(
-            settings=configured, store=make_store(configured), dashscope=client, results=results, downloads=downloads
+            settings=configured,
+            store=store,
+            dashscope=client,
+            results=results,
+            downloads=downloads,
+            quota=Quota.redis(store.redis),
         )
 
     yield build

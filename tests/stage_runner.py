@@ -16,11 +16,10 @@ from ops.localstack import LocalStack
 from producer.batch import EnqueueReport, enqueue_rows
 from producer.csv_source import CsvRow
 from workers.finalize import finalize
-from workers.job import Action
+from workers.job import Action, Next
 from workers.messages import publish
 from workers.poll import poll
 from workers.runtime import Runtime, make_store
-from workers.steps import Next
 from workers.store import JobStore
 from workers.submit import submit
 
@@ -31,8 +30,8 @@ STAGES: dict[Action, Callable[[Runtime, str, int], Next | None]] = {
 }
 
 
-def enqueue(rt: Runtime, *rows: dict[str, str], batch_id: str = "b") -> list[Next]:
-    """Enqueue rows as a CSV batch would; return the submit messages the producer would send."""
+def enqueue(rt: Runtime, *rows: dict[str, str], batch_id: str = "b", priority: int = 5) -> list[Next]:
+    """Enqueue rows as a CSV batch would; return the submit messages of the jobs admitted into free slots."""
     sent: list[Next] = []
     enqueue_rows(
         rt.store,
@@ -41,6 +40,7 @@ def enqueue(rt: Runtime, *rows: dict[str, str], batch_id: str = "b") -> list[Nex
         [CsvRow(i + 2, r) for i, r in enumerate(rows)],
         source="test",
         send=lambda step: sent.append(step) if step else None,
+        priority=priority,
     )
     return sent
 
@@ -52,8 +52,10 @@ def run(
     max_sleep_s: float = 0.2,
     until: Callable[[], bool] | None = None,
 ) -> list[Next]:
-    """Follow every step until none is left (or `until()` holds, or time is up); return what is left."""
+    """Follow every step until none is left (or `until()` holds, or time is up); return what is left. Jobs a
+    stage admits into a slot it freed join the steps."""
     deadline = time.monotonic() + timeout_s
+    rt.send = lambda step: steps.append(step) if step else None
     while steps and not (until and until()):
         if time.monotonic() >= deadline:
             return steps

@@ -1,19 +1,42 @@
-"""Admission: moving an accepted job into `submit`.
+"""Admission: accepted jobs wait in their model's queue in Redis; a slot frees, the next job goes to `submit`.
 
-Today every accepted job is admitted at once and the submit stage absorbs 429s with a cooldown. This is
-the seam where the quota dispatcher (scope queues, leased slots, fairness across batches) plugs in: it
-will call `admit` when a slot of the job's scope is free instead of the producer calling it directly.
+A job is created `accepted` in `genq:wait:{model}` (not as a Celery message, so 100,000 waiting prompts cost
+Redis memory, not a worker's). `dispatch` fills every free slot of every account serving the model: it looks
+at the job first in line, takes a slot of the account for it (`workers/quota/slots.py`), moves it to
+`admitted` by compare-and-set (its deadline starts now) and only then takes it out of the queue. Each step
+is safe to repeat, so a dispatcher that dies half-way, or two that race for one job, leave no job lost and no
+slot double-booked: the loser of the compare-and-set gives back the slot it took, and the recovery sweep's
+slot audit gives back any slot whose job no longer needs it.
+
+Who calls `dispatch`: the producer when a batch arrives, the stage that frees a slot (a poll that sees the
+task end, any job that ends), and the periodic sweep.
+
+Order: a batch's priority (0-9) is a band, and a band is served before every lower one; within a band,
+batches take turns (the queue's score, see `store_lua.CREATE_JOB`), so a ten-row interactive batch is not
+stuck behind a 100,000-row nightly one.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
-from config.catalogue import Kind, model_spec
+import structlog
+
+from config.accounts import AccountSettings
+from config.catalogue import CATALOGUE, Kind, model_spec
 from config.settings import Settings
-from workers.job import Action, Status
-from workers.steps import Next
+from workers import accounts
+from workers.job import Action, Job, Next, Status
+from workers.quota.quota import Quota, Scope
 from workers.store import JobStore
+
+log = structlog.get_logger("genq.admission")
+
+Send = Callable[[Next | None], None]
+
+#: Statuses in which a job needs its slot: its task is (or is about to be) upstream.
+HOLDS_SLOT = frozenset({Status.ADMITTED, Status.SUBMITTING, Status.SUBMITTED, Status.RUNNING})
 
 
 def deadline_s(settings: Settings, model: str) -> float:
@@ -21,8 +44,14 @@ def deadline_s(settings: Settings, model: str) -> float:
     return settings.video_deadline_s if kind is Kind.VIDEO else settings.image_deadline_s
 
 
-def admit(store: JobStore, settings: Settings, ref: str, *, now: float | None = None) -> Next | None:
-    """Admit an `accepted` job: its deadline starts now and its submit is due now."""
+def scope_of(job: Job) -> Scope | None:
+    """The scope whose slot the job holds (None before admission)."""
+    return Scope(job.account, job.request.model) if job.account else None
+
+
+def admit(store: JobStore, settings: Settings, ref: str, account: str, *, now: float | None = None) -> Next | None:
+    """Move an `accepted` job to `admitted` under `account`: its deadline starts now and its submit is due now.
+    Returns the submit message; None when the job was no longer waiting."""
     now = time.time() if now is None else now
     job = store.get(ref)
     if job is None or job.status is not Status.ACCEPTED:
@@ -33,7 +62,69 @@ def admit(store: JobStore, settings: Settings, ref: str, *, now: float | None = 
         expected_attempt=job.attempt,
         next_action=Action.SUBMIT,
         due_at=now,
-        fields={"deadline_at": now + deadline_s(settings, job.request.model)},
+        fields={"deadline_at": now + deadline_s(settings, job.request.model), "account": account},
         now=now,
     )
     return Next(Action.SUBMIT, ref, applied.attempt) if applied.ok else None
+
+
+def serving(settings: Settings, model: str) -> list[AccountSettings]:
+    return [a for a in settings.resolved_accounts() if a.serves(model)]
+
+
+def dispatch(
+    store: JobStore, quota: Quota, settings: Settings, model: str, send: Send, *, now: float | None = None
+) -> int:
+    """Admit waiting jobs of `model` into every free slot of every account serving it; returns how many."""
+    now = time.time() if now is None else now
+    admitted = 0
+    paused = accounts.all_paused(store)
+    for account in serving(settings, model):
+        if account.name in paused:
+            continue
+        limit = account.limits_for(model).slot_limit
+        scope = Scope(account.name, model)
+        while (first := store.next_waiting(model)) is not None:
+            ref, score = first
+            if not quota.take_slot(scope, ref, limit=limit, lease_s=settings.slot_lease_s, now=now):
+                break  # this account is full; the next one may have room
+            step = admit(store, settings, ref, account.name, now=now)
+            if step is None:
+                if not _settle_lost_race(store, quota, scope, ref):
+                    break
+                continue
+            store.leave_queue(model, ref)
+            store.advance_clock(model, score)
+            send(step)
+            admitted += 1
+    if admitted:
+        log.debug("admitted", model=model, jobs=admitted)
+    return admitted
+
+
+def _settle_lost_race(store: JobStore, quota: Quota, scope: Scope, ref: str) -> bool:
+    """`ref` could not be admitted (it ended, or a racing dispatcher admitted it first). Keep the slot only if
+    the job now holds it; take the job out of the queue unless it is still waiting. False when it still is
+    (the caller stops rather than look at it again)."""
+    job = store.get(ref)
+    if not (job is not None and job.status in HOLDS_SLOT and job.account == scope.account):
+        quota.release_slot(scope, ref)
+    if job is not None and job.status is Status.ACCEPTED:
+        return False
+    store.leave_queue(scope.model, ref)
+    return True
+
+
+def dispatch_all(store: JobStore, quota: Quota, settings: Settings, send: Send, *, now: float | None = None) -> int:
+    """`dispatch` every model that has jobs waiting (the producer after a batch, and the periodic sweep)."""
+    waiting = store.waiting(sorted(CATALOGUE))
+    return sum(dispatch(store, quota, settings, model, send, now=now) for model in waiting)
+
+
+def release(store: JobStore, quota: Quota, settings: Settings, job: Job, send: Send) -> bool:
+    """Give back the job's slot (its task ended upstream, or it ended) and admit the next job into it."""
+    scope = scope_of(job)
+    if scope is None or not quota.release_slot(scope, job.ref):
+        return False
+    dispatch(store, quota, settings, job.request.model, send)
+    return True

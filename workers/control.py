@@ -5,7 +5,9 @@ running upstream cannot be, so genq just stops looking after it. A job already d
 left to finish (they are paid for). Either way the job ends `canceled` at once, by a compare-and-set that
 any message still in flight then finds moved on.
 
-Retry: jobs that ended `failed`, `timed_out` or `expired` go back to `accepted` and are admitted again,
+A job still waiting for a slot leaves its queue; a job holding one gives it back (and the next job is admitted).
+
+Retry: jobs that ended `failed`, `timed_out` or `expired` go back to `accepted`, in line for a slot again,
 unless their error is permanent (content moderation, invalid parameter, a refused result URL, ...), which only
 `force` overrides. Jobs failed by an account error are retried: resume the account first.
 """
@@ -15,14 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from workers import keys
-from workers.admission import admit
-from workers.dashscope import DashScopeClient
+from workers.admission import dispatch, release
 from workers.dashscope.classify import error_class
 from workers.errors import AccountError, PermanentRemoteError, RemoteError
 from workers.events import job_event
-from workers.job import Job, Status
+from workers.job import Job, Next, Status
 from workers.runtime import Runtime
-from workers.steps import Next, log
+from workers.steps import log
 
 RETRYABLE = frozenset({Status.FAILED, Status.TIMED_OUT, Status.EXPIRED})
 #: genq's own refusals of a result: retrying would pay for the same refusal again.
@@ -45,7 +46,7 @@ def _targets(rt: Runtime, target: str) -> list[Job]:
     return list(rt.store.jobs(target))
 
 
-def cancel(rt: Runtime, client: DashScopeClient, target: str) -> ControlReport:
+def cancel(rt: Runtime, target: str) -> ControlReport:
     report = ControlReport()
     for job in _targets(rt, target):
         if job.terminal:
@@ -55,7 +56,7 @@ def cancel(rt: Runtime, client: DashScopeClient, target: str) -> ControlReport:
             continue
         if job.task_id and job.status in _ACTIVE_UPSTREAM:
             try:
-                client.cancel_task(job.task_id)
+                rt.client(job.account).cancel_task(job.task_id)
                 report.upstream_canceled += 1
             except RemoteError as exc:  # UnsupportedOperation: running upstream; it will finish unseen
                 log.info("upstream cancel refused; no longer polling", ref=job.ref, code=exc.code)
@@ -71,14 +72,18 @@ def cancel(rt: Runtime, client: DashScopeClient, target: str) -> ControlReport:
         )
         if applied.ok:
             report.changed.append(job.ref)
+            rt.store.leave_queue(job.request.model, job.ref)
+            release(rt.store, rt.quota, rt.settings, job, rt.send)
         else:
             report.skipped[job.ref] = applied.reason
     return report
 
 
 def retry(rt: Runtime, target: str, *, force: bool = False) -> tuple[ControlReport, list[Next]]:
-    """Revive the retryable jobs of `target`; return the report and the submit messages to send."""
-    report, steps = ControlReport(), []
+    """Revive the retryable jobs of `target` and admit what fits; return the report and the submit messages
+    to send."""
+    report, steps = ControlReport(), list[Next]()
+    models: set[str] = set()
     for job in _targets(rt, target):
         if job.status not in RETRYABLE:
             continue
@@ -87,9 +92,11 @@ def retry(rt: Runtime, target: str, *, force: bool = False) -> tuple[ControlRepo
             continue
         if rt.store.revive(job.ref, allowed=RETRYABLE, now=rt.clock()):
             report.changed.append(job.ref)
-            step = admit(rt.store, rt.settings, job.ref, now=rt.clock())
-            if step is not None:
-                steps.append(step)
+            rt.store.requeue(job.ref, job.request.model)
+            rt.store.redis.zrem(keys.DUE, job.ref)
+            models.add(job.request.model)
+    for model in sorted(models):
+        dispatch(rt.store, rt.quota, rt.settings, model, lambda step: steps.append(step) if step else None)
     if report.changed:
         batch_id = keys.split_ref(report.changed[0])[0]
         rt.store.seal_batch(batch_id)

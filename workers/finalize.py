@@ -16,9 +16,9 @@ from workers import metrics
 from workers.errors import ResultRejected, StorageError, TransientRemoteError
 from workers.events import job_event
 from workers.fetch import check_url, fetch
-from workers.job import Action, Job, Status
+from workers.job import Action, Job, Next, Status
 from workers.runtime import Runtime
-from workers.steps import Next, backoff_s, claim, end, load_current, log, reschedule
+from workers.steps import backoff_s, claim, end, load_current, log, reschedule
 
 #: A finalize not recorded within this long is re-sent by the sweep (its worker died). Overlapping a slow but
 #: live one is harmless: objects already stored are skipped, and only the first end() wins its compare-and-set.

@@ -5,9 +5,12 @@ sends a `submitted`/`running` job to `submitting` again), which the attempt coun
 action first *claims* the job by advancing `attempt`, so two deliveries of one message cannot both act.
 
 Fields of `genq:job:{ref}` (all strings in Redis):
-`batch_id`, `job_id`, `line`, `request` (JSON), `model`, `status`, `attempt`, `next_action`, `due_at`,
+`batch_id`, `job_id`, `line`, `request` (JSON), `model`, `account` (whose slot it holds, from admission on),
+`status`, `attempt`, `next_action`, `due_at`,
 `deadline_at`, `task_id`, `request_id`, `submits` (creates sent), `create_pending` (1 while a create's outcome
-is unknown), `submit_sent_at`, `submit_errors`, `throttles`, `submitted_at`, `poll_count`, `poll_errors`,
+is unknown), `submit_sent_at`,
+`submit_failed_at` (when a create's answer was lost), `submit_errors`, `throttles`, `submitted_at`, `poll_count`,
+`poll_errors`,
 `poll_delay_s`, `results_at`, `finalize_errors`, `at_risk`, `created_at`, `t_{status}` (when it entered each status),
 `submit_time` / `scheduled_time` / `end_time` (upstream, as the service wrote them), `results` (JSON: upstream
 results), `usage` (JSON), `objects` (JSON: stored keys + sha256), `failures` (JSON: failed sub-results),
@@ -48,6 +51,16 @@ class Action(StrEnum):
     POLL = "poll"
     FINALIZE = "finalize"
     NONE = "none"
+
+
+@dataclass(frozen=True)
+class Next:
+    """Send `action` for `ref` carrying `attempt`, after `delay_s`: what a stage asks Celery to do next."""
+
+    action: Action
+    ref: str
+    attempt: int
+    delay_s: float = 0.0
 
 
 TERMINAL = frozenset(
@@ -98,6 +111,7 @@ class Job:
     due_at: float
     deadline_at: float
     task_id: str | None = None
+    account: str | None = None  # the account whose slot the job holds, from admission on
     submits: int = 0
     poll_count: int = 0
     poll_errors: int = 0
@@ -106,6 +120,7 @@ class Job:
     throttles: int = 0
     submitted_at: float | None = None
     submit_sent_at: float | None = None
+    submit_failed_at: float | None = None
     results_at: float | None = None  # when the upstream results (and their 24 h URLs) were received
     at_risk: bool = False  # the at-risk alarm was raised for this job's results
     create_pending: bool = False  # a create was sent and its outcome is not known yet
@@ -149,6 +164,7 @@ class Job:
             due_at=number("due_at"),
             deadline_at=number("deadline_at"),
             task_id=opt("task_id"),
+            account=opt("account"),
             submits=int(h.get("submits", 0)),
             poll_count=int(h.get("poll_count", 0)),
             poll_errors=int(h.get("poll_errors", 0)),
@@ -157,6 +173,7 @@ class Job:
             throttles=int(h.get("throttles", 0)),
             submitted_at=maybe("submitted_at"),
             submit_sent_at=maybe("submit_sent_at"),
+            submit_failed_at=maybe("submit_failed_at"),
             results_at=maybe("results_at"),
             at_risk=h.get("at_risk") == "1",
             create_pending=h.get("create_pending") == "1",

@@ -19,6 +19,13 @@ so a ref is also the job's prefix in the bucket.
 | `genq:inflight`                      | hash        | none | model -> tasks submitted or running upstream        |
 | `genq:task:{task_id}`                | string      | 48 h | the ref of the job that owns an upstream task       |
 | `genq:webhook:dead`                  | stream      | none | events the webhook refused past every retry          |
+| `genq:wait:{model}`                  | sorted set  | none | accepted job refs waiting for a slot, scored by      |
+|                                      |             |      | priority band * 1e12 + fair position (admission.py)  |
+| `genq:wait:{model}:clock`            | string      | none | the fair position of the last job admitted           |
+| `genq:slots:{account}:{model}`       | sorted set  | none | job refs holding a slot, scored by lease expiry      |
+| `genq:rate:{account}:{model}`        | string      | ~1 s | GCRA arrival time of the scope's next create         |
+| `genq:cooldown:{account}:{model}`    | hash        | 1 h  | 429 pause and AIMD factor of the scope's submit rate |
+| `genq:qbudget:{account}`             | string      | ~1 s | GCRA arrival time of the account's next query        |
 
 Celery's own keys (the broker queues, `unacked`, `unacked_index`) are kombu's and live beside these.
 """
@@ -67,3 +74,27 @@ def batch_rejected(batch_id: str) -> str:
 
 def task_owner(task_id: str) -> str:
     return f"{PREFIX}:task:{task_id}"
+
+
+def wait_queue(model: str) -> str:
+    return f"{PREFIX}:wait:{model}"
+
+
+def wait_clock(model: str) -> str:
+    return f"{PREFIX}:wait:{model}:clock"
+
+
+def slots(account: str, model: str) -> str:
+    return f"{PREFIX}:slots:{account}:{model}"
+
+
+def submit_rate(account: str, model: str) -> str:
+    return f"{PREFIX}:rate:{account}:{model}"
+
+
+def cooldown(account: str, model: str) -> str:
+    return f"{PREFIX}:cooldown:{account}:{model}"
+
+
+def query_budget(account: str) -> str:
+    return f"{PREFIX}:qbudget:{account}"

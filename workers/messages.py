@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from workers.steps import Next
+from workers.job import Next
 
 #: The longest countdown genq schedules: far below the broker's visibility timeout (config/celery_app.py).
 MAX_COUNTDOWN_S = 300.0

@@ -1,7 +1,11 @@
 """Stage `poll`: ask the service how a task is doing, and decide what comes next.
 
+Every query draws on the account's query budget (`workers/quota/budget.py`); when it is spent the poll comes
+back after the wait it names, which burns nothing. Each poll renews the job's slot lease.
+
 Not finished (any status not known to be terminal): a fresh countdown message after the poll policy's
-delay, never `self.retry`, so polls burn no retries. SUCCEEDED: hand over to finalize at once. FAILED:
+delay, never `self.retry`, so polls burn no retries. SUCCEEDED: give the slot back at once (the upstream
+slot is free now, not after our download), admit the next job into it, and hand over to finalize. FAILED:
 resubmit when the code is transient and submits remain, else fail with the code. CANCELED, UNKNOWN,
 or past the deadline: terminal with the reason.
 """
@@ -10,14 +14,15 @@ from __future__ import annotations
 
 from config.catalogue import model_spec
 from workers import metrics
+from workers.admission import release, scope_of
 from workers.dashscope import TaskState
 from workers.dashscope.classify import is_transient_task_failure
 from workers.dashscope.protocol import upstream_epoch
 from workers.errors import PermanentRemoteError, Throttled, TransientRemoteError
-from workers.job import Action, Job, Status
+from workers.job import Action, Job, Next, Status
 from workers.poll_policy import next_poll_delay_s, policy_for
 from workers.runtime import Runtime
-from workers.steps import Next, backoff_s, claim, end, load_current, log, reschedule
+from workers.steps import backoff_s, claim, end, load_current, log, reschedule
 
 #: A claimed poll not recorded within this long is re-sent by the sweep (its worker died). Short, since a
 #: re-sent poll only costs a query: whichever delivery records second finds the attempt moved on.
@@ -31,13 +36,22 @@ def poll(rt: Runtime, ref: str, attempt: int) -> Next | None:
     current = claim(rt, job, Action.POLL, lease_s=POLL_LEASE_S, fields={"poll_count": job.poll_count + 1})
     if current is None:
         return None
-    if rt.clock() >= job.deadline_at:
+    now = rt.clock()
+    scope = scope_of(job)
+    if scope is not None:
+        rt.quota.keep_slot(scope, job.ref, lease_s=rt.settings.slot_lease_s, now=now)
+    if now >= job.deadline_at:
         _deadline(rt, job, current)
         return None
+    account = rt.settings.account_settings(scope.account) if scope else rt.settings.resolved_accounts()[0]
+    wait_s = rt.quota.query_wait_s(account.name, account.query_qps, now, rt.rng)
+    if wait_s > 0:
+        # The account's query budget is spent for now: not a poll, not an error.
+        return reschedule(rt, job, current, job.status, Action.POLL, wait_s, fields={"poll_count": job.poll_count})
     try:
-        state = rt.dashscope.get_task(job.task_id or "")
+        state = rt.client(job.account).get_task(job.task_id or "")
     except Throttled as exc:
-        metrics.THROTTLED.labels(account=rt.settings.account, model=job.request.model, endpoint="query").inc()
+        metrics.THROTTLED.labels(account=account.name, model=job.request.model, endpoint="query").inc()
         delay = exc.retry_after_s or backoff_s(job.throttles + 1, base_s=1.0, cap_s=30.0, rng=rt.rng)
         return reschedule(rt, job, current, job.status, Action.POLL, delay, fields={"throttles": job.throttles + 1})
     except PermanentRemoteError as exc:
@@ -82,7 +96,7 @@ def _on_state(rt: Runtime, job: Job, current: int, state: TaskState) -> Next | N
                 fields=upstream,
             )
             return None
-        return reschedule(
+        step = reschedule(
             rt,
             job,
             current,
@@ -97,6 +111,9 @@ def _on_state(rt: Runtime, job: Job, current: int, state: TaskState) -> Next | N
                 "poll_errors": 0,
             },
         )
+        if step is not None:
+            release(rt.store, rt.quota, rt.settings, job, rt.send)
+        return step
     if state.status == "FAILED":
         return _on_failed(rt, job, current, state)
     if state.status == "CANCELED":
@@ -158,7 +175,7 @@ def _on_failed(rt: Runtime, job: Job, current: int, state: TaskState) -> Next | 
 def _deadline(rt: Runtime, job: Job, current: int) -> None:
     """Past the deadline: try to cancel (only a PENDING task can be), then end `timed_out`."""
     try:
-        rt.dashscope.cancel_task(job.task_id or "")
+        rt.client(job.account).cancel_task(job.task_id or "")
     except (PermanentRemoteError, TransientRemoteError) as exc:
         log.info("cancel at deadline not possible", ref=job.ref, task_id=job.task_id, code=exc.code)
     end(

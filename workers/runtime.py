@@ -3,29 +3,57 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import httpx
 import redis
+import structlog
 
 from config.settings import Settings, load_settings
 from workers.dashscope import DashScopeClient
+from workers.job import Next
+from workers.quota.quota import Quota
 from workers.storage import ResultStore, make_minio
 from workers.store import JobStore
+
+log = structlog.get_logger("genq.runtime")
+
+
+def _unsent(step: Next | None) -> None:
+    if step is not None:
+        log.warning("no sender in this runtime; the recovery sweep will send it", ref=step.ref, action=step.action)
 
 
 @dataclass
 class Runtime:
+    """What the stages use. `dashscope` is the first account's client; `clients` holds every account's, one
+    per API key, taken in turn so that an account's creates spread over its keys. `send` publishes the
+    messages of *other* jobs a stage sets going (admissions into a slot it freed)."""
+
     settings: Settings
     store: JobStore
     dashscope: DashScopeClient
     results: ResultStore
     downloads: httpx.Client
+    quota: Quota
+    clients: dict[str, list[DashScopeClient]] = field(default_factory=dict)
+    send: Callable[[Next | None], None] = _unsent
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
+    _turns: dict[str, Iterator[DashScopeClient]] = field(default_factory=dict, init=False, repr=False)
+
+    def client(self, account: str | None) -> DashScopeClient:
+        """The next client (API key) of `account`; the first account's when it has none of its own."""
+        if account is None or account not in self.clients:
+            return self.dashscope
+        turn = self._turns.get(account)
+        if turn is None:
+            turn = self._turns[account] = itertools.cycle(self.clients[account])
+        return next(turn)
 
 
 def make_redis(settings: Settings) -> redis.Redis:
@@ -40,19 +68,40 @@ def make_store(settings: Settings) -> JobStore:
     )
 
 
+def account_clients(settings: Settings, http: httpx.Client) -> dict[str, list[DashScopeClient]]:
+    """One client per API key of every account; an account without keys is a configuration error."""
+    clients: dict[str, list[DashScopeClient]] = {}
+    for account in settings.resolved_accounts():
+        if not account.api_keys:
+            raise RuntimeError(
+                f"account {account.name} has no API key (set DASHSCOPE_API_KEY, or api_keys in its config; "
+                "the local stack sets the simulator's key)"
+            )
+        clients[account.name] = [
+            DashScopeClient(
+                http,
+                base_url=account.resolved_base_url,
+                api_key=key.get_secret_value(),
+                workspace=account.workspace,
+            )
+            for key in account.api_keys
+        ]
+    return clients
+
+
 def build_runtime(settings: Settings) -> Runtime:
-    if settings.dashscope_api_key is None:
-        raise RuntimeError("workers need DASHSCOPE_API_KEY (the local stack sets the simulator's key)")
     timeout = httpx.Timeout(settings.http_timeout_s, connect=5.0)
     api = httpx.Client(timeout=timeout, limits=httpx.Limits(max_connections=20))
+    clients = account_clients(settings, api)
+    store = make_store(settings)
     return Runtime(
         settings=settings,
-        store=make_store(settings),
-        dashscope=DashScopeClient(
-            api, base_url=settings.base_url, api_key=settings.dashscope_api_key.get_secret_value()
-        ),
+        store=store,
+        dashscope=next(iter(clients.values()))[0],
         results=ResultStore(make_minio(settings), settings.bucket),
         downloads=httpx.Client(timeout=httpx.Timeout(120.0, connect=5.0)),
+        quota=Quota.redis(store.redis),
+        clients=clients,
     )
 
 

@@ -9,27 +9,16 @@ records the outcome, and returns the message to send next, if any. Celery only c
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
-from workers import metrics
+from workers import admission, metrics
 from workers.events import job_event
-from workers.job import Action, Job, Status
+from workers.job import Action, Job, Next, Status
 from workers.runtime import Runtime
 
 log = structlog.get_logger("genq.job")
-
-
-@dataclass(frozen=True)
-class Next:
-    """Send `action` for `ref` carrying `attempt`, after `delay_s`."""
-
-    action: Action
-    ref: str
-    attempt: int
-    delay_s: float = 0.0
 
 
 def backoff_s(failures: int, *, base_s: float = 1.0, cap_s: float = 60.0, rng: random.Random) -> float:
@@ -126,7 +115,8 @@ def end(
     objects: list[dict[str, Any]] | None = None,
     manifest_key: str | None = None,
 ) -> None:
-    """Move the job to a terminal status and emit its event, in one atomic step."""
+    """Move the job to a terminal status and emit its event, in one atomic step; then give back its slot (if it
+    still held one) and admit the next job into it."""
     now = rt.clock()
     all_fields = dict(fields or {})
     if code:
@@ -148,5 +138,6 @@ def end(
         )
         if applied.batch_finished:
             log.info("batch finished", batch_id=job.batch_id)
+        admission.release(rt.store, rt.quota, rt.settings, job, rt.send)
     else:
         log.warning("terminal transition refused", ref=job.ref, target=status.value, reason=applied.reason)

@@ -79,15 +79,20 @@ class JobStore:
         self._transition = client.register_script(store_lua.TRANSITION)
         self._seal = client.register_script(store_lua.SEAL_BATCH)
         self._revive = client.register_script(store_lua.REVIVE)
+        self._requeue = client.register_script(store_lua.REQUEUE)
+        self._advance_clock = client.register_script(store_lua.ADVANCE_CLOCK)
 
     # --- batches --------------------------------------------------------------------------------
-    def open_batch(self, batch_id: str, *, source: str, now: float | None = None) -> bool:
-        """Create the batch or reopen it for more jobs. True when it is new."""
+    def open_batch(self, batch_id: str, *, source: str, priority: int = 5, now: float | None = None) -> bool:
+        """Create the batch or reopen it for more jobs, with its admission priority (0-9, 9 first).
+        True when it is new."""
+        if not 0 <= priority <= 9:
+            raise ValueError(f"priority must be 0-9, got {priority}")
         now = time.time() if now is None else now
         key = keys.batch(batch_id)
         pipe = self.redis.pipeline()
         pipe.hsetnx(key, "created_at", now)
-        pipe.hset(key, mapping={"sealed": "0", "source": source})
+        pipe.hset(key, mapping={"sealed": "0", "source": source, "priority": priority})
         pipe.zadd(keys.BATCHES, {batch_id: now}, nx=True)
         created = pipe.execute()[0]
         return bool(created)
@@ -134,14 +139,49 @@ class JobStore:
         return cast(list[str], self.redis.zrange(keys.BATCHES, 0, -1))
 
     # --- jobs -----------------------------------------------------------------------------------
-    def create_job(self, ref: str, *, line: int, fields: Mapping[str, Any], due_at: float) -> Status | None:
-        """Create the job unless it exists. None when created; else the existing job's status."""
+    def create_job(self, ref: str, *, line: int, model: str, fields: Mapping[str, Any]) -> Status | None:
+        """Create the job, waiting in its model's queue, unless it exists. None when created; else the existing
+        job's status."""
         batch_id, job_id = keys.split_ref(ref)
         existing = self._create(
-            keys=[keys.job(ref), keys.batch(batch_id), keys.batch_jobs(batch_id), keys.DUE, keys.BATCHES, keys.COUNTS],
-            args=[ref, job_id, line, time.time(), due_at, *_flatten(fields)],
+            keys=[
+                keys.job(ref),
+                keys.batch(batch_id),
+                keys.batch_jobs(batch_id),
+                keys.BATCHES,
+                keys.COUNTS,
+                keys.wait_queue(model),
+                keys.wait_clock(model),
+            ],
+            args=[ref, job_id, line, time.time(), model, *_flatten(fields)],
         )
         return Status(existing) if existing else None
+
+    # --- the wait queues of admission -----------------------------------------------------------
+    def next_waiting(self, model: str) -> tuple[str, float] | None:
+        """The job first in line for a slot of `model`, with its score; None when nobody waits."""
+        found = cast(list[tuple[str, float]], self.redis.zrange(keys.wait_queue(model), 0, 0, withscores=True))
+        return found[0] if found else None
+
+    def leave_queue(self, model: str, ref: str) -> bool:
+        return bool(self.redis.zrem(keys.wait_queue(model), ref))
+
+    def requeue(self, ref: str, model: str) -> bool:
+        """Put an accepted job back in line (at its band's current turn); False when it already was."""
+        batch_id = keys.split_ref(ref)[0]
+        return bool(
+            self._requeue(keys=[keys.batch(batch_id), keys.wait_queue(model), keys.wait_clock(model)], args=[ref])
+        )
+
+    def advance_clock(self, model: str, score: float) -> None:
+        self._advance_clock(keys=[keys.wait_clock(model)], args=[repr(score % 1e12)])
+
+    def waiting(self, models: list[str]) -> dict[str, int]:
+        """How many jobs wait for a slot, per model (only the models with any)."""
+        pipe = self.redis.pipeline()
+        for model in models:
+            pipe.zcard(keys.wait_queue(model))
+        return {m: int(n) for m, n in zip(models, pipe.execute(), strict=True) if n}
 
     def get(self, ref: str) -> Job | None:
         h = self._hash(keys.job(ref))

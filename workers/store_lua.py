@@ -27,8 +27,11 @@ local function finish_batch(batch_key, events_key, batch_id, now, now_iso, maxle
 end
 """
 
-# KEYS: job, batch, batch_jobs, due, batches, counts (all jobs by status)
-# ARGV: ref, job_id, line, now, due_at, then field/value pairs of the new record.
+# KEYS: job, batch, batch_jobs, batches, counts (all jobs by status), wait queue of the model, its clock.
+# ARGV: ref, job_id, line, now, model, then field/value pairs of the new record.
+# The job waits for a slot in its model's queue (not in the due index). Its score puts it in its batch's
+# priority band (9 - priority) and, within the band, at a fair position: a batch's jobs count on from the
+# queue's clock when the batch first queued for the model, so batches of one band take turns.
 CREATE_JOB = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return redis.call('HGET', KEYS[1], 'status')
@@ -37,12 +40,35 @@ local fields = {}
 for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZADD', KEYS[3], tonumber(ARGV[3]), ARGV[2])
-redis.call('ZADD', KEYS[4], tonumber(ARGV[5]), ARGV[1])
 redis.call('HINCRBY', KEYS[2], 'total', 1)
 redis.call('HINCRBY', KEYS[2], 'n:' .. redis.call('HGET', KEYS[1], 'status'), 1)
-redis.call('HINCRBY', KEYS[6], redis.call('HGET', KEYS[1], 'status'), 1)
+redis.call('HINCRBY', KEYS[5], redis.call('HGET', KEYS[1], 'status'), 1)
 redis.call('HDEL', KEYS[2], 'done_at')
+local clock = tonumber(redis.call('GET', KEYS[7]) or '0')
+local base_field = 'wait_base:' .. ARGV[5]
+local base = tonumber(redis.call('HGET', KEYS[2], base_field) or '-1')
+if base < 0 then
+  base = clock
+  redis.call('HSET', KEYS[2], base_field, base)
+end
+local position = math.max(base + redis.call('HINCRBY', KEYS[2], 'wait_n:' .. ARGV[5], 1), clock)
+local band = 9 - tonumber(redis.call('HGET', KEYS[2], 'priority') or '5')
+redis.call('ZADD', KEYS[6], 'NX', band * 1e12 + position, ARGV[1])
 return ''
+"""
+
+# Put an accepted job back in its model's queue, at the front of its band's current turn (a revived job, or
+# one the recovery sweep found waiting outside the queue). KEYS: batch, wait queue, clock. ARGV: ref.
+REQUEUE = """
+local clock = tonumber(redis.call('GET', KEYS[3]) or '0')
+local band = 9 - tonumber(redis.call('HGET', KEYS[1], 'priority') or '5')
+return redis.call('ZADD', KEYS[2], 'NX', band * 1e12 + clock, ARGV[1])
+"""
+
+# A job was admitted from the queue: move the queue's clock up to its position. KEYS: clock. ARGV: position.
+ADVANCE_CLOCK = """
+if tonumber(ARGV[1]) > tonumber(redis.call('GET', KEYS[1]) or '0') then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
 """
 
 # KEYS: job, batch, due, events, counts (all jobs by status), inflight (tasks upstream per model)

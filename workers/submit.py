@@ -3,20 +3,25 @@
 Before the POST the job is claimed and marked `create_pending`; the mark is cleared as soon as the outcome is
 known. A job that reaches this stage still marked (its create timed out, its answer was lost, or its worker
 died mid-request) is reconciled through the task list before anything is sent again (`reconcile.py`).
-A 429 is not a failure: the job comes back after a cooldown and burns no retry. An account-level refusal
-pauses the account for every job (`accounts.py`); the jobs of a paused account wait.
+The job arrives holding a slot of its account (`admission.py`); each submit renews the slot's lease. A create
+goes only when the scope's submit rate and cooldown allow it (`workers/quota/`); otherwise the job comes back
+after the wait they name, which is not a retry. A 429 is not a failure either: it pauses the scope for every
+worker, cuts its effective rate, and the job comes back after the pause. An account-level refusal pauses the
+account for every job (`accounts.py`); the jobs of a paused account wait.
 """
 
 from __future__ import annotations
 
 from config.catalogue import model_spec
 from workers import accounts, keys, metrics
+from workers.admission import scope_of
 from workers.errors import AccountError, CreateOutcomeUnknown, PermanentRemoteError, Throttled, TransientRemoteError
-from workers.job import Action, Job, Status
+from workers.job import Action, Job, Next, Status
 from workers.poll_policy import policy_for
+from workers.quota.quota import Scope
 from workers.reconcile import reconcile
 from workers.runtime import Runtime
-from workers.steps import Next, backoff_s, claim, end, load_current, log, reschedule
+from workers.steps import backoff_s, claim, end, load_current, log, reschedule
 
 #: How long a claimed submit may take before the recovery sweep re-sends it. A re-sent submit that finds
 #: `create_pending` reconciles (after the create's timeout has passed) instead of POSTing again, so a short
@@ -35,7 +40,9 @@ def submit(rt: Runtime, ref: str, attempt: int) -> Next | None:
     current = claim(rt, job, Action.SUBMIT, lease_s=SUBMIT_LEASE_S, status=Status.SUBMITTING)
     if current is None:
         return None
-    pause = accounts.paused(rt.store, rt.settings.account)
+    scope = scope_of(job) or Scope(rt.settings.resolved_accounts()[0].name, job.request.model)
+    rt.quota.keep_slot(scope, job.ref, lease_s=rt.settings.slot_lease_s, now=now)
+    pause = accounts.paused(rt.store, scope.account)
     if pause is not None:
         delay = rt.settings.account_pause_recheck_s * rt.rng.uniform(0.8, 1.2)
         return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, delay)
@@ -45,27 +52,32 @@ def submit(rt: Runtime, ref: str, attempt: int) -> Next | None:
             return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, found.wait_s)
         if found.task_id:
             return _submitted(rt, job, current, found.task_id, None)
-    return _create(rt, job, current)
+    limits = rt.settings.account_settings(scope.account).limits_for(scope.model)
+    wait_s = rt.quota.submit_wait_s(scope, limits, rt.settings, rt.clock(), rt.rng)
+    if wait_s > 0:
+        # Not a retry and not a throttle: the scope's rate says "not yet".
+        return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, wait_s)
+    return _create(rt, job, current, scope)
 
 
-def _create(rt: Runtime, job: Job, current: int) -> Next | None:
+def _create(rt: Runtime, job: Job, current: int, scope: Scope) -> Next | None:
     sent = rt.store.transition(
         job.ref,
         Status.SUBMITTING,
         expected_attempt=current,
         next_action=Action.SUBMIT,
         due_at=rt.clock() + SUBMIT_LEASE_S,
-        fields={"create_pending": 1, "submit_sent_at": rt.clock(), "submits": job.submits + 1},
+        fields={"create_pending": 1, "submit_sent_at": rt.clock(), "submit_failed_at": "", "submits": job.submits + 1},
     )
     if not sent.ok:
         return None
     try:
-        task_id, request_id = rt.dashscope.create_task(job.request)
+        task_id, request_id = rt.client(scope.account).create_task(job.request)
     except Throttled as exc:
-        metrics.THROTTLED.labels(account=rt.settings.account, model=job.request.model, endpoint="create").inc()
+        metrics.THROTTLED.labels(account=scope.account, model=job.request.model, endpoint="create").inc()
         throttles = job.throttles + 1
-        delay = exc.retry_after_s or backoff_s(throttles, base_s=1.0, cap_s=30.0, rng=rt.rng)
-        log.info("submit throttled", ref=job.ref, code=exc.code, delay_s=round(delay, 2))
+        delay = rt.quota.throttled(scope, rt.settings, rt.clock(), rt.rng, exc.retry_after_s)
+        log.info("submit throttled; scope paused", ref=job.ref, code=exc.code, delay_s=round(delay, 2))
         # Refused, so nothing was created or paid for: it does not count as a submit.
         return reschedule(
             rt,
@@ -77,7 +89,7 @@ def _create(rt: Runtime, job: Job, current: int) -> Next | None:
             fields={"create_pending": 0, "submits": job.submits, "throttles": throttles},
         )
     except AccountError as exc:
-        accounts.pause(rt.store, rt.settings.account, code=exc.code, message=exc.message, now=rt.clock())
+        accounts.pause(rt.store, scope.account, code=exc.code, message=exc.message, now=rt.clock())
         end(rt, job, current, Status.FAILED, code=exc.code, message=exc.message, fields={"create_pending": 0})
         return None
     except PermanentRemoteError as exc:
@@ -85,9 +97,18 @@ def _create(rt: Runtime, job: Job, current: int) -> Next | None:
         return None
     except CreateOutcomeUnknown as exc:
         log.warning("create outcome unknown; will reconcile before sending again", ref=job.ref, code=exc.code)
-        return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, rt.settings.http_timeout_s / 2)
+        return reschedule(
+            rt,
+            job,
+            current,
+            Status.SUBMITTING,
+            Action.SUBMIT,
+            rt.settings.http_timeout_s / 2,
+            fields={"submit_failed_at": rt.clock()},
+        )
     except TransientRemoteError as exc:
         return _transient(rt, job, current, exc)
+    rt.quota.created(scope, rt.settings, rt.clock())
     return _submitted(rt, job, current, task_id, request_id)
 
 

@@ -1,28 +1,50 @@
-"""Crash recovery: re-send the message of every job whose next action is overdue.
+"""The periodic sweep: re-send overdue messages, give back slots nobody needs, and admit waiting jobs.
 
 A SIGKILLed worker takes its messages with it: with the Redis broker they sit unacknowledged until the
-visibility timeout (an hour). The job store knows better: every non-terminal job has a `next_action` and a
-`due_at` (a lease while an action runs), indexed in `genq:due`. Jobs overdue by more than
+visibility timeout (an hour). The job store knows better: every admitted, non-terminal job has a
+`next_action` and a `due_at` (a lease while an action runs), indexed in `genq:due`. Jobs overdue by more than
 `GENQ_SWEEP_GRACE_S` get a fresh message carrying their *current* attempt; if the original message is still
-alive after all, whichever comes second finds the attempt moved on and does nothing. Runs every few seconds
+alive after all, whichever comes second finds the attempt moved on and does nothing.
+
+Slots: a slot is given back the moment its job's task ends, in the stage that sees it. A worker that dies
+between the two leaves the slot held by a job that no longer needs it; the audit here gives it back (a job
+that ended, is downloading, or moved to another account's slot). Then every model with jobs waiting is
+dispatched, so a slot freed by the audit, or by a lease that lapsed, is used at once. Runs every few seconds
 from beat (`genq.sweep`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
+from config.catalogue import CATALOGUE
 from workers import keys
-from workers.admission import admit
-from workers.job import Action
+from workers.admission import HOLDS_SLOT, dispatch_all, scope_of
+from workers.job import Action, Next, Status
+from workers.quota.quota import Scope
 from workers.runtime import Runtime
-from workers.steps import Next, log
+from workers.steps import log
 
 #: After a re-send, the next look at the same job waits this long (the message may just be queued).
 RESEND_AFTER_S = 30.0
 
 
-def sweep(rt: Runtime, send: Callable[[Next | None], None], *, limit: int = 1000) -> int:
+@dataclass
+class SweepReport:
+    resent: int = 0
+    slots_freed: int = 0
+    admitted: int = 0
+
+
+def sweep(rt: Runtime, send: Callable[[Next | None], None], *, limit: int = 1000) -> SweepReport:
+    report = SweepReport(resent=resend_overdue(rt, send, limit=limit))
+    report.slots_freed = audit_slots(rt)
+    report.admitted = dispatch_all(rt.store, rt.quota, rt.settings, send, now=rt.clock())
+    return report
+
+
+def resend_overdue(rt: Runtime, send: Callable[[Next | None], None], *, limit: int = 1000) -> int:
     """Re-send overdue jobs' messages; returns how many were re-sent."""
     now = rt.clock()
     resent = 0
@@ -32,12 +54,13 @@ def sweep(rt: Runtime, send: Callable[[Next | None], None], *, limit: int = 1000
             rt.store.redis.zrem(keys.DUE, ref)
             continue
         if job.next_action is Action.ADMIT:
-            step = admit(rt.store, rt.settings, ref, now=now)
-        else:
-            step = Next(job.next_action, ref, job.attempt, 0.0)
+            # A revived job waits in its model's queue, not in the due index.
+            rt.store.requeue(ref, job.request.model)
+            rt.store.redis.zrem(keys.DUE, ref)
+            continue
         # Only push the due time forward if nobody moved the job meanwhile (GT: never pull it back).
         rt.store.redis.zadd(keys.DUE, {ref: now + RESEND_AFTER_S}, xx=True, gt=True)
-        send(step)
+        send(Next(job.next_action, ref, job.attempt, 0.0))
         resent += 1
         log.warning(
             "overdue job re-sent",
@@ -47,3 +70,21 @@ def sweep(rt: Runtime, send: Callable[[Next | None], None], *, limit: int = 1000
             overdue_s=round(now - job.due_at, 1),
         )
     return resent
+
+
+def audit_slots(rt: Runtime) -> int:
+    """Give back every slot whose job no longer needs it; returns how many."""
+    now, freed = rt.clock(), 0
+    for account in rt.settings.resolved_accounts():
+        for model in CATALOGUE:
+            scope = Scope(account.name, model)
+            for ref in rt.quota.slot_holders(scope, now):
+                job = rt.store.get(ref)
+                if job is not None and job.status in HOLDS_SLOT and scope_of(job) == scope:
+                    continue
+                if job is not None and job.status is Status.ACCEPTED:
+                    continue  # a dispatcher is admitting it right now (or died doing so: it will again)
+                if rt.quota.release_slot(scope, ref):
+                    freed += 1
+                    log.warning("slot given back by the audit", scope=str(scope), ref=ref)
+    return freed

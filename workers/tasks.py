@@ -17,13 +17,13 @@ from celery.signals import worker_init, worker_process_shutdown
 
 from config.celery_app import app
 from workers.finalize import finalize as finalize_stage
+from workers.job import Next
 from workers.messages import publish
 from workers.metrics_server import process_exited, start_metrics_server
 from workers.poll import poll as poll_stage
 from workers.runtime import Runtime, runtime
-from workers.steps import Next
 from workers.submit import submit as submit_stage
-from workers.sweep import sweep as sweep_overdue
+from workers.sweep import sweep as sweep_all
 from workers.webhook import deliver_pending
 
 Stage = Callable[[Runtime, str, int], Next | None]
@@ -40,11 +40,22 @@ def _pool_process_exited(pid: int | None = None, **_: Any) -> None:
     process_exited(pid or os.getpid())
 
 
+def _send(step: Next | None) -> None:
+    publish(app, step)
+
+
+def _runtime() -> Runtime:
+    """This process's runtime, sending the messages of jobs a stage admits through this app."""
+    rt = runtime()
+    rt.send = _send
+    return rt
+
+
 def _run(stage: Stage, ref: str, attempt: int) -> None:
     batch_id, _, job_id = ref.partition("/")
     # task_id is bound by the stage once the job is loaded; binding it here too resets it after the task.
     with structlog.contextvars.bound_contextvars(batch_id=batch_id, job_id=job_id, task_id=None):
-        publish(app, stage(runtime(), ref, attempt))
+        publish(app, stage(_runtime(), ref, attempt))
 
 
 @app.task(name="genq.submit")
@@ -63,15 +74,16 @@ def finalize(ref: str, attempt: int) -> None:
 
 
 @app.task(name="genq.sweep")
-def sweep() -> int:
-    """Re-send the messages of jobs whose next action is overdue (their worker died)."""
-    return sweep_overdue(runtime(), lambda step: publish(app, step))
+def sweep() -> None:
+    """Re-send the messages of jobs whose next action is overdue (their worker died), give back slots no job
+    needs, and admit waiting jobs into free slots."""
+    sweep_all(_runtime(), _send)
 
 
 @app.task(name="genq.deliver_webhooks")
 def deliver_webhooks() -> int:
     """One round of webhook delivery (new events, and retries of failed ones)."""
-    rt = runtime()
+    rt = _runtime()
     return deliver_pending(rt, _webhook_http(), now=rt.clock()).delivered
 
 

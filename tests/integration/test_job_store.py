@@ -17,7 +17,7 @@ def new_job(store: JobStore, ref: str = "b1/j1", line: int = 2) -> None:
     store.create_job(
         ref,
         line=line,
-        due_at=0,
+        model=request.model,
         fields={
             "batch_id": batch_id,
             "job_id": job_id,
@@ -35,7 +35,9 @@ def test_create_is_idempotent_and_reports_the_existing_status(settings: Settings
     store = make_store(settings)
     store.open_batch("b1", source="t")
     new_job(store)
-    assert store.create_job("b1/j1", line=2, due_at=0, fields={"status": "accepted"}) is Status.ACCEPTED
+    assert (
+        store.create_job("b1/j1", line=2, model="wan2.5-t2i-preview", fields={"status": "accepted"}) is Status.ACCEPTED
+    )
     summary = store.batch_summary("b1")
     assert summary is not None and summary.total == 1 and summary.counts == {"accepted": 1}
 

@@ -82,7 +82,7 @@ def test_cancel_stops_a_batch_and_cancels_upstream(
     rt = runtime_factory(dashscope_base_url=sim.base_url, result_hosts=(sim.url.removeprefix("http://"),))
     steps = enqueue(rt, *({"id": f"j{i}", "prompt": f"p{i}", "model": "wanx2.0-t2i-turbo"} for i in range(3)))
     left = run(rt, steps, timeout_s=3, max_sleep_s=0.5)
-    report = cancel(rt, rt.dashscope, "b")
+    report = cancel(rt, "b")
     assert sorted(report.changed) == ["b/j0", "b/j1", "b/j2"] and report.upstream_canceled >= 1
     assert run(rt, left, timeout_s=5) == []  # every message still in flight is now stale
     assert all(j.status is Status.CANCELED for j in rt.store.jobs("b"))

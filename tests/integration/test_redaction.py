@@ -22,6 +22,7 @@ from tests.stage_runner import enqueue, run
 from workers import keys
 from workers.dashscope import DashScopeClient
 from workers.errors import StorageError
+from workers.quota.quota import Quota
 from workers.runtime import Runtime, make_store
 from workers.storage import ResultStore, make_minio
 from workers.webhook import deliver_pending
@@ -68,12 +69,14 @@ def test_secrets_never_leave_the_process(
     api, downloads = httpx.Client(timeout=5), httpx.Client(timeout=5)
     results = ResultStore(make_minio(settings), settings.bucket)
     results.ensure_bucket()
+    store = make_store(settings)
     rt = Runtime(
         settings=settings,
-        store=make_store(settings),
+        store=store,
         results=results,
         downloads=downloads,
         dashscope=DashScopeClient(api, base_url=settings.base_url, api_key=API_KEY),
+        quota=Quota.redis(store.redis),
     )
     errors: list[str] = []
 
@@ -91,7 +94,9 @@ def test_secrets_never_leave_the_process(
         deliver_pending(rt, hook, now=time.time())
 
     refused = DashScopeClient(api, base_url=settings.base_url, api_key=WRONG_KEY)  # a refused API key
-    rt_refused = Runtime(settings=settings, store=rt.store, results=results, downloads=downloads, dashscope=refused)
+    rt_refused = Runtime(
+        settings=settings, store=rt.store, results=results, downloads=downloads, dashscope=refused, quota=rt.quota
+    )
     run(rt_refused, enqueue(rt_refused, {"id": "bad", "prompt": "a dog"}, batch_id="c"), timeout_s=10)
 
     # A careless log call that puts secrets in plain sight is still masked.

@@ -1,0 +1,102 @@
+"""DashScope accounts: the quota scopes genq spreads its work over.
+
+An account is one root account of Model Studio in one region: its API keys (all of them share its limits,
+and genq spreads its creates over them), its base URL, and its limits per model (the catalogue's documented
+figures unless overridden). With no `accounts` configured, genq has one account made of the top-level
+settings (`account`, `DASHSCOPE_API_KEY`, `region`, `dashscope_base_url`).
+
+In a TOML config file:
+
+    [[accounts]]
+    name = "main"
+    region = "singapore"
+    api_keys = ["sk-...", "sk-..."]
+    concurrency_mode = "queue"        # the service queues excess tasks in PENDING ("throttle": it 429s)
+    server_queue_depth = 5            # tasks kept queued upstream per model beyond its concurrency
+    query_qps = 20
+    [accounts.limits]                 # model = [submits per second, tasks at once]
+    "wan2.5-t2i-preview" = [5, 5]
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from config.catalogue import CATALOGUE, model_spec
+
+#: Base URLs per region (dashscope-api.md, "Endpoints"). Keys are region-specific.
+REGION_BASE_URLS = {
+    "beijing": "https://dashscope.aliyuncs.com/api/v1",
+    "singapore": "https://dashscope-intl.aliyuncs.com/api/v1",
+    "virginia": "https://dashscope-us.aliyuncs.com/api/v1",
+}
+
+
+class AccountSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    api_keys: tuple[SecretStr, ...] = ()
+    region: str = "singapore"
+    base_url: str | None = None
+    workspace: str | None = None
+    concurrency_mode: Literal["queue", "throttle"] = "queue"
+    server_queue_depth: int | None = Field(
+        None, ge=0, description="None: as deep as the model's concurrency in queue mode, 0 in throttle mode."
+    )
+    query_qps: float = Field(20.0, gt=0)
+    limits: dict[str, tuple[float, int]] = Field(default_factory=dict)
+    models: tuple[str, ...] = Field((), description="Models this account serves; empty: all of them.")
+
+    @field_validator("limits")
+    @classmethod
+    def _known_models(cls, limits: dict[str, tuple[float, int]]) -> dict[str, tuple[float, int]]:
+        for model, (rate, slots) in limits.items():
+            model_spec(model)  # KeyError names the known models
+            if rate <= 0 or slots < 1:
+                raise ValueError(f"limits for {model}: submits per second must be > 0 and tasks at once >= 1")
+        return limits
+
+    @property
+    def resolved_base_url(self) -> str:
+        if self.base_url:
+            return self.base_url.rstrip("/")
+        try:
+            return REGION_BASE_URLS[self.region]
+        except KeyError:
+            raise ValueError(
+                f"account {self.name}: unknown region {self.region!r}; use one of {', '.join(REGION_BASE_URLS)} "
+                "or set its base_url"
+            ) from None
+
+    def serves(self, model: str) -> bool:
+        return not self.models or model in self.models
+
+    def limits_for(self, model: str) -> ScopeLimits:
+        spec = model_spec(model)
+        rate, concurrent = self.limits.get(model, (spec.submit_rate_per_s, spec.max_concurrent))
+        depth = self.server_queue_depth
+        if depth is None:
+            depth = concurrent if self.concurrency_mode == "queue" else 0
+        return ScopeLimits(submit_rate_per_s=float(rate), max_concurrent=int(concurrent), server_queue_depth=depth)
+
+
+class ScopeLimits(BaseModel):
+    """The limits of one (account, model) scope."""
+
+    model_config = ConfigDict(frozen=True)
+
+    submit_rate_per_s: float
+    max_concurrent: int
+    server_queue_depth: int
+
+    @property
+    def slot_limit(self) -> int:
+        """Jobs that may hold a slot at once: the tasks the service runs, plus those it keeps queued."""
+        return self.max_concurrent + self.server_queue_depth
+
+
+def all_models() -> list[str]:
+    return sorted(CATALOGUE)

@@ -1,0 +1,112 @@
+"""The quota as the stages see it: may this create go, may this query go, who holds a slot.
+
+`Quota` puts the four mechanisms together with the settings' knobs. Every "not now" is a wait in seconds
+(a value, never an exception): the stage reschedules itself with it and burns no retry.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import redis
+
+from config.accounts import ScopeLimits
+from config.settings import Settings
+from workers import keys
+from workers.quota.budget import QueryBudget
+from workers.quota.cooldown import Cooldowns, MemoryCooldowns, RedisCooldowns
+from workers.quota.rate import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from workers.quota.slots import MemorySlots, RedisSlots, Slots
+
+#: A poll whose slot lease lapsed takes it back whatever the limit: its task holds an upstream slot anyway.
+UNBOUNDED = 1_000_000
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where a job's upstream task counts: one account's limits for one model."""
+
+    account: str
+    model: str
+
+    @property
+    def slots_key(self) -> str:
+        return keys.slots(self.account, self.model)
+
+    def __str__(self) -> str:
+        return f"{self.account}/{self.model}"
+
+
+@dataclass
+class Quota:
+    rate: RateLimiter
+    slots: Slots
+    cooldowns: Cooldowns
+    budget: QueryBudget
+
+    @classmethod
+    def redis(cls, client: redis.Redis) -> Quota:
+        """The fleet-wide quota, in the Redis every worker shares."""
+        limiter = RedisRateLimiter(client)
+        return cls(limiter, RedisSlots(client), RedisCooldowns(client), QueryBudget(limiter))
+
+    @classmethod
+    def memory(cls) -> Quota:
+        """A one-process quota (tests; a single-process embedding)."""
+        limiter = MemoryRateLimiter()
+        return cls(limiter, MemorySlots(), MemoryCooldowns(), QueryBudget(limiter))
+
+    # --- submit rate and cooldown ------------------------------------------------------------------
+    def submit_wait_s(
+        self, scope: Scope, limits: ScopeLimits, settings: Settings, now: float, rng: random.Random
+    ) -> float:
+        """0.0 when a create of `scope` may go now; else how long to wait (jittered, never zero)."""
+        cooldown_key = keys.cooldown(scope.account, scope.model)
+        state = self.cooldowns.state(cooldown_key, now)
+        if state.wait_s > 0:
+            return state.wait_s + rng.uniform(0.05, 0.25)
+        rate = limits.submit_rate_per_s * settings.submit_rate_safety * state.factor
+        wait = self.rate.take(keys.submit_rate(scope.account, scope.model), rate, now)
+        # Denied creates would all come back on the same instant: spread them over a fifth of an interval.
+        return wait + rng.uniform(0.01, 0.2 / rate) if wait > 0 else 0.0
+
+    def throttled(
+        self, scope: Scope, settings: Settings, now: float, rng: random.Random, retry_after_s: float | None = None
+    ) -> float:
+        """A create of `scope` got a 429: pause the scope for everyone; return this job's wait."""
+        state = self.cooldowns.trip(
+            keys.cooldown(scope.account, scope.model),
+            now,
+            base_s=max(settings.throttle_cooldown_s, retry_after_s or 0.0),
+            cap_s=settings.throttle_cooldown_cap_s,
+            stretch=rng.uniform(1.0, 1.5),
+        )
+        return state.wait_s + rng.uniform(0.05, 0.25)
+
+    def created(self, scope: Scope, settings: Settings, now: float) -> None:
+        """A create of `scope` went through: let a throttled rate grow back."""
+        self.cooldowns.succeeded(keys.cooldown(scope.account, scope.model), now, step=settings.rate_increase_step)
+
+    def rate_factor(self, scope: Scope, now: float) -> float:
+        return self.cooldowns.state(keys.cooldown(scope.account, scope.model), now).factor
+
+    # --- query budget ------------------------------------------------------------------------------
+    def query_wait_s(self, account: str, qps: float, now: float, rng: random.Random) -> float:
+        wait = self.budget.take(account, qps, now)
+        return wait + rng.uniform(0.01, 0.1) if wait > 0 else 0.0
+
+    # --- slots -------------------------------------------------------------------------------------
+    def take_slot(self, scope: Scope, ref: str, *, limit: int, lease_s: float, now: float) -> bool:
+        return self.slots.acquire(scope.slots_key, ref, limit=limit, lease_until=now + lease_s, now=now)
+
+    def keep_slot(self, scope: Scope, ref: str, *, lease_s: float, now: float) -> None:
+        """Renew the job's lease; a job that lost its slot (a long outage) takes it back: its task is upstream."""
+        if not self.slots.renew(scope.slots_key, ref, lease_until=now + lease_s):
+            self.slots.acquire(scope.slots_key, ref, limit=UNBOUNDED, lease_until=now + lease_s, now=now)
+
+    def release_slot(self, scope: Scope, ref: str) -> bool:
+        return self.slots.release(scope.slots_key, ref)
+
+    def slot_holders(self, scope: Scope, now: float) -> list[str]:
+        return self.slots.holders(scope.slots_key, now)
