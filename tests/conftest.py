@@ -30,7 +30,7 @@ from ops.simulator.engine import Engine, SimConfig
 from ops.simulator.profiles import load_profile
 from workers.dashscope import DashScopeClient
 from workers.quota.quota import Quota
-from workers.runtime import Runtime, make_store
+from workers.runtime import Runtime, account_clients, make_store
 from workers.storage import ResultStore, make_minio
 
 SIM_KEY = "test-key-" + secrets.token_hex(8)
@@ -162,6 +162,7 @@ def runtime_factory(settings: Settings) -> Iterator[Callable[..., Runtime]]:
             results=results,
             downloads=downloads,
             quota=Quota.redis(store.redis),
+            clients=account_clients(configured, api) if configured.accounts else {},
         )
 
     yield build

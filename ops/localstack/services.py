@@ -127,10 +127,18 @@ def start_simulator(
     profile: str,
     base_env: Mapping[str, str],
     time_scale: float | None = None,
+    profile_file: Path | None = None,
+    seed: int | None = None,
 ) -> ManagedProcess:
+    """The simulator on 127.0.0.1:`port`. `api_key` is one key of account `default`, or a `SIM_API_KEYS` spec
+    (`acct=k1|k2;other=k3`) for several accounts."""
     argv = [sys.executable, "-m", "ops.simulator", "--port", str(port), "--profile", profile]
     if time_scale is not None:
         argv += ["--time-scale", str(time_scale)]
+    if profile_file is not None:
+        argv += ["--profile-file", str(profile_file)]
+    if seed is not None:
+        argv += ["--seed", str(seed)]
     process = ManagedProcess(
         "simulator", argv, log_path=log_dir / "simulator.log", env={**base_env, "SIM_API_KEYS": api_key}
     )

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 
 from config.logging import register_secrets
 from config.settings import Settings
@@ -61,32 +61,42 @@ def isolated_settings(state_dir: Path, **overrides: Any) -> Settings:
     )
 
 
+def _env_value(value: Any) -> str:
+    """A setting as its environment variable holds it: secrets revealed (the environment is private to the
+    child, never its argv), structures as JSON."""
+
+    def reveal(obj: Any) -> Any:
+        if isinstance(obj, SecretStr):
+            return obj.get_secret_value()
+        if isinstance(obj, BaseModel):
+            return {k: reveal(v) for k, v in obj if v is not None}
+        if isinstance(obj, dict):
+            return {k: reveal(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [reveal(v) for v in obj]
+        return obj
+
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple, dict, BaseModel)):
+        return json.dumps(reveal(value))
+    return str(value)
+
+
 def child_env(settings: Settings) -> dict[str, str]:
-    """The environment a genq child process needs to see these settings (secrets included, never logged)."""
+    """The environment a genq child process needs to see these settings (secrets included, never logged):
+    every setting that differs from its default."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GENQ_") or k == "GENQ_CONFIG"}
-    env.update(
-        {
-            "GENQ_REDIS_URL": settings.redis_url,
-            "GENQ_S3_ENDPOINT": settings.s3_endpoint,
-            "GENQ_S3_SECURE": str(settings.s3_secure).lower(),
-            "GENQ_BUCKET": settings.bucket,
-            "GENQ_REGION": settings.region,
-            "GENQ_RESULT_HOSTS": json.dumps(list(settings.result_hosts)),
-            "GENQ_REQUIRE_HTTPS_RESULTS": str(settings.require_https_results).lower(),
-            "GENQ_STATE_DIR": str(settings.state_dir),
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    optional = {
-        "GENQ_S3_ACCESS_KEY": settings.s3_access_key,
-        "GENQ_S3_SECRET_KEY": settings.s3_secret_key,
-        "DASHSCOPE_API_KEY": settings.dashscope_api_key,
-    }
-    for name, secret in optional.items():
-        if secret is not None:
-            env[name] = secret.get_secret_value()
-    if settings.dashscope_base_url:
-        env["GENQ_DASHSCOPE_BASE_URL"] = settings.dashscope_base_url
+    env["PYTHONUNBUFFERED"] = "1"
+    always = {"redis_url", "s3_endpoint", "bucket", "state_dir"}
+    for name, info in Settings.model_fields.items():
+        value = getattr(settings, name)
+        default = info.get_default(call_default_factory=True)
+        if value is None or (name not in always and value == default):
+            continue
+        env["DASHSCOPE_API_KEY" if name == "dashscope_api_key" else f"GENQ_{name.upper()}"] = _env_value(value)
     return env
 
 
@@ -129,7 +139,7 @@ class LocalStack:
         base_env = dict(os.environ)
         started_redis = self._ensure_redis(state)
         updates.update(self._ensure_s3(state, local, base_env))
-        if self.configured.dashscope_api_key is None:
+        if self.configured.uses_simulator:
             port = self.configured.simulator_port or free_port()
             self._add(
                 services.start_simulator(

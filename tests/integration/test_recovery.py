@@ -15,10 +15,12 @@ from ops.localstack import LocalStack
 from producer.csv_source import CsvRow
 from tests.stage_runner import batch_done, publish_rows, wait_until
 from workers.job import Status
+from workers.quota.quota import Quota, Scope
 from workers.runtime import make_store
 from workers.store import JobStore
 
 pytestmark = pytest.mark.integration
+MODEL = "wan2.5-t2i-preview"  # the default model: 5 tasks at once, plus a queue of 5 upstream
 
 
 @pytest.fixture
@@ -44,11 +46,25 @@ def assert_all_succeeded_once(stack: LocalStack, store: JobStore, count: int) ->
 
 
 def test_sigkilled_worker_jobs_are_polled_again_within_30_s(stack: LocalStack) -> None:
-    """SIGKILL one of two workers while jobs are being polled: every unfinished job is polled again within 30 s
-    by the surviving worker, and every job still ends succeeded exactly once, with one upstream task each."""
+    """SIGKILL one of two workers while jobs are being polled and hold slots: every unfinished job is polled
+    again within 30 s by the surviving worker, every job still ends succeeded exactly once with one upstream
+    task each, no more jobs than the scope's slots ever hold one, the service never runs more than its
+    limit, and every slot comes back."""
     store = enqueue(stack, 12)
+    quota, scope = Quota.redis(store.redis), Scope("default", MODEL)
+    limit = stack.settings.account_settings("default").limits_for(MODEL)
+    held: list[int] = []
+
+    def sampled(condition: Callable[[], bool]) -> Callable[[], bool]:
+        def check() -> bool:
+            held.append(len(quota.slot_holders(scope, time.time())))
+            return condition()
+
+        return check
+
     polling = [Status.SUBMITTED, Status.RUNNING]
-    wait_until(lambda: sum(j.status in polling for j in store.jobs("b")) >= 4, 60, "jobs being polled")
+    wait_until(sampled(lambda: sum(j.status in polling for j in store.jobs("b")) >= 4), 60, "jobs being polled")
+    assert held[-1] >= 4  # the jobs about to lose their worker hold slots
 
     victim = stack.process("worker-local1")
     os.killpg(victim.pid, signal.SIGKILL)
@@ -60,10 +76,15 @@ def test_sigkilled_worker_jobs_are_polled_again_within_30_s(stack: LocalStack) -
         now = {j.ref: j for j in store.jobs("b")}
         return all(now[ref].terminal or now[ref].attempt > attempt for ref, attempt in before.items())
 
-    wait_until(all_moved_on, 30, "every unfinished job to be looked after again")
+    wait_until(sampled(all_moved_on), 30, "every unfinished job to be looked after again")
     assert time.monotonic() - killed_at < 30
-    wait_until(batch_done(store, "b"), 120, "the batch to finish")
+    wait_until(sampled(batch_done(store, "b")), 120, "the batch to finish")
     assert_all_succeeded_once(stack, store, 12)
+    assert max(held) <= limit.slot_limit
+    assert quota.slot_holders(scope, time.time()) == []
+    upstream = stack.simulator_counters()
+    assert upstream is not None
+    assert all(s["max_running"] <= limit.max_concurrent for s in upstream["scopes"])
 
 
 def test_a_minute_without_s3_loses_no_result(stack: LocalStack) -> None:

@@ -1,0 +1,136 @@
+"""Admission and quota with the stages in-process, against a real Redis and the simulator: slots bound what is
+upstream, higher priority goes first, batches of one band take turns, and two accounts each keep their limits."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from pydantic import SecretStr
+
+from config.accounts import AccountSettings
+from tests.conftest import SIM_KEY, RunningSimulator
+from tests.stage_runner import enqueue, run
+from workers import keys
+from workers.job import Status
+from workers.quota.quota import Scope
+from workers.runtime import Runtime
+
+MODEL = "wan2.5-t2i-preview"
+
+
+def rows(prefix: str, count: int) -> list[dict[str, str]]:
+    return [{"id": f"{prefix}{i}", "prompt": f"{prefix} prompt {i}", "model": MODEL} for i in range(count)]
+
+
+def sim_host(sim: RunningSimulator) -> str:
+    return sim.url.removeprefix("http://")
+
+
+def admitted_order(rt: Runtime, *batches: str) -> list[str]:
+    jobs = [j for b in batches for j in rt.store.jobs(b)]
+    return [j.ref for j in sorted(jobs, key=lambda j: j.times.get("admitted", float("inf")))]
+
+
+def scope_peak(sim: RunningSimulator, account: str = "default") -> dict[str, int]:
+    scopes = sim.engine.snapshot(time.time())["scopes"]
+    return {s["model"]: s["max_running"] for s in scopes if s["account"] == account}
+
+
+def test_slots_bound_what_is_upstream_and_all_come_back(
+    runtime_factory: Callable[..., Runtime], simulator_factory: Callable[..., RunningSimulator]
+) -> None:
+    """30 jobs on a scope of 2 tasks at once plus a queue of 1: never more than 3 jobs hold a slot, the service
+    never runs more than 2, every job succeeds, and no slot is left held."""
+    sim = simulator_factory()
+    sim.engine.configure(limits={MODEL: [5, 2]})
+    account = AccountSettings(
+        name="default",
+        api_keys=(SecretStr(SIM_KEY),),
+        base_url=sim.base_url,
+        limits={MODEL: (5, 2)},
+        server_queue_depth=1,
+    )
+    rt = runtime_factory(accounts=(account,), dashscope_base_url=sim.base_url, result_hosts=(sim_host(sim),))
+    scope, peak = Scope("default", MODEL), 0
+
+    def sample() -> bool:
+        nonlocal peak
+        peak = max(peak, len(rt.quota.slot_holders(scope, time.time())))
+        return False
+
+    steps = enqueue(rt, *rows("j", 30))
+    assert len(steps) == 3  # only the slots' worth is sent to Celery; the rest wait in Redis
+    assert rt.store.waiting([MODEL]) == {MODEL: 27}
+    run(rt, steps, timeout_s=90, until=sample)
+    assert [j.status for j in rt.store.jobs("b")] == [Status.SUCCEEDED] * 30
+    assert peak <= 3
+    assert scope_peak(sim)[MODEL] <= 2
+    assert rt.quota.slot_holders(scope, time.time()) == []
+    counters = sim.counters()
+    assert counters["creates"] == 30 and counters.get("throttled_submit", 0) == 0
+
+
+def test_a_higher_priority_batch_goes_before_a_waiting_one(runtime: Runtime) -> None:
+    """A 10-job batch of priority 8 arriving behind 40 waiting jobs of priority 2 is admitted into the next
+    slots that free, before any more of the waiting batch, and starts within one generation time."""
+    steps = enqueue(runtime, *rows("n", 40), batch_id="nightly", priority=2)
+    steps = run(runtime, steps, timeout_s=60, until=lambda: sum(j.terminal for j in runtime.store.jobs("nightly")) >= 5)
+    arrived = time.time()
+    steps += enqueue(runtime, *rows("i", 10), batch_id="interactive", priority=8)
+    run(runtime, steps, timeout_s=120)
+    interactive = list(runtime.store.jobs("interactive"))
+    assert all(j.status is Status.SUCCEEDED for j in interactive)
+    first_start = min(j.times["admitted"] for j in interactive)
+    assert first_start - arrived < 1.2  # the fast profile's longest generation is 1.1 s
+    after = [
+        ref
+        for ref in admitted_order(runtime, "nightly", "interactive")
+        if ref.startswith("interactive/") or runtime.store.get(ref).times["admitted"] > arrived
+    ]  # type: ignore[union-attr]
+    assert after[:10] == [f"interactive/i{i}" for i in range(10)]
+
+
+def test_batches_of_one_band_take_turns(runtime: Runtime) -> None:
+    """Batch B (10 jobs) queued while batch A (40 jobs) waits, both of priority 5: B's jobs alternate with A's
+    rather than waiting for A's remaining 30."""
+    steps = enqueue(runtime, *rows("a", 40), batch_id="A")
+    steps += enqueue(runtime, *rows("b", 10), batch_id="B")
+    run(runtime, steps, timeout_s=120)
+    order = [ref.split("/")[0] for ref in admitted_order(runtime, "A", "B")]
+    last_b = max(i for i, batch in enumerate(order) if batch == "B")
+    assert last_b < 10 + 2 * 10 + 1  # the 10 first slots went to A, then they alternated
+    assert order.count("A") == 40
+
+
+def test_two_accounts_each_hold_their_limits_and_both_work(
+    runtime_factory: Callable[..., Runtime], simulator_factory: Callable[..., RunningSimulator]
+) -> None:
+    """Two accounts (one with two keys) on one simulator: jobs spread over both, each account's scope never
+    runs more than its 2 tasks at once, and the second account's creates use both of its keys."""
+    sim = simulator_factory(keys={"key-a": "acct-a", "key-b1": "acct-b", "key-b2": "acct-b"})
+    sim.engine.configure(limits={MODEL: [5, 2]})
+    accounts = (
+        AccountSettings(name="acct-a", api_keys=(SecretStr("key-a"),), base_url=sim.base_url, limits={MODEL: (5, 2)}),
+        AccountSettings(
+            name="acct-b",
+            api_keys=(SecretStr("key-b1"), SecretStr("key-b2")),
+            base_url=sim.base_url,
+            limits={MODEL: (5, 2)},
+        ),
+    )
+    rt = runtime_factory(
+        accounts=accounts,
+        dashscope_api_key=SecretStr("key-a"),
+        dashscope_base_url=sim.base_url,
+        result_hosts=(sim_host(sim),),
+    )
+    run(rt, enqueue(rt, *rows("j", 24)), timeout_s=90)
+    jobs = list(rt.store.jobs("b"))
+    assert all(j.status is Status.SUCCEEDED for j in jobs)
+    by_account = {a: sum(j.account == a for j in jobs) for a in ("acct-a", "acct-b")}
+    assert min(by_account.values()) >= 6, by_account
+    assert scope_peak(sim, "acct-a")[MODEL] <= 2 and scope_peak(sim, "acct-b")[MODEL] <= 2
+    by_key = {e["key_suffix"]: e["creates"] for e in sim.engine.snapshot(time.time())["creates_by_key_model"]}
+    assert by_key.get("y-b1", 0) > 0 and by_key.get("y-b2", 0) > 0
+    assert not rt.store.redis.exists(keys.slots("acct-a", MODEL), keys.slots("acct-b", MODEL))
