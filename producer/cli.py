@@ -25,11 +25,12 @@ from config.settings import Settings, load_settings
 from ops.localstack import LocalStack, StackError
 from producer.batch import check_rows, enqueue_rows
 from producer.csv_source import CsvFormatError, read_rows
-from producer.display import failed_table, rejected_table, summary_table, wait_for_batch
+from producer.display import failed_table, quota_table, rejected_table, summary_table, wait_for_batch
 from producer.export import export_batch
 from workers import accounts, control, keys
 from workers.errors import StorageError
 from workers.messages import publish
+from workers.quota.quota import Quota
 from workers.runtime import build_runtime, make_store
 from workers.storage import ResultStore, make_minio
 from workers.store import BatchSummary, JobStore
@@ -235,13 +236,16 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the counters as JSON.")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Show a batch's counters by status, its rejected rows and its failed jobs."""
-    with _open_batch(config, batch_id) as (_, store, summary):
+    """Show a batch's counters by status, the quota it waits on, its rejected rows and its failed jobs."""
+    with _open_batch(config, batch_id) as (settings, store, summary):
         if as_json:
             console.print_json(json.dumps({**summary.__dict__, "done": summary.done}))
             return
         console.print(summary_table(summary))
         console.print("done" if summary.done else f"{summary.terminal} of {summary.total} jobs ended so far")
+        quota = quota_table(settings, store, Quota.redis(store.redis), now=time.time())
+        if quota is not None:
+            console.print(quota)
         for account, pause in accounts.all_paused(store).items():
             console.print(
                 f"[red]account {account} is PAUSED[/red] since {pause['code']}: {pause['message']} "

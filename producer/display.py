@@ -9,7 +9,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from config.catalogue import CATALOGUE
+from config.settings import Settings
+from workers import keys
 from workers.job import TERMINAL, Status
+from workers.quota.quota import Quota, Scope
 from workers.store import BatchSummary, JobStore
 
 _ORDER = [s.value for s in Status]
@@ -89,3 +93,28 @@ def failed_table(store: JobStore, batch_id: str, limit: int = 20) -> Table | Non
             if shown >= limit:
                 break
     return table if shown else None
+
+
+def quota_table(settings: Settings, store: JobStore, quota: Quota, *, now: float) -> Table | None:
+    """Per account and model in use: jobs waiting for a slot, slots held of the limit, the submit-rate factor
+    (below 1 after 429s) and any pause. None when nothing waits and no slot is held."""
+    waiting = store.waiting(sorted(CATALOGUE))
+    table = Table("account", "model", "waiting", "slots held", "rate factor", "paused for", title="Quota")
+    rows = 0
+    for account in settings.resolved_accounts():
+        for model in sorted(CATALOGUE):
+            scope = Scope(account.name, model)
+            held = len(quota.slot_holders(scope, now))
+            if not held and not waiting.get(model):
+                continue
+            cooling = quota.cooldowns.state(keys.cooldown(account.name, model), now)
+            table.add_row(
+                account.name,
+                model,
+                str(waiting.get(model, 0)),
+                f"{held} of {account.limits_for(model).slot_limit}",
+                f"{cooling.factor:.2f}",
+                f"{cooling.wait_s:.1f} s" if cooling.wait_s else "-",
+            )
+            rows += 1
+    return table if rows else None
