@@ -12,9 +12,10 @@ from config.accounts import AccountSettings
 from tests.conftest import SIM_KEY, RunningSimulator
 from tests.stage_runner import enqueue, run
 from workers import keys
-from workers.job import Status
+from workers.job import Next, Status
 from workers.quota.quota import Scope
 from workers.runtime import Runtime
+from workers.sweep import sweep
 
 MODEL = "wan2.5-t2i-preview"
 
@@ -134,3 +135,18 @@ def test_two_accounts_each_hold_their_limits_and_both_work(
     by_key = {e["key_suffix"]: e["creates"] for e in sim.engine.snapshot(time.time())["creates_by_key_model"]}
     assert by_key.get("y-b1", 0) > 0 and by_key.get("y-b2", 0) > 0
     assert not rt.store.redis.exists(keys.slots("acct-a", MODEL), keys.slots("acct-b", MODEL))
+
+
+def test_the_sweep_gives_back_a_slot_its_stage_died_before_releasing(runtime: Runtime) -> None:
+    """A job ends but its worker dies before giving its slot back: the sweep's audit frees the slot and admits
+    the next waiting job into it, and leaves the slots of jobs still upstream alone."""
+    steps = enqueue(runtime, *rows("j", 12))
+    assert len(steps) == 10 and runtime.store.waiting([MODEL]) == {MODEL: 2}  # 5 at once + 5 queued upstream
+    ended = steps[0].ref
+    runtime.store.transition(ended, Status.CANCELED, expected_attempt=None)  # no release: the stage "died"
+    sent: list[Next] = []
+    report = sweep(runtime, lambda step: sent.append(step) if step else None)
+    assert report.slots_freed == 1 and report.admitted == 1
+    assert [s.action.value for s in sent] == ["submit"] and sent[0].ref not in {s.ref for s in steps}
+    holders = runtime.quota.slot_holders(Scope("default", MODEL), time.time())
+    assert ended not in holders and len(holders) == 10
