@@ -42,14 +42,21 @@ def sdk_call_pool(base_url: str, api_key: str, prompts: list[str], threads: int)
     """Run every prompt through `ImageSynthesis.call` on `threads` threads."""
     import dashscope
     from dashscope import ImageSynthesis
+    from dashscope.common.error import InvalidTask
 
     dashscope.base_http_api_url = base_url
 
     def one(index: int) -> PeerResult:
         while True:
-            rsp = ImageSynthesis.call(
-                api_key=api_key, model=MODEL, prompt=prompts[index], n=1, size="1280*1280", prompt_extend=False
-            )
+            try:
+                rsp = ImageSynthesis.call(
+                    api_key=api_key, model=MODEL, prompt=prompts[index], n=1, size="1280*1280", prompt_extend=False
+                )
+            except InvalidTask as exc:  # call() raises this when its create was refused
+                if "Throttling" in str(exc) or "429" in str(exc):
+                    time.sleep(1.0)  # what a user's loop does with the SDK's 429
+                    continue
+                return PeerResult(f"j{index}", f"create failed: {exc}", None, time.time())
             code = str(getattr(rsp, "code", "") or "")
             if rsp.status_code == 429 or code.startswith("Throttling"):
                 time.sleep(1.0)  # what a user's loop does with the SDK's 429

@@ -362,7 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="genq-bench-") as tmp:
         for name in names:
             print(f"running {name} ...", file=sys.stderr, flush=True)
-            rows.append(chosen[name](Path(tmp) / name))
+            try:
+                rows.append(chosen[name](Path(tmp) / name))
+            except Exception as exc:  # one broken scenario must not lose the others' figures
+                rows.append(Row(name, args.jobs, notes=f"error: {type(exc).__name__}: {exc}"[:200]))
             print(table([rows[-1]]).splitlines()[-1], file=sys.stderr, flush=True)
         print(
             f"\n{args.jobs} jobs of {MODEL}; simulator: {SUBMIT_RATE} submits/s, {CONCURRENCY} at once, "
