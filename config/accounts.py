@@ -54,7 +54,10 @@ class AccountSettings(BaseModel):
     @classmethod
     def _known_models(cls, limits: dict[str, tuple[float, int]]) -> dict[str, tuple[float, int]]:
         for model, (rate, slots) in limits.items():
-            model_spec(model)  # KeyError names the known models
+            try:
+                model_spec(model)
+            except KeyError as exc:
+                raise ValueError(f"limits: {exc.args[0]}") from None
             if rate <= 0 or slots < 1:
                 raise ValueError(f"limits for {model}: submits per second must be > 0 and tasks at once >= 1")
         return limits

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from config.logging import redact
 from config.settings import REGION_BASE_URLS, load_settings
 
 
@@ -38,3 +39,43 @@ def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
     """A config path that does not exist is reported as such."""
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_settings(tmp_path / "nope.toml")
+
+
+def test_accounts_from_toml_with_limits_keys_and_queue_depth(tmp_path: Path) -> None:
+    """Two accounts in TOML: overrides and catalogue limits resolve per model, the queue depth follows the
+    concurrency mode, and the keys are secrets (masked in every log line from then on)."""
+    config = tmp_path / "genq.toml"
+    config.write_text(
+        '[[accounts]]\nname = "main"\napi_keys = ["main-key-aaaaaaaa", "main-key-bbbbbbbb"]\n'
+        '[accounts.limits]\n"wan2.5-t2i-preview" = [3, 4]\n'
+        '[[accounts]]\nname = "cn"\nregion = "beijing"\napi_keys = ["cn-key-cccccccc"]\nconcurrency_mode = "throttle"\n'
+        'models = ["wan2.6-t2i"]\n'
+    )
+    settings = load_settings(config)
+    main, cn = settings.resolved_accounts()
+    assert main.limits_for("wan2.5-t2i-preview").slot_limit == 4 + 4  # 4 at once, and as many queued upstream
+    assert main.limits_for("wan2.2-t2i-flash").submit_rate_per_s == 2  # the catalogue's figure
+    assert cn.limits_for("wan2.6-t2i").slot_limit == 5 and not cn.serves("wan2.5-t2i-preview")
+    assert cn.resolved_base_url == REGION_BASE_URLS["beijing"]
+    assert "main-key" not in repr(settings)
+    assert redact(None, "info", {"event": "key main-key-bbbbbbbb used"}) == {"event": "key *** used"}
+
+
+def test_accounts_from_the_environment_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GENQ_ACCOUNTS holds the same list as JSON; without it, one account is made of the top-level settings."""
+    monkeypatch.setenv("GENQ_ACCOUNTS", '[{"name": "a", "api_keys": ["k-aaaaaaaa"], "query_qps": 10}]')
+    assert [a.name for a in load_settings().resolved_accounts()] == ["a"]
+    monkeypatch.delenv("GENQ_ACCOUNTS")
+    monkeypatch.setenv("GENQ_ACCOUNT", "solo")
+    (solo,) = load_settings().resolved_accounts()
+    assert solo.name == "solo" and solo.limits_for("wan2.6-t2i").submit_rate_per_s == 5
+
+
+def test_an_override_for_an_unknown_model_names_the_known_ones() -> None:
+    """A limit for a model the catalogue does not know is refused with the list of known models."""
+    from pydantic import ValidationError
+
+    from config.accounts import AccountSettings
+
+    with pytest.raises(ValidationError, match="known: "):
+        AccountSettings(name="x", limits={"dall-e-3": (1, 1)})
