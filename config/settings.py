@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     result_risk_margin_s: float = Field(3600.0, description="Alarm when a result's URL dies within this long.")
     finalize_retry_cap_s: float = Field(60.0, description="Longest wait between attempts to store a result.")
     account_pause_recheck_s: float = Field(60.0, description="How often jobs of a paused account look again.")
+    prices: dict[str, float] = Field(
+        default_factory=dict,
+        description="Price per image (per second for video) by model, for `genq batch --dry-run` estimates.",
+    )
     sweep_grace_s: float = Field(5.0, description="How overdue a job's next action must be to be re-sent.")
 
     # --- quota (workers/quota/) -----------------------------------------------------------------

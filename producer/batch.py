@@ -82,6 +82,13 @@ class CheckReport:
     valid: int = 0
     images: int = 0
     rejected: list[dict[str, object]] = field(default_factory=list)
+    jobs_by_model: Counter[str] = field(default_factory=Counter)
+    units_by_model: Counter[str] = field(default_factory=Counter)  # what is billed: images, or video seconds
+
+    def estimated_cost(self, prices: dict[str, float]) -> tuple[float, list[str]]:
+        """The cost at `prices` (per image, or per second of video), and the models that have no price."""
+        total = sum(units * prices[m] for m, units in self.units_by_model.items() if m in prices)
+        return total, sorted(m for m in self.units_by_model if m not in prices)
 
 
 def check_rows(settings: Settings, rows: Iterable[CsvRow]) -> CheckReport:
@@ -96,6 +103,8 @@ def check_rows(settings: Settings, rows: Iterable[CsvRow]) -> CheckReport:
         else:
             report.valid += 1
             report.images += request.n
+            report.jobs_by_model[request.model] += 1
+            report.units_by_model[request.model] += request.duration_s or request.n
     return report
 
 

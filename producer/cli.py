@@ -18,12 +18,14 @@ from typing import Annotated, Any
 import redis
 import typer
 from rich.console import Console
+from rich.table import Table
 
+from config.catalogue import Kind, model_spec
 from config.celery_app import create_app
 from config.logging import configure_logging
 from config.settings import Settings, load_settings
 from ops.localstack import LocalStack, StackError
-from producer.batch import check_rows, enqueue_rows
+from producer.batch import CheckReport, check_rows, enqueue_rows
 from producer.csv_source import CsvFormatError, read_rows
 from producer.display import failed_table, quota_table, rejected_table, summary_table, wait_for_batch
 from producer.export import export_batch
@@ -109,6 +111,14 @@ def batch(
             help="POST this batch's events here (signed with GENQ_WEBHOOK_SECRET), instead of GENQ_WEBHOOK_URL."
         ),
     ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Validate every row and print what would be sent (jobs, images, estimated cost); send nothing. "
+            "Exits 1 when a row is bad.",
+        ),
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Validate every row of a CSV, enqueue the valid ones, and (by default) wait until they are done.
@@ -125,6 +135,8 @@ def batch(
             f"checked {checked.valid + len(checked.rejected)} rows of {csv_file}: {checked.valid} valid "
             f"({checked.images} images), {len(checked.rejected)} rejected"
         )
+        if dry_run:
+            raise typer.Exit(_dry_run_report(settings, checked))
         with _stack(settings, workers=workers if wait else 0) as stack:
             code = _run_batch(
                 stack,
@@ -139,6 +151,28 @@ def batch(
     except CsvFormatError as exc:
         raise _fail(str(exc), 2) from exc
     raise typer.Exit(code)
+
+
+def _dry_run_report(settings: Settings, checked: CheckReport) -> int:
+    """What a real run would send, per model, and the estimated cost; 1 when any row is bad."""
+    table = Table("model", "jobs", "billed units", "estimated cost", title="dry run: nothing was sent")
+    for model, jobs in sorted(checked.jobs_by_model.items()):
+        units = checked.units_by_model[model]
+        unit = "s of video" if model_spec(model).kind is Kind.VIDEO else "images"
+        price = settings.prices.get(model)
+        table.add_row(model, str(jobs), f"{units} {unit}", f"{units * price:.2f}" if price is not None else "no price")
+    console.print(table)
+    total, unpriced = checked.estimated_cost(settings.prices)
+    if settings.prices:
+        note = f" (no price for {', '.join(unpriced)})" if unpriced else ""
+        console.print(f"estimated cost: {total:.2f}{note}")
+    else:
+        console.print("no price table configured (`prices` in the config file): no cost estimate")
+    if checked.rejected:
+        console.print(rejected_table(checked.rejected))
+        console.print(f"[red]{len(checked.rejected)} bad row(s)[/red]: fix them, or run without --dry-run to skip them")
+        return 1
+    return 0
 
 
 def _run_batch(
