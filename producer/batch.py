@@ -23,10 +23,10 @@ from workers.errors import RequestInvalid
 from workers.job import Action, Next, Status
 from workers.quota.quota import Quota
 from workers.requests import GenerationRequest, validate_request
-from workers.store import JobStore
+from workers.store import JobStore, NewJob
 
-#: While a large file is read, waiting jobs are admitted every this many new jobs, so work starts at once.
-DISPATCH_EVERY = 500
+#: Jobs created per round trip to Redis (each still its own atomic step).
+CREATE_CHUNK = 500
 
 
 @dataclass
@@ -119,34 +119,50 @@ def enqueue_rows(
     priority: int = 5,
 ) -> EnqueueReport:
     """Second pass: record the rejected rows, create the valid ones (they wait in their model's queue), and
-    admit what the free slots allow. The batch is sealed at the end."""
+    admit what the free slots allow. Jobs are created in pipelined chunks; the first chunk is admitted at
+    once, so work starts while the rest of a large file is read. The batch is sealed at the end."""
     report = EnqueueReport(batch_id)
     store.open_batch(batch_id, source=source, priority=priority)
     checker, quota = RowChecker(settings), Quota.redis(store.redis)
+    chunk: list[tuple[NewJob, int]] = []  # the job, and the images it makes
+
+    def flush() -> None:
+        created_before = report.accepted
+        for (_, images), existing in zip(chunk, store.create_jobs([job for job, _ in chunk]), strict=True):
+            if existing is not None:
+                report.existing[existing] += 1
+            else:
+                report.accepted += 1
+                report.images += images
+        chunk.clear()
+        if created_before == 0 and report.accepted:
+            dispatch_all(store, quota, settings, send)
+
     for row in rows:
         try:
             job_id, request = checker.check(row)
         except RequestInvalid as exc:
             store.record_rejected(batch_id, row.line, exc.field, exc.reason, row.fields)
             report.rejected.append({"line": row.line, "field": exc.field, "reason": exc.reason})
-        else:
-            created = _create(store, report, keys.job_ref(batch_id, job_id), row.line, request)
-            if created and report.accepted % DISPATCH_EVERY == 1:
-                dispatch_all(store, quota, settings, send)
+            continue
+        chunk.append((_new_job(keys.job_ref(batch_id, job_id), row.line, request), request.n))
+        if len(chunk) >= CREATE_CHUNK:
+            flush()
+    flush()
     store.seal_batch(batch_id)
     dispatch_all(store, quota, settings, send)
     return report
 
 
-def _create(store: JobStore, report: EnqueueReport, ref: str, line: int, request: GenerationRequest) -> bool:
-    """Create the job, waiting for a slot; False when it already existed."""
+def _new_job(ref: str, line: int, request: GenerationRequest) -> NewJob:
+    """The record of a new job, waiting for a slot."""
     now = time.time()
     batch_id, job_id = keys.split_ref(ref)
-    existing = store.create_job(
+    return NewJob(
         ref,
-        line=line,
-        model=request.model,
-        fields={
+        line,
+        request.model,
+        {
             "batch_id": batch_id,
             "job_id": job_id,
             "line": line,
@@ -160,9 +176,3 @@ def _create(store: JobStore, report: EnqueueReport, ref: str, line: int, request
             f"t_{Status.ACCEPTED}": now,
         },
     )
-    if existing is not None:
-        report.existing[existing] += 1
-        return False
-    report.accepted += 1
-    report.images += request.n
-    return True

@@ -37,6 +37,16 @@ def _flatten(fields: Mapping[str, Any]) -> list[str]:
 
 
 @dataclass(frozen=True)
+class NewJob:
+    """A job to create: its ref, source line, model (its wait queue) and record fields."""
+
+    ref: str
+    line: int
+    model: str
+    fields: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class Applied:
     """The outcome of a transition: `ok` when this caller's change took effect."""
 
@@ -142,20 +152,27 @@ class JobStore:
     def create_job(self, ref: str, *, line: int, model: str, fields: Mapping[str, Any]) -> Status | None:
         """Create the job, waiting in its model's queue, unless it exists. None when created; else the existing
         job's status."""
-        batch_id, job_id = keys.split_ref(ref)
-        existing = self._create(
-            keys=[
-                keys.job(ref),
-                keys.batch(batch_id),
-                keys.batch_jobs(batch_id),
-                keys.BATCHES,
-                keys.COUNTS,
-                keys.wait_queue(model),
-                keys.wait_clock(model),
-            ],
-            args=[ref, job_id, line, time.time(), model, *_flatten(fields)],
-        )
-        return Status(existing) if existing else None
+        return self.create_jobs([NewJob(ref, line, model, fields)])[0]
+
+    def create_jobs(self, jobs: list[NewJob]) -> list[Status | None]:
+        """`create_job` for many jobs in one round trip (each still one atomic step), in order."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job in jobs:
+            batch_id, job_id = keys.split_ref(job.ref)
+            self._create(
+                keys=[
+                    keys.job(job.ref),
+                    keys.batch(batch_id),
+                    keys.batch_jobs(batch_id),
+                    keys.BATCHES,
+                    keys.COUNTS,
+                    keys.wait_queue(job.model),
+                    keys.wait_clock(job.model),
+                ],
+                args=[job.ref, job_id, job.line, time.time(), job.model, *_flatten(job.fields)],
+                client=pipe,
+            )
+        return [Status(existing) if existing else None for existing in pipe.execute()]
 
     # --- the wait queues of admission -----------------------------------------------------------
     def next_waiting(self, model: str) -> tuple[str, float] | None:
