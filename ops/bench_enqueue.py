@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from config.logging import configure_logging
 
 MODELS = ("wan2.5-t2i-preview", "wan2.6-t2i", "wan2.2-t2i-flash")
 
@@ -75,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--child", nargs=2, metavar=("CSV", "REDIS_URL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    configure_logging(level=logging.WARNING)  # stdout is the benchmark's table
     if args.child:
         child(Path(args.child[0]), args.child[1])
         return 0

@@ -23,6 +23,7 @@ Celery messages held (queued plus unacknowledged), both of which must not grow w
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import statistics
 import sys
@@ -42,6 +43,7 @@ from pydantic import SecretStr
 
 from config.accounts import AccountSettings
 from config.celery_app import create_app
+from config.logging import configure_logging
 from ops import bench_peers
 from ops.localstack import LocalStack, isolated_settings, services
 from ops.localstack.process import ManagedProcess, free_port
@@ -356,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--memory", nargs="*", type=int, default=[1_000, 100_000], help="waiting batch sizes")
     args = parser.parse_args(argv)
+    configure_logging(level=logging.WARNING)  # stdout is the benchmark's table
     chosen = scenarios(args)
     names = args.only if args.only is not None else list(chosen)
     rows = []
