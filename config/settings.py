@@ -112,6 +112,17 @@ class Settings(BaseSettings):
         0.05, description="Additive increase of a throttled scope's rate factor per second of successful creates."
     )
 
+    # --- the request stream (genq consume) --------------------------------------------------------
+    request_stream: str = "genq:requests"
+    request_group: str = "genq-consumers"
+    request_batch: str = Field("requests", description="Batch of stream requests that name none.")
+    request_max_waiting: int = Field(
+        10_000, description="Stop reading requests while this many accepted jobs wait for quota."
+    )
+    request_claim_idle_s: float = Field(
+        60.0, description="Take over a dead consumer's unanswered requests after this long."
+    )
+
     # --- poll policy, per model kind (workers/poll_policy.py) ----------------------------------
     poll_first_delay_s: float = 3.0
     poll_fast_phase_s: float = 30.0

@@ -145,7 +145,7 @@ def enqueue_rows(
             store.record_rejected(batch_id, row.line, exc.field, exc.reason, row.fields)
             report.rejected.append({"line": row.line, "field": exc.field, "reason": exc.reason})
             continue
-        chunk.append((_new_job(keys.job_ref(batch_id, job_id), row.line, request), request.n))
+        chunk.append((new_job(keys.job_ref(batch_id, job_id), row.line, request), request.n))
         if len(chunk) >= CREATE_CHUNK:
             flush()
     flush()
@@ -154,7 +154,7 @@ def enqueue_rows(
     return report
 
 
-def _new_job(ref: str, line: int, request: GenerationRequest) -> NewJob:
+def new_job(ref: str, line: int, request: GenerationRequest) -> NewJob:
     """The record of a new job, waiting for a slot."""
     now = time.time()
     batch_id, job_id = keys.split_ref(ref)

@@ -7,11 +7,14 @@ succeed, or waiting timed out; 2 bad usage or unreadable input; 3 a service coul
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import socket
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,6 +32,7 @@ from producer.batch import CheckReport, check_rows, enqueue_rows
 from producer.csv_source import CsvFormatError, read_rows
 from producer.display import failed_table, quota_table, rejected_table, summary_table, wait_for_batch
 from producer.export import export_batch
+from producer.stream import ConsumeReport, RequestConsumer
 from workers import accounts, control, keys
 from workers.errors import StorageError
 from workers.messages import publish
@@ -371,6 +375,48 @@ def resume(
     with _stack(_settings(config)) as stack:
         resumed = accounts.resume(make_store(stack.settings), account)
     console.print(f"account {account} resumed" if resumed else f"account {account} was not paused")
+
+
+@app.command()
+def consume(
+    name: Annotated[
+        str | None, typer.Option(help="This consumer's name in the group (default: host and process id).")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Local worker processes to start if none is attached.")] = 0,
+    config: ConfigOption = None,
+) -> None:
+    """Read requests from the Redis stream (GENQ_REQUEST_STREAM) as part of a consumer group and turn them into
+    jobs; results go out on the events stream. Runs until interrupted (SIGINT or SIGTERM)."""
+    settings = _settings(config)
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
+    with _stack(settings, workers=workers) as stack:
+        celery = create_app(stack.settings)
+        consumer = RequestConsumer(
+            make_store(stack.settings),
+            stack.settings,
+            lambda step: publish(celery, step),
+            consumer=name or f"{socket.gethostname()}-{os.getpid()}",
+        )
+        console.print(
+            f"consuming {stack.settings.request_stream} as {consumer.consumer} "
+            f"(group {stack.settings.request_group}); Ctrl-C to stop"
+        )
+        totals = ConsumeReport()
+
+        def progress(report: ConsumeReport) -> None:
+            totals.add(report)
+            if report.held_back:
+                console.print("holding back: too many accepted jobs wait for quota")
+            else:
+                console.print(
+                    f"read {totals.read}: {totals.accepted} accepted, {totals.known} already known, "
+                    f"{totals.rejected} rejected, {totals.reclaimed} taken over from dead consumers"
+                )
+
+        with suppress(KeyboardInterrupt):
+            consumer.run(lambda: bool(stopping), progress)
+    console.print("stopped")
 
 
 @app.command()

@@ -26,6 +26,8 @@ so a ref is also the job's prefix in the bucket.
 | `genq:rate:{account}:{model}`        | string      | ~1 s | GCRA arrival time of the scope's next create         |
 | `genq:cooldown:{account}:{model}`    | hash        | 1 h  | 429 pause and AIMD factor of the scope's submit rate |
 | `genq:qbudget:{account}`             | string      | ~1 s | GCRA arrival time of the account's next query        |
+| `genq:requests` (setting)            | stream      | none | requests of upstream stages (producer/stream.py)     |
+| `genq:requests:answered:{entry}`     | string      | 7 d  | a request entry already answered with a rejection    |
 
 Celery's own keys (the broker queues, `unacked`, `unacked_index`) are kombu's and live beside these.
 """
@@ -98,3 +100,7 @@ def cooldown(account: str, model: str) -> str:
 
 def query_budget(account: str) -> str:
     return f"{PREFIX}:qbudget:{account}"
+
+
+def request_answered(entry_id: str) -> str:
+    return f"{PREFIX}:requests:answered:{entry_id}"

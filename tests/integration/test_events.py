@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ops.localstack.process import free_port
+from producer.stream import RequestConsumer
 from tests.stage_runner import enqueue, run
 from workers import keys
 from workers.dashscope import DashScopeClient
@@ -35,8 +36,8 @@ def stream_events(rt: Runtime) -> list[dict[str, Any]]:
 
 
 def test_every_event_kind_validates_against_the_schema(runtime_factory: Callable[..., Runtime]) -> None:
-    """Succeeded, partial, failed, expired, batch finished, account paused and result-at-risk events all
-    validate; the schema is strict enough to refuse a broken one."""
+    """Succeeded, partial, failed, expired, batch finished, account paused, result-at-risk and request-rejected
+    events all validate; the schema is strict enough to refuse a broken one."""
     rt = runtime_factory()
     prompts = ["ok", "p sim:task_partial", "x sim:task_inspection", "y sim:task_expire"]
     run(rt, enqueue(rt, *({"id": f"j{i}", "prompt": p, "n": "2"} for i, p in enumerate(prompts))), timeout_s=30)
@@ -53,6 +54,11 @@ def test_every_event_kind_validates_against_the_schema(runtime_factory: Callable
     revoked.dashscope = DashScopeClient(revoked.downloads, base_url=revoked.settings.base_url, api_key="revoked")
     run(revoked, enqueue(revoked, {"id": "k", "prompt": "a"}, batch_id="acct"), timeout_s=10)
 
+    requests = RequestConsumer(rt.store, rt.settings, rt.send, consumer="t", block_ms=100)
+    requests.ensure_group()
+    rt.store.redis.xadd(rt.settings.request_stream, {"request": json.dumps({"request_id": "q", "prompt": "a", "n": 9})})
+    assert requests.step().rejected == 1
+
     events = stream_events(rt)
     kinds = {e["type"] for e in events}
     assert kinds >= {
@@ -63,6 +69,7 @@ def test_every_event_kind_validates_against_the_schema(runtime_factory: Callable
         "genq.batch.finished",
         "genq.account.paused",
         "genq.result.at_risk",
+        "genq.request.rejected",
     }
     for event in events:
         jsonschema.validate(event, SCHEMA)

@@ -1,0 +1,107 @@
+"""The request stream with real consumers and workers: every valid request ends with one result event, every
+invalid one with one rejected event, through a consumer that died between reading and answering and one
+killed with SIGKILL; nothing is processed twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from ops.localstack import LocalStack
+from ops.localstack.process import ManagedProcess
+from ops.localstack.stack import child_env
+from tests.stage_runner import wait_until
+from workers.runtime import make_store
+
+pytestmark = pytest.mark.integration
+
+INVALID = [
+    {"request_id": "bad-n", "prompt": "too many", "n": 9},
+    {"request_id": "bad-model", "prompt": "x", "model": "dall-e-3"},
+    {"prompt": "no request id"},
+    "not an object",
+]
+
+
+def publish(client: redis.Redis, stream: str, request: Any) -> None:
+    body = request if isinstance(request, str) and not request.startswith("{") else json.dumps(request)
+    client.xadd(stream, {"request": body})
+
+
+def consumer(stack: LocalStack, name: str) -> ManagedProcess:
+    """`genq consume` in a process of its own, as a deployment runs it."""
+    return ManagedProcess(
+        f"consumer-{name}",
+        [str(Path(sys.executable).parent / "genq"), "consume", "--name", name],
+        log_path=stack.log_dir / f"consumer-{name}.log",
+        env=child_env(stack.settings),
+    )
+
+
+def events(client: redis.Redis, stream: str) -> list[dict[str, Any]]:
+    return [json.loads(fields["event"]) for _, fields in client.xrange(stream)]
+
+
+def test_requests_survive_dead_consumers_and_each_gets_one_answer(
+    local_stack_factory: Callable[..., LocalStack],
+) -> None:
+    """12 valid requests (one sent twice) and 4 invalid ones, read by a consumer that dies before answering,
+    one SIGKILLed while consuming, and a third that takes over: 12 jobs succeed with one event each, 4
+    rejected events name their reasons, the simulator saw 12 creates, and nothing is left pending."""
+    stack = local_stack_factory(workers=1, simulator_profile="fast", request_claim_idle_s=2.0)
+    settings, store = stack.settings, make_store(stack.settings)
+    client, stream, group = store.redis, settings.request_stream, settings.request_group
+    client.xgroup_create(stream, group, id="0", mkstream=True)
+
+    valid = [{"request_id": f"r{i}", "prompt": f"stream prompt {i}", "metadata": {"origin": "t"}} for i in range(12)]
+    for request in valid[:4] + INVALID[:2]:
+        publish(client, stream, request)
+    # Consumer "ghost" reads these six and dies before answering any of them.
+    assert len(client.xreadgroup(group, "ghost", {stream: ">"}, count=10)[0][1]) == 6
+
+    first = consumer(stack, "first")
+    for request in [*valid[4:8], valid[0]]:  # r0 again: the same request id must not make a second job
+        publish(client, stream, request)
+    wait_until(lambda: (s := store.batch_summary("requests")) is not None and s.total >= 4, 60, "the first to read")
+    os.killpg(first.pid, signal.SIGKILL)
+    first.stop()
+    for request in [*valid[8:], *INVALID[2:]]:
+        publish(client, stream, request)
+
+    second = consumer(stack, "second")
+    try:
+
+        def all_answered() -> bool:
+            summary = store.batch_summary("requests")
+            rejected = [e for e in events(client, settings.event_stream) if e["type"] == "genq.request.rejected"]
+            return summary is not None and summary.terminal >= 12 and len(rejected) >= 4
+
+        wait_until(all_answered, 90, "every request to be answered")
+    finally:
+        second.stop()
+
+    summary = store.batch_summary("requests")
+    assert summary is not None and summary.total == 12 and summary.counts == {"succeeded": 12}
+    seen = events(client, settings.event_stream)
+    job_events = Counter(e["subject"] for e in seen if e["type"].startswith("genq.job."))
+    assert job_events == Counter({f"requests/r{i}": 1 for i in range(12)})
+    rejected = [e["data"] for e in seen if e["type"] == "genq.request.rejected"]
+    assert sorted((r["request_id"] or "-", r["field"]) for r in rejected) == [
+        ("-", "request"),
+        ("-", "request_id"),
+        ("bad-model", "model"),
+        ("bad-n", "n"),
+    ]
+    assert all(r["reason"] for r in rejected)
+    upstream = stack.simulator_counters()
+    assert upstream is not None and upstream["counters"]["creates"] == 12 and upstream["duplicate_creates"] == 0
+    assert client.xpending(stream, group)["pending"] == 0
