@@ -13,7 +13,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,6 +31,7 @@ from ops.localstack import LocalStack, StackError
 from producer.batch import CheckReport, check_rows, enqueue_rows
 from producer.csv_source import CsvFormatError, read_rows
 from producer.display import failed_table, quota_table, rejected_table, summary_table, wait_for_batch
+from producer.eta import estimate
 from producer.export import export_batch
 from producer.stream import ConsumeReport, RequestConsumer
 from workers import accounts, control, keys
@@ -221,7 +222,7 @@ def _run_batch(
     if not wait:
         console.print(f"Not waiting. Follow it with: genq status {batch_id}")
         return 0
-    summary = wait_for_batch(store, batch_id, console, timeout_s=timeout_s)
+    summary = wait_for_batch(store, batch_id, console, timeout_s=timeout_s, eta=_eta(settings, store))
     console.print(summary_table(summary))
     failed = failed_table(store, batch_id)
     if failed is not None:
@@ -294,6 +295,28 @@ def status(
         failed = failed_table(store, batch_id)
         if failed is not None:
             console.print(failed)
+
+
+@app.command()
+def watch(
+    batch_id: Annotated[str, typer.Argument(help="The batch to watch.")],
+    timeout_s: Annotated[float | None, typer.Option("--timeout", help="Stop watching after this many seconds.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Live progress of any batch, with an ETA from the account's quota and the generation times seen so far;
+    ends when the batch is done (exit 0), or at --timeout (exit 1). Starts no worker."""
+    with _open_batch(config, batch_id) as (settings, store, _):
+        summary = wait_for_batch(store, batch_id, console, timeout_s=timeout_s, eta=_eta(settings, store))
+        console.print(summary_table(summary))
+    raise typer.Exit(0 if summary.done else 1)
+
+
+def _eta(settings: Settings, store: JobStore) -> Callable[[BatchSummary], str]:
+    def describe(summary: BatchSummary) -> str:
+        found = estimate(store, settings, summary.batch_id, summary.total - summary.terminal)
+        return found.describe() if found else "ETA: after the first task ends"
+
+    return describe
 
 
 @app.command()

@@ -32,9 +32,13 @@ def wait_for_batch(
     timeout_s: float | None = None,
     interval_s: float = 0.5,
     clock: Callable[[], float] = time.monotonic,
+    eta: Callable[[BatchSummary], str] | None = None,
+    eta_every_s: float = 10.0,
 ) -> BatchSummary:
-    """Show progress until every job of the batch is terminal (or `timeout_s` passes); return the summary."""
+    """Show progress until every job of the batch is terminal (or `timeout_s` passes); return the summary.
+    `eta` describes the time left; it is asked every `eta_every_s`."""
     started = clock()
+    eta_text, eta_at = "", float("-inf")
     summary = store.batch_summary(batch_id) or BatchSummary(batch_id)
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -48,7 +52,10 @@ def wait_for_batch(
         bar = progress.add_task(f"batch {batch_id}", total=max(summary.total, 1), detail="")
         while True:
             summary = store.batch_summary(batch_id) or summary
-            progress.update(bar, total=max(summary.total, 1), completed=summary.terminal, detail=_in_flight(summary))
+            if eta is not None and clock() - eta_at >= eta_every_s:
+                eta_text, eta_at = eta(summary), clock()
+            detail = _in_flight(summary) + (f"  {eta_text}" if eta_text else "")
+            progress.update(bar, total=max(summary.total, 1), completed=summary.terminal, detail=detail)
             if summary.done:
                 return summary
             if timeout_s is not None and clock() - started > timeout_s:
