@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from celery.schedules import crontab
 from celery.signals import setup_logging
 
 from config.logging import configure_logging
@@ -21,11 +22,19 @@ SWEEP_EVERY_S = 5.0
 
 
 def beat_schedule(settings: Settings) -> dict[str, Any]:
-    """Periodic work: the crash-recovery sweep, and webhook delivery (cheap when no webhook is set)."""
-    return {
+    """Periodic work: the crash-recovery sweep, webhook delivery (cheap when no webhook is set), and the
+    configured scheduled runs (`config/schedules.py`)."""
+    entries: dict[str, Any] = {
         "genq-sweep": {"task": "genq.sweep", "schedule": SWEEP_EVERY_S, "options": {"expires": SWEEP_EVERY_S * 2}},
         "genq-webhooks": {"task": "genq.deliver_webhooks", "schedule": 2.0, "options": {"expires": 10}},
     }
+    for schedule in settings.schedules:
+        entries[f"genq-schedule-{schedule.name}"] = {
+            "task": "genq.scheduled_run",
+            "schedule": crontab(**schedule.crontab_fields()),
+            "kwargs": {"name": schedule.name},
+        }
+    return entries
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -64,6 +73,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             **{f"genq.{q}": {"queue": q} for q in ("submit", "poll", "finalize")},
             "genq.sweep": {"queue": "events"},
             "genq.deliver_webhooks": {"queue": "events"},
+            "genq.scheduled_run": {"queue": "events"},
         },
         # Beat: redbeat keeps the schedule and a lock in Redis, so a second beat never double-fires.
         "beat_scheduler": "redbeat.RedBeatScheduler",
@@ -73,7 +83,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule": beat_schedule(settings),
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
-        "imports": ["workers.tasks"],
+        "imports": ["workers.tasks", "producer.nightly"],
+        # The crontabs of scheduled runs are read in this timezone.
+        "timezone": settings.schedule_timezone,
         # genq's own: where the worker serves its metrics (workers/metrics_server.py).
         "genq_metrics": {
             "port": settings.metrics_port,

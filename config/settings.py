@@ -21,6 +21,7 @@ from pydantic_settings import (
 
 from config.accounts import REGION_BASE_URLS, AccountSettings
 from config.logging import register_secrets
+from config.schedules import ScheduleSettings
 
 #: The documented OSS hosts that serve result URLs (dashscope-api.md, "Responses").
 DOCUMENTED_RESULT_HOSTS = (
@@ -122,6 +123,12 @@ class Settings(BaseSettings):
     request_claim_idle_s: float = Field(
         60.0, description="Take over a dead consumer's unanswered requests after this long."
     )
+
+    # --- scheduled runs (producer/nightly.py) ---------------------------------------------------
+    schedules: tuple[ScheduleSettings, ...] = Field(
+        (), description="Scheduled runs of input CSVs (config/schedules.py)."
+    )
+    schedule_timezone: str = Field("UTC", description="Timezone of the schedules' crontabs and of their dates.")
 
     # --- poll policy, per model kind (workers/poll_policy.py) ----------------------------------
     poll_first_delay_s: float = 3.0

@@ -33,6 +33,7 @@ from producer.csv_source import CsvFormatError, read_rows
 from producer.display import failed_table, quota_table, rejected_table, summary_table, wait_for_batch
 from producer.eta import estimate
 from producer.export import export_batch
+from producer.nightly import schedule_named, scheduled_run
 from producer.stream import ConsumeReport, RequestConsumer
 from workers import accounts, control, keys
 from workers.errors import StorageError
@@ -440,6 +441,29 @@ def consume(
         with suppress(KeyboardInterrupt):
             consumer.run(lambda: bool(stopping), progress)
     console.print("stopped")
+
+
+@app.command("run-schedule")
+def run_schedule(
+    name: Annotated[str, typer.Argument(help="A schedule of the configuration (`[[schedules]]`).")],
+    config: ConfigOption = None,
+) -> None:
+    """Run one tick of a schedule now, as beat would: each input not yet run today becomes a batch."""
+    settings = _settings(config)
+    try:
+        schedule_named(settings, name)
+    except KeyError as exc:
+        raise _fail(str(exc.args[0]), 2) from exc
+    with _stack(settings) as stack:
+        rt = build_runtime(stack.settings)
+        celery = create_app(stack.settings)
+        runs = scheduled_run(rt.store, rt.results, rt.settings, name, lambda step: publish(celery, step))
+    table = Table("input", "batch", "accepted", "already known", "rejected", "note", title=f"schedule {name}")
+    for run in runs:
+        table.add_row(
+            run.source, run.batch_id, str(run.accepted), str(run.already_known), str(run.rejected), run.skipped
+        )
+    console.print(table if runs else f"schedule {name}: no input files")
 
 
 @app.command()

@@ -1,0 +1,138 @@
+"""Scheduled runs: at each tick of a schedule, every CSV in its source becomes one batch keyed by the date.
+
+A schedule (`config/schedules.py`) names a source: a folder the workers can read, or `s3://bucket/prefix/` on
+genq's S3 server. At a tick (`genq.scheduled_run`, fired by beat through redbeat, whose lock in Redis keeps a
+second beat from firing it too), each `*.csv` there, in name order, is run as the batch
+`{schedule}-{YYYYMMDD}-{file stem}`, the date taken in `GENQ_SCHEDULE_TIMEZONE`. A tick replayed the same day
+(a second delivery of the message, a restarted beat, an operator re-running it) finds each batch already
+sealed and enqueues nothing; files added later that day are picked up by the next tick. Each batch emits
+`genq.batch.finished` when its last job ends; the run's report (the inputs, their batches, what was accepted
+and rejected) is stored as `reports/{schedule}/{YYYYMMDD}.json` in the results bucket.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import structlog
+
+from config.celery_app import app
+from config.schedules import ScheduleSettings
+from config.settings import Settings
+from producer.batch import enqueue_rows
+from producer.csv_source import CsvFormatError, read_rows
+from workers.errors import StorageError
+from workers.job import Next
+from workers.messages import publish
+from workers.runtime import runtime
+from workers.storage import ResultStore
+from workers.store import JobStore
+
+log = structlog.get_logger("genq.schedule")
+
+
+@dataclass
+class InputRun:
+    source: str
+    batch_id: str
+    accepted: int = 0
+    already_known: int = 0
+    rejected: int = 0
+    skipped: str = ""  # why nothing was enqueued (already run today, unreadable file)
+
+
+def schedule_named(settings: Settings, name: str) -> ScheduleSettings:
+    for schedule in settings.schedules:
+        if schedule.name == name:
+            return schedule
+    raise KeyError(f"no schedule {name!r}; configured: {', '.join(s.name for s in settings.schedules) or 'none'}")
+
+
+def run_date(settings: Settings, now: float) -> str:
+    return datetime.fromtimestamp(now, ZoneInfo(settings.schedule_timezone)).strftime("%Y%m%d")
+
+
+def batch_id_for(schedule: str, date: str, source: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(source).stem).strip("-._") or "input"
+    return f"{schedule}-{date}-{stem}"[:64]
+
+
+@contextmanager
+def _inputs(source: str, results: ResultStore) -> Iterator[list[tuple[str, Path]]]:
+    """The source's CSV files as local paths, in name order (bucket objects are downloaded first)."""
+    if not source.startswith("s3://"):
+        yield [(str(p), p) for p in sorted(Path(source).glob("*.csv"))]
+        return
+    bucket, _, prefix = source.removeprefix("s3://").partition("/")
+    store = ResultStore(results.client, bucket)
+    with tempfile.TemporaryDirectory(prefix="genq-schedule-") as tmp:
+        found = []
+        for index, key in enumerate(sorted(k for k in store.keys(prefix) if k.endswith(".csv"))):
+            local = Path(tmp) / f"{index}-{Path(key).name}"
+            store.download(key, str(local))
+            found.append((f"s3://{bucket}/{key}", local))
+        yield found
+
+
+def scheduled_run(
+    store: JobStore,
+    results: ResultStore,
+    settings: Settings,
+    name: str,
+    send: Callable[[Next | None], None],
+    *,
+    now: float | None = None,
+) -> list[InputRun]:
+    """Run every input of schedule `name` for today's date; inputs already run today are skipped."""
+    schedule = schedule_named(settings, name)
+    now = time.time() if now is None else now
+    date = run_date(settings, now)
+    configured = settings.model_copy(update={"default_model": schedule.model or settings.default_model})
+    runs: list[InputRun] = []
+    with _inputs(schedule.source, results) as inputs:
+        for source, path in inputs:
+            run = InputRun(source, batch_id_for(name, date, source))
+            summary = store.batch_summary(run.batch_id)
+            if summary is not None and summary.sealed:
+                run.already_known, run.skipped = summary.total, "already run today"
+            else:
+                try:
+                    report = enqueue_rows(
+                        store,
+                        configured,
+                        run.batch_id,
+                        read_rows(path),
+                        source=f"schedule {name}: {source}",
+                        send=send,
+                        priority=schedule.priority,
+                    )
+                    run.accepted, run.rejected = report.accepted, len(report.rejected)
+                    run.already_known = sum(report.existing.values())
+                except CsvFormatError as exc:
+                    run.skipped = str(exc)
+                    log.error("scheduled input unreadable", schedule=name, source=source, reason=str(exc))
+            runs.append(run)
+    log.info("scheduled run", schedule=name, date=date, inputs=len(runs), accepted=sum(r.accepted for r in runs))
+    try:
+        results.put_json(
+            f"reports/{name}/{date}.json",
+            {"schedule": name, "date": date, "ran_at": now, "inputs": [asdict(r) for r in runs]},
+        )
+    except StorageError as exc:  # the batches are enqueued either way; the report is a convenience
+        log.error("scheduled run report not stored", schedule=name, error=str(exc))
+    return runs
+
+
+@app.task(name="genq.scheduled_run")
+def scheduled_run_task(name: str) -> None:
+    """One tick of schedule `name` (beat fires it; running it again the same day enqueues nothing twice)."""
+    rt = runtime()
+    scheduled_run(rt.store, rt.results, rt.settings, name, lambda step: publish(app, step))
