@@ -34,6 +34,7 @@ from producer.display import failed_table, quota_table, rejected_table, summary_
 from producer.eta import estimate
 from producer.export import export_batch
 from producer.nightly import schedule_named, scheduled_run
+from producer.report import render, store_report
 from producer.stream import ConsumeReport, RequestConsumer
 from workers import accounts, control, keys
 from workers.errors import StorageError
@@ -318,6 +319,28 @@ def _eta(settings: Settings, store: JobStore) -> Callable[[BatchSummary], str]:
         return found.describe() if found else "ETA: after the first task ends"
 
     return describe
+
+
+@app.command()
+def report(
+    batch_id: Annotated[str, typer.Argument(help="The batch to report on.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the page to this file.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """An HTML contact sheet of a batch (thumbnails, prompt, actual prompt, seed, status, error), stored in the
+    bucket as BATCH/report.html and, with --out, written locally."""
+    with _open_batch(config, batch_id) as (settings, store, _):
+        results = ResultStore(make_minio(settings), settings.bucket)
+        page, made = render(store, results, batch_id)
+        try:
+            key = store_report(results, batch_id, page)
+        except StorageError as exc:
+            raise _fail(str(exc), 3) from exc
+    if out is not None:
+        out.write_text(page, encoding="utf-8")
+    where = f"s3://{settings.bucket}/{key}" + (f" and {out}" if out else "")
+    missing = f", {made.missing} could not be read" if made.missing else ""
+    console.print(f"report of {made.jobs} jobs, {made.images} images{missing}: {where}")
 
 
 @app.command()
