@@ -46,8 +46,9 @@ class RowChecker:
     """Validates rows in file order and names their jobs; remembers ids (for duplicates) and how often each
     request came before (for hashed ids). Both passes over a file use one, so they agree row for row."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, defaults: dict[str, str] | None = None) -> None:
         self.settings = settings
+        self.defaults = defaults or {}
         self.seen_requests: Counter[str] = Counter()
         self.first_line_of_id: dict[str, int] = {}
 
@@ -57,7 +58,7 @@ class RowChecker:
             raise RequestInvalid(
                 "row", "has more values than the header has columns (a stray comma or an unquoted field?)"
             )
-        request = validate_request(row.to_input(), default_model=self.settings.default_model)
+        request = validate_request(row.to_input(self.defaults), default_model=self.settings.default_model)
         if not row.client_id:
             fingerprint = request.fingerprint()
             self.seen_requests[fingerprint] += 1
@@ -91,10 +92,10 @@ class CheckReport:
         return total, sorted(m for m in self.units_by_model if m not in prices)
 
 
-def check_rows(settings: Settings, rows: Iterable[CsvRow]) -> CheckReport:
+def check_rows(settings: Settings, rows: Iterable[CsvRow], defaults: dict[str, str] | None = None) -> CheckReport:
     """First pass: validate every row and send nothing. A file that cannot be read fails here, before any job
-    exists (`CsvFormatError` propagates)."""
-    checker, report = RowChecker(settings), CheckReport()
+    exists (`CsvFormatError` propagates). `defaults` fill the columns a row leaves empty."""
+    checker, report = RowChecker(settings, defaults), CheckReport()
     for row in rows:
         try:
             _, request = checker.check(row)
@@ -117,13 +118,14 @@ def enqueue_rows(
     source: str,
     send: Callable[[Next | None], None],
     priority: int = 5,
+    defaults: dict[str, str] | None = None,
 ) -> EnqueueReport:
     """Second pass: record the rejected rows, create the valid ones (they wait in their model's queue), and
     admit what the free slots allow. Jobs are created in pipelined chunks; the first chunk is admitted at
     once, so work starts while the rest of a large file is read. The batch is sealed at the end."""
     report = EnqueueReport(batch_id)
     store.open_batch(batch_id, source=source, priority=priority)
-    checker, quota = RowChecker(settings), Quota.redis(store.redis)
+    checker, quota = RowChecker(settings, defaults), Quota.redis(store.redis)
     chunk: list[tuple[NewJob, int]] = []  # the job, and the images it makes
 
     def flush() -> None:

@@ -98,6 +98,17 @@ def batch(
         ),
     ] = None,
     model: Annotated[str | None, typer.Option(help="Model for rows that name none.")] = None,
+    size: Annotated[str | None, typer.Option(help="W*H for rows that give none.")] = None,
+    n: Annotated[int | None, typer.Option("--n", help="Images per task for rows that give none.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for rows that give none.")] = None,
+    negative_prompt: Annotated[str | None, typer.Option(help="Negative prompt for rows that give none.")] = None,
+    prompt_extend: Annotated[
+        bool | None, typer.Option("--prompt-extend/--no-prompt-extend", help="For rows that do not say.")
+    ] = None,
+    watermark: Annotated[
+        bool | None, typer.Option("--watermark/--no-watermark", help="For rows that do not say.")
+    ] = None,
+    duration: Annotated[int | None, typer.Option(help="Video seconds for rows that give none.")] = None,
     wait: Annotated[
         bool, typer.Option("--wait/--no-wait", help="Wait with a progress display until every job ended.")
     ] = True,
@@ -133,11 +144,21 @@ def batch(
     Bad rows are listed with their line number and reason and never sent; the rest of the batch goes on.
     """
     settings = _settings(config, default_model=model)
+    given = {
+        "size": size,
+        "n": n,
+        "seed": seed,
+        "negative_prompt": negative_prompt,
+        "prompt_extend": prompt_extend,
+        "watermark": watermark,
+        "duration": duration,
+    }
+    defaults = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in given.items() if v is not None}
     batch_id = batch_id or default_batch_id(csv_file)
     if not keys.ID_PATTERN.match(batch_id):
         raise _fail(f"batch id {batch_id!r} must be letters, digits, '.', '_' or '-' (at most 64)", 2)
     try:
-        checked = check_rows(settings, read_rows(csv_file))
+        checked = check_rows(settings, read_rows(csv_file), defaults)
         console.print(
             f"checked {checked.valid + len(checked.rejected)} rows of {csv_file}: {checked.valid} valid "
             f"({checked.images} images), {len(checked.rejected)} rejected"
@@ -154,6 +175,7 @@ def batch(
                 export_dir=export_dir,
                 webhook=webhook,
                 priority=priority,
+                defaults=defaults,
             )
     except CsvFormatError as exc:
         raise _fail(str(exc), 2) from exc
@@ -192,6 +214,7 @@ def _run_batch(
     export_dir: Path | None,
     webhook: str | None,
     priority: int,
+    defaults: dict[str, str],
 ) -> int:
     settings = stack.settings
     store = make_store(settings)
@@ -210,6 +233,7 @@ def _run_batch(
         source=str(csv_file),
         send=lambda step: publish(celery, step),
         priority=priority,
+        defaults=defaults,
     )
     already = sum(report.existing.values())
     console.print(

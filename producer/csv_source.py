@@ -41,8 +41,9 @@ class CsvRow:
     def client_id(self) -> str:
         return self.fields.get("id", "").strip()
 
-    def to_input(self) -> RequestInput:
-        f = self.fields
+    def to_input(self, defaults: dict[str, str] | None = None) -> RequestInput:
+        """The row as raw request fields; a column the row leaves empty takes the batch's default, if any."""
+        f = {**(defaults or {}), **{k: v for k, v in self.fields.items() if v.strip()}}
         return RequestInput(
             prompt=f.get("prompt"),
             model=f.get("model"),

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from producer.csv_source import CsvFormatError, read_rows
+from config.settings import Settings
+from producer.batch import RowChecker
+from producer.csv_source import CsvFormatError, CsvRow, read_rows
+from workers.errors import RequestInvalid
 
 
 def write(tmp_path: Path, data: bytes) -> Path:
@@ -47,3 +50,16 @@ def test_row_with_too_many_values_is_flagged(tmp_path: Path) -> None:
     """A row with more values than header columns is marked so the batch can reject it."""
     rows = list(read_rows(write(tmp_path, b"prompt,n\na cat,1,extra\n")))
     assert rows[0].fields["_extra_values"] == "extra"
+
+
+def test_batch_defaults_fill_only_what_a_row_leaves_empty() -> None:
+    """Defaults given on the command line (n, size, prompt_extend) apply to rows that leave the column empty;
+    a row's own value wins, and a default that breaks a rule is reported on the rows it reaches."""
+    checker = RowChecker(Settings(), {"n": "2", "size": "1024*1024", "prompt_extend": "false"})
+    _, plain = checker.check(CsvRow(2, {"prompt": "a cat", "n": ""}))
+    _, own = checker.check(CsvRow(3, {"prompt": "a dog", "n": "1", "size": "1280*1280", "prompt_extend": "true"}))
+    assert (plain.n, plain.size, plain.prompt_extend) == (2, "1024*1024", False)
+    assert (own.n, own.size, own.prompt_extend) == (1, "1280*1280", True)
+    bad = RowChecker(Settings(), {"n": "9"})
+    with pytest.raises(RequestInvalid, match="1-4"):
+        bad.check(CsvRow(2, {"prompt": "a cat"}))
