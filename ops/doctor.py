@@ -141,36 +141,41 @@ def check_s3(settings: Settings) -> list[Finding]:
 
 
 def check_dashscope(settings: Settings, http: httpx.Client) -> list[Finding]:
-    if settings.dashscope_api_key is None:
+    """Every key of every account, with a query that creates nothing and costs nothing."""
+    if settings.uses_simulator:
         return [Finding("dashscope", "ok", "No DASHSCOPE_API_KEY: genq runs against its local simulator.")]
-    client = DashScopeClient(http, base_url=settings.base_url, api_key=settings.dashscope_api_key.get_secret_value())
-    probe = f"genq-doctor-{uuid.uuid4()}"  # querying an unknown task creates nothing and costs nothing
+    found: list[Finding] = []
     started = time.time()
-    try:
-        state = client.get_task(probe)
-    except AccountError as exc:
-        return [
-            Finding(
-                "dashscope",
-                "fail",
-                f"DashScope refused the API key at {settings.base_url} ({exc.code}: "
-                f"{exc.message}). Keys are per region: check DASHSCOPE_API_KEY and "
-                "GENQ_REGION.",
-            )
-        ]
-    except RemoteError as exc:
-        return [Finding("dashscope", "fail", f"DashScope at {settings.base_url} did not answer properly ({exc.code}).")]
-    found = [
-        Finding(
-            "dashscope",
-            "ok",
-            f"DashScope at {settings.base_url} accepts the key (a probe query answered {state.status}).",
-        )
-    ]
-    date = _server_date(http, settings.base_url)
+    for account in settings.resolved_accounts():
+        if not account.api_keys:
+            found.append(Finding("dashscope", "fail", f"Account {account.name} has no API key."))
+        for number, key in enumerate(account.api_keys, start=1):
+            found.append(_probe_key(http, account.name, number, account.resolved_base_url, key.get_secret_value()))
+    if any(f.level == "fail" for f in found):
+        return found
+    date = _server_date(http, settings.resolved_accounts()[0].resolved_base_url)
     if date is not None:
         found.append(_skew("clock", "DashScope", abs((started + time.time()) / 2 - date)))
     return found
+
+
+def _probe_key(http: httpx.Client, account: str, number: int, base_url: str, key: str) -> Finding:
+    which = f"account {account}, key {number}"
+    client = DashScopeClient(http, base_url=base_url, api_key=key)
+    try:
+        state = client.get_task(f"genq-doctor-{uuid.uuid4()}")
+    except AccountError as exc:
+        return Finding(
+            "dashscope",
+            "fail",
+            f"DashScope refused the API key at {base_url} ({which}; {exc.code}: {exc.message}). Keys are per "
+            "region: check DASHSCOPE_API_KEY (or the account's api_keys) and GENQ_REGION.",
+        )
+    except RemoteError as exc:
+        return Finding("dashscope", "fail", f"DashScope at {base_url} did not answer properly ({which}; {exc.code}).")
+    return Finding(
+        "dashscope", "ok", f"DashScope at {base_url} accepts the key ({which}; a probe query answered {state.status})."
+    )
 
 
 def check_catalogue(settings: Settings) -> list[Finding]:

@@ -349,13 +349,14 @@ def _eta(settings: Settings, store: JobStore) -> Callable[[BatchSummary], str]:
 def report(
     batch_id: Annotated[str, typer.Argument(help="The batch to report on.")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the page to this file.")] = None,
+    max_jobs: Annotated[int, typer.Option(min=1, help="Cards on the page at most (about 15 KB per image).")] = 2000,
     config: ConfigOption = None,
 ) -> None:
     """An HTML contact sheet of a batch (thumbnails, prompt, actual prompt, seed, status, error), stored in the
     bucket as BATCH/report.html and, with --out, written locally."""
     with _open_batch(config, batch_id) as (settings, store, _):
         results = ResultStore(make_minio(settings), settings.bucket)
-        page, made = render(store, results, batch_id)
+        page, made = render(store, results, batch_id, max_jobs=max_jobs)
         try:
             key = store_report(results, batch_id, page)
         except StorageError as exc:

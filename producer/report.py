@@ -6,6 +6,9 @@ prompt the service actually used, the seed, the status and, for a job that did n
 get a card without a thumbnail. Everything taken from prompts and errors is HTML-escaped. The page is stored
 in the bucket as `{batch}/report.html` and can be written to a local file too.
 
+A page holds at most `max_jobs` cards (2,000 by default, about 30 MB of thumbnails at one image each); the
+header says when a batch has more, and `genq export` has every job.
+
 A small script in the page counts the thumbnails that loaded ("12 of 12 images shown"), which is also what
 the test reads back from a headless browser.
 """
@@ -112,23 +115,27 @@ def _card(job: Job, results: ResultStore, summary: ReportSummary) -> str:
     return f'<div class="card{"" if ok else " bad"}">{"".join(rows)}</div>'
 
 
-def render(store: JobStore, results: ResultStore, batch_id: str) -> tuple[str, ReportSummary]:
-    """The page, and what went into it. Jobs are read in source order, in chunks."""
+def render(store: JobStore, results: ResultStore, batch_id: str, *, max_jobs: int = 2000) -> tuple[str, ReportSummary]:
+    """The page, and what went into it. Jobs are read in source order, in chunks; at most `max_jobs`."""
     summary = ReportSummary()
     batch = store.batch_summary(batch_id)
     counts = ", ".join(f"{n} {s}" for s, n in sorted((batch.counts if batch else {}).items()))
 
     def cards() -> Iterator[str]:
         for job in store.jobs(batch_id):
+            if summary.jobs >= max_jobs:
+                return
             summary.jobs += 1
             yield _card(job, results, summary)
 
     body = "".join(cards())
     e = html.escape
+    total = batch.total if batch else summary.jobs
+    shown = f"{summary.jobs} jobs" if summary.jobs >= total else f"the first {summary.jobs} of {total} jobs"
     page = (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>genq batch {e(batch_id)}</title>'
         f"<style>{_STYLE}</style></head><body><header><h1>batch {e(batch_id)}</h1>"
-        f'<div class="meta">{summary.jobs} jobs: {e(counts)} · <span id="loaded">{summary.images} images</span>'
+        f'<div class="meta">{shown}: {e(counts)} · <span id="loaded">{summary.images} images</span>'
         f'</div></header><div class="grid">{body}</div><script>{_SCRIPT}</script></body></html>'
     )
     return page, summary

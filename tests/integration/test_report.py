@@ -42,8 +42,8 @@ def headless(chromium: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_report_renders_in_chromium_with_every_image_visible(runtime: Runtime, chromium: str, tmp_path: Path) -> None:
     """Two jobs that succeed (3 images) and one refused by moderation: the page is stored in the bucket,
-    Chromium loads all 3 thumbnails, the failure shows its code, a prompt's markup is escaped, and the
-    screenshot is not blank."""
+    Chromium loads all 3 thumbnails, the failure shows its code, a prompt's markup is escaped, a capped page
+    says what it left out, and the screenshot is not blank."""
     rows = [
         {"id": "a", "prompt": "a <b>bold</b> cat", "n": "2", "seed": "7"},
         {"id": "b", "prompt": "a dog"},
@@ -54,6 +54,8 @@ def test_report_renders_in_chromium_with_every_image_visible(runtime: Runtime, c
     assert (made.jobs, made.images, made.missing) == (3, 3, 0)
     assert "a &lt;b&gt;bold&lt;/b&gt; cat" in page and "<b>bold</b>" not in page
     assert "DataInspectionFailed" in page
+    capped, _ = render(runtime.store, runtime.results, "sheet", max_jobs=2)
+    assert "the first 2 of 3 jobs" in capped and capped.count('class="card') == 2
     key = store_report(runtime.results, "sheet", page)
     assert key == "sheet/report.html" and list(runtime.results.keys("sheet/report.html")) == [key]
 
