@@ -52,7 +52,9 @@ def wait_for_batch(
         bar = progress.add_task(f"batch {batch_id}", total=max(summary.total, 1), detail="")
         while True:
             summary = store.batch_summary(batch_id) or summary
-            if eta is not None and clock() - eta_at >= eta_every_s:
+            if summary.done:
+                eta_text = ""
+            elif eta is not None and clock() - eta_at >= eta_every_s:
                 eta_text, eta_at = eta(summary), clock()
             detail = _in_flight(summary) + (f"  {eta_text}" if eta_text else "")
             progress.update(bar, total=max(summary.total, 1), completed=summary.terminal, detail=detail)
