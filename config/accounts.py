@@ -34,6 +34,18 @@ REGION_BASE_URLS = {
 }
 
 
+def base_url_for(region: str, base_url: str | None, *, override_hint: str) -> str:
+    """`base_url` if given, else the region's; an unknown region names the known ones and the override."""
+    if base_url:
+        return base_url.rstrip("/")
+    try:
+        return REGION_BASE_URLS[region]
+    except KeyError:
+        raise ValueError(
+            f"unknown region {region!r}: use one of {', '.join(REGION_BASE_URLS)} or set {override_hint}"
+        ) from None
+
+
 class AccountSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -64,15 +76,7 @@ class AccountSettings(BaseModel):
 
     @property
     def resolved_base_url(self) -> str:
-        if self.base_url:
-            return self.base_url.rstrip("/")
-        try:
-            return REGION_BASE_URLS[self.region]
-        except KeyError:
-            raise ValueError(
-                f"account {self.name}: unknown region {self.region!r}; use one of {', '.join(REGION_BASE_URLS)} "
-                "or set its base_url"
-            ) from None
+        return base_url_for(self.region, self.base_url, override_hint=f"account {self.name}'s base_url")
 
     def serves(self, model: str) -> bool:
         return not self.models or model in self.models

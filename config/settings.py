@@ -19,7 +19,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from config.accounts import REGION_BASE_URLS, AccountSettings
+from config.accounts import REGION_BASE_URLS, AccountSettings, base_url_for
 from config.logging import register_secrets
 from config.schedules import ScheduleSettings
 
@@ -170,15 +170,7 @@ class Settings(BaseSettings):
     # --- derived ----------------------------------------------------------------------------------
     @property
     def base_url(self) -> str:
-        if self.dashscope_base_url:
-            return self.dashscope_base_url.rstrip("/")
-        try:
-            return REGION_BASE_URLS[self.region]
-        except KeyError:
-            raise ValueError(
-                f"unknown region {self.region!r}: use one of {', '.join(REGION_BASE_URLS)} "
-                "or set GENQ_DASHSCOPE_BASE_URL"
-            ) from None
+        return base_url_for(self.region, self.dashscope_base_url, override_hint="GENQ_DASHSCOPE_BASE_URL")
 
     @property
     def uses_simulator(self) -> bool:

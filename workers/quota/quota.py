@@ -88,9 +88,6 @@ class Quota:
         """A create of `scope` went through: let a throttled rate grow back."""
         self.cooldowns.succeeded(keys.cooldown(scope.account, scope.model), now, step=settings.rate_increase_step)
 
-    def rate_factor(self, scope: Scope, now: float) -> float:
-        return self.cooldowns.state(keys.cooldown(scope.account, scope.model), now).factor
-
     # --- query budget ------------------------------------------------------------------------------
     def query_wait_s(self, account: str, qps: float, now: float, rng: random.Random) -> float:
         wait = self.budget.take(account, qps, now)
