@@ -19,10 +19,13 @@ import redis
 from ops.localstack import LocalStack
 from ops.localstack.process import ManagedProcess
 from ops.localstack.stack import child_env
+from producer.stream import RequestConsumer
 from tests.stage_runner import wait_until
-from workers.runtime import make_store
+from workers import keys
+from workers.runtime import Runtime, make_store
 
 pytestmark = pytest.mark.integration
+MODEL = "wan2.5-t2i-preview"
 
 INVALID = [
     {"request_id": "bad-n", "prompt": "too many", "n": 9},
@@ -105,3 +108,25 @@ def test_requests_survive_dead_consumers_and_each_gets_one_answer(
     upstream = stack.simulator_counters()
     assert upstream is not None and upstream["counters"]["creates"] == 12 and upstream["duplicate_creates"] == 0
     assert client.xpending(stream, group)["pending"] == 0
+
+
+def test_consumer_holds_back_while_too_many_jobs_wait_for_quota(runtime: Runtime) -> None:
+    """With 5 jobs allowed to wait, a consumer that has 20 requests' jobs waiting or running reads no more: new
+    requests stay unread in the stream (nothing pending, nothing lost) until the waiting line is short again."""
+    settings = runtime.settings.model_copy(update={"request_max_waiting": 5})
+    consumer = RequestConsumer(runtime.store, settings, lambda step: None, consumer="c", block_ms=50)
+    consumer.ensure_group()
+    client, stream = runtime.store.redis, settings.request_stream
+    for i in range(20):
+        publish(client, stream, {"request_id": f"r{i}", "prompt": f"p {i}"})
+    first = consumer.step()
+    assert first.accepted == 20 and runtime.store.waiting([MODEL]) == {MODEL: 10}  # 10 hold slots, 10 wait
+    for i in range(20, 23):
+        publish(client, stream, {"request_id": f"r{i}", "prompt": f"p {i}"})
+    held = consumer.step()
+    assert held.held_back and held.read == 0
+    assert client.xpending(stream, settings.request_group)["pending"] == 0
+    assert client.xinfo_groups(stream)[0]["lag"] == 3  # the three new requests wait, unread, in the stream
+    client.delete(keys.wait_queue(MODEL))  # the line is short again (as if the quota had admitted them)
+    resumed = consumer.step()
+    assert not resumed.held_back and resumed.accepted == 3
