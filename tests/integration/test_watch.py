@@ -45,4 +45,4 @@ def test_watch_shows_a_finished_batch_and_exits_0(runtime: Runtime) -> None:
     assert done.exit_code == 0, done.output
     assert "succeeded" in done.output
     missing = CliRunner().invoke(app, ["watch", "nope"], env=env, terminal_width=160)
-    assert missing.exit_code == 2 and "no batch 'nope'" in missing.output
+    assert missing.exit_code == 2 and "no batch 'nope'" in " ".join(missing.output.split())
