@@ -23,7 +23,6 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, cast
 
 import redis
@@ -35,6 +34,7 @@ from producer.batch import new_job
 from workers import keys
 from workers.admission import dispatch
 from workers.errors import RequestInvalid
+from workers.events import cloud_event
 from workers.job import Next
 from workers.quota.quota import Quota
 from workers.requests import RequestInput, validate_request
@@ -229,22 +229,18 @@ class RequestConsumer:
 
     def _reject(self, parsed: Parsed) -> None:
         field_name, reason = parsed.rejected or ("", "")
-        now = self.clock()
-        event = {
-            "specversion": "1.0",
-            "id": f"request/{parsed.entry_id}/rejected",
-            "source": "genq",
-            "type": "genq.request.rejected",
-            "subject": parsed.request_id or parsed.entry_id,
-            "time": datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "datacontenttype": "application/json",
-            "data": {
+        event = cloud_event(
+            "genq.request.rejected",
+            parsed.request_id or parsed.entry_id,
+            f"request/{parsed.entry_id}/rejected",
+            {
                 "request_id": parsed.request_id,
                 "stream_entry": parsed.entry_id,
                 "field": field_name,
                 "reason": reason,
             },
-        }
+            now=self.clock(),
+        )
         emitted = self._reject_once(
             keys=[keys.request_answered(parsed.entry_id), self.store.event_stream],
             args=[ANSWERED_TTL_S, self.store.event_stream_maxlen, json.dumps(event, ensure_ascii=False)],

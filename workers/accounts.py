@@ -5,12 +5,12 @@ every worker at once: submits wait instead of failing one by one, until an opera
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any, cast
 
 import structlog
 
 from workers import keys
+from workers.events import cloud_event
 from workers.store import JobStore
 
 log = structlog.get_logger("genq.accounts")
@@ -22,16 +22,13 @@ def pause(store: JobStore, account: str, *, code: str, message: str, now: float)
     if not store.redis.hsetnx(keys.PAUSED, account, record):
         return False
     log.error("account paused: submits wait until `genq resume` is run", account=account, code=code, reason=message)
-    event = {
-        "specversion": "1.0",
-        "id": f"account/{account}/paused/{now}",
-        "source": "genq",
-        "type": "genq.account.paused",
-        "subject": account,
-        "time": datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "datacontenttype": "application/json",
-        "data": {"account": account, "code": code, "message": message},
-    }
+    event = cloud_event(
+        "genq.account.paused",
+        account,
+        f"account/{account}/paused/{now}",
+        {"account": account, "code": code, "message": message},
+        now=now,
+    )
     store.redis.xadd(
         store.event_stream, {"event": json.dumps(event)}, maxlen=store.event_stream_maxlen, approximate=True
     )

@@ -39,13 +39,23 @@ def job_event(
         data["objects"] = objects
     if manifest_key:
         data["manifest"] = manifest_key
+    return cloud_event(f"genq.job.{status.value}", job.ref, f"{job.ref}/{status.value}/{job.attempt}", data, now=now)
+
+
+def iso_time(ts: float) -> str:
+    """An epoch time as CloudEvents writes it: UTC, milliseconds, `Z`."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def cloud_event(event_type: str, subject: str, event_id: str, data: dict[str, Any], *, now: float) -> dict[str, Any]:
+    """Every genq event's envelope (CloudEvents 1.0, structured JSON; docs/events.schema.json)."""
     return {
         "specversion": "1.0",
-        "id": f"{job.ref}/{status.value}/{job.attempt}",
+        "id": event_id,
         "source": SOURCE,
-        "type": f"genq.job.{status.value}",
-        "subject": job.ref,
-        "time": datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "type": event_type,
+        "subject": subject,
+        "time": iso_time(now),
         "datacontenttype": "application/json",
         "data": data,
     }

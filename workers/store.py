@@ -12,17 +12,13 @@ import json
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, cast
 
 import redis
 
 from workers import keys, metrics, store_lua
+from workers.events import iso_time
 from workers.job import TERMINAL, Action, Job, Status, allowed_sources
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _flatten(fields: Mapping[str, Any]) -> list[str]:
@@ -112,7 +108,7 @@ class JobStore:
         now = time.time() if now is None else now
         finished = self._seal(
             keys=[keys.batch(batch_id), self.event_stream],
-            args=[batch_id, now, _iso(now), self.event_stream_maxlen],
+            args=[batch_id, now, iso_time(now), self.event_stream_maxlen],
         )
         return bool(finished)
 
@@ -260,7 +256,7 @@ class JobStore:
                     sources,
                     1 if terminal else 0,
                     now,
-                    _iso(now),
+                    iso_time(now),
                     "" if terminal or due_at is None else due_at,
                     json.dumps(event, ensure_ascii=False) if event else "",
                     self.event_stream_maxlen,
