@@ -22,7 +22,8 @@ from workers.steps import backoff_s, claim, end, load_current, log, reschedule
 
 #: A finalize not recorded within this long is re-sent by the sweep (its worker died). Overlapping a slow but
 #: live one is harmless: objects already stored are skipped, and only the first end() wins its compare-and-set.
-FINALIZE_LEASE_S = 120.0
+#: So the lease is sized to the usual download, not the worst one: a killed finalizer's job waits this long.
+FINALIZE_LEASE_S = {Kind.IMAGE: 30.0, Kind.VIDEO: 120.0}
 #: Failed attempts after which a result counts as at risk even while its URL still has time left.
 AT_RISK_AFTER_ERRORS = 5
 _EXPECTED = {Kind.IMAGE: ("png", {"image/png", "image/jpeg", "image/webp"}), Kind.VIDEO: ("mp4", {"video/mp4"})}
@@ -40,7 +41,7 @@ def finalize(rt: Runtime, ref: str, attempt: int) -> Next | None:
     job = load_current(rt, ref, attempt, Action.FINALIZE)
     if job is None:
         return None
-    current = claim(rt, job, Action.FINALIZE, lease_s=FINALIZE_LEASE_S)
+    current = claim(rt, job, Action.FINALIZE, lease_s=FINALIZE_LEASE_S[model_spec(job.request.model).kind])
     if current is None:
         return None
     try:

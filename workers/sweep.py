@@ -26,8 +26,9 @@ from workers.quota.quota import Scope
 from workers.runtime import Runtime
 from workers.steps import log
 
-#: After a re-send, the next look at the same job waits this long (the message may just be queued).
-RESEND_AFTER_S = 30.0
+#: After a re-send, the next look at the same job waits this long (the message may just be queued; if it was
+#: lost too, with a worker killed before it ran, this is how long the job waits for another).
+RESEND_AFTER_S = 15.0
 
 
 @dataclass

@@ -103,6 +103,13 @@ class ManagedProcess:
         self._signal(signal.SIGKILL)
         self._log.close()
 
+    def kill(self) -> None:
+        """SIGKILL the whole group at once, with no grace (a crash, not a shutdown), and reap the leader."""
+        self._signal(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(5)
+        self._log.close()
+
     def _signal(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.popen.pid, sig)

@@ -70,6 +70,11 @@ def start_redis(data_dir: Path, port: int, log_dir: Path) -> ManagedProcess:
     return process
 
 
+#: A unix socket's path holds at most 107 characters (108 bytes with the NUL) on Linux; `weed mini` exits
+#: (code 255) without saying why when its sockets' paths are longer.
+UNIX_SOCKET_MAX_CHARS = 107
+
+
 def weed_binary() -> str:
     candidates = [Path(sys.executable).parent / "weed", shutil.which("weed")]
     for candidate in candidates:
@@ -90,6 +95,13 @@ def start_s3(
     data_dir: Path, port: int, log_dir: Path, *, access_key: str, secret_key: str, base_env: Mapping[str, str]
 ) -> ManagedProcess:
     """SeaweedFS `weed mini` as the S3 server: every port on loopback, static credentials from the env."""
+    socket_path = data_dir.resolve() / "filer.sock"
+    if len(str(socket_path)) > UNIX_SOCKET_MAX_CHARS:
+        raise StackError(
+            f"the S3 data folder's path is too long for SeaweedFS: its unix socket {socket_path} would have "
+            f"{len(str(socket_path))} characters, over the limit of {UNIX_SOCKET_MAX_CHARS}; use a shorter "
+            "GENQ_STATE_DIR"
+        )
     data_dir.mkdir(parents=True, exist_ok=True)
     # weed mini remembers earlier flags in mini.options; ports are chosen afresh on each start.
     (data_dir / "mini.options").unlink(missing_ok=True)

@@ -107,6 +107,7 @@ class LocalStack:
     configured: Settings
     workers: int = 0
     simulator_time_scale: float | None = None
+    simulator_seed: int | None = None  # the simulator's random seed (faults, durations): a run can be replayed
     metrics: bool = False  # serve each local worker's Prometheus metrics on a free port
     metrics_urls: list[str] = field(default_factory=list, init=False)
     settings: Settings = field(init=False)
@@ -149,6 +150,7 @@ class LocalStack:
                     profile=self.configured.simulator_profile,
                     base_env=base_env,
                     time_scale=self.simulator_time_scale,
+                    seed=self.simulator_seed,
                 )
             )
             self.simulator_url = f"http://127.0.0.1:{port}"
@@ -163,24 +165,26 @@ class LocalStack:
         if self.workers and (started_redis or not self._workers_attached()):
             self._add(services.start_beat(self.log_dir, env=child_env(self.settings)))
             for index in range(self.workers):
-                self._start_worker(f"local{index + 1}", state)
+                self.start_worker(f"local{index + 1}")
 
-    def _start_worker(self, name: str, state: Path) -> None:
+    def start_worker(self, name: str) -> ManagedProcess:
+        """Start one more Celery worker (`worker-{name}`) on this stack's settings."""
+        state = self.settings.state_dir
         env, metrics_dir = child_env(self.settings), None
         if self.metrics:
             port = free_port()
             env["GENQ_METRICS_PORT"] = str(port)
             metrics_dir = state / "metrics" / name
             self.metrics_urls.append(f"http://127.0.0.1:{port}/metrics")
-        self._add(
-            services.start_worker(
-                self.log_dir,
-                concurrency=self.configured.worker_concurrency,
-                env=env,
-                name=name,
-                metrics_dir=metrics_dir,
-            )
+        process = services.start_worker(
+            self.log_dir,
+            concurrency=self.configured.worker_concurrency,
+            env=env,
+            name=name,
+            metrics_dir=metrics_dir,
         )
+        self._add(process)
+        return process
 
     def _ensure_redis(self, state: Path) -> bool:
         url = self.configured.redis_url
@@ -254,6 +258,13 @@ class LocalStack:
     def process(self, name: str) -> ManagedProcess:
         """A process this stack started, by name (`redis`, `s3`, `simulator`, `beat`, `worker-local1`, ...)."""
         return next(p for p in self.started if p.name == name)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a started process and everything in its group (a worker's pool too), as a crash would; it is
+        no longer this stack's to stop."""
+        process = self.process(name)
+        process.kill()
+        self.started.remove(process)
 
     def restart_redis(self, down_s: float = 0.0) -> None:
         """Stop the local Redis (SIGTERM: AOF flushed), wait `down_s`, start it again on the same port and data."""

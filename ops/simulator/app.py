@@ -13,6 +13,7 @@ import json
 import math
 import secrets
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -334,16 +335,30 @@ class Simulator:
         if task.model.video:
             size = media.mp4_size(self.engine.config.video_bytes)
             return StreamingResponse(
-                media.mp4_chunks(url_key, self.engine.config.video_bytes),
+                self._recorded(url_key, media.mp4_chunks(url_key, self.engine.config.video_bytes)),
                 media_type="video/mp4",
                 headers={"Content-Length": str(size)},
             )
         width, height = (int(x) for x in task.size.split("*"))
-        return Response(await run_in_threadpool(media.png, width, height, url_key), media_type="image/png")
+        body = await run_in_threadpool(media.png, width, height, url_key)
+        self.engine.served_sha256[url_key] = hashlib.sha256(body).hexdigest()
+        return Response(body, media_type="image/png")
+
+    def _recorded(self, url_key: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """Stream `chunks`, and record their sha256 once the last one is sent (a dropped download records none)."""
+        digest = hashlib.sha256()
+        for chunk in chunks:
+            digest.update(chunk)
+            yield chunk
+        self.engine.served_sha256[url_key] = digest.hexdigest()
 
     # --- admin (outside /api/v1) ----------------------------------------------------------------
     async def counters(self, request: Request) -> Response:
         return JSONResponse(self.engine.snapshot(time.time()))
+
+    async def tasks(self, request: Request) -> Response:
+        """`GET /_sim/tasks`: every task with its true outcome and the sha256 of each result served."""
+        return JSONResponse({"tasks": self.engine.task_report(time.time())})
 
     async def reset(self, request: Request) -> Response:
         self.engine.reset()
@@ -444,6 +459,7 @@ def create_app(config: SimConfig) -> Starlette:
         Route(API + "/tasks/{task_id}/cancel", sim.cancel, methods=["POST"]),
         Route("/results/{task_id}/{name}", sim.result, methods=["GET"]),
         Route("/_sim/counters", sim.counters, methods=["GET"]),
+        Route("/_sim/tasks", sim.tasks, methods=["GET"]),
         Route("/_sim/reset", sim.reset, methods=["POST"]),
         Route("/_sim/config", sim.configure, methods=["POST"]),
         Route("/_sim/health", sim.health, methods=["GET"]),

@@ -8,6 +8,7 @@ whenever anything looks at the scope, so there is no background thread and every
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import heapq
 import json
@@ -130,6 +131,7 @@ class Engine:
         self.creates_by_key_model: Counter[tuple[str, str]] = Counter()
         self.create_fingerprints: Counter[tuple[str, str]] = Counter()
         self.downloaded_urls: set[str] = set()
+        self.served_sha256: dict[str, str] = {}  # "task_id/index" -> sha256 of the bytes served in full
         self.faults = FaultPlan(self.config.profile.faults, self.rng)
         self.started_at = time.time()
 
@@ -290,6 +292,33 @@ class Engine:
         return True
 
     # --- what the admin endpoint reports --------------------------------------------------------
+    def task_report(self, now: float) -> builtins.list[dict[str, Any]]:  # `list` is a method here
+        """Every task ever created, as the service itself knows it (not as a client would see it: an expired
+        task still shows how it ended), with the sha256 of each result served in full. For audits from outside."""
+        for scope in self.scopes.values():
+            scope.advance(now)
+        return [
+            {
+                "task_id": task.task_id,
+                "account": task.account,
+                "model": task.model.name,
+                "prompt": task.prompt,
+                "n": task.n,
+                "created": task.created,
+                "end": task.end,
+                "status": task.status(now),
+                "failure_code": task.failure[0] if task.failure else None,
+                "failed_indices": sorted(task.failed_indices),
+                "forgotten": task.expire_on_end and task.end is not None and task.end <= now,
+                "served_sha256": {
+                    str(i): self.served_sha256[f"{task.task_id}/{i}"]
+                    for i in range(task.n)
+                    if f"{task.task_id}/{i}" in self.served_sha256
+                },
+            }
+            for task in self.tasks.values()
+        ]
+
     def snapshot(self, now: float) -> dict[str, Any]:
         for scope in self.scopes.values():
             scope.advance(now)

@@ -1,0 +1,221 @@
+"""The end-of-run audit, from the outside: what the simulator says it created and served, what the job store
+says happened, what the bucket holds, and what the event stream carries. Nothing here asks genq's workers.
+
+Upstream tasks are matched to jobs by prompt (each chaos prompt is unique). A job may own several tasks when
+genq resubmitted after a task that FAILED transiently; such a task is *justified* when the one before it had
+already ended FAILED when it was created. Every other extra task, and every task no job owns, is a
+*duplicate*: work created twice, the thing genq promises never to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from config.catalogue import CATALOGUE
+from config.settings import Settings
+from workers.job import TERMINAL, Job, Status
+from workers.quota.quota import Quota, Scope
+from workers.runtime import make_store
+from workers.storage import make_minio
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Check:
+    what: str
+    found: str
+    expected: str
+    ok: bool
+
+
+@dataclass
+class Audit:
+    checks: list[Check] = field(default_factory=list)
+    outcomes: Counter[str] = field(default_factory=Counter)  # "status / code" -> jobs
+    problems: list[str] = field(default_factory=list)  # one line per job or object that failed a check
+    figures: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def add(self, what: str, found: int, expected: int | None = None, *, of: int | None = None) -> None:
+        """A row: `found` must equal `expected` (when given); `of` shows it as "found of total"."""
+        shown = f"{found} of {of}" if of is not None else str(found)
+        self.checks.append(Check(what, shown, "-" if expected is None else str(expected), expected in {None, found}))
+        self.figures[what] = found
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "checks": [c.__dict__ for c in self.checks],
+            "outcomes": dict(self.outcomes),
+            "problems": self.problems,
+        }
+
+
+def audit_run(settings: Settings, simulator_url: str, batch_id: str, rows: list[dict[str, str]]) -> Audit:
+    store = make_store(settings)
+    jobs = {job.job_id: job for job in store.jobs(batch_id)}
+    tasks = httpx.get(f"{simulator_url}/_sim/tasks", timeout=60).json()["tasks"]
+    counters = httpx.get(f"{simulator_url}/_sim/counters", timeout=60).json()
+    audit = Audit()
+    _jobs(audit, rows, jobs)
+    _upstream(audit, rows, jobs, tasks, counters)
+    _objects(audit, settings, batch_id, jobs, tasks)
+    _reasons(audit, jobs.values())
+    _slots(audit, settings, store.redis)
+    _events(audit, settings, store.redis, jobs.values())
+    return audit
+
+
+def _jobs(audit: Audit, rows: list[dict[str, str]], jobs: dict[str, Job]) -> None:
+    terminal = [j for j in jobs.values() if j.status in TERMINAL]
+    audit.add("jobs accepted", len(jobs), len(rows), of=len(rows))
+    audit.add("jobs terminal", len(terminal), len(jobs), of=len(jobs))
+    lost = [r["id"] for r in rows if r["id"] not in jobs or jobs[r["id"]].status not in TERMINAL]
+    audit.add("jobs lost (no record, or not terminal)", len(lost), 0)
+    audit.problems += [f"lost: {job_id} ({jobs[job_id].status if job_id in jobs else 'no record'})" for job_id in lost]
+    audit.add("jobs whose results waited for S3 (finalize retried)", sum(1 for j in jobs.values() if j.finalize_errors))
+    for job in jobs.values():
+        audit.outcomes[f"{job.status.value} / {job.error_code}" if job.error_code else job.status.value] += 1
+
+
+def _upstream(
+    audit: Audit,
+    rows: list[dict[str, str]],
+    jobs: dict[str, Job],
+    tasks: list[dict[str, Any]],
+    counters: dict[str, Any],
+) -> None:
+    job_of_prompt = {r["prompt"]: r["id"] for r in rows}
+    owned: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
+    orphans = 0
+    for task in tasks:
+        job_id = job_of_prompt.get(task["prompt"])
+        if job_id is None:
+            orphans += 1
+            audit.problems.append(f"duplicate: task {task['task_id']} matches no job")
+        else:
+            owned[job_id].append(task)
+    justified = duplicates = paid_twice = 0
+    for job_id, mine in owned.items():
+        mine.sort(key=lambda t: t["created"])
+        for before, after in itertools.pairwise(mine):
+            if before["failure_code"] and before["end"] is not None and before["end"] <= after["created"]:
+                justified += 1
+            else:
+                duplicates += 1
+                audit.problems.append(f"duplicate: job {job_id}: {after['task_id']} while {before['task_id']} lived")
+        if sum(1 for t in mine if t["status"] == "SUCCEEDED") > 1:
+            paid_twice += 1
+            audit.problems.append(f"paid twice: job {job_id}")
+        recorded = jobs[job_id].task_id if job_id in jobs else None
+        if recorded and recorded != mine[-1]["task_id"]:
+            audit.problems.append(f"job {job_id} follows task {recorded}, not its newest {mine[-1]['task_id']}")
+    audit.add("upstream tasks created", len(tasks), counters["counters"].get("creates", 0))
+    audit.add("jobs that reached the service", len(owned), of=len(jobs))
+    audit.add("resubmissions after a FAILED task", justified)
+    audit.add("duplicate upstream creates", duplicates + orphans, 0)
+    audit.add("jobs with two succeeded tasks (paid twice)", paid_twice, 0)
+
+
+def _objects(
+    audit: Audit, settings: Settings, batch_id: str, jobs: dict[str, Job], tasks: list[dict[str, Any]]
+) -> None:
+    served = {f"{t['task_id']}/{i}": digest for t in tasks for i, digest in t["served_sha256"].items()}
+    minio = make_minio(settings)
+    stored = {
+        o.object_name
+        for o in minio.list_objects(settings.bucket, prefix=f"{batch_id}/", recursive=True)
+        if o.object_name and not o.object_name.endswith(MANIFEST)
+    }
+    reported = {
+        obj["key"]: (job, obj)
+        for job in jobs.values()
+        if job.status in {Status.SUCCEEDED, Status.PARTIALLY_SUCCEEDED}
+        for obj in job.objects
+    }
+    verified = 0
+    for key, (job, obj) in sorted(reported.items()):
+        if key not in stored:
+            audit.problems.append(f"missing: {key} reported stored by {job.ref}")
+            continue
+        response = minio.get_object(settings.bucket, key)
+        try:
+            actual = hashlib.sha256(response.read()).hexdigest()
+        finally:
+            response.close()
+            response.release_conn()
+        upstream = served.get(_url_key(job.results[int(obj["index"])].get("url", "")))
+        if actual == obj["sha256"] == upstream:
+            verified += 1
+        else:
+            audit.problems.append(f"sha256: {key} stored {actual}, reported {obj['sha256']}, served {upstream}")
+    audit.add("images reported succeeded", len(reported))
+    audit.add("objects in the bucket", len(stored), len(reported))
+    audit.add("objects with sha256 = reported = served upstream", verified, len(reported), of=len(reported))
+    audit.problems += [f"unreported object: {key}" for key in sorted(stored - reported.keys())]
+
+
+def _url_key(url: str) -> str:
+    """`task_id/index` of a simulator result URL (`/results/{task_id}/{index}.png?...`)."""
+    path = urlsplit(url).path.removeprefix("/results/")
+    return path.rpartition(".")[0]
+
+
+def _reasons(audit: Audit, jobs: Iterable[Job]) -> None:
+    """Every job that ended without all its results says why: a code and a message (per sub-result too)."""
+    with_reason = without = 0
+    for job in jobs:
+        if job.status is Status.SUCCEEDED or job.status not in TERMINAL:
+            continue
+        if job.status is Status.PARTIALLY_SUCCEEDED:
+            failed = [r for r in job.results if not r.get("url")]
+            reasoned = bool(failed) and all(r.get("code") and r.get("message") for r in failed)
+        else:
+            reasoned = bool(job.error_code and job.error_message)
+        if reasoned:
+            with_reason += 1
+        else:
+            without += 1
+            audit.problems.append(f"no reason: {job.ref} ended {job.status.value}")
+    audit.add("jobs failed (or partly) with a code and message", with_reason)
+    audit.add("jobs failed without a reason", without, 0)
+
+
+def _slots(audit: Audit, settings: Settings, redis: Any) -> None:
+    quota, now = Quota.redis(redis), time.time()
+    held = [
+        ref
+        for account in settings.resolved_accounts()
+        for model in CATALOGUE
+        for ref in quota.slot_holders(Scope(account.name, model), now)
+    ]
+    audit.add("slots left held", len(held), 0)
+    audit.problems += [f"slot still held by {ref}" for ref in held]
+
+
+def _events(audit: Audit, settings: Settings, redis: Any, jobs: Iterable[Job]) -> None:
+    terminal_types = {f"genq.job.{s.value}" for s in TERMINAL}
+    per_job: Counter[str] = Counter()
+    for _, entry in redis.xrange(settings.event_stream):
+        event = json.loads(entry[b"event"] if b"event" in entry else entry["event"])
+        if event["type"] in terminal_types:
+            per_job[event["subject"]] += 1
+    terminal = [j for j in jobs if j.status in TERMINAL]
+    exactly_one = sum(1 for j in terminal if per_job[j.ref] == 1)
+    audit.add("terminal-job events emitted", sum(per_job.values()), len(terminal))
+    audit.add("terminal jobs with exactly one event", exactly_one, len(terminal), of=len(terminal))
+    audit.problems += [f"events: {j.ref} has {per_job[j.ref]}" for j in terminal if per_job[j.ref] != 1]

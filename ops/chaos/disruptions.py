@@ -1,0 +1,131 @@
+"""The disruptions of a chaos run, on a thread of their own: SIGKILL a random worker every few seconds (and
+start a new one), restart Redis once, and stop the S3 server for a while.
+
+A kill takes either a whole worker node (the Celery main process and its pool, as a machine dying would) or
+one pool process (its parent notices and forks another), in turn at random. Redis and S3 are triggered by the
+batch's progress, which the runner feeds in through `progress`, so every disruption lands mid-batch whatever
+its size. Everything that happened is kept in `timeline` for the report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+import psutil
+
+from ops.chaos.scenario import ChaosPlan
+from ops.localstack import LocalStack
+
+
+@dataclass
+class Disruptions:
+    """How many of each disruption happened, and when (seconds since the run began)."""
+
+    node_kills: int = 0
+    pool_kills: int = 0
+    redis_restarts: int = 0
+    s3_outages: int = 0
+    s3_down_s: float = 0.0
+    timeline: list[tuple[float, str]] = field(default_factory=list)
+
+
+class Disruptor(threading.Thread):
+    def __init__(self, stack: LocalStack, plan: ChaosPlan, started_at: float) -> None:
+        super().__init__(name="chaos-disruptor", daemon=True)
+        self.stack, self.plan, self.started_at = stack, plan, started_at
+        self.rng = random.Random(plan.seed + 1)
+        self.progress = 0.0  # share of the batch that is terminal, written by the runner
+        self.done = Disruptions()
+        self.error: BaseException | None = None
+        self._stop_requested = threading.Event()
+        self._next_worker = plan.workers + 1
+        self._s3_back_at: float | None = None
+        self._s3_stopped_at = 0.0
+
+    def stop(self) -> None:
+        """Stop disrupting, bring S3 back if it is down, and wait for the thread."""
+        self._stop_requested.set()
+        self.join()
+
+    def run(self) -> None:
+        next_kill = time.monotonic() + self._gap_s()
+        try:
+            while not self._stop_requested.wait(0.2):
+                now = time.monotonic()
+                if not self.done.redis_restarts and self.progress >= self.plan.redis_restart_at:
+                    self._restart_redis()
+                if not self.done.s3_outages and self.progress >= self.plan.s3_outage_at:
+                    self._stop_s3(now)
+                if self._s3_back_at is not None and now >= self._s3_back_at:
+                    self._start_s3()
+                if now >= next_kill:
+                    self._kill_a_worker()
+                    next_kill = time.monotonic() + self._gap_s()
+        except BaseException as exc:  # reported by the runner: a disruption that failed is a failed run
+            self.error = exc
+        finally:
+            if self._s3_back_at is not None:
+                with contextlib.suppress(Exception):
+                    self._start_s3()
+
+    def _gap_s(self) -> float:
+        return self.plan.kill_every_s * self.rng.uniform(0.5, 1.5)
+
+    def _note(self, what: str) -> None:
+        self.done.timeline.append((round(time.monotonic() - self.started_at, 1), what))
+
+    def _workers(self) -> list[str]:
+        return [p.name for p in self.stack.started if p.name.startswith("worker-") and p.alive()]
+
+    def _kill_a_worker(self) -> None:
+        names = self._workers()
+        if not names:
+            return
+        name = self.rng.choice(names)
+        pool = _pool_processes(self.stack.process(name).pid)
+        if pool and self.rng.random() < 0.5:
+            victim = self.rng.choice(pool)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
+            self.done.pool_kills += 1
+            self._note(f"SIGKILL pool process {victim} of {name}")
+            return
+        self.stack.kill(name)
+        self.done.node_kills += 1
+        replacement = f"chaos{self._next_worker}"
+        self._next_worker += 1
+        self.stack.start_worker(replacement)
+        self._note(f"SIGKILL {name} (main process and pool); started worker-{replacement}")
+
+    def _restart_redis(self) -> None:
+        self._note(f"Redis stopped (AOF on), back in {self.plan.redis_down_s:.0f} s")
+        self.stack.restart_redis(down_s=self.plan.redis_down_s)
+        self.done.redis_restarts += 1
+        self._note("Redis restarted")
+
+    def _stop_s3(self, now: float) -> None:
+        self.stack.stop_s3()
+        self.done.s3_outages += 1
+        self._s3_back_at = now + self.plan.s3_outage_s
+        self._s3_stopped_at = now
+        self._note(f"S3 server stopped for {self.plan.s3_outage_s:.0f} s")
+
+    def _start_s3(self) -> None:
+        self._s3_back_at = None
+        self.stack.start_s3()
+        self.done.s3_down_s = round(time.monotonic() - self._s3_stopped_at, 1)
+        self._note("S3 server started again")
+
+
+def _pool_processes(main_pid: int) -> list[int]:
+    """The pool processes a Celery prefork worker forked (its direct children)."""
+    try:
+        return [child.pid for child in psutil.Process(main_pid).children()]
+    except psutil.Error:
+        return []

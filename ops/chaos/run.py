@@ -1,0 +1,117 @@
+"""One chaos run: start a local stack of its own (Redis with AOF, S3, the `hostile` simulator, beat, workers),
+send the batch as `genq batch` does, disrupt everything while it runs, wait until every job ended, then audit
+from the outside (`audit.py`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from config.catalogue import CATALOGUE
+from config.celery_app import create_app
+from ops.chaos.audit import Audit, audit_run
+from ops.chaos.disruptions import Disruptions, Disruptor
+from ops.chaos.scenario import ChaosPlan, chaos_rows, write_csv
+from ops.localstack import LocalStack, isolated_settings
+from producer.batch import enqueue_rows
+from producer.csv_source import read_rows
+from workers.messages import publish
+from workers.quota.quota import Quota, Scope
+from workers.runtime import make_store
+from workers.storage import ResultStore, make_minio
+from workers.store import JobStore
+
+BATCH_ID = "chaos"
+
+
+@dataclass
+class ChaosResult:
+    plan: ChaosPlan
+    audit: Audit
+    disruptions: Disruptions
+    batch_s: float  # from the first job sent to the last job terminal (or the timeout)
+    state_dir: Path
+
+
+def run_chaos(plan: ChaosPlan, state_dir: Path, say: Callable[[str], None] = print) -> ChaosResult:
+    """Run `plan` with every service's data and logs under `state_dir`; `say` gets a progress line every 10 s."""
+    rows = chaos_rows(plan)
+    csv_path = write_csv(state_dir / "chaos.csv", rows)
+    configured = isolated_settings(
+        state_dir / "stack",
+        simulator_profile="hostile",
+        worker_concurrency=plan.worker_concurrency,
+        finalize_retry_cap_s=plan.finalize_retry_cap_s,
+    )
+    with LocalStack(configured, workers=plan.workers, simulator_seed=plan.seed) as stack:
+        settings, simulator_url = stack.settings, stack.simulator_url
+        assert simulator_url is not None, "the chaos run needs the simulator: unset DASHSCOPE_API_KEY"
+        say(f"stack up: logs in {stack.log_dir}; sending {plan.jobs} jobs from {csv_path}")
+        ResultStore(make_minio(settings), settings.bucket).ensure_bucket()
+        store, celery = make_store(settings), create_app(settings)
+        started = time.monotonic()
+        report = enqueue_rows(
+            store, settings, BATCH_ID, read_rows(csv_path), source=str(csv_path), send=lambda s: publish(celery, s)
+        )
+        say(f"{report.accepted} jobs accepted ({report.images} images), {len(report.rejected)} rows rejected")
+        disruptor = Disruptor(stack, plan, started)
+        disruptor.start()
+        try:
+            batch_s = _wait_for_batch(store, plan, disruptor, started, say)
+        finally:
+            disruptor.stop()
+        if disruptor.error is not None:
+            raise RuntimeError(f"a disruption failed: {disruptor.error!r}") from disruptor.error
+        _settle(store, settings.resolved_accounts()[0].name, plan.settle_s)
+        say("auditing from the outside: simulator, job store, bucket, event stream")
+        audit = audit_run(settings, simulator_url, BATCH_ID, rows)
+        # Every process the disruptions did not kill must have lived through them (beat through the Redis
+        # restart, workers through both outages).
+        died = [p.name for p in stack.started if not p.alive()]
+        audit.add("services and workers that died by themselves", len(died), 0)
+        audit.problems += [f"died by itself: {name} (see its log)" for name in died]
+        celery.close()
+    return ChaosResult(plan, audit, disruptor.done, batch_s, state_dir)
+
+
+def _wait_for_batch(
+    store: JobStore, plan: ChaosPlan, disruptor: Disruptor, started: float, say: Callable[[str], None]
+) -> float:
+    """Until every job is terminal or the plan's timeout; feeds the disruptor the batch's progress."""
+    last_said = 0.0
+    while (elapsed := time.monotonic() - started) < plan.timeout_s:
+        try:
+            summary = store.batch_summary(BATCH_ID)
+        except (redis.ConnectionError, redis.TimeoutError):
+            time.sleep(0.5)  # Redis is restarting: that is one of the disruptions
+            continue
+        if summary is not None:
+            disruptor.progress = summary.terminal / max(1, summary.total)
+            if summary.done:
+                say(f"{elapsed:6.0f} s  all {summary.total} jobs terminal")
+                return elapsed
+            if elapsed - last_said >= 10:
+                last_said = elapsed
+                done = disruptor.done
+                say(
+                    f"{elapsed:6.0f} s  {summary.terminal}/{summary.total} terminal; kills: "
+                    f"{done.node_kills} workers, {done.pool_kills} pool processes; Redis restarts: "
+                    f"{done.redis_restarts}; S3 outages: {done.s3_outages}"
+                )
+        time.sleep(0.5)
+    say(f"timed out after {plan.timeout_s:.0f} s: the jobs not terminal count as lost")
+    return plan.timeout_s
+
+
+def _settle(store: JobStore, account: str, settle_s: float) -> None:
+    """Give the sweep (every 5 s) up to `settle_s` to hand back slots whose holder died after its job ended."""
+    quota, deadline = Quota.redis(store.redis), time.monotonic() + settle_s
+    while time.monotonic() < deadline:
+        if not any(quota.slot_holders(Scope(account, model), time.time()) for model in CATALOGUE):
+            return
+        time.sleep(1)

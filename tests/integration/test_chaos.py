@@ -1,0 +1,34 @@
+"""The chaos suite's reduced form (`ops/chaos/`): about 200 jobs under every disruption of the full run, audited
+from the outside. The full run's table is in docs/reliability.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ops.chaos.run import run_chaos
+from ops.chaos.scenario import ChaosPlan
+
+pytestmark = pytest.mark.integration
+
+
+def test_reduced_chaos_run_loses_nothing_and_creates_nothing_twice(tmp_path: Path) -> None:
+    """200 mixed jobs against the hostile simulator, while a worker or pool process is SIGKILLed every few
+    seconds, Redis restarts once and S3 is down for 30 s: every job ends, with a code and message when it did
+    not succeed; no task is created upstream twice; every reported image is in the bucket with the sha256 of
+    the bytes the service served; no slot stays held; and every terminal job emitted exactly one event."""
+    plan = ChaosPlan.reduced()
+    lines: list[str] = []
+    result = run_chaos(plan, tmp_path / "c", say=lines.append)  # short: SeaweedFS's sockets live under it
+
+    failed = [check for check in result.audit.checks if not check.ok]
+    assert not failed, f"{failed}\nproblems: {result.audit.problems[:20]}\nprogress: {lines[-5:]}"
+    figures, done = result.audit.figures, result.disruptions
+    assert figures["jobs accepted"] == plan.jobs
+    assert figures["objects with sha256 = reported = served upstream"] > plan.jobs  # n = 1..4 images per job
+    # The disruptions really happened, mid-batch.
+    assert done.node_kills + done.pool_kills >= 5
+    assert done.redis_restarts == 1
+    assert done.s3_outages == 1 and done.s3_down_s >= plan.s3_outage_s
+    assert figures["jobs whose results waited for S3 (finalize retried)"] > 0, "the S3 outage tested nothing"
