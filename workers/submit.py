@@ -47,7 +47,14 @@ def submit(rt: Runtime, ref: str, attempt: int) -> Next | None:
         delay = rt.settings.account_pause_recheck_s * rt.rng.uniform(0.8, 1.2)
         return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, delay)
     if job.create_pending:
-        found = reconcile(rt, job, now)
+        try:
+            found = reconcile(rt, job, now)
+        except (Throttled, TransientRemoteError) as exc:
+            # The task list could not be read. Look again later, and never send the create meanwhile: the lost
+            # one may have made a task.
+            delay = backoff_s(job.submit_errors + 1, base_s=2.0, cap_s=30.0, rng=rt.rng)
+            log.warning("could not list tasks to reconcile; will look again", ref=job.ref, code=exc.code)
+            return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, delay)
         if found.wait_s:
             return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, found.wait_s)
         if found.task_id:

@@ -2,7 +2,9 @@
 start a new one), restart Redis once, and stop the S3 server for a while.
 
 A kill takes either a whole worker node (the Celery main process and its pool, as a machine dying would) or
-one pool process (its parent notices and forks another), in turn at random. Redis and S3 are triggered by the
+one pool process (its parent notices and forks another), in turn at random. The thread also plays the
+process supervisor (compose's `restart: unless-stopped`): a worker that exits on its own is started again and
+counted. Celery does exit when a pool process dies while the worker is still starting. Redis and S3 are triggered by the
 batch's progress, which the runner feeds in through `progress`, so every disruption lands mid-batch whatever
 its size. Everything that happened is kept in `timeline` for the report.
 """
@@ -29,6 +31,7 @@ class Disruptions:
 
     node_kills: int = 0
     pool_kills: int = 0
+    worker_exits: int = 0  # workers that exited on their own and were restarted
     redis_restarts: int = 0
     s3_outages: int = 0
     s3_down_s: float = 0.0
@@ -64,6 +67,7 @@ class Disruptor(threading.Thread):
                     self._stop_s3(now)
                 if self._s3_back_at is not None and now >= self._s3_back_at:
                     self._start_s3()
+                self._restart_exited_workers()
                 if now >= next_kill:
                     self._kill_a_worker()
                     next_kill = time.monotonic() + self._gap_s()
@@ -83,6 +87,21 @@ class Disruptor(threading.Thread):
     def _workers(self) -> list[str]:
         return [p.name for p in self.stack.started if p.name.startswith("worker-") and p.alive()]
 
+    def _new_worker(self) -> str:
+        name = f"chaos{self._next_worker}"
+        self._next_worker += 1
+        self.stack.start_worker(name)
+        return f"worker-{name}"
+
+    def _restart_exited_workers(self) -> None:
+        for process in list(self.stack.started):
+            if process.name.startswith("worker-") and not process.alive():
+                code = process.popen.returncode
+                process.stop()
+                self.stack.started.remove(process)
+                self.done.worker_exits += 1
+                self._note(f"{process.name} exited by itself (code {code}); started {self._new_worker()}")
+
     def _kill_a_worker(self) -> None:
         names = self._workers()
         if not names:
@@ -98,10 +117,7 @@ class Disruptor(threading.Thread):
             return
         self.stack.kill(name)
         self.done.node_kills += 1
-        replacement = f"chaos{self._next_worker}"
-        self._next_worker += 1
-        self.stack.start_worker(replacement)
-        self._note(f"SIGKILL {name} (main process and pool); started worker-{replacement}")
+        self._note(f"SIGKILL {name} (main process and pool); started {self._new_worker()}")
 
     def _restart_redis(self) -> None:
         self._note(f"Redis stopped (AOF on), back in {self.plan.redis_down_s:.0f} s")

@@ -71,9 +71,10 @@ def run_chaos(plan: ChaosPlan, state_dir: Path, say: Callable[[str], None] = pri
         say("auditing from the outside: simulator, job store, bucket, event stream")
         audit = audit_run(settings, simulator_url, BATCH_ID, rows)
         # Every process the disruptions did not kill must have lived through them (beat through the Redis
-        # restart, workers through both outages).
+        # restart, workers through both outages). Workers that exited were restarted, and are counted.
+        audit.add("workers that exited on their own (restarted)", disruptor.done.worker_exits)
         died = [p.name for p in stack.started if not p.alive()]
-        audit.add("services and workers that died by themselves", len(died), 0)
+        audit.add("services still down at the end (Redis, S3, simulator, beat, workers)", len(died), 0)
         audit.problems += [f"died by itself: {name} (see its log)" for name in died]
         celery.close()
     return ChaosResult(plan, audit, disruptor.done, batch_s, state_dir)

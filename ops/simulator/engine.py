@@ -258,15 +258,21 @@ class Engine:
         task.expire_on_end = self.faults.fires("task_expire", task.prompt)
 
     def find(self, task_id: str, account: str, now: float) -> SimTask | None:
-        """The task as of `now`, or None when unknown to this account, past retention, or expired early."""
+        """The task as a query sees it at `now`, or None when unknown to this account, past retention, or
+        expired early (the `task_expire` fault)."""
+        task = self._retained(task_id, account, now)
+        if task is not None and task.expire_on_end and task.end is not None and task.end <= now:
+            return None
+        return task
+
+    def _retained(self, task_id: str, account: str, now: float) -> SimTask | None:
+        """The task as of `now`, or None when unknown to this account or past retention."""
         task = self.tasks.get(task_id)
         if task is None or task.account != account:
             return None
         if now - task.created > self.config.retention_s * self.config.scale:
             return None
         self.scope(account, task.model).advance(now)
-        if task.expire_on_end and task.end is not None and task.end <= now:
-            return None
         return task
 
     def list(
@@ -278,7 +284,9 @@ class Engine:
                 continue
             if model and task.model.name != model:
                 continue
-            current = self.find(task.task_id, account, now)
+            # `task_expire` stands in for a task older than the 24 h retention, as a poll would meet it; the
+            # list keeps honouring the retention itself, as the real list does for a task minutes old.
+            current = self._retained(task.task_id, account, now)
             if current is None or (status and current.status(now) != status):
                 continue
             found.append(current)

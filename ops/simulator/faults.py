@@ -21,7 +21,7 @@ retry of the same request succeeds). Query and download faults read the trigger 
 | task_timeout        | task      | the task ends FAILED with InternalError.Timeout                       |
 | task_inspection     | task      | the task ends FAILED with DataInspectionFailed (output moderation)    |
 | task_partial        | task      | n > 1: some sub-images fail with InternalError.Timeout, the rest succeed |
-| task_expire         | task      | the task is forgotten (UNKNOWN) as soon as it ends                    |
+| task_expire         | task      | queries answer UNKNOWN as soon as the task ends (the list still shows it) |
 | url_fail_once       | download  | the first download of each result URL gets 503, later ones succeed    |
 | url_expired         | download  | the result URL is already expired: 403 with OSS's XML error           |
 """

@@ -102,6 +102,34 @@ def test_create_timeout_is_reconciled_not_paid_twice(
     assert sim.counters()["creates"] == 1 and sim.counters()["lists"] >= 1
 
 
+def test_reconciliation_waits_out_an_unreadable_task_list(
+    runtime_factory: Callable[..., Runtime], simulator_factory: Callable[..., RunningSimulator]
+) -> None:
+    """When the task list answers 429 while a lost create is being reconciled, the submit comes back later
+    instead of failing or sending the create again, and then adopts the task the lost create made."""
+    sim = simulator_factory()
+    rt = runtime_factory(
+        dashscope_base_url=sim.base_url, result_hosts=(sim.url.removeprefix("http://"),), http_timeout_s=0.5
+    )
+    steps = enqueue(rt, {"id": "j", "prompt": "a sim:create_malformed:once"})
+    left = run(rt, steps, timeout_s=10, until=lambda: _create_pending(rt))
+    sim.engine.config.query_qps = 0  # every query and list is refused with 429 from now on
+    left = run(rt, left, timeout_s=4)
+    job = rt.store.get("b/j")
+    assert job is not None and job.status is Status.SUBMITTING and job.create_pending  # waiting, not failed
+    assert sim.counters()["creates"] == 1 and sim.counters()["throttled_query"] >= 1
+    sim.engine.config.query_qps = 20
+    run(rt, left, timeout_s=30)
+    job = rt.store.get("b/j")
+    assert job is not None and job.status is Status.SUCCEEDED
+    assert sim.counters()["creates"] == 1  # the lost create's task was adopted, never created twice
+
+
+def _create_pending(rt: Runtime) -> bool:
+    job = rt.store.get("b/j")
+    return job is not None and job.create_pending and job.submit_failed_at is not None
+
+
 def test_dropped_creates_are_reconciled_either_way(
     runtime_factory: Callable[..., Runtime], simulator_factory: Callable[..., RunningSimulator]
 ) -> None:

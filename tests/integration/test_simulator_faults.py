@@ -141,16 +141,25 @@ def test_partial_failure_bills_only_the_good_images(simulator: RunningSimulator)
     assert {r["code"] for r in results if "code" in r} == {"InternalError.Timeout"}
 
 
+def listed(sim: RunningSimulator) -> set[str]:
+    answer = httpx.get(f"{sim.base_url}/tasks", headers=HEADERS, timeout=10).json()
+    return {entry["task_id"] for entry in answer["data"]}
+
+
 def test_task_expire_and_retention_answer_unknown(simulator_factory: Callable[..., RunningSimulator]) -> None:
-    """A task forgotten at its end, and any task past the (scaled) retention, answer UNKNOWN."""
+    """A task expired at its end answers UNKNOWN to a query but is still in the task list (which only the
+    retention empties), and any task past the (scaled) retention answers UNKNOWN and leaves the list."""
     sim = simulator_factory()
     expiring = post(sim, "a cat sim:task_expire").json()["output"]["task_id"]
     assert settle(sim, expiring)["output"]["task_status"] == "UNKNOWN"
+    assert expiring in listed(sim)
     short = simulator_factory(retention_s=1.5)
     task_id = post(short, "a dog").json()["output"]["task_id"]
     assert settle(short, task_id)["output"]["task_status"] == "SUCCEEDED"
+    assert task_id in listed(short)
     time.sleep(1.6)
     assert get(short, task_id).json()["output"]["task_status"] == "UNKNOWN"
+    assert task_id not in listed(short)
 
 
 def test_result_url_faults(simulator_factory: Callable[..., RunningSimulator]) -> None:
