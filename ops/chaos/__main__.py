@@ -81,6 +81,10 @@ def print_result(console: Console, result: ChaosResult, *, markdown: bool = Fals
     for outcome, count in sorted(audit.outcomes.items(), key=lambda kv: -kv[1]):
         outcomes.add_row(outcome, str(count))
     console.print(outcomes)
+    injected = Table("fault or refusal", "times", title="what the simulator did (its own counters)")
+    for name, count in sorted(audit.injected.items(), key=lambda kv: -kv[1]):
+        injected.add_row(name, str(count))
+    console.print(injected)
     for problem in audit.problems[:30]:
         console.print(f"[red]{problem}[/red]")
     if len(audit.problems) > 30:

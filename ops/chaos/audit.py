@@ -44,6 +44,7 @@ class Audit:
     checks: list[Check] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)  # "status / code" -> jobs
     problems: list[str] = field(default_factory=list)  # one line per job or object that failed a check
+    injected: Counter[str] = field(default_factory=Counter)  # what the simulator did: faults fired, 429s
     figures: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -62,6 +63,7 @@ class Audit:
             "checks": [c.__dict__ for c in self.checks],
             "outcomes": dict(self.outcomes),
             "problems": self.problems,
+            "injected": dict(self.injected),
         }
 
 
@@ -71,6 +73,8 @@ def audit_run(settings: Settings, simulator_url: str, batch_id: str, rows: list[
     tasks = httpx.get(f"{simulator_url}/_sim/tasks", timeout=60).json()["tasks"]
     counters = httpx.get(f"{simulator_url}/_sim/counters", timeout=60).json()
     audit = Audit()
+    audit.injected.update(counters["faults_fired"])
+    audit.injected.update({k: v for k, v in counters["counters"].items() if k.startswith("throttled_")})
     _jobs(audit, rows, jobs)
     _upstream(audit, rows, jobs, tasks, counters)
     _objects(audit, settings, batch_id, jobs, tasks)

@@ -64,7 +64,7 @@ class Disruptor(threading.Thread):
                 if not self.done.redis_restarts and self.progress >= self.plan.redis_restart_at:
                     self._restart_redis()
                 if not self.done.s3_outages and self.progress >= self.plan.s3_outage_at:
-                    self._stop_s3(now)
+                    self._stop_s3()
                 if self._s3_back_at is not None and now >= self._s3_back_at:
                     self._start_s3()
                 self._restart_exited_workers()
@@ -125,11 +125,11 @@ class Disruptor(threading.Thread):
         self.done.redis_restarts += 1
         self._note("Redis restarted")
 
-    def _stop_s3(self, now: float) -> None:
+    def _stop_s3(self) -> None:
         self.stack.stop_s3()
+        self._s3_stopped_at = time.monotonic()  # down from here, for at least the plan's outage
+        self._s3_back_at = self._s3_stopped_at + self.plan.s3_outage_s
         self.done.s3_outages += 1
-        self._s3_back_at = now + self.plan.s3_outage_s
-        self._s3_stopped_at = now
         self._note(f"S3 server stopped for {self.plan.s3_outage_s:.0f} s")
 
     def _start_s3(self) -> None:
