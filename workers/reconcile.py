@@ -54,11 +54,20 @@ def reconcile(rt: Runtime, job: Job, now: float) -> Reconciled:
     candidates = _listed(rt, job.account, job.request.model, sent_at - skew, gave_up_at + skew)
     for entry in sorted(candidates, key=lambda e: abs(e.get("gmt_create", 0) / 1000 - sent_at)):
         task_id = str(entry.get("task_id", ""))
-        if task_id and rt.store.redis.set(keys.task_owner(task_id), job.ref, nx=True, ex=keys.TASK_OWNER_TTL_S):
+        if task_id and _claim(rt, task_id, job.ref):
             log.warning("adopted the task of a create whose answer was lost", ref=job.ref, task_id=task_id)
             return Reconciled(task_id=task_id)
     log.info("the lost create made no task; sending it again", ref=job.ref)
     return Reconciled()
+
+
+def _claim(rt: Runtime, task_id: str, ref: str) -> bool:
+    """Own the task, unless another job does. Already owned by this job means its create did succeed and the
+    worker died between recording the owner and recording the task: adopt it."""
+    owner_key = keys.task_owner(task_id)
+    return bool(rt.store.redis.set(owner_key, ref, nx=True, ex=keys.TASK_OWNER_TTL_S)) or (
+        rt.store.redis.get(owner_key) == ref
+    )
 
 
 def _listed(rt: Runtime, account: str | None, model: str, start: float, end: float) -> list[dict[str, Any]]:

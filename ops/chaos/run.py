@@ -44,13 +44,15 @@ def run_chaos(plan: ChaosPlan, state_dir: Path, say: Callable[[str], None] = pri
     csv_path = write_csv(state_dir / "chaos.csv", rows)
     configured = isolated_settings(
         state_dir / "stack",
+        dashscope_api_key=None,  # always the simulator, even where a real key is in the environment
+        accounts=(),
         simulator_profile="hostile",
         worker_concurrency=plan.worker_concurrency,
         finalize_retry_cap_s=plan.finalize_retry_cap_s,
     )
     with LocalStack(configured, workers=plan.workers, simulator_seed=plan.seed) as stack:
         settings, simulator_url = stack.settings, stack.simulator_url
-        assert simulator_url is not None, "the chaos run needs the simulator: unset DASHSCOPE_API_KEY"
+        assert simulator_url is not None  # the settings above leave no way to a real account
         say(f"stack up: logs in {stack.log_dir}; sending {plan.jobs} jobs from {csv_path}")
         ResultStore(make_minio(settings), settings.bucket).ensure_bucket()
         store, celery = make_store(settings), create_app(settings)

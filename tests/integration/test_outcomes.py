@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from tests.conftest import RunningSimulator
 from tests.stage_runner import enqueue, run
-from workers import accounts
+from workers import accounts, keys
 from workers.control import cancel, retry
 from workers.dashscope import DashScopeClient
 from workers.job import Job, Status
@@ -123,6 +123,30 @@ def test_reconciliation_waits_out_an_unreadable_task_list(
     job = rt.store.get("b/j")
     assert job is not None and job.status is Status.SUCCEEDED
     assert sim.counters()["creates"] == 1  # the lost create's task was adopted, never created twice
+
+
+def test_a_task_owned_by_its_own_job_is_adopted(
+    runtime_factory: Callable[..., Runtime], simulator_factory: Callable[..., RunningSimulator]
+) -> None:
+    """A worker that died right after recording a created task's owner, before recording the task in the job,
+    leaves a create pending whose task is already owned by that same job: reconciliation adopts it rather than
+    creating a second one."""
+    sim = simulator_factory()
+    rt = runtime_factory(
+        dashscope_base_url=sim.base_url, result_hosts=(sim.url.removeprefix("http://"),), http_timeout_s=0.5
+    )
+    left = run(
+        rt,
+        enqueue(rt, {"id": "j", "prompt": "a sim:create_malformed:once"}),
+        timeout_s=10,
+        until=lambda: _create_pending(rt),
+    )
+    (task_id,) = sim.engine.tasks
+    rt.store.redis.set(keys.task_owner(task_id), "b/j")  # what the dead worker had already written
+    run(rt, left, timeout_s=30)
+    job = rt.store.get("b/j")
+    assert job is not None and job.status is Status.SUCCEEDED and job.task_id == task_id
+    assert sim.counters()["creates"] == 1
 
 
 def _create_pending(rt: Runtime) -> bool:
