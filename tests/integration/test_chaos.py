@@ -13,6 +13,7 @@ from ops.chaos.scenario import ChaosPlan
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.timeout(900)  # about 2.5 minutes here; the plan itself gives up waiting after 10
 def test_reduced_chaos_run_loses_nothing_and_creates_nothing_twice(tmp_path: Path) -> None:
     """200 mixed jobs against the hostile simulator, while a worker or pool process is SIGKILLed every few
     seconds, Redis restarts once and S3 is down for 30 s: every job ends, with a code and message when it did
