@@ -18,9 +18,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Annotated, Any
 
-import redis
 import typer
-from celery.signals import beat_init
 from rich.console import Console
 from rich.table import Table
 
@@ -30,6 +28,7 @@ from config.logging import configure_logging
 from config.settings import Settings, load_settings
 from ops.localstack import LocalStack, StackError
 from producer.batch import CheckReport, check_rows, enqueue_rows
+from producer.beat import run_beat
 from producer.csv_source import CsvFormatError, read_rows
 from producer.display import failed_table, quota_table, rejected_table, summary_table, wait_for_batch
 from producer.eta import estimate
@@ -556,38 +555,8 @@ def beat(config: ConfigOption = None) -> None:
     Beat exits when it loses Redis; this command starts it again (with backoff), so a Redis restart never
     leaves the fleet without its recovery sweep.
     """
-    celery = create_app(_settings(config))
-    services: list[Any] = []  # the running beat service, to find its lock after it lost Redis
-    beat_init.connect(lambda sender, **_: services.append(sender), weak=False)
-    failures, stale_lock = 0, None
-    while True:
-        started = time.monotonic()
-        stale_lock = _give_back_lock(stale_lock)
-        try:
-            celery.Beat(loglevel="INFO").run()
-            return  # a clean stop (SIGTERM / SIGINT)
-        except (redis.RedisError, OSError) as exc:
-            stale_lock = stale_lock or (getattr(services[-1].scheduler, "lock", None) if services else None)
-            failures = 1 if time.monotonic() - started > 60 else failures + 1
-            delay_s = min(30.0, 2.0**failures)
-            errors.print(f"[yellow]beat lost Redis ({type(exc).__name__}); starting again in {delay_s:.0f} s[/yellow]")
-            time.sleep(delay_s)
-
-
-def _give_back_lock(lock: Any) -> Any:
-    """Release the redbeat lock a beat held when it lost Redis (the lock came back with Redis's AOF), so the next
-    start does not wait out its own lock's timeout with no sweep running. Returns the lock while Redis is still
-    away (try again next time), else None."""
-    if lock is None:
-        return None
-    try:
-        lock.release()
-    except redis.exceptions.LockError:
-        return None  # expired already, or another beat holds it now: nothing of ours to give back
-    except (redis.RedisError, OSError):
-        return lock
-    errors.print("[yellow]beat gave back the lock it held when Redis went away[/yellow]")
-    return None
+    settings = _settings(config)
+    run_beat(create_app(settings), settings.redis_url, lambda line: errors.print(f"[yellow]{line}[/yellow]"))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

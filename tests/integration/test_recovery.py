@@ -87,3 +87,19 @@ def test_sigkilled_worker_jobs_are_polled_again_within_30_s(stack: LocalStack) -
     upstream = stack.simulator_counters()
     assert upstream is not None
     assert all(s["max_running"] <= limit.max_concurrent for s in upstream["scopes"])
+
+
+def test_beat_takes_its_lock_again_at_once_after_a_redis_restart(
+    local_stack_factory: Callable[..., LocalStack],
+) -> None:
+    """Redis restarts and its AOF brings back beat's redbeat lock, still held: `genq beat` gives that lock back
+    as soon as Redis answers, so the restarted scheduler (and with it the recovery sweep) runs again within
+    seconds instead of waiting out the lock's 30 s."""
+    stack = local_stack_factory(workers=1)
+    beat_log = stack.process("beat").log_path
+    wait_until(lambda: "Acquired lock" in beat_log.read_text(), 30, "beat to take its lock")
+    stack.restart_redis(down_s=6)  # longer than a beat tick (5 s), so beat does meet the outage
+    restarted = time.monotonic()
+    wait_until(lambda: beat_log.read_text().count("Acquired lock") >= 2, 25, "beat to take its lock again")
+    assert time.monotonic() - restarted < 15
+    assert "gave back the lock" in beat_log.read_text()
