@@ -155,7 +155,15 @@ def _store_results(rt: Runtime, job: Job) -> tuple[list[dict[str, Any]], list[di
         except ResultRejected as exc:
             log.warning("result refused", ref=job.ref, index=index, code=exc.code, reason=exc.message)
             failures.append({"index": index, "code": exc.code, "message": exc.message})
-    return objects, failures
+    return objects, failures + _missing(job)
+
+
+def _missing(job: Job) -> list[dict[str, Any]]:
+    """Images asked for that the answer does not list at all. The wan2.6 protocol reports a partial failure
+    only by returning fewer `choices` than `n` (and billing only those), with no code per missing image."""
+    asked, listed = job.request.n, len(job.results)
+    message = f"the service returned {listed} of the {asked} images asked for, without a reason"
+    return [{"index": index, "code": "ResultMissing", "message": message} for index in range(listed, asked)]
 
 
 def _manifest(job: Job, objects: list[dict[str, Any]], failures: list[dict[str, Any]]) -> dict[str, Any]:

@@ -130,6 +130,7 @@ class Job:
     error_message: str | None = None
     results: list[dict[str, Any]] = field(default_factory=list)
     objects: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)  # sub-results not stored: index, code, message
     usage: dict[str, Any] = field(default_factory=dict)
     upstream: dict[str, str] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=dict)
@@ -183,6 +184,7 @@ class Job:
             error_message=opt("error_message"),
             results=json.loads(h.get("results") or "[]"),
             objects=json.loads(h.get("objects") or "[]"),
+            failures=json.loads(h.get("failures") or "[]"),
             usage=json.loads(h.get("usage") or "{}"),
             upstream={k: h[k] for k in ("submit_time", "scheduled_time", "end_time") if h.get(k)},
             times={k[2:]: float(v) for k, v in h.items() if k.startswith("t_") and v},

@@ -180,14 +180,19 @@ def _url_key(url: str) -> str:
 
 
 def _reasons(audit: Audit, jobs: Iterable[Job]) -> None:
-    """Every job that ended without all its results says why: a code and a message (per sub-result too)."""
-    with_reason = without = 0
+    """Every job that ended without all its results says why: a code and a message (per sub-result too), and
+    every image asked for is either stored or named as failed."""
+    with_reason = without = short = 0
     for job in jobs:
+        if job.status in {Status.SUCCEEDED, Status.PARTIALLY_SUCCEEDED} and (
+            len(job.objects) + len(job.failures) != job.request.n
+        ):
+            short += 1  # an image asked for is neither stored nor named as failed
+            audit.problems.append(f"images unaccounted: {job.ref} asked {job.request.n}, {len(job.objects)} stored")
         if job.status is Status.SUCCEEDED or job.status not in TERMINAL:
             continue
         if job.status is Status.PARTIALLY_SUCCEEDED:
-            failed = [r for r in job.results if not r.get("url")]
-            reasoned = bool(failed) and all(r.get("code") and r.get("message") for r in failed)
+            reasoned = bool(job.failures) and all(f.get("code") and f.get("message") for f in job.failures)
         else:
             reasoned = bool(job.error_code and job.error_message)
         if reasoned:
@@ -197,6 +202,7 @@ def _reasons(audit: Audit, jobs: Iterable[Job]) -> None:
             audit.problems.append(f"no reason: {job.ref} ended {job.status.value}")
     audit.add("jobs failed (or partly) with a code and message", with_reason)
     audit.add("jobs failed without a reason", without, 0)
+    audit.add("jobs with images neither stored nor named failed", short, 0)
 
 
 def _slots(audit: Audit, settings: Settings, redis: Any) -> None:

@@ -53,6 +53,16 @@ def test_partial_success_keeps_the_good_images(runtime: Runtime) -> None:
     assert manifest is not None and manifest["failures"] == failures
 
 
+def test_fewer_images_than_asked_is_a_partial_success(runtime: Runtime) -> None:
+    """wan2.6 answers a partial failure with fewer `choices` than `n` and no code: the job ends partially
+    succeeded, naming each missing image, instead of passing for a full success."""
+    job = one_job(runtime, "a cat sim:task_partial", n="3", model="wan2.6-t2i")
+    assert job.status is Status.PARTIALLY_SUCCEEDED
+    assert len(job.objects) + len(job.failures) == 3 and job.failures
+    assert {f["code"] for f in job.failures} == {"ResultMissing"}
+    assert all("of the 3 images asked for" in f["message"] for f in job.failures)
+
+
 def test_unknown_task_ends_expired(runtime: Runtime) -> None:
     """A task the service no longer knows ends the job expired, with the reason."""
     job = one_job(runtime, "a cat sim:task_expire")
