@@ -125,14 +125,22 @@ def _upstream(
         if sum(1 for t in mine if t["status"] == "SUCCEEDED") > 1:
             paid_twice += 1
             audit.problems.append(f"paid twice: job {job_id}")
-        recorded = jobs[job_id].task_id if job_id in jobs else None
-        if recorded and recorded != mine[-1]["task_id"]:
-            audit.problems.append(f"job {job_id} follows task {recorded}, not its newest {mine[-1]['task_id']}")
+    # A job must follow the newest task made from its own request (not another job's, which would store the
+    # wrong images under it).
+    astray = [
+        j for j in jobs.values() if j.task_id and (not owned[j.job_id] or owned[j.job_id][-1]["task_id"] != j.task_id)
+    ]
+    audit.problems += [f"job {j.job_id} follows task {j.task_id}, not the newest of its own" for j in astray]
     audit.add("upstream tasks created", len(tasks), counters["counters"].get("creates", 0))
     audit.add("jobs that reached the service", len(owned), of=len(jobs))
     audit.add("resubmissions after a FAILED task", justified)
     audit.add("duplicate upstream creates", duplicates + orphans, 0)
     audit.add("jobs with two succeeded tasks (paid twice)", paid_twice, 0)
+    audit.add("jobs following a task other than their own newest", len(astray), 0)
+
+
+def _newest(tasks: list[dict[str, Any]] | None) -> str | None:
+    return str(tasks[-1]["task_id"]) if tasks else None
 
 
 def _objects(
