@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from config.catalogue import model_spec
 from workers import metrics
-from workers.admission import release, scope_of
+from workers.admission import deadline_s, release, scope_of
 from workers.dashscope import TaskState
 from workers.dashscope.classify import is_transient_task_failure
 from workers.dashscope.protocol import upstream_epoch
@@ -174,6 +174,7 @@ def _on_failed(rt: Runtime, job: Job, current: int, state: TaskState) -> Next | 
 
 def _deadline(rt: Runtime, job: Job, current: int) -> None:
     """Past the deadline: try to cancel (only a PENDING task can be), then end `timed_out`."""
+    allowed_s = deadline_s(rt.settings, job.request.model)
     try:
         rt.client(job.account).cancel_task(job.task_id or "")
     except (PermanentRemoteError, TransientRemoteError) as exc:
@@ -184,7 +185,7 @@ def _deadline(rt: Runtime, job: Job, current: int) -> None:
         current,
         Status.TIMED_OUT,
         code="DeadlineExceeded",
-        message=f"no result within the job's deadline ({job.deadline_at - job.created_at:.0f} s)",
+        message=f"no result within the job's deadline ({allowed_s:.0f} s from admission)",
     )
 
 
