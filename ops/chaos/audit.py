@@ -213,14 +213,19 @@ def _reasons(audit: Audit, jobs: Iterable[Job]) -> None:
     audit.add("jobs with images neither stored nor named failed", short, 0)
 
 
-def _slots(audit: Audit, settings: Settings, redis: Any) -> None:
+def held_slots(settings: Settings, redis: Any) -> list[str]:
+    """Every job ref holding a slot now, over every account and catalogue model."""
     quota, now = Quota.redis(redis), time.time()
-    held = [
+    return [
         ref
         for account in settings.resolved_accounts()
         for model in CATALOGUE
         for ref in quota.slot_holders(Scope(account.name, model), now)
     ]
+
+
+def _slots(audit: Audit, settings: Settings, redis: Any) -> None:
+    held = held_slots(settings, redis)
     audit.add("slots left held", len(held), 0)
     audit.problems += [f"slot still held by {ref}" for ref in held]
 
@@ -229,7 +234,7 @@ def _events(audit: Audit, settings: Settings, redis: Any, jobs: Iterable[Job]) -
     terminal_types = {f"genq.job.{s.value}" for s in TERMINAL}
     per_job: Counter[str] = Counter()
     for _, entry in redis.xrange(settings.event_stream):
-        event = json.loads(entry[b"event"] if b"event" in entry else entry["event"])
+        event = json.loads(entry["event"])  # the job store's client decodes responses
         if event["type"] in terminal_types:
             per_job[event["subject"]] += 1
     terminal = [j for j in jobs if j.status in TERMINAL]

@@ -12,16 +12,15 @@ from pathlib import Path
 
 import redis
 
-from config.catalogue import CATALOGUE
 from config.celery_app import create_app
-from ops.chaos.audit import Audit, audit_run
+from config.settings import Settings
+from ops.chaos.audit import Audit, audit_run, held_slots
 from ops.chaos.disruptions import Disruptions, Disruptor
 from ops.chaos.scenario import ChaosPlan, chaos_rows, write_csv
 from ops.localstack import LocalStack, isolated_settings
 from producer.batch import enqueue_rows
 from producer.csv_source import read_rows
 from workers.messages import publish
-from workers.quota.quota import Quota, Scope
 from workers.runtime import make_store
 from workers.storage import ResultStore, make_minio
 from workers.store import JobStore
@@ -69,7 +68,7 @@ def run_chaos(plan: ChaosPlan, state_dir: Path, say: Callable[[str], None] = pri
             disruptor.stop()
         if disruptor.error is not None:
             raise RuntimeError(f"a disruption failed: {disruptor.error!r}") from disruptor.error
-        _settle(store, settings.resolved_accounts()[0].name, plan.settle_s)
+        _settle(store, settings, plan.settle_s)
         say("auditing from the outside: simulator, job store, bucket, event stream")
         audit = audit_run(settings, simulator_url, BATCH_ID, rows)
         # Every process the disruptions did not kill must have lived through them (beat through the Redis
@@ -111,10 +110,8 @@ def _wait_for_batch(
     return plan.timeout_s
 
 
-def _settle(store: JobStore, account: str, settle_s: float) -> None:
+def _settle(store: JobStore, settings: Settings, settle_s: float) -> None:
     """Give the sweep (every 5 s) up to `settle_s` to hand back slots whose holder died after its job ended."""
-    quota, deadline = Quota.redis(store.redis), time.monotonic() + settle_s
-    while time.monotonic() < deadline:
-        if not any(quota.slot_holders(Scope(account, model), time.time()) for model in CATALOGUE):
-            return
+    deadline = time.monotonic() + settle_s
+    while time.monotonic() < deadline and held_slots(settings, store.redis):
         time.sleep(1)
