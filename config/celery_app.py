@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from celery import Celery
@@ -9,7 +10,7 @@ from celery.schedules import crontab
 from celery.signals import setup_logging
 
 from config.logging import configure_logging
-from config.settings import Settings, load_settings
+from config.settings import ConfigInvalid, Settings, load_settings
 
 QUEUES = ("submit", "poll", "finalize", "events")
 
@@ -109,4 +110,10 @@ def _use_structlog(**_: Any) -> None:
     configure_logging()
 
 
-app = create_app()
+try:
+    app = create_app()
+except ConfigInvalid as exc:
+    # Every genq process imports this module first (the CLI, workers, beat): settings that cannot be used end
+    # it here with the setting named, exit code 2, and no traceback.
+    print(f"error: {exc}", file=sys.stderr)
+    raise SystemExit(2) from None

@@ -8,10 +8,11 @@ Library code receives a `Settings` object and never reads `os.environ` itself.
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 from typing import Any, cast
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -41,6 +42,11 @@ DOCUMENTED_RESULT_HOSTS = (
     ),
     "dashscope-result-wlcb-acdr-1.oss-cn-wulanchabu-acdr-1.aliyuncs.com",
 )
+
+
+class ConfigInvalid(ValueError):
+    """The settings (file or environment) cannot be used: each problem named by its setting and the rule it
+    breaks. Values are never quoted, since a setting may be a secret."""
 
 
 class Settings(BaseSettings):
@@ -195,18 +201,34 @@ class Settings(BaseSettings):
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Read the settings once. `config_file` wins over `GENQ_CONFIG`. Their secrets are registered for
-    redaction from every log line."""
-    settings = _read(config_file, **overrides)
+    redaction from every log line. Raises `ConfigInvalid` (and nothing else) for settings that cannot be used."""
+    source = config_file or os.environ.get("GENQ_CONFIG") or "the environment"
+    try:
+        settings = _read(config_file, **overrides)
+    except ValidationError as exc:
+        problems = "; ".join(_problem(error) for error in exc.errors()[:10])
+        more = f" (and {exc.error_count() - 10} more)" if exc.error_count() > 10 else ""
+        raise ConfigInvalid(f"invalid settings in {source}: {problems}{more}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigInvalid(f"config file {source} is not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigInvalid(f"config file {source} cannot be read: {exc}") from None
     account_keys = [key for account in settings.accounts for key in account.api_keys]
     register_secrets(settings.dashscope_api_key, settings.s3_secret_key, settings.webhook_secret, *account_keys)
     return settings
+
+
+def _problem(error: Any) -> str:
+    """One validation error as `setting.path: what is wrong`, without the value (it may be a secret)."""
+    where = ".".join(str(part) for part in error.get("loc", ())) or "settings"
+    return f"{where}: {error.get('msg', 'invalid')}"
 
 
 def _read(config_file: Path | None, **overrides: Any) -> Settings:
     if config_file is None:
         return Settings(**overrides)
     if not config_file.is_file():
-        raise FileNotFoundError(f"config file {config_file} does not exist")
+        raise ConfigInvalid(f"config file {config_file} does not exist")
     from_file = type(
         "Settings",
         (Settings,),

@@ -22,7 +22,7 @@ from workers.admission import dispatch_all
 from workers.errors import RequestInvalid
 from workers.job import Action, Next, Status
 from workers.quota.quota import Quota
-from workers.requests import GenerationRequest, validate_request
+from workers.requests import GenerationRequest, check_id, check_input_size, validate_request
 from workers.store import JobStore, NewJob
 
 #: Jobs created per round trip to Redis (each still its own atomic step).
@@ -58,18 +58,14 @@ class RowChecker:
             raise RequestInvalid(
                 "row", "has more values than the header has columns (a stray comma or an unquoted field?)"
             )
+        check_input_size("row", row.size_bytes)
         request = validate_request(row.to_input(self.defaults), default_model=self.settings.default_model)
         if not row.client_id:
             fingerprint = request.fingerprint()
             self.seen_requests[fingerprint] += 1
             digest = hashlib.sha256(f"{fingerprint}:{self.seen_requests[fingerprint]}".encode()).hexdigest()
             return "r" + digest[:15], request
-        if not keys.ID_PATTERN.match(row.client_id):
-            raise RequestInvalid(
-                "id",
-                "must be 1-64 characters of letters, digits, '.', '_' or '-', "
-                f"starting with a letter or digit; got {row.client_id!r}",
-            )
+        check_id("id", row.client_id)
         if row.client_id in self.first_line_of_id:
             raise RequestInvalid(
                 "id", f"duplicate id {row.client_id!r}, first used on line {self.first_line_of_id[row.client_id]}"
@@ -144,7 +140,7 @@ def enqueue_rows(
         try:
             job_id, request = checker.check(row)
         except RequestInvalid as exc:
-            store.record_rejected(batch_id, row.line, exc.field, exc.reason, row.fields)
+            store.record_rejected(batch_id, row.line, exc.field, exc.reason, row.clipped_fields())
             report.rejected.append({"line": row.line, "field": exc.field, "reason": exc.reason})
             continue
         chunk.append((new_job(keys.job_ref(batch_id, job_id), row.line, request), request.n))

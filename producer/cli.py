@@ -21,11 +21,12 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from config.catalogue import Kind, model_spec
 from config.celery_app import create_app
 from config.logging import configure_logging
-from config.settings import Settings, load_settings
+from config.settings import ConfigInvalid, Settings, load_settings
 from ops.localstack import LocalStack, StackError
 from producer.batch import CheckReport, check_rows, enqueue_rows
 from producer.beat import run_beat
@@ -54,8 +55,17 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=False)
-errors = Console(stderr=True)
+# Markup off: prompts, file names, ids and upstream messages are printed as they are, never read as Rich markup
+# (a CSV cell `[/oops]` would crash the output; `[link=...]` would inject a terminal hyperlink). genq's own
+# colours are `Text` styles (`_styled`).
+console = Console(stderr=False, markup=False, emoji=False)
+errors = Console(stderr=True, markup=False, emoji=False)
+
+
+def _styled(*parts: str | tuple[str, str]) -> Text:
+    """Text with genq's own styles: plain strings as they are, `(text, style)` pairs styled."""
+    return Text.assemble(*parts)
+
 
 ConfigOption = Annotated[
     Path | None,
@@ -65,11 +75,14 @@ ConfigOption = Annotated[
 
 def _settings(config: Path | None, **overrides: Any) -> Settings:
     configure_logging(json_lines=False) if sys.stderr.isatty() else configure_logging()
-    return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
+    try:
+        return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
+    except ConfigInvalid as exc:
+        raise _fail(str(exc), 2) from exc
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    errors.print(f"[red]error:[/red] {message}")
+    errors.print(_styled(("error:", "red"), f" {message}"))
     return typer.Exit(code)
 
 
@@ -155,7 +168,7 @@ def batch(
     }
     defaults = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in given.items() if v is not None}
     batch_id = batch_id or default_batch_id(csv_file)
-    if not keys.ID_PATTERN.match(batch_id):
+    if not keys.is_id(batch_id):
         raise _fail(f"batch id {batch_id!r} must be letters, digits, '.', '_' or '-' (at most 64)", 2)
     try:
         checked = check_rows(settings, read_rows(csv_file), defaults)
@@ -199,7 +212,9 @@ def _dry_run_report(settings: Settings, checked: CheckReport) -> int:
         console.print("no price table configured (`prices` in the config file): no cost estimate")
     if checked.rejected:
         console.print(rejected_table(checked.rejected))
-        console.print(f"[red]{len(checked.rejected)} bad row(s)[/red]: fix them, or run without --dry-run to skip them")
+        console.print(
+            _styled((f"{len(checked.rejected)} bad row(s)", "red"), ": fix them, or run without --dry-run to skip them")
+        )
         return 1
     return 0
 
@@ -237,7 +252,7 @@ def _run_batch(
     )
     already = sum(report.existing.values())
     console.print(
-        f"batch [bold]{batch_id}[/bold]: {report.rows} rows read, {report.accepted} new jobs "
+        f"batch {batch_id}: {report.rows} rows read, {report.accepted} new jobs "
         f"({report.images} images) enqueued, {already} already known, {len(report.rejected)} rejected"
     )
     if already:
@@ -313,8 +328,10 @@ def status(
             console.print(quota)
         for account, pause in accounts.all_paused(store).items():
             console.print(
-                f"[red]account {account} is PAUSED[/red] since {pause['code']}: {pause['message']} "
-                f"(fix it, then: genq resume {account})"
+                _styled(
+                    (f"account {account} is PAUSED", "red"),
+                    f" since {pause['code']}: {pause['message']} (fix it, then: genq resume {account})",
+                )
             )
         if summary.rejected:
             console.print(rejected_table(store.rejected(batch_id)))
@@ -389,7 +406,9 @@ def doctor(config: ConfigOption = None) -> None:
     findings = run_checks(_settings(config))
     colours = {"ok": "green", "warn": "yellow", "fail": "red"}
     for finding in findings:
-        console.print(f"[{colours[finding.level]}]{finding.level.upper():>4}[/] {finding.check:<10} {finding.message}")
+        console.print(
+            _styled((f"{finding.level.upper():>4}", colours[finding.level]), f" {finding.check:<10} {finding.message}")
+        )
     failed = [f for f in findings if f.level == "fail"]
     console.print(f"{len(failed)} problem(s) to fix" if failed else "all checks passed")
     raise typer.Exit(1 if failed else 0)
@@ -532,7 +551,7 @@ def worker(
     try:
         ResultStore(make_minio(settings), settings.bucket).ensure_bucket()  # genq creates its bucket at start
     except StorageError as exc:
-        errors.print(f"[yellow]warning:[/yellow] could not check the bucket yet ({exc}); workers will retry")
+        errors.print(_styled(("warning:", "yellow"), f" could not check the bucket yet ({exc}); workers will retry"))
     celery.worker_main(
         [
             "worker",
@@ -556,7 +575,7 @@ def beat(config: ConfigOption = None) -> None:
     leaves the fleet without its recovery sweep.
     """
     settings = _settings(config)
-    run_beat(create_app(settings), settings.redis_url, lambda line: errors.print(f"[yellow]{line}[/yellow]"))
+    run_beat(create_app(settings), settings.redis_url, lambda line: errors.print(Text(line, style="yellow")))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

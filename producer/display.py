@@ -8,6 +8,7 @@ from collections.abc import Callable
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from config.catalogue import CATALOGUE
 from config.settings import Settings
@@ -44,7 +45,7 @@ def wait_for_batch(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[detail]}"),
+        TextColumn("{task.fields[detail]}", markup=False),
         TimeElapsedColumn(),
         console=console,
         transient=False,
@@ -74,7 +75,7 @@ def summary_table(summary: BatchSummary) -> Table:
             table.add_row(status, str(summary.counts[status]))
     if summary.rejected:
         table.add_row("rejected rows", str(summary.rejected))
-    table.add_row("[bold]total accepted", f"[bold]{summary.total}")
+    table.add_row(Text("total accepted", style="bold"), Text(str(summary.total), style="bold"))
     return table
 
 

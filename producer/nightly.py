@@ -3,15 +3,23 @@
 A schedule (`config/schedules.py`) names a source: a folder the workers can read, or `s3://bucket/prefix/` on
 genq's S3 server. At a tick (`genq.scheduled_run`, fired by beat through redbeat, whose lock in Redis keeps a
 second beat from firing it too), each `*.csv` there, in name order, is run as the batch
-`{schedule}-{YYYYMMDD}-{file stem}`, the date taken in `GENQ_SCHEDULE_TIMEZONE`. A tick replayed the same day
-(a second delivery of the message, a restarted beat, an operator re-running it) finds each batch already
-sealed and enqueues nothing; files added later that day are picked up by the next tick. Each batch emits
-`genq.batch.finished` when its last job ends; the run's report (the inputs, their batches, what was accepted
-and rejected) is stored as `reports/{schedule}/{YYYYMMDD}.json` in the results bucket.
+`{schedule}-{YYYYMMDD}-{file stem}-{hash}`, the date taken in `GENQ_SCHEDULE_TIMEZONE`; the hash is of the
+input's whole path, so inputs whose stems slug alike (`b c.csv`, `b-c.csv`, one name under two prefixes, stems
+past the id's 64 characters) never share a batch. A tick replayed the same day (a second delivery of the
+message, a restarted beat, an operator re-running it) finds each batch already sealed and enqueues nothing;
+files added later that day are picked up by the next tick. Each batch emits `genq.batch.finished` when its
+last job ends; the run's report (the inputs, their batches, what was accepted and rejected, and why an input
+did not run) is stored as `reports/{schedule}/{YYYYMMDD}.json` in the results bucket.
+
+Each input is checked as a whole before any of it is enqueued, exactly as `genq batch` does it: an
+unreadable file (not UTF-8, no header, a runaway field) opens no batch and is reported with its reason; the
+other inputs still run. Whatever goes wrong with one input is that input's note in the report, never the end
+of the tick.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import tempfile
 import time
@@ -27,7 +35,7 @@ import structlog
 from config.celery_app import app
 from config.schedules import ScheduleSettings
 from config.settings import Settings
-from producer.batch import enqueue_rows
+from producer.batch import check_rows, enqueue_rows
 from producer.csv_source import CsvFormatError, read_rows
 from workers.errors import StorageError
 from workers.job import Next
@@ -60,9 +68,17 @@ def run_date(settings: Settings, now: float) -> str:
     return datetime.fromtimestamp(now, ZoneInfo(settings.schedule_timezone)).strftime("%Y%m%d")
 
 
+#: Hex digits of the input's path in its batch id: distinct inputs of a day never share a batch.
+SOURCE_HASH_CHARS = 10
+
+
 def batch_id_for(schedule: str, date: str, source: str) -> str:
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(source).stem).strip("-._") or "input"
-    return f"{schedule}-{date}-{stem}"[:64]
+    """`{schedule}-{date}-{stem}-{hash of the whole source}`, at most 64 characters, a valid batch id."""
+    digest = hashlib.sha256(source.encode("utf-8", "surrogateescape")).hexdigest()[:SOURCE_HASH_CHARS]
+    prefix = f"{schedule}-{date}-"
+    room = 64 - len(prefix) - len(digest) - 1
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(source).stem, flags=re.ASCII).strip("-._")[:room].strip("-._")
+    return f"{prefix}{stem or 'input'}-{digest}"
 
 
 @contextmanager
@@ -100,25 +116,14 @@ def scheduled_run(
     with _inputs(schedule.source, results) as inputs:
         for source, path in inputs:
             run = InputRun(source, batch_id_for(name, date, source))
-            summary = store.batch_summary(run.batch_id)
-            if summary is not None and summary.sealed:
-                run.already_known, run.skipped = summary.total, "already run today"
-            else:
-                try:
-                    report = enqueue_rows(
-                        store,
-                        configured,
-                        run.batch_id,
-                        read_rows(path),
-                        source=f"schedule {name}: {source}",
-                        send=send,
-                        priority=schedule.priority,
-                    )
-                    run.accepted, run.rejected = report.accepted, len(report.rejected)
-                    run.already_known = sum(report.existing.values())
-                except CsvFormatError as exc:
-                    run.skipped = str(exc)
-                    log.error("scheduled input unreadable", schedule=name, source=source, reason=str(exc))
+            try:
+                _run_input(store, configured, run, path, f"schedule {name}: {source}", send, schedule.priority)
+            except CsvFormatError as exc:
+                run.skipped = str(exc)
+                log.error("scheduled input unreadable", schedule=name, source=source, reason=str(exc))
+            except Exception as exc:  # one input's trouble is its note in the report, not the end of the tick
+                run.skipped = f"InternalError: {type(exc).__name__}: {str(exc)[:300]}"
+                log.exception("scheduled input failed", schedule=name, source=source)
             runs.append(run)
     log.info("scheduled run", schedule=name, date=date, inputs=len(runs), accepted=sum(r.accepted for r in runs))
     try:
@@ -129,6 +134,26 @@ def scheduled_run(
     except StorageError as exc:  # the batches are enqueued either way; the report is a convenience
         log.error("scheduled run report not stored", schedule=name, error=str(exc))
     return runs
+
+
+def _run_input(
+    store: JobStore,
+    settings: Settings,
+    run: InputRun,
+    path: Path,
+    source: str,
+    send: Callable[[Next | None], None],
+    priority: int,
+) -> None:
+    """Check the input as a whole, then enqueue it, unless its batch already ran today."""
+    summary = store.batch_summary(run.batch_id)
+    if summary is not None and summary.sealed:
+        run.already_known, run.skipped = summary.total, "already run today"
+        return
+    check_rows(settings, read_rows(path))  # an unreadable file fails here, before its batch exists
+    report = enqueue_rows(store, settings, run.batch_id, read_rows(path), source=source, send=send, priority=priority)
+    run.accepted, run.rejected = report.accepted, len(report.rejected)
+    run.already_known = sum(report.existing.values())
 
 
 @app.task(name="genq.scheduled_run")

@@ -13,6 +13,12 @@ idempotency key, also the job id), `prompt` and the CSV's other columns, optiona
   event on `genq:events`, which the stage downstream reads with its own consumer group, without polling genq.
 - An invalid one is answered with one `genq.request.rejected` event carrying the field and the reason; a marker
   per stream entry, set in the same atomic step as the event, makes a redelivered entry answer nothing twice.
+- The same request id with other content is rejected (`request_id`, "already names another request"): the
+  id is the idempotency key, so it cannot also be a second job.
+- No entry can stop the stage. Whatever an entry holds, handling it ends in a job or a rejection; a failure of
+  ours while handling one entry answers that entry with `InternalError` and the rest of the read goes on. An
+  entry delivered `MAX_DELIVERIES` times without an answer (it took its consumer down each time) is answered
+  with `InternalError`, copied to the bounded dead-letter stream `genq:requests:dead`, and acknowledged.
 - Back-pressure: while more than `max_waiting` accepted jobs wait for quota, the consumer reads nothing, so a
   flood of requests waits in the stream (where the producer can see it) instead of in genq.
 """
@@ -22,7 +28,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
@@ -35,16 +41,27 @@ from workers import keys
 from workers.admission import dispatch
 from workers.errors import RequestInvalid
 from workers.events import cloud_event
-from workers.job import Next
+from workers.job import Next, Status
 from workers.quota.quota import Quota
-from workers.requests import RequestInput, validate_request
+from workers.requests import (
+    Envelope,
+    check_input_size,
+    parse_json_int,
+    shown,
+    validate_envelope,
+)
 from workers.store import JobStore, NewJob
 
 log = structlog.get_logger("genq.consume")
 
 REQUEST_FIELD = "request"
 ANSWERED_TTL_S = 7 * 24 * 3600
-_INPUT_FIELDS = ("prompt", "model", "negative_prompt", "size", "n", "seed", "prompt_extend", "watermark", "duration")
+#: Deliveries of one entry (reads and take-overs) before it is answered with `InternalError` and dead-lettered.
+MAX_DELIVERIES = 5
+#: Entries kept in the dead-letter stream (Redis runs `noeviction`: nothing may grow without bound).
+DEAD_LETTER_MAXLEN = 10_000
+#: Seconds the consumer waits after Redis or a bug of ours failed a whole round, before the next.
+ROUND_FAILURE_BACKOFF_S = 2.0
 
 # KEYS: the entry's answered marker, the events stream. ARGV: TTL, stream maxlen, event JSON.
 # Emits the rejected event once per entry, however often the entry is delivered.
@@ -76,8 +93,12 @@ class Parsed:
     entry_id: str
     job: NewJob | None = None
     rejected: tuple[str, str] | None = None  # (field, reason)
-    request_id: str | None = None
-    raw: dict[str, Any] = field(default_factory=dict)
+    request_id: str | None = None  # only when it is a valid id: it goes into events and logs
+
+
+def _internal(exc: BaseException) -> str:
+    """The reason given for a failure of ours: the exception's type and message, clipped; no traceback."""
+    return f"InternalError: {type(exc).__name__}: {shown(str(exc), 200)}"
 
 
 class RequestConsumer:
@@ -132,10 +153,18 @@ class RequestConsumer:
         return report
 
     def run(self, stop: Callable[[], bool], on_report: Callable[[ConsumeReport], None] | None = None) -> None:
+        """Consume until `stop()`. A round that fails as a whole (Redis away, a bug of ours outside the handling
+        of one entry) is logged and tried again: its entries stay pending and are delivered again, and one that
+        keeps failing is given up after `MAX_DELIVERIES`."""
         self.ensure_group()
         log.info("consuming requests", stream=self.stream, group=self.group, consumer=self.consumer)
         while not stop():
-            report = self.step()
+            try:
+                report = self.step()
+            except Exception:
+                log.exception("request round failed; trying again", backoff_s=ROUND_FAILURE_BACKOFF_S)
+                time.sleep(ROUND_FAILURE_BACKOFF_S)
+                continue
             if on_report is not None and (report.read or report.held_back):
                 on_report(report)
 
@@ -152,80 +181,142 @@ class RequestConsumer:
             deleted = reply[2] if len(reply) > 2 else []
             claimed += [e for e in entries if e and e[1] is not None]
             if deleted:  # trimmed from the stream while pending: nothing left to answer
+                log.warning("requests trimmed from the stream before they were answered", entries=deleted)
                 self.store.redis.xack(self.stream, self.group, *deleted)
             if cursor == "0-0" or not entries:
                 break
         if claimed:
             log.warning("took over requests a dead consumer had left", count=len(claimed))
-        return claimed
+        return self._give_up_on_poison(claimed)
+
+    def _give_up_on_poison(self, claimed: list[tuple[str, dict[str, str]]]) -> list[tuple[str, dict[str, str]]]:
+        """The taken-over entries still worth handling; those delivered `MAX_DELIVERIES` times are answered
+        with `InternalError`, dead-lettered and acknowledged here, so one entry cannot take down consumer after
+        consumer."""
+        if not claimed:
+            return claimed
+        ids = [entry_id for entry_id, _ in claimed]
+        pending = self.store.redis.xpending_range(self.stream, self.group, min=ids[0], max=ids[-1], count=len(ids) * 2)
+        deliveries = {str(p["message_id"]): int(p["times_delivered"]) for p in pending}
+        keep: list[tuple[str, dict[str, str]]] = []
+        for entry_id, fields in claimed:
+            times = deliveries.get(entry_id, 1)
+            if times <= MAX_DELIVERIES:
+                keep.append((entry_id, fields))
+                continue
+            reason = f"InternalError: handling this entry failed {times - 1} times; it is in {keys.REQUESTS_DEAD}"
+            self.store.redis.xadd(
+                keys.REQUESTS_DEAD,
+                {"entry": entry_id, "reason": reason, **{f"field:{k}": v for k, v in fields.items()}},
+                maxlen=DEAD_LETTER_MAXLEN,
+                approximate=True,
+            )
+            self._reject(Parsed(entry_id, rejected=("request", reason)))
+            self.store.redis.xack(self.stream, self.group, entry_id)
+            log.error("request dead-lettered after repeated failures", entry=entry_id, deliveries=times)
+        return keep
 
     def _answer(self, entries: list[tuple[str, dict[str, str]]]) -> ConsumeReport:
+        """Answer every entry of one read, then acknowledge them all. Only Redis failing can leave this early
+        (the entries then stay pending and come again)."""
         report = ConsumeReport(read=len(entries))
         if not entries:
             return report
-        parsed = [self._parse(entry_id, fields) for entry_id, fields in entries]
-        jobs = [p.job for p in parsed if p.job is not None]
-        for existing in self.store.create_jobs(jobs) if jobs else []:
-            if existing is None:
+        parsed = [self._parse_safely(entry_id, fields) for entry_id, fields in entries]
+        accepted = [p for p in parsed if p.job is not None]
+        for p, existing in zip(accepted, self._create([p for p in accepted if p.job is not None]), strict=True):
+            if isinstance(existing, Exception):
+                p.rejected = ("request", _internal(existing))
+            elif existing is None:
                 report.accepted += 1
+            elif p.job is not None and not self._same_request(p.job):
+                p.rejected = ("request_id", "already names another request; send new content under a new id")
             else:
                 report.known += 1
         for p in parsed:
             if p.rejected is not None:
                 report.rejected += 1
                 self._reject(p)
-        for model in sorted({j.model for j in jobs}):
-            dispatch(self.store, self.quota, self.settings, model, self.send)
+        for model in sorted({p.job.model for p in accepted if p.job is not None and p.rejected is None}):
+            try:
+                dispatch(self.store, self.quota, self.settings, model, self.send)
+            except redis.RedisError:
+                raise
+            except Exception:  # the jobs wait in their queue; the next admission takes them
+                log.exception("admission after consuming failed", model=model)
         self.store.redis.xack(self.stream, self.group, *(entry_id for entry_id, _ in entries))
         return report
 
+    def _create(self, parsed: list[Parsed]) -> list[Status | Exception | None]:
+        """Create the jobs in one round trip; if that fails other than by Redis being away, one by one, so a
+        job that cannot be created is answered on its own."""
+        jobs = [p.job for p in parsed if p.job is not None]
+        if not jobs:
+            return []
+        try:
+            return list(self.store.create_jobs(jobs))
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise
+        except Exception:
+            log.exception("creating a read's jobs failed; creating them one by one")
+        outcomes: list[Status | Exception | None] = []
+        for job in jobs:
+            try:
+                outcomes.append(self.store.create_jobs([job])[0])
+            except (redis.ConnectionError, redis.TimeoutError):
+                raise
+            except Exception as exc:
+                log.exception("creating a job from a request failed", ref=job.ref)
+                outcomes.append(exc)
+        return outcomes
+
+    def _same_request(self, job: NewJob) -> bool:
+        """Whether the existing job of this request id was made from the same request (a redelivery)."""
+        existing = self.store.get(job.ref)
+        return existing is None or existing.request.to_dict() == job.fields["request"]
+
+    def _parse_safely(self, entry_id: str, fields: dict[str, str]) -> Parsed:
+        try:
+            return self._parse(entry_id, fields)
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise
+        except Exception as exc:  # a bug of ours: this entry is answered, the others go on
+            log.exception("handling a request failed", entry=entry_id)
+            return Parsed(entry_id, rejected=("request", _internal(exc)))
+
     def _parse(self, entry_id: str, fields: dict[str, str]) -> Parsed:
+        text = fields.get(REQUEST_FIELD)
+        if text is None:
+            return Parsed(entry_id, rejected=(REQUEST_FIELD, f"the entry has no '{REQUEST_FIELD}' field"))
         try:
-            raw = json.loads(fields.get(REQUEST_FIELD) or "")
-        except ValueError:
+            check_input_size(REQUEST_FIELD, len(text.encode("utf-8", "replace")))
+            raw = json.loads(text, parse_int=parse_json_int)
+        except RequestInvalid as exc:
+            return Parsed(entry_id, rejected=(exc.field, exc.reason))
+        except (ValueError, RecursionError):
             return Parsed(entry_id, rejected=(REQUEST_FIELD, f"the entry's '{REQUEST_FIELD}' field is not JSON"))
-        if not isinstance(raw, dict):
-            return Parsed(entry_id, rejected=(REQUEST_FIELD, "must be a JSON object"))
-        request_id = raw.get("request_id")
-        parsed = Parsed(entry_id, request_id=request_id if isinstance(request_id, str) else None, raw=raw)
+        request_id = raw.get("request_id") if isinstance(raw, dict) else None
+        parsed = Parsed(
+            entry_id, request_id=request_id if isinstance(request_id, str) and keys.is_id(request_id) else None
+        )
         try:
-            parsed.job = self._job(raw)
+            envelope = validate_envelope(
+                raw, default_batch=self.settings.request_batch, default_model=self.settings.default_model
+            )
+            self._open(envelope)
         except RequestInvalid as exc:
             parsed.rejected = (exc.field, exc.reason)
+            return parsed
+        parsed.job = new_job(keys.job_ref(envelope.batch_id, envelope.request_id), 0, envelope.request)
         return parsed
 
-    def _job(self, raw: dict[str, Any]) -> NewJob:
-        request_id, batch_id = raw.get("request_id"), raw.get("batch_id") or self.settings.request_batch
-        for name, value in (("request_id", request_id), ("batch_id", batch_id)):
-            if not isinstance(value, str) or not keys.ID_PATTERN.match(value):
-                raise RequestInvalid(
-                    name, "must be 1-64 of letters, digits, '.', '_' or '-', starting with a letter or digit"
-                )
-        unknown = set(raw) - {*_INPUT_FIELDS, "request_id", "batch_id", "priority", "metadata"}
-        if unknown:
-            raise RequestInvalid(
-                sorted(unknown)[0],
-                f"unknown field; known: {', '.join(_INPUT_FIELDS)}, request_id, batch_id, priority, metadata",
-            )
-        metadata = raw.get("metadata") or {}
-        if not isinstance(metadata, dict):
-            raise RequestInvalid("metadata", "must be an object of strings")
-        values = {name: raw.get(name) for name in _INPUT_FIELDS}
-        request = validate_request(
-            RequestInput(**values, metadata={str(k): str(v) for k, v in metadata.items()}),
-            default_model=self.settings.default_model,
-        )
-        self._open(str(batch_id), raw.get("priority", 5))
-        return new_job(keys.job_ref(str(batch_id), str(request_id)), 0, request)
-
-    def _open(self, batch_id: str, priority: Any) -> None:
-        if batch_id in self._opened:
+    def _open(self, envelope: Envelope) -> None:
+        """Open the request's batch at its priority when it first appears."""
+        if envelope.batch_id in self._opened:
             return
-        if not isinstance(priority, int) or not 0 <= priority <= 9:
-            raise RequestInvalid("priority", f"must be an integer 0-9, got {priority!r}")
-        if self.store.batch_summary(batch_id) is None:
-            self.store.open_batch(batch_id, source=f"stream {self.stream}", priority=priority)
-        self._opened.add(batch_id)
+        if self.store.batch_summary(envelope.batch_id) is None:
+            self.store.open_batch(envelope.batch_id, source=f"stream {self.stream}", priority=envelope.priority)
+        self._opened.add(envelope.batch_id)
 
     def _reject(self, parsed: Parsed) -> None:
         field_name, reason = parsed.rejected or ("", "")

@@ -28,6 +28,8 @@ so a ref is also the job's prefix in the bucket.
 | `genq:qbudget:{account}`             | string      | ~1 s | GCRA arrival time of the account's next query        |
 | `genq:requests` (setting)            | stream      | none | requests of upstream stages (producer/stream.py)     |
 | `genq:requests:answered:{entry}`     | string      | 7 d  | a request entry already answered with a rejection    |
+| `genq:requests:dead`                 | stream      | none | entries given up after repeated failures, capped at  |
+|                                      |             |      | 10,000 (producer/stream.py)                          |
 
 Celery's own keys (the broker queues, `unacked`, `unacked_index`) are kombu's and live beside these.
 """
@@ -43,10 +45,17 @@ PAUSED = f"{PREFIX}:paused"
 COUNTS = f"{PREFIX}:counts"
 INFLIGHT = f"{PREFIX}:inflight"
 WEBHOOK_DEAD = f"{PREFIX}:webhook:dead"
+REQUESTS_DEAD = f"{PREFIX}:requests:dead"
 WEBHOOK_GROUP = "genq-webhook"
 TASK_OWNER_TTL_S = 48 * 3600
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: Matched with `fullmatch` only (`is_id`): `$` would let a trailing newline through into keys and paths.
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def is_id(text: str) -> bool:
+    """Whether `text` is a whole batch or job id."""
+    return ID_PATTERN.fullmatch(text) is not None
 
 
 def job_ref(batch_id: str, job_id: str) -> str:

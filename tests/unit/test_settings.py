@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from config.logging import redact
-from config.settings import REGION_BASE_URLS, load_settings
+from config.settings import REGION_BASE_URLS, ConfigInvalid, load_settings
 
 
 def test_toml_file_is_read_and_the_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -37,7 +37,7 @@ def test_unknown_region_says_what_is_allowed(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
     """A config path that does not exist is reported as such."""
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(ConfigInvalid, match="does not exist"):
         load_settings(tmp_path / "nope.toml")
 
 
