@@ -130,3 +130,105 @@ def test_consumer_holds_back_while_too_many_jobs_wait_for_quota(runtime: Runtime
     client.delete(keys.wait_queue(MODEL))  # the line is short again (as if the quota had admitted them)
     resumed = consumer.step()
     assert not resumed.held_back and resumed.accepted == 3
+
+
+def hostile_entries(count: int) -> list[dict[str, str]]:
+    """Stream entries nobody scripted: wrong JSON types, huge values, missing fields, non-JSON, deep nesting,
+    lone surrogates, unknown keys, an entry without its `request` field. Each must be answered by a rejection."""
+    bodies = [
+        '{"request_id": "h-%d", "prompt": "x", "n": 1.5}',
+        '{"request_id": "h-%d", "prompt": 42}',
+        '{"request_id": "h-%d", "prompt": "x", "model": 7}',
+        '{"request_id": "h-%d", "prompt": "x", "size": 1280}',
+        '{"request_id": "h-%d", "prompt": "x", "prompt_extend": 1}',
+        '{"request_id": "h-%d", "prompt": "x", "n": ' + "9" * 5000 + "}",
+        '{"request_id": "h-%d", "prompt": "' + "p" * 70_000 + '"}',
+        '{"request_id": "h-%d", "prompt": "x", "metadata": {"k": [1, 2]}}',
+        '{"request_id": "h-%d", "prompt": "x", "priority": "high"}',
+        '{"request_id": "h-%d\\n", "prompt": "x"}',
+        '{"request_id": "h-%d", "prompt": "a\\ud800b"}',
+        '{"request_id": "h-%d", "promt": "typo"}',
+        '{"request_id": "h-%d"}',
+        '{"request_id": "h-%d", "prompt": "x", "size": "١٢٨٠*١٢٨٠"}',
+        "not json at all %d",
+        "[%d]",
+        "[" * 30_000 + "%d",
+    ]
+    entries = []
+    for i in range(count):
+        body = bodies[i % len(bodies)]
+        entries.append({"request": body.replace("%d", str(i))} if "%d" in body else {"request": body})
+    entries.append({"not-request": "an entry without the request field"})
+    return entries
+
+
+def test_a_thousand_hostile_and_valid_entries_each_get_one_answer_while_a_consumer_is_killed(
+    local_stack_factory: Callable[..., LocalStack],
+) -> None:
+    """1,000 entries (120 valid requests over two models, 30 redeliveries of them, 10 request ids reused with
+    other content, 840 hostile ones) read by two `genq consume` processes, one SIGKILLed half-way: every entry
+    is answered once (a job, or one rejection event naming a field and a reason), nothing is pending, and each
+    job was created once upstream and succeeded."""
+    stack = local_stack_factory(workers=1, simulator_profile="fast", request_claim_idle_s=2.0)
+    settings, store = stack.settings, make_store(stack.settings)
+    client, stream, group = store.redis, settings.request_stream, settings.request_group
+    client.xgroup_create(stream, group, id="0", mkstream=True)
+
+    models = ("wan2.5-t2i-preview", "wan2.6-t2i")
+    valid = [{"request_id": f"v{i}", "prompt": f"valid {i}", "model": models[i % 2], "n": 1} for i in range(120)]
+    reused = [{**valid[i], "prompt": f"other content {i}"} for i in range(10)]
+    entries = [{"request": json.dumps(r)} for r in valid]
+    entries += [{"request": json.dumps(valid[i])} for i in range(30)]  # the same request again: the same job
+    entries += [{"request": json.dumps(r)} for r in reused]
+    entries += hostile_entries(1000 - len(entries) - 1)
+    assert len(entries) == 1000
+    order = list(range(len(entries)))
+    __import__("random").Random(7).shuffle(order)
+
+    first, second = consumer(stack, "first"), consumer(stack, "second")
+    ids: list[str] = []
+    try:
+        for n, index in enumerate(order):
+            ids.append(client.xadd(stream, entries[index]))
+            if n == 500:
+                wait_until(lambda: (s := store.batch_summary("requests")) is not None and s.total >= 20, 60, "reading")
+                os.killpg(first.pid, signal.SIGKILL)
+        first.stop()
+
+        def rejected_entries() -> Counter[str]:
+            seen = events(client, settings.event_stream)
+            return Counter(e["data"]["stream_entry"] for e in seen if e["type"] == "genq.request.rejected")
+
+        def answered() -> bool:
+            summary = store.batch_summary("requests")
+            pending = client.xpending(stream, group)["pending"]
+            # A stream's batch is never sealed (more requests may come): every job ended is what "done" means here.
+            return pending == 0 and summary is not None and summary.terminal == summary.total >= 120
+
+        wait_until(answered, 240, "every entry to be answered and every job to end")
+    finally:
+        first.stop()
+        second.stop()
+
+    entry_of = dict(zip(ids, (entries[i] for i in order), strict=True))
+    rejected = rejected_entries()
+    assert max(rejected.values()) == 1, "an entry was answered twice"
+    seen = events(client, settings.event_stream)
+    assert all(e["data"]["field"] and e["data"]["reason"] for e in seen if e["type"] == "genq.request.rejected")
+    jobs = {job.job_id: job for job in store.jobs("requests")}
+    for entry_id, fields in entry_of.items():
+        body = fields.get("request", "")
+        try:
+            request = json.loads(body)
+        except (ValueError, RecursionError):
+            request = None
+        as_job = isinstance(request, dict) and request.get("request_id") in jobs
+        same = as_job and jobs[request["request_id"]].request.prompt == request.get("prompt")
+        assert (entry_id in rejected) != bool(same), f"entry {entry_id} has no single answer: {body[:80]}"
+    # A reused id's entries whose content is not its job's were each rejected as naming another request.
+    reuse = [e["data"] for e in seen if e["type"] == "genq.request.rejected" and e["data"]["field"] == "request_id"]
+    assert len([r for r in reuse if "another request" in r["reason"]]) >= 10
+    assert len(jobs) == 120 and all(job.status.value == "succeeded" for job in jobs.values())
+    upstream = stack.simulator_counters()
+    assert upstream is not None and upstream["counters"]["creates"] == 120 and upstream["duplicate_creates"] == 0
+    assert client.xpending(stream, group)["pending"] == 0
