@@ -100,13 +100,26 @@ def read_rows(path: Path) -> Iterator[CsvRow]:
                 yield CsvRow(line, fields, sum(len(v.encode("utf-8", "replace")) for v in values))
                 line = start
     except UnicodeDecodeError as exc:
-        raise CsvFormatError(f"{path}: not UTF-8 text: {exc.reason} on or after line {line}") from exc
+        where = _first_undecodable_line(path)
+        raise CsvFormatError(f"{path}: not UTF-8 text: {exc.reason} on line {where or line}") from exc
     except csv.Error as exc:
         raise CsvFormatError(
             f"{path}: line {line}: {exc} (a field over {FIELD_MAX_CHARS:,} characters: an unclosed quote?)"
             if "field larger" in str(exc)
             else f"{path}: line {line}: {exc}"
         ) from exc
+
+
+def _first_undecodable_line(path: Path) -> int | None:
+    """The physical line of the file's first byte that is not UTF-8 (the text reader decodes ahead in chunks,
+    so where it fails says little)."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError:
+                return number
+    return None
 
 
 def _columns(path: Path, header: list[str]) -> list[str]:

@@ -105,3 +105,33 @@ def test_the_readme_batch_command_runs_twice_without_paying_twice(tmp_path: Path
 
     status = genq("status", "prompts", "--json", env=env, cwd=tmp_path)
     assert json.loads(status.stdout)["counts"] == {"succeeded": 12}
+
+
+def test_markup_in_every_cell_is_printed_literally_by_batch_and_status(tmp_path: Path) -> None:
+    """A CSV whose every cell is Rich markup (`[/oops]`, `[link=...]`) is enqueued, run and reported by
+    `genq batch` and `genq status` with those strings printed as they are (no crash, no hyperlink escape),
+    and both exit as usual."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GENQ_", "DASHSCOPE_"))}
+    env.update(
+        GENQ_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+        GENQ_STATE_DIR=str(tmp_path / "state"),
+        GENQ_S3_ENDPOINT=f"127.0.0.1:{free_port(with_grpc_offset=True)}",
+        GENQ_SIMULATOR_PROFILE="fast",
+        COLUMNS="250",
+    )
+    link = "[link=https://example.invalid]click[/link]"
+    path = tmp_path / "markup.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["prompt", "size", "model", "[bold]"])
+        writer.writerow(["[/oops] a lighthouse", "", "", "[/oops]"])
+        writer.writerow(["[red]a harbour", "[/oops]", "", link])
+        writer.writerow([link, "", link, "[/]"])
+    run = genq("batch", str(path), env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "1 new jobs (1 images) enqueued, 0 already known, 2 rejected" in run.stdout
+    assert "got '[/oops]'" in run.stdout and f"unknown model '{link}'" in run.stdout
+    status = genq("status", "markup", env=env, cwd=tmp_path)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "got '[/oops]'" in status.stdout and f"unknown model '{link}'" in status.stdout
+    assert "\x1b]8;" not in run.stdout + status.stdout  # no terminal hyperlink was injected

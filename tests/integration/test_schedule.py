@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from config.celery_app import create_app
 from config.schedules import ScheduleSettings
 from ops.localstack import LocalStack
 from ops.localstack.process import ManagedProcess
 from ops.localstack.stack import child_env
-from producer.nightly import run_date, scheduled_run
+from producer.nightly import batch_id_for, run_date, scheduled_run
 from tests.stage_runner import batch_done, wait_until
+from workers.messages import publish
 from workers.runtime import make_store
 from workers.storage import ResultStore, make_minio
 
@@ -43,7 +45,7 @@ def test_two_beats_and_a_replayed_tick_run_each_input_once(
     store = make_store(stack.settings)
     try:
         date = run_date(stack.settings, time.time())
-        north, south = f"nightly-{date}-north", f"nightly-{date}-south"
+        north, south = (batch_id_for("nightly", date, str(inbox / f"{name}.csv")) for name in ("north", "south"))
         wait_until(lambda: batch_done(store, north)() and batch_done(store, south)(), 100, "the first tick's batches")
     finally:
         second_beat.stop()
@@ -69,3 +71,59 @@ def test_two_beats_and_a_replayed_tick_run_each_input_once(
     assert upstream is not None and upstream["counters"]["creates"] == 5 and upstream["duplicate_creates"] == 0
     report = results.get_json(f"reports/nightly/{date}.json")
     assert report is not None and [i["batch_id"] for i in report["inputs"]] == [north, south]
+
+
+def test_a_days_hostile_inputs_are_reported_and_the_good_ones_run_once(
+    local_stack_factory: Callable[..., LocalStack], tmp_path: Path
+) -> None:
+    """A day's inputs: a good file, one with a 5,000-digit `n` in one row, one with a bad byte after row 1,000,
+    and two whose names slug alike. Each good input (and the good rows of the first) runs as its own sealed
+    batch; the unreadable file opens no batch and is in the day's report with its reason; a second tick
+    creates nothing upstream and changes no batch."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "good.csv").write_text("prompt\na lighthouse\na harbour\n")
+    (inbox / "big-n.csv").write_text("prompt,n\na dune,1\nan oasis," + "9" * 5000 + "\n")
+    rows = "".join(f"prompt {i}\n" for i in range(1000))
+    (inbox / "bad-byte.csv").write_bytes(b"prompt\n" + rows.encode() + b"caf\xe9\n")
+    (inbox / "b c.csv").write_text("prompt\na cliff\n")
+    (inbox / "b-c.csv").write_text("prompt\na cove\n")
+    schedule = ScheduleSettings(name="daily", cron="0 3 * * *", source=str(inbox))
+    stack = local_stack_factory(workers=1, simulator_profile="fast", schedules=(schedule,))
+    store = make_store(stack.settings)
+    results = ResultStore(make_minio(stack.settings), stack.settings.bucket)
+    results.ensure_bucket()
+
+    celery, now = create_app(stack.settings), time.time()
+    ticked = scheduled_run(store, results, stack.settings, "daily", lambda step: publish(celery, step), now=now)
+    runs = {Path(r.source).name: r for r in ticked}
+    assert len({r.batch_id for r in runs.values()}) == 5, "two inputs share a batch id"
+    assert (runs["good.csv"].accepted, runs["big-n.csv"].accepted, runs["big-n.csv"].rejected) == (2, 1, 1)
+    assert (runs["b c.csv"].accepted, runs["b-c.csv"].accepted) == (1, 1)
+    unreadable = runs["bad-byte.csv"]
+    assert unreadable.accepted == 0 and "not UTF-8" in unreadable.skipped and "line 1002" in unreadable.skipped
+    assert store.batch_summary(unreadable.batch_id) is None, "an unreadable input opened a batch"
+    ran = [r.batch_id for r in runs.values() if r is not unreadable]
+    wait_until(lambda: all(batch_done(store, b)() for b in ran), 120, "the day's batches")
+    assert all((s := store.batch_summary(b)) is not None and s.sealed for b in store.batch_ids())
+
+    date = run_date(stack.settings, now)
+    report = results.get_json(f"reports/daily/{date}.json")
+    assert report is not None
+    noted = {Path(i["source"]).name: i for i in report["inputs"]}
+    assert "not UTF-8" in noted["bad-byte.csv"]["skipped"] and noted["big-n.csv"]["rejected"] == 1
+    rejected = store.rejected(runs["big-n.csv"].batch_id)
+    assert [(r["line"], r["field"]) for r in rejected] == [(3, "n")] and "5,000" in rejected[0]["reason"]
+
+    before = stack.simulator_counters()
+    replay = scheduled_run(store, results, stack.settings, "daily", lambda s: None, now=now)
+    assert sum(r.accepted for r in replay) == 0
+    assert sorted(r.skipped.split(":")[0] for r in replay if r.source.endswith("bad-byte.csv")) == [
+        str(inbox / "bad-byte.csv")
+    ]
+    assert {r.batch_id: r.skipped for r in replay if r is not None and "bad-byte" not in r.source} == {
+        b: "already run today" for b in ran
+    }
+    after = stack.simulator_counters()
+    assert before is not None and after is not None
+    assert after["counters"]["creates"] == before["counters"]["creates"] == 5 and after["duplicate_creates"] == 0
