@@ -74,7 +74,7 @@ SOURCE_HASH_CHARS = 10
 
 def batch_id_for(schedule: str, date: str, source: str) -> str:
     """`{schedule}-{date}-{stem}-{hash of the whole source}`, at most 64 characters, a valid batch id."""
-    digest = hashlib.sha256(source.encode("utf-8", "surrogateescape")).hexdigest()[:SOURCE_HASH_CHARS]
+    digest = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()[:SOURCE_HASH_CHARS]
     prefix = f"{schedule}-{date}-"
     room = 64 - len(prefix) - len(digest) - 1
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(source).stem, flags=re.ASCII).strip("-._")[:room].strip("-._")

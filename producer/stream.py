@@ -96,6 +96,15 @@ class Parsed:
     request_id: str | None = None  # only when it is a valid id: it goes into events and logs
 
 
+def _tolerant_client(client: redis.Redis) -> redis.Redis:
+    """A client like `client` that reads entries whose bytes are not UTF-8 (a producer may XADD any bytes): they
+    decode with surrogate escapes, which validation refuses as not valid text, so such an entry is rejected like
+    any other instead of failing every read (and every take-over) of the stream."""
+    pool = client.connection_pool
+    kwargs = {**pool.connection_kwargs, "encoding_errors": "surrogateescape"}
+    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
+
+
 def _internal(exc: BaseException) -> str:
     """The reason given for a failure of ours: the exception's type and message, clipped; no traceback."""
     return f"InternalError: {type(exc).__name__}: {shown(str(exc), 200)}"
@@ -117,6 +126,7 @@ class RequestConsumer:
         self.stream, self.group = settings.request_stream, settings.request_group
         self.consumer, self.count, self.block_ms, self.clock = consumer, count, block_ms, clock
         self.quota = Quota.redis(store.redis)
+        self.reader = _tolerant_client(store.redis)
         self._reject_once = store.redis.register_script(_REJECT_ONCE)
         self._opened: set[str] = set()
         self._next_claim_at = 0.0
@@ -144,7 +154,7 @@ class RequestConsumer:
             return report
         answer = cast(
             list[Any],
-            self.store.redis.xreadgroup(
+            self.reader.xreadgroup(
                 self.group, self.consumer, {self.stream: ">"}, count=self.count, block=self.block_ms
             ),
         )
@@ -174,7 +184,7 @@ class RequestConsumer:
         cursor = "0-0"
         min_idle_ms = int(self.settings.request_claim_idle_s * 1000)
         while True:
-            reply = self.store.redis.xautoclaim(
+            reply = self.reader.xautoclaim(
                 self.stream, self.group, self.consumer, min_idle_ms, start_id=cursor, count=self.count
             )
             cursor, entries = reply[0], reply[1]
@@ -205,7 +215,7 @@ class RequestConsumer:
                 keep.append((entry_id, fields))
                 continue
             reason = f"InternalError: handling this entry failed {times - 1} times; it is in {keys.REQUESTS_DEAD}"
-            self.store.redis.xadd(
+            self.reader.xadd(
                 keys.REQUESTS_DEAD,
                 {"entry": entry_id, "reason": reason, **{f"field:{k}": v for k, v in fields.items()}},
                 maxlen=DEAD_LETTER_MAXLEN,

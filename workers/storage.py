@@ -87,7 +87,8 @@ class ResultStore:
             raise StorageError(f"put {key}: {exc}") from exc
 
     def put_json(self, key: str, document: dict[str, Any]) -> None:
-        raw = json.dumps(document, ensure_ascii=False, indent=2).encode()
+        # A file name that is not UTF-8 (a scheduled input's, say) is kept as a `\udcXX` escape, not a crash.
+        raw = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8", "backslashreplace")
         try:
             self.client.put_object(self.bucket, key, io.BytesIO(raw), len(raw), content_type="application/json")
         except (MinioException, OSError, urllib3.exceptions.HTTPError) as exc:

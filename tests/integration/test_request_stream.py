@@ -15,13 +15,17 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from config.settings import Settings
 from ops.localstack import LocalStack
 from ops.localstack.process import ManagedProcess
 from ops.localstack.stack import child_env
 from producer.stream import RequestConsumer
 from tests.stage_runner import wait_until
 from workers import keys
+from workers.requests import ENVELOPE_FIELDS
 from workers.runtime import Runtime, make_store
 
 pytestmark = pytest.mark.integration
@@ -232,3 +236,49 @@ def test_a_thousand_hostile_and_valid_entries_each_get_one_answer_while_a_consum
     upstream = stack.simulator_counters()
     assert upstream is not None and upstream["counters"]["creates"] == 120 and upstream["duplicate_creates"] == 0
     assert client.xpending(stream, group)["pending"] == 0
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=6,
+)
+request_objects = st.fixed_dictionaries(
+    {"request_id": st.sampled_from(["a1", "a2", "a3", "x\n", ""]) | json_values},
+    optional={
+        name: json_values | st.sampled_from(["1", "2", "1280*1280", "true"])
+        for name in ENVELOPE_FIELDS
+        if name != "request_id"
+    },
+)
+entry_bodies = (
+    request_objects.map(json.dumps)
+    | json_values.map(json.dumps)
+    | st.text(alphabet=st.characters(exclude_categories=()), max_size=40)
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(st.lists(entry_bodies | st.just(None), min_size=1, max_size=6))
+def test_any_entries_on_the_stream_are_each_answered_once(redis_url: str, bodies: list[str | None]) -> None:
+    """Arbitrary entries (any JSON, any text, lone surrogates, no `request` field) read by a real consumer on
+    a real Redis: one round answers each with a job or a rejection marker, acknowledges all, and raises nothing."""
+    settings_ = Settings(redis_url=redis_url)
+    store = make_store(settings_)
+    consumer = RequestConsumer(store, settings_, lambda step: None, consumer="fuzz", block_ms=10)
+    consumer.ensure_group()
+    client = store.redis
+    ids = []
+    for body in bodies:
+        fields = {"other": "x"} if body is None else {"request": body.encode("utf-8", "surrogatepass")}
+        ids.append(client.xadd(settings_.request_stream, fields))
+    report = consumer.step()
+    assert report.read == len(bodies)
+    assert report.accepted + report.known + report.rejected == len(bodies)
+    assert client.xpending(settings_.request_stream, settings_.request_group)["pending"] == 0
+    rejected = [entry for entry in ids if client.exists(keys.request_answered(entry))]
+    assert len(rejected) == report.rejected

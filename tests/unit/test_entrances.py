@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from config.settings import ConfigInvalid, Settings, load_settings
 from producer.batch import check_rows
 from producer.csv_source import HEADER_MAX_COLUMNS, CsvFormatError, read_rows
+from producer.nightly import batch_id_for
 from workers import keys
 from workers.errors import RequestInvalid
 from workers.requests import (
@@ -318,3 +319,27 @@ def test_any_config_file_gives_settings_or_one_clear_error(
             load_settings(path).resolved_accounts()
         except ConfigInvalid as exc:
             assert str(exc)
+
+
+# --- scheduled inputs ----------------------------------------------------------------------------------------------
+
+file_names = st.text(alphabet=st.characters(exclude_categories=()), min_size=1, max_size=90).map(lambda s: s + ".csv")
+
+
+@FUZZ
+@given(st.lists(file_names, min_size=2, max_size=6, unique=True), st.sampled_from(["/data/inbox/", "s3://b/p/"]))
+def test_any_input_names_give_valid_distinct_batch_ids(names: list[str], prefix: str) -> None:
+    """Arbitrary file names (spaces, slashes, Unicode, surrogates, 90 characters) of one day's inputs give
+    valid batch ids of at most 64 characters, one per input, stable from tick to tick."""
+    ids = [batch_id_for("nightly", "20261201", prefix + name) for name in names]
+    assert all(keys.is_id(i) for i in ids)
+    assert len(set(ids)) == len(ids)
+    assert ids == [batch_id_for("nightly", "20261201", prefix + name) for name in names]
+
+
+def test_names_that_slug_alike_get_their_own_batches() -> None:
+    """`b c.csv` and `b-c.csv`, one name under two prefixes, and two long stems alike in their first 64
+    characters each get a batch of their own."""
+    sources = ["/in/b c.csv", "/in/b-c.csv", "s3://b/x/a.csv", "s3://b/y/a.csv", "/in/" + "s" * 80 + "1.csv"]
+    sources.append("/in/" + "s" * 80 + "2.csv")
+    assert len({batch_id_for("nightly", "20261201", source) for source in sources}) == len(sources)
