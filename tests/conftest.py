@@ -84,6 +84,10 @@ class RunningSimulator:
     def counters(self) -> dict[str, int]:
         return dict(self.engine.counters)
 
+    def faults_fired(self) -> dict[str, int]:
+        """How many times each fault fired, as the simulator reports it over HTTP (`GET /_sim/counters`)."""
+        return dict(httpx.get(f"{self.url}/_sim/counters", timeout=10).json()["faults_fired"])
+
 
 @pytest.fixture
 def simulator_factory() -> Iterator[Callable[..., RunningSimulator]]:

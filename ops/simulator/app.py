@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from ops.simulator import media
 from ops.simulator.engine import Engine, SimConfig, SimTask
-from ops.simulator.faults import FaultPlan
+from ops.simulator.faults import FaultPlan, check_triggers
 from ops.simulator.models import (
     IMAGE_GENERATION,
     IMAGE_SYNTHESIS,
@@ -49,6 +49,10 @@ from ops.simulator.responses import (
 )
 
 API = "/api/v1"
+#: What `POST /_sim/config` may change.
+CONFIG_FIELDS = frozenset(
+    {"faults", "limits", "concurrency_mode", "burst_protection", "video_bytes", "slow_response_s", "time_scale"}
+)
 
 
 class Invalid(Exception):
@@ -94,6 +98,10 @@ class Simulator:
         if not isinstance(body_input, dict) or not isinstance(parameters, dict):
             raise Invalid(error(400, "InvalidParameter", "Field required: input"))
         prompt = _messages_prompt(body_input) if path in {IMAGE_GENERATION, SYNC_GENERATION} else _prompt(body_input)
+        try:
+            check_triggers(prompt)  # a misspelt fault would otherwise never fire, silently
+        except ValueError as exc:
+            raise Invalid(error(400, "InvalidParameter", str(exc))) from None
         _check_parameters(model, parameters)
         return model, body, prompt, parameters
 
@@ -366,22 +374,28 @@ class Simulator:
 
     async def configure(self, request: Request) -> Response:
         """`POST /_sim/config` with any of `faults`, `limits`, `concurrency_mode`, `burst_protection`,
-        `video_bytes`, `slow_response_s`, `time_scale`."""
-        data = await request.json()
+        `video_bytes`, `slow_response_s`, `time_scale`; anything else, or a value it cannot use, is a 400 that
+        names it (and nothing is changed)."""
         try:
+            data = json.loads(await request.body())
+            if not isinstance(data, dict):
+                raise ValueError("the body must be a JSON object")
+            unknown = set(data) - CONFIG_FIELDS
+            if unknown:
+                raise ValueError(f"unknown settings {sorted(unknown)}; known: {', '.join(sorted(CONFIG_FIELDS))}")
+            config = self.engine.config
+            video_bytes = int(data.get("video_bytes", config.video_bytes))
+            slow_response_s = float(data.get("slow_response_s", config.slow_response_s))
+            time_scale = float(data["time_scale"]) if "time_scale" in data else config.time_scale
             self.engine.configure(
                 faults=data.get("faults"),
                 limits=data.get("limits"),
                 concurrency_mode=data.get("concurrency_mode"),
                 burst_protection=data.get("burst_protection"),
             )
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             return error(400, "InvalidParameter", str(exc))
-        config = self.engine.config
-        config.video_bytes = int(data.get("video_bytes", config.video_bytes))
-        config.slow_response_s = float(data.get("slow_response_s", config.slow_response_s))
-        if "time_scale" in data:
-            config.time_scale = float(data["time_scale"])
+        config.video_bytes, config.slow_response_s, config.time_scale = video_bytes, slow_response_s, time_scale
         return JSONResponse({"profile": config.profile.name, "faults": self.engine.faults.probabilities})
 
     async def health(self, request: Request) -> Response:

@@ -22,7 +22,7 @@ from typing import Any
 
 from ops.simulator.faults import FaultPlan
 from ops.simulator.models import SimModel
-from ops.simulator.profiles import PROFILES, Profile
+from ops.simulator.profiles import PROFILES, Profile, check_concurrency_mode, check_limits
 
 TIMEOUT_MESSAGE = (
     "An internal timeout error has occurred during execution, please try again later or contact service support."
@@ -138,23 +138,26 @@ class Engine:
     def configure(
         self,
         *,
-        faults: dict[str, float] | None = None,
-        limits: dict[str, list[int]] | None = None,
+        faults: dict[str, object] | None = None,
+        limits: dict[str, Any] | None = None,
         concurrency_mode: str | None = None,
         burst_protection: bool | None = None,
     ) -> None:
         """Change faults or limits at run time (the admin endpoint). New limits apply to new scopes and to
         the submit rate of existing ones; the slots of a running scope keep their count."""
         profile = self.config.profile
+        new_limits = {**profile.limits, **check_limits(limits or {})}  # checked before anything changes
+        mode = check_concurrency_mode(concurrency_mode or profile.concurrency_mode)
+        if burst_protection is not None and not isinstance(burst_protection, bool):
+            raise ValueError(f"burst_protection must be true or false, got {burst_protection!r}")
         if faults is not None:
-            self.faults = FaultPlan({**self.faults.probabilities, **faults}, self.rng)
-        new_limits = {**profile.limits, **{m: (int(v[0]), int(v[1])) for m, v in (limits or {}).items()}}
+            self.faults.update(faults)  # what fired so far stays counted
         self.config.profile = Profile(
             profile.name,
             profile.timing,
             new_limits,
             self.faults.probabilities,
-            concurrency_mode or profile.concurrency_mode,
+            mode,
             profile.burst_protection if burst_protection is None else burst_protection,
             profile.time_scale,
         )

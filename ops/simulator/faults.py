@@ -2,6 +2,12 @@
 in the prompt: `sim:NAME` fires every time, `sim:NAME:once` only the first time for that prompt (so a client's
 retry of the same request succeeds). Query and download faults read the trigger from the task's prompt.
 
+What the simulator does not know it refuses, so a test cannot switch on a fault that silently never fires: an
+unknown fault name (profile, `POST /_sim/config`) or a probability outside [0, 1] is a `ValueError`, and a
+create whose prompt holds an unknown trigger word (`sim:` followed by anything but a fault name, optionally
+`:once`) is answered 400 naming it. `FaultPlan.fired` counts every fault that fired (`GET /_sim/counters`
+reports it as `faults_fired`), so a test can check that each fault it names did fire.
+
 | name                | where     | what the client sees                                                  |
 | ------------------- | --------- | --------------------------------------------------------------------- |
 | create_500          | create    | 500 InternalError, no task created                                    |
@@ -31,6 +37,7 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
+from collections.abc import Mapping
 
 FAULTS = frozenset(
     {
@@ -58,23 +65,58 @@ FAULTS = frozenset(
     }
 )
 
-_TRIGGER = re.compile(r"sim:([a-z0-9_]+)(:once)?")
+#: `sim:` then a word, optionally `:` and a modifier. Any such word must name a fault (`check_triggers`).
+_TRIGGER = re.compile(r"sim:(\w+)(?::(\w+))?")
+MODIFIERS = frozenset({"once"})
+
+
+def _known() -> str:
+    return ", ".join(sorted(FAULTS))
+
+
+def check_probabilities(probabilities: Mapping[str, object]) -> dict[str, float]:
+    """The probabilities as floats; `ValueError` naming any unknown fault or value that is not in [0, 1]."""
+    if not isinstance(probabilities, Mapping):
+        raise ValueError(f"faults must map fault names to probabilities, got {probabilities!r}")
+    unknown = set(probabilities) - FAULTS
+    if unknown:
+        raise ValueError(f"unknown faults {sorted(unknown)}; known: {_known()}")
+    checked: dict[str, float] = {}
+    for name, value in probabilities.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise ValueError(f"fault {name} needs a probability in [0, 1], got {value!r}")
+        checked[name] = float(value)
+    return checked
+
+
+def check_triggers(prompt: str) -> None:
+    """`ValueError` naming every trigger word of `prompt` that is not `sim:NAME` or `sim:NAME:once` for a
+    known fault NAME."""
+    unknown = [m[0] for m in _TRIGGER.finditer(prompt) if m[1] not in FAULTS or (m[2] and m[2] not in MODIFIERS)]
+    if unknown:
+        raise ValueError(
+            f"unknown fault trigger {', '.join(unknown)} in the prompt: use sim:NAME or sim:NAME:once "
+            f"with NAME one of {_known()}"
+        )
 
 
 class FaultPlan:
     """Decides whether a fault fires, and counts every fault it fired."""
 
-    def __init__(self, probabilities: dict[str, float], rng: random.Random) -> None:
-        unknown = set(probabilities) - FAULTS
-        if unknown:
-            raise ValueError(f"unknown faults {sorted(unknown)}; known: {', '.join(sorted(FAULTS))}")
-        self.probabilities = dict(probabilities)
+    def __init__(self, probabilities: Mapping[str, object], rng: random.Random) -> None:
+        self.probabilities = check_probabilities(probabilities)
         self.rng = rng
         self.fired: Counter[str] = Counter()
         self._once_seen: set[tuple[str, str]] = set()
 
+    def update(self, probabilities: Mapping[str, object]) -> None:
+        """Change some probabilities (the others stay); what fired so far stays counted."""
+        self.probabilities = {**self.probabilities, **check_probabilities(probabilities)}
+
     def fires(self, name: str, prompt: str = "") -> bool:
         """True when `name` fires for a request or task with this prompt; counted when it does."""
+        if name not in FAULTS:
+            raise ValueError(f"unknown fault {name!r}; known: {_known()}")
         hit = self._triggered(name, prompt) or self.rng.random() < self.probabilities.get(name, 0.0)
         if hit:
             self.fired[name] += 1
@@ -84,7 +126,7 @@ class FaultPlan:
         for match in _TRIGGER.finditer(prompt):
             if match[1] != name:
                 continue
-            if not match[2]:
+            if match[2] != "once":
                 return True
             if (name, prompt) not in self._once_seen:
                 self._once_seen.add((name, prompt))

@@ -16,6 +16,8 @@ and `hostile` (faults on, tight limits, burst protection). A TOML file can start
     "wan2.5-t2i-preview" = [5, 5]
     [faults]                      # fault name = probability per request / task (see faults.py)
     create_500 = 0.02
+
+An unknown key, model, fault or concurrency mode is refused with a `ProfileError` naming it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ops.simulator.faults import FAULTS
+from ops.simulator.faults import check_probabilities
+from ops.simulator.models import MODELS
 
 
 @dataclass(frozen=True)
@@ -81,8 +84,40 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+CONCURRENCY_MODES = ("queue", "throttle")
+_FILE_KEYS = frozenset({"base", "time_scale", "concurrency_mode", "burst_protection", "timing", "limits", "faults"})
+_TIMING_KEYS = frozenset({"image_s", "video_s", "distribution", "prompt_extend_s"})
+
+
 class ProfileError(ValueError):
     pass
+
+
+def check_limits(limits: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """model -> (submits per second, tasks at once); `ValueError` naming an unknown model or a bad pair."""
+    if not isinstance(limits, dict):
+        raise ValueError(f"limits must map models to [submits per second, tasks at once], got {limits!r}")
+    unknown = set(limits) - set(MODELS)
+    if unknown:
+        raise ValueError(f"unknown models in limits {sorted(unknown)}; known: {', '.join(sorted(MODELS))}")
+    checked = {}
+    for model, value in limits.items():
+        if not (isinstance(value, list | tuple) and len(value) == 2 and all(type(v) is int and v >= 0 for v in value)):
+            raise ValueError(f"limits of {model} must be [submits per second, tasks at once], got {value!r}")
+        checked[model] = (value[0], value[1])
+    return checked
+
+
+def check_concurrency_mode(mode: str) -> str:
+    if mode not in CONCURRENCY_MODES:
+        raise ValueError(f"concurrency_mode must be one of {', '.join(CONCURRENCY_MODES)}, got {mode!r}")
+    return mode
+
+
+def _refuse_unknown(where: str, keys: Any, known: frozenset[str]) -> None:
+    unknown = set(keys) - known
+    if unknown:
+        raise ProfileError(f"unknown {where} {sorted(unknown)}; known: {', '.join(sorted(known))}")
 
 
 def _pair(name: str, value: Any) -> tuple[float, float]:
@@ -101,24 +136,28 @@ def load_profile(name: str = "realistic", path: Path | None = None) -> Profile:
             raise ProfileError(f"unknown profile {name!r}; built-ins: {', '.join(sorted(PROFILES))}")
         return PROFILES[name]
     data = tomllib.loads(path.read_text())
+    _refuse_unknown("keys", data, _FILE_KEYS)
     base = load_profile(str(data.get("base", name)))
     timing_data = dict(data.get("timing", {}))
+    _refuse_unknown("timing keys", timing_data, _TIMING_KEYS)
     updates: dict[str, Any] = {k: _pair(k, v) for k, v in timing_data.items() if k in {"image_s", "video_s"}}
     updates.update({k: timing_data[k] for k in ("prompt_extend_s", "distribution") if k in timing_data})
     if updates.get("distribution", "uniform") not in {"uniform", "lognormal"}:
         raise ProfileError(f"timing.distribution must be uniform or lognormal, got {updates['distribution']!r}")
     timing = replace(base.timing, **updates)
-    unknown = set(data.get("faults", {})) - set(FAULTS)
-    if unknown:
-        raise ProfileError(f"unknown faults {sorted(unknown)}; known: {', '.join(sorted(FAULTS))}")
-    limits = {**base.limits, **{m: (int(v[0]), int(v[1])) for m, v in data.get("limits", {}).items()}}
+    try:
+        faults = check_probabilities(data.get("faults", {}))
+        limits = check_limits(data.get("limits", {}))
+        concurrency_mode = check_concurrency_mode(data.get("concurrency_mode", base.concurrency_mode))
+    except ValueError as exc:
+        raise ProfileError(str(exc)) from None
     return replace(
         base,
         name=path.stem,
         timing=timing,
-        limits=limits,
-        faults={**base.faults, **data.get("faults", {})},
-        concurrency_mode=data.get("concurrency_mode", base.concurrency_mode),
+        limits={**base.limits, **limits},
+        faults={**base.faults, **faults},
+        concurrency_mode=concurrency_mode,
         burst_protection=data.get("burst_protection", base.burst_protection),
         time_scale=float(data.get("time_scale", base.time_scale)),
     )

@@ -78,6 +78,8 @@ def test_a_batch_lights_up_every_metric(local_stack_factory: Callable[..., Local
     ):
         assert done.get(name, 0) > 0, name
     assert throttled_endpoints == {"create", "query"}
+    upstream = stack.simulator_counters()
+    assert upstream is not None and upstream["faults_fired"] == {"burst": 1, "query_429": 1, "url_fail_once": 1}
     assert "genq_results_at_risk_total" in done
 
     referenced = set(re.findall(r"genq_[a-z_]+", json.dumps(json.loads(DASHBOARD.read_text())["panels"])))

@@ -32,6 +32,7 @@ def test_transient_task_failure_is_resubmitted_and_then_succeeds(runtime: Runtim
     """FAILED with InternalError.Timeout: genq creates the task again, and the second one succeeds."""
     job = one_job(runtime, "a cat sim:task_timeout:once")
     assert job.status is Status.SUCCEEDED and simulator.counters()["creates"] == 2
+    assert simulator.faults_fired() == {"task_timeout": 1}
 
 
 def test_permanent_task_failure_is_not_resubmitted(runtime: Runtime, simulator: RunningSimulator) -> None:
@@ -39,9 +40,10 @@ def test_permanent_task_failure_is_not_resubmitted(runtime: Runtime, simulator: 
     job = one_job(runtime, "a cat sim:task_inspection")
     assert (job.status, job.error_code) == (Status.FAILED, "DataInspectionFailed")
     assert job.error_message and simulator.counters()["creates"] == 1
+    assert simulator.faults_fired() == {"task_inspection": 1}
 
 
-def test_partial_success_keeps_the_good_images(runtime: Runtime) -> None:
+def test_partial_success_keeps_the_good_images(runtime: Runtime, simulator: RunningSimulator) -> None:
     """n=3 with failed sub-images: partially_succeeded, good images stored, failed indexes recorded."""
     job = one_job(runtime, "a cat sim:task_partial", n="3")
     assert job.status is Status.PARTIALLY_SUCCEEDED
@@ -51,9 +53,10 @@ def test_partial_success_keeps_the_good_images(runtime: Runtime) -> None:
     assert {f["code"] for f in failures} == {"InternalError.Timeout"}
     manifest = runtime.results.get_json("b/j/manifest.json")
     assert manifest is not None and manifest["failures"] == failures
+    assert simulator.faults_fired() == {"task_partial": 1}
 
 
-def test_fewer_images_than_asked_is_a_partial_success(runtime: Runtime) -> None:
+def test_fewer_images_than_asked_is_a_partial_success(runtime: Runtime, simulator: RunningSimulator) -> None:
     """wan2.6 answers a partial failure with fewer `choices` than `n` and no code: the job ends partially
     succeeded, naming each missing image, instead of passing for a full success."""
     job = one_job(runtime, "a cat sim:task_partial", n="3", model="wan2.6-t2i")
@@ -61,12 +64,14 @@ def test_fewer_images_than_asked_is_a_partial_success(runtime: Runtime) -> None:
     assert len(job.objects) + len(job.failures) == 3 and job.failures
     assert {f["code"] for f in job.failures} == {"ResultMissing"}
     assert all("of the 3 images asked for" in f["message"] for f in job.failures)
+    assert simulator.faults_fired() == {"task_partial": 1}
 
 
-def test_unknown_task_ends_expired(runtime: Runtime) -> None:
+def test_unknown_task_ends_expired(runtime: Runtime, simulator: RunningSimulator) -> None:
     """A task the service no longer knows ends the job expired, with the reason."""
     job = one_job(runtime, "a cat sim:task_expire")
     assert (job.status, job.error_code) == (Status.EXPIRED, "TaskUnknown")
+    assert simulator.faults_fired() == {"task_expire": 1}
 
 
 def test_deadline_cancels_a_pending_task_and_times_out(
@@ -110,6 +115,7 @@ def test_create_timeout_is_reconciled_not_paid_twice(
     job = one_job(rt, "a cat sim:create_slow:once")
     assert job.status is Status.SUCCEEDED
     assert sim.counters()["creates"] == 1 and sim.counters()["lists"] >= 1
+    assert sim.faults_fired() == {"create_slow": 1}
 
 
 def test_reconciliation_waits_out_an_unreadable_task_list(
@@ -133,6 +139,7 @@ def test_reconciliation_waits_out_an_unreadable_task_list(
     job = rt.store.get("b/j")
     assert job is not None and job.status is Status.SUCCEEDED
     assert sim.counters()["creates"] == 1  # the lost create's task was adopted, never created twice
+    assert sim.faults_fired() == {"create_malformed": 1}
 
 
 def test_a_task_owned_by_its_own_job_is_adopted(
@@ -156,7 +163,7 @@ def test_a_task_owned_by_its_own_job_is_adopted(
     run(rt, left, timeout_s=30)
     job = rt.store.get("b/j")
     assert job is not None and job.status is Status.SUCCEEDED and job.task_id == task_id
-    assert sim.counters()["creates"] == 1
+    assert sim.counters()["creates"] == 1 and sim.faults_fired() == {"create_malformed": 1}
 
 
 def _create_pending(rt: Runtime) -> bool:
@@ -176,6 +183,7 @@ def test_dropped_creates_are_reconciled_either_way(
     run(rt, enqueue(rt, *({"id": f"j{i}", "prompt": p} for i, p in enumerate(prompts))), timeout_s=30)
     assert [j.status for j in rt.store.jobs("b")] == [Status.SUCCEEDED] * 3
     assert sim.counters()["creates"] == 3 and sim.engine.snapshot(time.time())["duplicate_creates"] == 0
+    assert sim.faults_fired() == {"create_drop_before": 1, "create_drop_after": 1, "create_malformed": 1}
 
 
 def test_throttling_and_server_errors_are_retried(runtime: Runtime, simulator: RunningSimulator) -> None:
@@ -192,8 +200,17 @@ def test_throttling_and_server_errors_are_retried(runtime: Runtime, simulator: R
     run(runtime, enqueue(runtime, *({"id": f"j{i}", "prompt": p} for i, p in enumerate(prompts))), timeout_s=30)
     jobs = list(runtime.store.jobs("b"))
     assert [j.status for j in jobs] == [Status.SUCCEEDED] * len(prompts)
-    assert jobs[0].throttles == 1 and jobs[1].submit_errors == 1 and jobs[3].throttles == 1
+    assert jobs[0].throttles == 1 and jobs[1].submit_errors == jobs[2].submit_errors == 1 and jobs[3].throttles == 1
     assert simulator.counters()["creates"] == len(prompts)
+    assert simulator.faults_fired() == {
+        "burst": 1,
+        "create_500": 1,
+        "create_503": 1,
+        "query_429": 1,
+        "query_503": 1,
+        "query_malformed": 1,
+        "query_drop": 1,
+    }
 
 
 def test_account_error_pauses_the_account_for_every_job(
@@ -225,13 +242,14 @@ def test_account_error_pauses_the_account_for_every_job(
 def test_retry_skips_permanent_failures_unless_forced(runtime: Runtime, simulator: RunningSimulator) -> None:
     """genq retry --failed leaves content-moderation failures alone; --force retries them too."""
     one_job(runtime, "a cat sim:task_inspection")
+    assert simulator.faults_fired() == {"task_inspection": 1}
     report, steps = retry(runtime, "b")
     assert report.changed == [] and "permanent" in report.skipped["b/j"] and steps == []
     report, steps = retry(runtime, "b", force=True)
     assert report.changed == ["b/j"] and len(steps) == 1
 
 
-def test_every_terminal_job_emits_exactly_one_event(runtime: Runtime) -> None:
+def test_every_terminal_job_emits_exactly_one_event(runtime: Runtime, simulator: RunningSimulator) -> None:
     """A mix of outcomes: one job event per terminal job, each with a distinct id, plus one batch event."""
     prompts = ["ok", "x sim:task_inspection", "y sim:task_expire", "z sim:create_inspection"]
     run(runtime, enqueue(runtime, *({"id": f"j{i}", "prompt": p} for i, p in enumerate(prompts))), timeout_s=30)
@@ -240,3 +258,4 @@ def test_every_terminal_job_emits_exactly_one_event(runtime: Runtime) -> None:
     assert sorted(e["subject"] for e in job_events) == [f"b/j{i}" for i in range(4)]  # type: ignore[type-var]
     assert len({e["id"] for e in job_events}) == 4
     assert [e["type"] for e in seen].count("genq.batch.finished") == 1
+    assert simulator.faults_fired() == {"task_inspection": 1, "task_expire": 1, "create_inspection": 1}

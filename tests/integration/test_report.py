@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from producer.report import render, store_report
+from tests.conftest import RunningSimulator
 from tests.stage_runner import enqueue, run
 from workers.runtime import Runtime
 
@@ -40,7 +41,9 @@ def headless(chromium: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_report_renders_in_chromium_with_every_image_visible(runtime: Runtime, chromium: str, tmp_path: Path) -> None:
+def test_report_renders_in_chromium_with_every_image_visible(
+    runtime: Runtime, simulator: RunningSimulator, chromium: str, tmp_path: Path
+) -> None:
     """Two jobs that succeed (3 images) and one refused by moderation: the page is stored in the bucket,
     Chromium loads all 3 thumbnails, the failure shows its code, a prompt's markup is escaped, a capped page
     says what it left out, and the screenshot is not blank."""
@@ -50,6 +53,7 @@ def test_report_renders_in_chromium_with_every_image_visible(runtime: Runtime, c
         {"id": "c", "prompt": "x sim:task_inspection"},
     ]
     run(runtime, enqueue(runtime, *rows, batch_id="sheet"), timeout_s=30)
+    assert simulator.faults_fired() == {"task_inspection": 1}
     page, made = render(runtime.store, runtime.results, "sheet")
     assert (made.jobs, made.images, made.missing) == (3, 3, 0)
     assert "a &lt;b&gt;bold&lt;/b&gt; cat" in page and "<b>bold</b>" not in page

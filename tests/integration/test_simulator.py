@@ -216,6 +216,7 @@ def test_genq_sim_runs_a_profile_file(tmp_path: Path) -> None:
             headers={"Authorization": "Bearer cli-key", "X-DashScope-Async": "enable"},
         )
         assert answer.status_code == 503
+        assert httpx.get(f"http://127.0.0.1:{port}/_sim/counters").json()["faults_fired"] == {"create_503": 1}
     finally:
         process.terminate()
         assert process.wait(10) is not None

@@ -59,6 +59,7 @@ def test_dropped_create_connection(simulator: RunningSimulator, fault: str, crea
     with pytest.raises(httpx.RemoteProtocolError):
         post(simulator, f"a cat sim:{fault}")
     assert simulator.counters().get("creates", 0) == creates
+    assert simulator.faults_fired() == {fault: 1}
 
 
 def test_malformed_create_answer_still_created_the_task(simulator: RunningSimulator) -> None:
@@ -67,7 +68,7 @@ def test_malformed_create_answer_still_created_the_task(simulator: RunningSimula
     assert answer.status_code == 200
     with pytest.raises(ValueError):
         answer.json()
-    assert simulator.counters()["creates"] == 1
+    assert simulator.counters()["creates"] == 1 and simulator.faults_fired() == {"create_malformed": 1}
 
 
 def test_slow_create_outlives_a_client_timeout(simulator_factory: Callable[..., RunningSimulator]) -> None:
@@ -77,12 +78,14 @@ def test_slow_create_outlives_a_client_timeout(simulator_factory: Callable[..., 
         post(sim, "a cat sim:create_slow", timeout_s=0.5)
     listed = httpx.get(f"{sim.base_url}/tasks", headers=HEADERS).json()
     assert listed["total"] == 1 and listed["data"][0]["model_name"] == "wan2.5-t2i-preview"
+    assert sim.faults_fired() == {"create_slow": 1}
 
 
 def test_once_trigger_fails_only_the_first_time(simulator: RunningSimulator) -> None:
     """`sim:NAME:once` fails the first request with that prompt; the retry of the same request succeeds."""
     assert post(simulator, "a cat sim:create_500:once").status_code == 500
     assert post(simulator, "a cat sim:create_500:once").status_code == 200
+    assert simulator.faults_fired() == {"create_500": 1}
 
 
 @pytest.mark.parametrize(
@@ -99,6 +102,7 @@ def test_query_error_answers(simulator: RunningSimulator, fault: str, status: in
     answer = get(simulator, task_id)
     assert (answer.status_code, answer.json()["code"]) == (status, code)
     assert get(simulator, task_id).status_code == 200  # :once: the next query is fine
+    assert simulator.faults_fired() == {fault: 1}
 
 
 def test_query_drop_malformed_and_slow(simulator_factory: Callable[..., RunningSimulator]) -> None:
@@ -113,6 +117,7 @@ def test_query_drop_malformed_and_slow(simulator_factory: Callable[..., RunningS
     slow = post(sim, "z sim:query_slow:once").json()["output"]["task_id"]
     with pytest.raises(httpx.ReadTimeout):
         get(sim, slow, timeout_s=0.5)
+    assert sim.faults_fired() == {"query_drop": 1, "query_malformed": 1, "query_slow": 1}
 
 
 @pytest.mark.parametrize(
@@ -129,6 +134,7 @@ def test_task_ends_failed_with_a_documented_code(simulator: RunningSimulator, fa
     output = answer["output"]
     assert (output["task_status"], output["code"]) == ("FAILED", code) and output["message"]
     assert output["task_metrics"] == {"TOTAL": 2, "SUCCEEDED": 0, "FAILED": 2}
+    assert simulator.faults_fired() == {fault: 1}
 
 
 def test_partial_failure_bills_only_the_good_images(simulator: RunningSimulator) -> None:
@@ -139,6 +145,7 @@ def test_partial_failure_bills_only_the_good_images(simulator: RunningSimulator)
     assert answer["output"]["task_status"] == "SUCCEEDED" and 1 <= len(good) < 4
     assert answer["usage"]["image_count"] == len(good) == answer["output"]["task_metrics"]["SUCCEEDED"]
     assert {r["code"] for r in results if "code" in r} == {"InternalError.Timeout"}
+    assert simulator.faults_fired() == {"task_partial": 1}
 
 
 def listed(sim: RunningSimulator) -> set[str]:
@@ -152,7 +159,7 @@ def test_task_expire_and_retention_answer_unknown(simulator_factory: Callable[..
     sim = simulator_factory()
     expiring = post(sim, "a cat sim:task_expire").json()["output"]["task_id"]
     assert settle(sim, expiring)["output"]["task_status"] == "UNKNOWN"
-    assert expiring in listed(sim)
+    assert expiring in listed(sim) and sim.faults_fired() == {"task_expire": 1}
     short = simulator_factory(retention_s=1.5)
     task_id = post(short, "a dog").json()["output"]["task_id"]
     assert settle(short, task_id)["output"]["task_status"] == "SUCCEEDED"
@@ -172,17 +179,37 @@ def test_result_url_faults(simulator_factory: Callable[..., RunningSimulator]) -
     time.sleep(1.1)  # Expires is whole seconds
     answer = httpx.get(expired)
     assert answer.status_code == 403 and b"<Code>AccessDenied</Code>" in answer.content
+    assert sim.faults_fired() == {"url_fail_once": 1, "url_expired": 1}
+
+
+@pytest.mark.parametrize("word", ["sim:create_5000", "sim:create_500:twice", "sim:Create_500", "sim:url_fail"])
+def test_unknown_trigger_words_are_refused(simulator: RunningSimulator, word: str) -> None:
+    """A prompt with a trigger word that names no fault (or an unknown modifier) is answered 400 naming the
+    word and listing the known faults, and nothing is created."""
+    answer = post(simulator, f"a cat {word}")
+    assert (answer.status_code, answer.json()["code"]) == (400, "InvalidParameter")
+    assert f"unknown fault trigger {word} " in answer.json()["message"]
+    assert "create_500, create_503" in answer.json()["message"]
+    assert simulator.counters().get("creates", 0) == 0 and simulator.faults_fired() == {}
 
 
 def test_faults_by_probability_through_the_admin_endpoint(simulator: RunningSimulator) -> None:
-    """POST /_sim/config switches a fault on for every request; the counters report what fired."""
+    """POST /_sim/config switches a fault on for every request; the counters report what fired, also after the
+    next change; an unknown fault or setting, or a probability outside [0, 1], is refused with its name."""
     assert httpx.post(f"{simulator.url}/_sim/config", json={"faults": {"create_503": 1.0}}).status_code == 200
     codes = {post(simulator, f"prompt {i}").status_code for i in range(3)}
     assert codes == {503}
-    counters = httpx.get(f"{simulator.url}/_sim/counters").json()
-    assert counters["faults_fired"] == {"create_503": 3}
-    refused = httpx.post(f"{simulator.url}/_sim/config", json={"faults": {"no_such_fault": 1.0}})
-    assert refused.status_code == 400 and "no_such_fault" in refused.json()["message"]
+    assert httpx.post(f"{simulator.url}/_sim/config", json={"faults": {"create_503": 0}}).status_code == 200
+    assert simulator.faults_fired() == {"create_503": 3}
+    for refused_config, named in [
+        ({"faults": {"no_such_fault": 1.0}}, "no_such_fault"),
+        ({"faults": {"create_500": 1.5}}, "create_500"),
+        ({"fault": {"create_500": 1.0}}, "fault"),
+        ({"limits": {"wan9-t2i": [1, 1]}}, "wan9-t2i"),
+    ]:
+        refused = httpx.post(f"{simulator.url}/_sim/config", json=refused_config)
+        assert refused.status_code == 400 and named in refused.json()["message"], refused.text
+    assert simulator.engine.faults.probabilities == {"create_503": 0.0}  # nothing refused was applied
 
 
 def test_big_videos_stream_at_the_configured_size(simulator: RunningSimulator) -> None:

@@ -194,6 +194,7 @@ def test_failure_examples(simulator_factory: Callable[..., RunningSimulator]) ->
     sim = simulator_factory(faults={"task_failed": 1.0})
     failed = settle(sim, create(sim, {**OLD_REQUEST, "parameters": {"size": "1024*1024", "n": 4}})["output"]["task_id"])
     assert_same_shape(FAILED_EXAMPLE, failed)
+    assert sim.faults_fired() == {"task_failed": 1}
     partial_request = {
         **OLD_REQUEST,
         "input": {"prompt": FLOWER + " sim:task_partial"},
@@ -203,6 +204,7 @@ def test_failure_examples(simulator_factory: Callable[..., RunningSimulator]) ->
     partial = settle(simulator, create(simulator, partial_request)["output"]["task_id"])
     assert_same_shape(PARTIAL_EXAMPLE, partial)
     assert partial["output"]["results"][1]["code"] == "InternalError.Timeout"
+    assert simulator.faults_fired() == {"task_partial": 1}
     assert_same_shape(UNKNOWN_EXAMPLE, settle(simulator, "502a00b1-19d9-4839-a82f-000000"))
     wrong = httpx.post(
         f"{simulator.base_url}/services/aigc/text2image/image-synthesis",

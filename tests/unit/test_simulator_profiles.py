@@ -37,13 +37,19 @@ def test_profile_file_overrides_its_base(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[faults]\nnope = 1.0\n", "unknown faults"),
+        ("[faults]\nnope = 1.0\n", r"unknown faults \['nope'\]; known: burst, create_500"),
+        ("[faults]\ncreate_500 = 2\n", "create_500 needs a probability in"),
+        ("[fault]\ncreate_500 = 1.0\n", r"unknown keys \['fault'\]"),
+        ("[timing]\nimage_seconds = [1, 2]\n", r"unknown timing keys \['image_seconds'\]"),
+        ('[limits]\n"wan9-t2i" = [1, 1]\n', r"unknown models in limits \['wan9-t2i'\]"),
+        ('concurrency_mode = "throttled"\n', "concurrency_mode must be one of queue, throttle"),
         ("[timing]\nimage_s = [5, 1]\n", "low <= high"),
         ('[timing]\ndistribution = "normal"\n', "uniform or lognormal"),
     ],
 )
 def test_bad_profile_files_are_refused_clearly(tmp_path: Path, text: str, message: str) -> None:
-    """Unknown faults, inverted bounds and unknown distributions are named in the error."""
+    """Unknown keys, faults, models and modes, bad probabilities, inverted bounds and unknown distributions are
+    named in the error."""
     path = tmp_path / "bad.toml"
     path.write_text(text)
     with pytest.raises(ProfileError, match=message):
