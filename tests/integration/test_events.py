@@ -3,6 +3,8 @@ signed, retries failures and dead-letters what never gets through."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import threading
 import time
@@ -19,14 +21,19 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from typer.testing import CliRunner
 
 from ops.localstack.process import free_port
+from producer.cli import app
 from producer.stream import RequestConsumer
+from tests.conftest import SIM_KEY, RunningSimulator
 from tests.stage_runner import enqueue, run
 from workers import keys
 from workers.dashscope import DashScopeClient
+from workers.job import Next
 from workers.runtime import Runtime
-from workers.webhook import BATCH_WEBHOOK_FIELD, deliver_pending, signature
+from workers.sweep import resend_overdue
+from workers.webhook import deliver_pending
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "events.schema.json").read_text())
 
@@ -35,12 +42,15 @@ def stream_events(rt: Runtime) -> list[dict[str, Any]]:
     return [json.loads(f["event"]) for _, f in rt.store.redis.xrange(rt.settings.event_stream)]
 
 
-def test_every_event_kind_validates_against_the_schema(runtime_factory: Callable[..., Runtime]) -> None:
+def test_every_event_kind_validates_against_the_schema(
+    runtime_factory: Callable[..., Runtime], simulator: RunningSimulator
+) -> None:
     """Succeeded, partial, failed, expired, batch finished, account paused, result-at-risk and request-rejected
     events all validate; the schema is strict enough to refuse a broken one."""
     rt = runtime_factory()
     prompts = ["ok", "p sim:task_partial", "x sim:task_inspection", "y sim:task_expire"]
     run(rt, enqueue(rt, *({"id": f"j{i}", "prompt": p, "n": "2"} for i, p in enumerate(prompts))), timeout_s=30)
+    assert simulator.faults_fired() == {"task_partial": 1, "task_inspection": 1, "task_expire": 1}
 
     no_s3 = runtime_factory(ensure_bucket=False, s3_endpoint=f"127.0.0.1:{free_port()}")  # nothing listens there
     run(
@@ -135,7 +145,10 @@ def test_webhook_delivers_signed_events_and_retries_failures(
         second = deliver_pending(rt, http, retry_after_s=0, now=time.time())
     assert first.delivered + second.delivered == 2 and first.failed == 1  # job + batch events
     headers, body = hook.requests[-1]
-    assert headers["x-genq-signature"] == signature("hook-secret-123", headers["x-genq-timestamp"], body)
+    # The documented scheme, computed here rather than with genq's own `signature()`.
+    expected = hmac.new(b"hook-secret-123", headers["x-genq-timestamp"].encode() + b"." + body, hashlib.sha256)
+    assert hmac.compare_digest(headers["x-genq-signature"], "sha256=" + expected.hexdigest())
+    assert abs(int(headers["x-genq-timestamp"]) - time.time()) < 60
     assert all(b"hook-secret-123" not in b and "hook-secret-123" not in str(h) for h, b in hook.requests)
     assert {json.loads(b)["type"] for _, b in hook.requests} == {"genq.job.succeeded", "genq.batch.finished"}
 
@@ -157,18 +170,32 @@ def test_webhook_dead_letters_after_the_last_attempt(
 
 
 def test_a_batch_webhook_overrides_the_global_one(
-    runtime_factory: Callable[..., Runtime], receiver_factory: Callable[[list[int]], Receiver]
+    runtime_factory: Callable[..., Runtime], receiver_factory: Callable[[list[int]], Receiver], tmp_path: Path
 ) -> None:
-    """Events of a batch with its own webhook go there; other batches' go to the global one."""
+    """Events of a batch sent by `genq batch --webhook URL` go to that URL; other batches' go to the global one."""
     global_hook, batch_hook = receiver_factory([200]), receiver_factory([200])
-    rt = runtime_factory(webhook_url=global_hook.url)
-    rt.store.open_batch("mine", source="t")
-    rt.store.redis.hset(keys.batch("mine"), BATCH_WEBHOOK_FIELD, batch_hook.url)
-    run(
-        rt,
-        enqueue(rt, {"id": "j", "prompt": "a"}, batch_id="mine") + enqueue(rt, {"id": "j", "prompt": "b"}),
-        timeout_s=20,
+    rt = runtime_factory(webhook_url=global_hook.url, sweep_grace_s=0.0)
+    csv_file = tmp_path / "mine.csv"
+    csv_file.write_text("id,prompt\nj,a\n")
+    s = rt.settings
+    env = {
+        "DASHSCOPE_API_KEY": SIM_KEY,
+        "GENQ_DASHSCOPE_BASE_URL": s.base_url,
+        "GENQ_REDIS_URL": s.redis_url,
+        "GENQ_S3_ENDPOINT": s.s3_endpoint,
+        "GENQ_S3_ACCESS_KEY": s.s3_access_key.get_secret_value() if s.s3_access_key else "",
+        "GENQ_S3_SECRET_KEY": s.s3_secret_key.get_secret_value() if s.s3_secret_key else "",
+        "GENQ_BUCKET": s.bucket,
+        "GENQ_STATE_DIR": str(s.state_dir),
+    }
+    sent = CliRunner().invoke(
+        app, ["batch", str(csv_file), "--webhook", batch_hook.url, "--no-wait"], env=env, terminal_width=200
     )
+    assert sent.exit_code == 0, sent.output
+    # The CLI handed its job to Celery, which no worker reads here: the sweep re-sends it to this test instead.
+    mine: list[Next] = []
+    assert resend_overdue(rt, lambda step: mine.append(step) if step else None) == 1
+    run(rt, mine + enqueue(rt, {"id": "j", "prompt": "b"}), timeout_s=20)
     with httpx.Client() as http:
         deliver_pending(rt, http, now=time.time())
     assert {json.loads(b)["subject"] for _, b in batch_hook.requests} == {"mine/j", "mine"}

@@ -67,22 +67,25 @@ def test_status_only_moves_along_the_allowed_transitions(settings: Settings) -> 
 
 
 def test_one_event_per_terminal_job_and_one_for_the_batch(settings: Settings) -> None:
-    """Ending a job appends its event once, however often the end is attempted; the sealed batch emits its own."""
+    """Ending a job appends its event once, however often the end is attempted; the sealed batch emits its own,
+    built by the store from the batch's counts."""
     store = make_store(settings)
     store.open_batch("b1", source="t")
     new_job(store, "b1/j1")
     new_job(store, "b1/j2", line=3)
     store.seal_batch("b1")
-    event = {"specversion": "1.0", "id": "b1/j1/canceled", "type": "genq.job.canceled"}
-    assert store.transition("b1/j1", Status.CANCELED, expected_attempt=0, event=event).ok
-    assert not store.transition("b1/j1", Status.CANCELED, expected_attempt=0, event=event).ok
-    done = store.transition("b1/j2", Status.FAILED, expected_attempt=0, event={**event, "id": "b1/j2/failed"})
+    canceled = {"specversion": "1.0", "id": "b1/j1/canceled", "type": "genq.job.canceled"}
+    assert store.transition("b1/j1", Status.CANCELED, expected_attempt=0, event=canceled).ok
+    assert not store.transition("b1/j1", Status.CANCELED, expected_attempt=0, event=canceled).ok
+    failed = {"specversion": "1.0", "id": "b1/j2/failed", "type": "genq.job.failed"}
+    done = store.transition("b1/j2", Status.FAILED, expected_attempt=0, event=failed)
     assert done.batch_finished
-    entries = store.redis.xrange(settings.event_stream)
-    types = [json.loads(fields["event"])["type"] for _, fields in entries]
-    assert types == ["genq.job.canceled", "genq.job.canceled", "genq.batch.finished"]
-    batch_event = json.loads(entries[-1][1]["event"])
-    assert batch_event["data"]["counts"] == {"canceled": 1, "failed": 1}
+    events = [json.loads(fields["event"]) for _, fields in store.redis.xrange(settings.event_stream)]
+    assert [e["id"] for e in events[:-1]] == ["b1/j1/canceled", "b1/j2/failed"]  # the refused repeat added none
+    batch_event = events[-1]  # nothing of it was given by this test
+    assert (batch_event["type"], batch_event["subject"], batch_event["source"]) == ("genq.batch.finished", "b1", "genq")
+    assert batch_event["id"].startswith("batch/b1/finished/")
+    assert batch_event["data"] == {"batch_id": "b1", "total": 2, "rejected": 0, "counts": {"canceled": 1, "failed": 1}}
 
 
 def test_rejected_rows_are_recorded_once_per_line(settings: Settings) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
 import pytest
 
 from config.settings import DOCUMENTED_RESULT_HOSTS
 from workers.errors import ResultRejected
-from workers.fetch import check_url, fetch, sniff
+from workers.fetch import CHUNK_BYTES, check_url, fetch, sniff
 
 OSS = "https://dashscope-result-wlcb.oss-cn-wulanchabu.aliyuncs.com/1d/59/x.png?Expires=1&Signature=s"
 
@@ -52,11 +54,27 @@ def test_content_is_sniffed_not_trusted() -> None:
         sniff(b"<html><body>")
 
 
-def test_size_cap_stops_a_download_midway() -> None:
-    """A body over the cap is refused whether or not it declared its length, and nothing is kept."""
+class Chunks(httpx.SyncByteStream):
+    """A body streamed in chunks, with no length declared; counts how many chunks were read."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks, self.read = chunks, 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.chunks:
+            self.read += 1
+            yield chunk
+
+    def __repr__(self) -> str:
+        return f"Chunks({self.read} of {len(self.chunks)} read)"
+
+
+def test_size_cap_refuses_a_declared_length_before_reading() -> None:
+    """A body whose Content-Length is over the cap is refused before any of it is read."""
+    body = Chunks([b"\x89PNG\r\n\x1a\n" + b"x" * 5000])
 
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=b"\x89PNG\r\n\x1a\n" + b"x" * 5000)
+        return httpx.Response(200, headers={"Content-Length": "5008"}, stream=body)
 
     with (
         httpx.Client(transport=httpx.MockTransport(handler)) as http,
@@ -64,4 +82,24 @@ def test_size_cap_stops_a_download_midway() -> None:
         fetch(http, "https://h/x.png", max_bytes=1000),
     ):
         pass
-    assert info.value.code == "ResultTooLarge"
+    assert info.value.code == "ResultTooLarge" and body.read == 0
+
+
+def test_size_cap_stops_a_streamed_download_midway() -> None:
+    """A streamed body that declares no length is refused as soon as what was read passes the cap, before the
+    rest is read."""
+    body = Chunks([b"\x89PNG\r\n\x1a\n" + b"x" * (CHUNK_BYTES - 8)] + [b"x" * CHUNK_BYTES] * 7)
+    seen: list[httpx.Response] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(httpx.Response(200, stream=body))
+        return seen[-1]
+
+    with (
+        httpx.Client(transport=httpx.MockTransport(handler)) as http,
+        pytest.raises(ResultRejected) as info,
+        fetch(http, "https://h/x.png", max_bytes=2 * CHUNK_BYTES + 1),
+    ):
+        pass
+    assert "content-length" not in seen[0].headers  # so only the streaming cap can refuse it
+    assert info.value.code == "ResultTooLarge" and body.read < len(body.chunks)
