@@ -105,6 +105,12 @@ class Settings(BaseSettings):
         description="Price per image (per second for video) by model, for `genq batch --dry-run` estimates.",
     )
     sweep_grace_s: float = Field(5.0, description="How overdue a job's next action must be to be re-sent.")
+    unknown_confirm_s: float = Field(
+        60.0, gt=0, description="How long a task younger than 24 h must keep answering UNKNOWN to be believed gone."
+    )
+    overdue_poll_s: float = Field(
+        60.0, gt=0, description="How often a job past its deadline, whose task still runs upstream, is polled."
+    )
 
     # --- quota (workers/quota/) -----------------------------------------------------------------
     slot_lease_s: float = Field(

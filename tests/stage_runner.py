@@ -8,6 +8,7 @@ waits for it.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 
@@ -20,6 +21,7 @@ from workers.job import Action, Next
 from workers.messages import publish
 from workers.poll import poll
 from workers.runtime import Runtime, make_store
+from workers.steps import run_stage
 from workers.store import JobStore
 from workers.submit import submit
 
@@ -53,19 +55,28 @@ def run(
     until: Callable[[], bool] | None = None,
 ) -> list[Next]:
     """Follow every step until none is left (or `until()` holds, or time is up); return what is left. Jobs a
-    stage admits into a slot it freed join the steps."""
+    stage admits into a slot it freed join the steps. Steps run in the order they fall due (as Celery's
+    countdowns would run them), each wait cut to `max_sleep_s`, so a job polled often cannot starve another."""
     deadline = time.monotonic() + timeout_s
-    rt.send = lambda step: steps.append(step) if step else None
-    while steps and not (until and until()):
+    order = itertools.count()
+    queue: list[tuple[float, int, Next]] = []
+
+    def add(step: Next | None) -> None:
+        if step is not None:
+            queue.append((time.monotonic() + step.delay_s, next(order), step))
+
+    for step in steps:
+        add(step)
+    rt.send = add
+    while queue and not (until and until()):
         if time.monotonic() >= deadline:
-            return steps
-        step = min(steps, key=lambda s: s.delay_s)
-        steps.remove(step)
-        time.sleep(min(step.delay_s, max_sleep_s))
-        follow = STAGES[step.action](rt, step.ref, step.attempt)
-        if follow is not None:
-            steps.append(follow)
-    return steps
+            break
+        entry = min(queue)
+        queue.remove(entry)
+        due, _, step = entry
+        time.sleep(max(0.0, min(due - time.monotonic(), max_sleep_s)))
+        add(run_stage(STAGES[step.action], rt, step.ref, step.attempt))
+    return [step for _, _, step in sorted(queue)]
 
 
 def publish_rows(stack: LocalStack, batch_id: str, rows: list[CsvRow]) -> tuple[JobStore, EnqueueReport]:

@@ -17,11 +17,8 @@ log = structlog.get_logger("genq.accounts")
 
 
 def pause(store: JobStore, account: str, *, code: str, message: str, now: float) -> bool:
-    """Pause `account`; True when this call paused it (and emitted the event), False if it already was."""
-    record = json.dumps({"code": code, "message": message, "at": now})
-    if not store.redis.hsetnx(keys.PAUSED, account, record):
-        return False
-    log.error("account paused: submits wait until `genq resume` is run", account=account, code=code, reason=message)
+    """Pause `account`; True when this call paused it (and emitted the event, in the same atomic step), False
+    if it already was."""
     event = cloud_event(
         "genq.account.paused",
         account,
@@ -29,9 +26,9 @@ def pause(store: JobStore, account: str, *, code: str, message: str, now: float)
         {"account": account, "code": code, "message": message},
         now=now,
     )
-    store.redis.xadd(
-        store.event_stream, {"event": json.dumps(event)}, maxlen=store.event_stream_maxlen, approximate=True
-    )
+    if not store.pause_account(account, {"code": code, "message": message, "at": now}, event):
+        return False
+    log.error("account paused: submits wait until `genq resume` is run", account=account, code=code, reason=message)
     return True
 
 

@@ -9,7 +9,9 @@ A job still waiting for a slot leaves its queue; a job holding one gives it back
 
 Retry: jobs that ended `failed`, `timed_out` or `expired` go back to `accepted`, in line for a slot again,
 unless their error is permanent (content moderation, invalid parameter, a refused result URL, ...), which only
-`force` overrides. Jobs failed by an account error are retried: resume the account first.
+`force` overrides. Jobs failed by an account error are retried: resume the account first. A job whose task
+may still run upstream (its last answer was not final, or a create's outcome was never known, within the
+service's 24 h) is never retried, not even with `force`: that would be a second paid task beside the first.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from workers.steps import log
 
 RETRYABLE = frozenset({Status.FAILED, Status.TIMED_OUT, Status.EXPIRED})
 #: genq's own refusals of a result: retrying would pay for the same refusal again.
-_OWN_PERMANENT = frozenset({"ResultHostNotAllowed", "ResultUrlScheme", "ResultTooLarge", "ResultContentType"})
-_ACTIVE_UPSTREAM = frozenset({Status.SUBMITTED, Status.RUNNING})
+_OWN_PERMANENT = frozenset(
+    {"ResultHostNotAllowed", "ResultUrlScheme", "ResultUrlMalformed", "ResultTooLarge", "ResultContentType"}
+)
+_ACTIVE_UPSTREAM = frozenset({Status.SUBMITTED, Status.RUNNING, Status.OVERDUE})
 
 
 @dataclass
@@ -89,6 +93,10 @@ def retry(rt: Runtime, target: str, *, force: bool = False) -> tuple[ControlRepo
             continue
         if not force and job.error_code and _permanent(job.error_code):
             report.skipped[job.ref] = f"{job.error_code} is permanent (use --force to retry anyway)"
+            continue
+        running = job.task_may_run(rt.clock())
+        if running:  # not even with --force: a second task while the first may run is a second bill
+            report.skipped[job.ref] = f"{running}; retrying now could pay twice (a task expires 24 h after creation)"
             continue
         if rt.store.revive(job.ref, allowed=RETRYABLE, now=rt.clock()):
             report.changed.append(job.ref)

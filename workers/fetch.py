@@ -40,12 +40,21 @@ class Fetched:
 
 
 def check_url(url: str, *, allowed_hosts: Iterable[str], require_https: bool) -> None:
-    """Raise `ResultRejected` unless the URL's scheme and host are allowed. Nothing is fetched."""
-    parts = urlsplit(url)
+    """Raise `ResultRejected` unless the URL is well formed and its scheme and host are allowed. Nothing is
+    fetched. A URL that urllib and httpx could read differently (whitespace or control characters, as in
+    `https://evil.com\t@allowed-host/`, a bad port) is refused as malformed, never handed to httpx."""
+    if not isinstance(url, str) or not url.isascii() or any(c.isspace() or not c.isprintable() for c in url):
+        raise ResultRejected("ResultUrlMalformed", f"result URL {url!r:.200} has whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as exc:
+        raise ResultRejected("ResultUrlMalformed", f"result URL {url!r:.200} cannot be parsed: {exc}") from None
     if parts.scheme not in {"http", "https"} or (require_https and parts.scheme != "https"):
         raise ResultRejected("ResultUrlScheme", f"result URL scheme {parts.scheme!r} is not allowed")
     host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
+    netloc = f"{host}:{port}" if port else host
     allowed = set(allowed_hosts)
     if host not in allowed and netloc not in allowed:
         raise ResultRejected("ResultHostNotAllowed", f"result host {netloc!r} is not on the allowlist")
@@ -70,7 +79,8 @@ def fetch(http: httpx.Client, url: str, *, max_bytes: int) -> Iterator[Fetched]:
                     raise ResultRejected("ResultUrlExpired", "result URL answered 403 (expired?)")
                 if response.status_code >= 400:
                     raise TransientRemoteError("ResultDownload", f"result URL answered HTTP {response.status_code}")
-                declared = int(response.headers.get("Content-Length") or 0)
+                length = response.headers.get("Content-Length") or "0"
+                declared = int(length) if length.isdigit() else 0  # a garbled header: the streamed cap decides
                 if declared > max_bytes:
                     raise ResultRejected("ResultTooLarge", f"result is {declared} bytes, over {max_bytes}")
                 for chunk in response.iter_bytes(CHUNK_BYTES):

@@ -14,7 +14,9 @@ is unknown), `submit_sent_at`,
 `poll_delay_s`, `results_at`, `finalize_errors`, `at_risk`, `created_at`, `t_{status}` (when it entered each status),
 `submit_time` / `scheduled_time` / `end_time` (upstream, as the service wrote them), `results` (JSON: upstream
 results), `usage` (JSON), `objects` (JSON: stored keys + sha256), `failures` (JSON: failed sub-results),
-`error_code`, `error_message`.
+`error_code`, `error_message`, `task_status` (the upstream status last seen), `unknown_seen` and
+`unknown_first_at` (UNKNOWN answers not yet believed), `cancel_refusals`, `stage_crashes` (unexpected
+exceptions of its stages).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Status(StrEnum):
     SUBMITTING = "submitting"
     SUBMITTED = "submitted"
     RUNNING = "running"
+    OVERDUE = "overdue"  # past its deadline while its task runs on upstream (billed): polled until it ends
     DOWNLOADING = "downloading"
     SUCCEEDED = "succeeded"
     PARTIALLY_SUCCEEDED = "partially_succeeded"
@@ -75,14 +78,22 @@ TERMINAL = frozenset(
     }
 )
 _ENDINGS = {Status.FAILED, Status.CANCELED, Status.TIMED_OUT}
+#: The service keeps a task (and answers for it) 24 h; after that UNKNOWN is all it says of it.
+TASK_LIFE_S = 24 * 3600.0
+#: Upstream statuses after which a task does nothing more (and bills nothing more).
+UPSTREAM_FINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN"})
 
 #: status -> the statuses it may move to. Staying in the same status is allowed for reschedules.
 TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.ACCEPTED: frozenset({Status.ADMITTED, *_ENDINGS}),
     Status.ADMITTED: frozenset({Status.SUBMITTING, *_ENDINGS}),
     Status.SUBMITTING: frozenset({Status.SUBMITTED, *_ENDINGS}),
-    Status.SUBMITTED: frozenset({Status.RUNNING, Status.DOWNLOADING, Status.SUBMITTING, Status.EXPIRED, *_ENDINGS}),
-    Status.RUNNING: frozenset({Status.DOWNLOADING, Status.SUBMITTING, Status.EXPIRED, *_ENDINGS}),
+    Status.SUBMITTED: frozenset(
+        {Status.RUNNING, Status.OVERDUE, Status.DOWNLOADING, Status.SUBMITTING, Status.EXPIRED, *_ENDINGS}
+    ),
+    Status.RUNNING: frozenset({Status.OVERDUE, Status.DOWNLOADING, Status.SUBMITTING, Status.EXPIRED, *_ENDINGS}),
+    # Never back to SUBMITTING: a job past its deadline is not sent again while its task may still run.
+    Status.OVERDUE: frozenset({Status.DOWNLOADING, Status.EXPIRED, *_ENDINGS}),
     Status.DOWNLOADING: frozenset({Status.SUCCEEDED, Status.PARTIALLY_SUCCEEDED, Status.FAILED, Status.TIMED_OUT}),
     **{s: frozenset() for s in TERMINAL},
 }
@@ -132,12 +143,27 @@ class Job:
     objects: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)  # sub-results not stored: index, code, message
     usage: dict[str, Any] = field(default_factory=dict)
+    task_status: str = ""  # the upstream status last seen ("" before the first answer)
+    unknown_seen: int = 0
+    unknown_first_at: float | None = None
+    cancel_refusals: int = 0  # cancels at the deadline refused while the task was answered PENDING
     upstream: dict[str, str] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=dict)
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    def task_may_run(self, now: float) -> str | None:
+        """Why a task of this job may still run (and bill) upstream, or None when none can: a task whose last
+        answer was not final, or a create whose outcome was never known, younger than the service's 24 h."""
+        if self.task_id and self.task_status not in UPSTREAM_FINAL and now - (self.submitted_at or 0) < TASK_LIFE_S:
+            return (
+                f"its task {self.task_id} may still run upstream (last seen {self.task_status or 'not yet answered'})"
+            )
+        if self.create_pending and now - (self.submit_sent_at or 0) < TASK_LIFE_S:
+            return "a create was sent whose outcome is unknown: a task of it may run upstream"
+        return None
 
     @classmethod
     def from_hash(cls, ref: str, h: dict[str, str]) -> Job:
@@ -186,6 +212,10 @@ class Job:
             objects=json.loads(h.get("objects") or "[]"),
             failures=json.loads(h.get("failures") or "[]"),
             usage=json.loads(h.get("usage") or "{}"),
+            task_status=h.get("task_status", ""),
+            unknown_seen=int(h.get("unknown_seen") or 0),
+            unknown_first_at=maybe("unknown_first_at"),
+            cancel_refusals=int(h.get("cancel_refusals") or 0),
             upstream={k: h[k] for k in ("submit_time", "scheduled_time", "end_time") if h.get(k)},
             times={k[2:]: float(v) for k, v in h.items() if k.startswith("t_") and v},
         )

@@ -6,11 +6,26 @@ back after the wait it names, which burns nothing. Each poll renews the job's sl
 Not finished (any status not known to be terminal): a fresh countdown message after the poll policy's
 delay, never `self.retry`, so polls burn no retries. SUCCEEDED: give the slot back at once (the upstream
 slot is free now, not after our download), admit the next job into it, and hand over to finalize. FAILED:
-resubmit when the code is transient and submits remain, else fail with the code. CANCELED, UNKNOWN,
-or past the deadline: terminal with the reason.
+resubmit when the code is transient and submits remain (and the deadline has not passed), else fail with
+the code. CANCELED: terminal.
+
+The deadline never throws away a billed result. It is checked on the answer of a query, not before one:
+- SUCCEEDED (it may have ended since the last poll): finalized as usual, however late;
+- PENDING: cancelled upstream (only a PENDING task can be, and then nothing is billed); the job ends
+  `timed_out`. A 429 or a transient error on the cancel is "try again shortly"; a refusal means the task has
+  started since, and the next query says what it is now;
+- RUNNING: it cannot be cancelled and will be billed, so the job becomes `overdue` (one
+  `genq.job.overdue` event): it keeps its slot (the task still occupies the account's concurrency), is polled
+  every `overdue_poll_s`, and its result is stored when it ends. It is never submitted again.
+
+UNKNOWN (the service's word for a task expired after 24 h, or whose status it cannot tell) is believed only
+when the task is that old or it is said `UNKNOWN_CONFIRMATIONS` times in a row over at least
+`unknown_confirm_s` (60 s); until then the task is queried again, and a RUNNING answer in between resets the count.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from config.catalogue import model_spec
 from workers import metrics
@@ -18,8 +33,9 @@ from workers.admission import deadline_s, release, scope_of
 from workers.dashscope import TaskState
 from workers.dashscope.classify import is_transient_task_failure
 from workers.dashscope.protocol import upstream_epoch
-from workers.errors import PermanentRemoteError, Throttled, TransientRemoteError
-from workers.job import Action, Job, Next, Status
+from workers.errors import PermanentRemoteError, RemoteError, Throttled, TransientRemoteError
+from workers.events import job_event
+from workers.job import TASK_LIFE_S, Action, Job, Next, Status
 from workers.poll_policy import next_poll_delay_s, policy_for
 from workers.runtime import Runtime
 from workers.steps import backoff_s, claim, end, load_current, log, reschedule
@@ -27,6 +43,10 @@ from workers.steps import backoff_s, claim, end, load_current, log, reschedule
 #: A claimed poll not recorded within this long is re-sent by the sweep (its worker died). Short, since a
 #: re-sent poll only costs a query: whichever delivery records second finds the attempt moved on.
 POLL_LEASE_S = 10.0
+#: UNKNOWN answers in a row (spread over at least `unknown_confirm_s`) before a younger task is believed gone.
+UNKNOWN_CONFIRMATIONS = 4
+#: Refused cancels of a task still answered PENDING before it is treated as running (overdue).
+CANCEL_REFUSALS_MAX = 3
 
 
 def poll(rt: Runtime, ref: str, attempt: int) -> Next | None:
@@ -40,9 +60,6 @@ def poll(rt: Runtime, ref: str, attempt: int) -> Next | None:
     scope = scope_of(job)
     if scope is not None:
         rt.quota.keep_slot(scope, job.ref, lease_s=rt.settings.slot_lease_s, now=now)
-    if now >= job.deadline_at:
-        _deadline(rt, job, current)
-        return None
     account = rt.settings.account_settings(scope.account) if scope else rt.settings.resolved_accounts()[0]
     wait_s = rt.quota.query_wait_s(account.name, account.query_qps, now, rt.rng)
     if wait_s > 0:
@@ -81,41 +98,16 @@ def _observe_upstream(state: TaskState, now: float) -> None:
 
 
 def _on_state(rt: Runtime, job: Job, current: int, state: TaskState) -> Next | None:
-    upstream = state.upstream_times()
+    now = rt.clock()
+    upstream: dict[str, Any] = {**state.upstream_times(), "task_status": state.status}
+    if state.status != "UNKNOWN":
+        upstream.update(unknown_seen=0, unknown_first_at="")
     if state.status in {"SUCCEEDED", "FAILED"}:
-        _observe_upstream(state, rt.clock())
+        _observe_upstream(state, now)
     if state.status == "SUCCEEDED":
-        if not state.urls:
-            end(
-                rt,
-                job,
-                current,
-                Status.FAILED,
-                code=_first_code(state) or "NoResults",
-                message=_first_message(state) or "task succeeded without a result URL",
-                fields=upstream,
-            )
-            return None
-        step = reschedule(
-            rt,
-            job,
-            current,
-            Status.DOWNLOADING,
-            Action.FINALIZE,
-            0.0,
-            fields={
-                **upstream,
-                "results": [r.to_dict() for r in state.results],
-                "usage": state.usage,
-                "results_at": rt.clock(),
-                "poll_errors": 0,
-            },
-        )
-        if step is not None:
-            release(rt.store, rt.quota, rt.settings, job, rt.send)
-        return step
+        return _on_succeeded(rt, job, current, state, upstream)
     if state.status == "FAILED":
-        return _on_failed(rt, job, current, state)
+        return _on_failed(rt, job, current, state, upstream)
     if state.status == "CANCELED":
         end(
             rt,
@@ -128,19 +120,13 @@ def _on_state(rt: Runtime, job: Job, current: int, state: TaskState) -> Next | N
         )
         return None
     if state.status == "UNKNOWN":
-        end(
-            rt,
-            job,
-            current,
-            Status.EXPIRED,
-            code="TaskUnknown",
-            message="the service no longer knows the task (expired after 24 h, or unknown id)",
-            fields=upstream,
-        )
-        return None
-    # PENDING, RUNNING, or a status this version does not know: not terminal, poll again.
+        return _on_unknown(rt, job, current, upstream)
+    # PENDING, RUNNING, or a status this version does not know: not terminal.
+    if now >= job.deadline_at or job.status is Status.OVERDUE:
+        if state.status == "RUNNING" or job.status is Status.OVERDUE:
+            return _overdue(rt, job, current, upstream)
+        return _cancel_at_deadline(rt, job, current, upstream)
     status = Status.RUNNING if state.status == "RUNNING" else job.status
-    now = rt.clock()
     delay = next_poll_delay_s(
         policy_for(rt.settings, model_spec(job.request.model).kind),
         elapsed_s=now - (job.submitted_at or now),
@@ -153,10 +139,43 @@ def _on_state(rt: Runtime, job: Job, current: int, state: TaskState) -> Next | N
     )
 
 
-def _on_failed(rt: Runtime, job: Job, current: int, state: TaskState) -> Next | None:
+def _on_succeeded(rt: Runtime, job: Job, current: int, state: TaskState, upstream: dict[str, Any]) -> Next | None:
+    if not state.urls:
+        end(
+            rt,
+            job,
+            current,
+            Status.FAILED,
+            code=_first_code(state) or "NoResults",
+            message=_first_message(state) or "task succeeded without a result URL",
+            fields=upstream,
+        )
+        return None
+    step = reschedule(
+        rt,
+        job,
+        current,
+        Status.DOWNLOADING,
+        Action.FINALIZE,
+        0.0,
+        fields={
+            **upstream,
+            "results": [r.to_dict() for r in state.results],
+            "usage": state.usage,
+            "results_at": rt.clock(),
+            "poll_errors": 0,
+        },
+    )
+    if step is not None:
+        release(rt.store, rt.quota, rt.settings, job, rt.send)
+    return step
+
+
+def _on_failed(rt: Runtime, job: Job, current: int, state: TaskState, upstream: dict[str, Any]) -> Next | None:
     code = state.code or "TaskFailed"
     message = state.message or "the task failed upstream"
-    if is_transient_task_failure(code) and job.submits < rt.settings.submit_max_attempts:
+    in_time = rt.clock() < job.deadline_at and job.status is not Status.OVERDUE
+    if in_time and is_transient_task_failure(code) and job.submits < rt.settings.submit_max_attempts:
         delay = backoff_s(job.submits, base_s=2.0, cap_s=60.0, rng=rt.rng)
         log.warning("task failed transiently, resubmitting", ref=job.ref, task_id=job.task_id, code=code)
         return reschedule(
@@ -166,27 +185,76 @@ def _on_failed(rt: Runtime, job: Job, current: int, state: TaskState) -> Next | 
             Status.SUBMITTING,
             Action.SUBMIT,
             delay,
-            fields={"task_id": "", "last_error_code": code, "last_error_message": message},
+            fields={"task_id": "", "task_status": "", "last_error_code": code, "last_error_message": message},
         )
-    end(rt, job, current, Status.FAILED, code=code, message=message, fields=state.upstream_times())
+    end(rt, job, current, Status.FAILED, code=code, message=message, fields=upstream)
     return None
 
 
-def _deadline(rt: Runtime, job: Job, current: int) -> None:
-    """Past the deadline: try to cancel (only a PENDING task can be), then end `timed_out`."""
+def _on_unknown(rt: Runtime, job: Job, current: int, upstream: dict[str, Any]) -> Next | None:
+    """Believe UNKNOWN of a task that is 24 h old, or after it was said often enough over long enough."""
+    now = rt.clock()
+    seen = job.unknown_seen + 1
+    first_at = job.unknown_first_at or now
+    age_s = now - (job.submitted_at or now)
+    window_s = rt.settings.unknown_confirm_s
+    if age_s < TASK_LIFE_S and (seen < UNKNOWN_CONFIRMATIONS or now - first_at < window_s):
+        delay = window_s / (UNKNOWN_CONFIRMATIONS - 1)
+        log.warning("task answered UNKNOWN; asking again before believing it", ref=job.ref, seen=seen)
+        evidence = {**upstream, "unknown_seen": seen, "unknown_first_at": first_at}
+        return reschedule(rt, job, current, job.status, Action.POLL, delay, fields=evidence)
+    message = (
+        f"the service no longer knows the task: UNKNOWN {seen} times over {now - first_at:.0f} s, "
+        f"{age_s / 3600:.1f} h after it was created (expired after 24 h, or an unknown id)"
+    )
+    fields = {**upstream, "unknown_seen": seen, "unknown_first_at": first_at}
+    end(rt, job, current, Status.EXPIRED, code="TaskUnknown", message=message, fields=fields)
+    return None
+
+
+def _overdue(rt: Runtime, job: Job, current: int, upstream: dict[str, Any]) -> Next | None:
+    """Past the deadline with the task running upstream: wait for the (billed) result at a slow cadence."""
+    now = rt.clock()
+    delay = rt.settings.overdue_poll_s
+    if job.status is Status.OVERDUE:
+        return reschedule(rt, job, current, Status.OVERDUE, Action.POLL, delay, fields=upstream)
+    allowed_s = deadline_s(rt.settings, job.request.model)
+    message = f"past the deadline ({allowed_s:.0f} s from admission) while its task runs upstream; waiting for it"
+    event = job_event(job, Status.OVERDUE, now=now, error_code="DeadlineExceeded", error_message=message)
+    log.warning("job overdue: its task still runs upstream", ref=job.ref, task_id=job.task_id)
+    return reschedule(rt, job, current, Status.OVERDUE, Action.POLL, delay, fields=upstream, event=event)
+
+
+def _cancel_at_deadline(rt: Runtime, job: Job, current: int, upstream: dict[str, Any]) -> Next | None:
+    """Past the deadline with the task not started: cancel it (nothing billed) and end `timed_out`."""
     allowed_s = deadline_s(rt.settings, job.request.model)
     try:
         rt.client(job.account).cancel_task(job.task_id or "")
-    except (PermanentRemoteError, TransientRemoteError) as exc:
-        log.info("cancel at deadline not possible", ref=job.ref, task_id=job.task_id, code=exc.code)
+    except Throttled as exc:
+        delay = exc.retry_after_s or backoff_s(job.throttles + 1, base_s=1.0, cap_s=30.0, rng=rt.rng)
+        return reschedule(rt, job, current, job.status, Action.POLL, delay, fields={"throttles": job.throttles + 1})
+    except TransientRemoteError as exc:
+        errors = job.poll_errors + 1
+        log.info("cancel at deadline failed; trying again", ref=job.ref, code=exc.code, errors=errors)
+        delay = backoff_s(errors, base_s=1.0, cap_s=30.0, rng=rt.rng)
+        return reschedule(rt, job, current, job.status, Action.POLL, delay, fields={"poll_errors": errors})
+    except RemoteError as exc:  # UnsupportedOperation: it started (or ended) since the query
+        refusals = job.cancel_refusals + 1
+        log.info("cancel at deadline refused", ref=job.ref, task_id=job.task_id, code=exc.code, refusals=refusals)
+        if refusals >= CANCEL_REFUSALS_MAX:
+            return _overdue(rt, job, current, upstream)
+        return reschedule(rt, job, current, job.status, Action.POLL, 1.0, fields={"cancel_refusals": refusals})
     end(
         rt,
         job,
         current,
         Status.TIMED_OUT,
         code="DeadlineExceeded",
-        message=f"no result within the job's deadline ({allowed_s:.0f} s from admission)",
+        message=f"no result within the job's deadline ({allowed_s:.0f} s from admission); "
+        "its task was canceled upstream before it started (nothing billed)",
+        fields={**upstream, "task_status": "CANCELED"},
     )
+    return None
 
 
 def _first_code(state: TaskState) -> str | None:

@@ -9,8 +9,10 @@ records the outcome, and returns the message to send next, if any. Celery only c
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
+import redis
 import structlog
 
 from workers import admission, metrics
@@ -19,6 +21,34 @@ from workers.job import Action, Job, Next, Status
 from workers.runtime import Runtime
 
 log = structlog.get_logger("genq.job")
+
+
+#: Unexpected exceptions a job's stages may raise before it ends `failed` with `InternalError`. Each one is
+#: retried by the recovery sweep (the job's due time passes), so a passing fault costs a few seconds; a
+#: lasting one (a bug of ours, an answer nobody foresaw) ends the job instead of looping forever.
+STAGE_MAX_CRASHES = 3
+
+Stage = Callable[["Runtime", str, int], "Next | None"]
+
+
+def run_stage(stage: Stage, rt: Runtime, ref: str, attempt: int) -> Next | None:
+    """Run one stage of a job. An exception nobody foresaw is counted on the job and raised again (the sweep
+    sends the step again); at `STAGE_MAX_CRASHES` the job ends `failed`, code `InternalError`, with the
+    exception's type and message (the traceback goes to the log, not into the event). Redis being away is not
+    the job's fault and is not counted."""
+    try:
+        return stage(rt, ref, attempt)
+    except (redis.ConnectionError, redis.TimeoutError):
+        raise
+    except Exception as exc:
+        crashes = rt.store.count_crash(ref)
+        log.exception("stage crashed", ref=ref, stage=getattr(stage, "__name__", "?"), crashes=crashes)
+        job = rt.store.get(ref)
+        if crashes < STAGE_MAX_CRASHES or job is None or job.terminal:
+            raise
+        message = f"{type(exc).__name__}: {str(exc)[:500]} (after {crashes} crashes of its stages)"
+        end(rt, job, None, Status.FAILED, code="InternalError", message=message)
+        return None
 
 
 def backoff_s(failures: int, *, base_s: float = 1.0, cap_s: float = 60.0, rng: random.Random) -> float:
@@ -83,11 +113,20 @@ def reschedule(
     action: Action,
     delay_s: float,
     fields: dict[str, Any] | None = None,
+    event: dict[str, Any] | None = None,
 ) -> Next | None:
-    """Record that `action` is due in `delay_s`, then return the message that will carry it."""
+    """Record that `action` is due in `delay_s`, then return the message that will carry it. `event` is
+    appended in the same atomic step, if the status changes."""
     now = rt.clock()
     applied = rt.store.transition(
-        job.ref, status, expected_attempt=attempt, next_action=action, due_at=now + delay_s, fields=fields, now=now
+        job.ref,
+        status,
+        expected_attempt=attempt,
+        next_action=action,
+        due_at=now + delay_s,
+        fields=fields,
+        event=event,
+        now=now,
     )
     if not applied.ok:
         log.warning("reschedule refused", ref=job.ref, action=action.value, reason=applied.reason)
@@ -106,7 +145,7 @@ def reschedule(
 def end(
     rt: Runtime,
     job: Job,
-    attempt: int,
+    attempt: int | None,
     status: Status,
     *,
     code: str | None = None,

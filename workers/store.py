@@ -87,6 +87,8 @@ class JobStore:
         self._revive = client.register_script(store_lua.REVIVE)
         self._requeue = client.register_script(store_lua.REQUEUE)
         self._advance_clock = client.register_script(store_lua.ADVANCE_CLOCK)
+        self._count_crash = client.register_script(store_lua.COUNT_CRASH)
+        self._pause_account = client.register_script(store_lua.PAUSE_ACCOUNT)
 
     # --- batches --------------------------------------------------------------------------------
     def open_batch(self, batch_id: str, *, source: str, priority: int = 5, now: float | None = None) -> bool:
@@ -279,6 +281,18 @@ class JobStore:
             args=[ref, now, " ".join(sorted(allowed))],
         )
         return bool(revived)
+
+    def pause_account(self, account: str, record: Mapping[str, Any], event: Mapping[str, Any]) -> bool:
+        """Pause `account` and append its event atomically; False (and no event) when it already was paused."""
+        paused = self._pause_account(
+            keys=[keys.PAUSED, self.event_stream],
+            args=[account, json.dumps(record), json.dumps(event, ensure_ascii=False), self.event_stream_maxlen],
+        )
+        return bool(paused)
+
+    def count_crash(self, ref: str) -> int:
+        """Count an unexpected exception of one of the job's stages; the count so far (0: no such job)."""
+        return int(cast(int, self._count_crash(keys=[keys.job(ref)], args=[])))
 
     def due(self, now: float, limit: int = 1000) -> list[tuple[str, float]]:
         """Refs whose next action was due at or before `now`, oldest first (for the recovery sweep)."""

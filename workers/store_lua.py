@@ -74,7 +74,8 @@ return 1
 # KEYS: job, batch, due, events, counts (all jobs by status), inflight (tasks upstream per model)
 # ARGV: 1 ref, 2 expected attempt ('' = any), 3 bump attempt (0/1), 4 target status,
 #       5 allowed source statuses (space separated), 6 terminal (0/1), 7 now (epoch s), 8 now (ISO),
-#       9 due_at ('' = not due: remove from the due set), 10 job event JSON ('' = none), 11 stream maxlen,
+#       9 due_at ('' = not due: remove from the due set), 10 job event JSON ('' = none; appended when the
+#       status changes: every terminal one, and `overdue`), 11 stream maxlen,
 #       12 batch id, 13.. field/value pairs to set.
 # Returns {code, status, attempt, batch_finished, previous status}: code 1 applied, 0 attempt moved on,
 # -1 no such job, -2 status does not allow the target.
@@ -106,22 +107,38 @@ if status ~= ARGV[4] then
   redis.call('HINCRBY', KEYS[2], 'n:' .. ARGV[4], 1)
   redis.call('HINCRBY', KEYS[5], status, -1)
   redis.call('HINCRBY', KEYS[5], ARGV[4], 1)
-  local upstream = {submitted = true, running = true}
+  local upstream = {submitted = true, running = true, overdue = true}
   if upstream[status] ~= upstream[ARGV[4]] then
     local model = redis.call('HGET', KEYS[1], 'model') or 'unknown'
     redis.call('HINCRBY', KEYS[6], model, upstream[ARGV[4]] and 1 or -1)
   end
+  if ARGV[10] ~= '' then
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[11], '*', 'event', ARGV[10])
+  end
   if ARGV[6] == '1' then
     redis.call('HINCRBY', KEYS[2], 'terminal', 1)
-    if ARGV[10] ~= '' then
-      redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[11], '*', 'event', ARGV[10])
-    end
     finished = finish_batch(KEYS[2], KEYS[4], ARGV[12], ARGV[7], ARGV[8], ARGV[11])
   end
 end
 return {1, ARGV[4], attempt, finished, status}
 """
 )
+
+# Pause an account and announce it, in one step (a crash between the two would leave a pause no event told
+# of). KEYS: paused hash, events stream. ARGV: account, pause record JSON, event JSON, stream maxlen.
+# Returns 1 when this call paused it, 0 when it already was.
+PAUSE_ACCOUNT = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'event', ARGV[3])
+return 1
+"""
+
+# A stage of the job raised something unexpected: count it on the job, if the job exists. KEYS: job.
+# Returns the count (0: no such job).
+COUNT_CRASH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return redis.call('HINCRBY', KEYS[1], 'stage_crashes', 1)
+"""
 
 # KEYS: batch, events. ARGV: batch id, now, now ISO, maxlen. Returns 1 when the batch is finished by it.
 SEAL_BATCH = (
@@ -147,7 +164,9 @@ redis.call('HINCRBY', KEYS[1], 'retries', 1)
 redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 redis.call('HSET', KEYS[1], 'status', 'accepted', 'next_action', 'admit', 'due_at', ARGV[2], 't_accepted', ARGV[2],
            'task_id', '', 'create_pending', '0', 'submit_errors', '0', 'poll_errors', '0', 'finalize_errors', '0',
-           'submits', '0', 'error_code', '', 'error_message', '', 'results', '[]', 'at_risk', '0')
+           'submits', '0', 'error_code', '', 'error_message', '', 'results', '[]', 'at_risk', '0',
+           'task_status', '', 'unknown_seen', '0', 'unknown_first_at', '', 'cancel_refusals', '0',
+           'stage_crashes', '0')
 redis.call('ZADD', KEYS[3], tonumber(ARGV[2]), ARGV[1])
 return 1
 """

@@ -34,7 +34,7 @@ def submit(rt: Runtime, ref: str, attempt: int) -> Next | None:
     if job is None:
         return None
     now = rt.clock()
-    if now >= job.deadline_at:
+    if now >= job.deadline_at and not job.create_pending:
         end(rt, job, attempt, Status.TIMED_OUT, code="DeadlineExceeded", message="deadline passed before submit")
         return None
     current = claim(rt, job, Action.SUBMIT, lease_s=SUBMIT_LEASE_S, status=Status.SUBMITTING)
@@ -59,6 +59,10 @@ def submit(rt: Runtime, ref: str, attempt: int) -> Next | None:
             return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, found.wait_s)
         if found.task_id:
             return _submitted(rt, job, current, found.task_id, None)
+    if now >= job.deadline_at:  # and the lost create, if any, made no task: nothing runs upstream
+        message = "deadline passed before submit (a create whose answer was lost made no task)"
+        end(rt, job, current, Status.TIMED_OUT, code="DeadlineExceeded", message=message, fields={"create_pending": 0})
+        return None
     limits = rt.settings.account_settings(scope.account).limits_for(scope.model)
     wait_s = rt.quota.submit_wait_s(scope, limits, rt.settings, rt.clock(), rt.rng)
     if wait_s > 0:

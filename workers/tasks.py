@@ -22,6 +22,7 @@ from workers.messages import publish
 from workers.metrics_server import process_exited, start_metrics_server
 from workers.poll import poll as poll_stage
 from workers.runtime import Runtime, runtime
+from workers.steps import run_stage
 from workers.submit import submit as submit_stage
 from workers.sweep import sweep as sweep_all
 from workers.webhook import deliver_pending
@@ -55,7 +56,7 @@ def _run(stage: Stage, ref: str, attempt: int) -> None:
     batch_id, _, job_id = ref.partition("/")
     # task_id is bound by the stage once the job is loaded; binding it here too resets it after the task.
     with structlog.contextvars.bound_contextvars(batch_id=batch_id, job_id=job_id, task_id=None):
-        publish(app, stage(_runtime(), ref, attempt))
+        publish(app, run_stage(stage, _runtime(), ref, attempt))
 
 
 @app.task(name="genq.submit")

@@ -48,6 +48,7 @@ def run_chaos(plan: ChaosPlan, state_dir: Path, say: Callable[[str], None] = pri
         simulator_profile="hostile",
         worker_concurrency=plan.worker_concurrency,
         finalize_retry_cap_s=plan.finalize_retry_cap_s,
+        unknown_confirm_s=10.0,  # the hostile profile's forgotten tasks are confirmed UNKNOWN within the run
     )
     with LocalStack(configured, workers=plan.workers, simulator_seed=plan.seed) as stack:
         settings, simulator_url = stack.settings, stack.simulator_url

@@ -114,6 +114,9 @@ class Simulator:
         life_s = 0 if self.faults.fires("url_expired", task.prompt) else config.url_life_s * config.scale
         expires = int(task.end or task.created) + max(0, math.ceil(life_s))
         base = str(request.base_url).rstrip("/")
+        if self.faults.fires("url_unparseable", task.prompt):
+            scheme, _, netloc = base.partition("://")
+            base = f"{scheme}://evil.example\t@{netloc}"
         return (
             f"{base}/results/{task.task_id}/{index}.{extension}"
             f"?Expires={expires}&OSSAccessKeyId=LTAIsimulator&Signature={self._sign(task.task_id, index, expires)}"
@@ -245,6 +248,9 @@ class Simulator:
         broken = await self._query_faults(prompt)
         if broken is not None:
             return broken
+        if task is not None and task.unknown_answers_left > 0:
+            task.unknown_answers_left -= 1
+            task = None
         if task is None:
             return JSONResponse({"request_id": request_id(), "output": {"task_id": task_id, "task_status": "UNKNOWN"}})
         body = task_body(task, now, lambda i: self._result_url(request, task, i))

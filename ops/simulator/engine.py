@@ -35,6 +35,10 @@ FAILURES = {
 }
 
 
+#: Queries of a `task_unknown_flap` task that answer UNKNOWN before the truth.
+UNKNOWN_FLAP_ANSWERS = 2
+
+
 @dataclass
 class SimConfig:
     profile: Profile = field(default_factory=lambda: PROFILES["demo"])
@@ -68,6 +72,7 @@ class SimTask:
     failure: tuple[str, str] | None = None  # the whole task fails with (code, message)
     failed_indices: frozenset[int] = frozenset()  # partial failure: these sub-images fail
     expire_on_end: bool = False
+    unknown_answers_left: int = 0  # the `task_unknown_flap` fault: queries that answer UNKNOWN first
     scheduled: float | None = None
     end: float | None = None
     canceled_at: float | None = None
@@ -259,6 +264,8 @@ class Engine:
             failing = self.rng.randint(1, task.n - 1)
             task.failed_indices = frozenset(range(task.n - failing, task.n))
         task.expire_on_end = self.faults.fires("task_expire", task.prompt)
+        if self.faults.fires("task_unknown_flap", task.prompt):
+            task.unknown_answers_left = UNKNOWN_FLAP_ANSWERS
 
     def find(self, task_id: str, account: str, now: float) -> SimTask | None:
         """The task as a query sees it at `now`, or None when unknown to this account, past retention, or
@@ -334,10 +341,13 @@ class Engine:
         for scope in self.scopes.values():
             scope.advance(now)
         duplicates = sum(count - 1 for count in self.create_fingerprints.values() if count > 1)
+        # What the service bills: every image (or video) of a task that ended SUCCEEDED, failed sub-images aside.
+        billed = sum(t.n - len(t.failed_indices) for t in self.tasks.values() if t.status(now) == "SUCCEEDED")
         return {
             "now": now,
             "profile": self.config.profile.name,
             "counters": dict(self.counters),
+            "billed_images": billed,
             "faults_fired": dict(self.faults.fired),
             "creates_by_key_model": [
                 {"key_suffix": key[-4:], "model": model, "creates": count}

@@ -28,8 +28,11 @@ reports it as `faults_fired`), so a test can check that each fault it names did 
 | task_inspection     | task      | the task ends FAILED with DataInspectionFailed (output moderation)    |
 | task_partial        | task      | n > 1: some sub-images fail with InternalError.Timeout, the rest succeed |
 | task_expire         | task      | queries answer UNKNOWN as soon as the task ends (the list still shows it) |
+| task_unknown_flap   | task      | the task's first 2 queries answer UNKNOWN, then the truth (RUNNING, ...) |
 | url_fail_once       | download  | the first download of each result URL gets 503, later ones succeed    |
 | url_expired         | download  | the result URL is already expired: 403 with OSS's XML error           |
+| url_unparseable     | download  | the result URL reads as the allowed host to urllib but holds a tab     |
+|                     |           | (`http://evil.example\t@host/...`), which httpx refuses to parse       |
 """
 
 from __future__ import annotations
@@ -60,8 +63,10 @@ FAULTS = frozenset(
         "task_inspection",
         "task_partial",
         "task_expire",
+        "task_unknown_flap",
         "url_fail_once",
         "url_expired",
+        "url_unparseable",
     }
 )
 

@@ -6,14 +6,20 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
+
+import httpx
+import pytest
 
 from tests.conftest import RunningSimulator
 from tests.stage_runner import enqueue, run
 from workers import accounts, keys
 from workers.control import cancel, retry
 from workers.dashscope import DashScopeClient
+from workers.finalize import finalize
 from workers.job import Job, Status
 from workers.runtime import Runtime
+from workers.steps import run_stage
 
 
 def one_job(rt: Runtime, prompt: str, *, timeout_s: float = 30, **fields: str) -> Job:
@@ -67,26 +73,99 @@ def test_fewer_images_than_asked_is_a_partial_success(runtime: Runtime, simulato
     assert simulator.faults_fired() == {"task_partial": 1}
 
 
-def test_unknown_task_ends_expired(runtime: Runtime, simulator: RunningSimulator) -> None:
-    """A task the service no longer knows ends the job expired, with the reason."""
-    job = one_job(runtime, "a cat sim:task_expire")
+def test_unknown_task_ends_expired_once_confirmed(
+    runtime_factory: Callable[..., Runtime], simulator: RunningSimulator
+) -> None:
+    """A task the service keeps answering UNKNOWN for (4 times over the confirmation window) ends the job
+    expired, with the evidence (how often, over how long) on the job and in its message."""
+    rt = runtime_factory(unknown_confirm_s=1.0)
+    job = one_job(rt, "a cat sim:task_expire")
     assert (job.status, job.error_code) == (Status.EXPIRED, "TaskUnknown")
+    assert job.unknown_seen >= 4 and job.unknown_first_at is not None
+    assert f"UNKNOWN {job.unknown_seen} times" in (job.error_message or "")
     assert simulator.faults_fired() == {"task_expire": 1}
 
 
-def test_deadline_cancels_a_pending_task_and_times_out(
+def test_an_unknown_that_turns_back_into_running_is_not_believed(
+    runtime_factory: Callable[..., Runtime], simulator: RunningSimulator
+) -> None:
+    """A task answered UNKNOWN twice and then RUNNING/SUCCEEDED is followed to its result, not ended expired
+    at first sight: the job succeeds with its image stored, and one task was created."""
+    rt = runtime_factory(unknown_confirm_s=5.0)
+    job = one_job(rt, "a cat sim:task_unknown_flap")
+    assert job.status is Status.SUCCEEDED and len(job.objects) == 1
+    assert simulator.counters()["creates"] == 1 and simulator.engine.snapshot(time.time())["billed_images"] == 1
+    assert simulator.faults_fired() == {"task_unknown_flap": 1}
+
+
+def test_a_task_that_succeeded_just_before_the_deadline_is_stored(runtime_factory: Callable[..., Runtime]) -> None:
+    """The deadline passes between two polls while the task succeeds: the last query finds it SUCCEEDED and
+    the (billed) image is stored; the job succeeds instead of timing out."""
+    rt = runtime_factory(image_deadline_s=1.5)  # tasks take 0.3-1 s; the first poll comes 3 s after submit
+    run(rt, enqueue(rt, {"id": "j", "prompt": "a cat"}), timeout_s=30, max_sleep_s=3.5)
+    job = rt.store.get("b/j")
+    assert job is not None and job.status is Status.SUCCEEDED
+    assert job.times["succeeded"] > job.deadline_at  # it really was past its deadline
+    assert stored_images(rt) == ["b/j/0.png"]
+
+
+def stored_images(rt: Runtime) -> list[str]:
+    return sorted(k for k in rt.results.keys("b/") if k.endswith(".png"))
+
+
+def test_deadline_cancels_a_pending_task_and_waits_for_running_ones(
     runtime_factory: Callable[..., Runtime], simulator_factory: Callable[..., RunningSimulator]
 ) -> None:
-    """Past its deadline a job whose task still waits upstream is cancelled there and ends timed_out."""
-    sim = simulator_factory(time_scale=30.0)  # 9-30 s per task: the queue stays full for the whole test
+    """Past the deadline, the job whose task still waits upstream is cancelled there and ends timed_out (nothing
+    billed); the two whose tasks run (and will be billed) turn overdue with one event each, keep polling, and
+    end succeeded with their images stored; every billed image is in the bucket, and `retry` then revives the
+    job whose task was cancelled (nothing of it could run or bill), which is billed once in all."""
+    sim = simulator_factory(time_scale=15.0)  # 4.5-15 s per task: two run, one waits, past a 3 s deadline
     rt = runtime_factory(
-        dashscope_base_url=sim.base_url, result_hosts=(sim.url.removeprefix("http://"),), image_deadline_s=3.0
+        dashscope_base_url=sim.base_url,
+        result_hosts=(sim.url.removeprefix("http://"),),
+        image_deadline_s=3.0,
+        overdue_poll_s=1.0,
     )
     steps = enqueue(rt, *({"id": f"j{i}", "prompt": f"p{i}", "model": "wanx2.0-t2i-turbo"} for i in range(3)))
-    run(rt, steps, timeout_s=20, max_sleep_s=0.5)
-    jobs = [rt.store.get(f"b/j{i}") for i in range(3)]
-    assert all(j is not None and j.status is Status.TIMED_OUT for j in jobs)
-    assert sim.counters()["cancels"] >= 1  # the queued one was cancelled upstream; running ones cannot be
+    run(rt, steps, timeout_s=60, max_sleep_s=0.5)
+    jobs = {j.job_id: j for j in rt.store.jobs("b")}
+    statuses = sorted(j.status.value for j in jobs.values())
+    assert statuses == ["succeeded", "succeeded", "timed_out"], statuses
+    (late,) = [j for j in jobs.values() if j.status is Status.TIMED_OUT]
+    assert late.task_status == "CANCELED" and "nothing billed" in (late.error_message or "")
+    overdue = [e for e in events(rt) if e["type"] == "genq.job.overdue"]
+    assert sorted(str(e["subject"]) for e in overdue) == sorted(j.ref for j in jobs.values() if j is not late)
+    counters = sim.engine.snapshot(time.time())
+    assert counters["counters"]["cancels"] == 1 and counters["counters"]["creates"] == 3
+    assert counters["billed_images"] == len(stored_images(rt)) == 2
+    report, follow = retry(rt, "b")
+    assert report.changed == [late.ref]  # its task was cancelled: nothing of it can run or bill
+    run(rt, follow, timeout_s=60, max_sleep_s=0.5)
+    retried = rt.store.get(late.ref)
+    assert retried is not None and retried.status is Status.SUCCEEDED
+    # One new task, for the job whose first task was cancelled before it ran: billed once in all.
+    after = sim.engine.snapshot(time.time())
+    assert after["counters"]["creates"] == 4 and after["billed_images"] == len(stored_images(rt)) == 3
+
+
+def test_retry_leaves_alone_a_job_whose_task_may_still_run(
+    runtime_factory: Callable[..., Runtime], simulator_factory: Callable[..., RunningSimulator]
+) -> None:
+    """A job that failed on its queries (2 in a row allowed) while its task still runs upstream is not retried,
+    not even with --force: `retry` says why, and nothing is created upstream."""
+    sim = simulator_factory(time_scale=30.0)
+    rt = runtime_factory(
+        dashscope_base_url=sim.base_url, result_hosts=(sim.url.removeprefix("http://"),), poll_max_errors=2
+    )
+    steps = enqueue(rt, {"id": "j", "prompt": "p sim:query_503", "model": "wanx2.0-t2i-turbo"})
+    run(rt, steps, timeout_s=20, max_sleep_s=0.2)
+    job = rt.store.get("b/j")
+    assert job is not None and job.status is Status.FAILED and job.task_id
+    report, follow = retry(rt, "b", force=True)
+    assert report.changed == [] and follow == []
+    assert "may still run upstream" in report.skipped["b/j"]
+    assert sim.counters()["creates"] == 1 and sim.faults_fired()["query_503"] >= 2
 
 
 def test_cancel_stops_a_batch_and_cancels_upstream(
@@ -249,8 +328,11 @@ def test_retry_skips_permanent_failures_unless_forced(runtime: Runtime, simulato
     assert report.changed == ["b/j"] and len(steps) == 1
 
 
-def test_every_terminal_job_emits_exactly_one_event(runtime: Runtime, simulator: RunningSimulator) -> None:
+def test_every_terminal_job_emits_exactly_one_event(
+    runtime_factory: Callable[..., Runtime], simulator: RunningSimulator
+) -> None:
     """A mix of outcomes: one job event per terminal job, each with a distinct id, plus one batch event."""
+    runtime = runtime_factory(unknown_confirm_s=1.0)
     prompts = ["ok", "x sim:task_inspection", "y sim:task_expire", "z sim:create_inspection"]
     run(runtime, enqueue(runtime, *({"id": f"j{i}", "prompt": p} for i, p in enumerate(prompts))), timeout_s=30)
     seen = events(runtime)
@@ -259,3 +341,42 @@ def test_every_terminal_job_emits_exactly_one_event(runtime: Runtime, simulator:
     assert len({e["id"] for e in job_events}) == 4
     assert [e["type"] for e in seen].count("genq.batch.finished") == 1
     assert simulator.faults_fired() == {"task_inspection": 1, "task_expire": 1, "create_inspection": 1}
+
+
+def test_an_unparseable_result_url_is_refused_not_a_crash_loop(runtime: Runtime, simulator: RunningSimulator) -> None:
+    """A result URL that urllib reads as the allowed host but httpx cannot parse (`evil.example\\t@host`) is
+    refused as `ResultUrlMalformed`: the job ends failed at once, nothing is downloaded, no stage crashed."""
+    job = one_job(runtime, "a cat sim:url_unparseable")
+    assert (job.status, job.error_code) == (Status.FAILED, "ResultUrlMalformed")
+    assert runtime.store.redis.hget(keys.job(job.ref), "stage_crashes") is None
+    assert simulator.counters().get("downloads", 0) == 0 and simulator.faults_fired() == {"url_unparseable": 1}
+
+
+def test_a_stage_that_keeps_crashing_ends_the_job_failed_with_the_reason(runtime: Runtime) -> None:
+    """A download that raises something nobody foresaw (here the HTTP transport itself raising RuntimeError)
+    is retried like a dead worker's step, and after 3 crashes the job ends failed with `InternalError`, the
+    exception's type and message, and one terminal event; it no longer loops."""
+
+    def broken(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("the transport broke")
+
+    left = run(runtime, enqueue(runtime, {"id": "j", "prompt": "a cat"}), until=lambda: _downloading(runtime))
+    assert len(left) == 1
+    crashing = replace(runtime, downloads=httpx.Client(transport=httpx.MockTransport(broken)))
+    for crash in range(1, 4):
+        job = crashing.store.get("b/j")
+        assert job is not None and job.status is Status.DOWNLOADING
+        if crash < 3:
+            with pytest.raises(RuntimeError, match="the transport broke"):
+                run_stage(finalize, crashing, job.ref, job.attempt)
+        else:
+            assert run_stage(finalize, crashing, job.ref, job.attempt) is None
+    job = crashing.store.get("b/j")
+    assert job is not None and (job.status, job.error_code) == (Status.FAILED, "InternalError")
+    assert job.error_message is not None and job.error_message.startswith("RuntimeError: the transport broke")
+    assert [e["type"] for e in events(runtime)].count("genq.job.failed") == 1
+
+
+def _downloading(rt: Runtime) -> bool:
+    job = rt.store.get("b/j")
+    return job is not None and job.status is Status.DOWNLOADING
