@@ -13,7 +13,10 @@ In a TOML config file:
 
 from __future__ import annotations
 
+from celery.schedules import crontab
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
 
 
 class ScheduleSettings(BaseModel):
@@ -30,6 +33,10 @@ class ScheduleSettings(BaseModel):
     def _five_fields(cls, cron: str) -> str:
         if len(cron.split()) != 5:
             raise ValueError(f"cron must have 5 fields (minute hour day-of-month month day-of-week), got {cron!r}")
+        try:  # each field as Celery beat will read it, so a bad one fails here, not when beat starts
+            crontab(**dict(zip(_FIELDS, cron.split(), strict=True)))
+        except Exception as exc:  # celery raises ValueError, and other types for some malformed fields
+            raise ValueError(f"cron {cron!r} is not a valid crontab: {exc}") from None
         return cron
 
     def crontab_fields(self) -> dict[str, str]:

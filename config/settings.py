@@ -11,12 +11,14 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any, cast
+from zoneinfo import ZoneInfo
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -76,7 +78,11 @@ class Settings(BaseSettings):
     )
     region: str = Field("singapore", description="One of " + ", ".join(REGION_BASE_URLS))
     dashscope_base_url: str | None = Field(None, description="Overrides the region's base URL.")
-    account: str = Field("default", description="Name of the account made of the settings above.")
+    account: str = Field(
+        "default",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="Name of the account made of the settings above.",
+    )
     accounts: tuple[AccountSettings, ...] = Field(
         (), description="Several accounts (config/accounts.py); empty: the one account above."
     )
@@ -128,7 +134,9 @@ class Settings(BaseSettings):
     # --- the request stream (genq consume) --------------------------------------------------------
     request_stream: str = "genq:requests"
     request_group: str = "genq-consumers"
-    request_batch: str = Field("requests", description="Batch of stream requests that name none.")
+    request_batch: str = Field(
+        "requests", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="Batch of stream requests that name none."
+    )
     request_max_waiting: int = Field(
         10_000, description="Stop reading requests while this many accepted jobs wait for quota."
     )
@@ -175,9 +183,25 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml_file = settings_cls.model_config.get("toml_file") or os.environ.get("GENQ_CONFIG")
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file and not Path(str(toml_file)).is_file():
+            raise ConfigInvalid(f"config file {toml_file} (GENQ_CONFIG) does not exist or is not a file")
         if toml_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(str(toml_file))))
         return tuple(sources)
+
+    @field_validator("schedule_timezone")
+    @classmethod
+    def _known_timezone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ValueError, KeyError):  # ZoneInfoNotFoundError is a KeyError
+            raise ValueError(f"unknown timezone {name!r} (an IANA name such as 'UTC' or 'Asia/Singapore')") from None
+        return name
+
+    @model_validator(mode="after")
+    def _known_region(self) -> Settings:
+        _ = self.base_url  # an unknown region without a base URL is refused now, naming the known ones
+        return self
 
     # --- derived ----------------------------------------------------------------------------------
     @property
@@ -217,6 +241,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigInvalid(f"invalid settings in {source}: {problems}{more}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigInvalid(f"config file {source} is not valid TOML: {exc}") from None
+    except SettingsError as exc:  # an environment variable that should hold JSON (GENQ_PRICES, ...) does not
+        raise ConfigInvalid(f"invalid settings in {source}: {str(exc).split(' from source')[0]}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigInvalid(f"config file {source} cannot be read: {exc}") from None
     account_keys = [key for account in settings.accounts for key in account.api_keys]

@@ -54,9 +54,11 @@ class RowChecker:
 
     def check(self, row: CsvRow) -> tuple[str, GenerationRequest]:
         """The row's job id and canonical request, or `RequestInvalid` naming the field and the rule."""
-        if "_extra_values" in row.fields:
+        if row.extra_values:
             raise RequestInvalid(
-                "row", "has more values than the header has columns (a stray comma or an unquoted field?)"
+                "row",
+                f"has {row.extra_values} more value(s) than the header has columns (a stray comma or an unquoted "
+                "field?)",
             )
         check_input_size("row", row.size_bytes)
         request = validate_request(row.to_input(self.defaults), default_model=self.settings.default_model)

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -30,8 +29,17 @@ from config.settings import ConfigInvalid, Settings, load_settings
 from ops.localstack import LocalStack, StackError
 from producer.batch import CheckReport, check_rows, enqueue_rows
 from producer.beat import run_beat
-from producer.csv_source import CsvFormatError, read_rows
-from producer.display import failed_table, quota_table, rejected_table, summary_table, wait_for_batch
+from producer.csv_source import CsvFormatError, read_rows, stable_copy
+from producer.display import (
+    PlainConsole,
+    cells,
+    failed_table,
+    quota_table,
+    rejected_table,
+    styled,
+    summary_table,
+    wait_for_batch,
+)
 from producer.eta import estimate
 from producer.export import export_batch
 from producer.nightly import schedule_named, scheduled_run
@@ -55,16 +63,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-# Markup off: prompts, file names, ids and upstream messages are printed as they are, never read as Rich markup
-# (a CSV cell `[/oops]` would crash the output; `[link=...]` would inject a terminal hyperlink). genq's own
-# colours are `Text` styles (`_styled`).
-console = Console(stderr=False, markup=False, emoji=False)
-errors = Console(stderr=True, markup=False, emoji=False)
-
-
-def _styled(*parts: str | tuple[str, str]) -> Text:
-    """Text with genq's own styles: plain strings as they are, `(text, style)` pairs styled."""
-    return Text.assemble(*parts)
+# Prompts, file names, ids and upstream messages are printed as they are: never read as Rich markup (a CSV cell
+# `[/oops]` would crash the output; `[link=...]` would inject a terminal hyperlink), and never with their control
+# characters live (producer/display.py). genq's own colours are `styled` Text.
+console = PlainConsole(stderr=False)
+errors = PlainConsole(stderr=True)
+_styled = styled
 
 
 ConfigOption = Annotated[
@@ -171,27 +175,31 @@ def batch(
     if not keys.is_id(batch_id):
         raise _fail(f"batch id {batch_id!r} must be letters, digits, '.', '_' or '-' (at most 64)", 2)
     try:
-        checked = check_rows(settings, read_rows(csv_file), defaults)
-        console.print(
-            f"checked {checked.valid + len(checked.rejected)} rows of {csv_file}: {checked.valid} valid "
-            f"({checked.images} images), {len(checked.rejected)} rejected"
-        )
-        if dry_run:
-            raise typer.Exit(_dry_run_report(settings, checked))
-        with _stack(settings, workers=workers if wait else 0) as stack:
-            code = _run_batch(
-                stack,
-                csv_file,
-                batch_id,
-                wait=wait,
-                timeout_s=timeout_s,
-                export_dir=export_dir,
-                webhook=webhook,
-                priority=priority,
-                defaults=defaults,
+        with stable_copy(csv_file) as stable:  # both passes read the same bytes, even from a pipe
+            checked = check_rows(settings, read_rows(stable, name=str(csv_file)), defaults)
+            console.print(
+                f"checked {checked.valid + len(checked.rejected)} rows of {csv_file}: {checked.valid} valid "
+                f"({checked.images} images), {len(checked.rejected)} rejected"
             )
+            if dry_run:
+                raise typer.Exit(_dry_run_report(settings, checked))
+            with _stack(settings, workers=workers if wait else 0) as stack:
+                code = _run_batch(
+                    stack,
+                    stable,
+                    csv_file,
+                    batch_id,
+                    wait=wait,
+                    timeout_s=timeout_s,
+                    export_dir=export_dir,
+                    webhook=webhook,
+                    priority=priority,
+                    defaults=defaults,
+                )
     except CsvFormatError as exc:
         raise _fail(str(exc), 2) from exc
+    except OSError as exc:
+        raise _fail(f"cannot read {csv_file}: {exc.strerror or exc}", 2) from exc
     raise typer.Exit(code)
 
 
@@ -202,7 +210,9 @@ def _dry_run_report(settings: Settings, checked: CheckReport) -> int:
         units = checked.units_by_model[model]
         unit = "s of video" if model_spec(model).kind is Kind.VIDEO else "images"
         price = settings.prices.get(model)
-        table.add_row(model, str(jobs), f"{units} {unit}", f"{units * price:.2f}" if price is not None else "no price")
+        table.add_row(
+            *cells(model, jobs, f"{units} {unit}", f"{units * price:.2f}" if price is not None else "no price")
+        )
     console.print(table)
     total, unpriced = checked.estimated_cost(settings.prices)
     if settings.prices:
@@ -221,6 +231,7 @@ def _dry_run_report(settings: Settings, checked: CheckReport) -> int:
 
 def _run_batch(
     stack: LocalStack,
+    stable: Path,
     csv_file: Path,
     batch_id: str,
     *,
@@ -244,7 +255,7 @@ def _run_batch(
         store,
         settings,
         batch_id,
-        read_rows(csv_file),
+        read_rows(stable, name=str(csv_file)),
         source=str(csv_file),
         send=lambda step: publish(celery, step),
         priority=priority,
@@ -527,9 +538,7 @@ def run_schedule(
         runs = scheduled_run(rt.store, rt.results, rt.settings, name, lambda step: publish(celery, step))
     table = Table("input", "batch", "accepted", "already known", "rejected", "note", title=f"schedule {name}")
     for run in runs:
-        table.add_row(
-            run.source, run.batch_id, str(run.accepted), str(run.already_known), str(run.rejected), run.skipped
-        )
+        table.add_row(*cells(run.source, run.batch_id, run.accepted, run.already_known, run.rejected, run.skipped))
     console.print(table if runs else f"schedule {name}: no input files")
 
 

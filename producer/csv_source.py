@@ -12,9 +12,13 @@ quote, usually) is unreadable as a whole; a row that is merely too long is yield
 from __future__ import annotations
 
 import csv
+import shutil
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from workers.errors import GenqError
 from workers.requests import INPUT_MAX_BYTES, METADATA_MAX_KEYS, RequestInput
@@ -51,6 +55,7 @@ class CsvRow:
     line: int  # the physical line the record starts on (the header is line 1)
     fields: dict[str, str]
     size_bytes: int = 0  # of its values, as UTF-8
+    extra_values: int = 0  # values past the header's columns (a stray comma, an unquoted field)
 
     def clipped_fields(self) -> dict[str, str]:
         """The row's first fields, each clipped, for the record of a rejected row."""
@@ -78,36 +83,62 @@ class CsvRow:
         )
 
 
-def read_rows(path: Path) -> Iterator[CsvRow]:
-    """Yield the data rows of `path`. Raises `CsvFormatError` for a file that cannot be read as a whole."""
+@contextmanager
+def stable_copy(path: Path) -> Iterator[Path]:
+    """A private copy of `path` for the length of the block, so that the check pass and the enqueue pass read the
+    same bytes: a pipe (`/dev/stdin`) can be read only once, and a file can change or vanish between the two."""
+    with tempfile.TemporaryDirectory(prefix="genq-input-") as tmp:
+        copy = Path(tmp) / "input.csv"
+        with path.open("rb") as source, copy.open("wb") as target:
+            shutil.copyfileobj(source, target, 1024 * 1024)
+        yield copy
+
+
+def read_rows(path: Path, *, name: str | None = None) -> Iterator[CsvRow]:
+    """Yield the data rows of `path` (called `name` in errors, if given). Raises `CsvFormatError` for a file that
+    cannot be read as a whole. Memory is bounded per row: no physical line is read past `FIELD_MAX_CHARS`."""
     csv.field_size_limit(max(csv.field_size_limit(), FIELD_MAX_CHARS))
+    shown = name or str(path)
     line = 1
     try:
         with path.open(encoding="utf-8-sig", newline="", errors="strict") as handle:
-            reader = csv.reader(handle)
+            reader = csv.reader(_bounded_lines(handle, shown))
             header = next(reader, None)
             if header is None:
-                raise CsvFormatError(f"{path}: the file is empty; it needs a header row with a 'prompt' column")
-            columns = _columns(path, header)
+                raise CsvFormatError(f"{shown}: the file is empty; it needs a header row with a 'prompt' column")
+            columns = _columns(shown, header)
             line = start = reader.line_num + 1
             for values in reader:
                 line, start = start, reader.line_num + 1
                 if not any(v.strip() for v in values):
                     continue  # blank line
                 fields = dict(zip(columns, values, strict=False))
-                if len(values) > len(columns):
-                    fields["_extra_values"] = ",".join(values[len(columns) :])[:REJECTED_VALUE_CHARS]
-                yield CsvRow(line, fields, sum(len(v.encode("utf-8", "replace")) for v in values))
+                extra = len(values) - len(columns) if len(values) > len(columns) else 0
+                yield CsvRow(line, fields, sum(len(v.encode("utf-8", "replace")) for v in values), extra)
                 line = start
     except UnicodeDecodeError as exc:
         where = _first_undecodable_line(path)
-        raise CsvFormatError(f"{path}: not UTF-8 text: {exc.reason} on line {where or line}") from exc
+        raise CsvFormatError(f"{shown}: not UTF-8 text: {exc.reason} on line {where or line}") from exc
     except csv.Error as exc:
         raise CsvFormatError(
-            f"{path}: line {line}: {exc} (a field over {FIELD_MAX_CHARS:,} characters: an unclosed quote?)"
+            f"{shown}: line {line}: {exc} (a field over {FIELD_MAX_CHARS:,} characters: an unclosed quote?)"
             if "field larger" in str(exc)
-            else f"{path}: line {line}: {exc}"
+            else f"{shown}: line {line}: {exc}"
         ) from exc
+
+
+def _bounded_lines(handle: TextIO, shown: str) -> Iterator[str]:
+    """The file's physical lines, refusing one over `FIELD_MAX_CHARS` before it is read whole (a line of 30
+    million commas would otherwise become a row of 30 million values in memory)."""
+    number = 0
+    while True:
+        text = handle.readline(FIELD_MAX_CHARS + 1)
+        if not text:
+            return
+        number += 1
+        if len(text) > FIELD_MAX_CHARS:
+            raise CsvFormatError(f"{shown}: physical line {number} is over {FIELD_MAX_CHARS:,} characters")
+        yield text
 
 
 def _first_undecodable_line(path: Path) -> int | None:
@@ -122,7 +153,7 @@ def _first_undecodable_line(path: Path) -> int | None:
     return None
 
 
-def _columns(path: Path, header: list[str]) -> list[str]:
+def _columns(path: str, header: list[str]) -> list[str]:
     """The header's column names, lower-cased; refuses a header genq could not map back to its rows."""
     if len(header) > HEADER_MAX_COLUMNS:
         raise CsvFormatError(

@@ -1,9 +1,17 @@
-"""What a person sees: live progress of a batch, and the summary at the end."""
+"""What a person sees: live progress of a batch, and the summary at the end.
+
+Text that comes from users (prompts, file names, CSV cells) or from upstream (error messages) is shown as text,
+never as something the terminal acts on: genq's consoles read no Rich markup (`PlainConsole`), and every
+control character (ESC of an ANSI or OSC 8 hyperlink sequence, BEL, a carriage return) is shown escaped
+(`printable`).
+"""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -18,6 +26,35 @@ from workers.quota.quota import Quota, Scope
 from workers.store import BatchSummary, JobStore
 
 _ORDER = [s.value for s in Status]
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(value: object) -> str:
+    r"""`value` as text with every control character shown as an escape (`\x1b`) and any lone surrogate (a
+    file name that is not UTF-8) as `\udcXX`: user and upstream text reaches a terminal as text only."""
+    text = str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+    return _CONTROL.sub(lambda match: match[0].encode("unicode_escape").decode("ascii"), text)
+
+
+class PlainConsole(Console):
+    """A console for genq's output: no Rich markup and no emoji codes read in what it prints, and every string
+    it is given made `printable` (genq's own styles are `Text` objects, made of printable parts)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(markup=False, emoji=False, **kwargs)
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        super().print(*(printable(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """Text with genq's own styles: plain strings as they are, `(text, style)` pairs styled; both printable."""
+    return Text.assemble(*(printable(p) if isinstance(p, str) else (printable(p[0]), p[1]) for p in parts))
+
+
+def cells(*values: object) -> list[Text]:
+    """Table cells that show their values as text (no markup, no control characters)."""
+    return [Text(printable(v)) for v in values]
 
 
 def _in_flight(summary: BatchSummary) -> str:
@@ -85,7 +122,7 @@ def rejected_table(records: list[dict[str, object]]) -> Table:
     table.add_column("field")
     table.add_column("reason")
     for record in records:
-        table.add_row(str(record["line"]), str(record["field"]), str(record["reason"]))
+        table.add_row(*cells(record["line"], record["field"], record["reason"]))
     return table
 
 
@@ -97,7 +134,7 @@ def failed_table(store: JobStore, batch_id: str, limit: int = 20) -> Table | Non
     for job in store.jobs(batch_id):
         if job.terminal and job.status not in {Status.SUCCEEDED}:
             table.add_row(
-                str(job.line), job.job_id, job.status.value, job.error_code or "", (job.error_message or "")[:120]
+                *cells(job.line, job.job_id, job.status.value, job.error_code or "", (job.error_message or "")[:120])
             )
             shown += 1
             if shown >= limit:
@@ -119,12 +156,14 @@ def quota_table(settings: Settings, store: JobStore, quota: Quota, *, now: float
                 continue
             cooling = quota.cooldowns.state(keys.cooldown(account.name, model), now)
             table.add_row(
-                account.name,
-                model,
-                str(waiting.get(model, 0)),
-                f"{held} of {account.limits_for(model).slot_limit}",
-                f"{cooling.factor:.2f}",
-                f"{cooling.wait_s:.1f} s" if cooling.wait_s else "-",
+                *cells(
+                    account.name,
+                    model,
+                    waiting.get(model, 0),
+                    f"{held} of {account.limits_for(model).slot_limit}",
+                    f"{cooling.factor:.2f}",
+                    f"{cooling.wait_s:.1f} s" if cooling.wait_s else "-",
+                )
             )
             rows += 1
     return table if rows else None

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -81,21 +81,28 @@ def batch_id_for(schedule: str, date: str, source: str) -> str:
     return f"{prefix}{stem or 'input'}-{digest}"
 
 
-@contextmanager
-def _inputs(source: str, results: ResultStore) -> Iterator[list[tuple[str, Path]]]:
-    """The source's CSV files as local paths, in name order (bucket objects are downloaded first)."""
+#: How a tick gets one input: copy it to the local path given (a bucket object is downloaded).
+Fetch = Callable[[Path], object]
+
+
+def _inputs(source: str, results: ResultStore) -> list[tuple[str, Fetch]]:
+    """The source's CSV files in name order, each with how to fetch a private copy of it. Nothing is read yet:
+    an input that cannot be fetched is that input's failure, not the tick's."""
     if not source.startswith("s3://"):
-        yield [(str(p), p) for p in sorted(Path(source).glob("*.csv"))]
-        return
+
+        def copier(path: Path) -> Fetch:
+            return lambda local: shutil.copyfile(path, local)
+
+        return [(str(p), copier(p)) for p in sorted(Path(source).glob("*.csv"))]
     bucket, _, prefix = source.removeprefix("s3://").partition("/")
     store = ResultStore(results.client, bucket)
-    with tempfile.TemporaryDirectory(prefix="genq-schedule-") as tmp:
-        found = []
-        for index, key in enumerate(sorted(k for k in store.keys(prefix) if k.endswith(".csv"))):
-            local = Path(tmp) / f"{index}-{Path(key).name}"
-            store.download(key, str(local))
-            found.append((f"s3://{bucket}/{key}", local))
-        yield found
+
+    def downloader(key: str) -> Fetch:
+        return lambda local: store.download(key, str(local))
+
+    return [
+        (f"s3://{bucket}/{key}", downloader(key)) for key in sorted(k for k in store.keys(prefix) if k.endswith(".csv"))
+    ]
 
 
 def scheduled_run(
@@ -107,51 +114,76 @@ def scheduled_run(
     *,
     now: float | None = None,
 ) -> list[InputRun]:
-    """Run every input of schedule `name` for today's date; inputs already run today are skipped."""
+    """Run every input of schedule `name` for today's date; inputs already run today are skipped. Each input
+    is fetched as a private copy, checked, then enqueued; whatever fails is that input's note in the report."""
     schedule = schedule_named(settings, name)
     now = time.time() if now is None else now
     date = run_date(settings, now)
     configured = settings.model_copy(update={"default_model": schedule.model or settings.default_model})
     runs: list[InputRun] = []
-    with _inputs(schedule.source, results) as inputs:
-        for source, path in inputs:
+    try:
+        inputs = _inputs(schedule.source, results)
+    except Exception as exc:  # the source itself cannot be listed: the day's report says so
+        log.exception("scheduled source unreadable", schedule=name, source=schedule.source)
+        inputs, runs = [], [InputRun(schedule.source, "", skipped=f"source unreadable: {type(exc).__name__}: {exc}")]
+    with tempfile.TemporaryDirectory(prefix="genq-schedule-") as tmp:
+        for index, (source, fetch) in enumerate(inputs):
             run = InputRun(source, batch_id_for(name, date, source))
+            local = Path(tmp) / f"{index}.csv"
             try:
-                _run_input(store, configured, run, path, f"schedule {name}: {source}", send, schedule.priority)
+                _run_input(store, configured, run, fetch, local, f"schedule {name}: {source}", send, schedule.priority)
             except CsvFormatError as exc:
                 run.skipped = str(exc)
                 log.error("scheduled input unreadable", schedule=name, source=source, reason=str(exc))
             except Exception as exc:  # one input's trouble is its note in the report, not the end of the tick
                 run.skipped = f"InternalError: {type(exc).__name__}: {str(exc)[:300]}"
                 log.exception("scheduled input failed", schedule=name, source=source)
+            finally:
+                local.unlink(missing_ok=True)
             runs.append(run)
     log.info("scheduled run", schedule=name, date=date, inputs=len(runs), accepted=sum(r.accepted for r in runs))
+    _store_report(results, name, date, now, runs)
+    return runs
+
+
+def _store_report(results: ResultStore, name: str, date: str, now: float, runs: list[InputRun]) -> None:
+    """The day's report, merged with what earlier ticks of the day recorded: an input a later tick found
+    already run keeps its first tick's figures, and inputs a later tick no longer sees keep their notes."""
+    key = f"reports/{name}/{date}.json"
     try:
-        results.put_json(
-            f"reports/{name}/{date}.json",
-            {"schedule": name, "date": date, "ran_at": now, "inputs": [asdict(r) for r in runs]},
-        )
+        earlier = results.get_json(key) or {}
+        merged: dict[str, dict[str, object]] = {}
+        for entry in earlier.get("inputs", []):
+            if isinstance(entry, dict) and isinstance(entry.get("source"), str):
+                merged[entry["source"]] = entry
+        for run in runs:
+            if not (run.skipped == "already run today" and run.source in merged):
+                merged[run.source] = asdict(run)
+        report = {"schedule": name, "date": date, "ran_at": earlier.get("ran_at", now), "inputs": list(merged.values())}
+        results.put_json(key, report)
     except StorageError as exc:  # the batches are enqueued either way; the report is a convenience
         log.error("scheduled run report not stored", schedule=name, error=str(exc))
-    return runs
 
 
 def _run_input(
     store: JobStore,
     settings: Settings,
     run: InputRun,
-    path: Path,
+    fetch: Fetch,
+    local: Path,
     source: str,
     send: Callable[[Next | None], None],
     priority: int,
 ) -> None:
-    """Check the input as a whole, then enqueue it, unless its batch already ran today."""
+    """Fetch the input, check it as a whole, then enqueue it, unless its batch already ran today."""
     summary = store.batch_summary(run.batch_id)
     if summary is not None and summary.sealed:
         run.already_known, run.skipped = summary.total, "already run today"
         return
-    check_rows(settings, read_rows(path))  # an unreadable file fails here, before its batch exists
-    report = enqueue_rows(store, settings, run.batch_id, read_rows(path), source=source, send=send, priority=priority)
+    fetch(local)  # a private copy: both passes read the same bytes, whatever happens to the source meanwhile
+    check_rows(settings, read_rows(local, name=run.source))  # an unreadable file fails here, before its batch
+    rows = read_rows(local, name=run.source)
+    report = enqueue_rows(store, settings, run.batch_id, rows, source=source, send=send, priority=priority)
     run.accepted, run.rejected = report.accepted, len(report.rejected)
     run.already_known = sum(report.existing.values())
 

@@ -96,6 +96,21 @@ class Parsed:
     request_id: str | None = None  # only when it is a valid id: it goes into events and logs
 
 
+def _known_job(store: JobStore, text: str | None, default_batch: str) -> tuple[str | None, str | None]:
+    """The request id an entry names (when it is a valid id) and the ref of its job, if that exists; read with
+    nothing but `json.loads`, so it cannot fail the way the entry's full handling did."""
+    try:
+        raw = json.loads(text or "", parse_int=parse_json_int)
+        request_id = raw.get("request_id") if isinstance(raw, dict) else None
+        batch_id = raw.get("batch_id") or default_batch if isinstance(raw, dict) else default_batch
+        if not (isinstance(request_id, str) and keys.is_id(request_id) and isinstance(batch_id, str)):
+            return None, None
+        ref = keys.job_ref(batch_id, request_id)
+        return request_id, ref if keys.is_id(batch_id) and store.get(ref) is not None else None
+    except (ValueError, RecursionError, TypeError):
+        return None, None
+
+
 def _tolerant_client(client: redis.Redis) -> redis.Redis:
     """A client like `client` that reads entries whose bytes are not UTF-8 (a producer may XADD any bytes): they
     decode with surrogate escapes, which validation refuses as not valid text, so such an entry is rejected like
@@ -144,9 +159,7 @@ class RequestConsumer:
         report = ConsumeReport()
         if self.clock() >= self._next_claim_at:
             self._next_claim_at = self.clock() + self.settings.request_claim_idle_s / 2
-            claimed = self._claim()
-            report.reclaimed = len(claimed)
-            report.add(self._answer(claimed))
+            report.add(self._take_over())
         waiting = sum(self.store.waiting(sorted(CATALOGUE)).values())
         if waiting >= self.settings.request_max_waiting:
             report.held_back = True
@@ -179,52 +192,55 @@ class RequestConsumer:
                 on_report(report)
 
     # --- internals --------------------------------------------------------------------------------
-    def _claim(self) -> list[tuple[str, dict[str, str]]]:
-        claimed: list[tuple[str, dict[str, str]]] = []
+    def _take_over(self) -> ConsumeReport:
+        """Answer the entries dead consumers left, one at a time: an entry that takes its consumer down (the
+        reason its read was left) then takes down only itself, never the innocent entries of the same read. An
+        entry already delivered `MAX_DELIVERIES` times is given up (`_give_up`)."""
+        report = ConsumeReport()
         cursor = "0-0"
         min_idle_ms = int(self.settings.request_claim_idle_s * 1000)
-        while True:
+        for _ in range(self.count):
             reply = self.reader.xautoclaim(
-                self.stream, self.group, self.consumer, min_idle_ms, start_id=cursor, count=self.count
+                self.stream, self.group, self.consumer, min_idle_ms, start_id=cursor, count=1
             )
-            cursor, entries = reply[0], reply[1]
+            cursor, entries = reply[0], [e for e in reply[1] if e and e[1] is not None]
             deleted = reply[2] if len(reply) > 2 else []
-            claimed += [e for e in entries if e and e[1] is not None]
             if deleted:  # trimmed from the stream while pending: nothing left to answer
                 log.warning("requests trimmed from the stream before they were answered", entries=deleted)
                 self.store.redis.xack(self.stream, self.group, *deleted)
-            if cursor == "0-0" or not entries:
+            for entry_id, fields in entries:
+                report.reclaimed += 1
+                log.warning("took over a request a dead consumer had left", entry=entry_id)
+                if self._deliveries(entry_id) > MAX_DELIVERIES:
+                    self._give_up(entry_id, fields)
+                else:
+                    report.add(self._answer([(entry_id, fields)]))
+            if cursor == "0-0":
                 break
-        if claimed:
-            log.warning("took over requests a dead consumer had left", count=len(claimed))
-        return self._give_up_on_poison(claimed)
+        return report
 
-    def _give_up_on_poison(self, claimed: list[tuple[str, dict[str, str]]]) -> list[tuple[str, dict[str, str]]]:
-        """The taken-over entries still worth handling; those delivered `MAX_DELIVERIES` times are answered
-        with `InternalError`, dead-lettered and acknowledged here, so one entry cannot take down consumer after
-        consumer."""
-        if not claimed:
-            return claimed
-        ids = [entry_id for entry_id, _ in claimed]
-        pending = self.store.redis.xpending_range(self.stream, self.group, min=ids[0], max=ids[-1], count=len(ids) * 2)
-        deliveries = {str(p["message_id"]): int(p["times_delivered"]) for p in pending}
-        keep: list[tuple[str, dict[str, str]]] = []
-        for entry_id, fields in claimed:
-            times = deliveries.get(entry_id, 1)
-            if times <= MAX_DELIVERIES:
-                keep.append((entry_id, fields))
-                continue
-            reason = f"InternalError: handling this entry failed {times - 1} times; it is in {keys.REQUESTS_DEAD}"
+    def _deliveries(self, entry_id: str) -> int:
+        pending = self.reader.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
+        return int(pending[0]["times_delivered"]) if pending else 1
+
+    def _give_up(self, entry_id: str, fields: dict[str, str]) -> None:
+        """An entry whose handling failed `MAX_DELIVERIES` times: if it became a job before that (its consumer
+        died after creating it), the job is its answer; else it is answered with `InternalError` and copied,
+        with its reason, to the bounded dead-letter stream. Either way it is acknowledged."""
+        request_id, job = _known_job(self.store, fields.get(REQUEST_FIELD), self.settings.request_batch)
+        if job:
+            log.warning("request already a job after repeated failures; acknowledged", entry=entry_id, ref=job)
+        else:
+            reason = f"InternalError: handling this entry failed {MAX_DELIVERIES} times; kept in {keys.REQUESTS_DEAD}"
             self.reader.xadd(
                 keys.REQUESTS_DEAD,
                 {"entry": entry_id, "reason": reason, **{f"field:{k}": v for k, v in fields.items()}},
                 maxlen=DEAD_LETTER_MAXLEN,
                 approximate=True,
             )
-            self._reject(Parsed(entry_id, rejected=("request", reason)))
-            self.store.redis.xack(self.stream, self.group, entry_id)
-            log.error("request dead-lettered after repeated failures", entry=entry_id, deliveries=times)
-        return keep
+            self._reject(Parsed(entry_id, rejected=("request", reason), request_id=request_id))
+            log.error("request dead-lettered after repeated failures", entry=entry_id)
+        self.store.redis.xack(self.stream, self.group, entry_id)
 
     def _answer(self, entries: list[tuple[str, dict[str, str]]]) -> ConsumeReport:
         """Answer every entry of one read, then acknowledge them all. Only Redis failing can leave this early

@@ -236,7 +236,11 @@ def check_metadata(value: object) -> dict[str, str]:
     for key, item in value.items():
         if not isinstance(key, str) or not key.strip():
             raise RequestInvalid("metadata", f"every entry needs a name; got {shown(key)}")
+        if len(key) > METADATA_KEY_MAX_CHARS:
+            raise RequestInvalid("metadata", f"the name {shown(key, 40)} is over {METADATA_KEY_MAX_CHARS} characters")
         name = _text("metadata", key, max_chars=METADATA_KEY_MAX_CHARS)
+        if name in metadata:
+            raise RequestInvalid("metadata", f"two entries are named {shown(name, 40)} (names are trimmed)")
         if isinstance(item, bool | int | float) and not isinstance(item, OversizedNumber):
             text = json.dumps(item)
         elif isinstance(item, str):

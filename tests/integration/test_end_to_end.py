@@ -118,6 +118,7 @@ def test_markup_in_every_cell_is_printed_literally_by_batch_and_status(tmp_path:
         GENQ_S3_ENDPOINT=f"127.0.0.1:{free_port(with_grpc_offset=True)}",
         GENQ_SIMULATOR_PROFILE="fast",
         COLUMNS="250",
+        FORCE_COLOR="1",  # Rich writes as to a terminal: live markup would emit OSC 8 hyperlinks
     )
     link = "[link=https://example.invalid]click[/link]"
     path = tmp_path / "markup.csv"
@@ -134,4 +135,12 @@ def test_markup_in_every_cell_is_printed_literally_by_batch_and_status(tmp_path:
     status = genq("status", "markup", env=env, cwd=tmp_path)
     assert status.returncode == 0, status.stdout + status.stderr
     assert "got '[/oops]'" in status.stdout and f"unknown model '{link}'" in status.stdout
-    assert "\x1b]8;" not in run.stdout + status.stdout  # no terminal hyperlink was injected
+    assert "\x1b]" not in run.stdout + status.stdout  # no terminal hyperlink was injected
+
+    # A header whose column name carries a raw OSC 8 hyperlink: the file is refused, the name shown escaped.
+    raw_link = "\x1b]8;;https://example.invalid/\x1b\\click me\x1b]8;;\x1b\\"
+    header = tmp_path / "header.csv"
+    header.write_text(f"title,{raw_link}\na cat,x\n", encoding="utf-8")
+    refused = genq("batch", str(header), "--dry-run", env=env, cwd=tmp_path)
+    assert refused.returncode == 2 and "no 'prompt' column" in refused.stderr
+    assert "\x1b]" not in refused.stdout + refused.stderr and "\\x1b]8;;https://example.invalid/" in refused.stderr

@@ -47,7 +47,7 @@ def test_every_event_kind_validates_against_the_schema(
 ) -> None:
     """Succeeded, partial, failed, expired, batch finished, account paused, result-at-risk and request-rejected
     events all validate; the schema is strict enough to refuse a broken one."""
-    rt = runtime_factory()
+    rt = runtime_factory(unknown_confirm_s=1.0)
     prompts = ["ok", "p sim:task_partial", "x sim:task_inspection", "y sim:task_expire"]
     run(rt, enqueue(rt, *({"id": f"j{i}", "prompt": p, "n": "2"} for i, p in enumerate(prompts))), timeout_s=30)
     assert simulator.faults_fired() == {"task_partial": 1, "task_inspection": 1, "task_expire": 1}

@@ -22,10 +22,11 @@ from config.settings import Settings
 from ops.localstack import LocalStack
 from ops.localstack.process import ManagedProcess
 from ops.localstack.stack import child_env
-from producer.stream import RequestConsumer
+from producer.batch import new_job
+from producer.stream import MAX_DELIVERIES, RequestConsumer
 from tests.stage_runner import wait_until
 from workers import keys
-from workers.requests import ENVELOPE_FIELDS
+from workers.requests import ENVELOPE_FIELDS, validate_envelope
 from workers.runtime import Runtime, make_store
 
 pytestmark = pytest.mark.integration
@@ -238,11 +239,9 @@ def test_a_thousand_hostile_and_valid_entries_each_get_one_answer_while_a_consum
     assert client.xpending(stream, group)["pending"] == 0
 
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
-    max_leaves=6,
-)
+scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+nested = scalars | st.lists(scalars, max_size=3) | st.dictionaries(st.text(max_size=8), scalars, max_size=3)
+json_values = nested | st.lists(nested, max_size=3) | st.dictionaries(st.text(max_size=8), nested, max_size=3)
 request_objects = st.fixed_dictionaries(
     {"request_id": st.sampled_from(["a1", "a2", "a3", "x\n", ""]) | json_values},
     optional={
@@ -282,3 +281,32 @@ def test_any_entries_on_the_stream_are_each_answered_once(redis_url: str, bodies
     assert client.xpending(settings_.request_stream, settings_.request_group)["pending"] == 0
     rejected = [entry for entry in ids if client.exists(keys.request_answered(entry))]
     assert len(rejected) == report.rejected
+
+
+def test_an_entry_that_keeps_failing_is_dead_lettered_alone(runtime: Runtime) -> None:
+    """Four requests of one read whose consumers kept dying: the one delivered more than 5 times is answered
+    with InternalError, kept in the dead-letter stream and acknowledged; one delivered as often that had
+    already become a job is acknowledged with no rejection; the two others of the read become jobs as usual."""
+    settings_ = runtime.settings.model_copy(update={"request_claim_idle_s": 0.0})
+    store, client = runtime.store, runtime.store.redis
+    stream, group = settings_.request_stream, settings_.request_group
+    consumer = RequestConsumer(store, settings_, lambda step: None, consumer="c", block_ms=10)
+    consumer.ensure_group()
+    bodies = [{"request_id": f"r{i}", "prompt": f"p{i}"} for i in range(4)]
+    ids = [client.xadd(stream, {"request": json.dumps(body)}) for body in bodies]
+    assert len(client.xreadgroup(group, "ghost", {stream: ">"}, count=10)[0][1]) == 4  # read, never answered
+    for _ in range(MAX_DELIVERIES):  # r1 and r3 were taken over, and took their consumer down, five more times
+        client.xclaim(stream, group, "ghost", 0, [ids[1], ids[3]])
+    envelope = validate_envelope(bodies[3], default_batch="requests", default_model=MODEL)
+    store.open_batch("requests", source="test")
+    store.create_jobs([new_job(keys.job_ref("requests", "r3"), 0, envelope.request)])  # it died after this
+
+    report = consumer.step()
+    assert report.reclaimed == 4 and report.accepted == 2
+    assert client.xpending(stream, group)["pending"] == 0
+    assert sorted(j.job_id for j in store.jobs("requests")) == ["r0", "r2", "r3"]
+    rejected = [e["data"] for e in events(client, settings_.event_stream) if e["type"] == "genq.request.rejected"]
+    assert [(r["stream_entry"], r["request_id"], r["field"]) for r in rejected] == [(ids[1], "r1", "request")]
+    assert rejected[0]["reason"].startswith("InternalError: handling this entry failed 5 times")
+    dead = client.xrange(keys.REQUESTS_DEAD)
+    assert [(fields["entry"], json.loads(fields["field:request"])) for _, fields in dead] == [(ids[1], bodies[1])]

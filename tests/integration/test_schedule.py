@@ -79,7 +79,7 @@ def test_a_days_hostile_inputs_are_reported_and_the_good_ones_run_once(
     """A day's inputs: a good file, one with a 5,000-digit `n` in one row, one with a bad byte after row 1,000,
     and two whose names slug alike. Each good input (and the good rows of the first) runs as its own sealed
     batch; the unreadable file opens no batch and is in the day's report with its reason; a second tick
-    creates nothing upstream and changes no batch."""
+    creates nothing upstream and changes neither a batch nor the day's report."""
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     (inbox / "good.csv").write_text("prompt\na lighthouse\na harbour\n")
@@ -117,6 +117,7 @@ def test_a_days_hostile_inputs_are_reported_and_the_good_ones_run_once(
 
     before = stack.simulator_counters()
     replay = scheduled_run(store, results, stack.settings, "daily", lambda s: None, now=now)
+    assert results.get_json(f"reports/daily/{date}.json") == report, "the replay changed the day's report"
     assert sum(r.accepted for r in replay) == 0
     assert sorted(r.skipped.split(":")[0] for r in replay if r.source.endswith("bad-byte.csv")) == [
         str(inbox / "bad-byte.csv")

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from config.celery_app import create_app
 from config.settings import ConfigInvalid, Settings, load_settings
 from producer.batch import check_rows
 from producer.csv_source import HEADER_MAX_COLUMNS, CsvFormatError, read_rows
@@ -144,10 +145,14 @@ def test_a_csv_with_a_bad_byte_late_is_unreadable_as_a_whole(tmp_path: Path) -> 
 
 
 def test_a_csv_header_with_too_many_or_repeated_columns_is_refused(tmp_path: Path) -> None:
-    """300,000 columns, or a column named twice, is refused with the count or the name, not read row by row."""
-    wide = b"prompt," + b",".join(b"c%d" % i for i in range(300_000)) + b"\na cat\n"
-    with pytest.raises(CsvFormatError, match=f"300,001 columns; at most {HEADER_MAX_COLUMNS}"):
+    """2,000 columns, or a column named twice, is refused with the count or the name, not read row by row; a
+    header of 300,000 columns is refused before it is even split, as a line over 1 MiB."""
+    wide = b"prompt," + b",".join(b"c%d" % i for i in range(1999)) + b"\na cat\n"
+    with pytest.raises(CsvFormatError, match=f"2,000 columns; at most {HEADER_MAX_COLUMNS}"):
         list(read_rows(write(tmp_path, wide)))
+    wider = b"prompt," + b",".join(b"c%d" % i for i in range(300_000)) + b"\na cat\n"
+    with pytest.raises(CsvFormatError, match="physical line 1 is over 1,048,576 characters"):
+        list(read_rows(write(tmp_path, wider, "wider.csv")))
     with pytest.raises(CsvFormatError, match=r"names 'prompt' twice \(columns 1 and 3\)"):
         list(read_rows(write(tmp_path, b"prompt,n,Prompt\na,1,b\n", "twice.csv")))
 
@@ -172,9 +177,9 @@ scalars = (
     | st.floats(allow_nan=True, allow_infinity=True)
     | any_text
 )
-json_values = st.recursive(
-    scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(any_text, inner, max_size=3), max_leaves=6
-)
+# Two levels of nesting, written out (st.recursive warns, at random, that its extend cannot recurse).
+nested = scalars | st.lists(scalars, max_size=3) | st.dictionaries(any_text, scalars, max_size=3)
+json_values = nested | st.lists(nested, max_size=3) | st.dictionaries(any_text, nested, max_size=3)
 plausible = st.sampled_from(
     ["1", "4", "2", " 3 ", "0", "1280*1280", "1328*1328", "١٢٨٠*١٢٨٠", "768*2700", MODEL, "qwen-image", "true", "no"]
 )
@@ -273,7 +278,7 @@ def test_any_rows_with_any_header_are_answered_row_by_row(
     try:
         data = ("\ufeff" if bom else "").encode() + buffer.getvalue().encode("utf-8")
     except UnicodeEncodeError:
-        data = buffer.getvalue().encode("utf-8", "surrogateescape")
+        data = buffer.getvalue().encode("utf-8", "surrogatepass")  # bytes that are not UTF-8
     check_file(write(tmp_path_factory.mktemp("csv"), data))
 
 
@@ -343,3 +348,31 @@ def test_names_that_slug_alike_get_their_own_batches() -> None:
     sources = ["/in/b c.csv", "/in/b-c.csv", "s3://b/x/a.csv", "s3://b/y/a.csv", "/in/" + "s" * 80 + "1.csv"]
     sources.append("/in/" + "s" * 80 + "2.csv")
     assert len({batch_id_for("nightly", "20261201", source) for source in sources}) == len(sources)
+
+
+env_names = st.sampled_from(sorted(f"GENQ_{name.upper()}" for name in Settings.model_fields)) | st.just("GENQ_CONFIG")
+env_values = (
+    st.text(alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=40)
+    | st.sampled_from(["[]", "{}", '[{"name": "a", "cron": "0 25 * * *", "source": "/x"}]', "1e999", "-1", "true"])
+    | st.sampled_from(['[{"name": "a", "cron": "x x x x x", "source": "/x"}]', '{"m": "x"}', "Mars/Base", "mars"])
+)
+
+
+@FUZZ
+@given(st.dictionaries(env_names, env_values, max_size=4))
+def test_any_environment_gives_settings_and_an_app_or_one_clear_error(variables: dict[str, str]) -> None:
+    """Arbitrary `GENQ_*` environment variables give settings from which the Celery app (beat's crontabs
+    included) and every account's base URL are built, or `ConfigInvalid` naming the problem; nothing else."""
+    with pytest.MonkeyPatch.context() as env:
+        for name in [n for n in os.environ if n.startswith("GENQ_") or n == "DASHSCOPE_API_KEY"]:
+            env.delenv(name)
+        for name, value in variables.items():
+            env.setenv(name, value)
+        try:
+            settings_ = load_settings()
+        except ConfigInvalid as exc:
+            assert str(exc)
+            return
+        create_app(settings_)
+        for account in settings_.resolved_accounts():
+            account.base_url  # noqa: B018 - building it is the check
