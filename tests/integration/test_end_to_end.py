@@ -7,6 +7,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -130,12 +131,16 @@ def test_markup_in_every_cell_is_printed_literally_by_batch_and_status(tmp_path:
         writer.writerow([link, "", link, "[/]"])
     run = genq("batch", str(path), env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "1 new jobs (1 images) enqueued, 0 already known, 2 rejected" in run.stdout
-    assert "got '[/oops]'" in run.stdout and f"unknown model '{link}'" in run.stdout
+    assert "\x1b]" not in run.stdout  # no terminal hyperlink was injected (only Rich's own colours are there)
+    shown = without_colours(run.stdout)
+    assert "1 new jobs (1 images) enqueued, 0 already known, 2 rejected" in shown
+    assert "got '[/oops]'" in shown and f"unknown model '{link}'" in shown
     status = genq("status", "markup", env=env, cwd=tmp_path)
     assert status.returncode == 0, status.stdout + status.stderr
-    assert "got '[/oops]'" in status.stdout and f"unknown model '{link}'" in status.stdout
-    assert "\x1b]" not in run.stdout + status.stdout  # no terminal hyperlink was injected
+    assert "\x1b]" not in status.stdout
+    assert "got '[/oops]'" in without_colours(status.stdout) and f"unknown model '{link}'" in without_colours(
+        status.stdout
+    )
 
     # A header whose column name carries a raw OSC 8 hyperlink: the file is refused, the name shown escaped.
     raw_link = "\x1b]8;;https://example.invalid/\x1b\\click me\x1b]8;;\x1b\\"
@@ -143,4 +148,10 @@ def test_markup_in_every_cell_is_printed_literally_by_batch_and_status(tmp_path:
     header.write_text(f"title,{raw_link}\na cat,x\n", encoding="utf-8")
     refused = genq("batch", str(header), "--dry-run", env=env, cwd=tmp_path)
     assert refused.returncode == 2 and "no 'prompt' column" in refused.stderr
-    assert "\x1b]" not in refused.stdout + refused.stderr and "\\x1b]8;;https://example.invalid/" in refused.stderr
+    assert "\x1b]" not in refused.stdout + refused.stderr
+    assert "\\x1b]8;;https://example.invalid/" in without_colours(refused.stderr)
+
+
+def without_colours(text: str) -> str:
+    """The text a person reads: Rich's own colour codes (SGR sequences) taken out."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
