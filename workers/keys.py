@@ -18,7 +18,16 @@ so a ref is also the job's prefix in the bucket.
 | `genq:counts`                        | hash        | none | status -> number of jobs in it, over all batches    |
 | `genq:inflight`                      | hash        | none | model -> tasks submitted or running upstream        |
 | `genq:task:{task_id}`                | string      | 48 h | the ref of the job that owns an upstream task       |
-| `genq:webhook:dead`                  | stream      | none | events the webhook refused past every retry          |
+|                                      |             |      | (taken with SET NX only: an owner is never replaced) |
+| `genq:creating:{account}:{model}`    | sorted set  | none | job refs whose create is sent and unanswered, scored |
+|                                      |             |      | by when it was sent (reconcile.py waits on these)    |
+| `genq:webhook:dead`                  | stream      | none | events never delivered, each with its reason, capped |
+|                                      |             |      | at `webhook_dead_maxlen` (workers/webhook_outbox.py) |
+| `genq:webhook:out:{entry}`           | hash        | none | an event waiting for webhook delivery, by its entry  |
+|                                      |             |      | id in `genq:events`: event, attempts, first_at, error |
+| `genq:webhook:due`                   | sorted set  | none | entry ids of waiting events, scored by their next try |
+|                                      |             |      | (while a try runs: when its lease ends)              |
+| `genq:webhook:collect`               | string      | 30 s | lock of the one collector reading `genq:events`      |
 | `genq:wait:{model}`                  | sorted set  | none | accepted job refs waiting for a slot, scored by      |
 |                                      |             |      | priority band * 1e12 + fair position (admission.py)  |
 | `genq:wait:{model}:clock`            | string      | none | the fair position of the last job admitted           |
@@ -46,6 +55,8 @@ COUNTS = f"{PREFIX}:counts"
 INFLIGHT = f"{PREFIX}:inflight"
 WEBHOOK_DEAD = f"{PREFIX}:webhook:dead"
 REQUESTS_DEAD = f"{PREFIX}:requests:dead"
+WEBHOOK_DUE = f"{PREFIX}:webhook:due"
+WEBHOOK_COLLECT_LOCK = f"{PREFIX}:webhook:collect"
 WEBHOOK_GROUP = "genq-webhook"
 TASK_OWNER_TTL_S = 48 * 3600
 
@@ -85,6 +96,14 @@ def batch_rejected(batch_id: str) -> str:
 
 def task_owner(task_id: str) -> str:
     return f"{PREFIX}:task:{task_id}"
+
+
+def creating(account: str, model: str) -> str:
+    return f"{PREFIX}:creating:{account}:{model}"
+
+
+def webhook_outbox(entry_id: str) -> str:
+    return f"{PREFIX}:webhook:out:{entry_id}"
 
 
 def wait_queue(model: str) -> str:

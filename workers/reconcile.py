@@ -1,18 +1,27 @@
 """Reconciling a create whose outcome is unknown (it timed out, the connection dropped, the answer was
-garbled, or the worker died mid-request), so that a task is never paid for twice.
+garbled, or the worker died mid-request), so that a task is never paid for twice, and never taken from the job
+whose create made it.
 
 The service has no idempotency key. Its advice is "do not create duplicate tasks; poll". So before sending
 the same create again, genq lists the account's tasks of that model created in the window around the lost
-attempt and adopts one no other job owns (ownership is recorded under `genq:task:{id}` whenever a create
-succeeds, and claimed atomically here). It waits until the window has closed (the lost request's timeout has
-passed) so every concurrent create that did succeed has had the time to record its owner.
+attempt and adopts one no other job owns. Ownership (`genq:task:{id}`) is taken with SET NX only, by the
+create's answer or by a reconciliation, so an owner is never replaced.
 
-The list answers no prompts, only each task's creation time in milliseconds. A task is a candidate only if it
-was created between the moment the lost create was sent and the moment genq stopped waiting for its answer,
-widened by `GENQ_RECONCILE_CLOCK_SKEW_S` on each side for the service's clock. The scope's submit rate spaces
-the creates of one account and model at least `1 / rate` apart (0.22 s at 5 per second), so two lost creates
-can only be confused if both fail within the skew of each other, which the spacing rules out while the
-skew stays under half of it. Should it still happen, the manifest's `actual_prompts` shows it.
+A task with no owner yet is not necessarily free: another job's create may have made it and still be waiting
+for its answer. So every create records itself in its scope before it is sent (`genq:creating:{account}:
+{model}`) and leaves once its answer has recorded the owner. A reconciliation waits until no other create of
+the scope that was sent before its window closed is still unanswered (each is waited for at most until its
+own timeout has passed), then lists. The task list answers no prompts, only each task's creation time in
+milliseconds: a task is a candidate only if it was created between the moment the lost create was sent and
+the moment genq stopped waiting for its answer, widened by `GENQ_RECONCILE_CLOCK_SKEW_S` on each side.
+
+What remains: two creates of one scope that are both lost (neither ever answered) and whose windows overlap
+can take each other's task. The scope's submit rate spaces creates at least `1 / rate` apart (0.22 s at 5
+per second), and a lost answer's window is its sending time to its failure (milliseconds for a dropped
+connection) plus the skew, so two such windows overlap only if both fail within the skew (0.1 s) of each
+other. A worker killed mid-request has no failure time: its window is its whole timeout (30 s), so a second
+lost create of the scope within those 30 s could be confused with it; both jobs then succeed, each with the
+other's images, which the manifest's `actual_prompts` shows. Both losses at once are what it takes.
 """
 
 from __future__ import annotations
@@ -21,13 +30,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from workers import keys
 from workers.job import Job
 from workers.runtime import Runtime
 from workers.steps import log
 
 UTC8 = timezone(timedelta(hours=8))
-SLACK_S = 2.0  # wait this long past the window before listing: every create inside it has recorded its owner
+#: Past the window, before listing: the service may record a task a moment after genq gave up on its answer.
+SLACK_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -43,31 +52,36 @@ def _list_time(ts: float) -> str:
 
 
 def reconcile(rt: Runtime, job: Job, now: float) -> Reconciled:
+    account = job.account or rt.settings.resolved_accounts()[0].name
+    model, timeout_s = job.request.model, rt.settings.http_timeout_s
     sent_at = job.submit_sent_at or job.created_at
     skew = rt.settings.reconcile_clock_skew_s
     # The task, if any, was created while we waited for the answer: up to the failure, or (the worker died
     # mid-request) up to the request's timeout.
-    gave_up_at = job.submit_failed_at or sent_at + rt.settings.http_timeout_s
-    window_end = sent_at + rt.settings.http_timeout_s + SLACK_S
+    gave_up_at = job.submit_failed_at or sent_at + timeout_s
+    window_end = sent_at + timeout_s + SLACK_S
     if now < window_end:
         return Reconciled(wait_s=window_end - now)
-    candidates = _listed(rt, job.account, job.request.model, sent_at - skew, gave_up_at + skew)
+    # Another job's create sent before this window closed and still unanswered may have made any task in it.
+    answers_due = [
+        at + timeout_s + SLACK_S
+        for ref, at in rt.store.creates_in_flight(account, model)
+        if ref != job.ref and at <= gave_up_at + skew and now < at + timeout_s + SLACK_S
+    ]
+    if answers_due:
+        log.info("waiting for creates in flight before reconciling", ref=job.ref, creates=len(answers_due))
+        return Reconciled(wait_s=max(0.1, min(answers_due) - now))
+    candidates = _listed(rt, job.account, model, sent_at - skew, gave_up_at + skew)
     for entry in sorted(candidates, key=lambda e: abs(e.get("gmt_create", 0) / 1000 - sent_at)):
         task_id = str(entry.get("task_id", ""))
-        if task_id and _claim(rt, task_id, job.ref):
+        # Owned by this job already: its create did succeed, and the worker died before recording the task.
+        if task_id and rt.store.own_task(task_id, job.ref):
             log.warning("adopted the task of a create whose answer was lost", ref=job.ref, task_id=task_id)
+            rt.store.end_create(account, model, job.ref)
             return Reconciled(task_id=task_id)
     log.info("the lost create made no task; sending it again", ref=job.ref)
+    rt.store.end_create(account, model, job.ref)
     return Reconciled()
-
-
-def _claim(rt: Runtime, task_id: str, ref: str) -> bool:
-    """Own the task, unless another job does. Already owned by this job means its create did succeed and the
-    worker died between recording the owner and recording the task: adopt it."""
-    owner_key = keys.task_owner(task_id)
-    return bool(rt.store.redis.set(owner_key, ref, nx=True, ex=keys.TASK_OWNER_TTL_S)) or (
-        rt.store.redis.get(owner_key) == ref
-    )
 
 
 def _listed(rt: Runtime, account: str | None, model: str, start: float, end: float) -> list[dict[str, Any]]:

@@ -290,6 +290,36 @@ class JobStore:
         )
         return bool(paused)
 
+    # --- creates in flight and task owners (reconcile.py) ---------------------------------------------
+    def begin_create(self, account: str, model: str, ref: str, sent_at: float) -> None:
+        """Record, before it is sent, that the job's create is on its way: until its answer has recorded the
+        task's owner, no reconciliation of the scope may adopt a task it could have made."""
+        pipe = self.redis.pipeline()
+        pipe.zadd(keys.creating(account, model), {ref: sent_at})
+        # A job cancelled while its create was lost never ends its entry: an hour on, nobody waits for it.
+        pipe.zremrangebyscore(keys.creating(account, model), "-inf", sent_at - 3600)
+        pipe.execute()
+
+    def end_create(self, account: str, model: str, ref: str) -> None:
+        """The job's create has an answer (its task's owner is recorded), or was reconciled."""
+        self.redis.zrem(keys.creating(account, model), ref)
+
+    def creates_in_flight(self, account: str, model: str) -> list[tuple[str, float]]:
+        """Every create of the scope that is sent and not answered yet: (job ref, when it was sent)."""
+        found = self.redis.zrange(keys.creating(account, model), 0, -1, withscores=True)
+        return cast(list[tuple[str, float]], found)
+
+    def own_task(self, task_id: str, ref: str) -> bool:
+        """Make the job the task's owner, unless a job already is (SET NX: an owner is never replaced). True
+        when the job owns it now, including when it already did."""
+        owner_key = keys.task_owner(task_id)
+        if self.redis.set(owner_key, ref, nx=True, ex=keys.TASK_OWNER_TTL_S):
+            return True
+        return self.redis.get(owner_key) == ref
+
+    def task_owner(self, task_id: str) -> str | None:
+        return cast(str | None, self.redis.get(keys.task_owner(task_id)))
+
     def count_crash(self, ref: str) -> int:
         """Count an unexpected exception of one of the job's stages; the count so far (0: no such job)."""
         return int(cast(int, self._count_crash(keys=[keys.job(ref)], args=[])))

@@ -13,9 +13,16 @@ account for every job (`accounts.py`); the jobs of a paused account wait.
 from __future__ import annotations
 
 from config.catalogue import model_spec
-from workers import accounts, keys, metrics
+from workers import accounts, metrics
 from workers.admission import scope_of
-from workers.errors import AccountError, CreateOutcomeUnknown, PermanentRemoteError, Throttled, TransientRemoteError
+from workers.errors import (
+    AccountError,
+    CreateOutcomeUnknown,
+    PermanentRemoteError,
+    RemoteError,
+    Throttled,
+    TransientRemoteError,
+)
 from workers.job import Action, Job, Next, Status
 from workers.poll_policy import policy_for
 from workers.quota.quota import Scope
@@ -58,7 +65,7 @@ def submit(rt: Runtime, ref: str, attempt: int) -> Next | None:
         if found.wait_s:
             return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, found.wait_s)
         if found.task_id:
-            return _submitted(rt, job, current, found.task_id, None)
+            return _submitted(rt, job, current, found.task_id, None, scope)
     if now >= job.deadline_at:  # and the lost create, if any, made no task: nothing runs upstream
         message = "deadline passed before submit (a create whose answer was lost made no task)"
         end(rt, job, current, Status.TIMED_OUT, code="DeadlineExceeded", message=message, fields={"create_pending": 0})
@@ -82,9 +89,30 @@ def _create(rt: Runtime, job: Job, current: int, scope: Scope) -> Next | None:
     )
     if not sent.ok:
         return None
+    rt.store.begin_create(scope.account, scope.model, job.ref, rt.clock())
     try:
         task_id, request_id = rt.client(scope.account).create_task(job.request)
-    except Throttled as exc:
+    except CreateOutcomeUnknown as exc:  # stays in flight: its own reconciliation ends it
+        log.warning("create outcome unknown; will reconcile before sending again", ref=job.ref, code=exc.code)
+        return reschedule(
+            rt,
+            job,
+            current,
+            Status.SUBMITTING,
+            Action.SUBMIT,
+            rt.settings.http_timeout_s / 2,
+            fields={"submit_failed_at": rt.clock()},
+        )
+    except RemoteError as exc:  # answered: no task was made
+        rt.store.end_create(scope.account, scope.model, job.ref)
+        return _refused(rt, job, current, scope, exc)
+    rt.quota.created(scope, rt.settings, rt.clock())
+    return _submitted(rt, job, current, task_id, request_id, scope)
+
+
+def _refused(rt: Runtime, job: Job, current: int, scope: Scope, exc: RemoteError) -> Next | None:
+    """A create answered with an error: nothing was created or paid for."""
+    if isinstance(exc, Throttled):
         metrics.THROTTLED.labels(account=scope.account, model=job.request.model, endpoint="create").inc()
         throttles = job.throttles + 1
         delay = rt.quota.throttled(scope, rt.settings, rt.clock(), rt.rng, exc.retry_after_s)
@@ -99,31 +127,15 @@ def _create(rt: Runtime, job: Job, current: int, scope: Scope) -> Next | None:
             delay,
             fields={"create_pending": 0, "submits": job.submits, "throttles": throttles},
         )
-    except AccountError as exc:
+    if isinstance(exc, AccountError):
         accounts.pause(rt.store, scope.account, code=exc.code, message=exc.message, now=rt.clock())
+    if isinstance(exc, PermanentRemoteError):
         end(rt, job, current, Status.FAILED, code=exc.code, message=exc.message, fields={"create_pending": 0})
         return None
-    except PermanentRemoteError as exc:
-        end(rt, job, current, Status.FAILED, code=exc.code, message=exc.message, fields={"create_pending": 0})
-        return None
-    except CreateOutcomeUnknown as exc:
-        log.warning("create outcome unknown; will reconcile before sending again", ref=job.ref, code=exc.code)
-        return reschedule(
-            rt,
-            job,
-            current,
-            Status.SUBMITTING,
-            Action.SUBMIT,
-            rt.settings.http_timeout_s / 2,
-            fields={"submit_failed_at": rt.clock()},
-        )
-    except TransientRemoteError as exc:
-        return _transient(rt, job, current, exc)
-    rt.quota.created(scope, rt.settings, rt.clock())
-    return _submitted(rt, job, current, task_id, request_id)
+    return _transient(rt, job, current, exc)
 
 
-def _transient(rt: Runtime, job: Job, current: int, exc: TransientRemoteError) -> Next | None:
+def _transient(rt: Runtime, job: Job, current: int, exc: RemoteError) -> Next | None:
     errors = job.submit_errors + 1
     if errors >= rt.settings.submit_max_attempts:
         end(
@@ -143,8 +155,14 @@ def _transient(rt: Runtime, job: Job, current: int, exc: TransientRemoteError) -
     )
 
 
-def _submitted(rt: Runtime, job: Job, current: int, task_id: str, request_id: str | None) -> Next | None:
-    rt.store.redis.set(keys.task_owner(task_id), job.ref, ex=keys.TASK_OWNER_TTL_S)
+def _submitted(rt: Runtime, job: Job, current: int, task_id: str, request_id: str | None, scope: Scope) -> Next | None:
+    """The job's task is known: own it (never taking it from another job), then let reconciliations of the
+    scope that waited on this create go on."""
+    if not rt.store.own_task(task_id, job.ref):
+        # Only a reconciliation could have taken it, and those wait for every create in flight: a broken
+        # invariant, said loudly. The job follows the task its own create made.
+        log.error("task already owned by another job", ref=job.ref, task_id=task_id, owner=rt.store.task_owner(task_id))
+    rt.store.end_create(scope.account, scope.model, job.ref)
     first_delay_s = policy_for(rt.settings, model_spec(job.request.model).kind).first_delay_s
     return reschedule(
         rt,

@@ -16,6 +16,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -31,6 +32,10 @@ from ops.localstack import services
 from ops.localstack.process import ManagedProcess, StackError, free_port, is_listening
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+#: Processes other processes of the stack depend on: stopped after the clients.
+_SERVICES = frozenset({"redis", "s3", "simulator"})
 
 
 def _local_secrets(state_dir: Path) -> dict[str, str]:
@@ -286,6 +291,12 @@ class LocalStack:
         self.started[self.started.index(old)] = self._s3_start()
 
     def stop(self) -> None:
-        """Stop what this stack started, newest first (workers before the Redis they use)."""
-        while self.started:
-            self.started.pop().stop()
+        """Stop what this stack started: its clients (workers, beat) all at once, then the services they use
+        (Redis, S3, the simulator) all at once; each waits out its own grace, so the stack stops in about the
+        time of its slowest process rather than the sum of them all."""
+        clients = [p for p in self.started if p.name not in _SERVICES]
+        services = [p for p in self.started if p.name in _SERVICES]
+        for tier in (clients, services):
+            with ThreadPoolExecutor(max_workers=max(1, len(tier))) as pool:
+                list(pool.map(lambda process: process.stop(), tier))
+        self.started.clear()

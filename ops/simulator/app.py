@@ -12,7 +12,6 @@ import hmac
 import json
 import math
 import secrets
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -140,6 +139,9 @@ class Simulator:
             model, body, prompt, parameters = await self._parse(request, path)
         except Invalid as invalid:
             return invalid.response
+        if self.faults.fires("create_hang", prompt):  # lost on its way in: no task, and no answer in time
+            await asyncio.sleep(4 * self.engine.config.slow_response_s)  # later than any `create_slow` answer
+            return error(504, "RequestTimeOut", "The request timed out.")
         task = self._accept(key, account, model, body, prompt, parameters)
         return task if isinstance(task, Response) else (task, prompt)
 
@@ -159,7 +161,7 @@ class Simulator:
             n=_n(model, parameters),
             size=str(parameters.get("size", model.default_size)),
             prompt_extend=bool(parameters.get("prompt_extend", True)),
-            now=time.time(),
+            now=self.engine.clock(),
         )
 
     def _create_faults_before(self, prompt: str) -> Response | None:
@@ -182,7 +184,7 @@ class Simulator:
         return None
 
     def _admit(self, account: str, model: SimModel) -> Response | None:
-        now = time.time()
+        now = self.engine.clock()
         scope = self.engine.scope(account, model)
         code = self.engine.take_submit(scope, now)
         if code is not None:
@@ -217,9 +219,9 @@ class Simulator:
         task, _ = accepted
         account, model = task.account, task.model
         self.engine.counters["sync_calls"] += 1
-        while (status := task.status(time.time())) in {"PENDING", "RUNNING"}:
+        while (status := task.status(self.engine.clock())) in {"PENDING", "RUNNING"}:
             await asyncio.sleep(0.05)
-            self.engine.scope(account, model).advance(time.time())
+            self.engine.scope(account, model).advance(self.engine.clock())
         if status == "FAILED" and task.failure:
             return error(500 if task.failure[0].startswith("InternalError") else 400, *task.failure)
         urls = [self._result_url(request, task, i) for i in range(task.n) if i not in task.failed_indices]
@@ -237,7 +239,7 @@ class Simulator:
             _, account = self._account(request)
         except Invalid as invalid:
             return invalid.response
-        now = time.time()
+        now = self.engine.clock()
         if not self.engine.take_query(account, now):
             self.engine.counters["throttled_query"] += 1
             return error(429, "Throttling", "Requests rate limit exceeded, please try again later.")
@@ -277,7 +279,7 @@ class Simulator:
         try:
             _, account = self._account(request)
             params = request.query_params
-            now = time.time()
+            now = self.engine.clock()
             start = _list_time(params.get("start_time"), now - 24 * 3600)
             end = _list_time(params.get("end_time"), now)
             page_no, page_size = int(params.get("page_no", "1")), int(params.get("page_size", "10"))
@@ -311,7 +313,7 @@ class Simulator:
             _, account = self._account(request)
         except Invalid as invalid:
             return invalid.response
-        now = time.time()
+        now = self.engine.clock()
         task = self.engine.find(request.path_params["task_id"], account, now)
         if task is None:
             return error(404, "InvalidParameter", "The task does not exist.")
@@ -338,7 +340,7 @@ class Simulator:
             or not hmac.compare_digest(self._sign(task_id, index, expires), query.get("Signature", ""))
         ):
             return oss_error("SignatureDoesNotMatch", "The request signature we calculated does not match.")
-        if time.time() > expires:
+        if self.engine.clock() > expires:
             return oss_error("AccessDenied", "Request has expired.")
         url_key = f"{task_id}/{index}"
         first = url_key not in self.engine.downloaded_urls
@@ -368,11 +370,11 @@ class Simulator:
 
     # --- admin (outside /api/v1) ----------------------------------------------------------------
     async def counters(self, request: Request) -> Response:
-        return JSONResponse(self.engine.snapshot(time.time()))
+        return JSONResponse(self.engine.snapshot(self.engine.clock()))
 
     async def tasks(self, request: Request) -> Response:
         """`GET /_sim/tasks`: every task with its true outcome and the sha256 of each result served."""
-        return JSONResponse({"tasks": self.engine.task_report(time.time())})
+        return JSONResponse({"tasks": self.engine.task_report(self.engine.clock())})
 
     async def reset(self, request: Request) -> Response:
         self.engine.reset()

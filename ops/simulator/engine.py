@@ -17,6 +17,7 @@ import random
 import time
 import uuid
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,6 +127,9 @@ class Engine:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         self.rng = random.Random(config.seed)
+        #: What "now" is for every request. Tests that check a one-second window freeze it, so a loaded machine
+        #: cannot spread their requests over two windows.
+        self.clock: Callable[[], float] = time.time
         self.reset()
 
     def reset(self) -> None:
@@ -138,7 +142,7 @@ class Engine:
         self.downloaded_urls: set[str] = set()
         self.served_sha256: dict[str, str] = {}  # "task_id/index" -> sha256 of the bytes served in full
         self.faults = FaultPlan(self.config.profile.faults, self.rng)
-        self.started_at = time.time()
+        self.started_at = self.clock()
 
     def configure(
         self,

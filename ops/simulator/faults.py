@@ -13,6 +13,8 @@ reports it as `faults_fired`), so a test can check that each fault it names did 
 | create_500          | create    | 500 InternalError, no task created                                    |
 | create_503          | create    | 503 ModelServingError, no task created                                |
 | create_slow         | create    | the answer comes after `slow_response_s` (past a client timeout); the task exists |
+| create_hang         | create    | no task is created, and a 504 comes only after 4 x `slow_response_s` (a request |
+|                     |           | lost on its way in: the client times out not knowing)                  |
 | create_drop_before  | create    | the connection drops mid-answer; no task was created                  |
 | create_drop_after   | create    | the connection drops mid-answer; the task WAS created                 |
 | create_malformed    | create    | 200 with truncated JSON; the task WAS created                         |
@@ -47,6 +49,7 @@ FAULTS = frozenset(
         "create_500",
         "create_503",
         "create_slow",
+        "create_hang",
         "create_drop_before",
         "create_drop_after",
         "create_malformed",

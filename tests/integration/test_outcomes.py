@@ -4,6 +4,7 @@ the bucket, the event stream and the simulator's own counters (which do not trus
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -380,3 +381,39 @@ def test_a_stage_that_keeps_crashing_ends_the_job_failed_with_the_reason(runtime
 def _downloading(rt: Runtime) -> bool:
     job = rt.store.get("b/j")
     return job is not None and job.status is Status.DOWNLOADING
+
+
+def test_reconciliation_never_takes_a_task_another_create_is_still_waiting_for(
+    runtime_factory: Callable[..., Runtime], simulator_factory: Callable[..., RunningSimulator]
+) -> None:
+    """Job b's create is lost on its way in (no task; it times out after 3.5 s). Job a's create, sent 3 s after
+    b's, makes its task at once (inside b's window) but is answered only 3 s later, after b's reconciliation is
+    due. b waits for a's answer instead of adopting a's still unowned task: each job follows the task of its own
+    prompt, each owner was taken once, and b's create is sent again."""
+    sim = simulator_factory(slow_response_s=3.0)
+    settings = {
+        "dashscope_base_url": sim.base_url,
+        "result_hosts": (sim.url.removeprefix("http://"),),
+        "http_timeout_s": 3.5,
+        "reconcile_clock_skew_s": 1.0,  # wide margins for a loaded machine; the windows stay as described
+    }
+    first, second = runtime_factory(**settings), runtime_factory(**settings)
+    steps = enqueue(first, {"id": "b", "prompt": "b sim:create_hang:once"}, {"id": "a", "prompt": "a sim:create_slow"})
+    step_a, step_b = sorted(steps, key=lambda step: step.ref)
+
+    def later() -> None:
+        time.sleep(3.0)
+        run(second, [step_a], timeout_s=40)
+
+    other = threading.Thread(target=later)
+    other.start()
+    run(first, [step_b], timeout_s=40)
+    other.join(50)
+    a, b = first.store.get("b/a"), first.store.get("b/b")
+    assert a is not None and b is not None and a.status is b.status is Status.SUCCEEDED
+    assert a.task_id != b.task_id
+    assert first.store.task_owner(a.task_id or "") == "b/a" and first.store.task_owner(b.task_id or "") == "b/b"
+    prompts = {t["task_id"]: t["prompt"] for t in sim.engine.task_report(time.time())}
+    assert prompts[a.task_id or ""].startswith("a ") and prompts[b.task_id or ""].startswith("b ")
+    assert sim.counters()["creates"] == 2 and b.submits == 2
+    assert sim.faults_fired() == {"create_hang": 1, "create_slow": 1}

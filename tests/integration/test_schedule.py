@@ -43,12 +43,25 @@ def test_two_beats_and_a_replayed_tick_run_each_input_once(
         env=child_env(stack.settings),
     )
     store = make_store(stack.settings)
+    started = time.time()
     try:
-        date = run_date(stack.settings, time.time())
-        north, south = (batch_id_for("nightly", date, str(inbox / f"{name}.csv")) for name in ("north", "south"))
-        wait_until(lambda: batch_done(store, north)() and batch_done(store, south)(), 100, "the first tick's batches")
+
+        def ids_at(moment: float) -> tuple[str, str]:
+            date = run_date(stack.settings, moment)
+            return batch_id_for("nightly", date, str(inbox / "north.csv")), batch_id_for(
+                "nightly", date, str(inbox / "south.csv")
+            )
+
+        def first_tick_done() -> bool:
+            # The tick's date is the one of the moment it fired: before or after a midnight met while waiting.
+            return any(all(batch_done(store, b)() for b in ids_at(m)) for m in (started, time.time()))
+
+        wait_until(first_tick_done, 100, "the first tick's batches")
     finally:
         second_beat.stop()
+    tick_at = next(m for m in (started, time.time()) if all(batch_done(store, b)() for b in ids_at(m)))
+    north, south = ids_at(tick_at)
+    date = run_date(stack.settings, tick_at)
 
     fired = [
         json.loads(line)["timestamp"][:16]  # to the minute
@@ -59,7 +72,7 @@ def test_two_beats_and_a_replayed_tick_run_each_input_once(
     assert fired and len(fired) == len(set(fired)), f"a tick fired twice: {fired}"
 
     results = ResultStore(make_minio(stack.settings), stack.settings.bucket)
-    replay = scheduled_run(store, results, stack.settings, "nightly", lambda step: None)
+    replay = scheduled_run(store, results, stack.settings, "nightly", lambda step: None, now=tick_at)
     assert [(r.batch_id, r.accepted, r.skipped) for r in replay] == [
         (north, 0, "already run today"),
         (south, 0, "already run today"),

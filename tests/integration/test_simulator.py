@@ -82,7 +82,10 @@ def test_success_answer_has_the_seed_examples_fields(simulator: RunningSimulator
 
 
 def test_submit_rate_is_enforced_with_429(simulator: RunningSimulator) -> None:
-    """Creating faster than 5 per second for wan2.5 yields Throttling.RateQuota 429s."""
+    """Eight creates within one second (the simulator's clock frozen, so a loaded machine cannot spread them
+    over two windows) for wan2.5: five pass, three get Throttling.RateQuota."""
+    frozen = time.time()
+    simulator.engine.clock = lambda: frozen
     answers = [create(simulator, body(seed=i)) for i in range(8)]
     codes = [a.status_code for a in answers]
     assert codes.count(200) == 5 and codes.count(429) == 3
@@ -150,8 +153,11 @@ def test_n_out_of_range_is_invalid(simulator: RunningSimulator, n: int) -> None:
 
 
 def test_limits_are_per_account_and_shared_by_its_keys(simulator_factory: Callable[..., RunningSimulator]) -> None:
-    """Two keys of one account share the submit rate; another account has its own."""
+    """Two keys of one account share the submit rate; another account has its own (all within one second of the
+    simulator's frozen clock)."""
     sim = simulator_factory()
+    frozen = time.time()
+    sim.engine.clock = lambda: frozen
     sim.engine.config.keys.update({"key-a2": "default", "key-b": "other"})
 
     def create_with(key: str, seed: int) -> int:

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from ops.simulator.models import MODELS
 from tests.conftest import SIM_KEY, RunningSimulator
 
 HEADERS = {"X-DashScope-Async": "enable", "Authorization": f"Bearer {SIM_KEY}"}
@@ -230,12 +231,25 @@ def test_big_videos_stream_at_the_configured_size(simulator: RunningSimulator) -
 def test_hostile_profile_throttles_bursts_and_tightens_limits(
     simulator_factory: Callable[..., RunningSimulator],
 ) -> None:
-    """The hostile profile holds wan2.5 to 2 creates per second and answers a burst with BurstRate."""
+    """The hostile profile holds wan2.5 to 2 creates per second and answers a burst with BurstRate: judged on
+    explicit times (a second create within 0.2 s is a burst, one 0.5 s later fits, a third within the second
+    is over the rate), so a loaded machine cannot space the requests out of the burst; over HTTP, every 429
+    a quick series of creates gets is counted by its kind."""
     sim = simulator_factory(profile="hostile")
-    sim.engine.configure(faults={name: 0.0 for name in sim.engine.faults.probabilities})
+    engine = sim.engine
+    engine.configure(faults={name: 0.0 for name in engine.faults.probabilities})
+    scope = engine.scope("default", MODELS["wan2.5-t2i-preview"])
+    assert scope.submit_per_s == 2
+    t = 1000.0
+    times = (t, t + 0.1, t + 0.5, t + 0.6, t + 1.1, t + 1.2, t + 1.55)
+    burst, rate = "Throttling.BurstRate", "Throttling.RateQuota"
+    assert [engine.take_submit(scope, now) for now in times] == [None, burst, None, rate, None, rate, None]
+
     codes = [post(sim, f"p{i}").json().get("code") for i in range(4)]
-    assert codes[0] is None and set(codes[1:]) <= {"Throttling.BurstRate", "Throttling.RateQuota"}
-    assert "Throttling.BurstRate" in codes
+    assert codes[0] is None and set(codes) <= {None, "Throttling.BurstRate", "Throttling.RateQuota"}
+    counters = sim.counters()
+    assert counters.get("throttled_burst", 0) == codes.count("Throttling.BurstRate")
+    assert counters.get("throttled_submit", 0) == codes.count("Throttling.RateQuota")
 
 
 def test_throttle_mode_refuses_tasks_beyond_the_concurrency(simulator_factory: Callable[..., RunningSimulator]) -> None:
