@@ -78,6 +78,7 @@ def audit_run(settings: Settings, simulator_url: str, batch_id: str, rows: list[
     _jobs(audit, rows, jobs)
     _upstream(audit, rows, jobs, tasks, counters)
     _objects(audit, settings, batch_id, jobs, tasks)
+    _billed(audit, jobs, tasks)
     _reasons(audit, jobs.values())
     _slots(audit, settings, store.redis)
     _events(audit, settings, store.redis, jobs.values())
@@ -179,6 +180,42 @@ def _objects(
     audit.add("objects in the bucket", len(stored), len(reported))
     audit.add("objects with sha256 = reported = served upstream", verified, len(reported), of=len(reported))
     audit.problems += [f"unreported object: {key}" for key in sorted(stored - reported.keys())]
+
+
+#: Sub-results genq refuses to fetch on purpose (the URL is unsafe or not the service's): paid, not lost by fault.
+_REFUSED_ON_PURPOSE = frozenset({"ResultUrlMalformed", "ResultHostNotAllowed", "ResultUrlScheme"})
+
+
+def _billed(audit: Audit, jobs: dict[str, Job], tasks: list[dict[str, Any]]) -> None:
+    """Every image the service billed (each of a SUCCEEDED task, failed sub-images aside) is stored by the job
+    that owns the task, or refused on purpose, or was forgotten by the service itself (`task_expire` stands in
+    for a task past its 24 h); anything else is a billed result genq lost."""
+    by_task = {job.task_id: job for job in jobs.values() if job.task_id}
+    billed = lost = refused = forgotten = 0
+    for task in tasks:
+        if task["status"] != "SUCCEEDED":
+            continue
+        indexes = [i for i in range(int(task["n"])) if i not in set(task["failed_indices"])]
+        billed += len(indexes)
+        if task.get("forgotten"):
+            forgotten += len(indexes)
+            continue
+        job = by_task.get(task["task_id"])
+        stored = {int(o["index"]) for o in job.objects} if job else set()
+        named = {int(f["index"]): f.get("code") for f in (job.failures if job else []) if "index" in f}
+        for index in indexes:
+            if index in stored:
+                continue
+            if named.get(index) in _REFUSED_ON_PURPOSE:
+                refused += 1
+                continue
+            lost += 1
+            owner = job.ref if job else "no job"
+            audit.problems.append(f"billed image lost: task {task['task_id']} #{index} ({owner})")
+    audit.add("images billed by the service", billed)
+    audit.add("billed images lost", lost, 0)
+    audit.add("billed images refused on purpose (malformed or disallowed URL)", refused)
+    audit.add("billed images the service forgot (task_expire: past its 24 h)", forgotten)
 
 
 def _url_key(url: str) -> str:
