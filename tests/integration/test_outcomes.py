@@ -12,7 +12,7 @@ from dataclasses import replace
 import httpx
 import pytest
 
-from tests.conftest import RunningSimulator
+from tests.conftest import SIM_KEY, RunningSimulator
 from tests.stage_runner import enqueue, run
 from workers import accounts, keys
 from workers.control import cancel, retry
@@ -417,3 +417,72 @@ def test_reconciliation_never_takes_a_task_another_create_is_still_waiting_for(
     assert prompts[a.task_id or ""].startswith("a ") and prompts[b.task_id or ""].startswith("b ")
     assert sim.counters()["creates"] == 2 and b.submits == 2
     assert sim.faults_fired() == {"create_hang": 1, "create_slow": 1}
+
+
+def test_give_up_on_a_create_that_keeps_failing_transiently(runtime_factory: Callable[..., Runtime]) -> None:
+    """Creates answered 500 every time are retried with backoff, and after `submit_max_attempts` the job ends
+    failed with the code and the count; no task was ever created."""
+    rt = runtime_factory(submit_max_attempts=2)
+    job = one_job(rt, "a cat sim:create_500")
+    assert (job.status, job.error_code) == (Status.FAILED, "InternalError")
+    assert "gave up after 2 attempts" in (job.error_message or "")
+    counters = rt_counters(rt)
+    assert counters.get("creates", 0) == 0
+
+
+def rt_counters(rt: Runtime) -> dict[str, int]:
+    """The simulator's own counters, over HTTP, for the simulator this runtime talks to."""
+    base = rt.settings.dashscope_base_url or ""
+    return dict(httpx.get(base.removesuffix("/api/v1") + "/_sim/counters", timeout=10).json()["counters"])
+
+
+def test_give_up_resubmitting_a_task_that_keeps_failing_transiently(runtime_factory: Callable[..., Runtime]) -> None:
+    """Tasks that end FAILED with InternalError.Timeout every time are resubmitted until `submit_max_attempts`
+    creates were made, then the job ends failed with that code: two tasks, no more."""
+    rt = runtime_factory(submit_max_attempts=2)
+    job = one_job(rt, "a cat sim:task_timeout")
+    assert (job.status, job.error_code, job.submits) == (Status.FAILED, "InternalError.Timeout", 2)
+    assert rt_counters(rt)["creates"] == 2
+
+
+def test_a_deadline_passed_before_submit_sends_nothing(runtime_factory: Callable[..., Runtime]) -> None:
+    """A job whose deadline passed while it waited to be submitted ends timed_out without any create."""
+    rt = runtime_factory(image_deadline_s=0.001)
+    job = one_job(rt, "a cat")
+    assert (job.status, job.error_code) == (Status.TIMED_OUT, "DeadlineExceeded")
+    assert "before submit" in (job.error_message or "") and job.submits == 0
+    assert rt_counters(rt).get("creates", 0) == 0
+
+
+def test_a_task_canceled_upstream_ends_the_job_canceled(
+    runtime_factory: Callable[..., Runtime], simulator_factory: Callable[..., RunningSimulator]
+) -> None:
+    """A task cancelled upstream by someone else (the console, another tool) while it waited ends its job
+    canceled with the reason, nothing stored, and the other jobs go on."""
+    sim = simulator_factory(time_scale=30.0)  # 9-30 s per task on a 2-slot model: the third one waits
+    rt = runtime_factory(dashscope_base_url=sim.base_url, result_hosts=(sim.url.removeprefix("http://"),))
+    steps = enqueue(rt, *({"id": f"j{i}", "prompt": f"p{i}", "model": "wanx2.0-t2i-turbo"} for i in range(3)))
+
+    def all_submitted() -> bool:
+        return all(j.task_id for j in rt.store.jobs("b")) and len(list(rt.store.jobs("b"))) == 3
+
+    left = run(rt, steps, timeout_s=20, until=all_submitted)
+    pending = [t["task_id"] for t in sim.engine.task_report(time.time()) if t["status"] == "PENDING"]
+    assert len(pending) == 1
+    canceled = httpx.post(f"{sim.base_url}/tasks/{pending[0]}/cancel", headers={"Authorization": f"Bearer {SIM_KEY}"})
+    assert canceled.status_code == 200, canceled.text
+    run(rt, left, timeout_s=60)
+    jobs = {j.task_id: j for j in rt.store.jobs("b")}
+    gone = jobs.pop(pending[0])
+    assert (gone.status, gone.error_code) == (Status.CANCELED, "Canceled") and not gone.objects
+    assert all(j.status is Status.SUCCEEDED for j in jobs.values())
+
+
+def test_cancel_leaves_a_downloading_job_to_store_its_paid_results(runtime: Runtime) -> None:
+    """`genq cancel` of a job that is downloading its results skips it, saying why, and the results are stored."""
+    left = run(runtime, enqueue(runtime, {"id": "j", "prompt": "a cat"}), until=lambda: _downloading(runtime))
+    report = cancel(runtime, "b")
+    assert report.changed == [] and "already downloading" in report.skipped["b/j"]
+    run(runtime, left)
+    job = runtime.store.get("b/j")
+    assert job is not None and job.status is Status.SUCCEEDED and len(job.objects) == 1
