@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import time
@@ -9,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from config.celery_app import create_app
 from config.schedules import ScheduleSettings
@@ -17,8 +20,9 @@ from ops.localstack.process import ManagedProcess
 from ops.localstack.stack import child_env
 from producer.nightly import batch_id_for, run_date, scheduled_run
 from tests.stage_runner import batch_done, wait_until
+from workers import keys
 from workers.messages import publish
-from workers.runtime import make_store
+from workers.runtime import Runtime, make_store
 from workers.storage import ResultStore, make_minio
 
 pytestmark = pytest.mark.integration
@@ -141,3 +145,33 @@ def test_a_days_hostile_inputs_are_reported_and_the_good_ones_run_once(
     after = stack.simulator_counters()
     assert before is not None and after is not None
     assert after["counters"]["creates"] == before["counters"]["creates"] == 5 and after["duplicate_creates"] == 0
+
+
+_EXAMPLES = itertools.count()
+file_names = st.text(
+    alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="/\x00"), min_size=1, max_size=60
+).filter(lambda name: name not in {".", ".."})
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(st.lists(file_names, min_size=1, max_size=4, unique_by=str.lower))
+def test_any_file_names_of_a_day_run_as_their_own_batches(
+    runtime: Runtime, tmp_path_factory: pytest.TempPathFactory, names: list[str]
+) -> None:
+    """Inputs with arbitrary names (spaces, Unicode, dots, brackets, names that slug alike) each run as a batch
+    of their own with a valid id, or are reported with a reason; the tick raises nothing and stores its report."""
+    inbox = tmp_path_factory.mktemp("inbox")
+    for index, name in enumerate(names):
+        (inbox / f"{name}.csv").write_text(f"prompt\na lighthouse {index}\n", encoding="utf-8")
+    name = f"s{next(_EXAMPLES)}"  # the Redis and bucket of the test are shared by its examples
+    settings_ = runtime.settings.model_copy(
+        update={"schedules": (ScheduleSettings(name=name, cron="0 3 * * *", source=str(inbox)),)}
+    )
+    runs = scheduled_run(runtime.store, runtime.results, settings_, name, lambda step: None, now=1_800_000_000.0)
+    assert len(runs) == len(names)
+    assert len({r.batch_id for r in runs}) == len(runs) and all(keys.is_id(r.batch_id) for r in runs)
+    assert all(r.accepted == 1 or r.skipped for r in runs)
+    report = runtime.results.get_json(f"reports/{name}/{run_date(settings_, 1_800_000_000.0)}.json")
+    assert report is not None and len(report["inputs"]) == len(names)
