@@ -2,7 +2,7 @@
 """Set up genq from nothing but Python 3.11+, then run a command inside its environment.
 
     python3 bootstrap.py genq batch examples/prompts.csv   # any `genq ...` command
-    python3 bootstrap.py test [PYTEST ARGS]                # lint, type-check, then the test suite
+    python3 bootstrap.py test [PYTEST ARGS]                # lint, type-check, then the test suite under coverage
 
 What it does, every time (each step is a no-op when already done):
 1. makes `.venv-tools/` with a pinned `uv` in it (pip, from PyPI);
@@ -10,14 +10,22 @@ What it does, every time (each step is a no-op when already done):
    (uv is told never to download a Python of its own);
 3. runs the command with `.venv/bin` first on PATH.
 
+`test` runs pytest under coverage.py (every Python process the tests start is measured, docs/coverage.md),
+combines the data, writes the HTML report to htmlcov/ and prints branch coverage per package. Without pytest
+arguments (the whole suite, as CI runs it) it fails when branch coverage of the packages named in pyproject.toml
+`[tool.genq.coverage]` is below its `branch_floor`.
+
 It uses only the standard library, so it runs before anything is installed.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import tempfile
+import tomllib
 import venv
 from pathlib import Path
 
@@ -68,7 +76,8 @@ def main(argv: list[str]) -> int:
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", VIRTUAL_ENV=str(PROJECT_VENV))
     if argv[0] == "test":
         commands = [[str(bin_dir / tool), *args] for tool, *args in CHECKS]
-        commands.append([str(bin_dir / "python"), "-m", "pytest", *argv[1:]])
+        coverage = [str(bin_dir / "python"), "-m", "coverage"]
+        commands += [[*coverage, "erase"], [*coverage, "run", "-m", "pytest", *argv[1:]], [*coverage, "combine", "-q"]]
     else:
         commands = [[str(bin_dir / argv[0]), *argv[1:]]]
     try:
@@ -76,9 +85,55 @@ def main(argv: list[str]) -> int:
             code = subprocess.run(command, cwd=ROOT, env=env).returncode
             if code != 0:
                 return code
+        if argv[0] == "test":
+            return _coverage_report(bin_dir / "python", env, enforce_floor=len(argv) == 1)
         return 0
     except KeyboardInterrupt:
         return 130
+
+
+def _coverage_report(python: Path, env: dict[str, str], *, enforce_floor: bool) -> int:
+    """Write htmlcov/, print the report of the floored packages and branch coverage per package, hold the floor."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["genq"]["coverage"]
+    floored: list[str] = config["packages"]
+    coverage = [str(python), "-m", "coverage"]
+    subprocess.run([*coverage, "html", "-q"], cwd=ROOT, env=env, check=True)
+    include = ",".join(f"{package}/*" for package in floored)
+    subprocess.run([*coverage, "report", f"--include={include}", "--skip-covered", "--sort=cover"], cwd=ROOT, env=env)
+    with tempfile.TemporaryDirectory() as folder:
+        report = Path(folder) / "coverage.json"
+        subprocess.run([*coverage, "json", "-q", "-o", str(report)], cwd=ROOT, env=env, check=True)
+        files = json.loads(report.read_text())["files"]
+    together = " + ".join(floored)
+    totals: dict[str, list[int]] = {}  # name: [lines run, statements, branches taken, branches]
+    for path, entry in files.items():
+        package = path.split("/", 1)[0] + "/"
+        counts = [entry["summary"][k] for k in ("covered_lines", "num_statements", "covered_branches", "num_branches")]
+        for name in [package, together] if package.rstrip("/") in floored else [package]:
+            totals[name] = [a + b for a, b in zip(totals.get(name, [0, 0, 0, 0]), counts, strict=True)]
+
+    def percent(covered: int, total: int) -> float:
+        return 100.0 * covered / total if total else 100.0
+
+    print("\ncoverage of every process the tests started (HTML report: htmlcov/index.html)")
+    print(f"  {'':<20}{'statements':>22}{'branches':>22}")
+    for name in sorted(totals, key=lambda name: (name == together, name)):
+        lines, statements, taken, branches = totals[name]
+        print(
+            f"  {name:<20}{percent(lines, statements):>9.1f} % {f'({lines}/{statements})':>11}"
+            f"{percent(taken, branches):>9.1f} % {f'({taken}/{branches})':>11}"
+        )
+    measured = percent(*totals[together][2:])
+    floor = float(config["branch_floor"])
+    what = f"branch coverage of {' and '.join(f'{p}/' for p in floored)}"
+    if not enforce_floor:
+        print(f"{what}: {measured:.1f} % (a partial run: the floor of {floor:g} % holds for the whole suite only)")
+        return 0
+    if measured < floor:
+        print(f"FAIL: {what} is {measured:.1f} %, below the floor of {floor:g} % (pyproject.toml [tool.genq.coverage])")
+        return 1
+    print(f"{what}: {measured:.1f} %, floor {floor:g} % (pyproject.toml [tool.genq.coverage])")
+    return 0
 
 
 if __name__ == "__main__":

@@ -110,6 +110,11 @@ def _use_structlog(**_: Any) -> None:
     configure_logging()
 
 
+if "coverage" in sys.modules:  # measured by coverage.py (the test suite): save the pool processes' data too
+    from config.coverage_hooks import install
+
+    install()
+
 try:
     app = create_app()
 except ConfigInvalid as exc:
