@@ -36,7 +36,7 @@ log = structlog.get_logger("genq.admission")
 Send = Callable[[Next | None], None]
 
 #: Statuses in which a job needs its slot: its task is (or is about to be) upstream.
-HOLDS_SLOT = frozenset({Status.ADMITTED, Status.SUBMITTING, Status.SUBMITTED, Status.RUNNING})
+HOLDS_SLOT = frozenset({Status.ADMITTED, Status.SUBMITTING, Status.SUBMITTED, Status.RUNNING, Status.OVERDUE})
 
 
 def deadline_s(settings: Settings, model: str) -> float:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from workers import keys
 from workers.admission import dispatch, release
 from workers.dashscope.classify import error_class
-from workers.errors import AccountError, PermanentRemoteError, RemoteError
+from workers.errors import AccountError, PermanentRemoteError, RemoteError, Throttled, TransientRemoteError
 from workers.events import job_event
 from workers.job import Job, Next, Status
 from workers.runtime import Runtime
@@ -58,10 +58,20 @@ def cancel(rt: Runtime, target: str) -> ControlReport:
         if job.status is Status.DOWNLOADING:
             report.skipped[job.ref] = "already downloading its (paid) results; left to finish"
             continue
+        if job.create_pending:
+            # Its create is in flight or its answer was lost: a task may exist that nobody could cancel or
+            # reconcile once the job is gone. Its next step settles that; cancel again in a moment.
+            report.skipped[job.ref] = "a create is in flight (or its answer was lost); cancel again in a moment"
+            continue
         if job.task_id and job.status in _ACTIVE_UPSTREAM:
             try:
                 rt.client(job.account).cancel_task(job.task_id)
                 report.upstream_canceled += 1
+            except (Throttled, TransientRemoteError) as exc:
+                # The task may still be PENDING, and cancelling it is the only way not to pay for it: keep
+                # the job (its polls go on) rather than abandon a task that may start and bill.
+                report.skipped[job.ref] = f"the service could not cancel its task now ({exc.code}); try again"
+                continue
             except RemoteError as exc:  # UnsupportedOperation: running upstream; it will finish unseen
                 log.info("upstream cancel refused; no longer polling", ref=job.ref, code=exc.code)
         now = rt.clock()

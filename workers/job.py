@@ -80,8 +80,9 @@ TERMINAL = frozenset(
 _ENDINGS = {Status.FAILED, Status.CANCELED, Status.TIMED_OUT}
 #: The service keeps a task (and answers for it) 24 h; after that UNKNOWN is all it says of it.
 TASK_LIFE_S = 24 * 3600.0
-#: Upstream statuses after which a task does nothing more (and bills nothing more).
-UPSTREAM_FINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN"})
+#: Upstream statuses after which a task does nothing more (and bills nothing more). Not UNKNOWN: for a task
+#: younger than 24 h it may mean only that the service cannot tell, and the task may run on.
+UPSTREAM_FINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELED"})
 
 #: status -> the statuses it may move to. Staying in the same status is allowed for reschedules.
 TRANSITIONS: dict[Status, frozenset[Status]] = {

@@ -99,7 +99,8 @@ def _observe_upstream(state: TaskState, now: float) -> None:
 
 def _on_state(rt: Runtime, job: Job, current: int, state: TaskState) -> Next | None:
     now = rt.clock()
-    upstream: dict[str, Any] = {**state.upstream_times(), "task_status": state.status}
+    # A query answered: the count of failed queries in a row starts again (on every path, overdue included).
+    upstream: dict[str, Any] = {**state.upstream_times(), "task_status": state.status, "poll_errors": 0}
     if state.status != "UNKNOWN":
         upstream.update(unknown_seen=0, unknown_first_at="")
     if state.status in {"SUCCEEDED", "FAILED"}:
@@ -232,18 +233,20 @@ def _cancel_at_deadline(rt: Runtime, job: Job, current: int, upstream: dict[str,
         rt.client(job.account).cancel_task(job.task_id or "")
     except Throttled as exc:
         delay = exc.retry_after_s or backoff_s(job.throttles + 1, base_s=1.0, cap_s=30.0, rng=rt.rng)
-        return reschedule(rt, job, current, job.status, Action.POLL, delay, fields={"throttles": job.throttles + 1})
-    except TransientRemoteError as exc:
-        errors = job.poll_errors + 1
-        log.info("cancel at deadline failed; trying again", ref=job.ref, code=exc.code, errors=errors)
-        delay = backoff_s(errors, base_s=1.0, cap_s=30.0, rng=rt.rng)
-        return reschedule(rt, job, current, job.status, Action.POLL, delay, fields={"poll_errors": errors})
+        fields = {**upstream, "throttles": job.throttles + 1}
+        return reschedule(rt, job, current, job.status, Action.POLL, delay, fields=fields)
+    except TransientRemoteError as exc:  # the next query says again what the task is; then the cancel is retried
+        log.info("cancel at deadline failed; trying again", ref=job.ref, code=exc.code)
+        delay = backoff_s(job.throttles + 1, base_s=1.0, cap_s=30.0, rng=rt.rng)
+        return reschedule(rt, job, current, job.status, Action.POLL, delay, fields=upstream)
     except RemoteError as exc:  # UnsupportedOperation: it started (or ended) since the query
         refusals = job.cancel_refusals + 1
         log.info("cancel at deadline refused", ref=job.ref, task_id=job.task_id, code=exc.code, refusals=refusals)
         if refusals >= CANCEL_REFUSALS_MAX:
             return _overdue(rt, job, current, upstream)
-        return reschedule(rt, job, current, job.status, Action.POLL, 1.0, fields={"cancel_refusals": refusals})
+        return reschedule(
+            rt, job, current, job.status, Action.POLL, 1.0, fields={**upstream, "cancel_refusals": refusals}
+        )
     end(
         rt,
         job,

@@ -15,13 +15,22 @@ own timeout has passed), then lists. The task list answers no prompts, only each
 milliseconds: a task is a candidate only if it was created between the moment the lost create was sent and
 the moment genq stopped waiting for its answer, widened by `GENQ_RECONCILE_CLOCK_SKEW_S` on each side.
 
+Every bound is the latest an answer can come: connecting (5 s) plus the request timeout (`http_timeout_s`),
+not the request timeout alone. A submit re-sent by the sweep while its own create is still waiting (the
+submit lease is shorter than a slow create) reconciles only after that bound, by when the first delivery has
+its answer (and owns its task, which the reconciliation then adopts as its own) or has given up.
+
 What remains: two creates of one scope that are both lost (neither ever answered) and whose windows overlap
 can take each other's task. The scope's submit rate spaces creates at least `1 / rate` apart (0.22 s at 5
 per second), and a lost answer's window is its sending time to its failure (milliseconds for a dropped
-connection) plus the skew, so two such windows overlap only if both fail within the skew (0.1 s) of each
-other. A worker killed mid-request has no failure time: its window is its whole timeout (30 s), so a second
-lost create of the scope within those 30 s could be confused with it; both jobs then succeed, each with the
-other's images, which the manifest's `actual_prompts` shows. Both losses at once are what it takes.
+connection) plus the skew (0.1 s), so two such windows overlap only if both fail within the skew of each other,
+which the spacing rules out while the skew stays under half of it. Creates known lost (their answer failed)
+leave the in-flight set at once: nobody waits for an answer that cannot come. A worker killed mid-request has no
+failure time: its window is the whole answer bound (35 s), so another lost create of the scope within those 35
+s could be confused with it; both jobs then succeed, each with the other's images, which the manifest's
+`actual_prompts` shows. Both losses at once are what it takes. If a create's answer ever finds its task owned
+by another job (which the waiting above rules out), the job follows its own task and the conflict is logged as
+an error.
 """
 
 from __future__ import annotations
@@ -31,12 +40,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from workers.job import Job
-from workers.runtime import Runtime
+from workers.runtime import Runtime, answer_bound_s
 from workers.steps import log
 
 UTC8 = timezone(timedelta(hours=8))
-#: Past the window, before listing: the service may record a task a moment after genq gave up on its answer.
-SLACK_S = 0.5
+#: Past the lost answer, before listing: the service records a task a moment after it accepts the request.
+SLACK_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -53,20 +62,20 @@ def _list_time(ts: float) -> str:
 
 def reconcile(rt: Runtime, job: Job, now: float) -> Reconciled:
     account = job.account or rt.settings.resolved_accounts()[0].name
-    model, timeout_s = job.request.model, rt.settings.http_timeout_s
+    model, bound_s = job.request.model, answer_bound_s(rt.settings)
     sent_at = job.submit_sent_at or job.created_at
     skew = rt.settings.reconcile_clock_skew_s
     # The task, if any, was created while we waited for the answer: up to the failure, or (the worker died
-    # mid-request) up to the request's timeout.
-    gave_up_at = job.submit_failed_at or sent_at + timeout_s
-    window_end = sent_at + timeout_s + SLACK_S
+    # mid-request, or is still waiting: the sweep re-sent its step) up to the latest its answer could come.
+    gave_up_at = job.submit_failed_at or sent_at + bound_s
+    window_end = gave_up_at + SLACK_S
     if now < window_end:
         return Reconciled(wait_s=window_end - now)
     # Another job's create sent before this window closed and still unanswered may have made any task in it.
     answers_due = [
-        at + timeout_s + SLACK_S
+        at + bound_s + SLACK_S
         for ref, at in rt.store.creates_in_flight(account, model)
-        if ref != job.ref and at <= gave_up_at + skew and now < at + timeout_s + SLACK_S
+        if ref != job.ref and at <= gave_up_at + skew and now < at + bound_s + SLACK_S
     ]
     if answers_due:
         log.info("waiting for creates in flight before reconciling", ref=job.ref, creates=len(answers_due))

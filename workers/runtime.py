@@ -89,8 +89,18 @@ def account_clients(settings: Settings, http: httpx.Client) -> dict[str, list[Da
     return clients
 
 
+#: Seconds to open a connection to the service; `http_timeout_s` then bounds each read and write.
+CONNECT_TIMEOUT_S = 5.0
+
+
+def answer_bound_s(settings: Settings) -> float:
+    """How long after sending a request genq may still receive its answer: connecting, then the request
+    timeout (the service's answers are small, so one read)."""
+    return CONNECT_TIMEOUT_S + settings.http_timeout_s
+
+
 def build_runtime(settings: Settings) -> Runtime:
-    timeout = httpx.Timeout(settings.http_timeout_s, connect=5.0)
+    timeout = httpx.Timeout(settings.http_timeout_s, connect=CONNECT_TIMEOUT_S)
     api = httpx.Client(timeout=timeout, limits=httpx.Limits(max_connections=20))
     clients = account_clients(settings, api)
     store = make_store(settings)

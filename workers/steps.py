@@ -25,7 +25,9 @@ log = structlog.get_logger("genq.job")
 
 #: Unexpected exceptions a job's stages may raise before it ends `failed` with `InternalError`. Each one is
 #: retried by the recovery sweep (the job's due time passes), so a passing fault costs a few seconds; a
-#: lasting one (a bug of ours, an answer nobody foresaw) ends the job instead of looping forever.
+#: lasting one (a bug of ours, an answer nobody foresaw) ends the job instead of looping forever. A job with
+#: paid work alive (a task that may run, results whose URLs live) is tried until that is over (24 h at most),
+#: then ended: a crash is never a reason to throw away what was billed.
 STAGE_MAX_CRASHES = 3
 
 Stage = Callable[["Runtime", str, int], "Next | None"]
@@ -44,11 +46,22 @@ def run_stage(stage: Stage, rt: Runtime, ref: str, attempt: int) -> Next | None:
         crashes = rt.store.count_crash(ref)
         log.exception("stage crashed", ref=ref, stage=getattr(stage, "__name__", "?"), crashes=crashes)
         job = rt.store.get(ref)
-        if crashes < STAGE_MAX_CRASHES or job is None or job.terminal:
+        if crashes < STAGE_MAX_CRASHES or job is None or job.terminal or _paid_work_alive(rt, job):
             raise
         message = f"{type(exc).__name__}: {str(exc)[:500]} (after {crashes} crashes of its stages)"
         end(rt, job, None, Status.FAILED, code="InternalError", message=message)
         return None
+
+
+def _paid_work_alive(rt: Runtime, job: Job) -> bool:
+    """Whether ending the job now could throw away something billed: results downloading while their URLs live
+    (24 h), or a task that may still run (its last answer not final, or its create's outcome unknown, within
+    the service's 24 h). Such a job keeps being tried, at the sweep's pace, until that time is over; then the
+    crash cap applies."""
+    now = rt.clock()
+    if job.status is Status.DOWNLOADING:
+        return now < (job.results_at or 0) + rt.settings.result_url_life_s
+    return job.task_may_run(now) is not None
 
 
 def backoff_s(failures: int, *, base_s: float = 1.0, cap_s: float = 60.0, rng: random.Random) -> float:

@@ -19,8 +19,10 @@ from workers.control import cancel, retry
 from workers.dashscope import DashScopeClient
 from workers.finalize import finalize
 from workers.job import Job, Status
+from workers.quota.quota import Scope
 from workers.runtime import Runtime
 from workers.steps import run_stage
+from workers.sweep import sweep
 
 
 def one_job(rt: Runtime, prompt: str, *, timeout_s: float = 30, **fields: str) -> Job:
@@ -354,9 +356,10 @@ def test_an_unparseable_result_url_is_refused_not_a_crash_loop(runtime: Runtime,
 
 
 def test_a_stage_that_keeps_crashing_ends_the_job_failed_with_the_reason(runtime: Runtime) -> None:
-    """A download that raises something nobody foresaw (here the HTTP transport itself raising RuntimeError)
-    is retried like a dead worker's step, and after 3 crashes the job ends failed with `InternalError`, the
-    exception's type and message, and one terminal event; it no longer loops."""
+    """A download that raises something nobody foresaw (here the HTTP transport itself raising RuntimeError) is
+    retried like a dead worker's step: while the paid results' URLs live, however often it crashes; once they
+    are dead, at the third crash the job ends failed with `InternalError`, the exception's type and message,
+    and one terminal event. It never loops forever."""
 
     def broken(request: httpx.Request) -> httpx.Response:
         raise RuntimeError("the transport broke")
@@ -364,15 +367,16 @@ def test_a_stage_that_keeps_crashing_ends_the_job_failed_with_the_reason(runtime
     left = run(runtime, enqueue(runtime, {"id": "j", "prompt": "a cat"}), until=lambda: _downloading(runtime))
     assert len(left) == 1
     crashing = replace(runtime, downloads=httpx.Client(transport=httpx.MockTransport(broken)))
-    for crash in range(1, 4):
+    for _ in range(4):  # URLs alive: the billed results are tried again, not thrown away
         job = crashing.store.get("b/j")
         assert job is not None and job.status is Status.DOWNLOADING
-        if crash < 3:
-            with pytest.raises(RuntimeError, match="the transport broke"):
-                run_stage(finalize, crashing, job.ref, job.attempt)
-        else:
-            assert run_stage(finalize, crashing, job.ref, job.attempt) is None
-    job = crashing.store.get("b/j")
+        with pytest.raises(RuntimeError, match="the transport broke"):
+            run_stage(finalize, crashing, job.ref, job.attempt)
+    expired = replace(crashing, settings=crashing.settings.model_copy(update={"result_url_life_s": 0.0}))
+    job = expired.store.get("b/j")
+    assert job is not None and job.status is Status.DOWNLOADING  # 5 crashes, and still not given up
+    assert run_stage(finalize, expired, job.ref, job.attempt) is None
+    job = expired.store.get("b/j")
     assert job is not None and (job.status, job.error_code) == (Status.FAILED, "InternalError")
     assert job.error_message is not None and job.error_message.startswith("RuntimeError: the transport broke")
     assert [e["type"] for e in events(runtime)].count("genq.job.failed") == 1
@@ -486,3 +490,28 @@ def test_cancel_leaves_a_downloading_job_to_store_its_paid_results(runtime: Runt
     run(runtime, left)
     job = runtime.store.get("b/j")
     assert job is not None and job.status is Status.SUCCEEDED and len(job.objects) == 1
+
+
+def test_an_overdue_job_keeps_its_slot_through_the_sweep(
+    runtime_factory: Callable[..., Runtime], simulator_factory: Callable[..., RunningSimulator]
+) -> None:
+    """A job overdue while its task runs upstream still occupies the account's concurrency: the sweep's slot
+    audit leaves its slot held (giving it to the next job would put one task more upstream than allowed)."""
+    sim = simulator_factory(time_scale=30.0)
+    rt = runtime_factory(
+        dashscope_base_url=sim.base_url,
+        result_hosts=(sim.url.removeprefix("http://"),),
+        image_deadline_s=2.0,
+        overdue_poll_s=1.0,
+    )
+    steps = enqueue(rt, {"id": "j", "prompt": "p", "model": "wanx2.0-t2i-turbo"})
+
+    def overdue() -> bool:
+        job = rt.store.get("b/j")
+        return job is not None and job.status is Status.OVERDUE
+
+    left = run(rt, steps, timeout_s=20, until=overdue)
+    assert overdue() and left
+    report = sweep(rt, lambda step: None)
+    assert report.slots_freed == 0
+    assert rt.quota.slot_holders(Scope(rt.settings.account, "wanx2.0-t2i-turbo"), time.time()) == ["b/j"]
