@@ -244,13 +244,13 @@ def check_file(path: Path) -> None:
 
 
 @FUZZ
-@given(st.binary(max_size=400))
+@given(st.binary(max_size=2000), st.sampled_from([b"", b"prompt,n,size\n", b"\xef\xbb\xbfPROMPT;x\r\n", b'"prompt\n']))
 def test_any_bytes_as_a_csv_are_read_or_refused_as_a_whole(
-    tmp_path_factory: pytest.TempPathFactory, data: bytes
+    tmp_path_factory: pytest.TempPathFactory, data: bytes, header: bytes
 ) -> None:
-    """Arbitrary bytes (NULs, bad UTF-8, stray quotes) as a CSV give rows that are each answered, or one
-    `CsvFormatError`; never another exception."""
-    check_file(write(tmp_path_factory.mktemp("csv"), b"prompt,n,size\n" + data))
+    """Arbitrary bytes (NULs, bad UTF-8, stray quotes), with or without a usable header, as a CSV give rows that
+    are each answered, or one `CsvFormatError`; never another exception."""
+    check_file(write(tmp_path_factory.mktemp("csv"), header + data))
 
 
 column_names = st.sampled_from(["prompt", "n", "size", "model", "id", "seed", "m1", "", "Prompt"]) | any_text
