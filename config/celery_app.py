@@ -12,7 +12,10 @@ from celery.signals import setup_logging
 from config.logging import configure_logging
 from config.settings import ConfigInvalid, Settings, load_settings
 
-QUEUES = ("submit", "poll", "finalize", "events")
+#: Webhook delivery's own lane: served by its own workers (`genq worker --queues webhooks`), so a slow or
+#: black-holed receiver never holds a process of the stages (workers/webhook.py).
+WEBHOOK_QUEUE = "webhooks"
+QUEUES = ("submit", "poll", "finalize", "events", WEBHOOK_QUEUE)
 
 #: With the Redis broker a worker holds every countdown message it fetched, unacknowledged; one held
 #: longer than the visibility timeout is redelivered, i.e. runs twice. Keep it far above the longest
@@ -23,11 +26,12 @@ SWEEP_EVERY_S = 5.0
 
 
 def beat_schedule(settings: Settings) -> dict[str, Any]:
-    """Periodic work: the crash-recovery sweep, webhook delivery (cheap when no webhook is set), and the
+    """Periodic work: the crash-recovery sweep, the webhook tick (collects events for delivery, Redis only, and
+    sets delivery going on the webhooks queue; cheap when no webhook is set), and the
     configured scheduled runs (`config/schedules.py`)."""
     entries: dict[str, Any] = {
         "genq-sweep": {"task": "genq.sweep", "schedule": SWEEP_EVERY_S, "options": {"expires": SWEEP_EVERY_S * 2}},
-        "genq-webhooks": {"task": "genq.deliver_webhooks", "schedule": 2.0, "options": {"expires": 10}},
+        "genq-webhooks": {"task": "genq.webhook_tick", "schedule": 2.0, "options": {"expires": 10}},
     }
     for schedule in settings.schedules:
         entries[f"genq-schedule-{schedule.name}"] = {
@@ -73,7 +77,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             **{f"genq.{q}": {"queue": q} for q in ("submit", "poll", "finalize")},
             "genq.sweep": {"queue": "events"},
-            "genq.deliver_webhooks": {"queue": "events"},
+            "genq.webhook_tick": {"queue": "events"},
+            "genq.deliver_webhooks": {"queue": WEBHOOK_QUEUE},
             "genq.scheduled_run": {"queue": "events"},
         },
         # Beat: redbeat keeps the schedule and a lock in Redis, so a second beat never double-fires.

@@ -7,6 +7,8 @@ Library code receives a `Settings` object and never reads `os.environ` itself.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import tomllib
 from pathlib import Path
@@ -44,6 +46,27 @@ DOCUMENTED_RESULT_HOSTS = (
     ),
     "dashscope-result-wlcb-acdr-1.oss-cn-wulanchabu-acdr-1.aliyuncs.com",
 )
+
+
+#: The Standard Webhooks form of a symmetric secret: this prefix, then the key in base64.
+WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 - a format marker, not a secret
+
+
+def webhook_key(secret: str) -> bytes:
+    """The HMAC-SHA256 key of a webhook secret: the bytes behind `whsec_<base64>` (the Standard Webhooks form),
+    or the UTF-8 bytes of any other string. Raises ValueError, never quoting the secret."""
+    if not secret.startswith(WEBHOOK_SECRET_PREFIX):
+        if not secret:
+            raise ValueError("must not be empty")
+        return secret.encode()
+    body = secret[len(WEBHOOK_SECRET_PREFIX) :]
+    try:
+        key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+    except binascii.Error:
+        raise ValueError("a secret starting with whsec_ must continue in base64 (the Standard Webhooks form)") from None
+    if not key:
+        raise ValueError("the key after whsec_ is empty")
+    return key
 
 
 class ConfigInvalid(ValueError):
@@ -159,8 +182,26 @@ class Settings(BaseSettings):
 
     # --- events -----------------------------------------------------------------------------------
     webhook_url: str | None = Field(None, description="Every event is also POSTed here, signed.")
-    webhook_secret: SecretStr | None = Field(None, description="HMAC-SHA256 key of the X-Genq-Signature header.")
-    webhook_max_attempts: int = 8
+    webhook_secret: SecretStr | None = Field(
+        None, description="Signing key (Standard Webhooks): `whsec_<base64>`, or any other string used as its bytes."
+    )
+    webhook_secret_previous: SecretStr | None = Field(
+        None, description="The key being retired during a rotation: each delivery is signed with both."
+    )
+    webhook_timeout_s: float = Field(15.0, gt=0, description="Timeout of each phase of one webhook POST.")
+    webhook_retry_first_s: float = Field(5.0, gt=0, description="Wait before the first retry of a failed delivery.")
+    webhook_retry_cap_s: float = Field(3600.0, gt=0, description="Longest wait between two tries (doubling up to it).")
+    webhook_give_up_s: float = Field(
+        86400.0, gt=0, description="An event not delivered this long after its first try is dead-lettered."
+    )
+    webhook_max_attempts: int | None = Field(
+        None, gt=0, description="Also dead-letter after this many tries (None: only the time above decides)."
+    )
+    webhook_concurrency: int = Field(8, gt=0, description="POSTs in flight at once per delivery task.")
+    webhook_outbox_max: int = Field(
+        100_000, gt=0, description="Events waiting for delivery at most; more are dead-lettered ('outbox full')."
+    )
+    webhook_dead_maxlen: int = Field(10_000, gt=0, description="The dead-letter stream is trimmed to about this.")
 
     # --- metrics --------------------------------------------------------------------------------
     metrics_port: int = Field(0, description="Serve Prometheus metrics from each worker on this port (0: off).")
@@ -198,6 +239,13 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown timezone {name!r} (an IANA name such as 'UTC' or 'Asia/Singapore')") from None
         return name
 
+    @field_validator("webhook_secret", "webhook_secret_previous")
+    @classmethod
+    def _usable_webhook_secret(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is not None:
+            webhook_key(secret.get_secret_value())
+        return secret
+
     @model_validator(mode="after")
     def _known_region(self) -> Settings:
         _ = self.base_url  # an unknown region without a base URL is refused now, naming the known ones
@@ -207,6 +255,12 @@ class Settings(BaseSettings):
     @property
     def base_url(self) -> str:
         return base_url_for(self.region, self.dashscope_base_url, override_hint="GENQ_DASHSCOPE_BASE_URL")
+
+    @property
+    def webhook_keys(self) -> tuple[bytes, ...]:
+        """The keys every webhook delivery is signed with: the current one first, then the one being retired."""
+        secrets = (self.webhook_secret, self.webhook_secret_previous)
+        return tuple(webhook_key(s.get_secret_value()) for s in secrets if s is not None)
 
     @property
     def uses_simulator(self) -> bool:
@@ -246,7 +300,13 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigInvalid(f"config file {source} cannot be read: {exc}") from None
     account_keys = [key for account in settings.accounts for key in account.api_keys]
-    register_secrets(settings.dashscope_api_key, settings.s3_secret_key, settings.webhook_secret, *account_keys)
+    register_secrets(
+        settings.dashscope_api_key,
+        settings.s3_secret_key,
+        settings.webhook_secret,
+        settings.webhook_secret_previous,
+        *account_keys,
+    )
     return settings
 
 

@@ -1,4 +1,5 @@
-"""`genq doctor`: check the configured services as they are (nothing is started) and say what is wrong in words.
+"""`genq doctor`: check the configured services (and webhook signing) as they are, starting nothing, and say what
+is wrong in words.
 
 Each check returns `Finding`s: `ok`, `warn` (works, but not as genq needs for safety) or `fail` (genq cannot
 work). The command exits non-zero when any check fails.
@@ -21,9 +22,11 @@ from minio.error import MinioException
 
 from config.catalogue import CATALOGUE
 from config.settings import Settings
+from workers import keys
 from workers.dashscope import DashScopeClient
 from workers.errors import AccountError, RemoteError
 from workers.storage import make_minio
+from workers.webhook_signing import unsigned_warning
 
 Level = Literal["ok", "warn", "fail"]
 MAX_SKEW_S = 2.0
@@ -194,6 +197,53 @@ def check_catalogue(settings: Settings) -> list[Finding]:
     return [Finding("catalogue", "ok", f"{len(CATALOGUE)} models; default {settings.default_model}.")]
 
 
+#: The Standard Webhooks specification asks for a symmetric key of at least this many random bytes.
+MIN_WEBHOOK_KEY_BYTES = 24
+#: Events due for delivery longer than this mean no webhook worker runs, or the receiver is down.
+WEBHOOK_BACKLOG_WARN_S = 300.0
+
+
+def check_webhook(settings: Settings) -> list[Finding]:
+    """Signing (a URL without a secret is said loudly), key strength, and events left waiting for delivery."""
+    found: list[Finding] = []
+    unsigned = unsigned_warning(settings)
+    if unsigned:
+        found.append(Finding("webhook", "warn", unsigned))
+    elif settings.webhook_url is None:
+        found.append(
+            Finding("webhook", "ok", "No GENQ_WEBHOOK_URL: events go to webhooks only for batches naming one.")
+        )
+    else:
+        count = len(settings.webhook_keys)
+        found.append(Finding("webhook", "ok", f"Webhooks are signed (Standard Webhooks) with {count} key(s)."))
+    if any(len(key) < MIN_WEBHOOK_KEY_BYTES for key in settings.webhook_keys):
+        found.append(
+            Finding(
+                "webhook",
+                "warn",
+                f"A webhook secret is shorter than {MIN_WEBHOOK_KEY_BYTES} bytes: use whsec_ followed by at least "
+                f"{MIN_WEBHOOK_KEY_BYTES} random bytes in base64.",
+            )
+        )
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=3, decode_responses=True)
+    try:
+        oldest = cast(list[tuple[str, float]], client.zrange(keys.WEBHOOK_DUE, 0, 0, withscores=True))
+        waiting = int(client.zcard(keys.WEBHOOK_DUE))
+    except (redis.RedisError, OSError):
+        return found  # the Redis check says what is wrong
+    late_s = time.time() - oldest[0][1] if oldest else 0.0
+    if late_s > WEBHOOK_BACKLOG_WARN_S:
+        found.append(
+            Finding(
+                "webhook",
+                "warn",
+                f"{waiting} event(s) wait for webhook delivery, the oldest due {late_s / 60:.0f} min ago: is a worker "
+                "with --queues webhooks running, and is the receiver up? (docs/events.md)",
+            )
+        )
+    return found
+
+
 def run_checks(settings: Settings) -> list[Finding]:
     with httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0)) as http:
         return [
@@ -201,6 +251,7 @@ def run_checks(settings: Settings) -> list[Finding]:
             *check_redis(settings),
             *check_s3(settings),
             *check_dashscope(settings, http),
+            *check_webhook(settings),
         ]
 
 

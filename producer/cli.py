@@ -53,6 +53,7 @@ from workers.runtime import build_runtime, make_store
 from workers.storage import ResultStore, make_minio
 from workers.store import BatchSummary, JobStore
 from workers.webhook import BATCH_WEBHOOK_FIELD
+from workers.webhook_signing import unsigned_warning
 
 app = typer.Typer(
     name="genq",
@@ -545,7 +546,12 @@ def run_schedule(
 @app.command()
 def worker(
     concurrency: Annotated[int | None, typer.Option("--concurrency", help="Processes (default: settings).")] = None,
-    queues: Annotated[str, typer.Option(help="Queues to consume.")] = "submit,poll,finalize,events",
+    queues: Annotated[
+        str,
+        typer.Option(
+            help="Queues to consume: the stages' (default), or 'webhooks' for a worker of webhook delivery's own lane."
+        ),
+    ] = "submit,poll,finalize,events",
     metrics_port: Annotated[
         int | None,
         typer.Option(
@@ -554,8 +560,12 @@ def worker(
     ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Run a Celery worker in the foreground against the configured Redis (for long-lived deployments)."""
+    """Run a Celery worker in the foreground against the configured Redis (for long-lived deployments). Run at
+    least one with --queues webhooks too when webhooks are used: delivery has its own lane."""
     settings = _settings(config)
+    unsigned = unsigned_warning(settings)
+    if unsigned:
+        errors.print(_styled(("WARNING:", "bold red"), f" {unsigned}"))
     celery = create_app(settings.model_copy(update={"metrics_port": metrics_port or settings.metrics_port}))
     try:
         ResultStore(make_minio(settings), settings.bucket).ensure_bucket()  # genq creates its bucket at start
@@ -584,6 +594,9 @@ def beat(config: ConfigOption = None) -> None:
     leaves the fleet without its recovery sweep.
     """
     settings = _settings(config)
+    unsigned = unsigned_warning(settings)
+    if unsigned:
+        errors.print(_styled(("WARNING:", "bold red"), f" {unsigned}"))
     run_beat(create_app(settings), settings.redis_url, lambda line: errors.print(Text(line, style="yellow")))
 
 

@@ -15,7 +15,8 @@ import httpx
 import structlog
 from celery.signals import worker_init, worker_process_shutdown
 
-from config.celery_app import app
+from config.celery_app import WEBHOOK_QUEUE, app
+from config.settings import load_settings
 from workers.finalize import finalize as finalize_stage
 from workers.job import Next
 from workers.messages import publish
@@ -25,7 +26,8 @@ from workers.runtime import Runtime, runtime
 from workers.steps import run_stage
 from workers.submit import submit as submit_stage
 from workers.sweep import sweep as sweep_all
-from workers.webhook import deliver_pending
+from workers.webhook import deliver_due, tick
+from workers.webhook_signing import unsigned_warning
 
 Stage = Callable[[Runtime, str, int], Next | None]
 
@@ -34,6 +36,14 @@ Stage = Callable[[Runtime, str, int], Next | None]
 def _serve_metrics(sender: Any = None, **_: Any) -> None:
     """In the worker's main process, before the pool forks: the Prometheus endpoint, if configured."""
     start_metrics_server(app.conf.get("genq_metrics") or {})
+
+
+@worker_init.connect
+def _warn_unsigned_webhooks(sender: Any = None, **_: Any) -> None:
+    """Say it loudly at start when webhooks would go out unsigned."""
+    warning = unsigned_warning(load_settings())  # not runtime(): its connections must not cross the fork
+    if warning:
+        structlog.get_logger("genq.webhook").warning(warning)
 
 
 @worker_process_shutdown.connect
@@ -81,13 +91,25 @@ def sweep() -> None:
     sweep_all(_runtime(), _send)
 
 
+@app.task(name="genq.webhook_tick")
+def webhook_tick() -> None:
+    """Copy new events into the webhook outbox (Redis only: safe beside the stages) and, when one is due, set
+    delivery going on the webhooks queue."""
+    rt = _runtime()
+    tick(rt, _send_delivery, lambda: int(rt.store.redis.llen(WEBHOOK_QUEUE)))  # kombu keeps a queue as a list
+
+
+def _send_delivery() -> None:
+    deliver_webhooks.apply_async(expires=120)
+
+
 @app.task(name="genq.deliver_webhooks")
 def deliver_webhooks() -> int:
-    """One round of webhook delivery (new events, and retries of failed ones)."""
+    """Webhook delivery, on its own queue: due events (new ones and retries) for up to a few seconds."""
     rt = _runtime()
-    return deliver_pending(rt, _webhook_http(), now=rt.clock()).delivered
+    return deliver_due(rt, _webhook_http(rt.settings.webhook_timeout_s)).delivered
 
 
 @functools.cache
-def _webhook_http() -> httpx.Client:
-    return httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0), follow_redirects=False)
+def _webhook_http(timeout_s: float) -> httpx.Client:
+    return httpx.Client(timeout=httpx.Timeout(timeout_s), follow_redirects=False)

@@ -158,11 +158,14 @@ def start_simulator(
     return process
 
 
-def start_worker(
-    log_dir: Path, *, concurrency: int, env: Mapping[str, str], name: str = "local", metrics_dir: Path | None = None
-) -> ManagedProcess:
-    """A prefork Celery worker on every genq queue; with `metrics_dir`, its pool's metrics are aggregated there."""
-    argv = [
+#: The queues of the stages (and the sweep, the webhook tick, scheduled runs): what `genq worker` serves.
+STAGE_QUEUES = "submit,poll,finalize,events"
+#: Webhook delivery's own lane (config/celery_app.py `WEBHOOK_QUEUE`).
+WEBHOOK_QUEUES = "webhooks"
+
+
+def _worker_argv(queues: str, concurrency: int, node: str) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "celery",
@@ -170,24 +173,45 @@ def start_worker(
         "config.celery_app",
         "worker",
         "-Q",
-        "submit,poll,finalize,events",
+        queues,
         "-c",
         str(concurrency),
         "--pool",
         "prefork",
         "-n",
-        f"genq-{name}@%h",
+        f"{node}@%h",
         "--without-gossip",
         "--without-mingle",
         "-l",
         "INFO",
     ]
+
+
+def start_worker(
+    log_dir: Path,
+    *,
+    concurrency: int,
+    env: Mapping[str, str],
+    name: str = "local",
+    metrics_dir: Path | None = None,
+    queues: str = STAGE_QUEUES,
+) -> ManagedProcess:
+    """A prefork Celery worker on the stages' queues (or `queues`); with `metrics_dir`, its pool's metrics are
+    aggregated there."""
+    argv = _worker_argv(queues, concurrency, f"genq-{name}")
     child = dict(env)
     if metrics_dir is not None:  # empty and present before the worker imports prometheus_client
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
         child["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     return ManagedProcess(f"worker-{name}", argv, log_path=log_dir / f"worker-{name}.log", env=child)
+
+
+def start_webhook_worker(log_dir: Path, *, env: Mapping[str, str], concurrency: int = 1) -> ManagedProcess:
+    """The webhook lane: a Celery worker on the `webhooks` queue only (each delivery task sends its POSTs on
+    threads of its own, so one process is enough locally)."""
+    argv = _worker_argv(WEBHOOK_QUEUES, concurrency, "genq-webhooks")
+    return ManagedProcess("webhook-worker", argv, log_path=log_dir / "webhook-worker.log", env=env)
 
 
 def _http_ok(url: str) -> bool:

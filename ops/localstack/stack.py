@@ -6,7 +6,8 @@ and stop everything on exit.
 - S3: the same, with SeaweedFS `weed mini` on the configured port and data in `{state_dir}/s3`; credentials
   are generated once and kept in `{state_dir}/local-secrets.json` (mode 0600).
 - DashScope: no `DASHSCOPE_API_KEY` -> the simulator on a free port, with a generated key.
-- Workers: started when asked and none is attached (always when this stack started the Redis itself).
+- Workers: started when asked and none is attached (always when this stack started the Redis itself): beat,
+  the stage workers asked for, and one webhook worker (`webhook-worker`, the `webhooks` queue only).
 """
 
 from __future__ import annotations
@@ -171,6 +172,7 @@ class LocalStack:
             self._add(services.start_beat(self.log_dir, env=child_env(self.settings)))
             for index in range(self.workers):
                 self.start_worker(f"local{index + 1}")
+            self._add(services.start_webhook_worker(self.log_dir, env=child_env(self.settings)))
 
     def start_worker(self, name: str) -> ManagedProcess:
         """Start one more Celery worker (`worker-{name}`) on this stack's settings."""

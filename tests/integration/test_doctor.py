@@ -77,3 +77,20 @@ def test_wrong_api_key_is_named_without_showing_it(
     assert result.returncode == 1
     assert "DashScope refused the API key" in result.stdout and "InvalidApiKey" in result.stdout
     assert wrong not in result.stdout + result.stderr
+
+
+def test_unsigned_webhooks_are_named(
+    redis_url: str, s3_server: S3Server, simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """A webhook URL without a secret: a loud warning that deliveries go out unsigned (a warning, so exit 0)."""
+    from minio import Minio
+
+    Minio(s3_server.endpoint, s3_server.access_key, s3_server.secret_key, secure=False).make_bucket("genq-doctor-wh")
+    env = {
+        **healthy(redis_url, s3_server, simulator),
+        "GENQ_BUCKET": "genq-doctor-wh",
+        "GENQ_WEBHOOK_URL": "https://hooks.example/genq",
+    }
+    result = doctor(env, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "WARN webhook" in result.stdout and "UNSIGNED" in result.stdout

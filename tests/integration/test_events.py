@@ -1,8 +1,10 @@
 """Events: every event genq emits validates against docs/events.schema.json; the webhook sink delivers them
-signed, retries failures and dead-letters what never gets through."""
+signed, retries failures and dead-letters what never gets through (the lane's own acceptance tests:
+test_webhook_lane.py)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -33,7 +35,7 @@ from workers.dashscope import DashScopeClient
 from workers.job import Next
 from workers.runtime import Runtime
 from workers.sweep import resend_overdue
-from workers.webhook import deliver_pending
+from workers.webhook import DeliveryReport, deliver_pending
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "events.schema.json").read_text())
 
@@ -135,20 +137,29 @@ def receiver_factory() -> Iterator[Callable[[list[int]], Receiver]]:
 def test_webhook_delivers_signed_events_and_retries_failures(
     runtime_factory: Callable[..., Runtime], receiver_factory: Callable[[list[int]], Receiver]
 ) -> None:
-    """A first 500 is retried; the delivered body is the CloudEvent, signed with HMAC-SHA256 over
-    '<timestamp>.<body>'; the secret itself is never sent."""
+    """A first 500 is retried once its backoff has passed; the delivered body is the CloudEvent, signed both per
+    Standard Webhooks (HMAC-SHA256 of '<webhook-id>.<timestamp>.<body>', base64) and with the deprecated
+    X-Genq-Signature (hex HMAC-SHA256 of '<timestamp>.<body>'); the secret itself is never sent."""
     hook = receiver_factory([500, 200])
     rt = runtime_factory(webhook_url=hook.url, webhook_secret=SecretStr("hook-secret-123"))
     run(rt, enqueue(rt, {"id": "j", "prompt": "a cat"}), timeout_s=20)
+    t0 = time.time()
     with httpx.Client() as http:
-        first = deliver_pending(rt, http, retry_after_s=0, now=time.time())
-        second = deliver_pending(rt, http, retry_after_s=0, now=time.time())
-    assert first.delivered + second.delivered == 2 and first.failed == 1  # job + batch events
+        first = deliver_pending(rt, http, now=t0)
+        # The first try at the URL failed, so the round's other event was not sent and counts the same failure.
+        assert (first.failed, first.delivered, len(hook.requests)) == (2, 0, 1)
+        early = deliver_pending(rt, http, now=t0 + 1)  # before the first retry's delay (5 s, up to 20 % more)
+        assert early == DeliveryReport() and len(hook.requests) == 1
+        second = deliver_pending(rt, http, now=t0 + 10)
+    assert (second.delivered, second.failed, len(hook.requests)) == (2, 0, 3)
     headers, body = hook.requests[-1]
-    # The documented scheme, computed here rather than with genq's own `signature()`.
+    # The documented schemes, computed here rather than with genq's own functions.
     expected = hmac.new(b"hook-secret-123", headers["x-genq-timestamp"].encode() + b"." + body, hashlib.sha256)
     assert hmac.compare_digest(headers["x-genq-signature"], "sha256=" + expected.hexdigest())
-    assert abs(int(headers["x-genq-timestamp"]) - time.time()) < 60
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    standard = base64.b64encode(hmac.new(b"hook-secret-123", signed, hashlib.sha256).digest()).decode()
+    assert headers["webhook-signature"] == "v1," + standard
+    assert abs(int(headers["webhook-timestamp"]) - time.time()) < 60
     assert all(b"hook-secret-123" not in b and "hook-secret-123" not in str(h) for h, b in hook.requests)
     assert {json.loads(b)["type"] for _, b in hook.requests} == {"genq.job.succeeded", "genq.batch.finished"}
 
@@ -156,17 +167,21 @@ def test_webhook_delivers_signed_events_and_retries_failures(
 def test_webhook_dead_letters_after_the_last_attempt(
     runtime_factory: Callable[..., Runtime], receiver_factory: Callable[[list[int]], Receiver]
 ) -> None:
-    """An endpoint that always fails gets each event webhook_max_attempts times, then it is dead-lettered."""
+    """An endpoint that always fails is tried once per round (its other events are not sent that round) until
+    webhook_max_attempts tries; then every event is dead-lettered with its error and reason."""
     hook = receiver_factory([503])
     rt = runtime_factory(webhook_url=hook.url, webhook_max_attempts=3)
     run(rt, enqueue(rt, {"id": "j", "prompt": "a cat"}), timeout_s=20)
+    t0 = time.time()
     with httpx.Client() as http:
-        reports = [deliver_pending(rt, http, retry_after_s=0, now=time.time()) for _ in range(4)]
-    assert sum(r.dead for r in reports) == 2 and len(hook.requests) == 6
+        reports = [deliver_pending(rt, http, now=t0 + 3600 * i) for i in range(4)]
+    assert [r.dead for r in reports] == [0, 0, 2, 0] and len(hook.requests) == 3
     dead = rt.store.redis.xrange(keys.WEBHOOK_DEAD)
     assert len(dead) == 2 and dead[0][1]["error"] == "HTTP 503" and dead[0][1]["attempts"] == "3"
+    assert dead[0][1]["reason"].startswith("gave up after 3 tries")
+    assert {json.loads(f["event"])["type"] for _, f in dead} == {"genq.job.succeeded", "genq.batch.finished"}
     pending = rt.store.redis.xpending(rt.settings.event_stream, keys.WEBHOOK_GROUP)
-    assert pending["pending"] == 0
+    assert pending["pending"] == 0 and rt.store.redis.zcard(keys.WEBHOOK_DUE) == 0
 
 
 def test_a_batch_webhook_overrides_the_global_one(

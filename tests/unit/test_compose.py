@@ -80,3 +80,13 @@ def test_no_secret_is_written_into_the_compose_file() -> None:
     text = (ROOT / "docker-compose.yml").read_text()
     assert "${GENQ_S3_SECRET_KEY" in text and "sk-" not in text
     assert ".env" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_a_service_serves_the_webhook_lane() -> None:
+    """Webhook delivery has its own queue; some service runs a worker on it, and it is not the stages' worker."""
+    services = compose()["services"]
+    lanes = {name: s["command"] for name, s in services.items() if s.get("image") == "genq:latest"}
+    queues = {
+        n: c[c.index("--queues") + 1].split(",") for n, c in lanes.items() if c[0] == "worker" and "--queues" in c
+    }
+    assert [n for n, q in queues.items() if "webhooks" in q] == ["webhooks"] and "worker" not in queues
