@@ -249,6 +249,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _known_region(self) -> Settings:
         _ = self.base_url  # an unknown region without a base URL is refused now, naming the known ones
+        for account in self.resolved_accounts():  # and every account as the workers will build it
+            _ = account.resolved_base_url
         return self
 
     # --- derived ----------------------------------------------------------------------------------

@@ -375,4 +375,4 @@ def test_any_environment_gives_settings_and_an_app_or_one_clear_error(variables:
             return
         create_app(settings_)
         for account in settings_.resolved_accounts():
-            account.base_url  # noqa: B018 - building it is the check
+            _ = account.resolved_base_url
