@@ -21,6 +21,7 @@ so a ref is also the job's prefix in the bucket.
 |                                      |             |      | (taken with SET NX only: an owner is never replaced) |
 | `genq:creating:{account}:{model}`    | sorted set  | none | job refs whose create is sent and unanswered, scored |
 |                                      |             |      | by when it was sent (reconcile.py waits on these)    |
+| `genq:creating:{account}:{model}:lost` | set       | none | those of them whose answer is known lost (no wait)   |
 | `genq:webhook:dead`                  | stream      | none | events never delivered, each with its reason, capped |
 |                                      |             |      | at `webhook_dead_maxlen` (workers/webhook_outbox.py) |
 | `genq:webhook:out:{entry}`           | hash        | none | an event waiting for webhook delivery, by its entry  |
@@ -100,6 +101,10 @@ def task_owner(task_id: str) -> str:
 
 def creating(account: str, model: str) -> str:
     return f"{PREFIX}:creating:{account}:{model}"
+
+
+def creating_lost(account: str, model: str) -> str:
+    return f"{PREFIX}:creating:{account}:{model}:lost"
 
 
 def webhook_outbox(entry_id: str) -> str:

@@ -20,17 +20,18 @@ not the request timeout alone. A submit re-sent by the sweep while its own creat
 submit lease is shorter than a slow create) reconciles only after that bound, by when the first delivery has
 its answer (and owns its task, which the reconciliation then adopts as its own) or has given up.
 
-What remains: two creates of one scope that are both lost (neither ever answered) and whose windows overlap
-can take each other's task. The scope's submit rate spaces creates at least `1 / rate` apart (0.22 s at 5
-per second), and a lost answer's window is its sending time to its failure (milliseconds for a dropped
-connection) plus the skew (0.1 s), so two such windows overlap only if both fail within the skew of each other,
-which the spacing rules out while the skew stays under half of it. Creates known lost (their answer failed)
-leave the in-flight set at once: nobody waits for an answer that cannot come. A worker killed mid-request has no
-failure time: its window is the whole answer bound (35 s), so another lost create of the scope within those 35
-s could be confused with it; both jobs then succeed, each with the other's images, which the manifest's
-`actual_prompts` shows. Both losses at once are what it takes. If a create's answer ever finds its task owned
-by another job (which the waiting above rules out), the job follows its own task and the conflict is logged as
-an error.
+What remains: two creates of one scope that are both unsettled and made their tasks at nearly the same time.
+The scope's submit rate spaces creates at least `1 / rate` apart (0.22 s at 5 per second) and a task is made
+moments after its create is sent, so a task is taken as the create sent last before it (within the skew,
+0.1 s): that is wrong only if the service took longer than the spacing to make a task, for two creates of
+which neither got its answer. Both jobs would then succeed, each with the other's images, which the
+manifest's `actual_prompts` shows. If a create's answer ever finds its task owned by another job (which the
+waiting above rules out), the job follows its own task and the conflict is logged as an error.
+
+Creates known lost (their answer failed) are marked lost: nobody waits for an answer that cannot come, but until
+their own reconciliation they still stand for the tasks they may have made. A task created after another
+unsettled create was sent, later than this job's, is taken as that create's and never adopted here, so a lost
+create that made no task does not take the task of a worker killed mid-request (the chaos suite found that one).
 """
 
 from __future__ import annotations
@@ -71,18 +72,22 @@ def reconcile(rt: Runtime, job: Job, now: float) -> Reconciled:
     window_end = gave_up_at + SLACK_S
     if now < window_end:
         return Reconciled(wait_s=window_end - now)
-    # Another job's create sent before this window closed and still unanswered may have made any task in it.
+    others = [(at, lost) for ref, at, lost in rt.store.creates_unresolved(account, model) if ref != job.ref]
+    # Another job's create sent before this window closed whose answer may still come may have made any task
+    # in it: wait for that answer (it records the task's owner).
     answers_due = [
-        at + bound_s + SLACK_S
-        for ref, at in rt.store.creates_in_flight(account, model)
-        if ref != job.ref and at <= gave_up_at + skew and now < at + bound_s + SLACK_S
+        at + bound_s + SLACK_S for at, lost in others if not lost and at <= gave_up_at + skew and now < at + bound_s
     ]
     if answers_due:
         log.info("waiting for creates in flight before reconciling", ref=job.ref, creates=len(answers_due))
         return Reconciled(wait_s=max(0.1, min(answers_due) - now))
     candidates = _listed(rt, job.account, model, sent_at - skew, gave_up_at + skew)
     for entry in sorted(candidates, key=lambda e: abs(e.get("gmt_create", 0) / 1000 - sent_at)):
-        task_id = str(entry.get("task_id", ""))
+        task_id, created_at = str(entry.get("task_id", "")), entry.get("gmt_create", 0) / 1000
+        # A task is made moments after its create is sent: one created after another unsettled create (lost,
+        # or its worker killed mid-request) was sent, later than this one, is that create's, not this one's.
+        if any(sent_at < at <= created_at + skew for at, _ in others):
+            continue
         # Owned by this job already: its create did succeed, and the worker died before recording the task.
         if task_id and rt.store.own_task(task_id, job.ref):
             log.warning("adopted the task of a create whose answer was lost", ref=job.ref, task_id=task_id)

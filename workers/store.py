@@ -300,14 +300,26 @@ class JobStore:
         pipe.zremrangebyscore(keys.creating(account, model), "-inf", sent_at - 3600)
         pipe.execute()
 
+    def lose_create(self, account: str, model: str, ref: str) -> None:
+        """The job's create will get no answer (it timed out, dropped, came garbled): nobody need wait for it,
+        but until its reconciliation it still stands for whatever task it may have made."""
+        self.redis.sadd(keys.creating_lost(account, model), ref)
+
     def end_create(self, account: str, model: str, ref: str) -> None:
         """The job's create has an answer (its task's owner is recorded), or was reconciled."""
-        self.redis.zrem(keys.creating(account, model), ref)
+        pipe = self.redis.pipeline()
+        pipe.zrem(keys.creating(account, model), ref)
+        pipe.srem(keys.creating_lost(account, model), ref)
+        pipe.execute()
 
-    def creates_in_flight(self, account: str, model: str) -> list[tuple[str, float]]:
-        """Every create of the scope that is sent and not answered yet: (job ref, when it was sent)."""
-        found = self.redis.zrange(keys.creating(account, model), 0, -1, withscores=True)
-        return cast(list[tuple[str, float]], found)
+    def creates_unresolved(self, account: str, model: str) -> list[tuple[str, float, bool]]:
+        """Every create of the scope whose task is not settled yet: (job ref, when it was sent, whether its
+        answer is known lost). The others may still be answered."""
+        pipe = self.redis.pipeline()
+        pipe.zrange(keys.creating(account, model), 0, -1, withscores=True)
+        pipe.smembers(keys.creating_lost(account, model))
+        found, lost = pipe.execute()
+        return [(ref, float(at), ref in lost) for ref, at in found]
 
     def own_task(self, task_id: str, ref: str) -> bool:
         """Make the job the task's owner, unless a job already is (SET NX: an owner is never replaced). True

@@ -93,7 +93,7 @@ def _create(rt: Runtime, job: Job, current: int, scope: Scope) -> Next | None:
     try:
         task_id, request_id = rt.client(scope.account).create_task(job.request)
     except CreateOutcomeUnknown as exc:  # no answer is coming: nobody waits for it; its reconciliation decides
-        rt.store.end_create(scope.account, scope.model, job.ref)
+        rt.store.lose_create(scope.account, scope.model, job.ref)
         log.warning("create outcome unknown; will reconcile before sending again", ref=job.ref, code=exc.code)
         return reschedule(
             rt,

@@ -515,3 +515,39 @@ def test_an_overdue_job_keeps_its_slot_through_the_sweep(
     report = sweep(rt, lambda step: None)
     assert report.slots_freed == 0
     assert rt.quota.slot_holders(Scope(rt.settings.account, "wanx2.0-t2i-turbo"), time.time()) == ["b/j"]
+
+
+def test_a_lost_create_never_takes_the_task_of_a_worker_killed_mid_request(
+    runtime_factory: Callable[..., Runtime], simulator_factory: Callable[..., RunningSimulator]
+) -> None:
+    """Job j's create is lost on its way in (no task). Within its window, job x's create reaches the service and
+    its worker is killed before the answer (x's create stays unsettled, its task unowned). j's reconciliation
+    does not take x's task (it was made after x's create was sent, later than j's): j sends its create again
+    and follows a task of its own prompt; x's task stays free for x's own reconciliation."""
+    sim = simulator_factory(slow_response_s=1.0)
+    rt = runtime_factory(
+        dashscope_base_url=sim.base_url, result_hosts=(sim.url.removeprefix("http://"),), http_timeout_s=1.5
+    )
+    steps = enqueue(rt, {"id": "j", "prompt": "j sim:create_hang:once"})
+    account, model = rt.settings.account, "wan2.5-t2i-preview"
+
+    def killed_mid_request() -> None:  # what a worker of job x leaves behind when SIGKILLed during its create
+        time.sleep(0.5)
+        rt.store.begin_create(account, model, "b/x", time.time())
+        created = httpx.post(
+            f"{sim.base_url}/services/aigc/text2image/image-synthesis",
+            headers={"Authorization": f"Bearer {SIM_KEY}", "X-DashScope-Async": "enable"},
+            json={"model": model, "input": {"prompt": "x"}, "parameters": {"n": 1}},
+        )
+        assert created.status_code == 200, created.text
+
+    other = threading.Thread(target=killed_mid_request)
+    other.start()
+    run(rt, steps, timeout_s=40)
+    other.join(10)
+    job = rt.store.get("b/j")
+    assert job is not None and job.status is Status.SUCCEEDED and job.submits == 2
+    prompts = {t["task_id"]: t["prompt"] for t in sim.engine.task_report(time.time())}
+    assert prompts[job.task_id or ""].startswith("j ")
+    (x_task,) = [task for task, prompt in prompts.items() if prompt == "x"]
+    assert rt.store.task_owner(x_task) is None  # left for x's own reconciliation
