@@ -69,7 +69,6 @@ app = typer.Typer(
 # characters live (producer/display.py). genq's own colours are `styled` Text.
 console = PlainConsole(stderr=False)
 errors = PlainConsole(stderr=True)
-_styled = styled
 
 
 ConfigOption = Annotated[
@@ -87,7 +86,7 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    errors.print(_styled(("error:", "red"), f" {message}"))
+    errors.print(styled(("error:", "red"), f" {message}"))
     return typer.Exit(code)
 
 
@@ -224,7 +223,7 @@ def _dry_run_report(settings: Settings, checked: CheckReport) -> int:
     if checked.rejected:
         console.print(rejected_table(checked.rejected))
         console.print(
-            _styled((f"{len(checked.rejected)} bad row(s)", "red"), ": fix them, or run without --dry-run to skip them")
+            styled((f"{len(checked.rejected)} bad row(s)", "red"), ": fix them, or run without --dry-run to skip them")
         )
         return 1
     return 0
@@ -340,7 +339,7 @@ def status(
             console.print(quota)
         for account, pause in accounts.all_paused(store).items():
             console.print(
-                _styled(
+                styled(
                     (f"account {account} is PAUSED", "red"),
                     f" since {pause['code']}: {pause['message']} (fix it, then: genq resume {account})",
                 )
@@ -419,7 +418,7 @@ def doctor(config: ConfigOption = None) -> None:
     colours = {"ok": "green", "warn": "yellow", "fail": "red"}
     for finding in findings:
         console.print(
-            _styled((f"{finding.level.upper():>4}", colours[finding.level]), f" {finding.check:<10} {finding.message}")
+            styled((f"{finding.level.upper():>4}", colours[finding.level]), f" {finding.check:<10} {finding.message}")
         )
     failed = [f for f in findings if f.level == "fail"]
     console.print(f"{len(failed)} problem(s) to fix" if failed else "all checks passed")
@@ -565,12 +564,12 @@ def worker(
     settings = _settings(config)
     unsigned = unsigned_warning(settings)
     if unsigned:
-        errors.print(_styled(("WARNING:", "bold red"), f" {unsigned}"))
+        errors.print(styled(("WARNING:", "bold red"), f" {unsigned}"))
     celery = create_app(settings.model_copy(update={"metrics_port": metrics_port or settings.metrics_port}))
     try:
         ResultStore(make_minio(settings), settings.bucket).ensure_bucket()  # genq creates its bucket at start
     except StorageError as exc:
-        errors.print(_styled(("warning:", "yellow"), f" could not check the bucket yet ({exc}); workers will retry"))
+        errors.print(styled(("warning:", "yellow"), f" could not check the bucket yet ({exc}); workers will retry"))
     celery.worker_main(
         [
             "worker",
@@ -596,7 +595,7 @@ def beat(config: ConfigOption = None) -> None:
     settings = _settings(config)
     unsigned = unsigned_warning(settings)
     if unsigned:
-        errors.print(_styled(("WARNING:", "bold red"), f" {unsigned}"))
+        errors.print(styled(("WARNING:", "bold red"), f" {unsigned}"))
     run_beat(create_app(settings), settings.redis_url, lambda line: errors.print(Text(line, style="yellow")))
 
 

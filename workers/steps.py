@@ -30,7 +30,7 @@ log = structlog.get_logger("genq.job")
 #: then ended: a crash is never a reason to throw away what was billed.
 STAGE_MAX_CRASHES = 3
 
-Stage = Callable[["Runtime", str, int], "Next | None"]
+Stage = Callable[[Runtime, str, int], Next | None]
 
 
 def run_stage(stage: Stage, rt: Runtime, ref: str, attempt: int) -> Next | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -23,13 +22,11 @@ from workers.messages import publish
 from workers.metrics_server import process_exited, start_metrics_server
 from workers.poll import poll as poll_stage
 from workers.runtime import Runtime, runtime
-from workers.steps import run_stage
+from workers.steps import Stage, run_stage
 from workers.submit import submit as submit_stage
 from workers.sweep import sweep as sweep_all
 from workers.webhook import deliver_due, tick
 from workers.webhook_signing import unsigned_warning
-
-Stage = Callable[[Runtime, str, int], Next | None]
 
 
 @worker_init.connect

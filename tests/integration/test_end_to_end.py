@@ -60,6 +60,20 @@ def test_celery_workers_take_a_csv_batch_to_stored_results(local_stack_factory: 
     assert all(s["max_running"] <= s["concurrency"] for s in counters["scopes"])
 
 
+def fresh_machine(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of a machine with nothing running and no genq settings: services on free loopback
+    ports (started by genq itself), the fast simulator, state under `tmp_path`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GENQ_", "DASHSCOPE_"))}
+    env.update(
+        GENQ_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+        GENQ_STATE_DIR=str(tmp_path / "state"),
+        GENQ_S3_ENDPOINT=f"127.0.0.1:{free_port(with_grpc_offset=True)}",
+        GENQ_SIMULATOR_PROFILE="fast",
+        **extra,
+    )
+    return env
+
+
 def genq(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-c", "from producer.cli import main; main()", *args]
     return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=240)
@@ -68,14 +82,7 @@ def genq(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProc
 def test_the_readme_batch_command_runs_twice_without_paying_twice(tmp_path: Path) -> None:
     """`genq batch examples/prompts.csv` on a machine with nothing running exits 0 with every valid row
     succeeded and every bad row reported by line; the second run creates zero upstream tasks; export works."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GENQ_", "DASHSCOPE_"))}
-    env.update(
-        GENQ_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
-        GENQ_STATE_DIR=str(tmp_path / "state"),
-        GENQ_S3_ENDPOINT=f"127.0.0.1:{free_port(with_grpc_offset=True)}",
-        GENQ_SIMULATOR_PROFILE="fast",
-        COLUMNS="200",
-    )
+    env = fresh_machine(tmp_path, COLUMNS="200")
     first = genq("batch", str(SAMPLE), env=env, cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "12 new jobs (14 images) enqueued, 0 already known, 3 rejected" in first.stdout
@@ -112,15 +119,8 @@ def test_markup_in_every_cell_is_printed_literally_by_batch_and_status(tmp_path:
     """A CSV whose every cell is Rich markup (`[/oops]`, `[link=...]`) is enqueued, run and reported by
     `genq batch` and `genq status` with those strings printed as they are (no crash, no hyperlink escape),
     and both exit as usual."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GENQ_", "DASHSCOPE_"))}
-    env.update(
-        GENQ_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
-        GENQ_STATE_DIR=str(tmp_path / "state"),
-        GENQ_S3_ENDPOINT=f"127.0.0.1:{free_port(with_grpc_offset=True)}",
-        GENQ_SIMULATOR_PROFILE="fast",
-        COLUMNS="250",
-        FORCE_COLOR="1",  # Rich writes as to a terminal: live markup would emit OSC 8 hyperlinks
-    )
+    # FORCE_COLOR: Rich writes as to a terminal, where live markup would emit OSC 8 hyperlinks.
+    env = fresh_machine(tmp_path, COLUMNS="250", FORCE_COLOR="1")
     link = "[link=https://example.invalid]click[/link]"
     path = tmp_path / "markup.csv"
     with path.open("w", newline="") as handle:
