@@ -121,7 +121,11 @@ class Settings(BaseSettings):
     image_deadline_s: float = 600.0
     video_deadline_s: float = 1800.0
     submit_max_attempts: int = Field(5, description="Transient create failures tolerated per job.")
-    poll_max_errors: int = Field(8, description="Consecutive transient query failures tolerated per job.")
+    poll_max_errors: int = Field(
+        8,
+        description="Consecutive failed queries of a task before it is queried only every overdue_poll_s (the job "
+        "fails only once the task's 24 h life upstream is over: until then it may still succeed and be billed).",
+    )
     result_max_bytes: int = Field(2 * 1024**3, description="Largest result object fetched.")
     event_stream: str = "genq:events"
     event_stream_maxlen: int = 100_000

@@ -99,6 +99,9 @@ def retry(rt: Runtime, target: str, *, force: bool = False) -> tuple[ControlRepo
     report, steps = ControlReport(), list[Next]()
     models: set[str] = set()
     for job in _targets(rt, target):
+        if job.status is Status.OVERDUE:
+            report.skipped[job.ref] = "overdue: its task still runs upstream (and will be billed); its result is stored"
+            continue
         if job.status not in RETRYABLE:
             continue
         if not force and job.error_code and _permanent(job.error_code):

@@ -18,6 +18,12 @@ The deadline never throws away a billed result. It is checked on the answer of a
   `genq.job.overdue` event): it keeps its slot (the task still occupies the account's concurrency), is polled
   every `overdue_poll_s`, and its result is stored when it ends. It is never submitted again.
 
+A query that keeps failing never throws a paid result away either. After `poll_max_errors` failures in a row
+(transient errors), or an account-level refusal (the account is paused for every job, with its event), the
+task may still be running and will be billed: the job keeps its slot and is queried every `overdue_poll_s`
+until an answer comes, and ends `failed` only once the task's 24 h life upstream is over (its result could no
+longer be fetched). Any other permanent refusal of a query (the task is not this key's) ends the job at once.
+
 UNKNOWN (the service's word for a task expired after 24 h, or whose status it cannot tell) is believed only
 when the task is that old or it is said `UNKNOWN_CONFIRMATIONS` times in a row over at least
 `unknown_confirm_s` (60 s); until then the task is queried again, and a RUNNING answer in between resets the count.
@@ -28,12 +34,12 @@ from __future__ import annotations
 from typing import Any
 
 from config.catalogue import model_spec
-from workers import metrics
+from workers import accounts, metrics
 from workers.admission import deadline_s, release, scope_of
 from workers.dashscope import TaskState
 from workers.dashscope.classify import is_transient_task_failure
 from workers.dashscope.protocol import upstream_epoch
-from workers.errors import PermanentRemoteError, RemoteError, Throttled, TransientRemoteError
+from workers.errors import AccountError, PermanentRemoteError, RemoteError, Throttled, TransientRemoteError
 from workers.events import job_event
 from workers.job import TASK_LIFE_S, Action, Job, Next, Status
 from workers.poll_policy import next_poll_delay_s, policy_for
@@ -71,17 +77,33 @@ def poll(rt: Runtime, ref: str, attempt: int) -> Next | None:
         metrics.THROTTLED.labels(account=account.name, model=job.request.model, endpoint="query").inc()
         delay = exc.retry_after_s or backoff_s(job.throttles + 1, base_s=1.0, cap_s=30.0, rng=rt.rng)
         return reschedule(rt, job, current, job.status, Action.POLL, delay, fields={"throttles": job.throttles + 1})
+    except AccountError as exc:
+        if scope is not None:
+            accounts.pause(rt.store, scope.account, code=exc.code, message=exc.message, now=now)
+        return _unanswered(rt, job, current, exc, now, errors=job.poll_errors + 1, slow=True)
     except PermanentRemoteError as exc:
         end(rt, job, current, Status.FAILED, code=exc.code, message=exc.message)
         return None
     except TransientRemoteError as exc:
         errors = job.poll_errors + 1
-        if errors >= rt.settings.poll_max_errors:
-            end(rt, job, current, Status.FAILED, code=exc.code, message=f"{exc.message} ({errors} polls failed)")
-            return None
-        delay = backoff_s(errors, base_s=2.0, cap_s=30.0, rng=rt.rng)
-        return reschedule(rt, job, current, job.status, Action.POLL, delay, fields={"poll_errors": errors})
+        return _unanswered(rt, job, current, exc, now, errors=errors, slow=errors >= rt.settings.poll_max_errors)
     return _on_state(rt, job, current, state)
+
+
+def _unanswered(
+    rt: Runtime, job: Job, current: int, exc: RemoteError, now: float, *, errors: int, slow: bool
+) -> Next | None:
+    """A query that failed. The task may still run, and a result it returns SUCCEEDED is billed whether or not
+    genq asks for it: ask again (after a backoff, or every `overdue_poll_s` once failures persist) for as long as
+    the task can live upstream; only past that is the job failed."""
+    if now - (job.submitted_at or job.created_at) >= TASK_LIFE_S:
+        message = f"{exc.message} ({errors} polls failed; the task's 24 h life upstream is over)"
+        end(rt, job, current, Status.FAILED, code=exc.code, message=message)
+        return None
+    if slow:
+        log.warning("task unreachable; polling slowly while it may still run", ref=job.ref, code=exc.code)
+    delay = rt.settings.overdue_poll_s if slow else backoff_s(errors, base_s=2.0, cap_s=30.0, rng=rt.rng)
+    return reschedule(rt, job, current, job.status, Action.POLL, delay, fields={"poll_errors": errors})
 
 
 def _observe_upstream(state: TaskState, now: float) -> None:

@@ -7,7 +7,8 @@ The job arrives holding a slot of its account (`admission.py`); each submit rene
 goes only when the scope's submit rate and cooldown allow it (`workers/quota/`); otherwise the job comes back
 after the wait they name, which is not a retry. A 429 is not a failure either: it pauses the scope for every
 worker, cuts its effective rate, and the job comes back after the pause. An account-level refusal pauses the
-account for every job (`accounts.py`); the jobs of a paused account wait.
+account for every job (`accounts.py`); the jobs of a paused account wait, except that a lost create is still
+reconciled (listing tasks creates nothing, and a task it made must be followed to its billed result).
 """
 
 from __future__ import annotations
@@ -49,16 +50,17 @@ def submit(rt: Runtime, ref: str, attempt: int) -> Next | None:
         return None
     scope = scope_of(job) or Scope(rt.settings.resolved_accounts()[0].name, job.request.model)
     rt.quota.keep_slot(scope, job.ref, lease_s=rt.settings.slot_lease_s, now=now)
-    pause = accounts.paused(rt.store, scope.account)
-    if pause is not None:
-        delay = rt.settings.account_pause_recheck_s * rt.rng.uniform(0.8, 1.2)
-        return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, delay)
+    # A lost create is reconciled even while the account is paused: reading the task list creates nothing, and
+    # a task the lost create made runs (and bills) whether or not anyone follows it; its result must be stored.
+    settled = False
     if job.create_pending:
         try:
             found = reconcile(rt, job, now)
-        except (Throttled, TransientRemoteError) as exc:
+        except (Throttled, TransientRemoteError, AccountError) as exc:
             # The task list could not be read. Look again later, and never send the create meanwhile: the lost
             # one may have made a task.
+            if isinstance(exc, AccountError):
+                accounts.pause(rt.store, scope.account, code=exc.code, message=exc.message, now=now)
             delay = backoff_s(job.submit_errors + 1, base_s=2.0, cap_s=30.0, rng=rt.rng)
             log.warning("could not list tasks to reconcile; will look again", ref=job.ref, code=exc.code)
             return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, delay)
@@ -66,6 +68,11 @@ def submit(rt: Runtime, ref: str, attempt: int) -> Next | None:
             return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, found.wait_s)
         if found.task_id:
             return _submitted(rt, job, current, found.task_id, None, scope)
+        settled = True  # the lost create made no task
+    if accounts.paused(rt.store, scope.account) is not None:
+        delay = rt.settings.account_pause_recheck_s * rt.rng.uniform(0.8, 1.2)
+        fields = {"create_pending": 0} if settled else None
+        return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, delay, fields=fields)
     if now >= job.deadline_at:  # and the lost create, if any, made no task: nothing runs upstream
         message = "deadline passed before submit (a create whose answer was lost made no task)"
         end(rt, job, current, Status.TIMED_OUT, code="DeadlineExceeded", message=message, fields={"create_pending": 0})

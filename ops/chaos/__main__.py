@@ -71,7 +71,8 @@ def print_result(console: Console, result: ChaosResult, *, markdown: bool = Fals
     console.print(
         f"batch of {result.plan.jobs} jobs ended in {result.batch_s:.0f} s; disruptions: {done.node_kills} worker "
         f"nodes and {done.pool_kills} pool processes SIGKILLed, Redis restarted {done.redis_restarts}x, S3 down "
-        f"{done.s3_outages}x ({done.s3_down_s:.0f} s)"
+        f"{done.s3_outages}x ({done.s3_down_s:.0f} s), webhook receiver black-holed {done.webhook_outages}x with "
+        f"{done.events_trimmed} events trimmed from the stream meanwhile"
     )
     table = Table("check", "found", "expected", "", title="chaos audit (from the outside)")
     for check in audit.checks:

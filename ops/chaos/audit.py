@@ -1,5 +1,6 @@
 """The end-of-run audit, from the outside: what the simulator says it created and served, what the job store
-says happened, what the bucket holds, and what the event stream carries. Nothing here asks genq's workers.
+says happened, what the bucket holds, what the event stream carries, and what a webhook receiver verified with
+the `standardwebhooks` package. Nothing here asks genq's workers.
 
 Upstream tasks are matched to jobs by prompt (each chaos prompt is unique). A job may own several tasks when
 genq resubmitted after a task that FAILED transiently; such a task is *justified* when the one before it had
@@ -23,6 +24,8 @@ import httpx
 
 from config.catalogue import CATALOGUE
 from config.settings import Settings
+from ops.webhook_receiver import VerifyingReceiver
+from workers import keys
 from workers.job import TERMINAL, Job, Status
 from workers.quota.quota import Quota, Scope
 from workers.runtime import make_store
@@ -57,6 +60,11 @@ class Audit:
         self.checks.append(Check(what, shown, "-" if expected is None else str(expected), expected in {None, found}))
         self.figures[what] = found
 
+    def at_most(self, what: str, found: int, limit: int) -> None:
+        """A row: `found` may be anything up to `limit`."""
+        self.checks.append(Check(what, str(found), f"at most {limit}", found <= limit))
+        self.figures[what] = found
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
@@ -67,7 +75,9 @@ class Audit:
         }
 
 
-def audit_run(settings: Settings, simulator_url: str, batch_id: str, rows: list[dict[str, str]]) -> Audit:
+def audit_run(
+    settings: Settings, simulator_url: str, batch_id: str, rows: list[dict[str, str]], receiver: VerifyingReceiver
+) -> Audit:
     store = make_store(settings)
     jobs = {job.job_id: job for job in store.jobs(batch_id)}
     tasks = httpx.get(f"{simulator_url}/_sim/tasks", timeout=60).json()["tasks"]
@@ -80,8 +90,9 @@ def audit_run(settings: Settings, simulator_url: str, batch_id: str, rows: list[
     _objects(audit, settings, batch_id, jobs, tasks)
     _billed(audit, jobs, tasks)
     _reasons(audit, jobs.values())
+    _deadlines(audit, jobs.values(), tasks)
     _slots(audit, settings, store.redis)
-    _events(audit, settings, store.redis, jobs.values())
+    _events(audit, settings, store.redis, jobs.values(), receiver)
     return audit
 
 
@@ -138,6 +149,20 @@ def _upstream(
     audit.add("duplicate upstream creates", duplicates + orphans, 0)
     audit.add("jobs with two succeeded tasks (paid twice)", paid_twice, 0)
     audit.add("jobs following a task other than their own newest", len(astray), 0)
+
+
+def _deadlines(audit: Audit, jobs: Iterable[Job], tasks: list[dict[str, Any]]) -> None:
+    """Past a deadline genq cancels a PENDING task and waits for a RUNNING one (it will be billed): when every job
+    has ended, no task may still be waiting or running upstream (none was abandoned)."""
+    running = [t for t in tasks if t["status"] in {"PENDING", "RUNNING"}]
+    audit.problems += [f"abandoned: task {t['task_id']} still {t['status']} upstream" for t in running]
+    audit.add(
+        "jobs overdue (their deadline passed while the task ran upstream)", sum(1 for j in jobs if "overdue" in j.times)
+    )
+    audit.add(
+        "tasks canceled upstream (PENDING at their job's deadline)", sum(1 for t in tasks if t["status"] == "CANCELED")
+    )
+    audit.add("tasks still pending or running upstream after every job ended", len(running), 0)
 
 
 def _newest(tasks: list[dict[str, Any]] | None) -> str | None:
@@ -267,15 +292,71 @@ def _slots(audit: Audit, settings: Settings, redis: Any) -> None:
     audit.problems += [f"slot still held by {ref}" for ref in held]
 
 
-def _events(audit: Audit, settings: Settings, redis: Any, jobs: Iterable[Job]) -> None:
-    terminal_types = {f"genq.job.{s.value}" for s in TERMINAL}
-    per_job: Counter[str] = Counter()
+def _events(audit: Audit, settings: Settings, redis: Any, jobs: Iterable[Job], receiver: VerifyingReceiver) -> None:
+    """Every entry `genq:events` ever held (XINFO's entries-added) was delivered to the receiver, verified by the
+    `standardwebhooks` package, or is in the dead-letter stream with its reason (entries trimmed before anyone
+    read them: counted in a gap record); never both. Every terminal job has exactly one terminal event among
+    those the stream, the receiver and the dead letters still show, or its event was trimmed unread."""
+    delivered: dict[str, dict[str, Any]] = {}
+    for event in receiver.accepted:
+        delivered.setdefault(str(event["id"]), event)
+    dead_ids: set[str] = set()
+    bodies: dict[str, dict[str, Any]] = dict(delivered)
+    reasons: Counter[str] = Counter()
+    trimmed_unread = dead_entries = 0
+    for _, letter in redis.xrange(keys.WEBHOOK_DEAD):
+        reasons[letter.get("reason", "?")] += 1
+        if "missing" in letter:  # a gap: entries trimmed before anyone read them
+            if letter["missing"].isdigit():
+                trimmed_unread += int(letter["missing"])
+            else:
+                audit.problems.append(f"dead letter of a gap of unknown size: {letter}")
+            continue
+        dead_entries += 1
+        found = _event_of(letter.get("event"))
+        if found is not None:
+            dead_ids.add(str(found["id"]))
+            bodies.setdefault(str(found["id"]), found)
     for _, entry in redis.xrange(settings.event_stream):
-        event = json.loads(entry["event"])  # the job store's client decodes responses
-        if event["type"] in terminal_types:
-            per_job[event["subject"]] += 1
+        found = _event_of(entry.get("event"))
+        if found is not None:
+            bodies.setdefault(str(found["id"]), found)
+    added = int(redis.xinfo_stream(settings.event_stream)["entries-added"])
+    both = dead_ids & delivered.keys()
+    audit.problems += [f"event {event_id} both delivered and dead-lettered" for event_id in sorted(both)]
+    audit.add("event stream entries ever added", added)
+    audit.add("events delivered to the webhook (verified by standardwebhooks)", len(delivered))
+    audit.add(
+        "webhook deliveries repeated (at least once: a retry after a lost answer)",
+        len(receiver.accepted) - len(delivered),
+    )
+    audit.add("webhook deliveries the standardwebhooks verifier refused", len(receiver.refused), 0)
+    for reason, count in sorted(reasons.items()):
+        audit.add(f"dead letters: {reason}", count)
+    audit.add("events trimmed before any reader saw them (counted in gap records)", trimmed_unread)
+    unaccounted = added - len(delivered) - dead_entries - trimmed_unread + len(both)
+    audit.add("events neither delivered nor dead-lettered", unaccounted, 0)
+    audit.add("events both delivered and dead-lettered", len(both), 0)
+    audit.add("events still waiting in the webhook outbox", int(redis.zcard(keys.WEBHOOK_DUE)), 0)
+
+    terminal_types = {f"genq.job.{s.value}" for s in TERMINAL}
+    per_job: Counter[str] = Counter(str(e["subject"]) for e in bodies.values() if e.get("type") in terminal_types)
     terminal = [j for j in jobs if j.status in TERMINAL]
-    exactly_one = sum(1 for j in terminal if per_job[j.ref] == 1)
-    audit.add("terminal-job events emitted", sum(per_job.values()), len(terminal))
-    audit.add("terminal jobs with exactly one event", exactly_one, len(terminal), of=len(terminal))
-    audit.problems += [f"events: {j.ref} has {per_job[j.ref]}" for j in terminal if per_job[j.ref] != 1]
+    unseen = [j for j in terminal if per_job[j.ref] == 0]
+    several = [j for j in terminal if per_job[j.ref] > 1]
+    exactly_one = len(terminal) - len(unseen) - len(several)
+    audit.add("terminal jobs with exactly one event", exactly_one, len(terminal) - len(unseen), of=len(terminal))
+    audit.add("terminal jobs with more than one terminal event", len(several), 0)
+    audit.at_most("terminal jobs whose event was trimmed unread (no body left anywhere)", len(unseen), trimmed_unread)
+    audit.problems += [f"events: {j.ref} has {per_job[j.ref]}" for j in several]
+    if len(unseen) > trimmed_unread:
+        audit.problems += [f"events: no terminal event seen for {j.ref}" for j in unseen]
+
+
+def _event_of(raw: str | None) -> dict[str, Any] | None:
+    """The event in a stream entry's or dead letter's `event` field, or None when it is not an event object."""
+    try:
+        event = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) and isinstance(event.get("id"), str) else None

@@ -1,12 +1,13 @@
 """The disruptions of a chaos run, on a thread of their own: SIGKILL a random worker every few seconds (and
-start a new one), restart Redis once, and stop the S3 server for a while.
+start a new one), restart Redis once, stop the S3 server for a while, and black-hole the webhook receiver for a
+while as `genq:events` is trimmed under it.
 
 A kill takes either a whole worker node (the Celery main process and its pool, as a machine dying would) or
 one pool process (its parent notices and forks another), in turn at random. The thread also plays the
 process supervisor (compose's `restart: unless-stopped`): a worker that exits on its own is started again and
-counted. Celery does exit when a pool process dies while the worker is still starting. Redis and S3 are triggered by the
-batch's progress, which the runner feeds in through `progress`, so every disruption lands mid-batch whatever
-its size. Everything that happened is kept in `timeline` for the report.
+counted. Celery does exit when a pool process dies while the worker is still starting. Redis, S3 and the
+webhook outage are triggered by the batch's progress, which the runner feeds in through `progress`, so every
+disruption lands mid-batch whatever its size. Everything that happened is kept in `timeline` for the report.
 """
 
 from __future__ import annotations
@@ -20,9 +21,15 @@ import time
 from dataclasses import dataclass, field
 
 import psutil
+import redis
 
 from ops.chaos.scenario import ChaosPlan
 from ops.localstack import LocalStack
+from ops.webhook_receiver import VerifyingReceiver
+
+#: Appended to `genq:events` during the webhook outage: an entry that is not an event (no `event` field). The
+#: webhook lane must dead-letter it as malformed and deliver on.
+MALFORMED_ENTRY = {"chaos": "an entry without an event field"}
 
 
 @dataclass
@@ -35,13 +42,17 @@ class Disruptions:
     redis_restarts: int = 0
     s3_outages: int = 0
     s3_down_s: float = 0.0
+    webhook_outages: int = 0
+    events_trimmed: int = 0  # entries of `genq:events` removed by the trimming during the outage
+    malformed_entries: int = 0  # entries appended to `genq:events` that are not events
     timeline: list[tuple[float, str]] = field(default_factory=list)
 
 
 class Disruptor(threading.Thread):
-    def __init__(self, stack: LocalStack, plan: ChaosPlan, started_at: float) -> None:
+    def __init__(self, stack: LocalStack, plan: ChaosPlan, started_at: float, receiver: VerifyingReceiver) -> None:
         super().__init__(name="chaos-disruptor", daemon=True)
-        self.stack, self.plan, self.started_at = stack, plan, started_at
+        self.stack, self.plan, self.started_at, self.receiver = stack, plan, started_at, receiver
+        self.redis = redis.Redis.from_url(stack.settings.redis_url, socket_timeout=5)
         self.rng = random.Random(plan.seed + 1)
         self.progress = 0.0  # share of the batch that is terminal, written by the runner
         self.done = Disruptions()
@@ -50,6 +61,8 @@ class Disruptor(threading.Thread):
         self._next_worker = plan.workers + 1
         self._s3_back_at: float | None = None
         self._s3_stopped_at = 0.0
+        self._hook_back_at: float | None = None
+        self._next_trim = 0.0
 
     def stop(self) -> None:
         """Stop disrupting, bring S3 back if it is down, and wait for the thread."""
@@ -67,6 +80,10 @@ class Disruptor(threading.Thread):
                     self._stop_s3()
                 if self._s3_back_at is not None and now >= self._s3_back_at:
                     self._start_s3()
+                if not self.done.webhook_outages and self.progress >= self.plan.webhook_outage_at:
+                    self._black_hole_webhook()
+                if self._hook_back_at is not None:
+                    self._trim_events(now)
                 self._restart_exited_workers()
                 if now >= next_kill:
                     self._kill_a_worker()
@@ -77,6 +94,30 @@ class Disruptor(threading.Thread):
             if self._s3_back_at is not None:
                 with contextlib.suppress(Exception):
                     self._start_s3()
+
+    def _black_hole_webhook(self) -> None:
+        self.receiver.black_hole_for(self.plan.webhook_outage_s)
+        self._hook_back_at = time.monotonic() + self.plan.webhook_outage_s
+        self.done.webhook_outages += 1
+        self.redis.xadd(self.stack.settings.event_stream, MALFORMED_ENTRY)  # type: ignore[arg-type]
+        self.done.malformed_entries += 1
+        self._note(
+            f"webhook receiver black-holed for {self.plan.webhook_outage_s:.0f} s; genq:events trimmed to "
+            f"{self.plan.events_trimmed_to} entries every second meanwhile; one malformed entry appended"
+        )
+
+    def _trim_events(self, now: float) -> None:
+        assert self._hook_back_at is not None
+        if now >= self._hook_back_at:
+            self._hook_back_at = None
+            self._note(f"webhook receiver answers again; {self.done.events_trimmed} events trimmed during the outage")
+            return
+        if now >= self._next_trim:
+            self._next_trim = now + 1.0
+            removed = self.redis.xtrim(
+                self.stack.settings.event_stream, maxlen=self.plan.events_trimmed_to, approximate=False
+            )
+            self.done.events_trimmed += int(removed)
 
     def _gap_s(self) -> float:
         return self.plan.kill_every_s * self.rng.uniform(0.5, 1.5)

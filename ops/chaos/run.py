@@ -1,16 +1,21 @@
 """One chaos run: start a local stack of its own (Redis with AOF, S3, the `hostile` simulator, beat, workers),
-send the batch as `genq batch` does, disrupt everything while it runs, wait until every job ended, then audit
-from the outside (`audit.py`).
+and a webhook receiver that verifies every delivery; send the batch as `genq batch` does, disrupt everything
+while it runs, wait until every job ended and every event was delivered or dead-lettered, then audit from the
+outside (`audit.py`).
 """
 
 from __future__ import annotations
 
+import base64
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+from pydantic import SecretStr
+from standardwebhooks.webhooks import Webhook
 
 from config.celery_app import create_app
 from config.settings import Settings
@@ -18,8 +23,10 @@ from ops.chaos.audit import Audit, audit_run, held_slots
 from ops.chaos.disruptions import Disruptions, Disruptor
 from ops.chaos.scenario import ChaosPlan, chaos_rows, write_csv
 from ops.localstack import LocalStack, isolated_settings
+from ops.webhook_receiver import VerifyingReceiver
 from producer.batch import enqueue_rows
 from producer.csv_source import read_rows
+from workers import keys
 from workers.messages import publish
 from workers.runtime import make_store
 from workers.storage import ResultStore, make_minio
@@ -41,6 +48,20 @@ def run_chaos(plan: ChaosPlan, state_dir: Path, say: Callable[[str], None] = pri
     """Run `plan` with every service's data and logs under `state_dir`; `say` gets a progress line every 10 s."""
     rows = chaos_rows(plan)
     csv_path = write_csv(state_dir / "chaos.csv", rows)
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()  # the specification's form
+    with VerifyingReceiver({"standardwebhooks": Webhook(secret)}) as receiver:
+        return _run(plan, state_dir, rows, csv_path, receiver, secret, say)
+
+
+def _run(
+    plan: ChaosPlan,
+    state_dir: Path,
+    rows: list[dict[str, str]],
+    csv_path: Path,
+    receiver: VerifyingReceiver,
+    secret: str,
+    say: Callable[[str], None],
+) -> ChaosResult:
     configured = isolated_settings(
         state_dir / "stack",
         dashscope_api_key=None,  # always the simulator, even where a real key is in the environment
@@ -49,6 +70,15 @@ def run_chaos(plan: ChaosPlan, state_dir: Path, say: Callable[[str], None] = pri
         worker_concurrency=plan.worker_concurrency,
         finalize_retry_cap_s=plan.finalize_retry_cap_s,
         unknown_confirm_s=10.0,  # the hostile profile's forgotten tasks are confirmed UNKNOWN within the run
+        image_deadline_s=plan.image_deadline_s,
+        video_deadline_s=plan.video_deadline_s,
+        overdue_poll_s=plan.overdue_poll_s,
+        webhook_url=receiver.url,
+        webhook_secret=SecretStr(secret),
+        webhook_timeout_s=2.0,  # a black-holed try costs 2 s of the webhook worker's time, not 15
+        webhook_retry_first_s=1.0,
+        webhook_retry_cap_s=8.0,  # deliveries resume within seconds of the outage's end
+        webhook_outbox_max=plan.webhook_outbox_max,
     )
     with LocalStack(configured, workers=plan.workers, simulator_seed=plan.seed) as stack:
         settings, simulator_url = stack.settings, stack.simulator_url
@@ -61,7 +91,7 @@ def run_chaos(plan: ChaosPlan, state_dir: Path, say: Callable[[str], None] = pri
             store, settings, BATCH_ID, read_rows(csv_path), source=str(csv_path), send=lambda s: publish(celery, s)
         )
         say(f"{report.accepted} jobs accepted ({report.images} images), {len(report.rejected)} rows rejected")
-        disruptor = Disruptor(stack, plan, started)
+        disruptor = Disruptor(stack, plan, started, receiver)
         disruptor.start()
         try:
             batch_s = _wait_for_batch(store, plan, disruptor, started, say)
@@ -70,8 +100,9 @@ def run_chaos(plan: ChaosPlan, state_dir: Path, say: Callable[[str], None] = pri
         if disruptor.error is not None:
             raise RuntimeError(f"a disruption failed: {disruptor.error!r}") from disruptor.error
         _settle(store, settings, plan.settle_s)
-        say("auditing from the outside: simulator, job store, bucket, event stream")
-        audit = audit_run(settings, simulator_url, BATCH_ID, rows)
+        _drain_webhooks(store, plan.settle_s)
+        say("auditing from the outside: simulator, job store, bucket, event stream, webhook receiver")
+        audit = audit_run(settings, simulator_url, BATCH_ID, rows, receiver)
         # Every process the disruptions did not kill must have lived through them (beat through the Redis
         # restart, workers through both outages). Workers that exited were restarted, and are counted.
         audit.add("workers that exited on their own (restarted)", disruptor.done.worker_exits)
@@ -109,6 +140,18 @@ def _wait_for_batch(
         time.sleep(0.5)
     say(f"timed out after {plan.timeout_s:.0f} s: the jobs not terminal count as lost")
     return plan.timeout_s
+
+
+def _drain_webhooks(store: JobStore, settle_s: float) -> None:
+    """Give the webhook lane up to `settle_s` to deliver (or dead-letter) what the outage held back: until the
+    outbox is empty and its collector has read every entry of `genq:events`."""
+    deadline = time.monotonic() + settle_s
+    while time.monotonic() < deadline:
+        groups = store.redis.xinfo_groups(store.event_stream)
+        unread = sum(int(g.get("lag") or 0) + int(g["pending"]) for g in groups if g["name"] == keys.WEBHOOK_GROUP)
+        if not unread and not store.redis.zcard(keys.WEBHOOK_DUE):
+            return
+        time.sleep(1)
 
 
 def _settle(store: JobStore, settings: Settings, settle_s: float) -> None:

@@ -48,6 +48,19 @@ class ChaosPlan:
     finalize_retry_cap_s: float = 60.0  # genq's default: the longest wait between two tries to store a result
     timeout_s: float = 2700.0  # give up waiting for the batch after this long (the jobs left are "lost")
     settle_s: float = 30.0  # after the last job ended, how long the sweep gets to hand back stray slots
+    # Deadline races: far shorter deadlines than genq's defaults (600 s / 1800 s), so that the simulator's
+    # `task_long` tasks (10x their drawn 1-6 s, or 2-10 s for videos) succeed just before them, or run on past
+    # them and must be waited for (overdue), and tasks queued behind them are still PENDING when they pass.
+    image_deadline_s: float = 30.0
+    video_deadline_s: float = 60.0
+    overdue_poll_s: float = 5.0  # genq's default is 60 s: the run's tail would wait on it
+    # The webhook: every event goes to a receiver that verifies it with the `standardwebhooks` package. Once this
+    # share of the jobs is terminal, it black-holes connections for `webhook_outage_s`; meanwhile `genq:events`
+    # is trimmed to `events_trimmed_to` entries every second, and one malformed entry is appended to it.
+    webhook_outage_at: float = 0.6
+    webhook_outage_s: float = 30.0
+    events_trimmed_to: int = 10
+    webhook_outbox_max: int = 50  # a small outbox, so the outage fills it and "outbox full" is dead-lettered
 
     @classmethod
     def full(cls) -> ChaosPlan:

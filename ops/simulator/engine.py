@@ -38,6 +38,8 @@ FAILURES = {
 
 #: Queries of a `task_unknown_flap` task that answer UNKNOWN before the truth.
 UNKNOWN_FLAP_ANSWERS = 2
+#: How many times its drawn duration a `task_long` task runs.
+LONG_TASK_FACTOR = 10.0
 
 
 @dataclass
@@ -270,6 +272,8 @@ class Engine:
         task.expire_on_end = self.faults.fires("task_expire", task.prompt)
         if self.faults.fires("task_unknown_flap", task.prompt):
             task.unknown_answers_left = UNKNOWN_FLAP_ANSWERS
+        if self.faults.fires("task_long", task.prompt):
+            task.duration_s *= LONG_TASK_FACTOR  # not started yet: the slot it will hold is reckoned from this
 
     def find(self, task_id: str, account: str, now: float) -> SimTask | None:
         """The task as a query sees it at `now`, or None when unknown to this account, past retention, or

@@ -31,6 +31,8 @@ reports it as `faults_fired`), so a test can check that each fault it names did 
 | task_partial        | task      | n > 1: some sub-images fail with InternalError.Timeout, the rest succeed |
 | task_expire         | task      | queries answer UNKNOWN as soon as the task ends (the list still shows it) |
 | task_unknown_flap   | task      | the task's first 2 queries answer UNKNOWN, then the truth (RUNNING, ...) |
+| task_long           | task      | the task runs 10 times its drawn duration (past a client's deadline: the |
+|                     |           | deadline races of a task that succeeds just before it, or runs on after) |
 | url_fail_once       | download  | the first download of each result URL gets 503, later ones succeed    |
 | url_expired         | download  | the result URL is already expired: 403 with OSS's XML error           |
 | url_unparseable     | download  | the result URL reads as the allowed host to urllib but holds a tab     |
@@ -67,6 +69,7 @@ FAULTS = frozenset(
         "task_partial",
         "task_expire",
         "task_unknown_flap",
+        "task_long",
         "url_fail_once",
         "url_expired",
         "url_unparseable",

@@ -79,6 +79,7 @@ PROFILES: dict[str, Profile] = {
             "task_partial": 0.05,
             "task_expire": 0.01,
             "task_unknown_flap": 0.02,
+            "task_long": 0.02,
             "url_fail_once": 0.05,
             "url_unparseable": 0.005,
         },

@@ -16,10 +16,12 @@ pytestmark = pytest.mark.integration
 @pytest.mark.timeout(900)  # about 2.5 minutes here; the plan itself gives up waiting after 10
 def test_reduced_chaos_run_loses_nothing_and_creates_nothing_twice(tmp_path: Path) -> None:
     """200 mixed jobs against the hostile simulator (its faults firing on creates, queries, tasks and downloads),
-    while a worker or pool process is SIGKILLed every few seconds, Redis restarts once and S3 is down for 30 s:
-    every job ends, with a code and message when it did not succeed; no task is created upstream twice; every
-    reported image is in the bucket with the sha256 of the bytes the service served; no slot stays held; and
-    every terminal job emitted exactly one event."""
+    while a worker or pool process is SIGKILLed every few seconds, Redis restarts once, S3 is down for 30 s and
+    the webhook receiver black-holes connections for 30 s as the event stream is trimmed to 10 entries: every
+    job ends, with a code and message when it did not succeed; no task is created upstream twice, none is left
+    running, no billed image is lost; every reported image is in the bucket with the sha256 of the bytes the
+    service served; no slot stays held; every terminal job emitted exactly one event; and every event was
+    delivered (verified by `standardwebhooks`) or dead-lettered with its reason."""
     plan = ChaosPlan.reduced()
     lines: list[str] = []
     result = run_chaos(plan, tmp_path / "c", say=lines.append)  # short: SeaweedFS's sockets live under it
@@ -34,11 +36,15 @@ def test_reduced_chaos_run_loses_nothing_and_creates_nothing_twice(tmp_path: Pat
     assert done.redis_restarts == 1
     assert done.s3_outages == 1 and done.s3_down_s >= plan.s3_outage_s
     assert figures["jobs whose results waited for S3 (finalize retried)"] > 0, "the S3 outage tested nothing"
+    assert done.webhook_outages == 1 and done.events_trimmed > 0 and done.malformed_entries == 1
+    assert figures["dead letters: malformed: no event field"] == 1, "the malformed entry was not dead-lettered"
+    assert figures["events delivered to the webhook (verified by standardwebhooks)"] > plan.jobs // 2
     # The service really was hostile, as the simulator counted it: each family of the profile's faults fired.
     families = {
         "create": ("create_500", "create_503", "create_drop_after", "create_malformed", "create_slow", "burst"),
         "query": ("query_500", "query_503", "query_drop", "query_malformed", "query_slow"),
         "task": ("task_failed", "task_timeout", "task_inspection", "task_partial", "task_expire"),
+        "deadline races, UNKNOWN flaps": ("task_long", "task_unknown_flap"),
         "download": ("url_fail_once",),
     }
     injected = result.audit.injected

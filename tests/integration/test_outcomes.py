@@ -18,7 +18,7 @@ from workers import accounts, keys
 from workers.control import cancel, retry
 from workers.dashscope import DashScopeClient
 from workers.finalize import finalize
-from workers.job import Job, Status
+from workers.job import TASK_LIFE_S, Job, Status
 from workers.quota.quota import Scope
 from workers.runtime import Runtime
 from workers.steps import run_stage
@@ -86,7 +86,11 @@ def test_unknown_task_ends_expired_once_confirmed(
     assert (job.status, job.error_code) == (Status.EXPIRED, "TaskUnknown")
     assert job.unknown_seen >= 4 and job.unknown_first_at is not None
     assert f"UNKNOWN {job.unknown_seen} times" in (job.error_message or "")
-    assert simulator.faults_fired() == {"task_expire": 1}
+    # UNKNOWN is not a final status: the task may still run (and bill) within its 24 h, so no retry, forced or not.
+    report, follow = retry(rt, "b", force=True)
+    assert report.changed == [] and follow == []
+    assert "may still run upstream (last seen UNKNOWN)" in report.skipped["b/j"]
+    assert simulator.faults_fired() == {"task_expire": 1} and simulator.counters()["creates"] == 1
 
 
 def test_an_unknown_that_turns_back_into_running_is_not_believed(
@@ -155,20 +159,91 @@ def test_deadline_cancels_a_pending_task_and_waits_for_running_ones(
 def test_retry_leaves_alone_a_job_whose_task_may_still_run(
     runtime_factory: Callable[..., Runtime], simulator_factory: Callable[..., RunningSimulator]
 ) -> None:
-    """A job that failed on its queries (2 in a row allowed) while its task still runs upstream is not retried,
-    not even with --force: `retry` says why, and nothing is created upstream."""
-    sim = simulator_factory(time_scale=30.0)
+    """`retry --force` on a batch whose job is past its deadline while its task runs upstream (overdue) leaves
+    that job alone and says why; nothing more is created upstream, and the job goes on to store its result."""
+    sim = simulator_factory(time_scale=15.0)  # 4.5-15 s per task, far past a 1 s deadline
     rt = runtime_factory(
-        dashscope_base_url=sim.base_url, result_hosts=(sim.url.removeprefix("http://"),), poll_max_errors=2
+        dashscope_base_url=sim.base_url,
+        result_hosts=(sim.url.removeprefix("http://"),),
+        image_deadline_s=1.0,
+        overdue_poll_s=0.5,
     )
-    steps = enqueue(rt, {"id": "j", "prompt": "p sim:query_503", "model": "wanx2.0-t2i-turbo"})
-    run(rt, steps, timeout_s=20, max_sleep_s=0.2)
-    job = rt.store.get("b/j")
-    assert job is not None and job.status is Status.FAILED and job.task_id
+    steps = enqueue(rt, {"id": "j", "prompt": "p", "model": "wanx2.0-t2i-turbo"})
+
+    def overdue() -> bool:
+        job = rt.store.get("b/j")
+        return job is not None and job.status is Status.OVERDUE
+
+    left = run(rt, steps, timeout_s=20, max_sleep_s=0.2, until=overdue)
+    assert overdue()
     report, follow = retry(rt, "b", force=True)
     assert report.changed == [] and follow == []
-    assert "may still run upstream" in report.skipped["b/j"]
-    assert sim.counters()["creates"] == 1 and sim.faults_fired()["query_503"] >= 2
+    assert report.skipped["b/j"].startswith("overdue: its task still runs upstream")
+    run(rt, left, timeout_s=30, max_sleep_s=0.5)
+    job = rt.store.get("b/j")
+    assert job is not None and job.status is Status.SUCCEEDED and stored_images(rt) == ["b/j/0.png"]
+    assert sim.counters()["creates"] == 1 and sim.engine.snapshot(time.time())["billed_images"] == 1
+
+
+def test_a_task_whose_queries_keep_failing_is_followed_until_it_answers(
+    runtime_factory: Callable[..., Runtime], simulator: RunningSimulator
+) -> None:
+    """Queries that fail past `poll_max_errors` do not end the job while its task may still run (and bill): it
+    keeps being polled, every `overdue_poll_s`; when the service answers again, the billed image is stored."""
+    rt = runtime_factory(poll_max_errors=2, overdue_poll_s=0.5)
+    simulator.engine.configure(faults={"query_503": 1.0})
+    steps = enqueue(rt, {"id": "j", "prompt": "a cat"})
+
+    def failing_long() -> bool:
+        job = rt.store.get("b/j")
+        return job is not None and job.poll_errors >= 4
+
+    left = run(rt, steps, timeout_s=30, until=failing_long)
+    job = rt.store.get("b/j")
+    assert job is not None and not job.terminal, "the job gave up on a task that may still run"
+    assert [step.delay_s for step in left] == [0.5]  # polled every overdue_poll_s from now on
+    simulator.engine.configure(faults={"query_503": 0.0})
+    run(rt, left, timeout_s=30)
+    job = rt.store.get("b/j")
+    assert job is not None and job.status is Status.SUCCEEDED and stored_images(rt) == ["b/j/0.png"]
+    assert simulator.engine.snapshot(time.time())["billed_images"] == 1
+    assert simulator.faults_fired()["query_503"] >= 4
+
+
+def test_a_task_unreachable_past_its_24_h_life_ends_the_job_failed(
+    runtime_factory: Callable[..., Runtime], simulator: RunningSimulator
+) -> None:
+    """Once the task's 24 h life upstream is over (clock moved on), a query that still fails ends the job failed
+    with the error and how many polls failed: its result could no longer be fetched."""
+    rt = runtime_factory(poll_max_errors=2)
+    simulator.engine.configure(faults={"query_503": 1.0})
+    steps = enqueue(rt, {"id": "j", "prompt": "a cat"})
+    left = run(rt, steps, timeout_s=30, until=lambda: bool((j := rt.store.get("b/j")) and j.task_id))
+    rt.clock = lambda: time.time() + TASK_LIFE_S
+    run(rt, left, timeout_s=30)
+    job = rt.store.get("b/j")
+    assert job is not None and (job.status, job.error_code) == (Status.FAILED, "ModelServingError")
+    assert "the task's 24 h life upstream is over" in (job.error_message or "")
+
+
+def test_an_account_error_during_a_poll_pauses_the_account_and_keeps_the_job(
+    runtime_factory: Callable[..., Runtime], simulator: RunningSimulator
+) -> None:
+    """A query refused for the account (a revoked key) pauses the account for every job, with one event, but
+    does not end the job whose task runs upstream: once the key works again, its result is stored."""
+    rt = runtime_factory(overdue_poll_s=0.5)
+    steps = enqueue(rt, {"id": "j", "prompt": "a cat"})
+    left = run(rt, steps, timeout_s=30, until=lambda: bool((j := rt.store.get("b/j")) and j.task_id))
+    revoked = runtime_factory(overdue_poll_s=0.5)
+    revoked.dashscope = DashScopeClient(revoked.downloads, base_url=revoked.settings.base_url, api_key="revoked")
+    left = run(revoked, left, timeout_s=5, until=lambda: accounts.paused(rt.store, "default") is not None)
+    job = rt.store.get("b/j")
+    assert job is not None and not job.terminal and left
+    paused = [e for e in events(rt) if e["type"] == "genq.account.paused"]
+    assert len(paused) == 1 and "InvalidApiKey" in json.dumps(paused[0])
+    run(rt, left, timeout_s=30)
+    job = rt.store.get("b/j")
+    assert job is not None and job.status is Status.SUCCEEDED and stored_images(rt) == ["b/j/0.png"]
 
 
 def test_cancel_stops_a_batch_and_cancels_upstream(
@@ -319,6 +394,24 @@ def test_account_error_pauses_the_account_for_every_job(
     run(good, again, timeout_s=20)
     assert [j.status for j in good.store.jobs("b")] == [Status.SUCCEEDED, Status.SUCCEEDED]
     assert simulator.counters()["creates"] == 2
+
+
+def test_a_lost_create_is_reconciled_while_the_account_is_paused(
+    runtime_factory: Callable[..., Runtime], simulator: RunningSimulator
+) -> None:
+    """A create whose answer was lost after its task existed is reconciled even though the account was paused
+    meanwhile (listing creates nothing): the task is adopted, followed and its billed image stored; nothing
+    more is created, and the account stays paused for new creates."""
+    rt = runtime_factory(http_timeout_s=0.5)
+    steps = enqueue(rt, {"id": "j", "prompt": "a cat sim:create_drop_after:once"})
+    left = run(rt, steps, timeout_s=10, until=lambda: bool((j := rt.store.get("b/j")) and j.create_pending))
+    accounts.pause(rt.store, rt.settings.account, code="Arrearage", message="payment overdue", now=time.time())
+    run(rt, left, timeout_s=30)
+    job = rt.store.get("b/j")
+    assert job is not None and job.status is Status.SUCCEEDED and stored_images(rt) == ["b/j/0.png"]
+    assert simulator.counters()["creates"] == 1 and simulator.engine.snapshot(time.time())["billed_images"] == 1
+    assert simulator.faults_fired() == {"create_drop_after": 1}
+    assert accounts.paused(rt.store, rt.settings.account) is not None
 
 
 def test_retry_skips_permanent_failures_unless_forced(runtime: Runtime, simulator: RunningSimulator) -> None:

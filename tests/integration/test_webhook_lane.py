@@ -11,24 +11,17 @@ import base64
 import json
 import re
 import secrets
-import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import httpx
 import pytest
 import redis
-import uvicorn
 from pydantic import SecretStr
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from ops.localstack import LocalStack
-from ops.localstack.process import free_port
+from ops.webhook_receiver import VerifyingReceiver
 from producer.csv_source import CsvRow
 from tests.stage_runner import batch_done, enqueue, publish_rows, run, wait_until
 from workers import keys
@@ -39,59 +32,17 @@ from workers.webhook_outbox import Outbox
 pytestmark = pytest.mark.integration
 
 
-class VerifyingReceiver:
-    """A webhook endpoint that verifies each delivery with every key it holds (`standardwebhooks.Webhook`), and
-    answers 204 when all accept, 400 when one refuses, or `status` while that is set (an outage)."""
-
-    def __init__(self, verifiers: dict[str, Webhook]) -> None:
-        self.verifiers = verifiers
-        self.status: int | None = None
-        self.accepted: list[dict[str, Any]] = []
-        self.refused: list[str] = []
-        self.seen: list[tuple[dict[str, str], bytes]] = []
-        self.port = free_port()
-        app = Starlette(routes=[Route("/hook", self.hook, methods=["POST"])])
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-
-    async def hook(self, request: Request) -> Response:
-        body, headers = await request.body(), dict(request.headers)
-        self.seen.append((headers, body))
-        if self.status is not None:
-            return Response(status_code=self.status)
-        for name, verifier in self.verifiers.items():
-            try:
-                verifier.verify(body, headers)
-            except WebhookVerificationError as exc:
-                self.refused.append(f"{name}: {exc}")
-                return Response(status_code=400)
-        self.accepted.append(json.loads(body))
-        return Response(status_code=204)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    def accepted_ids(self) -> list[str]:
-        return [event["id"] for event in self.accepted]
-
-
 @pytest.fixture
 def receiver_factory() -> Iterator[Callable[[dict[str, Webhook]], VerifyingReceiver]]:
-    started: list[tuple[VerifyingReceiver, threading.Thread]] = []
+    started: list[VerifyingReceiver] = []
 
     def start(verifiers: dict[str, Webhook]) -> VerifyingReceiver:
-        receiver = VerifyingReceiver(verifiers)
-        thread = threading.Thread(target=receiver.server.run, daemon=True)
-        thread.start()
-        while not receiver.server.started:
-            time.sleep(0.02)
-        started.append((receiver, thread))
-        return receiver
+        started.append(VerifyingReceiver(verifiers).__enter__())
+        return started[-1]
 
     yield start
-    for receiver, thread in started:
-        receiver.server.should_exit = True
-        thread.join(5)
+    for receiver in started:
+        receiver.close()
 
 
 def whsec() -> str:

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from ops.simulator.__main__ import parse_keys
-from ops.simulator.engine import Engine, SimConfig
+from ops.simulator.engine import LONG_TASK_FACTOR, Engine, SimConfig
 from ops.simulator.models import MODELS
-from ops.simulator.profiles import PROFILES, ProfileError, load_profile
+from ops.simulator.profiles import PROFILES, Profile, ProfileError, Timing, load_profile
 
 
 def test_builtin_profiles_exist_and_hostile_is_hostile() -> None:
@@ -72,3 +72,28 @@ def test_keys_map_to_accounts() -> None:
     """`k1,k2` belong to account default; `a=k1|k2;b=k3` names accounts."""
     assert parse_keys("k1, k2") == {"k1": "default", "k2": "default"}
     assert parse_keys("a=k1|k2;b=k3") == {"k1": "a", "k2": "a", "k3": "b"}
+
+
+def test_a_long_task_runs_ten_times_its_drawn_duration() -> None:
+    """With every draw fixed at 2 s, a prompt carrying `sim:task_long` ends 20 s after it starts and an ordinary
+    one 2 s after; the fault is counted once."""
+    profile = Profile("fixed", Timing(image_s=(2.0, 2.0), prompt_extend_s=0.0))
+    engine = Engine(SimConfig(profile=profile, seed=1))
+    model = MODELS["wan2.5-t2i-preview"]
+    created = {
+        prompt: engine.create(
+            key="k",
+            account="a",
+            model=model,
+            body={"p": prompt},
+            prompt=prompt,
+            n=1,
+            size="1024*1024",
+            prompt_extend=False,
+            now=100.0,
+        )
+        for prompt in ("a cat", "a dog sim:task_long")
+    }
+    ran = {prompt: (task.end or 0) - (task.scheduled or 0) for prompt, task in created.items()}
+    assert ran == {"a cat": pytest.approx(2.0), "a dog sim:task_long": pytest.approx(2.0 * LONG_TASK_FACTOR)}
+    assert engine.faults.fired == {"task_long": 1}
