@@ -110,8 +110,9 @@ class Simulator:
     def _result_url(self, request: Request, task: SimTask, index: int) -> str:
         extension = "mp4" if task.model.video else "png"
         config = self.engine.config
-        life_s = 0 if self.faults.fires("url_expired", task.prompt) else config.url_life_s * config.scale
-        expires = int(task.end or task.created) + max(0, math.ceil(life_s))
+        # Born expired: one second before the task's end, so no download, however quick, finds it valid.
+        life_s = -1 if self.faults.fires("url_expired", task.prompt) else math.ceil(config.url_life_s * config.scale)
+        expires = int(task.end or task.created) + life_s
         base = str(request.base_url).rstrip("/")
         if self.faults.fires("url_unparseable", task.prompt):
             scheme, _, netloc = base.partition("://")
@@ -347,6 +348,9 @@ class Simulator:
         self.engine.downloaded_urls.add(url_key)
         if first and self.faults.fires("url_fail_once", task.prompt):
             return oss_error("ServiceUnavailable", "Please reduce your request rate.", status=503)
+        if self.faults.fires("url_wrong_bytes", task.prompt):
+            # A proxy's page where the image should be: 200, declared an image, not one.
+            return Response(b"<html><body>Access blocked by policy</body></html>", media_type="image/png")
         self.engine.counters["downloads"] += 1
         if task.model.video:
             size = media.mp4_size(self.engine.config.video_bytes)

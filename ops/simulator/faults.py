@@ -35,6 +35,7 @@ reports it as `faults_fired`), so a test can check that each fault it names did 
 |                     |           | deadline races of a task that succeeds just before it, or runs on after) |
 | url_fail_once       | download  | the first download of each result URL gets 503, later ones succeed    |
 | url_expired         | download  | the result URL is already expired: 403 with OSS's XML error           |
+| url_wrong_bytes     | download  | 200 declared `image/png` whose bytes are an HTML page (a proxy's)     |
 | url_unparseable     | download  | the result URL reads as the allowed host to urllib but holds a tab     |
 |                     |           | (`http://evil.example\t@host/...`), which httpx refuses to parse       |
 """
@@ -73,6 +74,7 @@ FAULTS = frozenset(
         "url_fail_once",
         "url_expired",
         "url_unparseable",
+        "url_wrong_bytes",
     }
 )
 

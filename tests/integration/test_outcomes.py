@@ -3,6 +3,8 @@ the bucket, the event stream and the simulator's own counters (which do not trus
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import threading
 import time
@@ -11,13 +13,17 @@ from dataclasses import replace
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
+from config.accounts import AccountSettings
+from ops.localstack.process import free_port
+from ops.simulator.models import MODELS
 from tests.conftest import SIM_KEY, RunningSimulator
 from tests.stage_runner import enqueue, run
 from workers import accounts, keys
 from workers.control import cancel, retry
 from workers.dashscope import DashScopeClient
-from workers.finalize import finalize
+from workers.finalize import finalize, object_key
 from workers.job import TASK_LIFE_S, Job, Status
 from workers.quota.quota import Scope
 from workers.runtime import Runtime
@@ -644,3 +650,118 @@ def test_a_lost_create_never_takes_the_task_of_a_worker_killed_mid_request(
     assert prompts[job.task_id or ""].startswith("j ")
     (x_task,) = [task for task, prompt in prompts.items() if prompt == "x"]
     assert rt.store.task_owner(x_task) is None  # left for x's own reconciliation
+
+
+def test_result_urls_expired_or_replaced_by_a_page_fail_with_their_reason(
+    runtime: Runtime, simulator: RunningSimulator
+) -> None:
+    """A result URL already expired (403 from the result host, OSS's XML) and one answered 200 with an HTML page
+    declared as a PNG each fail their image with their own code: nothing is stored, and the job ends failed
+    naming it."""
+    steps = enqueue(
+        runtime,
+        {"id": "gone", "prompt": "a cat sim:url_expired"},
+        {"id": "page", "prompt": "a dog sim:url_wrong_bytes"},
+    )
+    run(runtime, steps, timeout_s=30)
+    jobs = {j.job_id: j for j in runtime.store.jobs("b")}
+    assert (jobs["gone"].status, jobs["gone"].error_code) == (Status.FAILED, "ResultUrlExpired")
+    assert (jobs["page"].status, jobs["page"].error_code) == (Status.FAILED, "ResultContentType")
+    assert stored_images(runtime) == []
+    assert simulator.faults_fired() == {"url_expired": 1, "url_wrong_bytes": 1}
+
+
+def test_finalize_skips_an_image_already_stored(runtime: Runtime, simulator: RunningSimulator) -> None:
+    """A finalize re-sent after its worker stored the first of two images and died downloads only the second:
+    the stored one is kept as it is, and the job lists both with the sha256 of the bytes the service served."""
+    steps = enqueue(runtime, {"id": "j", "prompt": "a cat", "n": "2"})
+
+    def downloading() -> bool:
+        job = runtime.store.get("b/j")
+        return job is not None and job.status is Status.DOWNLOADING
+
+    left = run(runtime, steps, timeout_s=30, until=downloading)
+    job = runtime.store.get("b/j")
+    assert job is not None and len(job.results) == 2
+    first = httpx.get(job.results[0]["url"]).content  # what the dead worker had fetched and stored
+    digest = hashlib.sha256(first).hexdigest()
+    runtime.results.put_file(
+        object_key("b/j", 0, "png"), io.BytesIO(first), len(first), content_type="image/png", sha256=digest
+    )
+    downloads_before = simulator.counters()["downloads"]
+    run(runtime, left, timeout_s=30)
+    job = runtime.store.get("b/j")
+    assert job is not None and job.status is Status.SUCCEEDED
+    assert simulator.counters()["downloads"] == downloads_before + 1  # only the image not yet stored
+    served = [simulator.engine.served_sha256[f"{job.task_id}/{i}"] for i in range(2)]
+    assert [o["sha256"] for o in job.objects] == served and served[0] == digest
+
+
+def test_results_not_stored_before_their_urls_expire_end_the_job_failed(
+    runtime_factory: Callable[..., Runtime], simulator: RunningSimulator
+) -> None:
+    """S3 still unreachable when the result URLs' 24 h have passed (clock moved on): the job ends failed with
+    ResultExpired, how many attempts were made and the last error, and nothing more is tried."""
+    rt = runtime_factory()
+    steps = enqueue(rt, {"id": "j", "prompt": "a cat"})
+
+    def downloading() -> bool:
+        job = rt.store.get("b/j")
+        return job is not None and job.status is Status.DOWNLOADING
+
+    left = run(rt, steps, timeout_s=30, until=downloading)
+    s3_gone = runtime_factory(ensure_bucket=False, s3_endpoint=f"127.0.0.1:{free_port()}")
+    s3_gone.clock = lambda: time.time() + rt.settings.result_url_life_s
+    assert run(s3_gone, left, timeout_s=30) == []
+    job = rt.store.get("b/j")
+    assert job is not None and (job.status, job.error_code) == (Status.FAILED, "ResultExpired")
+    assert "could not be stored before their URLs expired (1 attempts; last:" in (job.error_message or "")
+
+
+def test_reconciliation_pages_through_the_task_list_and_skips_tasks_other_jobs_own(
+    runtime_factory: Callable[..., Runtime], simulator: RunningSimulator
+) -> None:
+    """A lost create reconciled while the service lists 150 tasks of the model in its window (two pages of
+    100), each owned by another job and created closer to the lost create's send than its own task: none is
+    taken, both pages are read, and the job adopts the task made from its own request; nothing is created
+    again."""
+    rt = runtime_factory(http_timeout_s=0.5)
+    steps = enqueue(rt, {"id": "j", "prompt": "a cat sim:create_drop_after:once"})
+    left = run(rt, steps, timeout_s=10, until=lambda: bool((j := rt.store.get("b/j")) and j.create_pending))
+    job = rt.store.get("b/j")
+    assert job is not None and job.submit_sent_at is not None
+    engine, model = simulator.engine, MODELS[job.request.model]
+    for i in range(150):
+        other = engine.create(
+            key=SIM_KEY,
+            account="default",
+            model=model,
+            body={"other": i},
+            prompt=f"other {i}",
+            n=1,
+            size="1024*1024",
+            prompt_extend=False,
+            now=job.submit_sent_at,
+        )
+        assert rt.store.own_task(other.task_id, f"b/other{i}")
+    lists_before = simulator.counters().get("lists", 0)
+    run(rt, left, timeout_s=30)
+    job = rt.store.get("b/j")
+    assert job is not None and job.status is Status.SUCCEEDED
+    (own,) = [t for t in engine.tasks.values() if t.prompt == "a cat sim:create_drop_after:once"]
+    assert job.task_id == own.task_id and rt.store.task_owner(own.task_id) == "b/j"
+    assert simulator.counters()["lists"] - lists_before == 2  # two pages
+    assert simulator.counters()["creates"] == 151
+
+
+def test_polls_held_back_by_the_accounts_query_budget_meet_no_429(
+    runtime_factory: Callable[..., Runtime], simulator: RunningSimulator
+) -> None:
+    """With the account's query budget set to the service's own 2 queries per second, six jobs polled at once
+    are held back by genq (a wait, not an error) and the service refuses none of their queries; all succeed."""
+    simulator.engine.config.query_qps = 2
+    account = AccountSettings(name="default", api_keys=(SecretStr(SIM_KEY),), base_url=simulator.base_url, query_qps=2)
+    rt = runtime_factory(accounts=(account,))
+    run(rt, enqueue(rt, *({"id": f"j{i}", "prompt": f"p{i}"} for i in range(6))), timeout_s=60)
+    assert [j.status for j in rt.store.jobs("b")] == [Status.SUCCEEDED] * 6
+    assert simulator.counters()["queries"] >= 6 and simulator.counters().get("throttled_query", 0) == 0
