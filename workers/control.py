@@ -1,9 +1,10 @@
 """What an operator does to jobs that are already in flight: cancel them, retry the failed ones.
 
 Cancel: a job whose task is still `PENDING` upstream is cancelled there (nothing is billed); one already
-running upstream cannot be, so genq just stops looking after it. A job already downloading its results is
-left to finish (they are paid for). Either way the job ends `canceled` at once, by a compare-and-set that
-any message still in flight then finds moved on.
+running upstream cannot be, so genq just stops looking after it. A job already downloading its results, or
+whose task has already succeeded, is left to finish (they are paid for). Either way the job ends `canceled` at
+once, by a compare-and-set on the attempt it was read at: a job a worker moved on meanwhile (its create sent)
+is left alone, and any message still in flight finds a cancelled job moved on.
 
 A job still waiting for a slot leaves its queue; a job holding one gives it back (and the next job is admitted).
 
@@ -50,47 +51,83 @@ def _targets(rt: Runtime, target: str) -> list[Job]:
     return list(rt.store.jobs(target))
 
 
+#: Times one job's cancel is tried when a worker moved the job on between reading it and ending it.
+CANCEL_TRIES = 5
+
+
 def cancel(rt: Runtime, target: str) -> ControlReport:
     report = ControlReport()
-    for job in _targets(rt, target):
-        if job.terminal:
-            continue
-        if job.status is Status.DOWNLOADING:
-            report.skipped[job.ref] = "already downloading its (paid) results; left to finish"
-            continue
-        if job.create_pending:
-            # Its create is in flight or its answer was lost: a task may exist that nobody could cancel or
-            # reconcile once the job is gone. Its next step settles that; cancel again in a moment.
-            report.skipped[job.ref] = "a create is in flight (or its answer was lost); cancel again in a moment"
-            continue
-        if job.task_id and job.status in _ACTIVE_UPSTREAM:
-            try:
-                rt.client(job.account).cancel_task(job.task_id)
-                report.upstream_canceled += 1
-            except (Throttled, TransientRemoteError) as exc:
-                # The task may still be PENDING, and cancelling it is the only way not to pay for it: keep
-                # the job (its polls go on) rather than abandon a task that may start and bill.
-                report.skipped[job.ref] = f"the service could not cancel its task now ({exc.code}); try again"
-                continue
-            except RemoteError as exc:  # UnsupportedOperation: running upstream; it will finish unseen
-                log.info("upstream cancel refused; no longer polling", ref=job.ref, code=exc.code)
-        now = rt.clock()
-        event = job_event(job, Status.CANCELED, now=now, error_code="Canceled", error_message="canceled by the user")
-        applied = rt.store.transition(
-            job.ref,
-            Status.CANCELED,
-            expected_attempt=None,
-            event=event,
-            now=now,
-            fields={"error_code": "Canceled", "error_message": "canceled by the user"},
-        )
-        if applied.ok:
-            report.changed.append(job.ref)
-            rt.store.leave_queue(job.request.model, job.ref)
-            release(rt.store, rt.quota, rt.settings, job, rt.send)
+    # Jobs still waiting for a slot go first: cancelling them admits nothing, and once they are gone the slots
+    # this cancel frees cannot admit a job of the target, whose create would then race the loop below.
+    listed = sorted(_targets(rt, target), key=lambda j: j.status is not Status.ACCEPTED)
+    for seen in listed:
+        for _ in range(CANCEL_TRIES):
+            outcome = _cancel_one(rt, seen.ref, report)
+            if outcome != "attempt moved on":
+                break
         else:
-            report.skipped[job.ref] = applied.reason
+            report.skipped[seen.ref] = "its workers kept moving it on; cancel again"
     return report
+
+
+def _cancel_one(rt: Runtime, ref: str, report: ControlReport) -> str:
+    """Cancel one job as it is now (not as listed: a worker may have claimed it or sent its create since).
+    Returns "attempt moved on" when a worker moved it on meanwhile, so the caller reads it again."""
+    job = rt.store.get(ref)
+    if job is None or job.terminal:
+        return "ended"
+    if job.status is Status.DOWNLOADING:
+        report.skipped[ref] = "already downloading its (paid) results; left to finish"
+        return "skipped"
+    if job.create_pending:
+        # Its create is in flight or its answer was lost: a task may exist that nobody could cancel or
+        # reconcile once the job is gone. Its next step settles that; cancel again in a moment.
+        report.skipped[ref] = "a create is in flight (or its answer was lost); cancel again in a moment"
+        return "skipped"
+    if job.task_id and job.status in _ACTIVE_UPSTREAM:
+        try:
+            rt.client(job.account).cancel_task(job.task_id)
+            report.upstream_canceled += 1
+        except (Throttled, TransientRemoteError) as exc:
+            # The task may still be PENDING, and cancelling it is the only way not to pay for it: keep
+            # the job (its polls go on) rather than abandon a task that may start and bill.
+            report.skipped[ref] = f"the service could not cancel its task now ({exc.code}); try again"
+            return "skipped"
+        except RemoteError as exc:  # UnsupportedOperation: it started, or already ended, upstream
+            if _succeeded_upstream(rt, job):
+                report.skipped[ref] = "its task has already succeeded upstream (billed): its result is stored"
+                return "skipped"
+            log.info("upstream cancel refused; no longer polling", ref=ref, code=exc.code)
+    now = rt.clock()
+    event = job_event(job, Status.CANCELED, now=now, error_code="Canceled", error_message="canceled by the user")
+    # A compare-and-set on the attempt it was read at: if a worker moved it on since (sent its create, found
+    # its result), it is read and judged again.
+    applied = rt.store.transition(
+        ref,
+        Status.CANCELED,
+        expected_attempt=job.attempt,
+        event=event,
+        now=now,
+        fields={"error_code": "Canceled", "error_message": "canceled by the user"},
+    )
+    if applied.ok:
+        report.changed.append(ref)
+        report.skipped.pop(ref, None)
+        rt.store.leave_queue(job.request.model, ref)
+        release(rt.store, rt.quota, rt.settings, job, rt.send)
+        return "canceled"
+    if applied.reason != "attempt moved on":
+        report.skipped[ref] = applied.reason
+    return applied.reason
+
+
+def _succeeded_upstream(rt: Runtime, job: Job) -> bool:
+    """Whether the job's task, whose cancel was refused, has already SUCCEEDED: its images are billed and ready,
+    and the job's next poll stores them. When the service cannot say, it is treated as still running."""
+    try:
+        return rt.client(job.account).get_task(job.task_id or "").status == "SUCCEEDED"
+    except RemoteError:
+        return False
 
 
 def retry(rt: Runtime, target: str, *, force: bool = False) -> tuple[ControlReport, list[Next]]:

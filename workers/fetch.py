@@ -39,18 +39,26 @@ class Fetched:
     extension: str
 
 
+def _without_query(url: object) -> object:
+    """A result URL as an error may quote it: without its query, which holds the presigned URL's signature and
+    access key id (a message goes to the job, its events, webhooks and logs)."""
+    return url.split("?", 1)[0] + "?..." if isinstance(url, str) and "?" in url else url
+
+
 def check_url(url: str, *, allowed_hosts: Iterable[str], require_https: bool) -> None:
     """Raise `ResultRejected` unless the URL is well formed and its scheme and host are allowed. Nothing is
     fetched. A URL that urllib and httpx could read differently (whitespace or control characters, as in
     `https://evil.com\t@allowed-host/`, a bad port) is refused as malformed, never handed to httpx."""
     if not isinstance(url, str) or not url.isascii() or any(c.isspace() or not c.isprintable() for c in url):
-        raise ResultRejected("ResultUrlMalformed", f"result URL {url!r:.200} has whitespace or control characters")
+        shown = _without_query(url)
+        raise ResultRejected("ResultUrlMalformed", f"result URL {shown!r:.200} has whitespace or control characters")
     try:
         parts = urlsplit(url)
         port = parts.port
         httpx.URL(url)
     except (ValueError, httpx.InvalidURL) as exc:
-        raise ResultRejected("ResultUrlMalformed", f"result URL {url!r:.200} cannot be parsed: {exc}") from None
+        shown = _without_query(url)
+        raise ResultRejected("ResultUrlMalformed", f"result URL {shown!r:.200} cannot be parsed: {exc}") from None
     if parts.scheme not in {"http", "https"} or (require_https and parts.scheme != "https"):
         raise ResultRejected("ResultUrlScheme", f"result URL scheme {parts.scheme!r} is not allowed")
     host = parts.hostname or ""
@@ -80,7 +88,8 @@ def fetch(http: httpx.Client, url: str, *, max_bytes: int) -> Iterator[Fetched]:
                 if response.status_code >= 400:
                     raise TransientRemoteError("ResultDownload", f"result URL answered HTTP {response.status_code}")
                 length = response.headers.get("Content-Length") or "0"
-                declared = int(length) if length.isdigit() else 0  # a garbled header: the streamed cap decides
+                # A garbled header (Unicode digits included: '²'.isdigit()): the streamed cap decides.
+                declared = int(length) if length.isascii() and length.isdigit() else 0
                 if declared > max_bytes:
                     raise ResultRejected("ResultTooLarge", f"result is {declared} bytes, over {max_bytes}")
                 for chunk in response.iter_bytes(CHUNK_BYTES):

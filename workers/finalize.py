@@ -130,7 +130,7 @@ def _store_results(rt: Runtime, job: Job) -> tuple[list[dict[str, Any]], list[di
         key = object_key(job.ref, index, extension)
         try:
             check_url(url, allowed_hosts=rt.settings.result_hosts, require_https=rt.settings.require_https_results)
-            existing = rt.results.sha256_of(key)
+            existing = rt.results.sha256_of(key, task_id=job.task_id or "")
             if existing:
                 objects.append({"index": index, "key": key, "sha256": existing})
                 continue
@@ -139,7 +139,12 @@ def _store_results(rt: Runtime, job: Job) -> tuple[list[dict[str, Any]], list[di
                 if fetched.content_type not in allowed_types:
                     raise ResultRejected("ResultContentType", f"expected {extension} bytes, got {fetched.content_type}")
                 rt.results.put_file(
-                    key, fetched.file, fetched.size, content_type=fetched.content_type, sha256=fetched.sha256
+                    key,
+                    fetched.file,
+                    fetched.size,
+                    content_type=fetched.content_type,
+                    sha256=fetched.sha256,
+                    task_id=job.task_id or "",
                 )
                 metrics.DOWNLOAD_BYTES.inc(fetched.size)
                 metrics.DOWNLOAD_SECONDS.observe(time.monotonic() - started)

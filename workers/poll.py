@@ -22,7 +22,8 @@ A query that keeps failing never throws a paid result away either. After `poll_m
 (transient errors), or an account-level refusal (the account is paused for every job, with its event), the
 task may still be running and will be billed: the job keeps its slot and is queried every `overdue_poll_s`
 until an answer comes, and ends `failed` only once the task's 24 h life upstream is over (its result could no
-longer be fetched). Any other permanent refusal of a query (the task is not this key's) ends the job at once.
+longer be fetched). Any other refusal of a query (a proxy's 404 or 408) is treated the same way: the service
+itself answers a task it does not know with `UNKNOWN`, which is judged below.
 
 UNKNOWN (the service's word for a task expired after 24 h, or whose status it cannot tell) is believed only
 when the task is that old or it is said `UNKNOWN_CONFIRMATIONS` times in a row over at least
@@ -77,13 +78,13 @@ def poll(rt: Runtime, ref: str, attempt: int) -> Next | None:
         metrics.THROTTLED.labels(account=account.name, model=job.request.model, endpoint="query").inc()
         delay = exc.retry_after_s or backoff_s(job.throttles + 1, base_s=1.0, cap_s=30.0, rng=rt.rng)
         return reschedule(rt, job, current, job.status, Action.POLL, delay, fields={"throttles": job.throttles + 1})
-    except AccountError as exc:
-        if scope is not None:
+    except PermanentRemoteError as exc:
+        # The service answers a task it does not know with 200 UNKNOWN, so a refusal here is the key's (paused
+        # for every job) or an intermediary's (a proxy's 404 or 408): not an answer about the task, which may
+        # run and bill all the same.
+        if isinstance(exc, AccountError) and scope is not None:
             accounts.pause(rt.store, scope.account, code=exc.code, message=exc.message, now=now)
         return _unanswered(rt, job, current, exc, now, errors=job.poll_errors + 1, slow=True)
-    except PermanentRemoteError as exc:
-        end(rt, job, current, Status.FAILED, code=exc.code, message=exc.message)
-        return None
     except TransientRemoteError as exc:
         errors = job.poll_errors + 1
         return _unanswered(rt, job, current, exc, now, errors=errors, slow=errors >= rt.settings.poll_max_errors)

@@ -38,8 +38,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
 
+from workers.dashscope.protocol import ListedTask
 from workers.job import Job
 from workers.runtime import Runtime, answer_bound_s
 from workers.steps import log
@@ -81,9 +81,13 @@ def reconcile(rt: Runtime, job: Job, now: float) -> Reconciled:
     if answers_due:
         log.info("waiting for creates in flight before reconciling", ref=job.ref, creates=len(answers_due))
         return Reconciled(wait_s=max(0.1, min(answers_due) - now))
+    # Listing draws on the account's query budget like a poll: a spent budget is a wait, not a 429.
+    budget_wait_s = rt.quota.query_wait_s(account, rt.settings.account_settings(account).query_qps, now, rt.rng)
+    if budget_wait_s > 0:
+        return Reconciled(wait_s=budget_wait_s)
     candidates = _listed(rt, job.account, model, sent_at - skew, gave_up_at + skew)
-    for entry in sorted(candidates, key=lambda e: abs(e.get("gmt_create", 0) / 1000 - sent_at)):
-        task_id, created_at = str(entry.get("task_id", "")), entry.get("gmt_create", 0) / 1000
+    for listed in sorted(candidates, key=lambda t: abs(t.created_at - sent_at)):
+        task_id, created_at = listed.task_id, listed.created_at
         # A task is made moments after its create is sent: one created after another unsettled create (lost,
         # or its worker killed mid-request) was sent, later than this one, is that create's, not this one's.
         if any(sent_at < at <= created_at + skew for at, _ in others):
@@ -98,15 +102,14 @@ def reconcile(rt: Runtime, job: Job, now: float) -> Reconciled:
     return Reconciled()
 
 
-def _listed(rt: Runtime, account: str | None, model: str, start: float, end: float) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
+def _listed(rt: Runtime, account: str | None, model: str, start: float, end: float) -> list[ListedTask]:
+    found: list[ListedTask] = []
     page = 1
     while True:
-        answer = rt.client(account).list_tasks(
+        tasks, pages = rt.client(account).list_tasks(
             model_name=model, start_time=_list_time(start), end_time=_list_time(end + 1), page_no=page, page_size=100
         )
-        data = answer.get("data") or []
-        found += [e for e in data if start <= e.get("gmt_create", 0) / 1000 <= end]
-        if page >= int(answer.get("total_page") or 1) or not data:
+        found += [t for t in tasks if start <= t.created_at <= end]
+        if page >= pages or not tasks:
             return found
         page += 1

@@ -53,8 +53,10 @@ class ResultStore:
         except (MinioException, OSError, urllib3.exceptions.HTTPError) as exc:
             raise StorageError(f"bucket {self.bucket}: {exc}") from exc
 
-    def sha256_of(self, key: str) -> str | None:
-        """The stored object's sha256 (from its metadata), or None when there is no such object."""
+    def sha256_of(self, key: str, *, task_id: str | None = None) -> str | None:
+        """The stored object's sha256 (from its metadata), or None when there is no such object, or (given
+        `task_id`) when the object was stored from another task: a retried job's earlier task, whose bytes are not
+        the new task's (billed, and to be fetched)."""
         try:
             stat = self.client.stat_object(self.bucket, key)
         except S3Error as exc:
@@ -66,13 +68,15 @@ class ResultStore:
             raise StorageError(f"stat {key}: {exc}") from exc
         except (MinioException, OSError, urllib3.exceptions.HTTPError) as exc:
             raise StorageError(f"stat {key}: {exc}") from exc
-        metadata = stat.metadata or {}
-        for name, value in metadata.items():
-            if name.lower() == "x-amz-meta-sha256":
-                return str(value)
-        return ""
+        metadata = {name.lower(): str(value) for name, value in (stat.metadata or {}).items()}
+        if task_id is not None and metadata.get("x-amz-meta-task-id") != task_id:
+            return None
+        return metadata.get("x-amz-meta-sha256", "")
 
-    def put_file(self, key: str, data: BinaryIO, size: int, *, content_type: str, sha256: str) -> None:
+    def put_file(
+        self, key: str, data: BinaryIO, size: int, *, content_type: str, sha256: str, task_id: str = ""
+    ) -> None:
+        """Store a result with its sha256 and the upstream task it came from in the object's metadata."""
         try:
             self.client.put_object(
                 self.bucket,
@@ -80,7 +84,7 @@ class ResultStore:
                 data,
                 size,
                 content_type=content_type,
-                metadata={"sha256": sha256},
+                metadata={"sha256": sha256, "task-id": task_id},
                 part_size=PART_SIZE,
             )
         except (MinioException, OSError, urllib3.exceptions.HTTPError, ValueError) as exc:

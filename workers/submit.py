@@ -24,7 +24,7 @@ from workers.errors import (
     Throttled,
     TransientRemoteError,
 )
-from workers.job import Action, Job, Next, Status
+from workers.job import TASK_LIFE_S, Action, Job, Next, Status
 from workers.poll_policy import policy_for
 from workers.quota.quota import Scope
 from workers.reconcile import reconcile
@@ -58,12 +58,18 @@ def submit(rt: Runtime, ref: str, attempt: int) -> Next | None:
             found = reconcile(rt, job, now)
         except (Throttled, TransientRemoteError, AccountError) as exc:
             # The task list could not be read. Look again later, and never send the create meanwhile: the lost
-            # one may have made a task.
+            # one may have made a task. Once no task of it can be alive any more (24 h), the job ends failed.
             if isinstance(exc, AccountError):
                 accounts.pause(rt.store, scope.account, code=exc.code, message=exc.message, now=now)
-            delay = backoff_s(job.submit_errors + 1, base_s=2.0, cap_s=30.0, rng=rt.rng)
+            failures = job.poll_errors + 1
+            if now - (job.submit_sent_at or job.created_at) >= TASK_LIFE_S:
+                message = f"{exc.message} (the task list could not be read for 24 h after a create was lost)"
+                end(rt, job, current, Status.FAILED, code=exc.code, message=message, fields={"create_pending": 0})
+                return None
+            delay = backoff_s(failures, base_s=2.0, cap_s=rt.settings.overdue_poll_s, rng=rt.rng)
             log.warning("could not list tasks to reconcile; will look again", ref=job.ref, code=exc.code)
-            return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, delay)
+            counted = {"poll_errors": failures}
+            return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, delay, fields=counted)
         if found.wait_s:
             return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, found.wait_s)
         if found.task_id:
@@ -71,8 +77,8 @@ def submit(rt: Runtime, ref: str, attempt: int) -> Next | None:
         settled = True  # the lost create made no task
     if accounts.paused(rt.store, scope.account) is not None:
         delay = rt.settings.account_pause_recheck_s * rt.rng.uniform(0.8, 1.2)
-        fields = {"create_pending": 0} if settled else None
-        return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, delay, fields=fields)
+        settle = {"create_pending": 0} if settled else None
+        return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, delay, fields=settle)
     if now >= job.deadline_at:  # and the lost create, if any, made no task: nothing runs upstream
         message = "deadline passed before submit (a create whose answer was lost made no task)"
         end(rt, job, current, Status.TIMED_OUT, code="DeadlineExceeded", message=message, fields={"create_pending": 0})
@@ -86,16 +92,20 @@ def submit(rt: Runtime, ref: str, attempt: int) -> Next | None:
 
 
 def _create(rt: Runtime, job: Job, current: int, scope: Scope) -> Next | None:
+    # Marking the create pending claims the job once more (a new attempt): anything that read the job before
+    # (`genq cancel` deciding that no create is in flight) finds it moved on instead of ending it mid-create.
     sent = rt.store.transition(
         job.ref,
         Status.SUBMITTING,
         expected_attempt=current,
+        bump_attempt=True,
         next_action=Action.SUBMIT,
         due_at=rt.clock() + SUBMIT_LEASE_S,
         fields={"create_pending": 1, "submit_sent_at": rt.clock(), "submit_failed_at": "", "submits": job.submits + 1},
     )
     if not sent.ok:
         return None
+    current = sent.attempt
     rt.store.begin_create(scope.account, scope.model, job.ref, rt.clock())
     try:
         task_id, request_id = rt.client(scope.account).create_task(job.request)

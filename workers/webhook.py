@@ -134,7 +134,11 @@ def deliver_round(rt: Runtime, http: httpx.Client, *, now: float, count: int = R
         _warn_unsigned_once()
 
     def send(url: str, item: Claimed) -> tuple[Claimed, str, _Outcome]:
-        return item, url, _post(http, settings, url, item, rt.clock())
+        try:
+            return item, url, _post(http, settings, url, item, rt.clock())
+        except Exception as exc:  # one try's surprise must not stop the round: it is recorded as a failed try
+            log.exception("webhook delivery failed unexpectedly", entry=item.entry)
+            return item, url, _Outcome(f"{type(exc).__name__}: {exc}"[:200])
 
     with ThreadPoolExecutor(max_workers=min(settings.webhook_concurrency, len(claimed))) as pool:
         probes = [pool.submit(send, url, items[0]) for url, items in by_url.items()]
@@ -183,8 +187,11 @@ def _post(http: httpx.Client, settings: Settings, url: str, item: Claimed, now: 
 
 
 def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after", "")
-    return float(value) if value.isdigit() else None
+    """The receiver's `Retry-After` in seconds, when it is a plain ASCII number (an HTTP date is ignored)."""
+    value = response.headers.get("retry-after", "").strip()
+    if not (value.isascii() and value.isdigit()):  # '²'.isdigit() is True, float('²') is not a number
+        return None
+    return float(value)
 
 
 def _record(

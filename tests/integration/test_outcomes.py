@@ -28,6 +28,7 @@ from workers.job import TASK_LIFE_S, Job, Status
 from workers.quota.quota import Scope
 from workers.runtime import Runtime
 from workers.steps import run_stage
+from workers.submit import submit
 from workers.sweep import sweep
 
 
@@ -265,6 +266,32 @@ def test_cancel_stops_a_batch_and_cancels_upstream(
     assert run(rt, left, timeout_s=5) == []  # every message still in flight is now stale
     assert all(j.status is Status.CANCELED for j in rt.store.jobs("b"))
     assert sim.counters()["cancels"] >= 1
+
+
+def test_cancel_never_lets_a_freed_slot_start_a_job_it_has_yet_to_cancel(
+    runtime_factory: Callable[..., Runtime], simulator_factory: Callable[..., RunningSimulator]
+) -> None:
+    """One slot, one running job and two waiting: cancelling the batch frees the slot, and workers act on what is
+    admitted at once (here: the submit runs the moment it is sent). No waiting job of the batch is admitted and
+    creates a task that the cancel then abandons: one task upstream in all, every job canceled."""
+    sim = simulator_factory(time_scale=30.0)
+    account = AccountSettings(
+        name="default",
+        api_keys=(SecretStr(SIM_KEY),),
+        base_url=sim.base_url,
+        limits={"wanx2.0-t2i-turbo": (5, 1)},
+        server_queue_depth=0,  # one job holding a slot at a time, none queued upstream
+    )
+    rt = runtime_factory(accounts=(account,), result_hosts=(sim.url.removeprefix("http://"),))
+    steps = enqueue(rt, *({"id": f"j{i}", "prompt": f"p{i}", "model": "wanx2.0-t2i-turbo"} for i in range(3)))
+    left = run(rt, steps, timeout_s=2, max_sleep_s=0.5)
+    assert sim.counters()["creates"] == 1
+    rt.send = lambda step: run_stage(submit, rt, step.ref, step.attempt) if step else None  # an eager worker
+    report = cancel(rt, "b")
+    assert sorted(report.changed) == ["b/j0", "b/j1", "b/j2"]
+    assert run(rt, left, timeout_s=3) == []
+    assert all(j.status is Status.CANCELED for j in rt.store.jobs("b"))
+    assert sim.counters()["creates"] == 1  # the running job's task only: nothing admitted after it
 
 
 def test_create_timeout_is_reconciled_not_paid_twice(
@@ -686,7 +713,12 @@ def test_finalize_skips_an_image_already_stored(runtime: Runtime, simulator: Run
     first = httpx.get(job.results[0]["url"]).content  # what the dead worker had fetched and stored
     digest = hashlib.sha256(first).hexdigest()
     runtime.results.put_file(
-        object_key("b/j", 0, "png"), io.BytesIO(first), len(first), content_type="image/png", sha256=digest
+        object_key("b/j", 0, "png"),
+        io.BytesIO(first),
+        len(first),
+        content_type="image/png",
+        sha256=digest,
+        task_id=job.task_id or "",
     )
     downloads_before = simulator.counters()["downloads"]
     run(runtime, left, timeout_s=30)
@@ -695,6 +727,24 @@ def test_finalize_skips_an_image_already_stored(runtime: Runtime, simulator: Run
     assert simulator.counters()["downloads"] == downloads_before + 1  # only the image not yet stored
     served = [simulator.engine.served_sha256[f"{job.task_id}/{i}"] for i in range(2)]
     assert [o["sha256"] for o in job.objects] == served and served[0] == digest
+
+
+def test_an_image_stored_from_an_earlier_task_is_fetched_again(runtime: Runtime, simulator: RunningSimulator) -> None:
+    """An object left under the job's key by an earlier task (a retried job's first try) is not taken for the new
+    task's image: the new task's (billed) image is downloaded and stored in its place."""
+    old = b"bytes of an earlier task"
+    runtime.results.put_file(
+        object_key("b/j", 0, "png"),
+        io.BytesIO(old),
+        len(old),
+        content_type="image/png",
+        sha256=hashlib.sha256(old).hexdigest(),
+        task_id="an-earlier-task",
+    )
+    job = one_job(runtime, "a cat")
+    assert job.status is Status.SUCCEEDED and simulator.counters()["downloads"] == 1
+    served = simulator.engine.served_sha256[f"{job.task_id}/0"]
+    assert job.objects[0]["sha256"] == served == runtime.results.sha256_of("b/j/0.png")
 
 
 def test_results_not_stored_before_their_urls_expire_end_the_job_failed(

@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from workers.dashscope import DashScopeClient
 from workers.dashscope.classify import error_class, is_transient_task_failure
@@ -14,6 +16,7 @@ from workers.errors import (
     AccountError,
     CreateOutcomeUnknown,
     PermanentRemoteError,
+    RemoteError,
     Throttled,
     TransientRemoteError,
 )
@@ -230,3 +233,120 @@ def test_transient_task_failures() -> None:
     assert is_transient_task_failure("InternalError.Timeout")
     assert not is_transient_task_failure("DataInspectionFailed")
     assert not is_transient_task_failure(None)
+
+
+# --- every answer of the service, however shaped, is a value or a RemoteError (never a crash) ---------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=12,
+)
+result_items = st.fixed_dictionaries({}, optional={"url": json_values, "code": json_values, "message": json_values})
+choices = st.fixed_dictionaries(
+    {},
+    optional={
+        "message": st.fixed_dictionaries(
+            {},
+            optional={
+                "content": st.lists(st.dictionaries(st.just("image"), json_values) | json_values, max_size=3)
+                | json_values
+            },
+        )
+        | json_values,
+        "code": json_values,
+    },
+)
+# Answers shaped like the documented ones, each field of any type: deeper than free JSON reaches.
+answers = st.fixed_dictionaries(
+    {},
+    optional={
+        "output": st.fixed_dictionaries(
+            {},
+            optional={
+                "task_id": st.text(min_size=1, max_size=8) | json_values,
+                "task_status": st.sampled_from(["PENDING", "RUNNING", "SUCCEEDED", "FAILED"]) | json_values,
+                "results": st.lists(result_items | json_values, max_size=3) | json_values,
+                "choices": st.lists(choices | json_values, max_size=3) | json_values,
+                "video_url": st.text(max_size=12) | json_values,
+                "code": json_values,
+                "end_time": json_values,
+            },
+        )
+        | json_values,
+        "usage": json_values,
+        "request_id": json_values,
+        "code": json_values,
+        "data": st.lists(
+            st.fixed_dictionaries({}, optional={"task_id": json_values, "gmt_create": st.integers() | json_values})
+            | json_values,
+            max_size=3,
+        )
+        | json_values,
+        "total_page": json_values,
+    },
+)
+statuses = st.sampled_from([200, 202, 400, 401, 403, 404, 408, 429, 500, 502, 503, 504])
+
+
+def answering(status: int, body: object) -> DashScopeClient:
+    payload = json.dumps(body).encode()  # NaN and Infinity included: Python's json writes them
+    return client(lambda r: httpx.Response(status, content=payload, headers={"content-type": "application/json"}))
+
+
+@given(statuses, answers | json_values)
+def test_any_query_answer_is_a_task_state_or_a_remote_error(status: int, body: object) -> None:
+    """Whatever a task query is answered, the client returns a task state with a text id and status, text URLs
+    and a usage object, or raises a RemoteError; nothing else escapes."""
+    try:
+        state = answering(status, body).get_task("t-1")
+    except RemoteError:
+        return
+    assert isinstance(state.task_id, str) and state.task_id and isinstance(state.status, str) and state.status
+    assert all(r.url is None or isinstance(r.url, str) for r in state.results)
+    assert all(r.code is None or isinstance(r.code, str) for r in state.results)
+    assert isinstance(state.usage, dict)
+
+
+@given(statuses, answers | json_values)
+def test_any_create_answer_is_a_task_id_or_an_error_that_says_whether_a_task_may_exist(
+    status: int, body: object
+) -> None:
+    """A 2xx create answer without a text task id, and a 5xx that is not the service's own JSON error, may
+    stand for a task that exists: CreateOutcomeUnknown (reconcile, never create blindly again)."""
+    try:
+        task_id, request_id = answering(status, body).create_task(request_for("wan2.5-t2i-preview"))
+    except CreateOutcomeUnknown:
+        return
+    except RemoteError:
+        assert status >= 400, "a 2xx answer was taken for a refusal: the create would be sent again"
+        own_error = isinstance(body, dict) and isinstance(body.get("code"), str) and body["code"]
+        assert status < 500 or own_error, "a gateway's 5xx was taken for the service's refusal"
+        return
+    assert status < 400 and isinstance(task_id, str) and task_id
+    assert request_id is None or isinstance(request_id, str)
+
+
+@given(statuses, answers | json_values)
+def test_any_task_list_answer_is_read_in_full_or_refused(status: int, body: object) -> None:
+    """A task list page is its tasks (text id, numeric creation time) and a page count of at least 1, or a
+    RemoteError: an entry that cannot be read is never skipped (it could be the lost create's task)."""
+    try:
+        tasks, pages = answering(status, body).list_tasks(page_no=1)
+    except RemoteError:
+        return
+    assert pages >= 1 and all(isinstance(t.task_id, str) and t.task_id for t in tasks)
+    entries = body.get("data") if isinstance(body, dict) else None
+    assert isinstance(entries, list) and len(tasks) == len(entries)
+
+
+@given(st.text(st.characters(min_codepoint=32, max_codepoint=255), max_size=12))
+def test_any_retry_after_header_is_a_bounded_wait_or_ignored(value: str) -> None:
+    """Retry-After of any text (Unicode digits, inf, nan, negative) is ignored or read as 0..3600 s."""
+    answer = client(
+        lambda r: httpx.Response(429, json={"code": "Throttling"}, headers={"Retry-After": value.encode("latin-1")})
+    )
+    with pytest.raises(Throttled) as caught:
+        answer.get_task("t-1")
+    wait = caught.value.retry_after_s
+    assert wait is None or 0.0 <= wait <= 3600.0

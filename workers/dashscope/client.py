@@ -2,32 +2,41 @@
 
 Every failure leaves here as one of `workers.errors`' `RemoteError`s: HTTP error answers are classified
 by code (`classify.error_class`), transport faults are translated most specific first, and a create
-whose request may have reached the service raises `CreateOutcomeUnknown` so the caller reconciles
-instead of paying twice. The API key is sent in a header and appears in no message.
+whose request may have reached the service (a timeout after sending, an answer dropped, undecodable or not
+JSON, a 2xx without a task id, a 5xx from a gateway rather than the service's own JSON error) raises
+`CreateOutcomeUnknown` so the caller reconciles instead of paying twice. Answers of any other shape than the
+documented one are `TransientRemoteError("MalformedResponse")`, never a crash (`protocol.py` parses totally).
+The API key is sent in a header and appears in no message.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import httpx
 
 from config.catalogue import model_spec
 from workers.dashscope.classify import error_class
-from workers.dashscope.protocol import TaskState, create_body, parse_task
+from workers.dashscope.protocol import ListedTask, MalformedAnswer, TaskState, create_body, parse_task, parse_task_list
 from workers.errors import CreateOutcomeUnknown, RemoteError, Throttled, TransientRemoteError
 from workers.requests import GenerationRequest
 
+#: The longest `Retry-After` believed; a larger one (or `inf`) is read as this.
+RETRY_AFTER_MAX_S = 3600.0
+
 
 def _retry_after_s(response: httpx.Response) -> float | None:
+    """`Retry-After` in seconds, within [0, RETRY_AFTER_MAX_S]; None when absent or not a finite number."""
     value = response.headers.get("Retry-After")
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         return None
+    return min(max(0.0, seconds), RETRY_AFTER_MAX_S) if math.isfinite(seconds) else None
 
 
 def _error_from_response(response: httpx.Response) -> RemoteError:
@@ -49,6 +58,15 @@ def _error_from_response(response: httpx.Response) -> RemoteError:
             retry_after_s=_retry_after_s(response),
         )
     return cls(code, message, http_status=response.status_code, request_id=body.get("request_id"))
+
+
+def _dashscope_error(response: httpx.Response) -> bool:
+    """Whether an error answer is the service's own (a JSON object with a `code`), not a proxy's or gateway's."""
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and isinstance(body.get("code"), str) and bool(body["code"])
 
 
 class DashScopeClient:
@@ -85,10 +103,17 @@ class DashScopeClient:
             if creates:
                 raise CreateOutcomeUnknown(kind, f"create {path} got no answer ({kind})") from exc
             raise TransientRemoteError(kind, f"{method} {path} got no answer ({kind})") from exc
-        except httpx.HTTPError as exc:
-            raise TransientRemoteError(type(exc).__name__, f"{method} {path} failed: {exc}") from exc
+        except httpx.HTTPError as exc:  # e.g. a body that cannot be decoded: the request was answered
+            kind = type(exc).__name__
+            if creates:
+                raise CreateOutcomeUnknown(kind, f"create {path} failed after sending: {exc}") from exc
+            raise TransientRemoteError(kind, f"{method} {path} failed: {exc}") from exc
         if response.status_code >= 400:
-            raise _error_from_response(response)
+            error = _error_from_response(response)
+            if creates and response.status_code >= 500 and not _dashscope_error(response):
+                # A gateway's 502/504, not the service's own refusal: the create may have reached the service.
+                raise CreateOutcomeUnknown(error.code, f"create {path} answered by a gateway: {error.message}")
+            raise error
         try:
             body = response.json()
         except (ValueError, json.JSONDecodeError) as exc:
@@ -96,27 +121,35 @@ class DashScopeClient:
                 raise CreateOutcomeUnknown("MalformedResponse", f"create {path} answered non-JSON") from exc
             raise TransientRemoteError("MalformedResponse", f"{method} {path} answered non-JSON") from exc
         if not isinstance(body, dict):
-            raise TransientRemoteError("MalformedResponse", f"{method} {path} answered {type(body).__name__}")
+            what = f"{method} {path} answered {type(body).__name__}"
+            raise (CreateOutcomeUnknown if creates else TransientRemoteError)("MalformedResponse", what)
         return body
 
     def create_task(self, request: GenerationRequest) -> tuple[str, str | None]:
         """Create the task; returns `(task_id, request_id)`."""
         path = model_spec(request.model).create_path
         body = self._send("POST", path, json_body=create_body(request), creates=True)
-        try:
-            return str(body["output"]["task_id"]), body.get("request_id")
-        except (KeyError, TypeError) as exc:
-            raise CreateOutcomeUnknown("MalformedResponse", f"create {path} answered without a task_id") from exc
+        output = body.get("output")
+        task_id = output.get("task_id") if isinstance(output, dict) else None
+        if not isinstance(task_id, str) or not task_id:
+            # Answered 2xx: a task may well exist. Reconciliation finds it; the create is not sent again blindly.
+            raise CreateOutcomeUnknown("MalformedResponse", f"create {path} answered without a task_id")
+        request_id = body.get("request_id")
+        return task_id, request_id if isinstance(request_id, str) else None
 
     def get_task(self, task_id: str) -> TaskState:
         body = self._send("GET", f"/tasks/{task_id}")
         try:
             return parse_task(body)
-        except (KeyError, TypeError) as exc:
-            raise TransientRemoteError("MalformedResponse", f"task {task_id}: answer lacks {exc}") from exc
+        except MalformedAnswer as exc:
+            raise TransientRemoteError("MalformedResponse", f"task {task_id}: {exc}") from exc
 
     def cancel_task(self, task_id: str) -> None:
         self._send("POST", f"/tasks/{task_id}/cancel")
 
-    def list_tasks(self, **params: Any) -> dict[str, Any]:
-        return self._send("GET", "/tasks", params=params)
+    def list_tasks(self, **params: Any) -> tuple[list[ListedTask], int]:
+        """One page of the task list: its tasks and the number of pages."""
+        try:
+            return parse_task_list(self._send("GET", "/tasks", params=params))
+        except MalformedAnswer as exc:
+            raise TransientRemoteError("MalformedResponse", f"task list: {exc}") from exc

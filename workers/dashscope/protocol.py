@@ -1,17 +1,18 @@
 """Request bodies and response parsing for the three create protocols and the task query.
 
 Pure functions, no I/O: `create_body` turns a `GenerationRequest` into the JSON of its model's protocol;
-`parse_task` turns a `GET /tasks/{id}` answer into a `TaskState`, whatever the protocol.
+`parse_task` turns a `GET /tasks/{id}` answer into a `TaskState`, whatever the protocol, and `parse_task_list`
+reads a `GET /tasks` page. Both are total: an answer of any other shape raises `MalformedAnswer`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from config.catalogue import Protocol, model_spec
-from workers.requests import GenerationRequest
+from workers.requests import GenerationRequest, shown
 
 TERMINAL_UPSTREAM = frozenset({"SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN"})
 UTC8 = timezone(timedelta(hours=8))
@@ -92,49 +93,109 @@ class TaskState:
         return {k: v for k, v in times.items() if v}
 
 
+class MalformedAnswer(ValueError):
+    """An answer of the service that is not of the documented shape; the client makes it a `RemoteError`."""
+
+
+def _text(value: Any) -> str | None:
+    """A string field: the string, or None for anything else (absent, null, empty, a number, an object)."""
+    return value if isinstance(value, str) and value else None
+
+
+def _item(value: Any) -> ResultItem:
+    """One sub-result. Its position is the image's index, so an entry that is not an object, or whose URL is not
+    a string, is kept as a failed sub-result that says so: the image is named, never silently skipped."""
+    if not isinstance(value, dict):
+        return ResultItem(code="ResultMalformed", message=f"a result entry that is not an object: {shown(value)}")
+    url = value.get("url")
+    if url is not None and _text(url) is None:
+        return ResultItem(code="ResultMalformed", message=f"a result URL that is not a string: {shown(url)}")
+    return ResultItem(
+        url=_text(url),
+        code=_text(value.get("code")),
+        message=_text(value.get("message")),
+        orig_prompt=_text(value.get("orig_prompt")),
+        actual_prompt=_text(value.get("actual_prompt")),
+    )
+
+
+def _choices(choices: list[Any]) -> list[ResultItem]:
+    """wan2.6's `choices`: the image parts of each choice's message, and a failed choice's code."""
+    items: list[ResultItem] = []
+    for choice in choices:
+        if not isinstance(choice, dict):
+            items.append(ResultItem(code="ResultMalformed", message=f"a choice that is not an object: {shown(choice)}"))
+            continue
+        message = choice.get("message")
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else []:
+            image = part.get("image") if isinstance(part, dict) else None
+            if image is not None:
+                items.append(_item({"url": image}))
+        if _text(choice.get("code")):
+            items.append(ResultItem(code=_text(choice.get("code")), message=_text(choice.get("message_text"))))
+    return items
+
+
 def _results(output: dict[str, Any]) -> list[ResultItem]:
-    if output.get("video_url"):  # video protocol
+    video_url = output.get("video_url")
+    if video_url is not None:  # video protocol
+        item = _item({"url": video_url})
         return [
-            ResultItem(
-                url=output["video_url"],
-                orig_prompt=output.get("orig_prompt"),
-                actual_prompt=output.get("actual_prompt"),
+            replace(
+                item, orig_prompt=_text(output.get("orig_prompt")), actual_prompt=_text(output.get("actual_prompt"))
             )
         ]
     if "choices" in output:  # wan2.6 image-generation protocol
-        items: list[ResultItem] = []
-        for choice in output.get("choices") or []:
-            message = choice.get("message") or {}
-            for part in message.get("content") or []:
-                if part.get("image"):
-                    items.append(ResultItem(url=part["image"]))
-            if choice.get("code"):
-                items.append(ResultItem(code=choice["code"], message=choice.get("message_text")))
-        return items
-    return [  # old image protocol
-        ResultItem(
-            url=r.get("url"),
-            code=r.get("code"),
-            message=r.get("message"),
-            orig_prompt=r.get("orig_prompt"),
-            actual_prompt=r.get("actual_prompt"),
-        )
-        for r in output.get("results") or []
-    ]
+        choices = output["choices"]
+        return _choices(choices if isinstance(choices, list) else [])
+    results = output.get("results")  # old image protocol
+    return [_item(r) for r in (results if isinstance(results, list) else [])]
 
 
-def parse_task(body: dict[str, Any]) -> TaskState:
-    """A query response as a `TaskState`. Raises `KeyError`/`TypeError` on a body of the wrong shape."""
-    output = body["output"]
+def parse_task(body: Any) -> TaskState:
+    """A query answer as a `TaskState`, whatever its protocol. Total: any other shape than the documented one
+    raises `MalformedAnswer` (no task id or status), and fields of the wrong type are read as absent."""
+    output = body.get("output") if isinstance(body, dict) else None
+    if not isinstance(output, dict):
+        raise MalformedAnswer(f"an answer without an output object: {shown(body)}")
+    task_id, status = _text(output.get("task_id")), _text(output.get("task_status"))
+    if task_id is None or status is None:
+        raise MalformedAnswer(f"an output without a task_id and task_status: {shown(output)}")
+    usage = body.get("usage")
     return TaskState(
-        task_id=output["task_id"],
-        status=str(output["task_status"]),
+        task_id=task_id,
+        status=status,
         results=_results(output),
-        code=output.get("code"),
-        message=output.get("message"),
-        submit_time=output.get("submit_time"),
-        scheduled_time=output.get("scheduled_time"),
-        end_time=output.get("end_time"),
-        usage=body.get("usage") or {},
-        request_id=body.get("request_id"),
+        code=_text(output.get("code")),
+        message=_text(output.get("message")),
+        submit_time=_text(output.get("submit_time")),
+        scheduled_time=_text(output.get("scheduled_time")),
+        end_time=_text(output.get("end_time")),
+        usage=usage if isinstance(usage, dict) else {},
+        request_id=_text(body.get("request_id")),
     )
+
+
+@dataclass(frozen=True)
+class ListedTask:
+    task_id: str
+    created_at: float  # epoch seconds (the list's `gmt_create` is in milliseconds)
+
+
+def parse_task_list(answer: Any) -> tuple[list[ListedTask], int]:
+    """A `GET /tasks` answer as its tasks and its page count. Total: a shape that is not the documented one, or
+    an entry without a string id and a numeric creation time, raises `MalformedAnswer`. Reconciliation must
+    not decide that a lost create made no task from a list it could not read in full."""
+    data = answer.get("data") if isinstance(answer, dict) else None
+    if not isinstance(data, list):
+        raise MalformedAnswer(f"a task list without a data list: {shown(answer)}")
+    tasks = []
+    for entry in data:
+        task_id = _text(entry.get("task_id")) if isinstance(entry, dict) else None
+        created = entry.get("gmt_create") if isinstance(entry, dict) else None
+        if task_id is None or isinstance(created, bool) or not isinstance(created, int | float):
+            raise MalformedAnswer(f"a task list entry without task_id and gmt_create: {shown(entry)}")
+        tasks.append(ListedTask(task_id, float(created) / 1000))
+    pages = answer.get("total_page")
+    return tasks, pages if isinstance(pages, int) and not isinstance(pages, bool) and pages >= 1 else 1
