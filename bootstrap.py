@@ -10,7 +10,8 @@ What it does, every time (each step is a no-op when already done):
    (uv is told never to download a Python of its own);
 3. runs the command with `.venv/bin` first on PATH.
 
-`test` runs pytest under coverage.py (every Python process the tests start is measured, docs/coverage.md),
+`test` runs pytest under coverage.py (every Python process the tests start is measured, docs/coverage.md);
+without pytest arguments, the whole suite in two test processes (`WHOLE_SUITE`: pytest-xdist). It then
 combines the data, writes the HTML report to htmlcov/ and prints branch coverage per package. Without pytest
 arguments (the whole suite, as CI runs it) it fails when branch coverage of the packages named in pyproject.toml
 `[tool.genq.coverage]` is below its `branch_floor`.
@@ -64,6 +65,10 @@ def _sync(uv: Path) -> None:
     )
 
 
+#: pytest's arguments for the whole suite: two test processes, a file's tests together, the slowest named.
+WHOLE_SUITE = ("-n", "2", "--dist", "loadfile", "--durations", "15")
+
+
 def main(argv: list[str]) -> int:
     if sys.version_info < (3, 11):  # noqa: UP036 - this file runs before any Python is chosen
         _say(f"genq needs Python 3.11 or newer; this is {sys.version.split()[0]}")
@@ -77,7 +82,11 @@ def main(argv: list[str]) -> int:
     if argv[0] == "test":
         commands = [[str(bin_dir / tool), *args] for tool, *args in CHECKS]
         coverage = [str(bin_dir / "python"), "-m", "coverage"]
-        commands += [[*coverage, "erase"], [*coverage, "run", "-m", "pytest", *argv[1:]], [*coverage, "combine", "-q"]]
+        # The whole suite (no arguments, as CI runs it) in two test processes: most integration tests wait on
+        # real time (task durations, windows), not on the CPU. The slowest files start first (tests/conftest.py).
+        pytest_args = argv[1:] or [*WHOLE_SUITE]
+        commands += [[*coverage, "erase"], [*coverage, "run", "-m", "pytest", *pytest_args]]
+        commands += [[*coverage, "combine", "-q"]]
     else:
         commands = [[str(bin_dir / argv[0]), *argv[1:]]]
     try:

@@ -8,6 +8,7 @@ work). The command exits non-zero when any check fails.
 from __future__ import annotations
 
 import io
+import re
 import secrets
 import time
 import uuid
@@ -55,13 +56,16 @@ def check_redis(settings: Settings) -> list[Finding]:
         ]
     found = [Finding("redis", "ok", f"Redis at {where} answers.")]
     info = client.info("server")
-    version = tuple(int(x) for x in str(info.get("redis_version", "0")).split(".")[:2])
-    if version < (6, 2):
+    numbers = re.match(r"(\d+)\.(\d+)", str(info.get("redis_version", "")))
+    version = (int(numbers[1]), int(numbers[2])) if numbers else (0, 0)
+    if version < (7, 0):
+        # The webhook lane reads the events group's lag and entries-read, and XAUTOCLAIM's deleted entries.
         found.append(
             Finding(
                 "redis",
                 "fail",
-                f"Redis {info.get('redis_version')} is too old: genq needs 6.2 or newer (XAUTOCLAIM, ZADD GT).",
+                f"Redis {info.get('redis_version')} is too old: genq needs 7.0 or newer (Valkey 7.2+): XAUTOCLAIM "
+                "reporting deleted entries, consumer-group lag and ENTRIESREAD, ZADD GT.",
             )
         )
     try:

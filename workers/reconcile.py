@@ -28,6 +28,21 @@ which neither got its answer. Both jobs would then succeed, each with the other'
 manifest's `actual_prompts` shows. If a create's answer ever finds its task owned by another job (which the
 waiting above rules out), the job follows its own task and the conflict is logged as an error.
 
+Two more things widen that window, and the tests pin what holds:
+- The clocks. Windows are on genq's clock, creation times on the service's; the skew allowance (0.1 s by
+  default) is all the disagreement tolerated. A service clock further behind than that makes one create's task
+  look made before it was sent: while the other create is still in flight, the wait above still keeps it from
+  being taken (`test_reconciliation_never_takes_a_task_another_create_is_still_waiting_for` runs the service
+  2 s behind), but between two creates that are both lost, the wrong one may be adopted. Keep hosts on NTP,
+  and raise `GENQ_RECONCILE_CLOCK_SKEW_S` if they drift.
+- The send time. `submit_sent_at` is written just before the request: a slow connect (up to its 5 s timeout)
+  delays the task's creation by as much, which can move it past a later create's send and make it that
+  create's (the same two-lost-creates case). And httpx's timeouts bound each read and write, not a whole
+  request, so a service dripping its answer can stretch a create past `answer_bound_s`: a re-sent submit then
+  reconciles while the first delivery still waits. A task already listed is taken as the job's own (one task),
+  but one the service has not made yet is missed, and the create is sent again: paid twice. That needs a
+  service that accepted a request and keeps its answer trickling for longer than the bound.
+
 Creates known lost (their answer failed) are marked lost: nobody waits for an answer that cannot come, but until
 their own reconciliation they still stand for the tasks they may have made. A task created after another
 unsettled create was sent, later than this job's, is taken as that create's and never adopted here, so a lost

@@ -30,6 +30,9 @@ SMALL_SIZES = {
     "wan2.5-t2v-preview": "832*480",
     "wan2.6-t2v": "1280*720",  # wan2.6 video has no 480P
 }
+#: The faults `triggered_every` makes sure of, in turn: deadline races (half of them: a long task passes the
+#: deadline about 40 % of the time), creates lost on their way in, unparseable result URLs, UNKNOWN flaps.
+TRIGGERED = ("task_long", "create_hang", "task_long", "url_unparseable", "task_long", "task_unknown_flap")
 SUBJECTS = ("a lighthouse at dusk", "a fox asleep in snow", "a tram in the rain", "a market at noon", "a glacier")
 COLUMNS = ("id", "prompt", "model", "size", "n", "seed", "duration")
 
@@ -61,6 +64,9 @@ class ChaosPlan:
     webhook_outage_s: float = 30.0
     events_trimmed_to: int = 10
     webhook_outbox_max: int = 50  # a small outbox, so the outage fills it and "outbox full" is dead-lettered
+    # Every this many rows, the prompt carries a trigger word (`TRIGGERED`, in turn), so that the rare faults the
+    # audit must see handled do fire in a short run, not only by probability. 0: by probability alone.
+    triggered_every: int = 0
 
     @classmethod
     def full(cls) -> ChaosPlan:
@@ -69,7 +75,8 @@ class ChaosPlan:
     @classmethod
     def reduced(cls) -> ChaosPlan:
         """About 200 jobs with every disruption of the full run, for the test suite (a few minutes)."""
-        return cls(jobs=200, timeout_s=600.0, finalize_retry_cap_s=10.0)  # shorter tail after the S3 outage
+        # A shorter tail after the S3 outage, and the rare faults made sure to fire.
+        return cls(jobs=200, timeout_s=600.0, finalize_retry_cap_s=10.0, triggered_every=10)
 
 
 def chaos_rows(plan: ChaosPlan) -> list[dict[str, str]]:
@@ -81,10 +88,13 @@ def chaos_rows(plan: ChaosPlan) -> list[dict[str, str]]:
     for index in range(plan.jobs):
         model = rng.choices(models, weights)[0]
         video = "t2v" in model
+        prompt = f"chaos job {index:05d}: {rng.choice(SUBJECTS)}"
+        if plan.triggered_every and index % plan.triggered_every == plan.triggered_every - 1:
+            prompt += f" sim:{TRIGGERED[(index // plan.triggered_every) % len(TRIGGERED)]}"
         rows.append(
             {
                 "id": f"c{index:05d}",
-                "prompt": f"chaos job {index:05d}: {rng.choice(SUBJECTS)}",
+                "prompt": prompt,
                 "model": model,
                 "size": SMALL_SIZES[model],
                 "n": "1" if video else str(rng.randint(1, 4)),

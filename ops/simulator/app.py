@@ -318,6 +318,13 @@ class Simulator:
         task = self.engine.find(request.path_params["task_id"], account, now)
         if task is None:
             return error(404, "InvalidParameter", "The task does not exist.")
+        if self.faults.fires("cancel_429", task.prompt):
+            self.engine.counters["throttled_cancel"] += 1
+            return error(429, "Throttling", "Requests throttling triggered.")
+        if self.faults.fires("cancel_503", task.prompt):
+            return error(503, "ModelServingError", "The model is overloaded, please try again later.")
+        if self.faults.fires("cancel_refused", task.prompt):  # as if it had started between query and cancel
+            return error(400, "UnsupportedOperation", "Failed to cancel the task, please confirm the task status.")
         if not self.engine.cancel(task, now):
             return error(
                 400,

@@ -25,6 +25,10 @@ reports it as `faults_fired`), so a test can check that each fault it names did 
 | query_drop          | query     | the connection drops mid-answer                                       |
 | query_malformed     | query     | 200 with truncated JSON                                               |
 | query_429           | query     | 429 Throttling                                                        |
+| cancel_429          | cancel    | 429 Throttling; the task is not cancelled                             |
+| cancel_503          | cancel    | 503 ModelServingError; the task is not cancelled                      |
+| cancel_refused      | cancel    | 400 UnsupportedOperation although the task is PENDING (as if it had   |
+|                     |           | started between the client's query and its cancel)                    |
 | task_failed         | task      | the task ends FAILED with InternalError.Algo                          |
 | task_timeout        | task      | the task ends FAILED with InternalError.Timeout                       |
 | task_inspection     | task      | the task ends FAILED with DataInspectionFailed (output moderation)    |
@@ -64,6 +68,9 @@ FAULTS = frozenset(
         "query_drop",
         "query_malformed",
         "query_429",
+        "cancel_429",
+        "cancel_503",
+        "cancel_refused",
         "task_failed",
         "task_timeout",
         "task_inspection",

@@ -163,6 +163,32 @@ def test_deadline_cancels_a_pending_task_and_waits_for_running_ones(
     assert after["counters"]["creates"] == 4 and after["billed_images"] == len(stored_images(rt)) == 3
 
 
+def test_a_cancel_at_the_deadline_that_is_throttled_failing_or_refused_is_tried_again(
+    runtime_factory: Callable[..., Runtime], simulator_factory: Callable[..., RunningSimulator]
+) -> None:
+    """Two tasks run and one waits upstream past a 3 s deadline. Its cancel is answered 429, then 503: each is
+    "try again shortly", not an escape. Then it is refused every time although the task is PENDING: after 3
+    refusals it is taken for started, the job turns overdue (never resubmitted), and its result is stored when
+    it ends. Every billed image is stored; nothing is created twice."""
+    sim = simulator_factory(time_scale=15.0)  # 4.5-15 s per task, 2 at once for this model
+    rt = runtime_factory(
+        dashscope_base_url=sim.base_url,
+        result_hosts=(sim.url.removeprefix("http://"),),
+        image_deadline_s=3.0,
+        overdue_poll_s=1.0,
+    )
+    prompts = ["p0", "p1", "p2 sim:cancel_429:once sim:cancel_503:once sim:cancel_refused"]
+    rows = ({"id": f"j{i}", "prompt": p, "model": "wanx2.0-t2i-turbo"} for i, p in enumerate(prompts))
+    run(rt, enqueue(rt, *rows), timeout_s=90, max_sleep_s=0.5)
+    late = rt.store.get("b/j2")
+    assert late is not None and late.status is Status.SUCCEEDED and "overdue" in late.times
+    assert late.cancel_refusals == 2  # the third refusal turned it overdue
+    assert sim.faults_fired() == {"cancel_429": 1, "cancel_503": 1, "cancel_refused": 3}
+    counters = sim.engine.snapshot(time.time())
+    assert counters["counters"].get("cancels", 0) == 0 and counters["counters"]["creates"] == 3
+    assert counters["billed_images"] == len(stored_images(rt)) == 3
+
+
 def test_retry_leaves_alone_a_job_whose_task_may_still_run(
     runtime_factory: Callable[..., Runtime], simulator_factory: Callable[..., RunningSimulator]
 ) -> None:
@@ -518,9 +544,12 @@ def test_reconciliation_never_takes_a_task_another_create_is_still_waiting_for(
 ) -> None:
     """Job b's create is lost on its way in (no task; it times out after 3.5 s). Job a's create, sent 3 s after
     b's, makes its task at once (inside b's window) but is answered only 3 s later, after b's reconciliation is
-    due. b waits for a's answer instead of adopting a's still unowned task: each job follows the task of its own
-    prompt, each owner was taken once, and b's create is sent again."""
+    due. The service's clock runs 2 s behind genq's (more than the 1 s skew allowed), so a's task looks created
+    before a's create was sent, and only the wait for creates in flight keeps b from it: b waits for a's answer
+    instead of adopting a's still unowned task. Each job follows the task of its own prompt, each owner was taken
+    once, and b's create is sent again."""
     sim = simulator_factory(slow_response_s=3.0)
+    sim.engine.clock = lambda: time.time() - 2.0
     settings = {
         "dashscope_base_url": sim.base_url,
         "result_hosts": (sim.url.removeprefix("http://"),),
