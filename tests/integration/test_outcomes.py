@@ -320,6 +320,46 @@ def test_cancel_never_lets_a_freed_slot_start_a_job_it_has_yet_to_cancel(
     assert sim.counters()["creates"] == 1  # the running job's task only: nothing admitted after it
 
 
+def test_cancel_leaves_alone_what_it_must_and_says_why(runtime_factory: Callable[..., Runtime]) -> None:
+    """`genq cancel batch/job`, one job at a time: a job whose task already succeeded upstream (refused cancel,
+    then a query) is left to store its billed result; one whose cancel is answered 429 is left polling (its task
+    may still be PENDING); one whose create's answer was lost is left to its reconciliation. Each reason is
+    given, and all three jobs then succeed with one task each."""
+    rt = runtime_factory(http_timeout_s=0.5)
+    prompts = {"s": "a cat", "t": "a dog sim:cancel_429", "p": "a fox sim:create_drop_after:once"}
+    steps = enqueue(rt, *({"id": job_id, "prompt": prompt} for job_id, prompt in prompts.items()))
+
+    def sent() -> bool:  # each create sent (the first poll comes 3 s after: nobody has asked about a task yet)
+        return all(j.task_id or j.create_pending for j in rt.store.jobs("b"))
+
+    left = run(rt, steps, timeout_s=10, until=sent)
+    time.sleep(1.5)  # the tasks (0.3-1 s here) have succeeded upstream
+    reasons = {ref: cancel(rt, ref).skipped.get(ref, "") for ref in ("b/s", "b/t", "b/p")}
+    assert reasons["b/s"] == "its task has already succeeded upstream (billed): its result is stored"
+    assert reasons["b/t"] == "the service could not cancel its task now (Throttling); try again"
+    assert reasons["b/p"].startswith("a create is in flight")
+    run(rt, left, timeout_s=30)
+    assert [j.status for j in rt.store.jobs("b")] == [Status.SUCCEEDED] * 3
+    assert rt.store.redis.exists(keys.job("b/s")) and len(stored_images(rt)) == 3
+
+
+def test_a_task_list_unreadable_for_the_tasks_whole_life_ends_the_job_failed(
+    runtime_factory: Callable[..., Runtime], simulator: RunningSimulator
+) -> None:
+    """A lost create whose task list cannot be read (every list answered 429) is never sent again; once the 24 h
+    a task of it could live have passed (clock moved on), the job ends failed saying so."""
+    rt = runtime_factory(http_timeout_s=0.5)
+    steps = enqueue(rt, {"id": "j", "prompt": "a sim:create_drop_before:once"})
+    left = run(rt, steps, timeout_s=10, until=lambda: _create_pending(rt))
+    simulator.engine.config.query_qps = 0  # every query and list is refused with 429 from now on
+    rt.clock = lambda: time.time() + TASK_LIFE_S
+    assert run(rt, left, timeout_s=20) == []
+    job = rt.store.get("b/j")
+    assert job is not None and (job.status, job.error_code) == (Status.FAILED, "Throttling")
+    assert "the task list could not be read for 24 h" in (job.error_message or "")
+    assert simulator.counters().get("creates", 0) == 0 and simulator.counters()["throttled_query"] >= 1
+
+
 def test_create_timeout_is_reconciled_not_paid_twice(
     runtime_factory: Callable[..., Runtime], simulator_factory: Callable[..., RunningSimulator]
 ) -> None:

@@ -37,7 +37,7 @@ def test_profile_file_overrides_its_base(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[faults]\nnope = 1.0\n", r"unknown faults \['nope'\]; known: burst, create_500"),
+        ("[faults]\nnope = 1.0\n", r"unknown faults \['nope'\]; known: burst, cancel_429, .*create_500"),
         ("[faults]\ncreate_500 = 2\n", "create_500 needs a probability in"),
         ("[fault]\ncreate_500 = 1.0\n", r"unknown keys \['fault'\]"),
         ("[timing]\nimage_seconds = [1, 2]\n", r"unknown timing keys \['image_seconds'\]"),
