@@ -166,24 +166,26 @@ def test_deadline_cancels_a_pending_task_and_waits_for_running_ones(
 def test_a_cancel_at_the_deadline_that_is_throttled_failing_or_refused_is_tried_again(
     runtime_factory: Callable[..., Runtime], simulator_factory: Callable[..., RunningSimulator]
 ) -> None:
-    """Two tasks run and one waits upstream past a 3 s deadline. Its cancel is answered 429, then 503: each is
+    """Two long tasks run and one waits upstream past a 2.5 s deadline. Its cancel is answered 429, then 503: each is
     "try again shortly", not an escape. Then it is refused every time although the task is PENDING: after 3
     refusals it is taken for started, the job turns overdue (never resubmitted), and its result is stored when
     it ends. Every billed image is stored; nothing is created twice."""
-    sim = simulator_factory(time_scale=15.0)  # 4.5-15 s per task, 2 at once for this model
+    # 2 at once for this model; the two running tasks are long (15-50 s), so the third surely stays PENDING
+    # through its cancel's tries (about 8 s, with room for a loaded machine), and itself takes 1.5-5 s.
+    sim = simulator_factory(time_scale=5.0)
     rt = runtime_factory(
         dashscope_base_url=sim.base_url,
         result_hosts=(sim.url.removeprefix("http://"),),
-        image_deadline_s=3.0,
+        image_deadline_s=2.5,  # time for the third create to go out (creates are spaced), not for a task to end
         overdue_poll_s=1.0,
     )
-    prompts = ["p0", "p1", "p2 sim:cancel_429:once sim:cancel_503:once sim:cancel_refused"]
+    prompts = ["p0 sim:task_long", "p1 sim:task_long", "p2 sim:cancel_429:once sim:cancel_503:once sim:cancel_refused"]
     rows = ({"id": f"j{i}", "prompt": p, "model": "wanx2.0-t2i-turbo"} for i, p in enumerate(prompts))
     run(rt, enqueue(rt, *rows), timeout_s=90, max_sleep_s=0.5)
     late = rt.store.get("b/j2")
     assert late is not None and late.status is Status.SUCCEEDED and "overdue" in late.times
     assert late.cancel_refusals == 2  # the third refusal turned it overdue
-    assert sim.faults_fired() == {"cancel_429": 1, "cancel_503": 1, "cancel_refused": 3}
+    assert sim.faults_fired() == {"cancel_429": 1, "cancel_503": 1, "cancel_refused": 3, "task_long": 2}
     counters = sim.engine.snapshot(time.time())
     assert counters["counters"].get("cancels", 0) == 0 and counters["counters"]["creates"] == 3
     assert counters["billed_images"] == len(stored_images(rt)) == 3
