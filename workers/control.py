@@ -17,6 +17,7 @@ service's 24 h) is never retried, not even with `force`: that would be a second 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from workers import keys
@@ -94,10 +95,14 @@ def _cancel_one(rt: Runtime, ref: str, report: ControlReport) -> str:
             report.skipped[ref] = f"the service could not cancel its task now ({exc.code}); try again"
             return "skipped"
         except RemoteError as exc:  # UnsupportedOperation: it started, or already ended, upstream
-            if _succeeded_upstream(rt, job):
+            upstream = _upstream_status(rt, job)
+            if upstream is None:
+                report.skipped[ref] = "its task could not be cancelled and its status not read now; try again"
+                return "skipped"
+            if upstream == "SUCCEEDED":
                 report.skipped[ref] = "its task has already succeeded upstream (billed): its result is stored"
                 return "skipped"
-            log.info("upstream cancel refused; no longer polling", ref=ref, code=exc.code)
+            log.info("upstream cancel refused; no longer polling", ref=ref, code=exc.code, upstream=upstream)
     now = rt.clock()
     event = job_event(job, Status.CANCELED, now=now, error_code="Canceled", error_message="canceled by the user")
     # A compare-and-set on the attempt it was read at: if a worker moved it on since (sent its create, found
@@ -121,13 +126,21 @@ def _cancel_one(rt: Runtime, ref: str, report: ControlReport) -> str:
     return applied.reason
 
 
-def _succeeded_upstream(rt: Runtime, job: Job) -> bool:
-    """Whether the job's task, whose cancel was refused, has already SUCCEEDED: its images are billed and ready,
-    and the job's next poll stores them. When the service cannot say, it is treated as still running."""
+def _upstream_status(rt: Runtime, job: Job) -> str | None:
+    """The status of the job's task, whose cancel was refused (SUCCEEDED: billed and ready, the next poll stores
+    it), or None when the service cannot say now. The query waits its turn in the account's budget, so that
+    cancelling a large batch does not spend the polls' queries in a burst."""
+    account = job.account or rt.settings.resolved_accounts()[0].name
+    qps = rt.settings.account_settings(account).query_qps
+    for _ in range(50):  # the budget names its wait: seconds at most for one query
+        wait_s = rt.quota.query_wait_s(account, qps, rt.clock(), rt.rng)
+        if wait_s <= 0:
+            break
+        time.sleep(wait_s)
     try:
-        return rt.client(job.account).get_task(job.task_id or "").status == "SUCCEEDED"
+        return rt.client(job.account).get_task(job.task_id or "").status
     except RemoteError:
-        return False
+        return None
 
 
 def retry(rt: Runtime, target: str, *, force: bool = False) -> tuple[ControlReport, list[Next]]:

@@ -76,7 +76,7 @@ def poll(rt: Runtime, ref: str, attempt: int) -> Next | None:
         state = rt.client(job.account).get_task(job.task_id or "")
     except Throttled as exc:
         metrics.THROTTLED.labels(account=account.name, model=job.request.model, endpoint="query").inc()
-        delay = exc.retry_after_s or backoff_s(job.throttles + 1, base_s=1.0, cap_s=30.0, rng=rt.rng)
+        delay = min(exc.retry_after_s or backoff_s(job.throttles + 1, base_s=1.0, cap_s=30.0, rng=rt.rng), 60.0)
         return reschedule(rt, job, current, job.status, Action.POLL, delay, fields={"throttles": job.throttles + 1})
     except PermanentRemoteError as exc:
         # The service answers a task it does not know with 200 UNKNOWN, so a refusal here is the key's (paused
@@ -255,7 +255,9 @@ def _cancel_at_deadline(rt: Runtime, job: Job, current: int, upstream: dict[str,
     try:
         rt.client(job.account).cancel_task(job.task_id or "")
     except Throttled as exc:
-        delay = exc.retry_after_s or backoff_s(job.throttles + 1, base_s=1.0, cap_s=30.0, rng=rt.rng)
+        # Soon, whatever Retry-After says: the task may start any moment, and cancelling it is the only way not
+        # to pay for it.
+        delay = min(exc.retry_after_s or backoff_s(job.throttles + 1, base_s=1.0, cap_s=30.0, rng=rt.rng), 30.0)
         fields = {**upstream, "throttles": job.throttles + 1}
         return reschedule(rt, job, current, job.status, Action.POLL, delay, fields=fields)
     except TransientRemoteError as exc:  # the next query says again what the task is; then the cancel is retried

@@ -56,7 +56,7 @@ def submit(rt: Runtime, ref: str, attempt: int) -> Next | None:
     if job.create_pending:
         try:
             found = reconcile(rt, job, now)
-        except (Throttled, TransientRemoteError, AccountError) as exc:
+        except (Throttled, TransientRemoteError, PermanentRemoteError) as exc:
             # The task list could not be read. Look again later, and never send the create meanwhile: the lost
             # one may have made a task. Once no task of it can be alive any more (24 h), the job ends failed.
             if isinstance(exc, AccountError):
@@ -75,6 +75,10 @@ def submit(rt: Runtime, ref: str, attempt: int) -> Next | None:
         if found.task_id:
             return _submitted(rt, job, current, found.task_id, None, scope)
         settled = True  # the lost create made no task
+        if job.submit_errors >= rt.settings.submit_max_attempts:
+            message = f"{job.submit_errors} creates got no usable answer, and the service made no task of them"
+            end(rt, job, current, Status.FAILED, code="CreateUnanswered", message=message, fields={"create_pending": 0})
+            return None
     if accounts.paused(rt.store, scope.account) is not None:
         delay = rt.settings.account_pause_recheck_s * rt.rng.uniform(0.8, 1.2)
         settle = {"create_pending": 0} if settled else None
@@ -112,14 +116,17 @@ def _create(rt: Runtime, job: Job, current: int, scope: Scope) -> Next | None:
     except CreateOutcomeUnknown as exc:  # no answer is coming: nobody waits for it; its reconciliation decides
         rt.store.lose_create(scope.account, scope.model, job.ref)
         log.warning("create outcome unknown; will reconcile before sending again", ref=job.ref, code=exc.code)
+        # Counted like a failed create (a gateway outage must not make every job create and list in a loop); if
+        # the reconciliation finds no task, the create is sent again only while attempts remain.
+        errors = job.submit_errors + 1
         return reschedule(
             rt,
             job,
             current,
             Status.SUBMITTING,
             Action.SUBMIT,
-            rt.settings.http_timeout_s / 2,
-            fields={"submit_failed_at": rt.clock()},
+            max(rt.settings.http_timeout_s / 2, backoff_s(errors, base_s=2.0, cap_s=60.0, rng=rt.rng)),
+            fields={"submit_failed_at": rt.clock(), "submit_errors": errors},
         )
     except RemoteError as exc:  # answered: no task was made
         rt.store.end_create(scope.account, scope.model, job.ref)
@@ -195,5 +202,6 @@ def _submitted(rt: Runtime, job: Job, current: int, task_id: str, request_id: st
             "create_pending": 0,
             "submitted_at": rt.clock(),
             "poll_delay_s": first_delay_s,
+            "poll_errors": 0,  # task-list failures while reconciling were counted here: the polls start afresh
         },
     )

@@ -180,8 +180,13 @@ def test_a_cancel_at_the_deadline_that_is_throttled_failing_or_refused_is_tried_
         overdue_poll_s=1.0,
     )
     prompts = ["p0 sim:task_long", "p1 sim:task_long", "p2 sim:cancel_429:once sim:cancel_503:once sim:cancel_refused"]
-    rows = ({"id": f"j{i}", "prompt": p, "model": "wanx2.0-t2i-turbo"} for i, p in enumerate(prompts))
-    run(rt, enqueue(rt, *rows), timeout_s=90, max_sleep_s=0.5)
+    rows = [{"id": f"j{i}", "prompt": p, "model": "wanx2.0-t2i-turbo"} for i, p in enumerate(prompts)]
+
+    def long_ones_created() -> bool:  # creates are spaced and jittered: the third must surely go out last
+        return all(j.task_id for j in rt.store.jobs("b"))
+
+    left = run(rt, enqueue(rt, *rows[:2]), timeout_s=20, max_sleep_s=0.5, until=long_ones_created)
+    run(rt, left + enqueue(rt, rows[2]), timeout_s=90, max_sleep_s=0.5)
     late = rt.store.get("b/j2")
     assert late is not None and late.status is Status.SUCCEEDED and "overdue" in late.times
     assert late.cancel_refusals == 2  # the third refusal turned it overdue
@@ -635,6 +640,17 @@ def rt_counters(rt: Runtime) -> dict[str, int]:
     """The simulator's own counters, over HTTP, for the simulator this runtime talks to."""
     base = rt.settings.dashscope_base_url or ""
     return dict(httpx.get(base.removesuffix("/api/v1") + "/_sim/counters", timeout=10).json()["counters"])
+
+
+def test_give_up_on_creates_that_never_get_an_answer_and_make_no_task(runtime_factory: Callable[..., Runtime]) -> None:
+    """Every create's connection drops before the service made a task: each is reconciled (nothing found) and
+    sent again only while attempts remain, with a backoff; after `submit_max_attempts` the job ends failed
+    saying so. No task was ever made; no create went out without its reconciliation first."""
+    rt = runtime_factory(submit_max_attempts=2, http_timeout_s=0.5)
+    job = one_job(rt, "a cat sim:create_drop_before", timeout_s=60)
+    assert (job.status, job.error_code) == (Status.FAILED, "CreateUnanswered")
+    assert "2 creates got no usable answer" in (job.error_message or "")
+    assert rt.store.redis.hget(keys.job("b/j"), "submits") == "2"
 
 
 def test_give_up_resubmitting_a_task_that_keeps_failing_transiently(runtime_factory: Callable[..., Runtime]) -> None:

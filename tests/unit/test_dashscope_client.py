@@ -350,3 +350,19 @@ def test_any_retry_after_header_is_a_bounded_wait_or_ignored(value: str) -> None
         answer.get_task("t-1")
     wait = caught.value.retry_after_s
     assert wait is None or 0.0 <= wait <= 3600.0
+
+
+@pytest.mark.parametrize(("total_page", "pages"), [(None, 1), (2, 2), (2.0, 2), ("2", 2), (0, 1)])
+def test_a_task_list_page_count_is_read_in_any_integral_form(total_page: object, pages: int) -> None:
+    """`total_page` absent, 2, 2.0 or "2": the client reads every page there is (missing one could miss a lost
+    create's task and pay twice)."""
+    answer = {"data": [{"task_id": "t-1", "gmt_create": 1_700_000_000_000}], "total_page": total_page}
+    tasks, read = answering(200, answer).list_tasks(page_no=1)
+    assert read == pages and [t.task_id for t in tasks] == ["t-1"] and tasks[0].created_at == 1_700_000_000.0
+
+
+@pytest.mark.parametrize("total_page", ["two", 2.5, True, [2]])
+def test_a_task_list_page_count_that_is_no_count_is_refused(total_page: object) -> None:
+    """A `total_page` that is not a page count is a malformed answer (reconciliation waits), never one page."""
+    with pytest.raises(TransientRemoteError, match="total_page"):
+        answering(200, {"data": [], "total_page": total_page}).list_tasks(page_no=1)

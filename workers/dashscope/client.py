@@ -103,11 +103,12 @@ class DashScopeClient:
             if creates:
                 raise CreateOutcomeUnknown(kind, f"create {path} got no answer ({kind})") from exc
             raise TransientRemoteError(kind, f"{method} {path} got no answer ({kind})") from exc
-        except httpx.HTTPError as exc:  # e.g. a body that cannot be decoded: the request was answered
-            kind = type(exc).__name__
+        except httpx.DecodingError as exc:  # answered, but the body cannot be decoded: for a create, a task may exist
             if creates:
-                raise CreateOutcomeUnknown(kind, f"create {path} failed after sending: {exc}") from exc
-            raise TransientRemoteError(kind, f"{method} {path} failed: {exc}") from exc
+                raise CreateOutcomeUnknown("DecodingError", f"create {path} answered undecodably: {exc}") from exc
+            raise TransientRemoteError("DecodingError", f"{method} {path} answered undecodably: {exc}") from exc
+        except httpx.HTTPError as exc:  # never sent (a bad URL or header, a proxy refusing, redirects): no task
+            raise TransientRemoteError(type(exc).__name__, f"{method} {path} failed: {exc}") from exc
         if response.status_code >= 400:
             error = _error_from_response(response)
             if creates and response.status_code >= 500 and not _dashscope_error(response):

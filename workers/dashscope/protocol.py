@@ -109,7 +109,7 @@ def _item(value: Any) -> ResultItem:
         return ResultItem(code="ResultMalformed", message=f"a result entry that is not an object: {shown(value)}")
     url = value.get("url")
     if url is not None and _text(url) is None:
-        return ResultItem(code="ResultMalformed", message=f"a result URL that is not a string: {shown(url)}")
+        return ResultItem(code="ResultMalformed", message=f"a result URL that is not a non-empty string: {shown(url)}")
     return ResultItem(
         url=_text(url),
         code=_text(value.get("code")),
@@ -197,5 +197,18 @@ def parse_task_list(answer: Any) -> tuple[list[ListedTask], int]:
         if task_id is None or isinstance(created, bool) or not isinstance(created, int | float):
             raise MalformedAnswer(f"a task list entry without task_id and gmt_create: {shown(entry)}")
         tasks.append(ListedTask(task_id, float(created) / 1000))
-    pages = answer.get("total_page")
-    return tasks, pages if isinstance(pages, int) and not isinstance(pages, bool) and pages >= 1 else 1
+    return tasks, _page_count(answer.get("total_page"))
+
+
+def _page_count(value: Any) -> int:
+    """`total_page` as an integer of at least 1: absent means one page; `2`, `2.0` and `"2"` are 2; anything
+    else is refused, since reading fewer pages than there are could miss the lost create's task."""
+    if value is None:
+        return 1
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return max(1, value)
+    raise MalformedAnswer(f"a task list whose total_page is not a page count: {shown(value)}")
