@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import httpx
 import pytest
@@ -38,6 +39,16 @@ def one_job(rt: Runtime, prompt: str, *, timeout_s: float = 30, **fields: str) -
     job = rt.store.get("b/j")
     assert job is not None
     return job
+
+
+def aimed_at(sim: RunningSimulator) -> dict[str, Any]:
+    """Runtime settings that send this test's creates, queries and downloads to `sim`, not the shared one."""
+    return {"dashscope_base_url": sim.base_url, "result_hosts": (sim.url.removeprefix("http://"),)}
+
+
+def in_status(rt: Runtime, status: Status, ref: str = "b/j") -> Callable[[], bool]:
+    """A `run(..., until=)` condition: the job is in `status` now."""
+    return lambda: (job := rt.store.get(ref)) is not None and job.status is status
 
 
 def events(rt: Runtime) -> list[dict[str, object]]:
@@ -136,8 +147,7 @@ def test_deadline_cancels_a_pending_task_and_waits_for_running_ones(
     job whose task was cancelled (nothing of it could run or bill), which is billed once in all."""
     sim = simulator_factory(time_scale=15.0)  # 4.5-15 s per task: two run, one waits, past a 3 s deadline
     rt = runtime_factory(
-        dashscope_base_url=sim.base_url,
-        result_hosts=(sim.url.removeprefix("http://"),),
+        **aimed_at(sim),
         image_deadline_s=3.0,
         overdue_poll_s=1.0,
     )
@@ -174,8 +184,7 @@ def test_a_cancel_at_the_deadline_that_is_throttled_failing_or_refused_is_tried_
     # through its cancel's tries (about 8 s, with room for a loaded machine), and itself takes 1.5-5 s.
     sim = simulator_factory(time_scale=5.0)
     rt = runtime_factory(
-        dashscope_base_url=sim.base_url,
-        result_hosts=(sim.url.removeprefix("http://"),),
+        **aimed_at(sim),
         image_deadline_s=2.5,  # time for the third create to go out (creates are spaced), not for a task to end
         overdue_poll_s=1.0,
     )
@@ -203,16 +212,13 @@ def test_retry_leaves_alone_a_job_whose_task_may_still_run(
     that job alone and says why; nothing more is created upstream, and the job goes on to store its result."""
     sim = simulator_factory(time_scale=15.0)  # 4.5-15 s per task, far past a 1 s deadline
     rt = runtime_factory(
-        dashscope_base_url=sim.base_url,
-        result_hosts=(sim.url.removeprefix("http://"),),
+        **aimed_at(sim),
         image_deadline_s=1.0,
         overdue_poll_s=0.5,
     )
     steps = enqueue(rt, {"id": "j", "prompt": "p", "model": "wanx2.0-t2i-turbo"})
 
-    def overdue() -> bool:
-        job = rt.store.get("b/j")
-        return job is not None and job.status is Status.OVERDUE
+    overdue = in_status(rt, Status.OVERDUE)
 
     left = run(rt, steps, timeout_s=20, max_sleep_s=0.2, until=overdue)
     assert overdue()
@@ -291,7 +297,7 @@ def test_cancel_stops_a_batch_and_cancels_upstream(
 ) -> None:
     """genq cancel: every job ends canceled, queued tasks are cancelled upstream, stale messages do nothing."""
     sim = simulator_factory(time_scale=30.0)
-    rt = runtime_factory(dashscope_base_url=sim.base_url, result_hosts=(sim.url.removeprefix("http://"),))
+    rt = runtime_factory(**aimed_at(sim))
     steps = enqueue(rt, *({"id": f"j{i}", "prompt": f"p{i}", "model": "wanx2.0-t2i-turbo"} for i in range(3)))
     left = run(rt, steps, timeout_s=3, max_sleep_s=0.5)
     report = cancel(rt, "b")
@@ -372,9 +378,7 @@ def test_create_timeout_is_reconciled_not_paid_twice(
 ) -> None:
     """A create that timed out did create a task: genq finds it through the task list and adopts it."""
     sim = simulator_factory(slow_response_s=2.0)
-    rt = runtime_factory(
-        dashscope_base_url=sim.base_url, result_hosts=(sim.url.removeprefix("http://"),), http_timeout_s=0.5
-    )
+    rt = runtime_factory(**aimed_at(sim), http_timeout_s=0.5)
     job = one_job(rt, "a cat sim:create_slow:once")
     assert job.status is Status.SUCCEEDED
     assert sim.counters()["creates"] == 1 and sim.counters()["lists"] >= 1
@@ -387,9 +391,7 @@ def test_reconciliation_waits_out_an_unreadable_task_list(
     """When the task list answers 429 while a lost create is being reconciled, the submit comes back later
     instead of failing or sending the create again, and then adopts the task the lost create made."""
     sim = simulator_factory()
-    rt = runtime_factory(
-        dashscope_base_url=sim.base_url, result_hosts=(sim.url.removeprefix("http://"),), http_timeout_s=0.5
-    )
+    rt = runtime_factory(**aimed_at(sim), http_timeout_s=0.5)
     steps = enqueue(rt, {"id": "j", "prompt": "a sim:create_malformed:once"})
     left = run(rt, steps, timeout_s=10, until=lambda: _create_pending(rt))
     sim.engine.config.query_qps = 0  # every query and list is refused with 429 from now on
@@ -412,9 +414,7 @@ def test_a_task_owned_by_its_own_job_is_adopted(
     leaves a create pending whose task is already owned by that same job: reconciliation adopts it rather than
     creating a second one."""
     sim = simulator_factory()
-    rt = runtime_factory(
-        dashscope_base_url=sim.base_url, result_hosts=(sim.url.removeprefix("http://"),), http_timeout_s=0.5
-    )
+    rt = runtime_factory(**aimed_at(sim), http_timeout_s=0.5)
     left = run(
         rt,
         enqueue(rt, {"id": "j", "prompt": "a sim:create_malformed:once"}),
@@ -439,9 +439,7 @@ def test_dropped_creates_are_reconciled_either_way(
 ) -> None:
     """Cut before the task existed: sent again. Cut after it existed, or garbled: adopted. One task per job."""
     sim = simulator_factory()
-    rt = runtime_factory(
-        dashscope_base_url=sim.base_url, result_hosts=(sim.url.removeprefix("http://"),), http_timeout_s=0.5
-    )
+    rt = runtime_factory(**aimed_at(sim), http_timeout_s=0.5)
     prompts = ["a sim:create_drop_before:once", "b sim:create_drop_after:once", "c sim:create_malformed:once"]
     run(rt, enqueue(rt, *({"id": f"j{i}", "prompt": p} for i, p in enumerate(prompts))), timeout_s=30)
     assert [j.status for j in rt.store.jobs("b")] == [Status.SUCCEEDED] * 3
@@ -598,8 +596,7 @@ def test_reconciliation_never_takes_a_task_another_create_is_still_waiting_for(
     sim = simulator_factory(slow_response_s=3.0)
     sim.engine.clock = lambda: time.time() - 2.0
     settings = {
-        "dashscope_base_url": sim.base_url,
-        "result_hosts": (sim.url.removeprefix("http://"),),
+        **aimed_at(sim),
         "http_timeout_s": 3.5,
         "reconcile_clock_skew_s": 1.0,  # wide margins for a loaded machine; the windows stay as described
     }
@@ -677,7 +674,7 @@ def test_a_task_canceled_upstream_ends_the_job_canceled(
     """A task cancelled upstream by someone else (the console, another tool) while it waited ends its job
     canceled with the reason, nothing stored, and the other jobs go on."""
     sim = simulator_factory(time_scale=30.0)  # 9-30 s per task on a 2-slot model: the third one waits
-    rt = runtime_factory(dashscope_base_url=sim.base_url, result_hosts=(sim.url.removeprefix("http://"),))
+    rt = runtime_factory(**aimed_at(sim))
     steps = enqueue(rt, *({"id": f"j{i}", "prompt": f"p{i}", "model": "wanx2.0-t2i-turbo"} for i in range(3)))
 
     def all_submitted() -> bool:
@@ -712,16 +709,13 @@ def test_an_overdue_job_keeps_its_slot_through_the_sweep(
     audit leaves its slot held (giving it to the next job would put one task more upstream than allowed)."""
     sim = simulator_factory(time_scale=30.0)
     rt = runtime_factory(
-        dashscope_base_url=sim.base_url,
-        result_hosts=(sim.url.removeprefix("http://"),),
+        **aimed_at(sim),
         image_deadline_s=2.0,
         overdue_poll_s=1.0,
     )
     steps = enqueue(rt, {"id": "j", "prompt": "p", "model": "wanx2.0-t2i-turbo"})
 
-    def overdue() -> bool:
-        job = rt.store.get("b/j")
-        return job is not None and job.status is Status.OVERDUE
+    overdue = in_status(rt, Status.OVERDUE)
 
     left = run(rt, steps, timeout_s=20, until=overdue)
     assert overdue() and left
@@ -738,9 +732,7 @@ def test_a_lost_create_never_takes_the_task_of_a_worker_killed_mid_request(
     does not take x's task (it was made after x's create was sent, later than j's): j sends its create again
     and follows a task of its own prompt; x's task stays free for x's own reconciliation."""
     sim = simulator_factory(slow_response_s=1.0)
-    rt = runtime_factory(
-        dashscope_base_url=sim.base_url, result_hosts=(sim.url.removeprefix("http://"),), http_timeout_s=1.5
-    )
+    rt = runtime_factory(**aimed_at(sim), http_timeout_s=1.5)
     steps = enqueue(rt, {"id": "j", "prompt": "j sim:create_hang:once"})
     account, model = rt.settings.account, "wan2.5-t2i-preview"
 
@@ -790,9 +782,7 @@ def test_finalize_skips_an_image_already_stored(runtime: Runtime, simulator: Run
     the stored one is kept as it is, and the job lists both with the sha256 of the bytes the service served."""
     steps = enqueue(runtime, {"id": "j", "prompt": "a cat", "n": "2"})
 
-    def downloading() -> bool:
-        job = runtime.store.get("b/j")
-        return job is not None and job.status is Status.DOWNLOADING
+    downloading = in_status(runtime, Status.DOWNLOADING)
 
     left = run(runtime, steps, timeout_s=30, until=downloading)
     job = runtime.store.get("b/j")
@@ -842,9 +832,7 @@ def test_results_not_stored_before_their_urls_expire_end_the_job_failed(
     rt = runtime_factory()
     steps = enqueue(rt, {"id": "j", "prompt": "a cat"})
 
-    def downloading() -> bool:
-        job = rt.store.get("b/j")
-        return job is not None and job.status is Status.DOWNLOADING
+    downloading = in_status(rt, Status.DOWNLOADING)
 
     left = run(rt, steps, timeout_s=30, until=downloading)
     s3_gone = runtime_factory(ensure_bucket=False, s3_endpoint=f"127.0.0.1:{free_port()}")
