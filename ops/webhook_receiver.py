@@ -34,7 +34,6 @@ class VerifyingReceiver:
         self.accepted: list[dict[str, Any]] = []  # each verified delivery's event, in arrival order
         self.refused: list[str] = []  # "verifier name: reason" per delivery a verifier refused
         self.seen: list[tuple[dict[str, str], bytes]] = []  # every request's headers and body, answered or not
-        self.held = 0  # connections black-holed
         self._black_hole_until = 0.0
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -72,8 +71,6 @@ class VerifyingReceiver:
             self.seen.append((headers, body))
         hold_until = min(self._black_hole_until, time.monotonic() + HOLD_MAX_S)
         if time.monotonic() < hold_until:
-            with self._lock:
-                self.held += 1
             while time.monotonic() < min(self._black_hole_until, hold_until):
                 time.sleep(0.1)
             return None
