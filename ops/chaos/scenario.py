@@ -59,7 +59,7 @@ class ChaosPlan:
     overdue_poll_s: float = 5.0  # genq's default is 60 s: the run's tail would wait on it
     # The webhook: every event goes to a receiver that verifies it with the `standardwebhooks` package. Once this
     # share of the jobs is terminal, it black-holes connections for `webhook_outage_s`; meanwhile `genq:events`
-    # is trimmed to `events_trimmed_to` entries every second, and one malformed entry is appended to it.
+    # is trimmed to `events_trimmed_to` entries every second; as it ends, one malformed entry is appended.
     webhook_outage_at: float = 0.6
     webhook_outage_s: float = 30.0
     events_trimmed_to: int = 10
