@@ -446,14 +446,18 @@ def cancel_command(
 @app.command("retry")
 def retry_command(
     batch_id: Annotated[str, typer.Argument(help="The batch (or BATCH/JOB) whose failed jobs to run again.")],
-    failed: Annotated[bool, typer.Option("--failed", help="Retry jobs that failed, timed out or expired.")] = True,
+    failed: Annotated[
+        bool,
+        typer.Option(
+            "--failed", help="Retry jobs that failed, timed out or expired: the default, and the only kind retried."
+        ),
+    ] = True,
     force: Annotated[bool, typer.Option(help="Also retry permanent failures (moderation, bad parameters).")] = False,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the retried jobs end.")] = True,
     config: ConfigOption = None,
 ) -> None:
     """Run a batch's failed jobs again, except those whose error is permanent (unless --force)."""
-    if not failed:
-        raise _fail("nothing to retry: only --failed jobs can be retried", 2)
+    del failed  # a flag without a negative form: scripts may spell out `--failed`, and nothing else is retried
     with _stack(_settings(config), workers=1 if wait else 0) as stack:
         rt = build_runtime(stack.settings)
         report, steps = control.retry(rt, batch_id, force=force)
