@@ -18,6 +18,7 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from ops.localstack.stack import child_env
+from producer import cli
 from producer.cli import app
 from tests.conftest import RunningSimulator
 from tests.stage_runner import enqueue, run
@@ -37,7 +38,8 @@ def genq(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> Genq:
     for name, value in child_env(runtime.settings).items():
         if name.startswith(("GENQ_", "DASHSCOPE_")):
             monkeypatch.setenv(name, value)
-    monkeypatch.setenv("COLUMNS", "250")  # Rich tables wide enough that no cell is wrapped
+    for console in (cli.console, cli.errors):  # wide enough that no table cell or line is wrapped (set here:
+        monkeypatch.setattr(console, "_width", 250)  # a COLUMNS set when the module was imported would win)
 
     def invoke(*args: str) -> Result:
         # The command routes logging to the runner's stderr, which is closed once it returns: put pytest's
