@@ -65,8 +65,10 @@ def _sync(uv: Path) -> None:
     )
 
 
-#: pytest's arguments for the whole suite: two test processes, a file's tests together, the slowest named.
-WHOLE_SUITE = ("-n", "2", "--dist", "loadfile", "--durations", "15")
+#: pytest's arguments for the whole suite: two test processes, each handed one test at a time as it frees up (the
+#: slowest files are collected first, tests/conftest.py), so that neither ends long after the other; the slowest
+#: tests named.
+WHOLE_SUITE = ("-n", "2", "--dist", "load", "--maxschedchunk", "1", "--durations", "15")
 
 
 def main(argv: list[str]) -> int:

@@ -44,9 +44,19 @@ if os.environ.get("CI"):
 SIM_KEY = "test-key-" + secrets.token_hex(8)
 
 
-#: The slowest test files, collected first: with two test processes (`bootstrap.py test` runs `-n 2 --dist
-#: loadfile`), each starts at once instead of last, which would leave one process alone with it at the end.
-SLOW_FILES_FIRST = ("test_chaos.py", "test_end_to_end.py", "test_schedule.py", "test_request_stream.py")
+#: The slowest test files, collected first: with two test processes each handed one test at a time
+#: (`bootstrap.py test` runs `-n 2 --dist load --maxschedchunk 1`), the long tests start at once, and the many short
+#: ones fill in around them; one left for the end would leave the other process idle while it runs.
+SLOW_FILES_FIRST = (
+    "test_chaos.py",
+    "test_schedule.py",
+    "test_end_to_end.py",
+    "test_recovery.py",
+    "test_request_stream.py",
+    "test_metrics.py",
+    "test_webhook_lane.py",
+    "test_admission.py",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -7,11 +7,14 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from redbeat import RedBeatSchedulerEntry
+from redbeat.schedulers import ensure_conf
 
 from config.celery_app import create_app
 from config.schedules import ScheduleSettings
@@ -31,9 +34,10 @@ pytestmark = pytest.mark.integration
 def test_two_beats_and_a_replayed_tick_run_each_input_once(
     local_stack_factory: Callable[..., LocalStack], tmp_path: Path
 ) -> None:
-    """A schedule firing every minute over a folder of two CSVs, with two beat processes: no minute's tick fires
-    twice, each file becomes one batch of the day whose jobs all succeed, the simulator sees one create per
-    row, a tick replayed by hand enqueues nothing, and the day's report lists both inputs."""
+    """A schedule firing every minute over a folder of two CSVs, with two beat processes, and a tick made due at
+    once (no waiting for the minute): no minute's tick fires twice, each file becomes one batch of the day whose
+    jobs all succeed, the simulator sees one create per row, a tick replayed by hand enqueues nothing, and the
+    day's report lists both inputs."""
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     (inbox / "north.csv").write_text("id,prompt\nn1,a lighthouse\nn2,a harbour\nn3,a cliff\n")
@@ -49,6 +53,7 @@ def test_two_beats_and_a_replayed_tick_run_each_input_once(
     store = make_store(stack.settings)
     started = time.time()
     try:
+        tick_now(stack, "nightly")
 
         def ids_at(moment: float) -> tuple[str, str]:
             date = run_date(stack.settings, moment)
@@ -88,6 +93,23 @@ def test_two_beats_and_a_replayed_tick_run_each_input_once(
     assert upstream is not None and upstream["counters"]["creates"] == 5 and upstream["duplicate_creates"] == 0
     report = results.get_json(f"reports/nightly/{date}.json")
     assert report is not None and [i["batch_id"] for i in report["inputs"]] == [north, south]
+
+
+def tick_now(stack: LocalStack, name: str) -> None:
+    """Make beat's entry for schedule `name` due now, as redbeat records a tick missed while no beat ran (its last
+    run two minutes ago): the beat holding the lock fires it at its next wake-up (every 5 s at most), not at the
+    next minute. The entry is written by the beat itself as it starts; wait for it."""
+    app = create_app(stack.settings)
+    ensure_conf(app)  # what redbeat's scheduler does as it starts: the entry's methods read it
+    key = RedBeatSchedulerEntry.generate_key(app, f"genq-schedule-{name}")
+
+    def stored() -> bool:
+        return bool(make_store(stack.settings).redis.exists(key))
+
+    wait_until(stored, 30, "beat's schedule entry")
+    entry = RedBeatSchedulerEntry.from_key(key, app=app)
+    entry.reschedule(last_run_at=datetime.now(UTC) - timedelta(minutes=2))
+    app.close()
 
 
 def test_a_days_hostile_inputs_are_reported_and_the_good_ones_run_once(
