@@ -51,7 +51,8 @@ def test_two_beats_and_a_replayed_tick_run_each_input_once(
         env=child_env(stack.settings),
     )
     store = make_store(stack.settings)
-    started = time.time()
+    started, both_up_s = time.time(), 6.0
+    logs = (stack.log_dir / "beat.log", stack.log_dir / "beat-2.log")
     try:
         tick_now(stack, "nightly")
 
@@ -66,19 +67,23 @@ def test_two_beats_and_a_replayed_tick_run_each_input_once(
             return any(all(batch_done(store, b)() for b in ids_at(m)) for m in (started, time.time()))
 
         wait_until(first_tick_done, 100, "the first tick's batches")
+        # Both beats up for longer than the 2 s webhook entry's period: a beat sending without the lock would
+        # have sent by now.
+        wait_until(lambda: all("beat: Starting" in read(log) for log in logs), 30, "both beats")
+        time.sleep(max(0.0, both_up_s - (time.time() - started)))
+        second_stopped = datetime.now(UTC).isoformat()[:23]
     finally:
         second_beat.stop()
     tick_at = next(m for m in (started, time.time()) if all(batch_done(store, b)() for b in ids_at(m)))
     north, south = ids_at(tick_at)
     date = run_date(stack.settings, tick_at)
 
-    fired = [
-        json.loads(line)["timestamp"][:16]  # to the minute
-        for log in (stack.log_dir / "beat.log", stack.log_dir / "beat-2.log")
-        for line in log.read_text().splitlines()
-        if "Sending due task genq-schedule-nightly" in line
-    ]
-    assert fired and len(fired) == len(set(fired)), f"a tick fired twice: {fired}"
+    sent = {log.name: [json.loads(x) for x in read(log).splitlines() if "Sending due task" in x] for log in logs}
+    fired = [e["timestamp"][:16] for entries in sent.values() for e in entries if "genq-schedule-nightly" in e["event"]]
+    assert fired and len(fired) == len(set(fired)), f"a tick fired twice: {fired}"  # to the minute
+    # While both ran, one beat sent every entry (sweep, webhooks, the schedule): the one holding redbeat's lock.
+    senders = [name for name, entries in sent.items() if any(e["timestamp"] < second_stopped for e in entries)]
+    assert len(senders) == 1, f"both beats sent while both ran: {senders}"
 
     results = ResultStore(make_minio(stack.settings), stack.settings.bucket)
     replay = scheduled_run(store, results, stack.settings, "nightly", lambda step: None, now=tick_at)
@@ -93,6 +98,10 @@ def test_two_beats_and_a_replayed_tick_run_each_input_once(
     assert upstream is not None and upstream["counters"]["creates"] == 5 and upstream["duplicate_creates"] == 0
     report = results.get_json(f"reports/nightly/{date}.json")
     assert report is not None and [i["batch_id"] for i in report["inputs"]] == [north, south]
+
+
+def read(log: Path) -> str:
+    return log.read_text() if log.exists() else ""
 
 
 def tick_now(stack: LocalStack, name: str) -> None:
