@@ -890,3 +890,37 @@ def test_polls_held_back_by_the_accounts_query_budget_meet_no_429(
     run(rt, enqueue(rt, *({"id": f"j{i}", "prompt": f"p{i}"} for i in range(6))), timeout_s=60)
     assert [j.status for j in rt.store.jobs("b")] == [Status.SUCCEEDED] * 6
     assert simulator.counters()["queries"] >= 6 and simulator.counters().get("throttled_query", 0) == 0
+
+
+@pytest.mark.parametrize(
+    ("results", "code"),
+    [
+        ([], "NoResults"),
+        ([{"code": "InternalError.Timeout", "message": "sub-image timed out"}], "InternalError.Timeout"),
+    ],
+)
+def test_a_task_answered_succeeded_without_a_result_url_ends_failed_with_its_reason(
+    runtime: Runtime, simulator: RunningSimulator, results: list[dict[str, str]], code: str
+) -> None:
+    """An answer off the service's contract (SUCCEEDED, yet no result carries a URL; the pages say such a task is
+    FAILED), from an upstream answering in its own words: the job ends failed with the first sub-result's code,
+    or NoResults, its slot given back, and nothing stored."""
+    steps = enqueue(runtime, {"id": "j", "prompt": "a cat"})
+    left = run(runtime, steps, timeout_s=10, until=lambda: bool((job := runtime.store.get("b/j")) and job.task_id))
+    job = runtime.store.get("b/j")
+    assert job is not None and job.task_id is not None
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        assert request.url.path.endswith(f"/tasks/{job.task_id}"), request.url
+        output = {"task_id": job.task_id, "task_status": "SUCCEEDED", "results": results}
+        return httpx.Response(200, json={"request_id": "r1", "output": output, "usage": {"image_count": 0}})
+
+    answering = httpx.Client(transport=httpx.MockTransport(upstream))
+    settings = runtime.settings
+    key = settings.dashscope_api_key
+    assert key is not None
+    runtime.dashscope = DashScopeClient(answering, base_url=settings.base_url, api_key=key.get_secret_value())
+    run(runtime, left, timeout_s=10)
+    ended = runtime.store.get("b/j")
+    assert ended is not None and (ended.status, ended.error_code) == (Status.FAILED, code)
+    assert ended.objects == [] and not runtime.quota.slot_holders(Scope("default", ended.request.model), time.time())
