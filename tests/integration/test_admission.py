@@ -147,3 +147,25 @@ def test_the_sweep_gives_back_a_slot_its_stage_died_before_releasing(runtime: Ru
     assert [s.action.value for s in sent] == ["submit"] and sent[0].ref not in {s.ref for s in steps}
     holders = runtime.quota.slot_holders(Scope("default", MODEL), time.time())
     assert ended not in holders and len(holders) == 10
+
+
+def test_the_sweep_drops_due_entries_of_ended_or_unknown_jobs_and_queues_a_revived_one(runtime: Runtime) -> None:
+    """Entries of the due index left by a process that died between two writes: one of a job that has ended,
+    one of a job that no longer exists, and one of a job revived for a retry (it waits in its model's queue,
+    not in the due index). The sweep re-sends none of them, drops all three from the index, and puts the
+    revived job back in line for a slot."""
+    steps = enqueue(runtime, *rows("j", 2))
+    ended, revived = (step.ref for step in steps)
+    for ref in (ended, revived):
+        runtime.store.transition(ref, Status.FAILED, expected_attempt=None, fields={"error_code": "InternalError"})
+        runtime.quota.release_slot(Scope("default", MODEL), ref)
+    assert runtime.store.revive(revived, allowed=frozenset({Status.FAILED}), now=time.time())
+    past = time.time() - 3600
+    runtime.store.redis.zadd(keys.DUE, {ended: past, revived: past, "b/gone": past})
+    sent: list[Next] = []
+    sweep(runtime, lambda step: sent.append(step) if step else None)
+    assert [(step.action.value, step.ref) for step in sent] == [("submit", revived)]  # admitted from its queue
+    job = runtime.store.get(revived)
+    assert job is not None and job.status is Status.ADMITTED
+    # What is left in the index is the revived job's submit, due now, as admission wrote it.
+    assert [(ref, due_at > past) for ref, due_at in runtime.store.due(time.time() + 3600)] == [(revived, True)]
