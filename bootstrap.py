@@ -65,9 +65,9 @@ def _sync(uv: Path) -> None:
     )
 
 
-#: pytest's arguments for the whole suite: two test processes, each handed one test at a time as it frees up (the
-#: slowest files are collected first, tests/conftest.py), so that neither ends long after the other; the slowest
-#: tests named.
+#: pytest's arguments for the whole suite: two test processes, each holding the test it runs and the next, handed
+#: another as it finishes one (the slowest files are collected first, tests/conftest.py), so that neither ends long
+#: after the other; the slowest tests named.
 WHOLE_SUITE = ("-n", "2", "--dist", "load", "--maxschedchunk", "1", "--durations", "15")
 
 

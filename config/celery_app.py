@@ -84,9 +84,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Beat: redbeat keeps the schedule and a lock in Redis, so a second beat never double-fires.
         "beat_scheduler": "redbeat.RedBeatScheduler",
         "redbeat_redis_url": settings.redis_url,
-        # Said explicitly: without it redbeat warns at every start that it will stop reading the broker's
-        # transport options (which it already ignores for a plain redis:// URL). The timeouts make a Redis that
-        # hangs end beat's run like one that is gone, so `genq beat` starts it again (producer/beat.py).
+        # Said explicitly: without it redbeat 2.4 warns at every start that it will stop reading the broker's
+        # transport options (which it already ignores for a plain redis:// URL). The timeouts are for redbeat's
+        # own client (the schedule and the lock): a Redis that hangs there ends beat's run like one that is gone,
+        # and `genq beat` starts it again (producer/beat.py). Beat's sends go through kombu's connection, which
+        # these do not cover.
         "redbeat_redis_options": {"socket_timeout": 10, "socket_connect_timeout": 5},
         "redbeat_lock_timeout": 30,
         "beat_max_loop_interval": 5,

@@ -44,8 +44,8 @@ if os.environ.get("CI"):
 SIM_KEY = "test-key-" + secrets.token_hex(8)
 
 
-#: The slowest test files, collected first: with two test processes each handed one test at a time
-#: (`bootstrap.py test` runs `-n 2 --dist load --maxschedchunk 1`), the long tests start at once, and the many short
+#: The slowest test files, collected first: with two test processes each holding the test it runs and the next
+#: (`bootstrap.py test` runs `-n 2 --dist load --maxschedchunk 1`), the long tests start early, and the many short
 #: ones fill in around them; one left for the end would leave the other process idle while it runs.
 SLOW_FILES_FIRST = (
     "test_chaos.py",

@@ -64,9 +64,13 @@ class Disruptor(threading.Thread):
         self._s3_stopped_at = 0.0
         self._hook_back_at: float | None = None
         self._next_trim = 0.0
+        self._see_outage_out = True
 
-    def stop(self) -> None:
-        """Stop disrupting, bring S3 back if it is down, and wait for the thread."""
+    def stop(self, *, see_outage_out: bool = True) -> None:
+        """Stop disrupting, bring S3 back if it is down, and wait for the thread. With `see_outage_out` (a batch
+        that ended normally), a webhook outage still on is waited out (30 s at most) and the malformed entry
+        appended as it ends; a run being abandoned does not wait."""
+        self._see_outage_out = see_outage_out
         self._stop_requested.set()
         self.join()
 
@@ -95,7 +99,7 @@ class Disruptor(threading.Thread):
             if self._s3_back_at is not None:
                 with contextlib.suppress(Exception):
                     self._start_s3()
-            if self._hook_back_at is not None and self.error is None:
+            if self._hook_back_at is not None and self.error is None and self._see_outage_out:
                 # The batch ended inside the outage: see it out (30 s at most), so that the malformed entry is
                 # still appended and the audit's event accounting covers the outage's end.
                 time.sleep(max(0.0, self._hook_back_at - time.monotonic()))

@@ -95,8 +95,10 @@ def _run(
         disruptor.start()
         try:
             batch_s = _wait_for_batch(store, plan, disruptor, started, say)
-        finally:
-            disruptor.stop()
+        except BaseException:
+            disruptor.stop(see_outage_out=False)
+            raise
+        disruptor.stop()
         if disruptor.error is not None:
             raise RuntimeError(f"a disruption failed: {disruptor.error!r}") from disruptor.error
         _settle(store, settings, plan.settle_s)

