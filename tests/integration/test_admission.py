@@ -83,10 +83,12 @@ def test_a_higher_priority_batch_goes_before_a_waiting_one(runtime: Runtime) -> 
     run(runtime, steps, timeout_s=120)
     interactive = list(runtime.store.jobs("interactive"))
     assert all(j.status is Status.SUCCEEDED for j in interactive)
-    first_start = min(j.times["admitted"] for j in interactive)
-    assert first_start - arrived < 1.2  # the fast profile's longest generation is 1.1 s
     admitted_after = [ref for ref, at in admissions(runtime, "nightly", "interactive") if at > arrived]
-    assert admitted_after[:10] == [f"interactive/i{i}" for i in range(10)]
+    assert admitted_after[:10] == [f"interactive/i{i}" for i in range(10)]  # no waiting job went before them
+    # Within one generation (1.1 s at most in the fast profile), with room for a loaded machine's delays; waiting
+    # behind the 35 jobs still queued would take 7 s or more (5 slots).
+    first_start = min(j.times["admitted"] for j in interactive)
+    assert first_start - arrived < 3.0
 
 
 def test_batches_of_one_band_take_turns(runtime: Runtime) -> None:
