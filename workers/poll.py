@@ -76,7 +76,7 @@ def poll(rt: Runtime, ref: str, attempt: int) -> Next | None:
         state = rt.client(job.account).get_task(job.task_id or "")
     except Throttled as exc:
         metrics.THROTTLED.labels(account=account.name, model=job.request.model, endpoint="query").inc()
-        delay = min(exc.retry_after_s or backoff_s(job.throttles + 1, base_s=1.0, cap_s=30.0, rng=rt.rng), 60.0)
+        delay = _throttled_delay_s(rt, job, exc, cap_s=60.0)
         return reschedule(rt, job, current, job.status, Action.POLL, delay, fields={"throttles": job.throttles + 1})
     except PermanentRemoteError as exc:
         # The service answers a task it does not know with 200 UNKNOWN, so a refusal here is the key's (paused
@@ -161,6 +161,11 @@ def _on_state(rt: Runtime, job: Job, current: int, state: TaskState) -> Next | N
     return reschedule(
         rt, job, current, status, Action.POLL, delay, fields={**upstream, "poll_delay_s": delay, "poll_errors": 0}
     )
+
+
+def _throttled_delay_s(rt: Runtime, job: Job, exc: Throttled, *, cap_s: float) -> float:
+    """After a 429: the service's Retry-After, else a backoff on the job's throttles so far; at most `cap_s`."""
+    return min(exc.retry_after_s or backoff_s(job.throttles + 1, base_s=1.0, cap_s=30.0, rng=rt.rng), cap_s)
 
 
 def _on_succeeded(rt: Runtime, job: Job, current: int, state: TaskState, upstream: dict[str, Any]) -> Next | None:
@@ -257,7 +262,7 @@ def _cancel_at_deadline(rt: Runtime, job: Job, current: int, upstream: dict[str,
     except Throttled as exc:
         # Soon, whatever Retry-After says: the task may start any moment, and cancelling it is the only way not
         # to pay for it.
-        delay = min(exc.retry_after_s or backoff_s(job.throttles + 1, base_s=1.0, cap_s=30.0, rng=rt.rng), 30.0)
+        delay = _throttled_delay_s(rt, job, exc, cap_s=30.0)
         fields = {**upstream, "throttles": job.throttles + 1}
         return reschedule(rt, job, current, job.status, Action.POLL, delay, fields=fields)
     except TransientRemoteError as exc:  # the next query says again what the task is; then the cancel is retried
