@@ -95,7 +95,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule": beat_schedule(settings),
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
-        "imports": ["workers.tasks", "producer.nightly"],
+        "imports": ["workers.tasks", "producer.scheduled_runs"],
         # The crontabs of scheduled runs are read in this timezone.
         "timezone": settings.schedule_timezone,
         # genq's own: where the worker serves its metrics (workers/metrics_server.py).

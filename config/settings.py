@@ -171,7 +171,7 @@ class Settings(BaseSettings):
         60.0, description="Take over a dead consumer's unanswered requests after this long."
     )
 
-    # --- scheduled runs (producer/nightly.py) ---------------------------------------------------
+    # --- scheduled runs (producer/scheduled_runs.py) ---------------------------------------------------
     schedules: tuple[ScheduleSettings, ...] = Field(
         (), description="Scheduled runs of input CSVs (config/schedules.py)."
     )

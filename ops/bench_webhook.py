@@ -38,10 +38,9 @@ from ops.localstack.process import free_port
 from ops.localstack.stack import child_env
 from producer.batch import enqueue_rows
 from producer.csv_source import CsvRow
-from workers import keys
+from workers.jobstore import JobStore, keys
 from workers.messages import publish
 from workers.runtime import make_store
-from workers.store import JobStore
 from workers.webhook import BATCH_WEBHOOK_FIELD
 
 TARGET_RATIO = 1.10

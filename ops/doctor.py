@@ -23,10 +23,10 @@ from minio.error import MinioException
 
 from config.catalogue import CATALOGUE
 from config.settings import Settings
-from workers import keys
+from workers.bucket import make_minio
 from workers.dashscope import DashScopeClient
 from workers.errors import AccountError, RemoteError
-from workers.storage import make_minio
+from workers.jobstore import keys
 from workers.webhook_signing import unsigned_warning
 
 Level = Literal["ok", "warn", "fail"]

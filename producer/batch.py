@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 
 from config.settings import Settings
 from producer.csv_source import CsvRow
-from workers import keys
+from workers import refs
 from workers.admission import dispatch_all
 from workers.errors import RequestInvalid
 from workers.job import Action, Next, Status
+from workers.jobstore import JobStore, NewJob
 from workers.quota.quota import Quota
 from workers.requests import GenerationRequest, check_id, check_input_size, validate_request
-from workers.store import JobStore, NewJob
 
 #: Jobs created per round trip to Redis (each still its own atomic step).
 CREATE_CHUNK = 500
@@ -145,7 +145,7 @@ def enqueue_rows(
             store.record_rejected(batch_id, row.line, exc.field, exc.reason, row.clipped_fields())
             report.rejected.append({"line": row.line, "field": exc.field, "reason": exc.reason})
             continue
-        chunk.append((new_job(keys.job_ref(batch_id, job_id), row.line, request), request.n))
+        chunk.append((new_job(refs.job_ref(batch_id, job_id), row.line, request), request.n))
         if len(chunk) >= CREATE_CHUNK:
             flush()
     flush()
@@ -157,7 +157,7 @@ def enqueue_rows(
 def new_job(ref: str, line: int, request: GenerationRequest) -> NewJob:
     """The record of a new job, waiting for a slot."""
     now = time.time()
-    batch_id, job_id = keys.split_ref(ref)
+    batch_id, job_id = refs.split_ref(ref)
     return NewJob(
         ref,
         line,

@@ -42,16 +42,16 @@ from producer.display import (
 )
 from producer.eta import estimate
 from producer.export import export_batch
-from producer.nightly import schedule_named, scheduled_run
 from producer.report import render, store_report
+from producer.scheduled_runs import schedule_named, scheduled_run
 from producer.stream import ConsumeReport, RequestConsumer
-from workers import accounts, control, keys
+from workers import account_pause, control, refs
+from workers.bucket import ResultBucket, make_minio
 from workers.errors import StorageError
+from workers.jobstore import BatchSummary, JobStore, keys
 from workers.messages import publish
 from workers.quota.quota import Quota
 from workers.runtime import build_runtime, make_store
-from workers.storage import ResultStore, make_minio
-from workers.store import BatchSummary, JobStore
 from workers.webhook import BATCH_WEBHOOK_FIELD
 from workers.webhook_signing import unsigned_warning
 
@@ -172,7 +172,7 @@ def batch(
     }
     defaults = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in given.items() if v is not None}
     batch_id = batch_id or default_batch_id(csv_file)
-    if not keys.is_id(batch_id):
+    if not refs.is_id(batch_id):
         raise _fail(f"batch id {batch_id!r} must be letters, digits, '.', '_' or '-' (at most 64)", 2)
     try:
         with stable_copy(csv_file) as stable:  # both passes read the same bytes, even from a pipe
@@ -244,7 +244,7 @@ def _run_batch(
 ) -> int:
     settings = stack.settings
     store = make_store(settings)
-    results = ResultStore(make_minio(settings), settings.bucket)
+    results = ResultBucket(make_minio(settings), settings.bucket)
     results.ensure_bucket()
     celery = create_app(settings)
     if stack.simulator_url:
@@ -337,7 +337,7 @@ def status(
         quota = quota_table(settings, store, Quota.redis(store.redis), now=time.time())
         if quota is not None:
             console.print(quota)
-        for account, pause in accounts.all_paused(store).items():
+        for account, pause in account_pause.all_paused(store).items():
             console.print(
                 styled(
                     (f"account {account} is PAUSED", "red"),
@@ -383,7 +383,7 @@ def report(
     """An HTML contact sheet of a batch (thumbnails, prompt, actual prompt, seed, status, error), stored in the
     bucket as BATCH/report.html and, with --out, written locally."""
     with _open_batch(config, batch_id) as (settings, store, _):
-        results = ResultStore(make_minio(settings), settings.bucket)
+        results = ResultBucket(make_minio(settings), settings.bucket)
         page, made = render(store, results, batch_id, max_jobs=max_jobs)
         try:
             key = store_report(results, batch_id, page)
@@ -404,7 +404,7 @@ def export(
 ) -> None:
     """Copy a batch's stored images/videos and manifests into OUT_DIR, with a results.csv of every job."""
     with _open_batch(config, batch_id) as (settings, store, _):
-        exported = export_batch(store, ResultStore(make_minio(settings), settings.bucket), batch_id, out_dir)
+        exported = export_batch(store, ResultBucket(make_minio(settings), settings.bucket), batch_id, out_dir)
     console.print(f"Exported {exported.jobs} jobs, {exported.files} files; index: {exported.csv_path}")
 
 
@@ -468,7 +468,7 @@ def retry_command(
         for ref, why in report.skipped.items():
             console.print(f"  {ref}: {why}")
         if wait and report.changed:
-            summary = wait_for_batch(rt.store, keys.split_ref(report.changed[0])[0], console)
+            summary = wait_for_batch(rt.store, refs.split_ref(report.changed[0])[0], console)
             console.print(summary_table(summary))
 
 
@@ -479,7 +479,7 @@ def resume(
 ) -> None:
     """Lift the pause an account-level error (bad key, arrears, access denied) put on an account."""
     with _stack(_settings(config)) as stack:
-        resumed = accounts.resume(make_store(stack.settings), account)
+        resumed = account_pause.resume(make_store(stack.settings), account)
     console.print(f"account {account} resumed" if resumed else f"account {account} was not paused")
 
 
@@ -571,7 +571,7 @@ def worker(
         errors.print(styled(("WARNING:", "bold red"), f" {unsigned}"))
     celery = create_app(settings.model_copy(update={"metrics_port": metrics_port or settings.metrics_port}))
     try:
-        ResultStore(make_minio(settings), settings.bucket).ensure_bucket()  # genq creates its bucket at start
+        ResultBucket(make_minio(settings), settings.bucket).ensure_bucket()  # genq creates its bucket at start
     except StorageError as exc:
         errors.print(styled(("warning:", "yellow"), f" could not check the bucket yet ({exc}); workers will retry"))
     celery.worker_main(

@@ -20,10 +20,9 @@ from rich.text import Text
 
 from config.catalogue import CATALOGUE
 from config.settings import Settings
-from workers import keys
 from workers.job import TERMINAL, Status
+from workers.jobstore import BatchSummary, JobStore, keys
 from workers.quota.quota import Quota, Scope
-from workers.store import BatchSummary, JobStore
 
 _ORDER = [s.value for s in Status]
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")

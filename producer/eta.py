@@ -12,14 +12,11 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 from dataclasses import dataclass
-from typing import cast
 
 from config.settings import Settings
-from workers import keys
 from workers.admission import serving
 from workers.dashscope.protocol import upstream_epoch
-from workers.job import Job
-from workers.store import JobStore
+from workers.jobstore import JobStore
 
 SAMPLE = 200
 
@@ -37,11 +34,7 @@ class Estimate:
 
 def estimate(store: JobStore, settings: Settings, batch_id: str, remaining: int) -> Estimate | None:
     """None until some job of the batch has run upstream."""
-    refs = cast(list[str], store.redis.zrandmember(keys.batch_jobs(batch_id), SAMPLE) or [])
-    pipe = store.redis.pipeline(transaction=False)
-    for job_id in refs:
-        pipe.hgetall(keys.job(keys.job_ref(batch_id, job_id)))
-    jobs = [Job.from_hash(keys.job_ref(batch_id, j), h) for j, h in zip(refs, pipe.execute(), strict=True) if h]
+    jobs = store.sample_jobs(batch_id, SAMPLE)
     runs = []
     for job in jobs:
         started = upstream_epoch(job.upstream.get("scheduled_time", ""))

@@ -10,9 +10,9 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+from workers.bucket import ResultBucket
 from workers.job import Job
-from workers.storage import ResultStore
-from workers.store import JobStore
+from workers.jobstore import JobStore
 
 COLUMNS = (
     "line",
@@ -64,7 +64,7 @@ def _row(job: Job, files: list[str]) -> dict[str, str]:
     return {k: spreadsheet_safe(v) for k, v in values.items()}
 
 
-def export_batch(store: JobStore, results: ResultStore, batch_id: str, out_dir: Path) -> ExportReport:
+def export_batch(store: JobStore, results: ResultBucket, batch_id: str, out_dir: Path) -> ExportReport:
     """Download every stored object of the batch under `out_dir/{job_id}/` and write `results.csv`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     report = ExportReport(csv_path=out_dir / "results.csv")

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from workers.bucket import ResultBucket
 from workers.errors import StorageError
 from workers.job import Job, Status
-from workers.storage import ResultStore
-from workers.store import JobStore
+from workers.jobstore import JobStore
 
 THUMBNAIL_PX = 256
 #: A stored image larger than this is not read for a thumbnail (the card says so instead).
@@ -60,7 +60,7 @@ class ReportSummary:
     missing: int = 0  # images that could not be read for a thumbnail
 
 
-def thumbnail_data_uri(results: ResultStore, key: str) -> str | None:
+def thumbnail_data_uri(results: ResultBucket, key: str) -> str | None:
     """A 256 px JPEG of a stored image, as a data URI; None when it cannot be read."""
     try:
         response = results.client.get_object(results.bucket, key)
@@ -83,7 +83,7 @@ def thumbnail_data_uri(results: ResultStore, key: str) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
 
 
-def _card(job: Job, results: ResultStore, summary: ReportSummary) -> str:
+def _card(job: Job, results: ResultBucket, summary: ReportSummary) -> str:
     e = html.escape
     thumbs = []
     for obj in job.objects:
@@ -115,7 +115,7 @@ def _card(job: Job, results: ResultStore, summary: ReportSummary) -> str:
     return f'<div class="card{"" if ok else " bad"}">{"".join(rows)}</div>'
 
 
-def render(store: JobStore, results: ResultStore, batch_id: str, *, max_jobs: int = 2000) -> tuple[str, ReportSummary]:
+def render(store: JobStore, results: ResultBucket, batch_id: str, *, max_jobs: int = 2000) -> tuple[str, ReportSummary]:
     """The page, and what went into it. Jobs are read in source order, in chunks; at most `max_jobs`."""
     summary = ReportSummary()
     batch = store.batch_summary(batch_id)
@@ -141,7 +141,7 @@ def render(store: JobStore, results: ResultStore, batch_id: str, *, max_jobs: in
     return page, summary
 
 
-def store_report(results: ResultStore, batch_id: str, page: str) -> str:
+def store_report(results: ResultBucket, batch_id: str, page: str) -> str:
     """Put the page in the bucket; returns its key."""
     key = f"{batch_id}/report.html"
     raw = page.encode()

@@ -37,11 +37,12 @@ import structlog
 from config.catalogue import CATALOGUE
 from config.settings import Settings
 from producer.batch import new_job
-from workers import keys
+from workers import refs
 from workers.admission import dispatch
 from workers.errors import RequestInvalid
 from workers.events import cloud_event
 from workers.job import Next, Status
+from workers.jobstore import JobStore, NewJob, keys
 from workers.quota.quota import Quota
 from workers.requests import (
     Envelope,
@@ -50,7 +51,6 @@ from workers.requests import (
     shown,
     validate_envelope,
 )
-from workers.store import JobStore, NewJob
 
 log = structlog.get_logger("genq.consume")
 
@@ -103,10 +103,10 @@ def _known_job(store: JobStore, text: str | None, default_batch: str) -> tuple[s
         raw = json.loads(text or "", parse_int=parse_json_int)
         request_id = raw.get("request_id") if isinstance(raw, dict) else None
         batch_id = raw.get("batch_id") or default_batch if isinstance(raw, dict) else default_batch
-        if not (isinstance(request_id, str) and keys.is_id(request_id) and isinstance(batch_id, str)):
+        if not (isinstance(request_id, str) and refs.is_id(request_id) and isinstance(batch_id, str)):
             return None, None
-        ref = keys.job_ref(batch_id, request_id)
-        return request_id, ref if keys.is_id(batch_id) and store.get(ref) is not None else None
+        ref = refs.job_ref(batch_id, request_id)
+        return request_id, ref if refs.is_id(batch_id) and store.get(ref) is not None else None
     except (ValueError, RecursionError, TypeError):
         return None, None
 
@@ -323,7 +323,7 @@ class RequestConsumer:
             return Parsed(entry_id, rejected=(REQUEST_FIELD, f"the entry's '{REQUEST_FIELD}' field is not JSON"))
         request_id = raw.get("request_id") if isinstance(raw, dict) else None
         parsed = Parsed(
-            entry_id, request_id=request_id if isinstance(request_id, str) and keys.is_id(request_id) else None
+            entry_id, request_id=request_id if isinstance(request_id, str) and refs.is_id(request_id) else None
         )
         try:
             envelope = validate_envelope(
@@ -333,7 +333,7 @@ class RequestConsumer:
         except RequestInvalid as exc:
             parsed.rejected = (exc.field, exc.reason)
             return parsed
-        parsed.job = new_job(keys.job_ref(envelope.batch_id, envelope.request_id), 0, envelope.request)
+        parsed.job = new_job(refs.job_ref(envelope.batch_id, envelope.request_id), 0, envelope.request)
         return parsed
 
     def _open(self, envelope: Envelope) -> None:

@@ -30,10 +30,10 @@ from ops.localstack.process import free_port
 from ops.simulator.app import create_app
 from ops.simulator.engine import Engine, SimConfig
 from ops.simulator.profiles import load_profile
+from workers.bucket import ResultBucket, make_minio
 from workers.dashscope import DashScopeClient
 from workers.quota.quota import Quota
 from workers.runtime import Runtime, account_clients, make_store
-from workers.storage import ResultStore, make_minio
 
 # Property tests draw new inputs on every run on a developer's machine (that is how they find things); in CI
 # (CI=true) each draws the same inputs every run, so a submission's result does not hang on a random draw.
@@ -181,7 +181,7 @@ def runtime_factory(settings: Settings) -> Iterator[Callable[..., Runtime]]:
         api = httpx.Client(timeout=httpx.Timeout(configured.http_timeout_s, connect=5.0))
         downloads = httpx.Client(timeout=30)
         clients.extend([api, downloads])
-        results = ResultStore(make_minio(configured), configured.bucket)
+        results = ResultBucket(make_minio(configured), configured.bucket)
         if ensure_bucket:
             results.ensure_bucket()
         key = configured.dashscope_api_key

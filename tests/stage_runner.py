@@ -16,13 +16,13 @@ from config.celery_app import create_app
 from ops.localstack import LocalStack
 from producer.batch import EnqueueReport, enqueue_rows
 from producer.csv_source import CsvRow
+from workers.claimed import run_stage
 from workers.finalize import finalize
 from workers.job import Action, Next
+from workers.jobstore import JobStore
 from workers.messages import publish
 from workers.poll import poll
 from workers.runtime import Runtime, make_store
-from workers.steps import run_stage
-from workers.store import JobStore
 from workers.submit import submit
 
 STAGES: dict[Action, Callable[[Runtime, str, int], Next | None]] = {

@@ -26,10 +26,10 @@ import structlog
 from config.accounts import AccountSettings
 from config.catalogue import CATALOGUE, Kind, model_spec
 from config.settings import Settings
-from workers import accounts
+from workers import account_pause
 from workers.job import Action, Job, Next, Status
+from workers.jobstore import JobStore
 from workers.quota.quota import Quota, Scope
-from workers.store import JobStore
 
 log = structlog.get_logger("genq.admission")
 
@@ -78,7 +78,7 @@ def dispatch(
     """Admit waiting jobs of `model` into every free slot of every account serving it; returns how many."""
     now = time.time() if now is None else now
     admitted = 0
-    paused = accounts.all_paused(store)
+    paused = account_pause.all_paused(store)
     for account in serving(settings, model):
         if account.name in paused:
             continue

@@ -20,14 +20,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from workers import keys
+from workers import refs
 from workers.admission import dispatch, release
+from workers.claimed import log
 from workers.dashscope.classify import error_class
 from workers.errors import AccountError, PermanentRemoteError, RemoteError, Throttled, TransientRemoteError
 from workers.events import job_event
 from workers.job import Job, Next, Status
+from workers.jobstore import keys
 from workers.runtime import Runtime
-from workers.steps import log
 
 RETRYABLE = frozenset({Status.FAILED, Status.TIMED_OUT, Status.EXPIRED})
 #: genq's own refusals of a result: retrying would pay for the same refusal again.
@@ -169,7 +170,7 @@ def retry(rt: Runtime, target: str, *, force: bool = False) -> tuple[ControlRepo
     for model in sorted(models):
         dispatch(rt.store, rt.quota, rt.settings, model, lambda step: steps.append(step) if step else None)
     if report.changed:
-        batch_id = keys.split_ref(report.changed[0])[0]
+        batch_id = refs.split_ref(report.changed[0])[0]
         rt.store.seal_batch(batch_id)
     return report, steps
 

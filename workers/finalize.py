@@ -13,12 +13,12 @@ from typing import Any
 
 from config.catalogue import Kind, model_spec
 from workers import metrics
+from workers.claimed import backoff_s, claim, end, load_current, log, reschedule
 from workers.errors import ResultRejected, StorageError, TransientRemoteError
 from workers.events import job_event
 from workers.fetch import check_url, fetch
 from workers.job import Action, Job, Next, Status
 from workers.runtime import Runtime
-from workers.steps import backoff_s, claim, end, load_current, log, reschedule
 
 #: A finalize not recorded within this long is re-sent by the sweep (its worker died). Overlapping a slow but
 #: live one is harmless: objects already stored are skipped, and only the first end() wins its compare-and-set.

@@ -14,8 +14,8 @@ from typing import Any
 import redis
 from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
+from workers.claimed import log
 from workers.metrics import RedisStateCollector
-from workers.steps import log
 
 
 def start_metrics_server(config: dict[str, Any]) -> bool:

@@ -35,8 +35,9 @@ from __future__ import annotations
 from typing import Any
 
 from config.catalogue import model_spec
-from workers import accounts, metrics
+from workers import account_pause, metrics
 from workers.admission import deadline_s, release, scope_of
+from workers.claimed import backoff_s, claim, end, load_current, log, reschedule
 from workers.dashscope import TaskState
 from workers.dashscope.classify import is_transient_task_failure
 from workers.dashscope.protocol import upstream_epoch
@@ -45,7 +46,6 @@ from workers.events import job_event
 from workers.job import TASK_LIFE_S, Action, Job, Next, Status
 from workers.poll_policy import next_poll_delay_s, policy_for
 from workers.runtime import Runtime
-from workers.steps import backoff_s, claim, end, load_current, log, reschedule
 
 #: A claimed poll not recorded within this long is re-sent by the sweep (its worker died). Short, since a
 #: re-sent poll only costs a query: whichever delivery records second finds the attempt moved on.
@@ -83,7 +83,7 @@ def poll(rt: Runtime, ref: str, attempt: int) -> Next | None:
         # for every job) or an intermediary's (a proxy's 404 or 408): not an answer about the task, which may
         # run and bill all the same.
         if isinstance(exc, AccountError) and scope is not None:
-            accounts.pause(rt.store, scope.account, code=exc.code, message=exc.message, now=now)
+            account_pause.pause(rt.store, scope.account, code=exc.code, message=exc.message, now=now)
         return _unanswered(rt, job, current, exc, now, errors=job.poll_errors + 1, slow=True)
     except TransientRemoteError as exc:
         errors = job.poll_errors + 1

@@ -54,10 +54,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from workers.claimed import log
 from workers.dashscope.protocol import ListedTask
 from workers.job import Job
 from workers.runtime import Runtime, answer_bound_s
-from workers.steps import log
 
 UTC8 = timezone(timedelta(hours=8))
 #: Past the lost answer, before listing: the service records a task a moment after it accepts the request.

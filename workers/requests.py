@@ -32,7 +32,7 @@ from config.catalogue import (
     ModelSpec,
     SizeRule,
 )
-from workers import keys
+from workers import refs
 from workers.errors import RequestInvalid
 
 # ASCII digits only (`\d` would take any Unicode digit) and no leading zero: sent upstream as written.
@@ -209,7 +209,7 @@ def _as_bool(name: str, value: object) -> bool:
 
 def check_id(name: str, value: object) -> str:
     """An id that names a job or a batch (and so a prefix in the bucket): the whole text must match."""
-    if not isinstance(value, str) or not keys.is_id(value):
+    if not isinstance(value, str) or not refs.is_id(value):
         raise RequestInvalid(name, f"{ID_RULE}; got {shown(value)}")
     return value
 

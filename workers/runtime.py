@@ -14,11 +14,11 @@ import redis
 import structlog
 
 from config.settings import Settings, load_settings
+from workers.bucket import ResultBucket, make_minio
 from workers.dashscope import DashScopeClient
 from workers.job import Next
+from workers.jobstore import JobStore
 from workers.quota.quota import Quota
-from workers.storage import ResultStore, make_minio
-from workers.store import JobStore
 
 log = structlog.get_logger("genq.runtime")
 
@@ -37,7 +37,7 @@ class Runtime:
     settings: Settings
     store: JobStore
     dashscope: DashScopeClient
-    results: ResultStore
+    results: ResultBucket
     downloads: httpx.Client
     quota: Quota
     clients: dict[str, list[DashScopeClient]] = field(default_factory=dict)
@@ -108,7 +108,7 @@ def build_runtime(settings: Settings) -> Runtime:
         settings=settings,
         store=store,
         dashscope=next(iter(clients.values()))[0],
-        results=ResultStore(make_minio(settings), settings.bucket),
+        results=ResultBucket(make_minio(settings), settings.bucket),
         downloads=httpx.Client(timeout=httpx.Timeout(120.0, connect=5.0)),
         quota=Quota.redis(store.redis),
         clients=clients,

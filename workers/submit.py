@@ -14,8 +14,9 @@ reconciled (listing tasks creates nothing, and a task it made must be followed t
 from __future__ import annotations
 
 from config.catalogue import model_spec
-from workers import accounts, metrics
+from workers import account_pause, metrics
 from workers.admission import scope_of
+from workers.claimed import backoff_s, claim, end, load_current, log, reschedule
 from workers.errors import (
     AccountError,
     CreateOutcomeUnknown,
@@ -29,7 +30,6 @@ from workers.poll_policy import policy_for
 from workers.quota.quota import Scope
 from workers.reconcile import reconcile
 from workers.runtime import Runtime
-from workers.steps import backoff_s, claim, end, load_current, log, reschedule
 
 #: How long a claimed submit may take before the recovery sweep re-sends it. A re-sent submit that finds
 #: `create_pending` reconciles (after the create's timeout has passed) instead of POSTing again, so a short
@@ -60,7 +60,7 @@ def submit(rt: Runtime, ref: str, attempt: int) -> Next | None:
             # The task list could not be read. Look again later, and never send the create meanwhile: the lost
             # one may have made a task. Once no task of it can be alive any more (24 h), the job ends failed.
             if isinstance(exc, AccountError):
-                accounts.pause(rt.store, scope.account, code=exc.code, message=exc.message, now=now)
+                account_pause.pause(rt.store, scope.account, code=exc.code, message=exc.message, now=now)
             failures = job.poll_errors + 1
             if now - (job.submit_sent_at or job.created_at) >= TASK_LIFE_S:
                 message = f"{exc.message} (the task list could not be read for 24 h after a create was lost)"
@@ -79,7 +79,7 @@ def submit(rt: Runtime, ref: str, attempt: int) -> Next | None:
             message = f"{job.submit_errors} creates got no usable answer, and the service made no task of them"
             end(rt, job, current, Status.FAILED, code="CreateUnanswered", message=message, fields={"create_pending": 0})
             return None
-    if accounts.paused(rt.store, scope.account) is not None:
+    if account_pause.paused(rt.store, scope.account) is not None:
         delay = rt.settings.account_pause_recheck_s * rt.rng.uniform(0.8, 1.2)
         settle = {"create_pending": 0} if settled else None
         return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, delay, fields=settle)
@@ -153,7 +153,7 @@ def _refused(rt: Runtime, job: Job, current: int, scope: Scope, exc: RemoteError
             fields={"create_pending": 0, "submits": job.submits, "throttles": throttles},
         )
     if isinstance(exc, AccountError):
-        accounts.pause(rt.store, scope.account, code=exc.code, message=exc.message, now=rt.clock())
+        account_pause.pause(rt.store, scope.account, code=exc.code, message=exc.message, now=rt.clock())
     if isinstance(exc, PermanentRemoteError):
         end(rt, job, current, Status.FAILED, code=exc.code, message=exc.message, fields={"create_pending": 0})
         return None

@@ -19,12 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from config.catalogue import CATALOGUE
-from workers import keys
 from workers.admission import HOLDS_SLOT, dispatch_all, scope_of
+from workers.claimed import log
 from workers.job import Action, Next, Status
+from workers.jobstore import keys
 from workers.quota.quota import Scope
 from workers.runtime import Runtime
-from workers.steps import log
 
 #: After a re-send, the next look at the same job waits this long (the message may just be queued; if it was
 #: lost too, with a worker killed before it ran, this is how long the job waits for another).

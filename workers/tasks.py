@@ -16,13 +16,13 @@ from celery.signals import worker_init, worker_process_shutdown
 
 from config.celery_app import WEBHOOK_QUEUE, app
 from config.settings import load_settings
+from workers.claimed import Stage, run_stage
 from workers.finalize import finalize as finalize_stage
 from workers.job import Next
 from workers.messages import publish
 from workers.metrics_server import process_exited, start_metrics_server
 from workers.poll import poll as poll_stage
 from workers.runtime import Runtime, runtime
-from workers.steps import Stage, run_stage
 from workers.submit import submit as submit_stage
 from workers.sweep import sweep as sweep_all
 from workers.webhook import deliver_due, tick

@@ -47,7 +47,8 @@ import redis
 import structlog
 
 from config.settings import Settings
-from workers import keys
+from workers import refs
+from workers.jobstore import keys
 
 log = structlog.get_logger("genq.webhook")
 
@@ -171,7 +172,7 @@ class Outbox:
         `known`: batch id -> its own webhook, filled as batches are looked up (one lookup per batch)."""
         data = event.get("data")
         batch_id = data.get("batch_id") if isinstance(data, dict) else None
-        if isinstance(batch_id, str) and keys.is_id(batch_id):
+        if isinstance(batch_id, str) and refs.is_id(batch_id):
             known = {} if known is None else known
             if batch_id not in known:
                 known[batch_id] = cast(str | None, self.client.hget(keys.batch(batch_id), BATCH_WEBHOOK_FIELD))

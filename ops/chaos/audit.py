@@ -25,11 +25,11 @@ import httpx
 from config.catalogue import CATALOGUE
 from config.settings import Settings
 from ops.webhook_receiver import VerifyingReceiver
-from workers import keys
+from workers.bucket import make_minio
 from workers.job import TERMINAL, Job, Status
+from workers.jobstore import keys
 from workers.quota.quota import Quota, Scope
 from workers.runtime import make_store
-from workers.storage import make_minio
 
 MANIFEST = "manifest.json"
 

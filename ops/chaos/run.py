@@ -26,11 +26,10 @@ from ops.localstack import LocalStack, isolated_settings
 from ops.webhook_receiver import VerifyingReceiver
 from producer.batch import enqueue_rows
 from producer.csv_source import read_rows
-from workers import keys
+from workers.bucket import ResultBucket, make_minio
+from workers.jobstore import JobStore, keys
 from workers.messages import publish
 from workers.runtime import make_store
-from workers.storage import ResultStore, make_minio
-from workers.store import JobStore
 
 BATCH_ID = "chaos"
 
@@ -84,7 +83,7 @@ def _run(
         settings, simulator_url = stack.settings, stack.simulator_url
         assert simulator_url is not None  # the settings above leave no way to a real account
         say(f"stack up: logs in {stack.log_dir}; sending {plan.jobs} jobs from {csv_path}")
-        ResultStore(make_minio(settings), settings.bucket).ensure_bucket()
+        ResultBucket(make_minio(settings), settings.bucket).ensure_bucket()
         store, celery = make_store(settings), create_app(settings)
         started = time.monotonic()
         report = enqueue_rows(

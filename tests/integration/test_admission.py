@@ -11,8 +11,8 @@ from pydantic import SecretStr
 from config.accounts import AccountSettings
 from tests.conftest import SIM_KEY, RunningSimulator
 from tests.stage_runner import enqueue, run
-from workers import keys
 from workers.job import Next, Status
+from workers.jobstore import keys
 from workers.quota.quota import Scope
 from workers.runtime import Runtime
 from workers.sweep import resend_overdue, sweep

@@ -25,7 +25,7 @@ from producer.cli import app
 from producer.display import PlainConsole
 from tests.conftest import RunningSimulator
 from tests.stage_runner import enqueue, run
-from workers import accounts
+from workers import account_pause
 from workers.job import Status
 from workers.runtime import Runtime
 
@@ -86,7 +86,7 @@ def test_status_shows_failed_jobs_and_a_paused_account_which_resume_lifts(
     command that lifts the pause; `genq resume` lifts it (and says so when there was none); an unknown batch
     exits 2 naming the batches there are."""
     three_jobs(runtime)
-    accounts.pause(runtime.store, "default", code="Arrears", message="the account is overdue", now=time.time())
+    account_pause.pause(runtime.store, "default", code="Arrears", message="the account is overdue", now=time.time())
 
     shown = genq("status", "b")
     assert shown.exit_code == 0, shown.output
@@ -99,7 +99,7 @@ def test_status_shows_failed_jobs_and_a_paused_account_which_resume_lifts(
 
     lifted = genq("resume", "default")
     assert lifted.exit_code == 0 and "account default resumed" in lifted.stdout
-    assert accounts.paused(runtime.store, "default") is None
+    assert account_pause.paused(runtime.store, "default") is None
     assert "account default was not paused" in genq("resume", "default").stdout
     assert "PAUSED" not in genq("status", "b").stdout
 

@@ -19,8 +19,8 @@ from ops.localstack import LocalStack
 from ops.localstack.process import free_port
 from producer.csv_source import read_rows
 from tests.stage_runner import batch_done, publish_rows, wait_until
+from workers.bucket import ResultBucket, make_minio
 from workers.job import TERMINAL
-from workers.storage import ResultStore, make_minio
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "examples" / "prompts.csv"
@@ -32,7 +32,7 @@ def test_celery_workers_take_a_csv_batch_to_stored_results(local_stack_factory: 
     one upstream task per job, and no more tasks ever ran at once than the model allows."""
     local_stack = local_stack_factory(workers=2, simulator_profile="fast", worker_concurrency=3)
     settings = local_stack.settings
-    results = ResultStore(make_minio(settings), settings.bucket)
+    results = ResultBucket(make_minio(settings), settings.bucket)
     results.ensure_bucket()
     store, report = publish_rows(local_stack, "sample", list(read_rows(SAMPLE)))
     assert report.accepted == 12 and [r["line"] for r in report.rejected] == [15, 16, 17]

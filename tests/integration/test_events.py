@@ -30,9 +30,9 @@ from producer.cli import app
 from producer.stream import RequestConsumer
 from tests.conftest import SIM_KEY, RunningSimulator
 from tests.stage_runner import enqueue, run
-from workers import keys
 from workers.dashscope import DashScopeClient
 from workers.job import Next
+from workers.jobstore import keys
 from workers.runtime import Runtime
 from workers.sweep import resend_overdue
 from workers.webhook import DeliveryReport, deliver_pending

@@ -6,9 +6,9 @@ import json
 
 from config.settings import Settings
 from workers.job import Action, Status
+from workers.jobstore import JobStore
 from workers.requests import GenerationRequest
 from workers.runtime import make_store
-from workers.store import JobStore
 
 
 def new_job(store: JobStore, ref: str = "b1/j1", line: int = 2) -> None:

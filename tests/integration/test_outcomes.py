@@ -21,14 +21,15 @@ from ops.localstack.process import free_port
 from ops.simulator.models import MODELS
 from tests.conftest import SIM_KEY, RunningSimulator
 from tests.stage_runner import enqueue, run
-from workers import accounts, keys
+from workers import account_pause
+from workers.claimed import run_stage
 from workers.control import cancel, retry
 from workers.dashscope import DashScopeClient
 from workers.finalize import finalize, object_key
 from workers.job import TASK_LIFE_S, Job, Status
+from workers.jobstore import keys
 from workers.quota.quota import Scope
 from workers.runtime import Runtime
-from workers.steps import run_stage
 from workers.submit import submit
 from workers.sweep import sweep
 
@@ -282,7 +283,7 @@ def test_an_account_error_during_a_poll_pauses_the_account_and_keeps_the_job(
     left = run(rt, steps, timeout_s=30, until=lambda: bool((j := rt.store.get("b/j")) and j.task_id))
     revoked = runtime_factory(overdue_poll_s=0.5)
     revoked.dashscope = DashScopeClient(revoked.downloads, base_url=revoked.settings.base_url, api_key="revoked")
-    left = run(revoked, left, timeout_s=5, until=lambda: accounts.paused(rt.store, "default") is not None)
+    left = run(revoked, left, timeout_s=5, until=lambda: account_pause.paused(rt.store, "default") is not None)
     job = rt.store.get("b/j")
     assert job is not None and not job.terminal and left
     paused = [e for e in events(rt) if e["type"] == "genq.account.paused"]
@@ -483,7 +484,7 @@ def test_account_error_pauses_the_account_for_every_job(
     bad.dashscope = DashScopeClient(bad.downloads, base_url=bad.settings.base_url, api_key="revoked-key")
     steps = enqueue(bad, {"id": "first", "prompt": "a"}, {"id": "second", "prompt": "b"})
     run(bad, steps[:1], timeout_s=10)
-    pause = accounts.paused(bad.store, bad.settings.account)
+    pause = account_pause.paused(bad.store, bad.settings.account)
     assert pause is not None and pause["code"] == "InvalidApiKey"
     assert [e["type"] for e in events(bad)] == ["genq.account.paused", "genq.job.failed"]
     left = run(bad, steps[1:], timeout_s=1.0)
@@ -491,7 +492,7 @@ def test_account_error_pauses_the_account_for_every_job(
     assert second is not None and second.status is Status.SUBMITTING and second.submits == 0 and left
 
     good = runtime_factory()
-    assert accounts.resume(good.store, good.settings.account)
+    assert account_pause.resume(good.store, good.settings.account)
     run(good, left, timeout_s=20)
     report, again = retry(good, "b")
     assert report.changed == ["b/first"]
@@ -509,13 +510,13 @@ def test_a_lost_create_is_reconciled_while_the_account_is_paused(
     rt = runtime_factory(http_timeout_s=0.5)
     steps = enqueue(rt, {"id": "j", "prompt": "a cat sim:create_drop_after:once"})
     left = run(rt, steps, timeout_s=10, until=lambda: bool((j := rt.store.get("b/j")) and j.create_pending))
-    accounts.pause(rt.store, rt.settings.account, code="Arrearage", message="payment overdue", now=time.time())
+    account_pause.pause(rt.store, rt.settings.account, code="Arrearage", message="payment overdue", now=time.time())
     run(rt, left, timeout_s=30)
     job = rt.store.get("b/j")
     assert job is not None and job.status is Status.SUCCEEDED and stored_images(rt) == ["b/j/0.png"]
     assert simulator.counters()["creates"] == 1 and simulator.engine.snapshot(time.time())["billed_images"] == 1
     assert simulator.faults_fired() == {"create_drop_after": 1}
-    assert accounts.paused(rt.store, rt.settings.account) is not None
+    assert account_pause.paused(rt.store, rt.settings.account) is not None
 
 
 def test_retry_skips_permanent_failures_unless_forced(runtime: Runtime, simulator: RunningSimulator) -> None:

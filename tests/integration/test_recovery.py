@@ -18,8 +18,8 @@ from ops.localstack import LocalStack
 from producer.csv_source import CsvRow
 from tests.stage_runner import batch_done, publish_rows, wait_until
 from workers.job import Status
+from workers.jobstore import JobStore
 from workers.quota.quota import Quota, Scope
-from workers.store import JobStore
 
 pytestmark = pytest.mark.integration
 MODEL = "wan2.5-t2i-preview"  # the default model: 5 tasks at once, plus a queue of 5 upstream

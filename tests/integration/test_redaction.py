@@ -19,12 +19,12 @@ from config.logging import configure_logging
 from config.settings import load_settings
 from tests.conftest import RunningSimulator, S3Server
 from tests.stage_runner import enqueue, run
-from workers import keys
+from workers.bucket import ResultBucket, make_minio
 from workers.dashscope import DashScopeClient
 from workers.errors import StorageError
+from workers.jobstore import keys
 from workers.quota.quota import Quota
 from workers.runtime import Runtime, make_store
-from workers.storage import ResultStore, make_minio
 from workers.webhook import deliver_pending
 
 API_KEY = "sk-" + secrets.token_hex(20)
@@ -67,7 +67,7 @@ def test_secrets_never_leave_the_process(
         http_timeout_s=5.0,
     )
     api, downloads = httpx.Client(timeout=5), httpx.Client(timeout=5)
-    results = ResultStore(make_minio(settings), settings.bucket)
+    results = ResultBucket(make_minio(settings), settings.bucket)
     results.ensure_bucket()
     store = make_store(settings)
     rt = Runtime(
@@ -85,7 +85,7 @@ def test_secrets_never_leave_the_process(
     load_settings(s3_secret_key=SecretStr(wrong_s3_secret), dashscope_api_key=SecretStr(WRONG_KEY))
     wrong_s3 = settings.model_copy(update={"s3_secret_key": SecretStr(wrong_s3_secret)})
     try:  # a refused S3 secret
-        ResultStore(make_minio(wrong_s3), "genq-redact").sha256_of("x")
+        ResultBucket(make_minio(wrong_s3), "genq-redact").sha256_of("x")
     except StorageError as exc:
         errors.append(str(exc))
         structlog.get_logger("test").error("storage refused", error=exc)

@@ -25,7 +25,8 @@ from ops.localstack.stack import child_env
 from producer.batch import new_job
 from producer.stream import MAX_DELIVERIES, RequestConsumer
 from tests.stage_runner import wait_until
-from workers import keys
+from workers import refs
+from workers.jobstore import keys
 from workers.requests import ENVELOPE_FIELDS, validate_envelope
 from workers.runtime import Runtime, make_store
 
@@ -299,7 +300,7 @@ def test_an_entry_that_keeps_failing_is_dead_lettered_alone(runtime: Runtime) ->
         client.xclaim(stream, group, "ghost", 0, [ids[1], ids[3]])
     envelope = validate_envelope(bodies[3], default_batch="requests", default_model=MODEL)
     store.open_batch("requests", source="test")
-    store.create_jobs([new_job(keys.job_ref("requests", "r3"), 0, envelope.request)])  # it died after this
+    store.create_jobs([new_job(refs.job_ref("requests", "r3"), 0, envelope.request)])  # it died after this
 
     report = consumer.step()
     assert report.reclaimed == 4 and report.accepted == 2

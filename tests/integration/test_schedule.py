@@ -21,12 +21,12 @@ from config.schedules import ScheduleSettings
 from ops.localstack import LocalStack
 from ops.localstack.process import ManagedProcess
 from ops.localstack.stack import child_env
-from producer.nightly import batch_id_for, run_date, scheduled_run
+from producer.scheduled_runs import batch_id_for, run_date, scheduled_run
 from tests.stage_runner import batch_done, wait_until
-from workers import keys
+from workers import refs
+from workers.bucket import ResultBucket, make_minio
 from workers.messages import publish
 from workers.runtime import Runtime, make_store
-from workers.storage import ResultStore, make_minio
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +89,7 @@ def test_two_beats_and_a_replayed_tick_run_each_input_once(
     assert len(senders) == 1, f"both beats sent while both ran, or neither: {senders}"
     assert sum("genq-webhooks" in e["event"] for e in both[senders[0]]) >= 2  # the window was long enough to see
 
-    results = ResultStore(make_minio(stack.settings), stack.settings.bucket)
+    results = ResultBucket(make_minio(stack.settings), stack.settings.bucket)
     replay = scheduled_run(store, results, stack.settings, "nightly", lambda step: None, now=tick_at)
     assert [(r.batch_id, r.accepted, r.skipped) for r in replay] == [
         (north, 0, "already run today"),
@@ -162,7 +162,7 @@ def test_a_days_hostile_inputs_are_reported_and_the_good_ones_run_once(
     schedule = ScheduleSettings(name="daily", cron="0 3 * * *", source=str(inbox))
     stack = local_stack_factory(workers=1, simulator_profile="fast", schedules=(schedule,))
     store = make_store(stack.settings)
-    results = ResultStore(make_minio(stack.settings), stack.settings.bucket)
+    results = ResultBucket(make_minio(stack.settings), stack.settings.bucket)
     results.ensure_bucket()
 
     celery, now = create_app(stack.settings), time.time()
@@ -225,7 +225,7 @@ def test_any_file_names_of_a_day_run_as_their_own_batches(
     )
     runs = scheduled_run(runtime.store, runtime.results, settings_, name, lambda step: None, now=1_800_000_000.0)
     assert len(runs) == len(names)
-    assert len({r.batch_id for r in runs}) == len(runs) and all(keys.is_id(r.batch_id) for r in runs)
+    assert len({r.batch_id for r in runs}) == len(runs) and all(refs.is_id(r.batch_id) for r in runs)
     assert all(r.accepted == 1 or r.skipped for r in runs)
     report = runtime.results.get_json(f"reports/{name}/{run_date(settings_, 1_800_000_000.0)}.json")
     assert report is not None and len(report["inputs"]) == len(names)

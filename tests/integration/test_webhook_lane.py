@@ -24,7 +24,7 @@ from ops.localstack import LocalStack
 from ops.webhook_receiver import VerifyingReceiver
 from producer.csv_source import CsvRow
 from tests.stage_runner import batch_done, enqueue, publish_rows, run, wait_until
-from workers import keys
+from workers.jobstore import keys
 from workers.runtime import Runtime
 from workers.webhook import deliver_pending, deliver_round
 from workers.webhook_outbox import Outbox

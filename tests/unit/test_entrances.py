@@ -21,8 +21,8 @@ from config.celery_app import create_app
 from config.settings import ConfigInvalid, Settings, load_settings
 from producer.batch import check_rows
 from producer.csv_source import HEADER_MAX_COLUMNS, CsvFormatError, read_rows
-from producer.nightly import batch_id_for
-from workers import keys
+from producer.scheduled_runs import batch_id_for
+from workers import refs
 from workers.errors import RequestInvalid
 from workers.requests import (
     ENVELOPE_FIELDS,
@@ -107,8 +107,8 @@ def test_sizes_are_ascii_digits_without_leading_zeros(size: str) -> None:
 
 
 def test_an_id_with_a_trailing_newline_is_refused_everywhere() -> None:
-    """Ids match as a whole: `keys.is_id` refuses a trailing newline that `$` would have let through."""
-    assert keys.is_id("abc") and not keys.is_id("abc\n") and not keys.is_id("a" * 65)
+    """Ids match as a whole: `refs.is_id` refuses a trailing newline that `$` would have let through."""
+    assert refs.is_id("abc") and not refs.is_id("abc\n") and not refs.is_id("a" * 65)
 
 
 def test_metadata_is_bounded_in_entries_and_bytes() -> None:
@@ -337,7 +337,7 @@ def test_any_input_names_give_valid_distinct_batch_ids(names: list[str], prefix:
     """Arbitrary file names (spaces, slashes, Unicode, surrogates, 90 characters) of one day's inputs give
     valid batch ids of at most 64 characters, one per input, stable from tick to tick."""
     ids = [batch_id_for("nightly", "20261201", prefix + name) for name in names]
-    assert all(keys.is_id(i) for i in ids)
+    assert all(refs.is_id(i) for i in ids)
     assert len(set(ids)) == len(ids)
     assert ids == [batch_id_for("nightly", "20261201", prefix + name) for name in names]
 

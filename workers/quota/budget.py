@@ -8,7 +8,7 @@ polls that fall due together go at once without breaking the service's one-secon
 
 from __future__ import annotations
 
-from workers import keys
+from workers.jobstore import keys
 from workers.quota.rate import RateLimiter
 
 #: Fraction of the documented QPS genq spends, so that jitter between our clock and the service's window

@@ -13,7 +13,7 @@ import redis
 
 from config.accounts import ScopeLimits
 from config.settings import Settings
-from workers import keys
+from workers.jobstore import keys
 from workers.quota.budget import QueryBudget
 from workers.quota.cooldown import Cooldowns, MemoryCooldowns, RedisCooldowns
 from workers.quota.rate import MemoryRateLimiter, RateLimiter, RedisRateLimiter

@@ -9,9 +9,8 @@ from typing import Any, cast
 
 import structlog
 
-from workers import keys
 from workers.events import cloud_event
-from workers.store import JobStore
+from workers.jobstore import JobStore, keys
 
 log = structlog.get_logger("genq.accounts")
 

@@ -16,9 +16,11 @@ from typing import Any, cast
 
 import redis
 
-from workers import keys, metrics, store_lua
+from workers import metrics, refs
 from workers.events import iso_time
 from workers.job import TERMINAL, Action, Job, Status, allowed_sources
+from workers.jobstore import keys
+from workers.jobstore import lua as store_lua
 
 
 def _flatten(fields: Mapping[str, Any]) -> list[str]:
@@ -156,7 +158,7 @@ class JobStore:
         """`create_job` for many jobs in one round trip (each still one atomic step), in order."""
         pipe = self.redis.pipeline(transaction=False)
         for job in jobs:
-            batch_id, job_id = keys.split_ref(job.ref)
+            batch_id, job_id = refs.split_ref(job.ref)
             self._create(
                 keys=[
                     keys.job(job.ref),
@@ -183,7 +185,7 @@ class JobStore:
 
     def requeue(self, ref: str, model: str) -> bool:
         """Put an accepted job back in line (at its band's current turn); False when it already was."""
-        batch_id = keys.split_ref(ref)[0]
+        batch_id = refs.split_ref(ref)[0]
         return bool(
             self._requeue(keys=[keys.batch(batch_id), keys.wait_queue(model), keys.wait_clock(model)], args=[ref])
         )
@@ -211,11 +213,23 @@ class JobStore:
                 return
             pipe = self.redis.pipeline()
             for job_id in ids:
-                pipe.hgetall(keys.job(keys.job_ref(batch_id, job_id)))
+                pipe.hgetall(keys.job(refs.job_ref(batch_id, job_id)))
             for job_id, h in zip(ids, pipe.execute(), strict=True):
                 if h:
-                    yield Job.from_hash(keys.job_ref(batch_id, job_id), h)
+                    yield Job.from_hash(refs.job_ref(batch_id, job_id), h)
             start += chunk
+
+    def sample_jobs(self, batch_id: str, count: int) -> list[Job]:
+        """Up to `count` jobs of the batch, drawn at random (one round trip, whatever the batch's size)."""
+        job_ids = cast(list[str], self.redis.zrandmember(keys.batch_jobs(batch_id), count) or [])
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(keys.job(refs.job_ref(batch_id, job_id)))
+        return [
+            Job.from_hash(refs.job_ref(batch_id, job_id), h)
+            for job_id, h in zip(job_ids, pipe.execute(), strict=True)
+            if h
+        ]
 
     def transition(
         self,
@@ -244,7 +258,7 @@ class JobStore:
             self._transition(
                 keys=[
                     keys.job(ref),
-                    keys.batch(keys.split_ref(ref)[0]),
+                    keys.batch(refs.split_ref(ref)[0]),
                     keys.DUE,
                     self.event_stream,
                     keys.COUNTS,
@@ -262,7 +276,7 @@ class JobStore:
                     "" if terminal or due_at is None else due_at,
                     json.dumps(event, ensure_ascii=False) if event else "",
                     self.event_stream_maxlen,
-                    keys.split_ref(ref)[0],
+                    refs.split_ref(ref)[0],
                     *_flatten(all_fields),
                 ],
             ),
@@ -275,7 +289,7 @@ class JobStore:
     def revive(self, ref: str, *, allowed: frozenset[Status], now: float | None = None) -> bool:
         """Move an ended job whose status is in `allowed` back to `accepted` for another try."""
         now = time.time() if now is None else now
-        batch_id = keys.split_ref(ref)[0]
+        batch_id = refs.split_ref(ref)[0]
         revived = self._revive(
             keys=[keys.job(ref), keys.batch(batch_id), keys.DUE, keys.COUNTS],
             args=[ref, now, " ".join(sorted(allowed))],

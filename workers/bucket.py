@@ -41,7 +41,7 @@ def make_minio(settings: Settings) -> Minio:
     )
 
 
-class ResultStore:
+class ResultBucket:
     def __init__(self, client: Minio, bucket: str) -> None:
         self.client = client
         self.bucket = bucket

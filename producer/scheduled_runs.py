@@ -37,12 +37,12 @@ from config.schedules import ScheduleSettings
 from config.settings import Settings
 from producer.batch import check_rows, enqueue_rows
 from producer.csv_source import CsvFormatError, read_rows
+from workers.bucket import ResultBucket
 from workers.errors import StorageError
 from workers.job import Next
+from workers.jobstore import JobStore
 from workers.messages import publish
 from workers.runtime import runtime
-from workers.storage import ResultStore
-from workers.store import JobStore
 
 log = structlog.get_logger("genq.schedule")
 
@@ -85,7 +85,7 @@ def batch_id_for(schedule: str, date: str, source: str) -> str:
 Fetch = Callable[[Path], object]
 
 
-def _inputs(source: str, results: ResultStore) -> list[tuple[str, Fetch]]:
+def _inputs(source: str, results: ResultBucket) -> list[tuple[str, Fetch]]:
     """The source's CSV files in name order, each with how to fetch a private copy of it. Nothing is read yet:
     an input that cannot be fetched is that input's failure, not the tick's."""
     if not source.startswith("s3://"):
@@ -95,7 +95,7 @@ def _inputs(source: str, results: ResultStore) -> list[tuple[str, Fetch]]:
 
         return [(str(p), copier(p)) for p in sorted(Path(source).glob("*.csv"))]
     bucket, _, prefix = source.removeprefix("s3://").partition("/")
-    store = ResultStore(results.client, bucket)
+    store = ResultBucket(results.client, bucket)
 
     def downloader(key: str) -> Fetch:
         return lambda local: store.download(key, str(local))
@@ -107,7 +107,7 @@ def _inputs(source: str, results: ResultStore) -> list[tuple[str, Fetch]]:
 
 def scheduled_run(
     store: JobStore,
-    results: ResultStore,
+    results: ResultBucket,
     settings: Settings,
     name: str,
     send: Callable[[Next | None], None],
@@ -146,7 +146,7 @@ def scheduled_run(
     return runs
 
 
-def _store_report(results: ResultStore, name: str, date: str, now: float, runs: list[InputRun]) -> None:
+def _store_report(results: ResultBucket, name: str, date: str, now: float, runs: list[InputRun]) -> None:
     """The day's report, merged with what earlier ticks of the day recorded: an input a later tick found
     already run keeps its first tick's figures, and inputs a later tick no longer sees keep their notes."""
     key = f"reports/{name}/{date}.json"
