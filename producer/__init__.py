@@ -1,1 +1,2 @@
-"""The ways work enters genq (CSV batch) and the `genq` command line."""
+"""The ways work enters genq (a CSV batch, the request stream, scheduled runs), and the `genq` command line
+(`producer/cli/`, the top floor)."""

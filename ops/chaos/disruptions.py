@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import psutil
 import redis
 
+from ops.chaos import hooks
 from ops.chaos.scenario import ChaosPlan
 from ops.localstack import LocalStack
 from ops.webhook_receiver import VerifyingReceiver
@@ -172,18 +173,18 @@ class Disruptor(threading.Thread):
             self.done.pool_kills += 1
             self._note(f"SIGKILL pool process {victim} of {name}")
             return
-        self.stack.kill(name)
+        hooks.kill(self.stack, name)
         self.done.node_kills += 1
         self._note(f"SIGKILL {name} (main process and pool); started {self._new_worker()}")
 
     def _restart_redis(self) -> None:
         self._note(f"Redis stopped (AOF on), back in {self.plan.redis_down_s:.0f} s")
-        self.stack.restart_redis(down_s=self.plan.redis_down_s)
+        hooks.restart_redis(self.stack, down_s=self.plan.redis_down_s)
         self.done.redis_restarts += 1
         self._note("Redis restarted")
 
     def _stop_s3(self) -> None:
-        self.stack.stop_s3()
+        hooks.stop_s3(self.stack)
         self._s3_stopped_at = time.monotonic()  # down from here, for at least the plan's outage
         self._s3_back_at = self._s3_stopped_at + self.plan.s3_outage_s
         self.done.s3_outages += 1
@@ -191,7 +192,7 @@ class Disruptor(threading.Thread):
 
     def _start_s3(self) -> None:
         self._s3_back_at = None
-        self.stack.start_s3()
+        hooks.start_s3(self.stack)
         self.done.s3_down_s = round(time.monotonic() - self._s3_stopped_at, 1)
         self._note("S3 server started again")
 

@@ -20,9 +20,8 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from ops.localstack.stack import child_env
-from producer import cli
-from producer.cli import app
-from producer.display import PlainConsole
+from producer.cli import app, common
+from producer.cli.display import PlainConsole
 from tests.conftest import RunningSimulator
 from tests.stage_runner import enqueue, run
 from workers import account_pause
@@ -41,11 +40,11 @@ def genq(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> Genq:
     for name, value in child_env(runtime.settings).items():
         if name.startswith(("GENQ_", "DASHSCOPE_")):
             monkeypatch.setenv(name, value)
-    # Consoles of a known shape, whatever the terminal, COLUMNS or FORCE_COLOR were when producer.cli was
+    # Consoles of a known shape, whatever the terminal, COLUMNS or FORCE_COLOR were when producer.cli.common was
     # imported: wide enough that no table cell is wrapped, and no colour codes inside the lines the test reads.
     for name, stderr in (("console", False), ("errors", True)):
         plain = PlainConsole(stderr=stderr, width=250, height=50, color_system=None, force_terminal=False)
-        monkeypatch.setattr(cli, name, plain)
+        monkeypatch.setattr(common, name, plain)
 
     def invoke(*args: str) -> Result:
         # The command configures logging for itself (structlog, the root handler on the runner's stderr, which

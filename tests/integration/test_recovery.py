@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
+from ops.chaos import hooks
 from ops.localstack import LocalStack
 from producer.csv_source import CsvRow
 from tests.stage_runner import batch_done, publish_rows, wait_until
@@ -98,7 +99,7 @@ def test_beat_takes_its_lock_again_at_once_after_a_redis_restart(
     stack = local_stack_factory(workers=1)
     beat_log = stack.process("beat").log_path
     wait_until(lambda: "Acquired lock" in beat_log.read_text(), 30, "beat to take its lock")
-    stack.restart_redis(down_s=6)  # longer than a beat tick (5 s), so beat does meet the outage
+    hooks.restart_redis(stack, down_s=6)  # longer than a beat tick (5 s), so beat does meet the outage
     restarted = time.monotonic()
     wait_until(lambda: beat_log.read_text().count("Acquired lock") >= 2, 25, "beat to take its lock again")
     assert time.monotonic() - restarted < 15

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from producer.report import render, store_report
+from producer.cli.report import render, store_report
 from tests.conftest import RunningSimulator
 from tests.stage_runner import enqueue, run
 from workers.runtime import Runtime

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from producer.cli import app
-from producer.eta import estimate
+from producer.cli.eta import estimate
 from tests.conftest import SIM_KEY
 from tests.stage_runner import enqueue, run
 from workers.runtime import Runtime

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from config.settings import Settings
 from workers.admission import serving
 from workers.dashscope.protocol import upstream_epoch
-from workers.jobstore import JobStore
+from workers.jobstore import BatchSummary, JobStore
 
 SAMPLE = 200
 
@@ -47,3 +48,13 @@ def estimate(store: JobStore, settings: Settings, batch_id: str, remaining: int)
     slots = sum(a.limits_for(model).max_concurrent for a in serving(settings, model)) or 1
     mean = statistics.fmean(runs)
     return Estimate(max(0, remaining) * mean / slots, mean, slots)
+
+
+def eta_line(settings: Settings, store: JobStore) -> Callable[[BatchSummary], str]:
+    """The ETA line of the progress display, for a batch's summary as it stands."""
+
+    def describe(summary: BatchSummary) -> str:
+        found = estimate(store, settings, summary.batch_id, summary.total - summary.terminal)
+        return found.describe() if found else "ETA: after the first task ends"
+
+    return describe

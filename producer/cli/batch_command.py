@@ -1,0 +1,239 @@
+"""`genq batch FILE.csv`: check every row, then either say what a run would send and cost (`--dry-run`), or
+enqueue the valid rows on the services it asks for, wait with a progress display, and print the summary, the
+failures and where the results are (optionally exporting them)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from config.catalogue import Kind, model_spec
+from config.celery_app import create_app
+from config.settings import Settings
+from producer.batch import CheckReport, check_rows, enqueue_rows
+from producer.cli import common
+from producer.cli.common import ConfigOption, fail, settings_for
+from producer.cli.display import cells, failed_table, rejected_table, styled, summary_table, wait_for_batch
+from producer.cli.eta import eta_line
+from producer.cli.export import export_batch
+from producer.cli.services import Services, local_services
+from producer.csv_source import CsvFormatError, read_rows, stable_copy
+from workers import refs
+from workers.bucket import ResultBucket, make_minio
+from workers.jobstore import keys
+from workers.messages import publish
+from workers.runtime import make_store
+from workers.webhook import BATCH_WEBHOOK_FIELD
+
+
+def default_batch_id(path: Path) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).strip("-._") or "batch"
+    return slug[:64]
+
+
+def batch(
+    csv_file: Annotated[
+        Path,
+        typer.Argument(
+            help="The prompts CSV: a header row with at least a 'prompt' column.",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ],
+    batch_id: Annotated[
+        str | None,
+        typer.Option(
+            "--batch-id",
+            "-b",
+            help="Name of the batch (default: the file's name). Rerunning a batch submits nothing twice.",
+        ),
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model for rows that name none.")] = None,
+    size: Annotated[str | None, typer.Option(help="W*H for rows that give none.")] = None,
+    n: Annotated[int | None, typer.Option("--n", help="Images per task for rows that give none.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for rows that give none.")] = None,
+    negative_prompt: Annotated[str | None, typer.Option(help="Negative prompt for rows that give none.")] = None,
+    prompt_extend: Annotated[
+        bool | None, typer.Option("--prompt-extend/--no-prompt-extend", help="For rows that do not say.")
+    ] = None,
+    watermark: Annotated[
+        bool | None, typer.Option("--watermark/--no-watermark", help="For rows that do not say.")
+    ] = None,
+    duration: Annotated[int | None, typer.Option(help="Video seconds for rows that give none.")] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="Wait with a progress display until every job ended.")
+    ] = True,
+    timeout_s: Annotated[float | None, typer.Option("--timeout", help="Stop waiting after this many seconds.")] = None,
+    export_dir: Annotated[Path | None, typer.Option("--export", help="When done, copy results here.")] = None,
+    workers: Annotated[int, typer.Option(help="Local worker processes to start if none is attached.")] = 1,
+    priority: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=9,
+            help="Admission priority, 0-9: a higher band takes free slots first; batches of one band take turns.",
+        ),
+    ] = 5,
+    webhook: Annotated[
+        str | None,
+        typer.Option(
+            help="POST this batch's events here (signed with GENQ_WEBHOOK_SECRET), instead of GENQ_WEBHOOK_URL."
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Validate every row and print what would be sent (jobs, images, estimated cost); send nothing. "
+            "Exits 1 when a row is bad.",
+        ),
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Validate every row of a CSV, enqueue the valid ones, and (by default) wait until they are done.
+
+    Bad rows are listed with their line number and reason and never sent; the rest of the batch goes on.
+    """
+    settings = settings_for(config, default_model=model)
+    given = {
+        "size": size,
+        "n": n,
+        "seed": seed,
+        "negative_prompt": negative_prompt,
+        "prompt_extend": prompt_extend,
+        "watermark": watermark,
+        "duration": duration,
+    }
+    defaults = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in given.items() if v is not None}
+    batch_id = batch_id or default_batch_id(csv_file)
+    if not refs.is_id(batch_id):
+        raise fail(f"batch id {batch_id!r} must be letters, digits, '.', '_' or '-' (at most 64)", 2)
+    try:
+        with stable_copy(csv_file) as stable:  # both passes read the same bytes, even from a pipe
+            checked = check_rows(settings, read_rows(stable, name=str(csv_file)), defaults)
+            common.console.print(
+                f"checked {checked.valid + len(checked.rejected)} rows of {csv_file}: {checked.valid} valid "
+                f"({checked.images} images), {len(checked.rejected)} rejected"
+            )
+            if dry_run:
+                raise typer.Exit(_dry_run_report(settings, checked))
+            with local_services(settings, workers=workers if wait else 0) as services:
+                code = _run_batch(
+                    services,
+                    stable,
+                    csv_file,
+                    batch_id,
+                    wait=wait,
+                    timeout_s=timeout_s,
+                    export_dir=export_dir,
+                    webhook=webhook,
+                    priority=priority,
+                    defaults=defaults,
+                )
+    except CsvFormatError as exc:
+        raise fail(str(exc), 2) from exc
+    except OSError as exc:
+        raise fail(f"cannot read {csv_file}: {exc.strerror or exc}", 2) from exc
+    raise typer.Exit(code)
+
+
+def _dry_run_report(settings: Settings, checked: CheckReport) -> int:
+    """What a real run would send, per model, and the estimated cost; 1 when any row is bad."""
+    console = common.console
+    table = Table("model", "jobs", "billed units", "estimated cost", title="dry run: nothing was sent")
+    for model, jobs in sorted(checked.jobs_by_model.items()):
+        units = checked.units_by_model[model]
+        unit = "s of video" if model_spec(model).kind is Kind.VIDEO else "images"
+        price = settings.prices.get(model)
+        table.add_row(
+            *cells(model, jobs, f"{units} {unit}", f"{units * price:.2f}" if price is not None else "no price")
+        )
+    console.print(table)
+    total, unpriced = checked.estimated_cost(settings.prices)
+    if settings.prices:
+        note = f" (no price for {', '.join(unpriced)})" if unpriced else ""
+        console.print(f"estimated cost: {total:.2f}{note}")
+    else:
+        console.print("no price table configured (`prices` in the config file): no cost estimate")
+    if checked.rejected:
+        console.print(rejected_table(checked.rejected))
+        console.print(
+            styled((f"{len(checked.rejected)} bad row(s)", "red"), ": fix them, or run without --dry-run to skip them")
+        )
+        return 1
+    return 0
+
+
+def _run_batch(
+    services: Services,
+    stable: Path,
+    csv_file: Path,
+    batch_id: str,
+    *,
+    wait: bool,
+    timeout_s: float | None,
+    export_dir: Path | None,
+    webhook: str | None,
+    priority: int,
+    defaults: dict[str, str],
+) -> int:
+    console = common.console
+    settings = services.settings
+    store = make_store(settings)
+    results = ResultBucket(make_minio(settings), settings.bucket)
+    results.ensure_bucket()
+    celery = create_app(settings)
+    if services.simulator_url:
+        console.print(f"No DASHSCOPE_API_KEY: using the local DashScope simulator at {services.simulator_url}")
+    if webhook:
+        store.redis.hset(keys.batch(batch_id), BATCH_WEBHOOK_FIELD, webhook)
+    report = enqueue_rows(
+        store,
+        settings,
+        batch_id,
+        read_rows(stable, name=str(csv_file)),
+        source=str(csv_file),
+        send=lambda step: publish(celery, step),
+        priority=priority,
+        defaults=defaults,
+    )
+    already = sum(report.existing.values())
+    console.print(
+        f"batch {batch_id}: {report.rows} rows read, {report.accepted} new jobs "
+        f"({report.images} images) enqueued, {already} already known, {len(report.rejected)} rejected"
+    )
+    if already:
+        states = ", ".join(f"{n} {s}" for s, n in sorted(report.existing.items()))
+        console.print(f"  already known from an earlier run, not submitted again: {states}")
+    if report.rejected:
+        console.print(rejected_table(store.rejected(batch_id)))
+    if not wait:
+        console.print(f"Not waiting. Follow it with: genq status {batch_id}")
+        return 0
+    summary = wait_for_batch(store, batch_id, console, timeout_s=timeout_s, eta=eta_line(settings, store))
+    console.print(summary_table(summary))
+    failed = failed_table(store, batch_id)
+    if failed is not None:
+        console.print(failed)
+    console.print(
+        f"Results: s3://{settings.bucket}/{batch_id}/ on {settings.s3_endpoint} "
+        f"(each job: {{job_id}}/{{index}}.png and manifest.json)"
+    )
+    if export_dir:
+        exported = export_batch(store, results, batch_id, export_dir)
+        console.print(f"Exported {exported.files} files and {exported.csv_path}")
+    else:
+        console.print(f"Copy them to a folder with: genq export {batch_id} DIR")
+    counters = services.simulator_counters()
+    if counters is not None:
+        made = counters["counters"].get("creates", 0)
+        console.print(
+            f"DashScope simulator: {made} upstream tasks created by this run, "
+            f"{counters['duplicate_creates']} duplicate creates"
+        )
+    return 0 if summary.done and summary.succeeded == summary.total else 1

@@ -1,0 +1,296 @@
+"""The `genq` Typer app: the command table, in the order `genq --help` lists it, and the thin commands that read
+or change a batch (status, watch, report, export, cancel, retry, resume), check the setup (doctor), or feed work
+in (consume, run-schedule). `genq batch` lives in `batch_command.py`; the long-running commands (worker, beat,
+flower, sim) in `worker_commands.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from config.celery_app import create_app
+from config.settings import Settings
+from producer.cli import common
+from producer.cli.batch_command import batch
+from producer.cli.common import ConfigOption, fail, settings_for
+from producer.cli.display import cells, failed_table, quota_table, rejected_table, styled, summary_table, wait_for_batch
+from producer.cli.eta import eta_line
+from producer.cli.export import export_batch
+from producer.cli.report import render, store_report
+from producer.cli.services import local_services
+from producer.cli.worker_commands import beat, flower, sim, worker
+from producer.scheduled_runs import schedule_named, scheduled_run
+from producer.stream import ConsumeReport, RequestConsumer
+from workers import account_pause, control, refs
+from workers.bucket import ResultBucket, make_minio
+from workers.errors import StorageError
+from workers.jobstore import BatchSummary, JobStore
+from workers.messages import publish
+from workers.quota.quota import Quota
+from workers.runtime import build_runtime, make_store
+
+app = typer.Typer(
+    name="genq",
+    help="Turn prompts into stored images and videos through Alibaba Cloud Model Studio (DashScope), "
+    "at the volume the account's quota allows. Without DASHSCOPE_API_KEY, genq runs against its local "
+    "simulator; services that are not reachable on loopback are started for the command's duration.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@contextmanager
+def _open_batch(config: Path | None, batch_id: str) -> Iterator[tuple[Settings, JobStore, BatchSummary]]:
+    """The services (started if needed), the job store and the batch's summary; exit 2 if there is no such
+    batch."""
+    with local_services(settings_for(config)) as services:
+        store = make_store(services.settings)
+        summary = store.batch_summary(batch_id)
+        if summary is None:
+            known = ", ".join(store.batch_ids()[-10:]) or "none yet"
+            raise fail(f"no batch {batch_id!r} (recent batches: {known})", 2)
+        yield services.settings, store, summary
+
+
+def status(
+    batch_id: Annotated[str, typer.Argument(help="The batch to report on.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the counters as JSON.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Show a batch's counters by status, the quota it waits on, its rejected rows and its failed jobs."""
+    console = common.console
+    with _open_batch(config, batch_id) as (settings, store, summary):
+        if as_json:
+            console.print_json(json.dumps({**summary.__dict__, "done": summary.done}))
+            return
+        console.print(summary_table(summary))
+        console.print("done" if summary.done else f"{summary.terminal} of {summary.total} jobs ended so far")
+        quota = quota_table(settings, store, Quota.redis(store.redis), now=time.time())
+        if quota is not None:
+            console.print(quota)
+        for account, pause in account_pause.all_paused(store).items():
+            console.print(
+                styled(
+                    (f"account {account} is PAUSED", "red"),
+                    f" since {pause['code']}: {pause['message']} (fix it, then: genq resume {account})",
+                )
+            )
+        if summary.rejected:
+            console.print(rejected_table(store.rejected(batch_id)))
+        failed = failed_table(store, batch_id)
+        if failed is not None:
+            console.print(failed)
+
+
+def watch(
+    batch_id: Annotated[str, typer.Argument(help="The batch to watch.")],
+    timeout_s: Annotated[float | None, typer.Option("--timeout", help="Stop watching after this many seconds.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Live progress of any batch, with an ETA from the account's quota and the generation times seen so far;
+    ends when the batch is done (exit 0), or at --timeout (exit 1). Starts no worker."""
+    with _open_batch(config, batch_id) as (settings, store, _):
+        summary = wait_for_batch(store, batch_id, common.console, timeout_s=timeout_s, eta=eta_line(settings, store))
+        common.console.print(summary_table(summary))
+    raise typer.Exit(0 if summary.done else 1)
+
+
+def report(
+    batch_id: Annotated[str, typer.Argument(help="The batch to report on.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the page to this file.")] = None,
+    max_jobs: Annotated[int, typer.Option(min=1, help="Cards on the page at most (about 15 KB per image).")] = 2000,
+    config: ConfigOption = None,
+) -> None:
+    """An HTML contact sheet of a batch (thumbnails, prompt, actual prompt, seed, status, error), stored in the
+    bucket as BATCH/report.html and, with --out, written locally."""
+    with _open_batch(config, batch_id) as (settings, store, _):
+        results = ResultBucket(make_minio(settings), settings.bucket)
+        page, made = render(store, results, batch_id, max_jobs=max_jobs)
+        try:
+            key = store_report(results, batch_id, page)
+        except StorageError as exc:
+            raise fail(str(exc), 3) from exc
+    if out is not None:
+        out.write_text(page, encoding="utf-8")
+    where = f"s3://{settings.bucket}/{key}" + (f" and {out}" if out else "")
+    missing = f", {made.missing} could not be read" if made.missing else ""
+    common.console.print(f"report of {made.jobs} jobs, {made.images} images{missing}: {where}")
+
+
+def export(
+    batch_id: Annotated[str, typer.Argument(help="The batch to export.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write into (created if missing).", file_okay=False)],
+    config: ConfigOption = None,
+) -> None:
+    """Copy a batch's stored images/videos and manifests into OUT_DIR, with a results.csv of every job."""
+    with _open_batch(config, batch_id) as (settings, store, _):
+        exported = export_batch(store, ResultBucket(make_minio(settings), settings.bucket), batch_id, out_dir)
+    common.console.print(f"Exported {exported.jobs} jobs, {exported.files} files; index: {exported.csv_path}")
+
+
+def doctor(config: ConfigOption = None) -> None:
+    """Check Redis (persistence, eviction), S3 (bucket, write, read), the DashScope key, the catalogue and the
+    clocks, as configured, starting nothing; say what is wrong. Exits 1 when something must be fixed."""
+    from ops.doctor import run_checks
+
+    console = common.console
+    findings = run_checks(settings_for(config))
+    colours = {"ok": "green", "warn": "yellow", "fail": "red"}
+    for finding in findings:
+        console.print(
+            styled((f"{finding.level.upper():>4}", colours[finding.level]), f" {finding.check:<10} {finding.message}")
+        )
+    failed = [f for f in findings if f.level == "fail"]
+    console.print(f"{len(failed)} problem(s) to fix" if failed else "all checks passed")
+    raise typer.Exit(1 if failed else 0)
+
+
+def cancel_command(
+    target: Annotated[str, typer.Argument(help="A batch id, or one job as BATCH/JOB.")],
+    config: ConfigOption = None,
+) -> None:
+    """Cancel a batch or a job: tasks still queued upstream are cancelled there; the rest are no longer polled."""
+    with local_services(settings_for(config)) as services:
+        rt = build_runtime(services.settings)
+        celery = create_app(services.settings)
+        rt.send = lambda step: publish(celery, step)  # jobs admitted into the slots the cancel frees
+        report = control.cancel(rt, target)
+    common.console.print(
+        f"canceled {len(report.changed)} jobs ({report.upstream_canceled} cancelled upstream before they ran)"
+    )
+    for ref, why in report.skipped.items():
+        common.console.print(f"  {ref}: {why}")
+
+
+def retry_command(
+    batch_id: Annotated[str, typer.Argument(help="The batch (or BATCH/JOB) whose failed jobs to run again.")],
+    failed: Annotated[
+        bool,
+        typer.Option(
+            "--failed", help="Retry jobs that failed, timed out or expired: the default, and the only kind retried."
+        ),
+    ] = True,
+    force: Annotated[bool, typer.Option(help="Also retry permanent failures (moderation, bad parameters).")] = False,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the retried jobs end.")] = True,
+    config: ConfigOption = None,
+) -> None:
+    """Run a batch's failed jobs again, except those whose error is permanent (unless --force)."""
+    del failed  # a flag without a negative form: scripts may spell out `--failed`, and nothing else is retried
+    console = common.console
+    with local_services(settings_for(config), workers=1 if wait else 0) as services:
+        rt = build_runtime(services.settings)
+        report, steps = control.retry(rt, batch_id, force=force)
+        celery = create_app(services.settings)
+        for step in steps:
+            publish(celery, step)
+        console.print(f"retrying {len(report.changed)} jobs; {len(report.skipped)} skipped")
+        for ref, why in report.skipped.items():
+            console.print(f"  {ref}: {why}")
+        if wait and report.changed:
+            summary = wait_for_batch(rt.store, refs.split_ref(report.changed[0])[0], console)
+            console.print(summary_table(summary))
+
+
+def resume(
+    account: Annotated[str, typer.Argument(help="The account to resume (see `genq status`).")] = "default",
+    config: ConfigOption = None,
+) -> None:
+    """Lift the pause an account-level error (bad key, arrears, access denied) put on an account."""
+    with local_services(settings_for(config)) as services:
+        resumed = account_pause.resume(make_store(services.settings), account)
+    common.console.print(f"account {account} resumed" if resumed else f"account {account} was not paused")
+
+
+def consume(
+    name: Annotated[
+        str | None, typer.Option(help="This consumer's name in the group (default: host and process id).")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Local worker processes to start if none is attached.")] = 0,
+    config: ConfigOption = None,
+) -> None:
+    """Read requests from the Redis stream (GENQ_REQUEST_STREAM) as part of a consumer group and turn them into
+    jobs; results go out on the events stream. Runs until interrupted (SIGINT or SIGTERM)."""
+    settings = settings_for(config)
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
+    with local_services(settings, workers=workers) as services:
+        celery = create_app(services.settings)
+        consumer = RequestConsumer(
+            make_store(services.settings),
+            services.settings,
+            lambda step: publish(celery, step),
+            consumer=name or f"{socket.gethostname()}-{os.getpid()}",
+        )
+        common.console.print(
+            f"consuming {services.settings.request_stream} as {consumer.consumer} "
+            f"(group {services.settings.request_group}); Ctrl-C to stop"
+        )
+        totals = ConsumeReport()
+
+        def progress(report: ConsumeReport) -> None:
+            totals.add(report)
+            if report.held_back:
+                common.console.print("holding back: too many accepted jobs wait for quota")
+            else:
+                common.console.print(
+                    f"read {totals.read}: {totals.accepted} accepted, {totals.known} already known, "
+                    f"{totals.rejected} rejected, {totals.reclaimed} taken over from dead consumers"
+                )
+
+        with suppress(KeyboardInterrupt):
+            consumer.run(lambda: bool(stopping), progress)
+    common.console.print("stopped")
+
+
+def run_schedule(
+    name: Annotated[str, typer.Argument(help="A schedule of the configuration (`[[schedules]]`).")],
+    config: ConfigOption = None,
+) -> None:
+    """Run one tick of a schedule now, as beat would: each input not yet run today becomes a batch."""
+    settings = settings_for(config)
+    try:
+        schedule_named(settings, name)
+    except KeyError as exc:
+        raise fail(str(exc.args[0]), 2) from exc
+    with local_services(settings) as services:
+        rt = build_runtime(services.settings)
+        celery = create_app(services.settings)
+        runs = scheduled_run(rt.store, rt.results, rt.settings, name, lambda step: publish(celery, step))
+    table = Table("input", "batch", "accepted", "already known", "rejected", "note", title=f"schedule {name}")
+    for run in runs:
+        table.add_row(*cells(run.source, run.batch_id, run.accepted, run.already_known, run.rejected, run.skipped))
+    common.console.print(table if runs else f"schedule {name}: no input files")
+
+
+# The command table: `genq --help` lists the commands in this order.
+app.command()(batch)
+app.command()(status)
+app.command()(watch)
+app.command()(report)
+app.command()(export)
+app.command()(doctor)
+app.command("cancel")(cancel_command)
+app.command("retry")(retry_command)
+app.command()(resume)
+app.command()(consume)
+app.command("run-schedule")(run_schedule)
+app.command()(worker)
+app.command()(beat)
+app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(flower)
+app.command()(sim)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,111 @@
+"""The long-running commands, each in the foreground against the configured services and starting none of them:
+`genq worker` (a Celery worker of the stages or of webhook delivery's lane), `genq beat` (restarted on a lost
+Redis), `genq flower` (Celery's web monitor) and `genq sim` (the DashScope simulator)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.text import Text
+
+from config.celery_app import create_app
+from producer.beat import run_beat
+from producer.cli import common
+from producer.cli.common import ConfigOption, settings_for
+from producer.cli.display import styled
+from workers.bucket import ResultBucket, make_minio
+from workers.errors import StorageError
+from workers.webhook_signing import unsigned_warning
+
+
+def worker(
+    concurrency: Annotated[int | None, typer.Option("--concurrency", help="Processes (default: settings).")] = None,
+    queues: Annotated[
+        str,
+        typer.Option(
+            help="Queues to consume: the stages' (default), or 'webhooks' for a worker of webhook delivery's own lane."
+        ),
+    ] = "submit,poll,finalize,events",
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve Prometheus metrics on this port (set PROMETHEUS_MULTIPROC_DIR to an empty folder first)."
+        ),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run a Celery worker in the foreground against the configured Redis (for long-lived deployments). Run at
+    least one with --queues webhooks too when webhooks are used: delivery has its own lane."""
+    settings = settings_for(config)
+    unsigned = unsigned_warning(settings)
+    if unsigned:
+        common.errors.print(styled(("WARNING:", "bold red"), f" {unsigned}"))
+    celery = create_app(settings.model_copy(update={"metrics_port": metrics_port or settings.metrics_port}))
+    try:
+        ResultBucket(make_minio(settings), settings.bucket).ensure_bucket()  # genq creates its bucket at start
+    except StorageError as exc:
+        common.errors.print(
+            styled(("warning:", "yellow"), f" could not check the bucket yet ({exc}); workers will retry")
+        )
+    celery.worker_main(
+        [
+            "worker",
+            "-Q",
+            queues,
+            "-c",
+            str(concurrency or settings.worker_concurrency),
+            "--pool",
+            "prefork",
+            "-l",
+            "INFO",
+        ]
+    )
+
+
+def beat(config: ConfigOption = None) -> None:
+    """Run Celery beat (the recovery sweep every few seconds; webhook delivery). Safe to run on several hosts.
+
+    Beat exits when it loses Redis; this command starts it again (with backoff), so a Redis restart never
+    leaves the fleet without its recovery sweep.
+    """
+    settings = settings_for(config)
+    unsigned = unsigned_warning(settings)
+    if unsigned:
+        common.errors.print(styled(("WARNING:", "bold red"), f" {unsigned}"))
+    run_beat(create_app(settings), settings.redis_url, lambda line: common.errors.print(Text(line, style="yellow")))
+
+
+def flower(ctx: typer.Context, config: ConfigOption = None) -> None:
+    """Run Flower (Celery's web monitor) against genq's broker; extra options go to Flower (e.g. --port=5555)."""
+    celery = create_app(settings_for(config))
+    celery.start(["flower", *ctx.args])
+
+
+def sim(
+    host: Annotated[str, typer.Option(help="Address to bind (0.0.0.0 inside a container).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8089,
+    profile: Annotated[str, typer.Option(help="realistic, demo, fast or hostile.")] = "demo",
+    profile_file: Annotated[
+        Path | None, typer.Option(help="A TOML profile (timing, limits, faults).", exists=True, dir_okay=False)
+    ] = None,
+    time_scale: Annotated[float | None, typer.Option(help="Multiplies every duration.")] = None,
+) -> None:
+    """Run the DashScope simulator in the foreground. Its API keys come from SIM_API_KEYS."""
+    from ops.simulator.__main__ import main as simulator_main
+
+    raise typer.Exit(
+        simulator_main(
+            [
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--profile",
+                profile,
+                *(["--profile-file", str(profile_file)] if profile_file else []),
+                *(["--time-scale", str(time_scale)] if time_scale is not None else []),
+            ]
+        )
+    )
