@@ -52,7 +52,7 @@ def child(csv_path: Path, redis_url: str) -> None:
     from producer.batch import check_rows, enqueue_rows
     from producer.csv_source import read_rows
     from workers.messages import publish
-    from workers.runtime import make_store
+    from workers.runtime import make_quota, make_store
 
     settings = Settings(redis_url=redis_url, dashscope_api_key="bench-key-0000")
     store, celery = make_store(settings), create_app(settings)
@@ -60,7 +60,13 @@ def child(csv_path: Path, redis_url: str) -> None:
     checked = check_rows(settings, read_rows(csv_path))
     checked_s = time.perf_counter() - began
     report = enqueue_rows(
-        store, settings, "big", read_rows(csv_path), source=str(csv_path), send=lambda s: publish(celery, s)
+        store,
+        settings,
+        "big",
+        read_rows(csv_path),
+        source=str(csv_path),
+        send=lambda s: publish(celery, s),
+        quota=make_quota(settings),
     )
     total_s = time.perf_counter() - began
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

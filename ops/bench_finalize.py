@@ -94,7 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         rows = [CsvRow(2, {"id": "video", "prompt": "waves", "model": "wan2.5-t2v-preview", "size": "1280*720"})]
         steps: list[Next] = []
         enqueue_rows(
-            rt.store, rt.settings, "bench", rows, source="bench", send=lambda s: steps.append(s) if s else None
+            rt.store,
+            rt.settings,
+            "bench",
+            rows,
+            source="bench",
+            send=lambda s: steps.append(s) if s else None,
+            quota=rt.quota,
         )
         step = run_until_downloading(rt, steps)
 

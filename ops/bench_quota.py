@@ -51,8 +51,8 @@ from producer.batch import enqueue_rows
 from producer.csv_source import CsvRow
 from workers.dashscope.protocol import upstream_epoch
 from workers.job import Next
-from workers.messages import publish
-from workers.runtime import make_store
+from workers.messages import publish, queued_messages
+from workers.runtime import make_quota, make_store
 
 MODEL = bench_peers.MODEL
 CONCURRENCY, SUBMIT_RATE = 5, 5
@@ -193,7 +193,15 @@ def run_genq(name: str, workdir: Path, args: argparse.Namespace, processes: int,
                 for i, p in enumerate(prompts(args.jobs))
             ]
             started_at = time.time()
-            enqueue_rows(store, stack.settings, "bench", rows, source="bench", send=sender(celery))
+            enqueue_rows(
+                store,
+                stack.settings,
+                "bench",
+                rows,
+                source="bench",
+                send=sender(celery),
+                quota=make_quota(stack.settings),
+            )
             deadline = time.monotonic() + args.timeout_s
             while not ((summary := store.batch_summary("bench")) and summary.done):
                 if time.monotonic() > deadline:
@@ -288,9 +296,12 @@ def worker_rss_mb(stack: LocalStack) -> float:
     return total / 2**20
 
 
-def celery_messages(client: redis.Redis) -> int:
-    queued = sum(int(client.llen(q)) for q in ("submit", "poll", "finalize", "events"))
-    return queued + int(client.hlen("unacked"))
+def celery_messages(celery: Celery) -> int:
+    """Messages queued or delivered unacknowledged, over the stage queues (kombu's Redis lists and hash)."""
+    queued = sum(queued_messages(celery, q) for q in ("submit", "poll", "finalize", "events"))
+    with celery.connection_for_read() as connection:
+        channel: Any = connection.default_channel
+        return queued + int(channel.client.hlen("unacked"))
 
 
 def run_memory(workdir: Path, args: argparse.Namespace, sizes: list[int]) -> list[str]:
@@ -305,10 +316,18 @@ def run_memory(workdir: Path, args: argparse.Namespace, sizes: list[int]) -> lis
                     CsvRow(i + 2, {"id": f"j{i}", "prompt": f"waiting prompt {i}", "model": MODEL}) for i in range(size)
                 )
                 began = time.monotonic()
-                enqueue_rows(store, stack.settings, "big", rows, source="bench", send=sender(celery))
+                enqueue_rows(
+                    store,
+                    stack.settings,
+                    "big",
+                    rows,
+                    source="bench",
+                    send=sender(celery),
+                    quota=make_quota(stack.settings),
+                )
                 enqueue_s = time.monotonic() - began
                 time.sleep(20)  # submits, polls, sweeps: the workers at work while the batch waits
-                rss, held = worker_rss_mb(stack), celery_messages(store.redis)
+                rss, held = worker_rss_mb(stack), celery_messages(celery)
                 waiting = store.waiting([MODEL]).get(MODEL, 0)
                 lines.append(f"| {size:,} | {waiting:,} | {held} | {rss:.0f} | {enqueue_s:.1f} |")
     return lines

@@ -33,15 +33,16 @@ from pydantic import SecretStr
 
 from config.celery_app import create_app
 from config.logging import configure_logging
+from config.settings import Settings
+from ops.chaos import hooks
 from ops.localstack import LocalStack, isolated_settings, services
 from ops.localstack.process import free_port
 from ops.localstack.stack import child_env
 from producer.batch import enqueue_rows
 from producer.csv_source import CsvRow
-from workers.jobstore import JobStore, keys
+from workers.jobstore import JobStore
 from workers.messages import publish
-from workers.runtime import make_store
-from workers.webhook import BATCH_WEBHOOK_FIELD
+from workers.runtime import make_outbox, make_quota, make_store
 
 TARGET_RATIO = 1.10
 
@@ -102,8 +103,16 @@ def run_batch(stack: LocalStack, store: JobStore, batch_id: str, jobs: int, webh
     celery = create_app(stack.settings)
     rows = [CsvRow(i + 2, {"id": f"j{i}", "prompt": f"{batch_id}: a harbour at dawn, take {i}"}) for i in range(jobs)]
     started = time.monotonic()
-    store.redis.hset(keys.batch(batch_id), BATCH_WEBHOOK_FIELD, webhook)
-    enqueue_rows(store, stack.settings, batch_id, rows, source="bench", send=lambda step: publish(celery, step))
+    store.set_batch_webhook(batch_id, webhook)
+    enqueue_rows(
+        store,
+        stack.settings,
+        batch_id,
+        rows,
+        source="bench",
+        send=lambda step: publish(celery, step),
+        quota=make_quota(stack.settings),
+    )
     while not ((summary := store.batch_summary(batch_id)) is not None and summary.done):
         time.sleep(0.05)
         if time.monotonic() - started > 900:
@@ -113,11 +122,9 @@ def run_batch(stack: LocalStack, store: JobStore, batch_id: str, jobs: int, webh
     return elapsed
 
 
-def empty_outbox(store: JobStore) -> None:
+def empty_outbox(settings: Settings) -> None:
     """Forget events still waiting for delivery, so the next batch starts with the same (empty) outbox."""
-    for key in store.redis.scan_iter(keys.webhook_outbox("*")):
-        store.redis.delete(key)
-    store.redis.delete(keys.WEBHOOK_DUE)
+    make_outbox(settings).forget_waiting()
 
 
 def measure(
@@ -127,7 +134,7 @@ def measure(
     times: dict[str, list[float]] = {"at once": [], "black hole": []}
     for round_no in range(rounds):
         for name, url in (("at once", at_once.url), ("black hole", hole.url)):
-            empty_outbox(store)
+            empty_outbox(stack.settings)
             seconds = run_batch(stack, store, f"{label}-{name.replace(' ', '')}-{round_no}", jobs, url)
             times[name].append(seconds)
             print(f"  {label:8} round {round_no + 1}  receiver {name:10}  {seconds:6.1f} s", flush=True)
@@ -155,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.jobs} jobs per batch, simulator profile fast, 1 stage worker x 4 processes")
             results["lane"] = measure(stack, store, "lane", args.jobs, args.rounds, at_once, hole)
             if args.control:
-                stack.kill("webhook-worker")
-                stack.kill("worker-local1")
+                hooks.kill(stack, "webhook-worker")
+                hooks.kill(stack, "worker-local1")
                 stack.started.append(
                     services.start_worker(
                         stack.log_dir,

@@ -20,7 +20,7 @@ from producer.csv_source import CsvRow
 from workers import refs
 from workers.admission import dispatch_all
 from workers.errors import RequestInvalid
-from workers.job import Action, Next, Status
+from workers.job import Next, record_of
 from workers.jobstore import JobStore, NewJob
 from workers.quota.quota import Quota
 from workers.requests import GenerationRequest, check_id, check_input_size, validate_request
@@ -115,6 +115,7 @@ def enqueue_rows(
     *,
     source: str,
     send: Callable[[Next | None], None],
+    quota: Quota,
     priority: int = 5,
     defaults: dict[str, str] | None = None,
 ) -> EnqueueReport:
@@ -123,7 +124,7 @@ def enqueue_rows(
     once, so work starts while the rest of a large file is read. The batch is sealed at the end."""
     report = EnqueueReport(batch_id)
     store.open_batch(batch_id, source=source, priority=priority)
-    checker, quota = RowChecker(settings, defaults), Quota.redis(store.redis)
+    checker = RowChecker(settings, defaults)
     chunk: list[tuple[NewJob, int]] = []  # the job, and the images it makes
 
     def flush() -> None:
@@ -156,23 +157,4 @@ def enqueue_rows(
 
 def new_job(ref: str, line: int, request: GenerationRequest) -> NewJob:
     """The record of a new job, waiting for a slot."""
-    now = time.time()
-    batch_id, job_id = refs.split_ref(ref)
-    return NewJob(
-        ref,
-        line,
-        request.model,
-        {
-            "batch_id": batch_id,
-            "job_id": job_id,
-            "line": line,
-            "request": request.to_dict(),
-            "model": request.model,
-            "status": Status.ACCEPTED,
-            "attempt": 0,
-            "next_action": Action.ADMIT,
-            "due_at": "",
-            "created_at": now,
-            f"t_{Status.ACCEPTED}": now,
-        },
-    )
+    return NewJob(ref, line, request.model, record_of(ref, line, request, time.time()))

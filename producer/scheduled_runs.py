@@ -42,6 +42,7 @@ from workers.errors import StorageError
 from workers.job import Next
 from workers.jobstore import JobStore
 from workers.messages import publish
+from workers.quota.quota import Quota
 from workers.runtime import runtime
 
 log = structlog.get_logger("genq.schedule")
@@ -107,6 +108,7 @@ def _inputs(source: str, results: ResultBucket) -> list[tuple[str, Fetch]]:
 
 def scheduled_run(
     store: JobStore,
+    quota: Quota,
     results: ResultBucket,
     settings: Settings,
     name: str,
@@ -131,7 +133,9 @@ def scheduled_run(
             run = InputRun(source, batch_id_for(name, date, source))
             local = Path(tmp) / f"{index}.csv"
             try:
-                _run_input(store, configured, run, fetch, local, f"schedule {name}: {source}", send, schedule.priority)
+                _run_input(
+                    store, quota, configured, run, fetch, local, f"schedule {name}: {source}", send, schedule.priority
+                )
             except CsvFormatError as exc:
                 run.skipped = str(exc)
                 log.error("scheduled input unreadable", schedule=name, source=source, reason=str(exc))
@@ -167,6 +171,7 @@ def _store_report(results: ResultBucket, name: str, date: str, now: float, runs:
 
 def _run_input(
     store: JobStore,
+    quota: Quota,
     settings: Settings,
     run: InputRun,
     fetch: Fetch,
@@ -183,7 +188,7 @@ def _run_input(
     fetch(local)  # a private copy: both passes read the same bytes, whatever happens to the source meanwhile
     check_rows(settings, read_rows(local, name=run.source))  # an unreadable file fails here, before its batch
     rows = read_rows(local, name=run.source)
-    report = enqueue_rows(store, settings, run.batch_id, rows, source=source, send=send, priority=priority)
+    report = enqueue_rows(store, settings, run.batch_id, rows, source=source, send=send, quota=quota, priority=priority)
     run.accepted, run.rejected = report.accepted, len(report.rejected)
     run.already_known = sum(report.existing.values())
 
@@ -192,4 +197,4 @@ def _run_input(
 def scheduled_run_task(name: str) -> None:
     """One tick of schedule `name` (beat fires it; running it again the same day enqueues nothing twice)."""
     rt = runtime()
-    scheduled_run(rt.store, rt.results, rt.settings, name, lambda step: publish(app, step))
+    scheduled_run(rt.store, rt.quota, rt.results, rt.settings, name, lambda step: publish(app, step))

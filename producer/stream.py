@@ -29,7 +29,6 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
 
 import redis
 import structlog
@@ -41,8 +40,9 @@ from workers import refs
 from workers.admission import dispatch
 from workers.errors import RequestInvalid
 from workers.events import cloud_event
-from workers.job import Next, Status
-from workers.jobstore import JobStore, NewJob, keys
+from workers.job import Next, Status, encode
+from workers.jobstore import JobStore, NewJob
+from workers.jobstore.request_inbox import DEAD_LETTERS, RequestInbox
 from workers.quota.quota import Quota
 from workers.requests import (
     Envelope,
@@ -55,23 +55,10 @@ from workers.requests import (
 log = structlog.get_logger("genq.consume")
 
 REQUEST_FIELD = "request"
-ANSWERED_TTL_S = 7 * 24 * 3600
 #: Deliveries of one entry (reads and take-overs) before it is answered with `InternalError` and dead-lettered.
 MAX_DELIVERIES = 5
-#: Entries kept in the dead-letter stream (Redis runs `noeviction`: nothing may grow without bound).
-DEAD_LETTER_MAXLEN = 10_000
 #: Seconds the consumer waits after Redis or a bug of ours failed a whole round, before the next.
 ROUND_FAILURE_BACKOFF_S = 2.0
-
-# KEYS: the entry's answered marker, the events stream. ARGV: TTL, stream maxlen, event JSON.
-# Emits the rejected event once per entry, however often the entry is delivered.
-_REJECT_ONCE = """
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[3])
-  return 1
-end
-return 0
-"""
 
 
 @dataclass
@@ -111,15 +98,6 @@ def _known_job(store: JobStore, text: str | None, default_batch: str) -> tuple[s
         return None, None
 
 
-def _tolerant_client(client: redis.Redis) -> redis.Redis:
-    """A client like `client` that reads entries whose bytes are not UTF-8 (a producer may XADD any bytes): they
-    decode with surrogate escapes, which validation refuses as not valid text, so such an entry is rejected like
-    any other instead of failing every read (and every take-over) of the stream."""
-    pool = client.connection_pool
-    kwargs = {**pool.connection_kwargs, "encoding_errors": "surrogateescape"}
-    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
-
-
 def _internal(exc: BaseException) -> str:
     """The reason given for a failure of ours: the exception's type and message, clipped; no traceback."""
     return f"InternalError: {type(exc).__name__}: {shown(str(exc), 200)}"
@@ -132,27 +110,23 @@ class RequestConsumer:
         settings: Settings,
         send: Callable[[Next | None], None],
         *,
+        inbox: RequestInbox,
+        quota: Quota,
         consumer: str,
         count: int = 100,
         block_ms: int = 1000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store, self.settings, self.send = store, settings, send
-        self.stream, self.group = settings.request_stream, settings.request_group
+        self.inbox, self.quota = inbox, quota
+        self.stream, self.group = inbox.stream, inbox.group
         self.consumer, self.count, self.block_ms, self.clock = consumer, count, block_ms, clock
-        self.quota = Quota.redis(store.redis)
-        self.reader = _tolerant_client(store.redis)
-        self._reject_once = store.redis.register_script(_REJECT_ONCE)
         self._opened: set[str] = set()
         self._next_claim_at = 0.0
 
     def ensure_group(self) -> None:
         """Create the consumer group (and the stream) if missing; reading starts at the stream's beginning."""
-        try:
-            self.store.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        self.inbox.ensure_group()
 
     def step(self) -> ConsumeReport:
         """One round: take over what dead consumers left, then read and answer new entries."""
@@ -165,14 +139,8 @@ class RequestConsumer:
             report.held_back = True
             time.sleep(self.block_ms / 1000)
             return report
-        answer = cast(
-            list[Any],
-            self.reader.xreadgroup(
-                self.group, self.consumer, {self.stream: ">"}, count=self.count, block=self.block_ms
-            ),
-        )
-        entries = answer[0][1] if answer else []
-        report.add(self._answer(cast(list[tuple[str, dict[str, str]]], entries)))
+        entries = self.inbox.read(self.consumer, count=self.count, block_ms=self.block_ms)
+        report.add(self._answer(entries))
         return report
 
     def run(self, stop: Callable[[], bool], on_report: Callable[[ConsumeReport], None] | None = None) -> None:
@@ -200,28 +168,19 @@ class RequestConsumer:
         cursor = "0-0"
         min_idle_ms = int(self.settings.request_claim_idle_s * 1000)
         for _ in range(self.count):
-            reply = self.reader.xautoclaim(
-                self.stream, self.group, self.consumer, min_idle_ms, start_id=cursor, count=1
-            )
-            cursor, entries = reply[0], [e for e in reply[1] if e and e[1] is not None]
-            deleted = reply[2] if len(reply) > 2 else []
-            if deleted:  # trimmed from the stream while pending: nothing left to answer
+            cursor, entries, deleted = self.inbox.take_over(self.consumer, min_idle_ms=min_idle_ms, cursor=cursor)
+            if deleted:  # trimmed from the stream while pending: nothing left to answer (acknowledged)
                 log.warning("requests trimmed from the stream before they were answered", entries=deleted)
-                self.store.redis.xack(self.stream, self.group, *deleted)
             for entry_id, fields in entries:
                 report.reclaimed += 1
                 log.warning("took over a request a dead consumer had left", entry=entry_id)
-                if self._deliveries(entry_id) > MAX_DELIVERIES:
+                if self.inbox.deliveries(entry_id) > MAX_DELIVERIES:
                     self._give_up(entry_id, fields)
                 else:
                     report.add(self._answer([(entry_id, fields)]))
             if cursor == "0-0":
                 break
         return report
-
-    def _deliveries(self, entry_id: str) -> int:
-        pending = self.reader.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
-        return int(pending[0]["times_delivered"]) if pending else 1
 
     def _give_up(self, entry_id: str, fields: dict[str, str]) -> None:
         """An entry whose handling failed `MAX_DELIVERIES` times: if it became a job before that (its consumer
@@ -231,16 +190,11 @@ class RequestConsumer:
         if job:
             log.warning("request already a job after repeated failures; acknowledged", entry=entry_id, ref=job)
         else:
-            reason = f"InternalError: handling this entry failed {MAX_DELIVERIES} times; kept in {keys.REQUESTS_DEAD}"
-            self.reader.xadd(
-                keys.REQUESTS_DEAD,
-                {"entry": entry_id, "reason": reason, **{f"field:{k}": v for k, v in fields.items()}},
-                maxlen=DEAD_LETTER_MAXLEN,
-                approximate=True,
-            )
+            reason = f"InternalError: handling this entry failed {MAX_DELIVERIES} times; kept in {DEAD_LETTERS}"
+            self.inbox.dead_letter(entry_id, reason, fields)
             self._reject(Parsed(entry_id, rejected=("request", reason), request_id=request_id))
             log.error("request dead-lettered after repeated failures", entry=entry_id)
-        self.store.redis.xack(self.stream, self.group, entry_id)
+        self.inbox.ack(entry_id)
 
     def _answer(self, entries: list[tuple[str, dict[str, str]]]) -> ConsumeReport:
         """Answer every entry of one read, then acknowledge them all. Only Redis failing can leave this early
@@ -270,7 +224,7 @@ class RequestConsumer:
                 raise
             except Exception:  # the jobs wait in their queue; the next admission takes them
                 log.exception("admission after consuming failed", model=model)
-        self.store.redis.xack(self.stream, self.group, *(entry_id for entry_id, _ in entries))
+        self.inbox.ack(*(entry_id for entry_id, _ in entries))
         return report
 
     def _create(self, parsed: list[Parsed]) -> list[Status | Exception | None]:
@@ -299,7 +253,7 @@ class RequestConsumer:
     def _same_request(self, job: NewJob) -> bool:
         """Whether the existing job of this request id was made from the same request (a redelivery)."""
         existing = self.store.get(job.ref)
-        return existing is None or existing.request.to_dict() == job.fields["request"]
+        return existing is None or encode(existing.request) == job.record["request"]
 
     def _parse_safely(self, entry_id: str, fields: dict[str, str]) -> Parsed:
         try:
@@ -358,9 +312,5 @@ class RequestConsumer:
             },
             now=self.clock(),
         )
-        emitted = self._reject_once(
-            keys=[keys.request_answered(parsed.entry_id), self.store.event_stream],
-            args=[ANSWERED_TTL_S, self.store.event_stream_maxlen, json.dumps(event, ensure_ascii=False)],
-        )
-        if emitted:
+        if self.inbox.answer_once(parsed.entry_id, event):
             log.warning("request rejected", request_id=parsed.request_id, field=field_name, reason=reason)

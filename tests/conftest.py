@@ -8,6 +8,7 @@ Every fixture stops what it started.
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import threading
@@ -32,8 +33,7 @@ from ops.simulator.engine import Engine, SimConfig
 from ops.simulator.profiles import load_profile
 from workers.bucket import ResultBucket, make_minio
 from workers.dashscope import DashScopeClient
-from workers.quota.quota import Quota
-from workers.runtime import Runtime, account_clients, make_store
+from workers.runtime import Runtime, account_clients, make_outbox, make_quota, make_redis, make_store
 
 # Property tests draw new inputs on every run on a developer's machine (that is how they find things); in CI
 # (CI=true) each draws the same inputs every run, so a submission's result does not hang on a random draw.
@@ -194,8 +194,9 @@ def runtime_factory(settings: Settings) -> Iterator[Callable[..., Runtime]]:
             dashscope=client,
             results=results,
             downloads=downloads,
-            quota=Quota.redis(store.redis),
+            quota=make_quota(configured),
             clients=account_clients(configured, api) if configured.accounts else {},
+            outbox=make_outbox(configured),
         )
 
     yield build
@@ -226,3 +227,14 @@ def local_stack_factory(tmp_path: Path) -> Iterator[Callable[..., LocalStack]]:
         started = list(stack.started)
         stack.stop()
         assert all(not p.alive() for p in started)
+
+
+@functools.cache
+def _raw_client(url: str) -> redis.Redis:
+    return make_redis(Settings(redis_url=url))
+
+
+def raw_redis(settings: Settings) -> redis.Redis:
+    """A Redis client of the tests' own, for checking what genq wrote without going through genq's store (an
+    independent observer, the way an operator's `redis-cli` would look)."""
+    return _raw_client(settings.redis_url)

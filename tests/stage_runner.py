@@ -22,7 +22,7 @@ from workers.job import Action, Next
 from workers.jobstore import JobStore
 from workers.messages import publish
 from workers.poll import poll
-from workers.runtime import Runtime, make_store
+from workers.runtime import Runtime, make_quota, make_store
 from workers.submit import submit
 
 STAGES: dict[Action, Callable[[Runtime, str, int], Next | None]] = {
@@ -42,6 +42,7 @@ def enqueue(rt: Runtime, *rows: dict[str, str], batch_id: str = "b", priority: i
         [CsvRow(i + 2, r) for i, r in enumerate(rows)],
         source="test",
         send=lambda step: sent.append(step) if step else None,
+        quota=rt.quota,
         priority=priority,
     )
     return sent
@@ -83,7 +84,8 @@ def publish_rows(stack: LocalStack, batch_id: str, rows: list[CsvRow]) -> tuple[
     """Enqueue rows as `genq batch` does, for the stack's Celery workers; return the job store and the report."""
     settings, celery = stack.settings, create_app(stack.settings)
     store = make_store(settings)
-    report = enqueue_rows(store, settings, batch_id, rows, source="test", send=lambda step: publish(celery, step))
+    send = lambda step: publish(celery, step)  # noqa: E731
+    report = enqueue_rows(store, settings, batch_id, rows, source="test", send=send, quota=make_quota(settings))
     return store, report
 
 

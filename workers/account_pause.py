@@ -4,13 +4,12 @@ every worker at once: submits wait instead of failing one by one, until an opera
 
 from __future__ import annotations
 
-import json
-from typing import Any, cast
+from typing import Any
 
 import structlog
 
 from workers.events import cloud_event
-from workers.jobstore import JobStore, keys
+from workers.jobstore import JobStore
 
 log = structlog.get_logger("genq.accounts")
 
@@ -32,17 +31,16 @@ def pause(store: JobStore, account: str, *, code: str, message: str, now: float)
 
 
 def paused(store: JobStore, account: str) -> dict[str, Any] | None:
-    raw = cast(str | None, store.redis.hget(keys.PAUSED, account))
-    return json.loads(raw) if raw else None
+    return store.paused_accounts().get(account)
 
 
 def all_paused(store: JobStore) -> dict[str, dict[str, Any]]:
-    return {a: json.loads(v) for a, v in cast(dict[str, str], store.redis.hgetall(keys.PAUSED)).items()}
+    return store.paused_accounts()
 
 
 def resume(store: JobStore, account: str) -> bool:
     """Lift the pause; True when the account was paused."""
-    resumed = bool(store.redis.hdel(keys.PAUSED, account))
+    resumed = store.resume_account(account)
     if resumed:
         log.warning("account resumed", account=account)
     return resumed

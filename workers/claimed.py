@@ -1,15 +1,17 @@
-"""What every stage shares: the next step as a value, backoff, claiming a job, and ending one.
+"""What every stage shares: a claimed job as a value (`Claimed`), backoff, and ending a job.
 
 A stage (`submit`, `poll`, `finalize`) is a plain function `(runtime, ref, attempt) -> Next | None`.
 It first *claims* the job (the attempt in its message must still be current; claiming advances it and
 sets a lease-like due time so the recovery sweep finds the job if this process dies), does its I/O,
-records the outcome, and returns the message to send next, if any. Celery only carries these values.
+records the outcome through the `Claimed` it got, and returns the message to send next, if any. Celery only
+carries these values.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -91,31 +93,92 @@ def load_current(rt: Runtime, ref: str, attempt: int, action: Action) -> Job | N
     return job
 
 
+@dataclass(frozen=True)
+class Claimed:
+    """A job this delivery has claimed: every record it makes is a compare-and-set on `attempt`, so a second
+    delivery of the same message, or a cancel in between, finds the job moved on instead of being overwritten."""
+
+    rt: Runtime
+    job: Job
+    attempt: int
+
+    @property
+    def now(self) -> float:
+        return self.rt.clock()
+
+    def again(
+        self,
+        status: Status,
+        action: Action,
+        delay_s: float,
+        *,
+        fields: Mapping[str, Any] | None = None,
+        event: Mapping[str, Any] | None = None,
+    ) -> Next | None:
+        """Record that `action` is due in `delay_s` (in `status`), then return the message that carries it.
+        `event` is appended in the same atomic step, if the status changes."""
+        return reschedule(self.rt, self.job, self.attempt, status, action, delay_s, fields=fields, event=event)
+
+    def stay(self, action: Action, delay_s: float, *, fields: Mapping[str, Any] | None = None) -> Next | None:
+        """`again` in the job's present status."""
+        return self.again(self.job.status, action, delay_s, fields=fields)
+
+    def end(
+        self,
+        status: Status,
+        *,
+        code: str | None = None,
+        message: str | None = None,
+        fields: Mapping[str, Any] | None = None,
+        objects: list[dict[str, Any]] | None = None,
+        manifest_key: str | None = None,
+    ) -> None:
+        """End the job in `status` (see `end`)."""
+        end(
+            self.rt,
+            self.job,
+            self.attempt,
+            status,
+            code=code,
+            message=message,
+            fields=fields,
+            objects=objects,
+            manifest_key=manifest_key,
+        )
+
+    def claim_again(
+        self, status: Status, action: Action, *, lease_s: float, fields: Mapping[str, Any]
+    ) -> Claimed | None:
+        """Claim once more, before a step that others must see as begun (a create about to be sent)."""
+        return claim(self.rt, self.job, action, lease_s=lease_s, fields=fields, status=status, attempt=self.attempt)
+
+
 def claim(
     rt: Runtime,
     job: Job,
     action: Action,
     *,
     lease_s: float,
-    fields: dict[str, Any] | None = None,
+    fields: Mapping[str, Any] | None = None,
     status: Status | None = None,
-) -> int | None:
-    """Take the job for this action. Returns the new attempt, or None when another delivery won."""
+    attempt: int | None = None,
+) -> Claimed | None:
+    """Take the job for this action (the job as read, or as claimed at `attempt`); None when another delivery
+    won. Due again at the end of the lease, so the recovery sweep re-sends it if this process dies."""
     now = rt.clock()
-    applied = rt.store.transition(
+    applied = rt.store.claim(
         job.ref,
         status or job.status,
-        expected_attempt=job.attempt,
-        bump_attempt=True,
-        next_action=action,
-        due_at=now + lease_s,
+        expected_attempt=job.attempt if attempt is None else attempt,
+        action=action,
+        lease_until=now + lease_s,
         fields=fields,
         now=now,
     )
     if not applied.ok:
         log.info("claim lost", ref=job.ref, action=action.value, reason=applied.reason)
         return None
-    return applied.attempt
+    return Claimed(rt, job, applied.attempt)
 
 
 def reschedule(
@@ -125,8 +188,8 @@ def reschedule(
     status: Status,
     action: Action,
     delay_s: float,
-    fields: dict[str, Any] | None = None,
-    event: dict[str, Any] | None = None,
+    fields: Mapping[str, Any] | None = None,
+    event: Mapping[str, Any] | None = None,
 ) -> Next | None:
     """Record that `action` is due in `delay_s`, then return the message that will carry it. `event` is
     appended in the same atomic step, if the status changes."""
@@ -163,12 +226,12 @@ def end(
     *,
     code: str | None = None,
     message: str | None = None,
-    fields: dict[str, Any] | None = None,
+    fields: Mapping[str, Any] | None = None,
     objects: list[dict[str, Any]] | None = None,
     manifest_key: str | None = None,
 ) -> None:
-    """Move the job to a terminal status and emit its event, in one atomic step; then give back its slot (if it
-    still held one) and admit the next job into it."""
+    """Move the job to a terminal status and emit its event, in one atomic step (a compare-and-set on
+    `attempt`; None: whatever it is); then give back its slot (if it still held one) and admit the next job."""
     now = rt.clock()
     all_fields = dict(fields or {})
     if code:

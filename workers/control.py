@@ -26,11 +26,10 @@ from workers.claimed import log
 from workers.dashscope.classify import error_class
 from workers.errors import AccountError, PermanentRemoteError, RemoteError, Throttled, TransientRemoteError
 from workers.events import job_event
-from workers.job import Job, Next, Status
-from workers.jobstore import keys
+from workers.job import REVIVABLE, Job, Next, Status
 from workers.runtime import Runtime
 
-RETRYABLE = frozenset({Status.FAILED, Status.TIMED_OUT, Status.EXPIRED})
+RETRYABLE = REVIVABLE
 #: genq's own refusals of a result: retrying would pay for the same refusal again.
 _OWN_PERMANENT = frozenset(
     {"ResultHostNotAllowed", "ResultUrlScheme", "ResultUrlMalformed", "ResultTooLarge", "ResultContentType"}
@@ -162,11 +161,12 @@ def retry(rt: Runtime, target: str, *, force: bool = False) -> tuple[ControlRepo
         if running:  # not even with --force: a second task while the first may run is a second bill
             report.skipped[job.ref] = f"{running}; retrying now could pay twice (a task expires 24 h after creation)"
             continue
-        if rt.store.revive(job.ref, allowed=RETRYABLE, now=rt.clock()):
+        revived = rt.store.revive(job, now=rt.clock())
+        if revived.ok:
             report.changed.append(job.ref)
-            rt.store.requeue(job.ref, job.request.model)
-            rt.store.redis.zrem(keys.DUE, job.ref)
             models.add(job.request.model)
+        else:
+            report.skipped[job.ref] = f"not revived: {revived.reason} (retry again)"
     for model in sorted(models):
         dispatch(rt.store, rt.quota, rt.settings, model, lambda step: steps.append(step) if step else None)
     if report.changed:

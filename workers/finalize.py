@@ -7,13 +7,12 @@ bytes) is recorded against its index and never fetched.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 from config.catalogue import Kind, model_spec
 from workers import metrics
-from workers.claimed import backoff_s, claim, end, load_current, log, reschedule
+from workers.claimed import Claimed, backoff_s, claim, load_current, log
 from workers.errors import ResultRejected, StorageError, TransientRemoteError
 from workers.events import job_event
 from workers.fetch import check_url, fetch
@@ -41,41 +40,35 @@ def finalize(rt: Runtime, ref: str, attempt: int) -> Next | None:
     job = load_current(rt, ref, attempt, Action.FINALIZE)
     if job is None:
         return None
-    current = claim(rt, job, Action.FINALIZE, lease_s=FINALIZE_LEASE_S[model_spec(job.request.model).kind])
-    if current is None:
+    claimed = claim(rt, job, Action.FINALIZE, lease_s=FINALIZE_LEASE_S[model_spec(job.request.model).kind])
+    if claimed is None:
         return None
     try:
         objects, failures = _store_results(rt, job)
         if objects:
             rt.results.put_json(manifest_key(ref), _manifest(job, objects, failures))
     except (StorageError, TransientRemoteError) as exc:
-        return _retry_later(rt, job, current, exc)
+        return _retry_later(claimed, exc)
 
     fields: dict[str, Any] = {"objects": objects, "failures": failures}
     if not objects:
         first = failures[0] if failures else {"code": "NoResults", "message": "no result to store"}
-        end(rt, job, current, Status.FAILED, code=first["code"], message=first["message"], fields=fields)
+        claimed.end(Status.FAILED, code=first["code"], message=first["message"], fields=fields)
         return None
     status = Status.PARTIALLY_SUCCEEDED if failures else Status.SUCCEEDED
-    end(rt, job, current, status, fields=fields, objects=objects, manifest_key=manifest_key(ref))
+    claimed.end(status, fields=fields, objects=objects, manifest_key=manifest_key(ref))
     return None
 
 
-def _retry_later(rt: Runtime, job: Job, current: int, exc: Exception) -> Next | None:
+def _retry_later(claimed: Claimed, exc: Exception) -> Next | None:
     """S3 (or the download) failed: retry with backoff until the result URLs die, alarming once when at risk."""
-    now = rt.clock()
+    rt, job, now = claimed.rt, claimed.job, claimed.now
     urls_die_at = (job.results_at or now) + rt.settings.result_url_life_s
     errors = job.finalize_errors + 1
     metrics.FINALIZE_FAILURES.inc()
     if now >= urls_die_at:
-        end(
-            rt,
-            job,
-            current,
-            Status.FAILED,
-            code="ResultExpired",
-            message=f"results could not be stored before their URLs expired ({errors} attempts; last: {exc})",
-        )
+        message = f"results could not be stored before their URLs expired ({errors} attempts; last: {exc})"
+        claimed.end(Status.FAILED, code="ResultExpired", message=message)
         return None
     at_risk = errors >= AT_RISK_AFTER_ERRORS or urls_die_at - now <= rt.settings.result_risk_margin_s
     if at_risk and not job.at_risk:
@@ -83,14 +76,8 @@ def _retry_later(rt: Runtime, job: Job, current: int, exc: Exception) -> Next | 
     delay = backoff_s(errors, base_s=2.0, cap_s=rt.settings.finalize_retry_cap_s, rng=rt.rng)
     delay = min(delay, max(1.0, urls_die_at - now))
     log.warning("finalize failed, will retry", ref=job.ref, error=str(exc), errors=errors, delay_s=round(delay, 1))
-    return reschedule(
-        rt,
-        job,
-        current,
-        Status.DOWNLOADING,
-        Action.FINALIZE,
-        delay,
-        fields={"finalize_errors": errors, "at_risk": 1 if at_risk else 0},
+    return claimed.again(
+        Status.DOWNLOADING, Action.FINALIZE, delay, fields={"finalize_errors": errors, "at_risk": at_risk}
     )
 
 
@@ -107,9 +94,7 @@ def alarm_result_at_risk(rt: Runtime, job: Job, urls_die_at: float, error: str, 
     event = job_event(job, Status.DOWNLOADING, now=now, error_code="ResultAtRisk", error_message=error)
     event.update(id=f"{job.ref}/at-risk/{now}", type="genq.result.at_risk")
     event["data"]["urls_expire_at"] = urls_die_at
-    rt.store.redis.xadd(
-        rt.settings.event_stream, {"event": json.dumps(event)}, maxlen=rt.settings.event_stream_maxlen, approximate=True
-    )
+    rt.store.emit_event(event)
 
 
 def _store_results(rt: Runtime, job: Job) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -4,28 +4,21 @@ Status moves only along `TRANSITIONS`. The one way "back" is a resubmission (a t
 sends a `submitted`/`running` job to `submitting` again), which the attempt counter keeps safe: every
 action first *claims* the job by advancing `attempt`, so two deliveries of one message cannot both act.
 
-Fields of `genq:job:{ref}` (all strings in Redis):
-`batch_id`, `job_id`, `line`, `request` (JSON), `model`, `account` (whose slot it holds, from admission on),
-`status`, `attempt`, `next_action`, `due_at`,
-`deadline_at`, `task_id`, `request_id`, `submits` (creates sent), `create_pending` (1 while a create's outcome
-is unknown), `submit_sent_at`,
-`submit_failed_at` (when a create's answer was lost), `submit_errors`, `throttles`, `submitted_at`, `poll_count`,
-`poll_errors`,
-`poll_delay_s`, `results_at`, `finalize_errors`, `at_risk`, `created_at`, `t_{status}` (when it entered each status),
-`submit_time` / `scheduled_time` / `end_time` (upstream, as the service wrote them), `results` (JSON: upstream
-results), `usage` (JSON), `objects` (JSON: stored keys + sha256), `failures` (JSON: failed sub-results),
-`error_code`, `error_message`, `task_status` (the upstream status last seen), `unknown_seen` and
-`unknown_first_at` (UNKNOWN answers not yet believed), `cancel_refusals`, `stage_crashes` (unexpected
-exceptions of its stages).
+The record's fields are `Job`'s own, one per dataclass field (each commented where it is declared), plus
+`t_{status}` (when it entered each status, `Job.times`) and the service's own `submit_time` /
+`scheduled_time` / `end_time` (`Job.upstream`). `record_of` writes a new job from them, `Job.from_record` reads
+one back, and `PER_TRY` names those a revived job starts afresh: the list is written once, here.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
+from workers.refs import split_ref
 from workers.requests import GenerationRequest
 
 
@@ -78,6 +71,8 @@ TERMINAL = frozenset(
     }
 )
 _ENDINGS = {Status.FAILED, Status.CANCELED, Status.TIMED_OUT}
+#: Ended statuses from which `genq retry` may bring a job back to `accepted` (the only way out of an ending).
+REVIVABLE = frozenset({Status.FAILED, Status.TIMED_OUT, Status.EXPIRED})
 #: The service keeps a task (and answers for it) 24 h; after that UNKNOWN is all it says of it.
 TASK_LIFE_S = 24 * 3600.0
 #: Upstream statuses after which a task does nothing more (and bills nothing more). Not UNKNOWN: for a task
@@ -96,13 +91,15 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     # Never back to SUBMITTING: a job past its deadline is not sent again while its task may still run.
     Status.OVERDUE: frozenset({Status.DOWNLOADING, Status.EXPIRED, *_ENDINGS}),
     Status.DOWNLOADING: frozenset({Status.SUCCEEDED, Status.PARTIALLY_SUCCEEDED, Status.FAILED, Status.TIMED_OUT}),
-    **{s: frozenset() for s in TERMINAL},
+    # `genq retry`: an ended job whose failure a new try may cure goes back in line (`REVIVABLE`).
+    **{s: frozenset({Status.ACCEPTED}) if s in REVIVABLE else frozenset() for s in TERMINAL},
 }
 
 
-def allowed_sources(target: Status) -> frozenset[Status]:
-    """The statuses from which `target` may be entered (including `target` itself, if not terminal)."""
-    sources = {s for s, nexts in TRANSITIONS.items() if target in nexts}
+def allowed_sources(target: Status, *, revive: bool = False) -> frozenset[Status]:
+    """The statuses from which `target` may be entered (including `target` itself, if not terminal). A move out
+    of an ending is a revival, allowed only to a caller that says so (`revive`), which resets the job's try."""
+    sources = {s for s, nexts in TRANSITIONS.items() if target in nexts and (revive or s not in TERMINAL)}
     if target not in TERMINAL:
         sources.add(target)
     return frozenset(sources)
@@ -112,19 +109,21 @@ def allowed_sources(target: Status) -> frozenset[Status]:
 class Job:
     """A typed, read-only view of one job record."""
 
-    ref: str
+    ref: str  # `{batch_id}/{job_id}`: the record's name, not a field of it
     batch_id: str
     job_id: str
-    line: int
-    request: GenerationRequest
+    request: GenerationRequest  # the validated request (JSON in the record)
     status: Status
-    attempt: int
-    next_action: Action
-    due_at: float
-    deadline_at: float
+    line: int = 0  # its line in the source file (0: it came from a stream)
+    attempt: int = 0  # advanced by every claim: a message carrying an older one finds the job moved on
+    next_action: Action = Action.NONE
+    due_at: float = 0.0  # when `next_action` is due (a lease while it runs); indexed for the recovery sweep
+    deadline_at: float = 0.0  # set at admission
+    model: str = ""  # the request's model (kept apart so the store's scripts can count tasks per model)
     task_id: str | None = None
+    request_id: str | None = None  # the service's id of the create that made the task
     account: str | None = None  # the account whose slot the job holds, from admission on
-    submits: int = 0
+    submits: int = 0  # creates sent
     poll_count: int = 0
     poll_errors: int = 0
     submit_errors: int = 0
@@ -148,6 +147,10 @@ class Job:
     unknown_seen: int = 0
     unknown_first_at: float | None = None
     cancel_refusals: int = 0  # cancels at the deadline refused while the task was answered PENDING
+    stage_crashes: int = 0  # unexpected exceptions of its stages (`claimed.run_stage`)
+    retries: int = 0  # times `genq retry` revived it
+    last_error_code: str | None = None  # the transient task failure that made it resubmit
+    last_error_message: str | None = None
     upstream: dict[str, str] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=dict)
 
@@ -167,56 +170,102 @@ class Job:
         return None
 
     @classmethod
-    def from_hash(cls, ref: str, h: dict[str, str]) -> Job:
-        def opt(name: str) -> str | None:
-            value = h.get(name)
-            return value if value else None
+    def from_record(cls, ref: str, record: Mapping[str, str]) -> Job:
+        """The job stored as `record` (every value a string, as Redis keeps them; missing ones take defaults)."""
+        values: dict[str, Any] = {"ref": ref}
+        for spec in _RECORD_FIELDS:
+            raw = record.get(spec.name)
+            if raw is not None:
+                values[spec.name] = _decode(spec.type, raw)
+        values["upstream"] = {k: record[k] for k in UPSTREAM_TIMES if record.get(k)}
+        values["times"] = {k[2:]: float(v) for k, v in record.items() if k.startswith("t_") and v}
+        return cls(**values)
 
-        def number(name: str) -> float:
-            value = h.get(name)
-            return float(value) if value else 0.0
 
-        def maybe(name: str) -> float | None:
-            value = h.get(name)
-            return float(value) if value else None
+#: The service's own timestamps of a task, kept as it wrote them.
+UPSTREAM_TIMES = ("submit_time", "scheduled_time", "end_time")
+#: Fields a revived job starts afresh (its new try owes nothing to the last one), at their defaults.
+PER_TRY = (
+    "task_id",
+    "create_pending",
+    "submit_errors",
+    "poll_errors",
+    "finalize_errors",
+    "submits",
+    "error_code",
+    "error_message",
+    "results",
+    "at_risk",
+    "task_status",
+    "unknown_seen",
+    "unknown_first_at",
+    "cancel_refusals",
+    "stage_crashes",
+)
+_RECORD_FIELDS = [f for f in fields(Job) if f.name not in {"ref", "upstream", "times"}]
 
-        return cls(
-            ref=ref,
-            batch_id=h["batch_id"],
-            job_id=h["job_id"],
-            line=int(h.get("line", 0)),
-            request=GenerationRequest.from_dict(json.loads(h["request"])),
-            status=Status(h["status"]),
-            attempt=int(h.get("attempt", 0)),
-            next_action=Action(h.get("next_action", Action.NONE)),
-            due_at=number("due_at"),
-            deadline_at=number("deadline_at"),
-            task_id=opt("task_id"),
-            account=opt("account"),
-            submits=int(h.get("submits", 0)),
-            poll_count=int(h.get("poll_count", 0)),
-            poll_errors=int(h.get("poll_errors", 0)),
-            submit_errors=int(h.get("submit_errors", 0)),
-            finalize_errors=int(h.get("finalize_errors", 0)),
-            throttles=int(h.get("throttles", 0)),
-            submitted_at=maybe("submitted_at"),
-            submit_sent_at=maybe("submit_sent_at"),
-            submit_failed_at=maybe("submit_failed_at"),
-            results_at=maybe("results_at"),
-            at_risk=h.get("at_risk") == "1",
-            create_pending=h.get("create_pending") == "1",
-            poll_delay_s=maybe("poll_delay_s"),
-            created_at=number("created_at"),
-            error_code=opt("error_code"),
-            error_message=opt("error_message"),
-            results=json.loads(h.get("results") or "[]"),
-            objects=json.loads(h.get("objects") or "[]"),
-            failures=json.loads(h.get("failures") or "[]"),
-            usage=json.loads(h.get("usage") or "{}"),
-            task_status=h.get("task_status", ""),
-            unknown_seen=int(h.get("unknown_seen") or 0),
-            unknown_first_at=maybe("unknown_first_at"),
-            cancel_refusals=int(h.get("cancel_refusals") or 0),
-            upstream={k: h[k] for k in ("submit_time", "scheduled_time", "end_time") if h.get(k)},
-            times={k[2:]: float(v) for k, v in h.items() if k.startswith("t_") and v},
-        )
+
+def _decode(kind: Any, raw: str) -> Any:
+    """A record's string as the field's type (annotations are strings here: `from __future__ import annotations`)."""
+    match kind:
+        case "str":
+            return raw
+        case "str | None":
+            return raw or None
+        case "int":
+            return int(raw or 0)
+        case "float":
+            return float(raw) if raw else 0.0
+        case "float | None":
+            return float(raw) if raw else None
+        case "bool":
+            return raw == "1"
+        case "Status":
+            return Status(raw)
+        case "Action":
+            return Action(raw or Action.NONE)
+        case "GenerationRequest":
+            return GenerationRequest.from_dict(json.loads(raw))
+        case "list[dict[str, Any]]":
+            return json.loads(raw or "[]")
+        case "dict[str, Any]":
+            return json.loads(raw or "{}")
+    raise TypeError(f"job field of type {kind} has no decoder")
+
+
+def encode(value: Any) -> str:
+    """A value as the store keeps it: JSON for structures, '' for None, 1/0 for booleans."""
+    if isinstance(value, GenerationRequest):
+        value = value.to_dict()
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+def per_try_reset() -> dict[str, str]:
+    """`PER_TRY` at their defaults, encoded."""
+    defaults = {f.name: f.default_factory() if callable(f.default_factory) else f.default for f in fields(Job)}
+    return {name: encode(defaults[name]) for name in PER_TRY}
+
+
+def record_of(ref: str, line: int, request: GenerationRequest, now: float) -> dict[str, str]:
+    """The record of a new job, waiting in its model's queue for a slot."""
+    batch_id, job_id = split_ref(ref)
+    record = {
+        "batch_id": batch_id,
+        "job_id": job_id,
+        "line": line,
+        "request": request,
+        "model": request.model,
+        "status": Status.ACCEPTED,
+        "attempt": 0,
+        "next_action": Action.ADMIT,
+        "due_at": None,
+        "created_at": now,
+        f"t_{Status.ACCEPTED}": now,
+    }
+    return {name: encode(value) for name, value in record.items()}

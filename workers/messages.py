@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 
 from workers.job import Next
 
 #: The longest countdown genq schedules: far below the broker's visibility timeout (config/celery_app.py).
 MAX_COUNTDOWN_S = 300.0
+
+
+def queued_messages(app: Celery, queue: str) -> int:
+    """Messages waiting in `queue` (kombu's Redis transport keeps a queue as a list named after it)."""
+    with app.connection_for_read() as connection:
+        channel: Any = connection.default_channel
+        return int(channel.client.llen(queue))
 
 
 def publish(app: Celery, step: Next | None) -> None:

@@ -1,21 +1,12 @@
 """Prometheus metrics. Event-type metrics are prometheus_client counters and histograms, aggregated over a
 prefork worker's processes in multiprocess mode (`PROMETHEUS_MULTIPROC_DIR`, set before the worker starts).
 State-type metrics (jobs by status, tasks upstream, slot utilisation, paused accounts) are read from Redis at
-scrape time by `RedisStateCollector`, so they are exact for the whole fleet, not per process.
+scrape time by `metrics_server.StoreStateCollector`, so they are exact for the whole fleet, not per process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import cast
-
-import redis
 from prometheus_client import Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
-
-from config.catalogue import CATALOGUE
-from workers.jobstore import keys
 
 _SECONDS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 
@@ -41,34 +32,3 @@ DOWNLOAD_SECONDS = Histogram(
 )
 FINALIZE_FAILURES = Counter("genq_finalize_failures", "Attempts to store results that failed (S3 or download)")
 RESULTS_AT_RISK = Counter("genq_results_at_risk", "Jobs whose paid results may expire before being stored")
-
-
-class RedisStateCollector(Collector):
-    """Fleet-wide state, read from the job store's counters at scrape time."""
-
-    def __init__(self, client: redis.Redis, account: str) -> None:
-        self.client = client
-        self.account = account
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        counts = cast(dict[str, str], self.client.hgetall(keys.COUNTS))
-        inflight = cast(dict[str, str], self.client.hgetall(keys.INFLIGHT))
-        paused = cast(list[str], self.client.hkeys(keys.PAUSED))
-        jobs = GaugeMetricFamily("genq_jobs", "Jobs in each status, over all batches", labels=["status"])
-        for status, value in sorted(counts.items()):
-            jobs.add_metric([status], float(value))
-        upstream = GaugeMetricFamily(
-            "genq_upstream_tasks", "Tasks submitted or running upstream", labels=["account", "model"]
-        )
-        utilisation = GaugeMetricFamily(
-            "genq_slot_utilisation", "Tasks upstream / the model's tasks-at-once limit", labels=["account", "model"]
-        )
-        for model, value in sorted(inflight.items()):
-            upstream.add_metric([self.account, model], float(value))
-            spec = CATALOGUE.get(model)
-            if spec:
-                utilisation.add_metric([self.account, model], max(0.0, float(value)) / spec.max_concurrent)
-        paused_metric = GaugeMetricFamily("genq_account_paused", "1 while an account is paused", labels=["account"])
-        for account in sorted({self.account, *paused}):  # the worker's own account always, so 0 is visible
-            paused_metric.add_metric([account], 1.0 if account in paused else 0.0)
-        yield from (jobs, upstream, utilisation, paused_metric)

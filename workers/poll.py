@@ -32,18 +32,19 @@ when the task is that old or it is said `UNKNOWN_CONFIRMATIONS` times in a row o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from config.catalogue import model_spec
 from workers import account_pause, metrics
 from workers.admission import deadline_s, release, scope_of
-from workers.claimed import backoff_s, claim, end, load_current, log, reschedule
+from workers.claimed import Claimed, backoff_s, claim, load_current, log
 from workers.dashscope import TaskState
 from workers.dashscope.classify import is_transient_task_failure
 from workers.dashscope.protocol import upstream_epoch
 from workers.errors import AccountError, PermanentRemoteError, RemoteError, Throttled, TransientRemoteError
 from workers.events import job_event
-from workers.job import TASK_LIFE_S, Action, Job, Next, Status
+from workers.job import TASK_LIFE_S, Action, Next, Status
 from workers.poll_policy import next_poll_delay_s, policy_for
 from workers.runtime import Runtime
 
@@ -60,8 +61,8 @@ def poll(rt: Runtime, ref: str, attempt: int) -> Next | None:
     job = load_current(rt, ref, attempt, Action.POLL)
     if job is None:
         return None
-    current = claim(rt, job, Action.POLL, lease_s=POLL_LEASE_S, fields={"poll_count": job.poll_count + 1})
-    if current is None:
+    claimed = claim(rt, job, Action.POLL, lease_s=POLL_LEASE_S, fields={"poll_count": job.poll_count + 1})
+    if claimed is None:
         return None
     now = rt.clock()
     scope = scope_of(job)
@@ -71,40 +72,63 @@ def poll(rt: Runtime, ref: str, attempt: int) -> Next | None:
     wait_s = rt.quota.query_wait_s(account.name, account.query_qps, now, rt.rng)
     if wait_s > 0:
         # The account's query budget is spent for now: not a poll, not an error.
-        return reschedule(rt, job, current, job.status, Action.POLL, wait_s, fields={"poll_count": job.poll_count})
+        return claimed.stay(Action.POLL, wait_s, fields={"poll_count": job.poll_count})
     try:
         state = rt.client(job.account).get_task(job.task_id or "")
-    except Throttled as exc:
-        metrics.THROTTLED.labels(account=account.name, model=job.request.model, endpoint="query").inc()
-        delay = _throttled_delay_s(rt, job, exc, cap_s=60.0)
-        return reschedule(rt, job, current, job.status, Action.POLL, delay, fields={"throttles": job.throttles + 1})
-    except PermanentRemoteError as exc:
-        # The service answers a task it does not know with 200 UNKNOWN, so a refusal here is the key's (paused
-        # for every job) or an intermediary's (a proxy's 404 or 408): not an answer about the task, which may
-        # run and bill all the same.
-        if isinstance(exc, AccountError) and scope is not None:
-            account_pause.pause(rt.store, scope.account, code=exc.code, message=exc.message, now=now)
-        return _unanswered(rt, job, current, exc, now, errors=job.poll_errors + 1, slow=True)
-    except TransientRemoteError as exc:
-        errors = job.poll_errors + 1
-        return _unanswered(rt, job, current, exc, now, errors=errors, slow=errors >= rt.settings.poll_max_errors)
-    return _on_state(rt, job, current, state)
+    except RemoteError as exc:
+        outcome = next(handler for kind, handler in _ON_QUERY_ERROR if isinstance(exc, kind))
+        return outcome(claimed, account.name, exc)
+    return _on_state(claimed, state)
 
 
-def _unanswered(
-    rt: Runtime, job: Job, current: int, exc: RemoteError, now: float, *, errors: int, slow: bool
-) -> Next | None:
+def _query_throttled(claimed: Claimed, account: str, exc: RemoteError) -> Next | None:
+    job = claimed.job
+    metrics.THROTTLED.labels(account=account, model=job.request.model, endpoint="query").inc()
+    delay = _throttled_delay_s(claimed, exc, cap_s=60.0)
+    return claimed.stay(Action.POLL, delay, fields={"throttles": job.throttles + 1})
+
+
+def _query_refused_by_account(claimed: Claimed, account: str, exc: RemoteError) -> Next | None:
+    """The key or the account was refused: paused for every job; this task may run and bill all the same."""
+    if scope_of(claimed.job) is not None:
+        account_pause.pause(claimed.rt.store, account, code=exc.code, message=exc.message, now=claimed.now)
+    return _query_refused(claimed, account, exc)
+
+
+def _query_refused(claimed: Claimed, account: str, exc: RemoteError) -> Next | None:
+    """The service answers a task it does not know with 200 UNKNOWN, so a refusal here is an intermediary's (a
+    proxy's 404 or 408): not an answer about the task, which may run and bill all the same."""
+    return _unanswered(claimed, exc, errors=claimed.job.poll_errors + 1, slow=True)
+
+
+def _query_failed(claimed: Claimed, account: str, exc: RemoteError) -> Next | None:
+    errors = claimed.job.poll_errors + 1
+    return _unanswered(claimed, exc, errors=errors, slow=errors >= claimed.rt.settings.poll_max_errors)
+
+
+#: A failed query's outcome, by the class of its error (first match wins: order from narrow to wide).
+_ON_QUERY_ERROR: list[tuple[type[RemoteError], Callable[[Claimed, str, RemoteError], Next | None]]] = [
+    (Throttled, _query_throttled),
+    (AccountError, _query_refused_by_account),
+    (PermanentRemoteError, _query_refused),
+    (TransientRemoteError, _query_failed),
+    (RemoteError, _query_failed),
+]
+
+
+def _unanswered(claimed: Claimed, exc: RemoteError, *, errors: int, slow: bool) -> Next | None:
     """A query that failed. The task may still run, and a result it returns SUCCEEDED is billed whether or not
     genq asks for it: ask again (after a backoff, or every `overdue_poll_s` once failures persist) for as long as
     the task can live upstream; only past that is the job failed."""
+    rt, job, now = claimed.rt, claimed.job, claimed.now
     if now - (job.submitted_at or job.created_at) >= TASK_LIFE_S:
         message = f"{exc.message} ({errors} polls failed; the task's 24 h life upstream is over)"
-        end(rt, job, current, Status.FAILED, code=exc.code, message=message)
+        claimed.end(Status.FAILED, code=exc.code, message=message)
         return None
     if slow:
         log.warning("task unreachable; polling slowly while it may still run", ref=job.ref, code=exc.code)
     delay = rt.settings.overdue_poll_s if slow else backoff_s(errors, base_s=2.0, cap_s=30.0, rng=rt.rng)
-    return reschedule(rt, job, current, job.status, Action.POLL, delay, fields={"poll_errors": errors})
+    return claimed.stay(Action.POLL, delay, fields={"poll_errors": errors})
 
 
 def _observe_upstream(state: TaskState, now: float) -> None:
@@ -120,36 +144,33 @@ def _observe_upstream(state: TaskState, now: float) -> None:
         metrics.DETECTION_LAG.observe(max(0.0, now - ended))
 
 
-def _on_state(rt: Runtime, job: Job, current: int, state: TaskState) -> Next | None:
-    now = rt.clock()
+def _on_state(claimed: Claimed, state: TaskState) -> Next | None:
     # A query answered: the count of failed queries in a row starts again (on every path, overdue included).
     upstream: dict[str, Any] = {**state.upstream_times(), "task_status": state.status, "poll_errors": 0}
     if state.status != "UNKNOWN":
         upstream.update(unknown_seen=0, unknown_first_at="")
-    if state.status in {"SUCCEEDED", "FAILED"}:
-        _observe_upstream(state, now)
-    if state.status == "SUCCEEDED":
-        return _on_succeeded(rt, job, current, state, upstream)
-    if state.status == "FAILED":
-        return _on_failed(rt, job, current, state, upstream)
-    if state.status == "CANCELED":
-        end(
-            rt,
-            job,
-            current,
-            Status.CANCELED,
-            code="Canceled",
-            message="the task was canceled upstream",
-            fields=upstream,
-        )
-        return None
-    if state.status == "UNKNOWN":
-        return _on_unknown(rt, job, current, upstream)
-    # PENDING, RUNNING, or a status this version does not know: not terminal.
+    match state.status:
+        case "SUCCEEDED":
+            _observe_upstream(state, claimed.now)
+            return _on_succeeded(claimed, state, upstream)
+        case "FAILED":
+            _observe_upstream(state, claimed.now)
+            return _on_failed(claimed, state, upstream)
+        case "CANCELED":
+            claimed.end(Status.CANCELED, code="Canceled", message="the task was canceled upstream", fields=upstream)
+            return None
+        case "UNKNOWN":
+            return _on_unknown(claimed, upstream)
+        case _:  # PENDING, RUNNING, or a status this version does not know: not terminal
+            return _on_not_ended(claimed, state, upstream)
+
+
+def _on_not_ended(claimed: Claimed, state: TaskState, upstream: dict[str, Any]) -> Next | None:
+    rt, job, now = claimed.rt, claimed.job, claimed.now
     if now >= job.deadline_at or job.status is Status.OVERDUE:
         if state.status == "RUNNING" or job.status is Status.OVERDUE:
-            return _overdue(rt, job, current, upstream)
-        return _cancel_at_deadline(rt, job, current, upstream)
+            return _overdue(claimed, upstream)
+        return _cancel_at_deadline(claimed, upstream)
     status = Status.RUNNING if state.status == "RUNNING" else job.status
     delay = next_poll_delay_s(
         policy_for(rt.settings, model_spec(job.request.model).kind),
@@ -158,134 +179,103 @@ def _on_state(rt: Runtime, job: Job, current: int, state: TaskState) -> Next | N
         remaining_s=job.deadline_at - now,
         rng=rt.rng,
     )
-    return reschedule(
-        rt, job, current, status, Action.POLL, delay, fields={**upstream, "poll_delay_s": delay, "poll_errors": 0}
-    )
+    return claimed.again(status, Action.POLL, delay, fields={**upstream, "poll_delay_s": delay})
 
 
-def _throttled_delay_s(rt: Runtime, job: Job, exc: Throttled, *, cap_s: float) -> float:
+def _throttled_delay_s(claimed: Claimed, exc: RemoteError, *, cap_s: float) -> float:
     """After a 429: the service's Retry-After, else a backoff on the job's throttles so far; at most `cap_s`."""
-    return min(exc.retry_after_s or backoff_s(job.throttles + 1, base_s=1.0, cap_s=30.0, rng=rt.rng), cap_s)
+    retry_after_s = exc.retry_after_s if isinstance(exc, Throttled) else None
+    backoff = backoff_s(claimed.job.throttles + 1, base_s=1.0, cap_s=30.0, rng=claimed.rt.rng)
+    return min(retry_after_s or backoff, cap_s)
 
 
-def _on_succeeded(rt: Runtime, job: Job, current: int, state: TaskState, upstream: dict[str, Any]) -> Next | None:
+def _on_succeeded(claimed: Claimed, state: TaskState, upstream: dict[str, Any]) -> Next | None:
+    rt, job = claimed.rt, claimed.job
     if not state.urls:
-        end(
-            rt,
-            job,
-            current,
-            Status.FAILED,
-            code=_first_code(state) or "NoResults",
-            message=_first_message(state) or "task succeeded without a result URL",
-            fields=upstream,
-        )
+        code = _first_code(state) or "NoResults"
+        message = _first_message(state) or "task succeeded without a result URL"
+        claimed.end(Status.FAILED, code=code, message=message, fields=upstream)
         return None
-    step = reschedule(
-        rt,
-        job,
-        current,
-        Status.DOWNLOADING,
-        Action.FINALIZE,
-        0.0,
-        fields={
-            **upstream,
-            "results": [r.to_dict() for r in state.results],
-            "usage": state.usage,
-            "results_at": rt.clock(),
-            "poll_errors": 0,
-        },
-    )
+    results = {"results": [r.to_dict() for r in state.results], "usage": state.usage, "results_at": rt.clock()}
+    step = claimed.again(Status.DOWNLOADING, Action.FINALIZE, 0.0, fields={**upstream, **results})
     if step is not None:
         release(rt.store, rt.quota, rt.settings, job, rt.send)
     return step
 
 
-def _on_failed(rt: Runtime, job: Job, current: int, state: TaskState, upstream: dict[str, Any]) -> Next | None:
+def _on_failed(claimed: Claimed, state: TaskState, upstream: dict[str, Any]) -> Next | None:
+    rt, job = claimed.rt, claimed.job
     code = state.code or "TaskFailed"
     message = state.message or "the task failed upstream"
     in_time = rt.clock() < job.deadline_at and job.status is not Status.OVERDUE
     if in_time and is_transient_task_failure(code) and job.submits < rt.settings.submit_max_attempts:
         delay = backoff_s(job.submits, base_s=2.0, cap_s=60.0, rng=rt.rng)
         log.warning("task failed transiently, resubmitting", ref=job.ref, task_id=job.task_id, code=code)
-        return reschedule(
-            rt,
-            job,
-            current,
-            Status.SUBMITTING,
-            Action.SUBMIT,
-            delay,
-            fields={"task_id": "", "task_status": "", "last_error_code": code, "last_error_message": message},
-        )
-    end(rt, job, current, Status.FAILED, code=code, message=message, fields=upstream)
+        fields = {"task_id": "", "task_status": "", "last_error_code": code, "last_error_message": message}
+        return claimed.again(Status.SUBMITTING, Action.SUBMIT, delay, fields=fields)
+    claimed.end(Status.FAILED, code=code, message=message, fields=upstream)
     return None
 
 
-def _on_unknown(rt: Runtime, job: Job, current: int, upstream: dict[str, Any]) -> Next | None:
+def _on_unknown(claimed: Claimed, upstream: dict[str, Any]) -> Next | None:
     """Believe UNKNOWN of a task that is 24 h old, or after it was said often enough over long enough."""
-    now = rt.clock()
+    rt, job, now = claimed.rt, claimed.job, claimed.now
     seen = job.unknown_seen + 1
     first_at = job.unknown_first_at or now
     age_s = now - (job.submitted_at or now)
     window_s = rt.settings.unknown_confirm_s
+    evidence = {**upstream, "unknown_seen": seen, "unknown_first_at": first_at}
     if age_s < TASK_LIFE_S and (seen < UNKNOWN_CONFIRMATIONS or now - first_at < window_s):
-        delay = window_s / (UNKNOWN_CONFIRMATIONS - 1)
         log.warning("task answered UNKNOWN; asking again before believing it", ref=job.ref, seen=seen)
-        evidence = {**upstream, "unknown_seen": seen, "unknown_first_at": first_at}
-        return reschedule(rt, job, current, job.status, Action.POLL, delay, fields=evidence)
+        return claimed.stay(Action.POLL, window_s / (UNKNOWN_CONFIRMATIONS - 1), fields=evidence)
     message = (
         f"the service no longer knows the task: UNKNOWN {seen} times over {now - first_at:.0f} s, "
         f"{age_s / 3600:.1f} h after it was created (expired after 24 h, or an unknown id)"
     )
-    fields = {**upstream, "unknown_seen": seen, "unknown_first_at": first_at}
-    end(rt, job, current, Status.EXPIRED, code="TaskUnknown", message=message, fields=fields)
+    claimed.end(Status.EXPIRED, code="TaskUnknown", message=message, fields=evidence)
     return None
 
 
-def _overdue(rt: Runtime, job: Job, current: int, upstream: dict[str, Any]) -> Next | None:
+def _overdue(claimed: Claimed, upstream: dict[str, Any]) -> Next | None:
     """Past the deadline with the task running upstream: wait for the (billed) result at a slow cadence."""
-    now = rt.clock()
+    rt, job, now = claimed.rt, claimed.job, claimed.now
     delay = rt.settings.overdue_poll_s
     if job.status is Status.OVERDUE:
-        return reschedule(rt, job, current, Status.OVERDUE, Action.POLL, delay, fields=upstream)
+        return claimed.again(Status.OVERDUE, Action.POLL, delay, fields=upstream)
     allowed_s = deadline_s(rt.settings, job.request.model)
     message = f"past the deadline ({allowed_s:.0f} s from admission) while its task runs upstream; waiting for it"
     event = job_event(job, Status.OVERDUE, now=now, error_code="DeadlineExceeded", error_message=message)
     log.warning("job overdue: its task still runs upstream", ref=job.ref, task_id=job.task_id)
-    return reschedule(rt, job, current, Status.OVERDUE, Action.POLL, delay, fields=upstream, event=event)
+    return claimed.again(Status.OVERDUE, Action.POLL, delay, fields=upstream, event=event)
 
 
-def _cancel_at_deadline(rt: Runtime, job: Job, current: int, upstream: dict[str, Any]) -> Next | None:
+def _cancel_at_deadline(claimed: Claimed, upstream: dict[str, Any]) -> Next | None:
     """Past the deadline with the task not started: cancel it (nothing billed) and end `timed_out`."""
+    rt, job = claimed.rt, claimed.job
     allowed_s = deadline_s(rt.settings, job.request.model)
     try:
         rt.client(job.account).cancel_task(job.task_id or "")
     except Throttled as exc:
         # Soon, whatever Retry-After says: the task may start any moment, and cancelling it is the only way not
         # to pay for it.
-        delay = _throttled_delay_s(rt, job, exc, cap_s=30.0)
-        fields = {**upstream, "throttles": job.throttles + 1}
-        return reschedule(rt, job, current, job.status, Action.POLL, delay, fields=fields)
+        delay = _throttled_delay_s(claimed, exc, cap_s=30.0)
+        return claimed.stay(Action.POLL, delay, fields={**upstream, "throttles": job.throttles + 1})
     except TransientRemoteError as exc:  # the next query says again what the task is; then the cancel is retried
         log.info("cancel at deadline failed; trying again", ref=job.ref, code=exc.code)
         delay = backoff_s(job.throttles + 1, base_s=1.0, cap_s=30.0, rng=rt.rng)
-        return reschedule(rt, job, current, job.status, Action.POLL, delay, fields=upstream)
+        return claimed.stay(Action.POLL, delay, fields=upstream)
     except RemoteError as exc:  # UnsupportedOperation: it started (or ended) since the query
         refusals = job.cancel_refusals + 1
         log.info("cancel at deadline refused", ref=job.ref, task_id=job.task_id, code=exc.code, refusals=refusals)
         if refusals >= CANCEL_REFUSALS_MAX:
-            return _overdue(rt, job, current, upstream)
-        return reschedule(
-            rt, job, current, job.status, Action.POLL, 1.0, fields={**upstream, "cancel_refusals": refusals}
-        )
-    end(
-        rt,
-        job,
-        current,
-        Status.TIMED_OUT,
-        code="DeadlineExceeded",
-        message=f"no result within the job's deadline ({allowed_s:.0f} s from admission); "
-        "its task was canceled upstream before it started (nothing billed)",
-        fields={**upstream, "task_status": "CANCELED"},
+            return _overdue(claimed, upstream)
+        return claimed.stay(Action.POLL, 1.0, fields={**upstream, "cancel_refusals": refusals})
+    message = (
+        f"no result within the job's deadline ({allowed_s:.0f} s from admission); "
+        "its task was canceled upstream before it started (nothing billed)"
+    )
+    claimed.end(
+        Status.TIMED_OUT, code="DeadlineExceeded", message=message, fields={**upstream, "task_status": "CANCELED"}
     )
     return None
 

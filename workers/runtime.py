@@ -17,7 +17,9 @@ from config.settings import Settings, load_settings
 from workers.bucket import ResultBucket, make_minio
 from workers.dashscope import DashScopeClient
 from workers.job import Next
-from workers.jobstore import JobStore
+from workers.jobstore import JobStore, RedisJobStore
+from workers.jobstore.request_inbox import RequestInbox
+from workers.jobstore.webhook_outbox import Outbox
 from workers.quota.quota import Quota
 
 log = structlog.get_logger("genq.runtime")
@@ -41,6 +43,7 @@ class Runtime:
     downloads: httpx.Client
     quota: Quota
     clients: dict[str, list[DashScopeClient]] = field(default_factory=dict)
+    outbox: Outbox | None = None  # the webhook outbox (Redis only); None where no webhook lane runs
     send: Callable[[Next | None], None] = _unsent
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
@@ -62,9 +65,31 @@ def make_redis(settings: Settings) -> redis.Redis:
     )
 
 
-def make_store(settings: Settings) -> JobStore:
-    return JobStore(
-        make_redis(settings), event_stream=settings.event_stream, event_stream_maxlen=settings.event_stream_maxlen
+def make_store(settings: Settings, client: redis.Redis | None = None) -> RedisJobStore:
+    return RedisJobStore(
+        client or make_redis(settings),
+        event_stream=settings.event_stream,
+        event_stream_maxlen=settings.event_stream_maxlen,
+    )
+
+
+def make_quota(settings: Settings, client: redis.Redis | None = None) -> Quota:
+    """The fleet's quota, in the configured Redis."""
+    return Quota.redis(client or make_redis(settings))
+
+
+def make_outbox(settings: Settings, client: redis.Redis | None = None) -> Outbox:
+    return Outbox(client or make_redis(settings), settings)
+
+
+def make_inbox(settings: Settings, client: redis.Redis | None = None) -> RequestInbox:
+    """The request stream of upstream stages, as `genq consume` reads it."""
+    return RequestInbox(
+        client or make_redis(settings),
+        stream=settings.request_stream,
+        group=settings.request_group,
+        event_stream=settings.event_stream,
+        event_stream_maxlen=settings.event_stream_maxlen,
     )
 
 
@@ -103,15 +128,16 @@ def build_runtime(settings: Settings) -> Runtime:
     timeout = httpx.Timeout(settings.http_timeout_s, connect=CONNECT_TIMEOUT_S)
     api = httpx.Client(timeout=timeout, limits=httpx.Limits(max_connections=20))
     clients = account_clients(settings, api)
-    store = make_store(settings)
+    client = make_redis(settings)
     return Runtime(
         settings=settings,
-        store=store,
+        store=make_store(settings, client),
         dashscope=next(iter(clients.values()))[0],
         results=ResultBucket(make_minio(settings), settings.bucket),
         downloads=httpx.Client(timeout=httpx.Timeout(120.0, connect=5.0)),
-        quota=Quota.redis(store.redis),
+        quota=make_quota(settings, client),
         clients=clients,
+        outbox=make_outbox(settings, client),
     )
 
 

@@ -13,10 +13,12 @@ reconciled (listing tasks creates nothing, and a task it made must be followed t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from config.catalogue import model_spec
 from workers import account_pause, metrics
 from workers.admission import scope_of
-from workers.claimed import backoff_s, claim, end, load_current, log, reschedule
+from workers.claimed import Claimed, backoff_s, claim, end, load_current, log
 from workers.errors import (
     AccountError,
     CreateOutcomeUnknown,
@@ -25,7 +27,7 @@ from workers.errors import (
     Throttled,
     TransientRemoteError,
 )
-from workers.job import TASK_LIFE_S, Action, Job, Next, Status
+from workers.job import TASK_LIFE_S, Action, Next, Status
 from workers.poll_policy import policy_for
 from workers.quota.quota import Scope
 from workers.reconcile import reconcile
@@ -35,6 +37,8 @@ from workers.runtime import Runtime
 #: `create_pending` reconciles (after the create's timeout has passed) instead of POSTing again, so a short
 #: lease cannot cause a second paid create.
 SUBMIT_LEASE_S = 15.0
+#: Recorded once a create's outcome is known (a task, or none): nothing need be reconciled for it any more.
+SETTLED = {"create_pending": 0}
 
 
 def submit(rt: Runtime, ref: str, attempt: int) -> Next | None:
@@ -45,8 +49,8 @@ def submit(rt: Runtime, ref: str, attempt: int) -> Next | None:
     if now >= job.deadline_at and not job.create_pending:
         end(rt, job, attempt, Status.TIMED_OUT, code="DeadlineExceeded", message="deadline passed before submit")
         return None
-    current = claim(rt, job, Action.SUBMIT, lease_s=SUBMIT_LEASE_S, status=Status.SUBMITTING)
-    if current is None:
+    claimed = claim(rt, job, Action.SUBMIT, lease_s=SUBMIT_LEASE_S, status=Status.SUBMITTING)
+    if claimed is None:
         return None
     scope = scope_of(job) or Scope(rt.settings.resolved_accounts()[0].name, job.request.model)
     rt.quota.keep_slot(scope, job.ref, lease_s=rt.settings.slot_lease_s, now=now)
@@ -57,59 +61,60 @@ def submit(rt: Runtime, ref: str, attempt: int) -> Next | None:
         try:
             found = reconcile(rt, job, now)
         except (Throttled, TransientRemoteError, PermanentRemoteError) as exc:
-            # The task list could not be read. Look again later, and never send the create meanwhile: the lost
-            # one may have made a task. Once no task of it can be alive any more (24 h), the job ends failed.
-            if isinstance(exc, AccountError):
-                account_pause.pause(rt.store, scope.account, code=exc.code, message=exc.message, now=now)
-            failures = job.poll_errors + 1
-            if now - (job.submit_sent_at or job.created_at) >= TASK_LIFE_S:
-                message = f"{exc.message} (the task list could not be read for 24 h after a create was lost)"
-                end(rt, job, current, Status.FAILED, code=exc.code, message=message, fields={"create_pending": 0})
-                return None
-            delay = backoff_s(failures, base_s=2.0, cap_s=rt.settings.overdue_poll_s, rng=rt.rng)
-            log.warning("could not list tasks to reconcile; will look again", ref=job.ref, code=exc.code)
-            counted = {"poll_errors": failures}
-            return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, delay, fields=counted)
+            return _list_failed(claimed, scope, exc)
         if found.wait_s:
-            return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, found.wait_s)
+            return claimed.again(Status.SUBMITTING, Action.SUBMIT, found.wait_s)
         if found.task_id:
-            return _submitted(rt, job, current, found.task_id, None, scope)
+            return _submitted(claimed, found.task_id, None, scope)
         settled = True  # the lost create made no task
         if job.submit_errors >= rt.settings.submit_max_attempts:
             message = f"{job.submit_errors} creates got no usable answer, and the service made no task of them"
-            end(rt, job, current, Status.FAILED, code="CreateUnanswered", message=message, fields={"create_pending": 0})
+            claimed.end(Status.FAILED, code="CreateUnanswered", message=message, fields=SETTLED)
             return None
     if account_pause.paused(rt.store, scope.account) is not None:
         delay = rt.settings.account_pause_recheck_s * rt.rng.uniform(0.8, 1.2)
-        settle = {"create_pending": 0} if settled else None
-        return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, delay, fields=settle)
+        return claimed.again(Status.SUBMITTING, Action.SUBMIT, delay, fields=SETTLED if settled else None)
     if now >= job.deadline_at:  # and the lost create, if any, made no task: nothing runs upstream
         message = "deadline passed before submit (a create whose answer was lost made no task)"
-        end(rt, job, current, Status.TIMED_OUT, code="DeadlineExceeded", message=message, fields={"create_pending": 0})
+        claimed.end(Status.TIMED_OUT, code="DeadlineExceeded", message=message, fields=SETTLED)
         return None
     limits = rt.settings.account_settings(scope.account).limits_for(scope.model)
     wait_s = rt.quota.submit_wait_s(scope, limits, rt.settings, rt.clock(), rt.rng)
     if wait_s > 0:
         # Not a retry and not a throttle: the scope's rate says "not yet".
-        return reschedule(rt, job, current, Status.SUBMITTING, Action.SUBMIT, wait_s)
-    return _create(rt, job, current, scope)
+        return claimed.again(Status.SUBMITTING, Action.SUBMIT, wait_s)
+    return _create(claimed, scope)
 
 
-def _create(rt: Runtime, job: Job, current: int, scope: Scope) -> Next | None:
+def _list_failed(claimed: Claimed, scope: Scope, exc: RemoteError) -> Next | None:
+    """The task list could not be read to reconcile a lost create. Look again later, and never send the create
+    meanwhile: the lost one may have made a task. Once no task of it can be alive any more (24 h), the job ends
+    failed."""
+    job, now = claimed.job, claimed.now
+    if isinstance(exc, AccountError):
+        account_pause.pause(claimed.rt.store, scope.account, code=exc.code, message=exc.message, now=now)
+    if now - (job.submit_sent_at or job.created_at) >= TASK_LIFE_S:
+        message = f"{exc.message} (the task list could not be read for 24 h after a create was lost)"
+        claimed.end(Status.FAILED, code=exc.code, message=message, fields=SETTLED)
+        return None
+    failures = job.poll_errors + 1
+    delay = backoff_s(failures, base_s=2.0, cap_s=claimed.rt.settings.overdue_poll_s, rng=claimed.rt.rng)
+    log.warning("could not list tasks to reconcile; will look again", ref=job.ref, code=exc.code)
+    return claimed.again(Status.SUBMITTING, Action.SUBMIT, delay, fields={"poll_errors": failures})
+
+
+def _create(claimed: Claimed, scope: Scope) -> Next | None:
+    rt, job = claimed.rt, claimed.job
     # Marking the create pending claims the job once more (a new attempt): anything that read the job before
     # (`genq cancel` deciding that no create is in flight) finds it moved on instead of ending it mid-create.
-    sent = rt.store.transition(
-        job.ref,
+    sending = claimed.claim_again(
         Status.SUBMITTING,
-        expected_attempt=current,
-        bump_attempt=True,
-        next_action=Action.SUBMIT,
-        due_at=rt.clock() + SUBMIT_LEASE_S,
+        Action.SUBMIT,
+        lease_s=SUBMIT_LEASE_S,
         fields={"create_pending": 1, "submit_sent_at": rt.clock(), "submit_failed_at": "", "submits": job.submits + 1},
     )
-    if not sent.ok:
+    if sending is None:
         return None
-    current = sent.attempt
     rt.store.begin_create(scope.account, scope.model, job.ref, rt.clock())
     try:
         task_id, request_id = rt.client(scope.account).create_task(job.request)
@@ -119,89 +124,84 @@ def _create(rt: Runtime, job: Job, current: int, scope: Scope) -> Next | None:
         # Counted like a failed create (a gateway outage must not make every job create and list in a loop); if
         # the reconciliation finds no task, the create is sent again only while attempts remain.
         errors = job.submit_errors + 1
-        return reschedule(
-            rt,
-            job,
-            current,
-            Status.SUBMITTING,
-            Action.SUBMIT,
-            max(rt.settings.http_timeout_s / 2, backoff_s(errors, base_s=2.0, cap_s=60.0, rng=rt.rng)),
-            fields={"submit_failed_at": rt.clock(), "submit_errors": errors},
-        )
+        delay = max(rt.settings.http_timeout_s / 2, backoff_s(errors, base_s=2.0, cap_s=60.0, rng=rt.rng))
+        fields = {"submit_failed_at": rt.clock(), "submit_errors": errors}
+        return sending.again(Status.SUBMITTING, Action.SUBMIT, delay, fields=fields)
     except RemoteError as exc:  # answered: no task was made
         rt.store.end_create(scope.account, scope.model, job.ref)
-        return _refused(rt, job, current, scope, exc)
+        return _refused(sending, scope, exc)
     rt.quota.created(scope, rt.settings, rt.clock())
-    return _submitted(rt, job, current, task_id, request_id, scope)
+    return _submitted(sending, task_id, request_id, scope)
 
 
-def _refused(rt: Runtime, job: Job, current: int, scope: Scope, exc: RemoteError) -> Next | None:
-    """A create answered with an error: nothing was created or paid for."""
-    if isinstance(exc, Throttled):
-        metrics.THROTTLED.labels(account=scope.account, model=job.request.model, endpoint="create").inc()
-        throttles = job.throttles + 1
-        delay = rt.quota.throttled(scope, rt.settings, rt.clock(), rt.rng, exc.retry_after_s)
-        log.info("submit throttled; scope paused", ref=job.ref, code=exc.code, delay_s=round(delay, 2))
-        # Refused, so nothing was created or paid for: it does not count as a submit.
-        return reschedule(
-            rt,
-            job,
-            current,
-            Status.SUBMITTING,
-            Action.SUBMIT,
-            delay,
-            fields={"create_pending": 0, "submits": job.submits, "throttles": throttles},
-        )
-    if isinstance(exc, AccountError):
-        account_pause.pause(rt.store, scope.account, code=exc.code, message=exc.message, now=rt.clock())
-    if isinstance(exc, PermanentRemoteError):
-        end(rt, job, current, Status.FAILED, code=exc.code, message=exc.message, fields={"create_pending": 0})
-        return None
-    return _transient(rt, job, current, exc)
+def _refused(claimed: Claimed, scope: Scope, exc: RemoteError) -> Next | None:
+    """A create answered with an error: nothing was created or paid for. What follows depends on the error's
+    class, the first of `_ON_REFUSAL` it is an instance of."""
+    outcome = next(handler for kind, handler in _ON_REFUSAL if isinstance(exc, kind))
+    return outcome(claimed, scope, exc)
 
 
-def _transient(rt: Runtime, job: Job, current: int, exc: RemoteError) -> Next | None:
+def _throttled(claimed: Claimed, scope: Scope, exc: RemoteError) -> Next | None:
+    """A 429: the scope pauses for every worker and its rate is cut; the job comes back after the pause."""
+    rt, job = claimed.rt, claimed.job
+    metrics.THROTTLED.labels(account=scope.account, model=job.request.model, endpoint="create").inc()
+    retry_after_s = exc.retry_after_s if isinstance(exc, Throttled) else None
+    delay = rt.quota.throttled(scope, rt.settings, rt.clock(), rt.rng, retry_after_s)
+    log.info("submit throttled; scope paused", ref=job.ref, code=exc.code, delay_s=round(delay, 2))
+    # Refused, so nothing was created or paid for: it does not count as a submit.
+    fields = {**SETTLED, "submits": job.submits, "throttles": job.throttles + 1}
+    return claimed.again(Status.SUBMITTING, Action.SUBMIT, delay, fields=fields)
+
+
+def _account_refused(claimed: Claimed, scope: Scope, exc: RemoteError) -> Next | None:
+    """The key or the account was refused: every job of the account waits (paused), and this one fails."""
+    account_pause.pause(claimed.rt.store, scope.account, code=exc.code, message=exc.message, now=claimed.now)
+    return _permanent(claimed, scope, exc)
+
+
+def _permanent(claimed: Claimed, scope: Scope, exc: RemoteError) -> Next | None:
+    claimed.end(Status.FAILED, code=exc.code, message=exc.message, fields=SETTLED)
+    return None
+
+
+def _transient(claimed: Claimed, scope: Scope, exc: RemoteError) -> Next | None:
+    """Tried again after a backoff, up to `submit_max_attempts` creates."""
+    rt, job = claimed.rt, claimed.job
     errors = job.submit_errors + 1
     if errors >= rt.settings.submit_max_attempts:
-        end(
-            rt,
-            job,
-            current,
-            Status.FAILED,
-            code=exc.code,
-            fields={"create_pending": 0},
-            message=f"{exc.message} (gave up after {errors} attempts)",
-        )
+        message = f"{exc.message} (gave up after {errors} attempts)"
+        claimed.end(Status.FAILED, code=exc.code, message=message, fields=SETTLED)
         return None
     delay = backoff_s(errors, base_s=2.0, cap_s=60.0, rng=rt.rng)
     log.warning("submit failed, will retry", ref=job.ref, code=exc.code, errors=errors, delay_s=round(delay, 2))
-    return reschedule(
-        rt, job, current, Status.SUBMITTING, Action.SUBMIT, delay, fields={"create_pending": 0, "submit_errors": errors}
-    )
+    return claimed.again(Status.SUBMITTING, Action.SUBMIT, delay, fields={**SETTLED, "submit_errors": errors})
 
 
-def _submitted(rt: Runtime, job: Job, current: int, task_id: str, request_id: str | None, scope: Scope) -> Next | None:
+#: A refused create's outcome, by the class of its error (first match wins: order from narrow to wide).
+_ON_REFUSAL: list[tuple[type[RemoteError], Callable[[Claimed, Scope, RemoteError], Next | None]]] = [
+    (Throttled, _throttled),
+    (AccountError, _account_refused),
+    (PermanentRemoteError, _permanent),
+    (RemoteError, _transient),
+]
+
+
+def _submitted(claimed: Claimed, task_id: str, request_id: str | None, scope: Scope) -> Next | None:
     """The job's task is known: own it (never taking it from another job), then let reconciliations of the
     scope that waited on this create go on."""
+    rt, job = claimed.rt, claimed.job
     if not rt.store.own_task(task_id, job.ref):
         # Only a reconciliation could have taken it, and those wait for every create in flight: a broken
         # invariant, said loudly. The job follows the task its own create made.
         log.error("task already owned by another job", ref=job.ref, task_id=task_id, owner=rt.store.task_owner(task_id))
     rt.store.end_create(scope.account, scope.model, job.ref)
     first_delay_s = policy_for(rt.settings, model_spec(job.request.model).kind).first_delay_s
-    return reschedule(
-        rt,
-        job,
-        current,
-        Status.SUBMITTED,
-        Action.POLL,
-        first_delay_s,
-        fields={
-            "task_id": task_id,
-            "request_id": request_id,
-            "create_pending": 0,
-            "submitted_at": rt.clock(),
-            "poll_delay_s": first_delay_s,
-            "poll_errors": 0,  # task-list failures while reconciling were counted here: the polls start afresh
-        },
-    )
+    fields = {
+        **SETTLED,
+        "task_id": task_id,
+        "request_id": request_id,
+        "submitted_at": rt.clock(),
+        "poll_delay_s": first_delay_s,
+        "poll_errors": 0,  # task-list failures while reconciling were counted here: the polls start afresh
+    }
+    return claimed.again(Status.SUBMITTED, Action.POLL, first_delay_s, fields=fields)

@@ -22,7 +22,6 @@ from config.catalogue import CATALOGUE
 from workers.admission import HOLDS_SLOT, dispatch_all, scope_of
 from workers.claimed import log
 from workers.job import Action, Next, Status
-from workers.jobstore import keys
 from workers.quota.quota import Scope
 from workers.runtime import Runtime
 
@@ -52,15 +51,15 @@ def resend_overdue(rt: Runtime, send: Callable[[Next | None], None], *, limit: i
     for ref, _ in rt.store.due(now - rt.settings.sweep_grace_s, limit=limit):
         job = rt.store.get(ref)
         if job is None or job.terminal or job.next_action is Action.NONE:
-            rt.store.redis.zrem(keys.DUE, ref)
+            rt.store.drop_due(ref)
             continue
         if job.next_action is Action.ADMIT:
             # A revived job waits in its model's queue, not in the due index.
             rt.store.requeue(ref, job.request.model)
-            rt.store.redis.zrem(keys.DUE, ref)
+            rt.store.drop_due(ref)
             continue
-        # Only push the due time forward if nobody moved the job meanwhile (GT: never pull it back).
-        rt.store.redis.zadd(keys.DUE, {ref: now + RESEND_AFTER_S}, xx=True, gt=True)
+        # Only pushed later, and only while the job is still indexed: nobody moved it meanwhile.
+        rt.store.push_due(ref, now + RESEND_AFTER_S)
         send(Next(job.next_action, ref, job.attempt, 0.0))
         resent += 1
         log.warning(

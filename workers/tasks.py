@@ -19,7 +19,7 @@ from config.settings import load_settings
 from workers.claimed import Stage, run_stage
 from workers.finalize import finalize as finalize_stage
 from workers.job import Next
-from workers.messages import publish
+from workers.messages import publish, queued_messages
 from workers.metrics_server import process_exited, start_metrics_server
 from workers.poll import poll as poll_stage
 from workers.runtime import Runtime, runtime
@@ -93,7 +93,7 @@ def webhook_tick() -> None:
     """Copy new events into the webhook outbox (Redis only: safe beside the stages) and, when one is due, set
     delivery going on the webhooks queue."""
     rt = _runtime()
-    tick(rt, _send_delivery, lambda: int(rt.store.redis.llen(WEBHOOK_QUEUE)))  # kombu keeps a queue as a list
+    tick(rt, _send_delivery, lambda: queued_messages(app, WEBHOOK_QUEUE))
 
 
 def _send_delivery() -> None:

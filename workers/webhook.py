@@ -4,7 +4,7 @@ dead-lettered with a reason when they cannot be delivered.
 Two tasks, two queues (config/celery_app.py):
 
 - `genq.webhook_tick` (queue `events`, beat every 2 s): `tick` copies new events of `genq:events` into the
-  outbox (workers/webhook_outbox.py: Redis only, no network, so the stage workers that run it never wait on a
+  outbox (workers/jobstore/webhook_outbox.py: Redis only, no network, so the stage workers that run it never wait on a
   receiver) and, when an event is due and fewer than `MAX_QUEUED` delivery messages wait, sends one
   `genq.deliver_webhooks`.
 - `genq.deliver_webhooks` (queue `webhooks`, served by its own worker processes: `genq worker --queues
@@ -37,11 +37,11 @@ import httpx
 import structlog
 
 from config.settings import Settings
+from workers.jobstore.webhook_outbox import ClaimedEvent, CollectReport, Outbox
 from workers.runtime import Runtime
-from workers.webhook_outbox import BATCH_WEBHOOK_FIELD, Claimed, CollectReport, Outbox
 from workers.webhook_signing import delivery_headers
 
-__all__ = ["BATCH_WEBHOOK_FIELD", "DeliveryReport", "deliver_due", "deliver_pending", "deliver_round", "tick"]
+__all__ = ["DeliveryReport", "deliver_due", "deliver_pending", "deliver_round", "tick"]
 
 log = structlog.get_logger("genq.webhook")
 
@@ -85,9 +85,15 @@ def lease_s(settings: Settings) -> float:
     return 4 * settings.webhook_timeout_s + 30.0
 
 
+def _outbox(rt: Runtime) -> Outbox:
+    if rt.outbox is None:
+        raise RuntimeError("this runtime has no webhook outbox (build it with workers.runtime.build_runtime)")
+    return rt.outbox
+
+
 def tick(rt: Runtime, send_delivery: Callable[[], None], queued: Callable[[], int]) -> CollectReport:
     """Beat's webhook step, on the `events` queue: collect new events; set delivery going when one is due."""
-    outbox = Outbox(rt.store.redis, rt.settings)
+    outbox = _outbox(rt)
     now = rt.clock()
     report = outbox.collect(now=now, consumer=consumer_name())
     if outbox.has_due(now) and queued() < MAX_QUEUED:
@@ -109,17 +115,17 @@ def deliver_due(rt: Runtime, http: httpx.Client, *, budget_s: float = ROUND_BUDG
 
 def deliver_pending(rt: Runtime, http: httpx.Client, *, now: float) -> DeliveryReport:
     """Collect, then one round of delivery at time `now` (tests and one-off use)."""
-    Outbox(rt.store.redis, rt.settings).collect(now=now, consumer=consumer_name())
+    _outbox(rt).collect(now=now, consumer=consumer_name())
     return deliver_round(rt, http, now=now)
 
 
 def deliver_round(rt: Runtime, http: httpx.Client, *, now: float, count: int = ROUND_COUNT) -> DeliveryReport:
     """Claim up to `count` due events and try each once (one probe per URL first; see the module docstring)."""
     settings = rt.settings
-    outbox = Outbox(rt.store.redis, settings)
+    outbox = _outbox(rt)
     report = DeliveryReport()
     claimed = outbox.claim(now=now, lease_s=lease_s(settings), count=count)
-    by_url: dict[str, list[Claimed]] = {}
+    by_url: dict[str, list[ClaimedEvent]] = {}
     known: dict[str, str | None] = {}
     for item in claimed:
         url = outbox.target(_parsed(item), known)
@@ -133,7 +139,7 @@ def deliver_round(rt: Runtime, http: httpx.Client, *, now: float, count: int = R
     if not settings.webhook_keys:
         _warn_unsigned_once()
 
-    def send(url: str, item: Claimed) -> tuple[Claimed, str, _Outcome]:
+    def send(url: str, item: ClaimedEvent) -> tuple[ClaimedEvent, str, _Outcome]:
         try:
             return item, url, _post(http, settings, url, item, rt.clock())
         except Exception as exc:  # one try's surprise must not stop the round: it is recorded as a failed try
@@ -165,12 +171,12 @@ class _Outcome:
     retry_after_s: float | None = None
 
 
-def _parsed(item: Claimed) -> dict[str, Any]:
+def _parsed(item: ClaimedEvent) -> dict[str, Any]:
     parsed: dict[str, Any] = json.loads(item.event)  # checked at collection: a JSON object with an id
     return parsed
 
 
-def _post(http: httpx.Client, settings: Settings, url: str, item: Claimed, now: float) -> _Outcome:
+def _post(http: httpx.Client, settings: Settings, url: str, item: ClaimedEvent, now: float) -> _Outcome:
     body = item.event.encode()
     headers = delivery_headers(settings, item.event_id, body, now)
     try:
@@ -197,7 +203,7 @@ def _retry_after(response: httpx.Response) -> float | None:
 def _record(
     outbox: Outbox,
     settings: Settings,
-    item: Claimed,
+    item: ClaimedEvent,
     url: str,
     outcome: _Outcome,
     report: DeliveryReport,

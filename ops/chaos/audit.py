@@ -29,7 +29,7 @@ from workers.bucket import make_minio
 from workers.job import TERMINAL, Job, Status
 from workers.jobstore import keys
 from workers.quota.quota import Quota, Scope
-from workers.runtime import make_store
+from workers.runtime import make_quota, make_redis, make_store
 
 MANIFEST = "manifest.json"
 
@@ -91,8 +91,8 @@ def audit_run(
     _billed(audit, jobs, tasks)
     _reasons(audit, jobs.values())
     _deadlines(audit, jobs.values(), tasks)
-    _slots(audit, settings, store.redis)
-    _events(audit, settings, store.redis, jobs.values(), receiver)
+    _slots(audit, settings)
+    _events(audit, settings, make_redis(settings), jobs.values(), receiver)
     return audit
 
 
@@ -275,9 +275,9 @@ def _reasons(audit: Audit, jobs: Iterable[Job]) -> None:
     audit.add("jobs with images neither stored nor named failed", short, 0)
 
 
-def held_slots(settings: Settings, redis: Any) -> list[str]:
+def held_slots(settings: Settings, quota: Quota) -> list[str]:
     """Every job ref holding a slot now, over every account and catalogue model."""
-    quota, now = Quota.redis(redis), time.time()
+    now = time.time()
     return [
         ref
         for account in settings.resolved_accounts()
@@ -286,8 +286,8 @@ def held_slots(settings: Settings, redis: Any) -> list[str]:
     ]
 
 
-def _slots(audit: Audit, settings: Settings, redis: Any) -> None:
-    held = held_slots(settings, redis)
+def _slots(audit: Audit, settings: Settings) -> None:
+    held = held_slots(settings, make_quota(settings))
     audit.add("slots left held", len(held), 0)
     audit.problems += [f"slot still held by {ref}" for ref in held]
 

@@ -27,9 +27,10 @@ from ops.webhook_receiver import VerifyingReceiver
 from producer.batch import enqueue_rows
 from producer.csv_source import read_rows
 from workers.bucket import ResultBucket, make_minio
-from workers.jobstore import JobStore, keys
+from workers.jobstore import JobStore
+from workers.jobstore.webhook_outbox import Outbox
 from workers.messages import publish
-from workers.runtime import make_store
+from workers.runtime import make_outbox, make_quota, make_store
 
 BATCH_ID = "chaos"
 
@@ -87,7 +88,13 @@ def _run(
         store, celery = make_store(settings), create_app(settings)
         started = time.monotonic()
         report = enqueue_rows(
-            store, settings, BATCH_ID, read_rows(csv_path), source=str(csv_path), send=lambda s: publish(celery, s)
+            store,
+            settings,
+            BATCH_ID,
+            read_rows(csv_path),
+            source=str(csv_path),
+            send=lambda s: publish(celery, s),
+            quota=make_quota(settings),
         )
         say(f"{report.accepted} jobs accepted ({report.images} images), {len(report.rejected)} rows rejected")
         disruptor = Disruptor(stack, plan, started, receiver)
@@ -100,8 +107,8 @@ def _run(
         disruptor.stop()
         if disruptor.error is not None:
             raise RuntimeError(f"a disruption failed: {disruptor.error!r}") from disruptor.error
-        _settle(store, settings, plan.settle_s)
-        _drain_webhooks(store, plan.settle_s)
+        _settle(settings, plan.settle_s)
+        _drain_webhooks(make_outbox(settings), plan.settle_s)
         say("auditing from the outside: simulator, job store, bucket, event stream, webhook receiver")
         audit = audit_run(settings, simulator_url, BATCH_ID, rows, receiver)
         # Every process the disruptions did not kill must have lived through them (beat through the Redis
@@ -143,20 +150,18 @@ def _wait_for_batch(
     return plan.timeout_s
 
 
-def _drain_webhooks(store: JobStore, settle_s: float) -> None:
+def _drain_webhooks(outbox: Outbox, settle_s: float) -> None:
     """Give the webhook lane up to `settle_s` to deliver (or dead-letter) what the outage held back: until the
     outbox is empty and its collector has read every entry of `genq:events`."""
     deadline = time.monotonic() + settle_s
     while time.monotonic() < deadline:
-        groups = store.redis.xinfo_groups(store.event_stream)
-        unread = sum(int(g.get("lag") or 0) + int(g["pending"]) for g in groups if g["name"] == keys.WEBHOOK_GROUP)
-        if not unread and not store.redis.zcard(keys.WEBHOOK_DUE):
+        if not outbox.backlog():
             return
         time.sleep(1)
 
 
-def _settle(store: JobStore, settings: Settings, settle_s: float) -> None:
+def _settle(settings: Settings, settle_s: float) -> None:
     """Give the sweep (every 5 s) up to `settle_s` to hand back slots whose holder died after its job ended."""
     deadline = time.monotonic() + settle_s
-    while time.monotonic() < deadline and held_slots(settings, store.redis):
+    while time.monotonic() < deadline and held_slots(settings, make_quota(settings)):
         time.sleep(1)

@@ -265,14 +265,6 @@ class LocalStack:
         """A process this stack started, by name (`redis`, `s3`, `simulator`, `beat`, `worker-local1`, ...)."""
         return next(p for p in self.started if p.name == name)
 
-    def kill(self, name: str) -> None:
-        """SIGKILL a started process and everything in its group, as a crash would; it is no longer this stack's
-        to stop. Kept only for `ops/bench_webhook.py` until it calls `ops.chaos.hooks.kill` (issue 17): the chaos
-        hooks live in `ops/chaos/hooks.py`."""
-        process = self.process(name)
-        process.kill()
-        self.started.remove(process)
-
     def start_again(self, name: str) -> ManagedProcess:
         """Start a service this stack started (`redis` or `s3`) again, on the same port and data, after it was
         stopped; the new process takes the old one's place in `started`."""

@@ -24,10 +24,8 @@ from producer.cli.services import Services, local_services
 from producer.csv_source import CsvFormatError, read_rows, stable_copy
 from workers import refs
 from workers.bucket import ResultBucket, make_minio
-from workers.jobstore import keys
 from workers.messages import publish
-from workers.runtime import make_store
-from workers.webhook import BATCH_WEBHOOK_FIELD
+from workers.runtime import make_quota, make_store
 
 
 def default_batch_id(path: Path) -> str:
@@ -191,7 +189,7 @@ def _run_batch(
     if services.simulator_url:
         console.print(f"No DASHSCOPE_API_KEY: using the local DashScope simulator at {services.simulator_url}")
     if webhook:
-        store.redis.hset(keys.batch(batch_id), BATCH_WEBHOOK_FIELD, webhook)
+        store.set_batch_webhook(batch_id, webhook)
     report = enqueue_rows(
         store,
         settings,
@@ -199,6 +197,7 @@ def _run_batch(
         read_rows(stable, name=str(csv_file)),
         source=str(csv_file),
         send=lambda step: publish(celery, step),
+        quota=make_quota(settings),
         priority=priority,
         defaults=defaults,
     )

@@ -37,8 +37,7 @@ from workers.bucket import ResultBucket, make_minio
 from workers.errors import StorageError
 from workers.jobstore import BatchSummary, JobStore
 from workers.messages import publish
-from workers.quota.quota import Quota
-from workers.runtime import build_runtime, make_store
+from workers.runtime import build_runtime, make_inbox, make_quota, make_store
 
 app = typer.Typer(
     name="genq",
@@ -77,7 +76,7 @@ def status(
             return
         console.print(summary_table(summary))
         console.print("done" if summary.done else f"{summary.terminal} of {summary.total} jobs ended so far")
-        quota = quota_table(settings, store, Quota.redis(store.redis), now=time.time())
+        quota = quota_table(settings, store, make_quota(settings), now=time.time())
         if quota is not None:
             console.print(quota)
         for account, pause in account_pause.all_paused(store).items():
@@ -231,6 +230,8 @@ def consume(
             make_store(services.settings),
             services.settings,
             lambda step: publish(celery, step),
+            inbox=make_inbox(services.settings),
+            quota=make_quota(services.settings),
             consumer=name or f"{socket.gethostname()}-{os.getpid()}",
         )
         common.console.print(
@@ -267,7 +268,7 @@ def run_schedule(
     with local_services(settings) as services:
         rt = build_runtime(services.settings)
         celery = create_app(services.settings)
-        runs = scheduled_run(rt.store, rt.results, rt.settings, name, lambda step: publish(celery, step))
+        runs = scheduled_run(rt.store, rt.quota, rt.results, rt.settings, name, lambda step: publish(celery, step))
     table = Table("input", "batch", "accepted", "already known", "rejected", "note", title=f"schedule {name}")
     for run in runs:
         table.add_row(*cells(run.source, run.batch_id, run.accepted, run.already_known, run.rejected, run.skipped))

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pydantic import SecretStr
 
 from config.accounts import AccountSettings
-from tests.conftest import SIM_KEY, RunningSimulator
+from tests.conftest import SIM_KEY, RunningSimulator, raw_redis
 from tests.stage_runner import enqueue, run
 from workers.job import Next, Status
 from workers.jobstore import keys
@@ -133,7 +133,7 @@ def test_two_accounts_each_hold_their_limits_and_both_work(
     assert scope_peak(sim, "acct-a")[MODEL] <= 2 and scope_peak(sim, "acct-b")[MODEL] <= 2
     by_key = {e["key_suffix"]: e["creates"] for e in sim.engine.snapshot(time.time())["creates_by_key_model"]}
     assert by_key.get("y-b1", 0) > 0 and by_key.get("y-b2", 0) > 0
-    assert not rt.store.redis.exists(keys.slots("acct-a", MODEL), keys.slots("acct-b", MODEL))
+    assert not raw_redis(rt.settings).exists(keys.slots("acct-a", MODEL), keys.slots("acct-b", MODEL))
 
 
 def test_the_sweep_gives_back_a_slot_its_stage_died_before_releasing(runtime: Runtime) -> None:
@@ -160,9 +160,10 @@ def test_the_sweep_drops_due_entries_of_ended_or_unknown_jobs_and_queues_a_reviv
     for ref in (ended, revived):
         runtime.store.transition(ref, Status.FAILED, expected_attempt=None, fields={"error_code": "InternalError"})
         runtime.quota.release_slot(Scope("default", MODEL), ref)
-    assert runtime.store.revive(revived, allowed=frozenset({Status.FAILED}), now=time.time())
+    failed = runtime.store.get(revived)
+    assert failed is not None and runtime.store.revive(failed, now=time.time()).ok
     past = time.time() - 3600
-    runtime.store.redis.zadd(keys.DUE, {ended: past, revived: past, "b/gone": past})
+    raw_redis(runtime.settings).zadd(keys.DUE, {ended: past, revived: past, "b/gone": past})
     sent: list[Next] = []
     assert resend_overdue(runtime, lambda step: sent.append(step) if step else None) == 0
     assert sent == [] and runtime.store.due(time.time() + 3600) == []

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from ops.localstack.stack import child_env
 from producer.cli import app, common
 from producer.cli.display import PlainConsole
-from tests.conftest import RunningSimulator
+from tests.conftest import RunningSimulator, raw_redis
 from tests.stage_runner import enqueue, run
 from workers import account_pause
 from workers.job import Status
@@ -154,8 +154,8 @@ def queued_submits(rt: Runtime) -> list[str]:
     """The jobs whose `genq.submit` message waits in the broker's `submit` queue (kombu's Redis lists, one per
     priority step), read from the message headers Celery writes."""
     refs = []
-    for queue in rt.store.redis.scan_iter(match="submit*", _type="LIST"):
-        for raw in rt.store.redis.lrange(queue, 0, -1):
+    for queue in raw_redis(rt.settings).scan_iter(match="submit*", _type="LIST"):
+        for raw in raw_redis(rt.settings).lrange(queue, 0, -1):
             headers = json.loads(raw)["headers"]
             if headers["task"] == "genq.submit":
                 refs.append(ast.literal_eval(headers["kwargsrepr"])["ref"])

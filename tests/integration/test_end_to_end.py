@@ -18,6 +18,7 @@ import pytest
 from ops.localstack import LocalStack
 from ops.localstack.process import free_port
 from producer.csv_source import read_rows
+from tests.conftest import raw_redis
 from tests.stage_runner import batch_done, publish_rows, wait_until
 from workers.bucket import ResultBucket, make_minio
 from workers.job import TERMINAL
@@ -49,7 +50,7 @@ def test_celery_workers_take_a_csv_batch_to_stored_results(local_stack_factory: 
         assert results.get_json(f"{job.ref}/manifest.json") is not None
     assert sum(len(j.objects) for j in jobs) == sum(j.request.n for j in jobs) == 14
 
-    events = [json.loads(f["event"]) for _, f in store.redis.xrange(settings.event_stream)]
+    events = [json.loads(f["event"]) for _, f in raw_redis(settings).xrange(settings.event_stream)]
     job_events = [e for e in events if e["type"].startswith("genq.job.")]
     assert sorted(e["subject"] for e in job_events) == sorted(j.ref for j in jobs if j.status in TERMINAL)
     assert [e["type"] for e in events].count("genq.batch.finished") == 1

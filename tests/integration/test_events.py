@@ -28,12 +28,12 @@ from typer.testing import CliRunner
 from ops.localstack.process import free_port
 from producer.cli import app
 from producer.stream import RequestConsumer
-from tests.conftest import SIM_KEY, RunningSimulator
+from tests.conftest import SIM_KEY, RunningSimulator, raw_redis
 from tests.stage_runner import enqueue, run
 from workers.dashscope import DashScopeClient
 from workers.job import Next
 from workers.jobstore import keys
-from workers.runtime import Runtime
+from workers.runtime import Runtime, make_inbox
 from workers.sweep import resend_overdue
 from workers.webhook import DeliveryReport, deliver_pending
 
@@ -41,7 +41,7 @@ SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "events.sche
 
 
 def stream_events(rt: Runtime) -> list[dict[str, Any]]:
-    return [json.loads(f["event"]) for _, f in rt.store.redis.xrange(rt.settings.event_stream)]
+    return [json.loads(f["event"]) for _, f in raw_redis(rt.settings).xrange(rt.settings.event_stream)]
 
 
 def test_every_event_kind_validates_against_the_schema(
@@ -66,9 +66,13 @@ def test_every_event_kind_validates_against_the_schema(
     revoked.dashscope = DashScopeClient(revoked.downloads, base_url=revoked.settings.base_url, api_key="revoked")
     run(revoked, enqueue(revoked, {"id": "k", "prompt": "a"}, batch_id="acct"), timeout_s=10)
 
-    requests = RequestConsumer(rt.store, rt.settings, rt.send, consumer="t", block_ms=100)
+    requests = RequestConsumer(
+        rt.store, rt.settings, rt.send, inbox=make_inbox(rt.settings), quota=rt.quota, consumer="t", block_ms=100
+    )
     requests.ensure_group()
-    rt.store.redis.xadd(rt.settings.request_stream, {"request": json.dumps({"request_id": "q", "prompt": "a", "n": 9})})
+    raw_redis(rt.settings).xadd(
+        rt.settings.request_stream, {"request": json.dumps({"request_id": "q", "prompt": "a", "n": 9})}
+    )
     assert requests.step().rejected == 1
 
     events = stream_events(rt)
@@ -176,12 +180,12 @@ def test_webhook_dead_letters_after_the_last_attempt(
     with httpx.Client() as http:
         reports = [deliver_pending(rt, http, now=t0 + 3600 * i) for i in range(4)]
     assert [r.dead for r in reports] == [0, 0, 2, 0] and len(hook.requests) == 3
-    dead = rt.store.redis.xrange(keys.WEBHOOK_DEAD)
+    dead = raw_redis(rt.settings).xrange(keys.WEBHOOK_DEAD)
     assert len(dead) == 2 and dead[0][1]["error"] == "HTTP 503" and dead[0][1]["attempts"] == "3"
     assert dead[0][1]["reason"].startswith("gave up after 3 tries")
     assert {json.loads(f["event"])["type"] for _, f in dead} == {"genq.job.succeeded", "genq.batch.finished"}
-    pending = rt.store.redis.xpending(rt.settings.event_stream, keys.WEBHOOK_GROUP)
-    assert pending["pending"] == 0 and rt.store.redis.zcard(keys.WEBHOOK_DUE) == 0
+    pending = raw_redis(rt.settings).xpending(rt.settings.event_stream, keys.WEBHOOK_GROUP)
+    assert pending["pending"] == 0 and raw_redis(rt.settings).zcard(keys.WEBHOOK_DUE) == 0
 
 
 def test_a_batch_webhook_overrides_the_global_one(

@@ -3,31 +3,19 @@
 from __future__ import annotations
 
 import json
+import time
 
 from config.settings import Settings
-from workers.job import Action, Status
-from workers.jobstore import JobStore
+from tests.conftest import raw_redis
+from workers.job import Action, Status, record_of
+from workers.jobstore import JobStore, NewJob
 from workers.requests import GenerationRequest
 from workers.runtime import make_store
 
 
-def new_job(store: JobStore, ref: str = "b1/j1", line: int = 2) -> None:
+def new_job(store: JobStore, ref: str = "b1/j1", line: int = 2) -> Status | None:
     request = GenerationRequest(model="wan2.5-t2i-preview", prompt="a cat", size="1280*1280")
-    batch_id, job_id = ref.split("/")
-    store.create_job(
-        ref,
-        line=line,
-        model=request.model,
-        fields={
-            "batch_id": batch_id,
-            "job_id": job_id,
-            "line": line,
-            "request": request.to_dict(),
-            "status": "accepted",
-            "attempt": 0,
-            "next_action": "admit",
-        },
-    )
+    return store.create_jobs([NewJob(ref, line, request.model, record_of(ref, line, request, time.time()))])[0]
 
 
 def test_create_is_idempotent_and_reports_the_existing_status(settings: Settings) -> None:
@@ -35,9 +23,7 @@ def test_create_is_idempotent_and_reports_the_existing_status(settings: Settings
     store = make_store(settings)
     store.open_batch("b1", source="t")
     new_job(store)
-    assert (
-        store.create_job("b1/j1", line=2, model="wan2.5-t2i-preview", fields={"status": "accepted"}) is Status.ACCEPTED
-    )
+    assert new_job(store) is Status.ACCEPTED
     summary = store.batch_summary("b1")
     assert summary is not None and summary.total == 1 and summary.counts == {"accepted": 1}
 
@@ -46,12 +32,8 @@ def test_a_stale_attempt_cannot_act(settings: Settings) -> None:
     """Once a claim advanced the attempt, a message carrying the old attempt is refused."""
     store = make_store(settings)
     new_job(store)
-    first = store.transition(
-        "b1/j1", Status.ADMITTED, expected_attempt=0, bump_attempt=True, next_action=Action.SUBMIT, due_at=1
-    )
-    duplicate = store.transition(
-        "b1/j1", Status.ADMITTED, expected_attempt=0, bump_attempt=True, next_action=Action.SUBMIT, due_at=1
-    )
+    first = store.claim("b1/j1", Status.ADMITTED, expected_attempt=0, action=Action.SUBMIT, lease_until=1)
+    duplicate = store.claim("b1/j1", Status.ADMITTED, expected_attempt=0, action=Action.SUBMIT, lease_until=1)
     assert first.ok and first.attempt == 1
     assert not duplicate.ok and duplicate.reason == "attempt moved on"
 
@@ -80,7 +62,7 @@ def test_one_event_per_terminal_job_and_one_for_the_batch(settings: Settings) ->
     failed = {"specversion": "1.0", "id": "b1/j2/failed", "type": "genq.job.failed"}
     done = store.transition("b1/j2", Status.FAILED, expected_attempt=0, event=failed)
     assert done.batch_finished
-    events = [json.loads(fields["event"]) for _, fields in store.redis.xrange(settings.event_stream)]
+    events = [json.loads(fields["event"]) for _, fields in raw_redis(settings).xrange(settings.event_stream)]
     assert [e["id"] for e in events[:-1]] == ["b1/j1/canceled", "b1/j2/failed"]  # the refused repeat added none
     batch_event = events[-1]  # nothing of it was given by this test
     assert (batch_event["type"], batch_event["subject"], batch_event["source"]) == ("genq.batch.finished", "b1", "genq")

@@ -19,7 +19,7 @@ from pydantic import SecretStr
 from config.accounts import AccountSettings
 from ops.localstack.process import free_port
 from ops.simulator.models import MODELS
-from tests.conftest import SIM_KEY, RunningSimulator
+from tests.conftest import SIM_KEY, RunningSimulator, raw_redis
 from tests.stage_runner import enqueue, run
 from workers import account_pause
 from workers.claimed import run_stage
@@ -53,7 +53,7 @@ def in_status(rt: Runtime, status: Status, ref: str = "b/j") -> Callable[[], boo
 
 
 def events(rt: Runtime) -> list[dict[str, object]]:
-    return [json.loads(f["event"]) for _, f in rt.store.redis.xrange(rt.settings.event_stream)]
+    return [json.loads(f["event"]) for _, f in raw_redis(rt.settings).xrange(rt.settings.event_stream)]
 
 
 def test_transient_task_failure_is_resubmitted_and_then_succeeds(runtime: Runtime, simulator: RunningSimulator) -> None:
@@ -76,7 +76,7 @@ def test_partial_success_keeps_the_good_images(runtime: Runtime, simulator: Runn
     job = one_job(runtime, "a cat sim:task_partial", n="3")
     assert job.status is Status.PARTIALLY_SUCCEEDED
     stored = {o["index"] for o in job.objects}
-    failures = json.loads(runtime.store.redis.hget("genq:job:b/j", "failures"))  # type: ignore[arg-type]
+    failures = json.loads(raw_redis(runtime.settings).hget("genq:job:b/j", "failures"))  # type: ignore[arg-type]
     assert stored and {f["index"] for f in failures} == {0, 1, 2} - stored
     assert {f["code"] for f in failures} == {"InternalError.Timeout"}
     manifest = runtime.results.get_json("b/j/manifest.json")
@@ -354,7 +354,7 @@ def test_cancel_leaves_alone_what_it_must_and_says_why(runtime_factory: Callable
     assert reasons["b/p"].startswith("a create is in flight")
     run(rt, left, timeout_s=30)
     assert [j.status for j in rt.store.jobs("b")] == [Status.SUCCEEDED] * 3
-    assert rt.store.redis.exists(keys.job("b/s")) and len(stored_images(rt)) == 3
+    assert raw_redis(rt.settings).exists(keys.job("b/s")) and len(stored_images(rt)) == 3
 
 
 def test_a_task_list_unreadable_for_the_tasks_whole_life_ends_the_job_failed(
@@ -423,7 +423,7 @@ def test_a_task_owned_by_its_own_job_is_adopted(
         until=lambda: _create_pending(rt),
     )
     (task_id,) = sim.engine.tasks
-    rt.store.redis.set(keys.task_owner(task_id), "b/j")  # what the dead worker had already written
+    raw_redis(rt.settings).set(keys.task_owner(task_id), "b/j")  # what the dead worker had already written
     run(rt, left, timeout_s=30)
     job = rt.store.get("b/j")
     assert job is not None and job.status is Status.SUCCEEDED and job.task_id == task_id
@@ -549,7 +549,7 @@ def test_an_unparseable_result_url_is_refused_not_a_crash_loop(runtime: Runtime,
     refused as `ResultUrlMalformed`: the job ends failed at once, nothing is downloaded, no stage crashed."""
     job = one_job(runtime, "a cat sim:url_unparseable")
     assert (job.status, job.error_code) == (Status.FAILED, "ResultUrlMalformed")
-    assert runtime.store.redis.hget(keys.job(job.ref), "stage_crashes") is None
+    assert raw_redis(runtime.settings).hget(keys.job(job.ref), "stage_crashes") is None
     assert simulator.counters().get("downloads", 0) == 0 and simulator.faults_fired() == {"url_unparseable": 1}
 
 
@@ -648,7 +648,7 @@ def test_give_up_on_creates_that_never_get_an_answer_and_make_no_task(runtime_fa
     job = one_job(rt, "a cat sim:create_drop_before", timeout_s=60)
     assert (job.status, job.error_code) == (Status.FAILED, "CreateUnanswered")
     assert "2 creates got no usable answer" in (job.error_message or "")
-    assert rt.store.redis.hget(keys.job("b/j"), "submits") == "2"
+    assert raw_redis(rt.settings).hget(keys.job("b/j"), "submits") == "2"
 
 
 def test_give_up_resubmitting_a_task_that_keeps_failing_transiently(runtime_factory: Callable[..., Runtime]) -> None:

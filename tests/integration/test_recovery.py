@@ -17,6 +17,7 @@ import pytest
 from ops.chaos import hooks
 from ops.localstack import LocalStack
 from producer.csv_source import CsvRow
+from tests.conftest import raw_redis
 from tests.stage_runner import batch_done, publish_rows, wait_until
 from workers.job import Status
 from workers.jobstore import JobStore
@@ -41,7 +42,7 @@ def enqueue(stack: LocalStack, count: int) -> JobStore:
 def assert_all_succeeded_once(stack: LocalStack, store: JobStore, count: int) -> None:
     summary = store.batch_summary("b")
     assert summary is not None and summary.counts == {"succeeded": count}
-    events = [json.loads(f["event"]) for _, f in store.redis.xrange(stack.settings.event_stream)]
+    events = [json.loads(f["event"]) for _, f in raw_redis(stack.settings).xrange(stack.settings.event_stream)]
     job_events = [e["subject"] for e in events if e["type"].startswith("genq.job.")]
     assert sorted(job_events) == sorted(f"b/j{i}" for i in range(count))  # exactly one each
     counters = stack.simulator_counters()
@@ -54,7 +55,7 @@ def test_sigkilled_worker_jobs_are_polled_again_within_30_s(stack: LocalStack) -
     task each, no more jobs than the scope's slots ever hold one, the service never runs more than its
     limit, and every slot comes back."""
     store = enqueue(stack, 12)
-    quota, scope = Quota.redis(store.redis), Scope("default", MODEL)
+    quota, scope = Quota.redis(raw_redis(stack.settings)), Scope("default", MODEL)
     limit = stack.settings.account_settings("default").limits_for(MODEL)
     held: list[int] = []
 

@@ -17,14 +17,13 @@ from pydantic import SecretStr
 
 from config.logging import configure_logging
 from config.settings import load_settings
-from tests.conftest import RunningSimulator, S3Server
+from tests.conftest import RunningSimulator, S3Server, raw_redis
 from tests.stage_runner import enqueue, run
 from workers.bucket import ResultBucket, make_minio
 from workers.dashscope import DashScopeClient
 from workers.errors import StorageError
 from workers.jobstore import keys
-from workers.quota.quota import Quota
-from workers.runtime import Runtime, make_store
+from workers.runtime import Runtime, make_outbox, make_quota, make_store
 from workers.webhook import deliver_pending
 
 API_KEY = "sk-" + secrets.token_hex(20)
@@ -76,7 +75,8 @@ def test_secrets_never_leave_the_process(
         results=results,
         downloads=downloads,
         dashscope=DashScopeClient(api, base_url=settings.base_url, api_key=API_KEY),
-        quota=Quota.redis(store.redis),
+        quota=make_quota(settings),
+        outbox=make_outbox(settings),
     )
     errors: list[str] = []
 
@@ -105,10 +105,14 @@ def test_secrets_never_leave_the_process(
 
     captured = capfd.readouterr()
     records = json.dumps(
-        [rt.store.redis.hgetall(k) for k in rt.store.redis.scan_iter("genq:*") if rt.store.redis.type(k) == "hash"]
+        [
+            raw_redis(rt.settings).hgetall(k)
+            for k in raw_redis(rt.settings).scan_iter("genq:*")
+            if raw_redis(rt.settings).type(k) == "hash"
+        ]
     )
-    events = json.dumps(rt.store.redis.xrange(settings.event_stream))
-    dead = json.dumps(rt.store.redis.xrange(keys.WEBHOOK_DEAD))
+    events = json.dumps(raw_redis(rt.settings).xrange(settings.event_stream))
+    dead = json.dumps(raw_redis(rt.settings).xrange(keys.WEBHOOK_DEAD))
     logs = json_logs.getvalue()
     haystacks = {
         "logs": logs,

@@ -24,11 +24,12 @@ from ops.localstack.process import ManagedProcess
 from ops.localstack.stack import child_env
 from producer.batch import new_job
 from producer.stream import MAX_DELIVERIES, RequestConsumer
+from tests.conftest import raw_redis
 from tests.stage_runner import wait_until
 from workers import refs
 from workers.jobstore import keys
 from workers.requests import ENVELOPE_FIELDS, validate_envelope
-from workers.runtime import Runtime, make_store
+from workers.runtime import Runtime, make_inbox, make_quota, make_store
 
 pytestmark = pytest.mark.integration
 MODEL = "wan2.5-t2i-preview"
@@ -68,7 +69,7 @@ def test_requests_survive_dead_consumers_and_each_gets_one_answer(
     rejected events name their reasons, the simulator saw 12 creates, and nothing is left pending."""
     stack = local_stack_factory(workers=1, simulator_profile="fast", request_claim_idle_s=2.0)
     settings, store = stack.settings, make_store(stack.settings)
-    client, stream, group = store.redis, settings.request_stream, settings.request_group
+    client, stream, group = raw_redis(settings), settings.request_stream, settings.request_group
     client.xgroup_create(stream, group, id="0", mkstream=True)
 
     valid = [{"request_id": f"r{i}", "prompt": f"stream prompt {i}", "metadata": {"origin": "t"}} for i in range(12)]
@@ -120,9 +121,17 @@ def test_consumer_holds_back_while_too_many_jobs_wait_for_quota(runtime: Runtime
     """With 5 jobs allowed to wait, a consumer that has 20 requests' jobs waiting or running reads no more: new
     requests stay unread in the stream (nothing pending, nothing lost) until the waiting line is short again."""
     settings = runtime.settings.model_copy(update={"request_max_waiting": 5})
-    consumer = RequestConsumer(runtime.store, settings, lambda step: None, consumer="c", block_ms=50)
+    consumer = RequestConsumer(
+        runtime.store,
+        settings,
+        lambda step: None,
+        inbox=make_inbox(settings),
+        quota=make_quota(settings),
+        consumer="c",
+        block_ms=50,
+    )
     consumer.ensure_group()
-    client, stream = runtime.store.redis, settings.request_stream
+    client, stream = raw_redis(runtime.settings), settings.request_stream
     for i in range(20):
         publish(client, stream, {"request_id": f"r{i}", "prompt": f"p {i}"})
     first = consumer.step()
@@ -177,7 +186,7 @@ def test_a_thousand_hostile_and_valid_entries_each_get_one_answer_while_a_consum
     job was created once upstream and succeeded."""
     stack = local_stack_factory(workers=1, simulator_profile="fast", request_claim_idle_s=2.0)
     settings, store = stack.settings, make_store(stack.settings)
-    client, stream, group = store.redis, settings.request_stream, settings.request_group
+    client, stream, group = raw_redis(settings), settings.request_stream, settings.request_group
     client.xgroup_create(stream, group, id="0", mkstream=True)
 
     models = ("wan2.5-t2i-preview", "wan2.6-t2i")
@@ -269,9 +278,17 @@ def test_any_entries_on_the_stream_are_each_answered_once(redis_url: str, bodies
     a real Redis: one round answers each with a job or a rejection marker, acknowledges all, and raises nothing."""
     settings_ = Settings(redis_url=redis_url)
     store = make_store(settings_)
-    consumer = RequestConsumer(store, settings_, lambda step: None, consumer="fuzz", block_ms=10)
+    consumer = RequestConsumer(
+        store,
+        settings_,
+        lambda step: None,
+        inbox=make_inbox(settings_),
+        quota=make_quota(settings_),
+        consumer="fuzz",
+        block_ms=10,
+    )
     consumer.ensure_group()
-    client = store.redis
+    client = raw_redis(settings_)
     ids = []
     for body in bodies:
         fields = {"other": "x"} if body is None else {"request": body.encode("utf-8", "surrogatepass")}
@@ -289,9 +306,17 @@ def test_an_entry_that_keeps_failing_is_dead_lettered_alone(runtime: Runtime) ->
     with InternalError, kept in the dead-letter stream and acknowledged; one delivered as often that had
     already become a job is acknowledged with no rejection; the two others of the read become jobs as usual."""
     settings_ = runtime.settings.model_copy(update={"request_claim_idle_s": 0.0})
-    store, client = runtime.store, runtime.store.redis
+    store, client = runtime.store, raw_redis(runtime.settings)
     stream, group = settings_.request_stream, settings_.request_group
-    consumer = RequestConsumer(store, settings_, lambda step: None, consumer="c", block_ms=10)
+    consumer = RequestConsumer(
+        store,
+        settings_,
+        lambda step: None,
+        inbox=make_inbox(settings_),
+        quota=make_quota(settings_),
+        consumer="c",
+        block_ms=10,
+    )
     consumer.ensure_group()
     bodies = [{"request_id": f"r{i}", "prompt": f"p{i}"} for i in range(4)]
     ids = [client.xadd(stream, {"request": json.dumps(body)}) for body in bodies]

@@ -26,7 +26,7 @@ from tests.stage_runner import batch_done, wait_until
 from workers import refs
 from workers.bucket import ResultBucket, make_minio
 from workers.messages import publish
-from workers.runtime import Runtime, make_store
+from workers.runtime import Runtime, make_quota, make_store
 
 pytestmark = pytest.mark.integration
 
@@ -90,7 +90,9 @@ def test_two_beats_and_a_replayed_tick_run_each_input_once(
     assert sum("genq-webhooks" in e["event"] for e in both[senders[0]]) >= 2  # the window was long enough to see
 
     results = ResultBucket(make_minio(stack.settings), stack.settings.bucket)
-    replay = scheduled_run(store, results, stack.settings, "nightly", lambda step: None, now=tick_at)
+    replay = scheduled_run(
+        store, make_quota(stack.settings), results, stack.settings, "nightly", lambda step: None, now=tick_at
+    )
     assert [(r.batch_id, r.accepted, r.skipped) for r in replay] == [
         (north, 0, "already run today"),
         (south, 0, "already run today"),
@@ -166,7 +168,9 @@ def test_a_days_hostile_inputs_are_reported_and_the_good_ones_run_once(
     results.ensure_bucket()
 
     celery, now = create_app(stack.settings), time.time()
-    ticked = scheduled_run(store, results, stack.settings, "daily", lambda step: publish(celery, step), now=now)
+    ticked = scheduled_run(
+        store, make_quota(stack.settings), results, stack.settings, "daily", lambda step: publish(celery, step), now=now
+    )
     runs = {Path(r.source).name: r for r in ticked}
     assert len({r.batch_id for r in runs.values()}) == 5, "two inputs share a batch id"
     assert (runs["good.csv"].accepted, runs["big-n.csv"].accepted, runs["big-n.csv"].rejected) == (2, 1, 1)
@@ -187,7 +191,7 @@ def test_a_days_hostile_inputs_are_reported_and_the_good_ones_run_once(
     assert [(r["line"], r["field"]) for r in rejected] == [(3, "n")] and "5,000" in rejected[0]["reason"]
 
     before = stack.simulator_counters()
-    replay = scheduled_run(store, results, stack.settings, "daily", lambda s: None, now=now)
+    replay = scheduled_run(store, make_quota(stack.settings), results, stack.settings, "daily", lambda s: None, now=now)
     assert results.get_json(f"reports/daily/{date}.json") == report, "the replay changed the day's report"
     assert sum(r.accepted for r in replay) == 0
     assert sorted(r.skipped.split(":")[0] for r in replay if r.source.endswith("bad-byte.csv")) == [
@@ -223,7 +227,9 @@ def test_any_file_names_of_a_day_run_as_their_own_batches(
     settings_ = runtime.settings.model_copy(
         update={"schedules": (ScheduleSettings(name=name, cron="0 3 * * *", source=str(inbox)),)}
     )
-    runs = scheduled_run(runtime.store, runtime.results, settings_, name, lambda step: None, now=1_800_000_000.0)
+    runs = scheduled_run(
+        runtime.store, runtime.quota, runtime.results, settings_, name, lambda step: None, now=1_800_000_000.0
+    )
     assert len(runs) == len(names)
     assert len({r.batch_id for r in runs}) == len(runs) and all(refs.is_id(r.batch_id) for r in runs)
     assert all(r.accepted == 1 or r.skipped for r in runs)

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pydantic import SecretStr
 
 from config.settings import Settings
-from tests.conftest import RunningSimulator
+from tests.conftest import RunningSimulator, raw_redis
 from tests.stage_runner import enqueue, run
 from workers.dashscope import DashScopeClient
 from workers.job import Status
@@ -36,7 +36,7 @@ def test_old_protocol_job_ends_with_every_image_and_manifest_stored(
     manifest = runtime.results.get_json("b/fox/manifest.json")
     assert manifest is not None and manifest["task_id"] == job.task_id and manifest["seed"] == 5
     assert set(manifest["upstream"]) == {"submit_time", "scheduled_time", "end_time"}
-    events = [json.loads(f["event"]) for _, f in runtime.store.redis.xrange(runtime.settings.event_stream)]
+    events = [json.loads(f["event"]) for _, f in raw_redis(runtime.settings).xrange(runtime.settings.event_stream)]
     assert [e["type"] for e in events] == ["genq.job.succeeded", "genq.batch.finished"]
     assert simulator.counters()["creates"] == 1
 
@@ -92,7 +92,9 @@ def test_a_refused_key_fails_the_job_with_the_services_code(runtime: Runtime, se
     run(bad, enqueue(bad, {"id": "k", "prompt": "a cat"}))
     job = bad.store.get("b/k")
     assert job is not None and job.status is Status.FAILED and job.error_code == "InvalidApiKey"
-    dump = json.dumps(bad.store.redis.hgetall("genq:job:b/k")) + json.dumps(bad.store.redis.xrange("genq:events"))
+    dump = json.dumps(raw_redis(bad.settings).hgetall("genq:job:b/k")) + json.dumps(
+        raw_redis(bad.settings).xrange("genq:events")
+    )
     assert wrong not in dump
 
 

@@ -23,11 +23,12 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from ops.localstack import LocalStack
 from ops.webhook_receiver import VerifyingReceiver
 from producer.csv_source import CsvRow
+from tests.conftest import raw_redis
 from tests.stage_runner import batch_done, enqueue, publish_rows, run, wait_until
 from workers.jobstore import keys
+from workers.jobstore.webhook_outbox import Outbox
 from workers.runtime import Runtime
 from workers.webhook import deliver_pending, deliver_round
-from workers.webhook_outbox import Outbox
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +53,7 @@ def whsec() -> str:
 
 def stream_entries(rt: Runtime) -> dict[str, str]:
     """entry id -> event id of what `genq:events` holds now."""
-    return {entry: json.loads(f["event"])["id"] for entry, f in rt.store.redis.xrange(rt.settings.event_stream)}
+    return {entry: json.loads(f["event"])["id"] for entry, f in raw_redis(rt.settings).xrange(rt.settings.event_stream)}
 
 
 def dead_letters(client: redis.Redis) -> list[dict[str, str]]:
@@ -97,7 +98,7 @@ def test_every_event_is_delivered_or_dead_lettered_when_the_stream_is_trimmed_du
     rt = runtime_factory(
         webhook_url=hook.url, webhook_secret=SecretStr(secret), webhook_give_up_s=3600.0, webhook_retry_cap_s=600.0
     )
-    outbox = Outbox(rt.store.redis, rt.settings, stale_pending_ms=200)
+    outbox = Outbox(raw_redis(rt.settings), rt.settings, stale_pending_ms=200)
     hook.status = 503
     t0 = time.time()
     run(rt, enqueue(rt, *rows(6, "a"), batch_id="b1"), timeout_s=30)
@@ -106,11 +107,11 @@ def test_every_event_is_delivered_or_dead_lettered_when_the_stream_is_trimmed_du
         assert deliver_round(rt, http, now=t0).failed == 7
 
         run(rt, enqueue(rt, *rows(6, "b"), batch_id="b2"), timeout_s=30)
-        rt.store.redis.xreadgroup(keys.WEBHOOK_GROUP, "crashed", {rt.settings.event_stream: ">"}, count=3)
+        raw_redis(rt.settings).xreadgroup(keys.WEBHOOK_GROUP, "crashed", {rt.settings.event_stream: ">"}, count=3)
         run(rt, enqueue(rt, *rows(12, "c"), batch_id="b3"), timeout_s=60)
         ever = stream_entries(rt)  # the oracle: every entry, before the trim
         assert len(ever) == 7 + 7 + 13
-        rt.store.redis.xtrim(rt.settings.event_stream, maxlen=10, approximate=False)
+        raw_redis(rt.settings).xtrim(rt.settings.event_stream, maxlen=10, approximate=False)
         time.sleep(0.3)  # the dead collector's entries are now stale
 
         t1 = t0 + 2000
@@ -126,7 +127,7 @@ def test_every_event_is_delivered_or_dead_lettered_when_the_stream_is_trimmed_du
             assert now < t0 + 20_000, "events still waiting long after the receiver came back"
 
     delivered = set(hook.accepted_ids())
-    dead = dead_letters(rt.store.redis)
+    dead = dead_letters(raw_redis(rt.settings))
     assert hook.refused == [] and all(d["reason"] for d in dead)
     by_entry = {d["entry"]: d for d in dead if "entry" in d}
     gaps = [d for d in dead if "missing" in d]
@@ -150,7 +151,8 @@ def test_every_event_is_delivered_or_dead_lettered_when_the_stream_is_trimmed_du
     reasons = sorted(d["reason"].split(" after ")[0] for d in by_entry.values())
     assert reasons == ["gave up"] * 7 + ["trimmed before delivery"] * 3
     assert (
-        len(delivered) == 10 and rt.store.redis.xpending(rt.settings.event_stream, keys.WEBHOOK_GROUP)["pending"] == 0
+        len(delivered) == 10
+        and raw_redis(rt.settings).xpending(rt.settings.event_stream, keys.WEBHOOK_GROUP)["pending"] == 0
     )
 
 
@@ -165,7 +167,7 @@ def test_a_malformed_entry_is_dead_lettered_and_delivery_goes_on(
     rt = runtime_factory(webhook_url=hook.url, webhook_secret=SecretStr(secret))
     stream = rt.settings.event_stream
     run(rt, enqueue(rt, *rows(2, "a"), batch_id="before"), timeout_s=30)
-    raw = rt.store.redis
+    raw = raw_redis(rt.settings)
     bad = {
         raw.xadd(stream, {"payload": "{}"}): "malformed: no event field",
         raw.xadd(stream, {"event": "{not json"}): "malformed: not JSON",
@@ -203,7 +205,7 @@ def test_webhook_delivery_runs_on_its_own_workers(
     assert report.accepted == 5
     wait_until(batch_done(store, "lane"), 90, "the batch to finish")
     wait_until(lambda: len(hook.accepted) >= 6, 60, "six deliveries (five jobs and the batch)")
-    events = [json.loads(f["event"])["id"] for _, f in store.redis.xrange(stack.settings.event_stream)]
+    events = [json.loads(f["event"])["id"] for _, f in raw_redis(stack.settings).xrange(stack.settings.event_stream)]
     assert sorted(hook.accepted_ids()) == sorted(events) and hook.refused == []
     logs = {p.name: p.log_path.read_text() for p in stack.started if p.name in ("worker-local1", "webhook-worker")}
     ran = {name: set(re.findall(r"Task (genq\.[a-z_]+)\[", log)) for name, log in logs.items()}

@@ -1,7 +1,6 @@
-"""Every Redis key genq uses, built here and nowhere else.
+"""Every Redis key genq uses, built here and used only inside `workers/jobstore/` and `workers/quota/`.
 
-A job is named by its *ref*, `{batch_id}/{job_id}`: both parts match `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`,
-so a ref is also the job's prefix in the bucket.
+A job is named by its *ref*, `{batch_id}/{job_id}` (`workers/refs.py`).
 
 | key                                  | type        | TTL  | holds                                               |
 | ------------------------------------ | ----------- | ---- | --------------------------------------------------- |
@@ -23,7 +22,7 @@ so a ref is also the job's prefix in the bucket.
 |                                      |             |      | by when it was sent (reconcile.py waits on these)    |
 | `genq:creating:{account}:{model}:lost` | set       | none | those of them whose answer is known lost (no wait)   |
 | `genq:webhook:dead`                  | stream      | none | events never delivered, each with its reason, capped |
-|                                      |             |      | at `webhook_dead_maxlen` (workers/webhook_outbox.py) |
+|                                      |             |      | at `webhook_dead_maxlen` (`webhook_outbox.py`)       |
 | `genq:webhook:out:{entry}`           | hash        | none | an event waiting for webhook delivery, by its entry  |
 |                                      |             |      | id in `genq:events`: event, attempts, first_at, error |
 | `genq:webhook:due`                   | sorted set  | none | entry ids of waiting events, scored by their next try |
@@ -36,17 +35,15 @@ so a ref is also the job's prefix in the bucket.
 | `genq:rate:{account}:{model}`        | string      | ~1 s | GCRA arrival time of the scope's next create         |
 | `genq:cooldown:{account}:{model}`    | hash        | 1 h  | 429 pause and AIMD factor of the scope's submit rate |
 | `genq:qbudget:{account}`             | string      | ~1 s | GCRA arrival time of the account's next query        |
-| `genq:requests` (setting)            | stream      | none | requests of upstream stages (producer/stream.py)     |
+| `genq:requests` (setting)            | stream      | none | requests of upstream stages (`request_inbox.py`)     |
 | `genq:requests:answered:{entry}`     | string      | 7 d  | a request entry already answered with a rejection    |
 | `genq:requests:dead`                 | stream      | none | entries given up after repeated failures, capped at  |
-|                                      |             |      | 10,000 (producer/stream.py)                          |
+|                                      |             |      | 10,000 (`request_inbox.py`)                          |
 
 Celery's own keys (the broker queues, `unacked`, `unacked_index`) are kombu's and live beside these.
 """
 
 from __future__ import annotations
-
-import re
 
 PREFIX = "genq"
 DUE = f"{PREFIX}:due"
@@ -59,24 +56,9 @@ REQUESTS_DEAD = f"{PREFIX}:requests:dead"
 WEBHOOK_DUE = f"{PREFIX}:webhook:due"
 WEBHOOK_COLLECT_LOCK = f"{PREFIX}:webhook:collect"
 WEBHOOK_GROUP = "genq-webhook"
+#: The field of a batch's hash naming its own webhook (`genq batch --webhook`).
+BATCH_WEBHOOK_FIELD = "webhook_url"
 TASK_OWNER_TTL_S = 48 * 3600
-
-#: Matched with `fullmatch` only (`is_id`): `$` would let a trailing newline through into keys and paths.
-ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
-def is_id(text: str) -> bool:
-    """Whether `text` is a whole batch or job id."""
-    return ID_PATTERN.fullmatch(text) is not None
-
-
-def job_ref(batch_id: str, job_id: str) -> str:
-    return f"{batch_id}/{job_id}"
-
-
-def split_ref(ref: str) -> tuple[str, str]:
-    batch_id, _, job_id = ref.partition("/")
-    return batch_id, job_id
 
 
 def job(ref: str) -> str:

@@ -52,7 +52,6 @@ from workers.jobstore import keys
 
 log = structlog.get_logger("genq.webhook")
 
-BATCH_WEBHOOK_FIELD = "webhook_url"
 
 TRIMMED = "trimmed before delivery"
 OUTBOX_FULL = "outbox full"
@@ -117,7 +116,7 @@ class CollectReport:
 
 
 @dataclass(frozen=True)
-class Claimed:
+class ClaimedEvent:
     entry: str
     event: str
     event_id: str
@@ -175,7 +174,7 @@ class Outbox:
         if isinstance(batch_id, str) and refs.is_id(batch_id):
             known = {} if known is None else known
             if batch_id not in known:
-                known[batch_id] = cast(str | None, self.client.hget(keys.batch(batch_id), BATCH_WEBHOOK_FIELD))
+                known[batch_id] = cast(str | None, self.client.hget(keys.batch(batch_id), keys.BATCH_WEBHOOK_FIELD))
             own = known[batch_id]
             if own:
                 return own
@@ -324,12 +323,24 @@ class Outbox:
     def waiting(self) -> int:
         return int(self.client.zcard(keys.WEBHOOK_DUE))
 
-    def claim(self, *, now: float, lease_s: float, count: int) -> list[Claimed]:
+    def backlog(self) -> int:
+        """Events not yet settled: unread by the collector, read but not filed, or waiting for delivery."""
+        groups = self.client.xinfo_groups(self.stream) if self.client.exists(self.stream) else []
+        unread = sum(int(g.get("lag") or 0) + int(g["pending"]) for g in groups if g["name"] == keys.WEBHOOK_GROUP)
+        return unread + self.waiting()
+
+    def forget_waiting(self) -> None:
+        """Drop every event waiting for delivery (a benchmark's reset between rounds; never in production)."""
+        for key in self.client.scan_iter(keys.webhook_outbox("*")):
+            self.client.delete(key)
+        self.client.delete(keys.WEBHOOK_DUE)
+
+    def claim(self, *, now: float, lease_s: float, count: int) -> list[ClaimedEvent]:
         rows = cast(
             list[list[Any]],
             self._claim(keys=[keys.WEBHOOK_DUE], args=[now, now + lease_s, count, keys.webhook_outbox("")]),
         )
-        return [Claimed(str(r[0]), str(r[1]), str(r[2]), int(r[3]), float(r[4])) for r in rows]
+        return [ClaimedEvent(str(r[0]), str(r[1]), str(r[2]), int(r[3]), float(r[4])) for r in rows]
 
     def delivered(self, entry: str) -> None:
         pipe = self.client.pipeline(transaction=True)
@@ -340,7 +351,7 @@ class Outbox:
     def retry(self, entry: str, *, at: float, error: str) -> None:
         self._retry(keys=[keys.WEBHOOK_DUE, keys.webhook_outbox(entry)], args=[entry, at, error])
 
-    def dead(self, item: Claimed, *, reason: str, **fields: str) -> bool:
+    def dead(self, item: ClaimedEvent, *, reason: str, **fields: str) -> bool:
         """Move a claimed event to the dead letters; False if it had already left the outbox."""
         record = {"reason": reason, "entry": item.entry, "event": item.event, "attempts": str(item.attempts), **fields}
         pairs = [part for pair in record.items() for part in pair]

@@ -1,0 +1,211 @@
+"""What the job store does, as the rest of genq sees it: named operations, nothing about how they are kept.
+
+Two implementations keep the same promises: `RedisJobStore` (the fleet's, each change one atomic Lua script)
+and `MemoryJobStore` (one process: the stage tests, and anyone embedding genq without Redis). The contract
+tests (`tests/unit/test_job_store_contract.py`) run one body per promise against both.
+
+Every change of a job's status is a `transition`, a compare-and-set on its `attempt` along the table of
+`workers/job.py`; a claim is a transition that advances the attempt, and a revival (`genq retry`) is one that
+resets the job's try and puts it back in line. In the same atomic step a transition keeps the batch's
+counters, the due index, the tasks-in-flight count, and appends the job's event when its status changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from workers.job import Action, Job, Status
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A job to create: its ref, source line, model (its wait queue) and record (`job.record_of`)."""
+
+    ref: str
+    line: int
+    model: str
+    record: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Applied:
+    """The outcome of a transition: `ok` when this caller's change took effect."""
+
+    ok: bool
+    status: str
+    attempt: int
+    batch_finished: bool = False
+    reason: str = ""
+
+
+@dataclass
+class BatchSummary:
+    batch_id: str
+    total: int = 0
+    terminal: int = 0
+    rejected: int = 0
+    sealed: bool = False
+    done_at: float | None = None
+    created_at: float | None = None
+    source: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return self.sealed and self.terminal >= self.total
+
+    @property
+    def succeeded(self) -> int:
+        return self.counts.get(Status.SUCCEEDED, 0) + self.counts.get(Status.PARTIALLY_SUCCEEDED, 0)
+
+
+@dataclass(frozen=True)
+class Gauges:
+    """Fleet-wide state for the metrics: jobs per status, tasks upstream per model, paused accounts."""
+
+    jobs: dict[str, int]
+    upstream: dict[str, int]
+    paused: list[str]
+
+
+class JobStore(Protocol):
+    """Jobs, batches, the wait queues, the due index, events, paused accounts, creates in flight, task owners."""
+
+    #: Where events are appended (the name consumers read them by: webhooks, event-driven stages).
+    event_stream: str
+
+    # --- batches ------------------------------------------------------------------------------------
+    def open_batch(self, batch_id: str, *, source: str, priority: int = 5, now: float | None = None) -> bool:
+        """Create the batch or reopen it for more jobs, with its admission priority (0-9, 9 first). True when new."""
+
+    def seal_batch(self, batch_id: str, *, now: float | None = None) -> bool:
+        """No more jobs will be added. True when this finished the batch (every job already terminal)."""
+
+    def record_rejected(self, batch_id: str, line: int, field_name: str, reason: str, raw: Mapping[str, Any]) -> None:
+        """Record a rejected input line (idempotent per line), with the field and the rule it broke."""
+
+    def rejected(self, batch_id: str) -> list[dict[str, Any]]:
+        """The batch's rejected lines, in line order."""
+
+    def batch_summary(self, batch_id: str) -> BatchSummary | None: ...
+
+    def batch_ids(self) -> list[str]:
+        """Every batch, oldest first."""
+
+    def set_batch_webhook(self, batch_id: str, url: str) -> None:
+        """Send the batch's events to `url` (instead of the configured webhook)."""
+
+    def batch_webhook(self, batch_id: str) -> str | None: ...
+
+    # --- jobs ---------------------------------------------------------------------------------------
+    def create_jobs(self, jobs: list[NewJob]) -> list[Status | None]:
+        """Create each job (waiting in its model's queue) unless it exists, in order: None when created, else
+        the existing job's status. Each job is one atomic step."""
+
+    def get(self, ref: str) -> Job | None: ...
+
+    def jobs(self, batch_id: str) -> Iterator[Job]:
+        """Every job of the batch, in source order."""
+
+    def sample_jobs(self, batch_id: str, count: int) -> list[Job]:
+        """Up to `count` jobs of the batch, drawn at random."""
+
+    def transition(
+        self,
+        ref: str,
+        target: Status,
+        *,
+        expected_attempt: int | None,
+        next_action: Action = Action.NONE,
+        due_at: float | None = None,
+        fields: Mapping[str, Any] | None = None,
+        event: Mapping[str, Any] | None = None,
+        now: float | None = None,
+    ) -> Applied:
+        """Move the job to `target` if its attempt is still `expected_attempt` (None: any) and the table allows
+        it. A terminal target leaves the due index; any other schedules `next_action` at `due_at`. `event` is
+        appended if the status changes."""
+
+    def claim(
+        self,
+        ref: str,
+        status: Status,
+        *,
+        expected_attempt: int,
+        action: Action,
+        lease_until: float,
+        fields: Mapping[str, Any] | None = None,
+        now: float | None = None,
+    ) -> Applied:
+        """Take the job for `action`: a transition that advances its attempt, so a message carrying the old one
+        finds it moved on; due again at `lease_until` (the recovery sweep re-sends it if nobody records)."""
+
+    def revive(self, job: Job, *, now: float | None = None) -> Applied:
+        """Bring an ended job (`job.REVIVABLE`) back to `accepted`, its try reset (`job.PER_TRY`), in its model's
+        wait queue; a compare-and-set on the attempt `job` was read at."""
+
+    def count_crash(self, ref: str) -> int:
+        """Count an unexpected exception of one of the job's stages; the count so far (0: no such job)."""
+
+    # --- the wait queues of admission ---------------------------------------------------------------
+    def next_waiting(self, model: str) -> tuple[str, float] | None:
+        """The job first in line for a slot of `model`, with its score; None when nobody waits."""
+
+    def leave_queue(self, model: str, ref: str) -> bool: ...
+
+    def requeue(self, ref: str, model: str) -> bool:
+        """Put an accepted job back in line (at its band's current turn); False when it already was."""
+
+    def advance_clock(self, model: str, score: float) -> None:
+        """A job of `score` was admitted: the queue's fair clock moves up to it."""
+
+    def waiting(self, models: list[str]) -> dict[str, int]:
+        """How many jobs wait for a slot, per model (only the models with any)."""
+
+    # --- the due index (the recovery sweep) ---------------------------------------------------------
+    def due(self, now: float, limit: int = 1000) -> list[tuple[str, float]]:
+        """Refs whose next action was due at or before `now`, oldest first."""
+
+    def push_due(self, ref: str, due_at: float) -> bool:
+        """Move a job's due time later (never earlier), on the job and in the index, if it is indexed."""
+
+    def drop_due(self, ref: str) -> None:
+        """Take a job out of the due index (it ended, or waits in its queue instead)."""
+
+    # --- events and accounts ------------------------------------------------------------------------
+    def emit_event(self, event: Mapping[str, Any]) -> None:
+        """Append an event that goes with no change of status (a result at risk, a request answered)."""
+
+    def pause_account(self, account: str, record: Mapping[str, Any], event: Mapping[str, Any]) -> bool:
+        """Pause `account` and append its event atomically; False (and no event) when it already was."""
+
+    def paused_accounts(self) -> dict[str, dict[str, Any]]:
+        """Paused account -> its pause record (code, message, at)."""
+
+    def resume_account(self, account: str) -> bool:
+        """Lift the pause; True when the account was paused."""
+
+    def gauges(self) -> Gauges: ...
+
+    # --- creates in flight and task owners (reconcile.py) -------------------------------------------
+    def begin_create(self, account: str, model: str, ref: str, sent_at: float) -> None:
+        """Record, before it is sent, that the job's create is on its way: until its answer has recorded the
+        task's owner, no reconciliation of the scope may adopt a task it could have made."""
+
+    def lose_create(self, account: str, model: str, ref: str) -> None:
+        """The job's create will get no answer: nobody need wait for it, but until its reconciliation it still
+        stands for whatever task it may have made."""
+
+    def end_create(self, account: str, model: str, ref: str) -> None:
+        """The job's create has an answer (its task's owner is recorded), or was reconciled."""
+
+    def creates_unresolved(self, account: str, model: str) -> list[tuple[str, float, bool]]:
+        """Every create of the scope whose task is not settled: (ref, when it was sent, whether known lost)."""
+
+    def own_task(self, task_id: str, ref: str) -> bool:
+        """Make the job the task's owner unless a job already is (an owner is never replaced). True when the job
+        owns it now, including when it already did."""
+
+    def task_owner(self, task_id: str) -> str | None: ...
