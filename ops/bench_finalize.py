@@ -26,6 +26,7 @@ import psutil
 from ops.localstack import LocalStack, isolated_settings
 from producer.batch import enqueue_rows
 from producer.csv_source import CsvRow
+from workers.bucket import ResultBucket
 from workers.finalize import finalize
 from workers.job import Action, Next, Status
 from workers.poll import poll
@@ -74,6 +75,7 @@ def run_until_downloading(rt: Runtime, steps: list[Next]) -> Next:
 def naive_copy(rt: Runtime, url: str, key: str) -> None:
     """What a hand-rolled task does: read the whole body, then upload it from memory."""
     body = httpx.get(url, timeout=300).content
+    assert isinstance(rt.results, ResultBucket)
     rt.results.client.put_object(rt.settings.bucket, key, io.BytesIO(body), len(body), content_type="video/mp4")
 
 
@@ -110,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             genq_s = time.monotonic() - started
         job = rt.store.get(step.ref)
         assert job is not None and job.status is Status.SUCCEEDED, job
+        assert isinstance(rt.results, ResultBucket)
         stored = rt.results.client.stat_object(rt.settings.bucket, job.objects[0]["key"]).size or 0
 
         url = job.results[0]["url"]

@@ -26,7 +26,7 @@ from config.settings import Settings
 from workers.bucket import make_minio
 from workers.dashscope import DashScopeClient
 from workers.errors import AccountError, RemoteError
-from workers.jobstore import keys
+from workers.runtime import make_outbox
 from workers.webhook_signing import unsigned_warning
 
 Level = Literal["ok", "warn", "fail"]
@@ -230,12 +230,12 @@ def check_webhook(settings: Settings) -> list[Finding]:
             )
         )
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=3, decode_responses=True)
+    outbox = make_outbox(settings, client)
     try:
-        oldest = cast(list[tuple[str, float]], client.zrange(keys.WEBHOOK_DUE, 0, 0, withscores=True))
-        waiting = int(client.zcard(keys.WEBHOOK_DUE))
+        oldest, waiting = outbox.oldest_due(), outbox.waiting()
     except (redis.RedisError, OSError):
         return found  # the Redis check says what is wrong
-    late_s = time.time() - oldest[0][1] if oldest else 0.0
+    late_s = time.time() - oldest if oldest is not None else 0.0
     if late_s > WEBHOOK_BACKLOG_WARN_S:
         found.append(
             Finding(

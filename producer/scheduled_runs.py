@@ -37,7 +37,7 @@ from config.schedules import ScheduleSettings
 from config.settings import Settings
 from producer.batch import check_rows, enqueue_rows
 from producer.csv_source import CsvFormatError, read_rows
-from workers.bucket import ResultBucket
+from workers.bucket import Bucket
 from workers.errors import StorageError
 from workers.job import Next
 from workers.jobstore import JobStore
@@ -86,7 +86,7 @@ def batch_id_for(schedule: str, date: str, source: str) -> str:
 Fetch = Callable[[Path], object]
 
 
-def _inputs(source: str, results: ResultBucket) -> list[tuple[str, Fetch]]:
+def _inputs(source: str, results: Bucket) -> list[tuple[str, Fetch]]:
     """The source's CSV files in name order, each with how to fetch a private copy of it. Nothing is read yet:
     an input that cannot be fetched is that input's failure, not the tick's."""
     if not source.startswith("s3://"):
@@ -96,7 +96,7 @@ def _inputs(source: str, results: ResultBucket) -> list[tuple[str, Fetch]]:
 
         return [(str(p), copier(p)) for p in sorted(Path(source).glob("*.csv"))]
     bucket, _, prefix = source.removeprefix("s3://").partition("/")
-    store = ResultBucket(results.client, bucket)
+    store = results.other(bucket)
 
     def downloader(key: str) -> Fetch:
         return lambda local: store.download(key, str(local))
@@ -109,7 +109,7 @@ def _inputs(source: str, results: ResultBucket) -> list[tuple[str, Fetch]]:
 def scheduled_run(
     store: JobStore,
     quota: Quota,
-    results: ResultBucket,
+    results: Bucket,
     settings: Settings,
     name: str,
     send: Callable[[Next | None], None],
@@ -150,7 +150,7 @@ def scheduled_run(
     return runs
 
 
-def _store_report(results: ResultBucket, name: str, date: str, now: float, runs: list[InputRun]) -> None:
+def _store_report(results: Bucket, name: str, date: str, now: float, runs: list[InputRun]) -> None:
     """The day's report, merged with what earlier ticks of the day recorded: an input a later tick found
     already run keeps its first tick's figures, and inputs a later tick no longer sees keep their notes."""
     key = f"reports/{name}/{date}.json"

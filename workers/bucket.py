@@ -9,7 +9,8 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
-from typing import Any, BinaryIO
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Protocol
 
 import urllib3
 from minio import Minio
@@ -45,6 +46,10 @@ class ResultBucket:
     def __init__(self, client: Minio, bucket: str) -> None:
         self.client = client
         self.bucket = bucket
+
+    def other(self, bucket: str) -> ResultBucket:
+        """Another bucket of the same server (a scheduled run's input folder)."""
+        return ResultBucket(self.client, bucket)
 
     def ensure_bucket(self) -> None:
         try:
@@ -127,3 +132,96 @@ class ResultBucket:
                     yield obj.object_name
         except (MinioException, OSError, urllib3.exceptions.HTTPError) as exc:
             raise StorageError(f"list {prefix}: {exc}") from exc
+
+
+class Bucket(Protocol):
+    """Where results go: `ResultBucket` (S3, the fleet's) and `MemoryBucket` (one process: the stage tests)."""
+
+    bucket: str
+
+    def other(self, bucket: str) -> Bucket:
+        """Another bucket of the same server (a scheduled run's input folder)."""
+
+    def ensure_bucket(self) -> None: ...
+
+    def sha256_of(self, key: str, *, task_id: str | None = None) -> str | None: ...
+
+    def put_file(
+        self, key: str, data: BinaryIO, size: int, *, content_type: str, sha256: str, task_id: str = ""
+    ) -> None: ...
+
+    def put_json(self, key: str, document: dict[str, Any]) -> None: ...
+
+    def get_json(self, key: str) -> dict[str, Any] | None: ...
+
+    def download(self, key: str, path: str) -> None: ...
+
+    def keys(self, prefix: str) -> Iterator[str]: ...
+
+
+@dataclass
+class StoredObject:
+    data: bytes
+    content_type: str
+    metadata: dict[str, str]
+
+
+class MemoryBucket:
+    """`Bucket` in one process's memory, with the same answers as `ResultBucket` (sha256 and task id kept as
+    metadata). `failing` makes every call raise `StorageError`, as an S3 server that is down would."""
+
+    def __init__(self, bucket: str = "genq-results") -> None:
+        self.bucket = bucket
+        self.objects: dict[str, StoredObject] = {}
+        self.failing = False
+        self._others: dict[str, MemoryBucket] = {bucket: self}
+
+    def other(self, bucket: str) -> MemoryBucket:
+        if bucket not in self._others:
+            sibling = self._others[bucket] = MemoryBucket(bucket)
+            sibling._others = self._others
+        return self._others[bucket]
+
+    def _check(self, what: str) -> None:
+        if self.failing:
+            raise StorageError(f"{what}: the bucket is unreachable")
+
+    def ensure_bucket(self) -> None:
+        self._check(f"bucket {self.bucket}")
+
+    def sha256_of(self, key: str, *, task_id: str | None = None) -> str | None:
+        self._check(f"stat {key}")
+        stored = self.objects.get(key)
+        if stored is None or (task_id is not None and stored.metadata.get("task-id") != task_id):
+            return None
+        return stored.metadata.get("sha256", "")
+
+    def put_file(
+        self, key: str, data: BinaryIO, size: int, *, content_type: str, sha256: str, task_id: str = ""
+    ) -> None:
+        self._check(f"put {key}")
+        body = data.read(size)
+        if len(body) != size:
+            raise StorageError(f"put {key}: {len(body)} bytes read of the {size} announced")
+        self.objects[key] = StoredObject(body, content_type, {"sha256": sha256, "task-id": task_id})
+
+    def put_json(self, key: str, document: dict[str, Any]) -> None:
+        self._check(f"put {key}")
+        raw = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8", "backslashreplace")
+        self.objects[key] = StoredObject(raw, "application/json", {})
+
+    def get_json(self, key: str) -> dict[str, Any] | None:
+        self._check(f"get {key}")
+        stored = self.objects.get(key)
+        return json.loads(stored.data) if stored is not None else None
+
+    def download(self, key: str, path: str) -> None:
+        self._check(f"download {key}")
+        if key not in self.objects:
+            raise StorageError(f"download {key}: no such object")
+        with open(path, "wb") as out:
+            out.write(self.objects[key].data)
+
+    def keys(self, prefix: str) -> Iterator[str]:
+        self._check(f"list {prefix}")
+        yield from sorted(k for k in self.objects if k.startswith(prefix))

@@ -14,7 +14,7 @@ import redis
 import structlog
 
 from config.settings import Settings, load_settings
-from workers.bucket import ResultBucket, make_minio
+from workers.bucket import Bucket, ResultBucket, make_minio
 from workers.dashscope import DashScopeClient
 from workers.job import Next
 from workers.jobstore import JobStore, RedisJobStore
@@ -39,7 +39,7 @@ class Runtime:
     settings: Settings
     store: JobStore
     dashscope: DashScopeClient
-    results: ResultBucket
+    results: Bucket
     downloads: httpx.Client
     quota: Quota
     clients: dict[str, list[DashScopeClient]] = field(default_factory=dict)

@@ -21,7 +21,7 @@ from rich.text import Text
 from config.catalogue import CATALOGUE
 from config.settings import Settings
 from workers.job import TERMINAL, Status
-from workers.jobstore import BatchSummary, JobStore, keys
+from workers.jobstore import BatchSummary, JobStore
 from workers.quota.quota import Quota, Scope
 
 _ORDER = [s.value for s in Status]
@@ -153,7 +153,7 @@ def quota_table(settings: Settings, store: JobStore, quota: Quota, *, now: float
             held = len(quota.slot_holders(scope, now))
             if not held and not waiting.get(model):
                 continue
-            cooling = quota.cooldowns.state(keys.cooldown(account.name, model), now)
+            cooling = quota.cooldown(scope, now)
             table.add_row(
                 *cells(
                     account.name,

@@ -13,17 +13,11 @@ import ast
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("workers", "producer", "config", "ops")
 
 #: The command line: with `ops` itself, the only modules that may import `ops`.
 CLI_PACKAGE = "producer.cli"
-
-#: Modules being restructured by another part of issue 17 (the closed job store, the stage values): an import
-#: cycle entirely among them is reported as an expected failure until that part lands, never silently passed.
-BEING_RESTRUCTURED = ("workers", "producer.batch", "producer.stream", "producer.scheduled_runs", "ops.chaos.audit")
 
 
 def module_name(path: Path) -> str:
@@ -155,11 +149,7 @@ def test_no_module_imports_another_that_imports_it_back() -> None:
     """No genq module imports, directly or through others, a module that imports it back."""
     graph = import_graph()
     found = cycles(graph)
-    elsewhere = [c for c in found if not all(_within(m, BEING_RESTRUCTURED) for m in c)]
-    assert not elsewhere, "import cycles:\n" + "\n".join(_describe(graph, c) for c in elsewhere)
-    if found:
-        # issue 17: being removed (cycles entirely among the modules the job-store part restructures)
-        pytest.xfail("import cycles:\n" + "\n".join(_describe(graph, c) for c in found))
+    assert not found, "import cycles:\n" + "\n".join(_describe(graph, c) for c in found)
 
 
 def test_only_the_cli_and_ops_import_ops() -> None:

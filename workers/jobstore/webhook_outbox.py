@@ -323,6 +323,11 @@ class Outbox:
     def waiting(self) -> int:
         return int(self.client.zcard(keys.WEBHOOK_DUE))
 
+    def oldest_due(self) -> float | None:
+        """When the event waiting longest for delivery was due; None when none waits."""
+        oldest = cast(list[tuple[str, float]], self.client.zrange(keys.WEBHOOK_DUE, 0, 0, withscores=True))
+        return oldest[0][1] if oldest else None
+
     def backlog(self) -> int:
         """Events not yet settled: unread by the collector, read but not filed, or waiting for delivery."""
         groups = self.client.xinfo_groups(self.stream) if self.client.exists(self.stream) else []

@@ -15,7 +15,7 @@ from config.accounts import ScopeLimits
 from config.settings import Settings
 from workers.jobstore import keys
 from workers.quota.budget import QueryBudget
-from workers.quota.cooldown import Cooldowns, MemoryCooldowns, RedisCooldowns
+from workers.quota.cooldown import Cooldowns, CooldownState, MemoryCooldowns, RedisCooldowns
 from workers.quota.rate import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from workers.quota.slots import MemorySlots, RedisSlots, Slots
 
@@ -58,6 +58,10 @@ class Quota:
         return cls(limiter, MemorySlots(), MemoryCooldowns(), QueryBudget(limiter))
 
     # --- submit rate and cooldown ------------------------------------------------------------------
+    def cooldown(self, scope: Scope, now: float) -> CooldownState:
+        """The scope's 429 pause (if any) and the factor on its submit rate, as every worker sees them."""
+        return self.cooldowns.state(keys.cooldown(scope.account, scope.model), now)
+
     def submit_wait_s(
         self, scope: Scope, limits: ScopeLimits, settings: Settings, now: float, rng: random.Random
     ) -> float:

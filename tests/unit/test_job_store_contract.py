@@ -1,0 +1,805 @@
+"""The job store's promises (`workers/jobstore/protocol.py`), one body per promise, run against the Redis and the
+in-memory implementation. The Lua scripts of `workers/jobstore/lua/` are the reference: where the two stores
+disagree, the memory store is the one to fix.
+
+Events are read as a consumer reads them: for Redis, with XRANGE on an independent client; for the memory store,
+with its `events()`. Every test uses fresh batch ids, model names and event stream, so no two tests share a job,
+batch, queue or stream key; the fleet-wide keys (counts, tasks upstream, paused accounts) are clean because the
+`redis_url` fixture flushes the server before each test (and the property test before each example).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from workers.events import iso_time
+from workers.job import PER_TRY, REVIVABLE, TERMINAL, TRANSITIONS, Action, Job, Status, record_of
+from workers.jobstore import Applied, JobStore, MemoryJobStore, NewJob, RedisJobStore
+from workers.refs import job_ref
+from workers.requests import GenerationRequest
+
+NOW = 1_700_000_000.0
+BAND = 1e12
+
+#: A way from `accepted` to each status along the transition table (each step allowed from the one before).
+PATHS: dict[Status, list[Status]] = {
+    Status.ACCEPTED: [],
+    Status.ADMITTED: [Status.ADMITTED],
+    Status.SUBMITTING: [Status.ADMITTED, Status.SUBMITTING],
+    Status.SUBMITTED: [Status.ADMITTED, Status.SUBMITTING, Status.SUBMITTED],
+    Status.RUNNING: [Status.ADMITTED, Status.SUBMITTING, Status.SUBMITTED, Status.RUNNING],
+    Status.OVERDUE: [Status.ADMITTED, Status.SUBMITTING, Status.SUBMITTED, Status.OVERDUE],
+    Status.DOWNLOADING: [Status.ADMITTED, Status.SUBMITTING, Status.SUBMITTED, Status.DOWNLOADING],
+    Status.SUCCEEDED: [Status.ADMITTED, Status.SUBMITTING, Status.SUBMITTED, Status.DOWNLOADING, Status.SUCCEEDED],
+    Status.PARTIALLY_SUCCEEDED: [
+        Status.ADMITTED,
+        Status.SUBMITTING,
+        Status.SUBMITTED,
+        Status.DOWNLOADING,
+        Status.PARTIALLY_SUCCEEDED,
+    ],
+    Status.FAILED: [Status.FAILED],
+    Status.CANCELED: [Status.CANCELED],
+    Status.TIMED_OUT: [Status.TIMED_OUT],
+    Status.EXPIRED: [Status.ADMITTED, Status.SUBMITTING, Status.SUBMITTED, Status.EXPIRED],
+}
+
+
+@pytest.fixture(params=["redis", "memory"])
+def store(request: pytest.FixtureRequest) -> Iterator[JobStore]:
+    if request.param == "memory":
+        yield MemoryJobStore()
+        return
+    client = redis.Redis.from_url(request.getfixturevalue("redis_url"), decode_responses=True)
+    yield RedisJobStore(client, event_stream="genq:events:" + secrets.token_hex(4))
+    client.close()
+
+
+@pytest.fixture
+def events(store: JobStore, request: pytest.FixtureRequest) -> Callable[[], list[dict[str, Any]]]:
+    """The store's events as a consumer of its stream reads them, decoded, oldest first."""
+    if isinstance(store, MemoryJobStore):
+        return store.events
+    observer = redis.Redis.from_url(request.getfixturevalue("redis_url"), decode_responses=True)
+    request.addfinalizer(observer.close)
+    return lambda: redis_events(observer, store.event_stream)
+
+
+def redis_events(client: redis.Redis, stream: str) -> list[dict[str, Any]]:
+    entries = cast(list[tuple[str, dict[str, str]]], client.xrange(stream))
+    return [json.loads(fields["event"]) for _, fields in entries]
+
+
+@pytest.fixture
+def model() -> str:
+    return "m-" + secrets.token_hex(4)
+
+
+def new_id() -> str:
+    return "b" + secrets.token_hex(4)
+
+
+def new_job(ref: str, line: int, model: str, now: float = NOW) -> NewJob:
+    return NewJob(ref, line, model, record_of(ref, line, GenerationRequest(model=model, prompt=f"line {line}"), now))
+
+
+def batch_of(store: JobStore, model: str, n: int, *, priority: int = 5, seal: bool = False) -> tuple[str, list[str]]:
+    """A new batch of `n` jobs (ids j0.., lines 1..) waiting for `model`; its id and the jobs' refs."""
+    batch_id = new_id()
+    store.open_batch(batch_id, source="test.csv", priority=priority, now=NOW)
+    job_refs = [job_ref(batch_id, f"j{i}") for i in range(n)]
+    assert store.create_jobs([new_job(ref, i + 1, model) for i, ref in enumerate(job_refs)]) == [None] * n
+    if seal:
+        store.seal_batch(batch_id, now=NOW)
+    return batch_id, job_refs
+
+
+def walk(store: JobStore, ref: str, status: Status, now: float = NOW) -> Job:
+    """Move a job from `accepted` to `status` along `PATHS`; the job as it is then."""
+    for step in PATHS[status]:
+        assert store.transition(ref, step, expected_attempt=None, now=now).ok
+    job = store.get(ref)
+    assert job is not None and job.status is status
+    return job
+
+
+def drain(store: JobStore, model: str) -> list[tuple[str, float]]:
+    """Admit every waiting job of `model` in turn, as admission does; (ref, score) in the order served."""
+    served = []
+    while (first := store.next_waiting(model)) is not None:
+        assert store.leave_queue(model, first[0])
+        store.advance_clock(model, first[1])
+        served.append(first)
+    return served
+
+
+def defaults() -> dict[str, Any]:
+    return {
+        f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        for f in dataclasses.fields(Job)
+    }
+
+
+# --- creating jobs and batches ----------------------------------------------------------------------
+def test_create_is_idempotent_and_reports_the_existing_status(store: JobStore, model: str) -> None:
+    """Creating a job again keeps the first one untouched and answers its status; the batch counts it once."""
+    batch_id, (a, b) = batch_of(store, model, 2)
+    assert store.claim(a, Status.ADMITTED, expected_attempt=0, action=Action.SUBMIT, lease_until=NOW + 60).ok
+    c = job_ref(batch_id, "j2")
+    assert store.create_jobs([new_job(a, 1, model), new_job(b, 2, model), new_job(c, 3, model)]) == [
+        Status.ADMITTED,
+        Status.ACCEPTED,
+        None,
+    ]
+    job = store.get(a)
+    assert job is not None and job.attempt == 1 and job.next_action is Action.SUBMIT
+    summary = store.batch_summary(batch_id)
+    assert summary is not None and summary.total == 3 and summary.counts == {"accepted": 2, "admitted": 1}
+
+
+def test_a_job_reads_back_as_it_was_created(store: JobStore, model: str) -> None:
+    """`get` gives the record `record_of` wrote as a `Job`, and None for a job that does not exist."""
+    batch_id, (ref,) = batch_of(store, model, 1)
+    job = store.get(ref)
+    assert job is not None
+    assert (job.batch_id, job.job_id, job.line, job.model, job.status, job.attempt) == (
+        batch_id,
+        "j0",
+        1,
+        model,
+        Status.ACCEPTED,
+        0,
+    )
+    assert job.request == GenerationRequest(model=model, prompt="line 1")
+    assert job.next_action is Action.ADMIT and job.due_at == 0.0 and job.times == {"accepted": NOW}
+    assert store.get(job_ref(batch_id, "nobody")) is None
+
+
+def test_jobs_come_in_source_order(store: JobStore, model: str) -> None:
+    """`jobs` yields a batch's jobs by source line, whatever order they were created in."""
+    batch_id = new_id()
+    store.open_batch(batch_id, source="s", now=NOW)
+    lines = {"x": 30, "y": 10, "z": 20}
+    store.create_jobs([new_job(job_ref(batch_id, j), line, model) for j, line in lines.items()])
+    assert [(j.job_id, j.line) for j in store.jobs(batch_id)] == [("y", 10), ("z", 20), ("x", 30)]
+    assert list(store.jobs(new_id())) == []
+
+
+def test_open_batch_creates_once_and_reopens(store: JobStore) -> None:
+    """Opening a batch is new once; opening it again keeps its creation time, unseals it and takes the new
+    source; batches are listed oldest first; a priority outside 0-9 is refused."""
+    first, second = new_id(), new_id()
+    assert store.open_batch(second, source="a.csv", now=NOW + 10)
+    assert store.open_batch(first, source="b.csv", now=NOW)
+    assert store.seal_batch(first, now=NOW + 1)  # nothing in it: sealing finishes it
+    assert not store.open_batch(first, source="c.csv", now=NOW + 20)
+    summary = store.batch_summary(first)
+    assert summary is not None
+    assert (summary.created_at, summary.sealed, summary.source, summary.total) == (NOW, False, "c.csv", 0)
+    assert [b for b in store.batch_ids() if b in (first, second)] == [first, second]
+    with pytest.raises(ValueError, match="priority must be 0-9"):
+        store.open_batch(new_id(), source="s", priority=10)
+    assert store.batch_summary(new_id()) is None
+
+
+def test_record_rejected_is_idempotent_per_line_and_sorted(store: JobStore) -> None:
+    """A rejected line recorded twice counts once (the last record kept); the records come in line order."""
+    batch_id = new_id()
+    store.open_batch(batch_id, source="s", now=NOW)
+    store.record_rejected(batch_id, 7, "size", "not a size", {"size": "huge"})
+    store.record_rejected(batch_id, 3, "prompt", "empty", {"prompt": ""})
+    store.record_rejected(batch_id, 7, "size", "too large", {"size": "9999*9999"})
+    assert store.rejected(batch_id) == [
+        {"line": 3, "field": "prompt", "reason": "empty", "input": {"prompt": ""}},
+        {"line": 7, "field": "size", "reason": "too large", "input": {"size": "9999*9999"}},
+    ]
+    summary = store.batch_summary(batch_id)
+    assert summary is not None and summary.rejected == 2
+    assert store.rejected(new_id()) == []
+
+
+def test_batch_webhook_is_set_and_read(store: JobStore) -> None:
+    """A batch has no webhook of its own until one is set, then answers that URL."""
+    batch_id = new_id()
+    store.open_batch(batch_id, source="s", now=NOW)
+    assert store.batch_webhook(batch_id) is None
+    store.set_batch_webhook(batch_id, "https://example.test/hook")
+    assert store.batch_webhook(batch_id) == "https://example.test/hook"
+
+
+def test_sample_jobs_draws_distinct_jobs_of_the_batch(store: JobStore, model: str) -> None:
+    """A sample holds up to `count` distinct jobs of the batch, all of it when `count` exceeds its size."""
+    batch_id, job_refs = batch_of(store, model, 5)
+    sample = store.sample_jobs(batch_id, 3)
+    assert len(sample) == 3 and len({j.ref for j in sample}) == 3 and {j.ref for j in sample} <= set(job_refs)
+    assert sorted(j.ref for j in store.sample_jobs(batch_id, 10)) == job_refs
+    assert store.sample_jobs(batch_id, 0) == []
+    assert store.sample_jobs(new_id(), 3) == []
+
+
+# --- the wait queues ----------------------------------------------------------------------------------
+def test_wait_queue_serves_the_higher_priority_band_first(store: JobStore, model: str) -> None:
+    """A job of a priority-8 batch goes before the jobs of an earlier priority-2 batch; the score is
+    band * 1e12 + position, with band 9 - priority."""
+    _, low = batch_of(store, model, 2, priority=2)
+    _, high = batch_of(store, model, 1, priority=8)
+    assert store.waiting([model, "m-nobody"]) == {model: 3}
+    assert drain(store, model) == [(high[0], 1 * BAND + 1), (low[0], 7 * BAND + 1), (low[1], 7 * BAND + 2)]
+    assert store.next_waiting(model) is None and store.waiting([model]) == {}
+
+
+def test_batches_of_one_band_take_turns(store: JobStore, model: str) -> None:
+    """Two batches queued at the same turn are served alternately, each in its own source order, not one
+    batch after the other."""
+    _, a = batch_of(store, model, 3)
+    _, b = batch_of(store, model, 3)
+    served = drain(store, model)
+    assert [score for _, score in served] == [4 * BAND + p for p in (1, 1, 2, 2, 3, 3)]
+    for turn in range(3):
+        assert {ref for ref, _ in served[2 * turn : 2 * turn + 2]} == {a[turn], b[turn]}
+
+
+def test_a_batch_queued_later_starts_at_the_current_turn(store: JobStore, model: str) -> None:
+    """A batch that joins once two turns were served counts on from the queue's clock, so it takes turns with
+    the jobs still waiting instead of going ahead of them or waiting behind all of them."""
+    _, a = batch_of(store, model, 4)
+    assert [ref for ref, _ in drain_some(store, model, 2)] == a[:2]
+    _, b = batch_of(store, model, 2)
+    served = drain(store, model)
+    assert [score for _, score in served] == [4 * BAND + p for p in (3, 3, 4, 4)]
+    assert {ref for ref, _ in served[:2]} == {a[2], b[0]} and {ref for ref, _ in served[2:]} == {a[3], b[1]}
+    _, late = batch_of(store, model, 1)
+    assert store.next_waiting(model) == (late[0], 4 * BAND + 5)
+
+
+def test_a_job_added_to_a_batch_behind_the_clock_waits_at_the_current_turn(store: JobStore, model: str) -> None:
+    """A job added to a batch whose own count of turns fell behind the queue's clock takes the current turn, not
+    a past one: it cannot go ahead of the turns still to be served."""
+    a_id, _ = batch_of(store, model, 1)
+    batch_of(store, model, 3)
+    assert [score for _, score in drain(store, model)] == [4 * BAND + p for p in (1, 1, 2, 3)]
+    late = job_ref(a_id, "late")
+    store.create_jobs([new_job(late, 2, model)])
+    assert store.next_waiting(model) == (late, 4 * BAND + 3)
+    store.create_jobs([new_job(job_ref(a_id, "later"), 3, model)])
+    assert drain(store, model) == [(late, 4 * BAND + 3), (job_ref(a_id, "later"), 4 * BAND + 3)]
+
+
+def drain_some(store: JobStore, model: str, n: int) -> list[tuple[str, float]]:
+    served = []
+    for _ in range(n):
+        first = store.next_waiting(model)
+        assert first is not None and store.leave_queue(model, first[0])
+        store.advance_clock(model, first[1])
+        served.append(first)
+    return served
+
+
+def test_requeue_puts_a_job_back_at_its_band_current_turn(store: JobStore, model: str) -> None:
+    """A job requeued after the clock reached turn 1 waits at turn 1 of its band, ahead of later turns;
+    requeueing a job already in line changes nothing and answers False."""
+    _, job_refs = batch_of(store, model, 3, priority=7)
+    (first, score), *_ = drain_some(store, model, 1)
+    assert score == 2 * BAND + 1
+    assert store.requeue(first, model)
+    assert store.next_waiting(model) == (first, 2 * BAND + 1)
+    assert not store.requeue(first, model)
+    assert not store.requeue(job_refs[2], model)
+    assert store.waiting([model]) == {model: 3}
+
+
+def test_advance_clock_only_moves_forward(store: JobStore, model: str) -> None:
+    """The clock takes the admitted job's position (its score modulo 1e12, whatever its band) and never goes
+    back; a new batch counts on from it and a requeued job waits at it."""
+    store.advance_clock(model, 3 * BAND + 7)
+    store.advance_clock(model, 1 * BAND + 4)
+    _, (ref,) = batch_of(store, model, 1)
+    assert store.next_waiting(model) == (ref, 4 * BAND + 8)
+    assert store.leave_queue(model, ref)
+    assert not store.leave_queue(model, ref)
+    assert store.requeue(ref, model)
+    assert store.next_waiting(model) == (ref, 4 * BAND + 7)
+
+
+# --- transitions -------------------------------------------------------------------------------------
+def test_transition_refuses_an_attempt_that_moved_on(store: JobStore, model: str) -> None:
+    """Once a claim advanced the attempt, a move expecting the old attempt is refused and changes nothing."""
+    _, (ref,) = batch_of(store, model, 1)
+    assert store.claim(ref, Status.ADMITTED, expected_attempt=0, action=Action.SUBMIT, lease_until=NOW + 60).ok
+    refused = store.transition(ref, Status.SUBMITTING, expected_attempt=0, fields={"account": "x"})
+    assert refused == Applied(ok=False, status="admitted", attempt=1, reason="attempt moved on")
+    job = store.get(ref)
+    assert job is not None and (job.status, job.account, job.due_at) == (Status.ADMITTED, None, NOW + 60)
+
+
+def test_transition_of_a_job_that_does_not_exist(store: JobStore) -> None:
+    """A move of a missing job is refused as such, and creates nothing."""
+    ref = job_ref(new_id(), "j0")
+    assert store.transition(ref, Status.FAILED, expected_attempt=None) == Applied(
+        ok=False, status="", attempt=0, reason="no such job"
+    )
+    assert store.get(ref) is None and store.due(math.inf) == []
+
+
+def test_transition_refuses_a_move_the_table_forbids(store: JobStore, model: str) -> None:
+    """A succeeded job cannot run again, an accepted one cannot jump to succeeded, and a transition cannot
+    revive a failed job: each refused with the reason naming both statuses, leaving the job as it was."""
+    _, (done, fresh, failed) = batch_of(store, model, 3)
+    ended = walk(store, done, Status.SUCCEEDED)
+    assert store.transition(done, Status.RUNNING, expected_attempt=None) == Applied(
+        ok=False, status="succeeded", attempt=ended.attempt, reason="succeeded cannot move to running"
+    )
+    assert store.transition(fresh, Status.SUCCEEDED, expected_attempt=0).reason == ("accepted cannot move to succeeded")
+    walk(store, failed, Status.FAILED)
+    assert store.transition(failed, Status.ACCEPTED, expected_attempt=None).reason == "failed cannot move to accepted"
+    assert store.get(done) == ended
+
+
+def test_staying_in_a_status_reschedules_without_an_event(
+    store: JobStore, model: str, events: Callable[[], list[dict[str, Any]]]
+) -> None:
+    """A move to the status the job is in applies (a reschedule): new due time and fields, no event, no change
+    of counters or of when it entered the status."""
+    batch_id, (ref,) = batch_of(store, model, 1)
+    walk(store, ref, Status.SUBMITTED, now=NOW + 1)
+    applied = store.transition(
+        ref, Status.SUBMITTED, expected_attempt=0, next_action=Action.POLL, due_at=NOW + 30, event={"id": "x"}
+    )
+    assert applied == Applied(ok=True, status="submitted", attempt=0)
+    job = store.get(ref)
+    assert job is not None and job.next_action is Action.POLL and job.due_at == NOW + 30
+    assert job.times["submitted"] == NOW + 1
+    assert events() == []
+    summary = store.batch_summary(batch_id)
+    assert summary is not None and summary.counts == {"submitted": 1}
+
+
+def test_claim_advances_the_attempt_and_sets_the_due_time(store: JobStore, model: str) -> None:
+    """A claim bumps the attempt, records the action and fields, and indexes the job due at its lease."""
+    _, (ref,) = batch_of(store, model, 1)
+    applied = store.claim(
+        ref,
+        Status.ADMITTED,
+        expected_attempt=0,
+        action=Action.SUBMIT,
+        lease_until=NOW + 60,
+        fields={"account": "acct-1"},
+        now=NOW + 2,
+    )
+    assert applied == Applied(ok=True, status="admitted", attempt=1)
+    job = store.get(ref)
+    assert job is not None
+    assert (job.attempt, job.next_action, job.due_at, job.account) == (1, Action.SUBMIT, NOW + 60, "acct-1")
+    assert job.times["admitted"] == NOW + 2
+    assert store.due(NOW + 59) == [] and store.due(NOW + 60) == [(ref, NOW + 60)]
+    again = store.claim(ref, Status.ADMITTED, expected_attempt=0, action=Action.SUBMIT, lease_until=NOW + 90)
+    assert again == Applied(ok=False, status="admitted", attempt=1, reason="attempt moved on")
+
+
+def test_concurrent_claims_of_one_attempt_let_exactly_one_win(store: JobStore, model: str) -> None:
+    """Eight threads claiming the same attempt of a job at once: one claim applies, seven find it moved on."""
+    _, (ref,) = batch_of(store, model, 1)
+    start = threading.Barrier(8)
+
+    def claim(account: str) -> Applied:
+        start.wait()
+        return store.claim(
+            ref, Status.ADMITTED, expected_attempt=0, action=Action.SUBMIT, lease_until=NOW, fields={"account": account}
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(claim, [f"acct-{i}" for i in range(8)]))
+    winners = [i for i, applied in enumerate(answers) if applied.ok]
+    assert len(winners) == 1
+    assert all(a.reason == "attempt moved on" for a in answers if not a.ok)
+    job = store.get(ref)
+    assert job is not None and (job.attempt, job.account) == (1, f"acct-{winners[0]}")
+
+
+def test_due_lists_the_oldest_first_up_to_the_limit(store: JobStore, model: str) -> None:
+    """`due` answers the jobs due at or before `now`, earliest first, at most `limit` of them."""
+    _, job_refs = batch_of(store, model, 3)
+    for ref, at in zip(job_refs, (30, 10, 20), strict=True):
+        store.claim(ref, Status.ADMITTED, expected_attempt=0, action=Action.SUBMIT, lease_until=NOW + at)
+    assert store.due(NOW + 20) == [(job_refs[1], NOW + 10), (job_refs[2], NOW + 20)]
+    assert store.due(NOW + 100, limit=1) == [(job_refs[1], NOW + 10)]
+
+
+def test_a_terminal_transition_ends_the_job_once(
+    store: JobStore, model: str, events: Callable[[], list[dict[str, Any]]]
+) -> None:
+    """Ending a job takes it out of the due index, clears its next action, counts it terminal and appends its
+    event exactly once; a repeat of the same end is refused and appends nothing."""
+    batch_id, (ref, _) = batch_of(store, model, 2)
+    store.claim(ref, Status.ADMITTED, expected_attempt=0, action=Action.SUBMIT, lease_until=NOW + 60)
+    event = {"id": f"{ref}/failed/1", "type": "genq.job.failed", "data": {"ref": ref}}
+    applied = store.transition(
+        ref,
+        Status.FAILED,
+        expected_attempt=1,
+        next_action=Action.SUBMIT,
+        due_at=NOW + 90,
+        fields={"error_code": "Boom"},
+        event=event,
+        now=NOW + 3,
+    )
+    assert applied == Applied(ok=True, status="failed", attempt=1)
+    assert store.transition(ref, Status.FAILED, expected_attempt=1, event=event).reason == (
+        "failed cannot move to failed"
+    )
+    job = store.get(ref)
+    assert job is not None
+    assert (job.due_at, job.next_action, job.error_code, job.times["failed"]) == (0.0, Action.NONE, "Boom", NOW + 3)
+    assert store.due(math.inf) == []
+    assert events() == [event]
+    summary = store.batch_summary(batch_id)
+    assert summary is not None and (summary.terminal, summary.counts) == (1, {"accepted": 1, "failed": 1})
+    assert summary.done_at is None  # not sealed, and a job still open
+
+
+def test_the_last_end_finishes_a_sealed_batch_with_one_event(
+    store: JobStore, model: str, events: Callable[[], list[dict[str, Any]]]
+) -> None:
+    """When the last job of a sealed batch ends, that transition reports the batch finished, stamps it done and
+    appends one `genq.batch.finished` event with the batch's counts; sealing it again finishes nothing."""
+    batch_id, (a, b) = batch_of(store, model, 2, seal=True)
+    store.record_rejected(batch_id, 9, "prompt", "empty", {})
+    assert not store.transition(a, Status.CANCELED, expected_attempt=None, now=NOW + 4).batch_finished
+    walk(store, b, Status.DOWNLOADING)
+    last = store.transition(b, Status.SUCCEEDED, expected_attempt=None, now=NOW + 5.25)
+    assert last.ok and last.batch_finished
+    assert events() == [
+        {
+            "specversion": "1.0",
+            "id": f"batch/{batch_id}/finished/{NOW + 5.25!r}",
+            "source": "genq",
+            "type": "genq.batch.finished",
+            "subject": batch_id,
+            "time": iso_time(NOW + 5.25),
+            "datacontenttype": "application/json",
+            "data": {"batch_id": batch_id, "total": 2, "rejected": 1, "counts": {"canceled": 1, "succeeded": 1}},
+        }
+    ]
+    summary = store.batch_summary(batch_id)
+    assert summary is not None and summary.done and summary.done_at == NOW + 5.25 and summary.succeeded == 1
+    assert not store.seal_batch(batch_id, now=NOW + 6)
+    assert len(events()) == 1
+
+
+def test_sealing_a_batch_whose_jobs_all_ended_finishes_it(
+    store: JobStore, model: str, events: Callable[[], list[dict[str, Any]]]
+) -> None:
+    """A batch whose jobs all ended before it was sealed is finished by the seal (one event), and only once;
+    an empty batch is finished by its seal too."""
+    batch_id, (ref,) = batch_of(store, model, 1)
+    assert not store.transition(ref, Status.TIMED_OUT, expected_attempt=None).batch_finished
+    assert events() == []
+    assert store.seal_batch(batch_id, now=NOW + 7)
+    assert not store.seal_batch(batch_id, now=NOW + 8)
+    empty = new_id()
+    store.open_batch(empty, source="s", now=NOW)
+    assert store.seal_batch(empty, now=NOW + 9)
+    found = events()
+    assert [(e["subject"], e["data"]["total"], e["data"]["counts"]) for e in found] == [
+        (batch_id, 1, {"timed_out": 1}),
+        (empty, 0, {}),
+    ]
+    summary = store.batch_summary(batch_id)
+    assert summary is not None and summary.done_at == NOW + 7
+
+
+def test_a_new_job_reopens_a_finished_batch(store: JobStore, model: str) -> None:
+    """A job created in a finished batch clears its done stamp: the batch has a job to wait for again."""
+    batch_id, (ref,) = batch_of(store, model, 1, seal=True)
+    assert store.transition(ref, Status.FAILED, expected_attempt=None).batch_finished
+    store.open_batch(batch_id, source="more.csv", now=NOW)
+    store.create_jobs([new_job(job_ref(batch_id, "late"), 2, model)])
+    summary = store.batch_summary(batch_id)
+    assert summary is not None and (summary.total, summary.terminal, summary.done_at) == (2, 1, None)
+
+
+# --- revival -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("status", list(PATHS), ids=str)
+def test_revive_only_from_a_revivable_end(store: JobStore, model: str, status: Status) -> None:
+    """Only a failed, timed-out or expired job can be revived; any other is refused with the table's reason."""
+    _, (ref,) = batch_of(store, model, 1)
+    job = walk(store, ref, status)
+    store.leave_queue(model, ref)
+    applied = store.revive(job, now=NOW + 1)
+    if status in REVIVABLE:
+        assert applied == Applied(ok=True, status="accepted", attempt=job.attempt + 1)
+        assert store.waiting([model]) == {model: 1}
+    else:
+        assert applied == Applied(
+            ok=False, status=status.value, attempt=job.attempt, reason=f"{status} cannot move to accepted"
+        )
+        assert store.get(ref) == job and store.next_waiting(model) is None
+
+
+def test_revive_resets_the_try_and_puts_the_job_back_in_line(store: JobStore, model: str) -> None:
+    """A revived job has every per-try field at its default, one more retry, its other fields kept, a new
+    attempt, no due time, and waits in its model's queue at the current turn."""
+    _, (ref,) = batch_of(store, model, 1, priority=9)
+    drain(store, model)
+    walk(store, ref, Status.SUBMITTED)
+    assert store.claim(
+        ref,
+        Status.SUBMITTED,
+        expected_attempt=0,
+        action=Action.POLL,
+        lease_until=NOW + 60,
+        fields={"account": "acct-1", "task_id": "t-1", "submits": 2, "create_pending": True, "poll_errors": 3},
+    ).ok
+    store.count_crash(ref)
+    assert store.transition(
+        ref,
+        Status.FAILED,
+        expected_attempt=1,
+        fields={"error_code": "E", "error_message": "m", "results": [{"url": "u"}], "at_risk": True},
+    ).ok
+    ended = store.get(ref)
+    assert ended is not None and ended.stage_crashes == 1 and ended.task_id == "t-1"
+    assert store.revive(ended, now=NOW + 10).ok
+    job = store.get(ref)
+    assert job is not None
+    expected = defaults()
+    assert {name: getattr(job, name) for name in PER_TRY} == {name: expected[name] for name in PER_TRY}
+    assert (job.status, job.attempt, job.retries, job.account, job.next_action) == (
+        Status.ACCEPTED,
+        2,
+        1,
+        "acct-1",
+        Action.ADMIT,
+    )
+    assert job.due_at == 0.0 and store.due(math.inf) == [] and job.times["accepted"] == NOW + 10
+    assert store.next_waiting(model) == (ref, 0 * BAND + 1)
+    assert store.transition(ref, Status.FAILED, expected_attempt=None).ok
+    twice = store.get(ref)
+    assert twice is not None and store.revive(twice).ok
+    again = store.get(ref)
+    assert again is not None and again.retries == 2
+
+
+def test_revive_unfinishes_the_batch(store: JobStore, model: str, events: Callable[[], list[dict[str, Any]]]) -> None:
+    """Reviving the job of a finished batch takes one off its terminal count and clears its done stamp; the
+    batch finishes again (with a new event) when the job ends again."""
+    batch_id, (ref,) = batch_of(store, model, 1, seal=True)
+    assert store.transition(ref, Status.FAILED, expected_attempt=None, now=NOW + 1).batch_finished
+    job = store.get(ref)
+    assert job is not None and store.revive(job, now=NOW + 2).ok
+    summary = store.batch_summary(batch_id)
+    assert summary is not None
+    assert (summary.terminal, summary.done_at, summary.done, summary.counts) == (0, None, False, {"accepted": 1})
+    assert store.transition(ref, Status.CANCELED, expected_attempt=None, now=NOW + 3).batch_finished
+    assert [(e["id"], e["data"]["counts"]) for e in events()] == [
+        (f"batch/{batch_id}/finished/{NOW + 1!r}", {"failed": 1}),
+        (f"batch/{batch_id}/finished/{NOW + 3!r}", {"canceled": 1}),
+    ]
+
+
+def test_revive_refuses_a_stale_attempt(store: JobStore, model: str) -> None:
+    """Two revivals of the same read of a job: the second finds the attempt moved on and does nothing."""
+    batch_id, (ref,) = batch_of(store, model, 1)
+    drain(store, model)
+    job = walk(store, ref, Status.EXPIRED)
+    assert store.revive(job).ok
+    assert store.revive(job) == Applied(ok=False, status="accepted", attempt=job.attempt + 1, reason="attempt moved on")
+    revived = store.get(ref)
+    assert revived is not None and revived.retries == 1
+    assert store.waiting([model]) == {model: 1}
+    summary = store.batch_summary(batch_id)
+    assert summary is not None and summary.terminal == 0
+
+
+# --- the due index -------------------------------------------------------------------------------------
+def test_push_due_moves_only_later_and_only_indexed_jobs(store: JobStore, model: str) -> None:
+    """`push_due` moves an indexed job's due time later, on the job and in the index; an earlier time, a job
+    not indexed, or one dropped from the index is left alone."""
+    _, (ref, waiting) = batch_of(store, model, 2)
+    store.claim(ref, Status.ADMITTED, expected_attempt=0, action=Action.SUBMIT, lease_until=NOW + 60)
+    assert not store.push_due(ref, NOW + 30)
+    assert not store.push_due(ref, NOW + 60)
+    assert store.push_due(ref, NOW + 90.5)
+    job = store.get(ref)
+    assert job is not None and job.due_at == NOW + 90.5
+    assert store.due(math.inf) == [(ref, NOW + 90.5)]
+    assert not store.push_due(waiting, NOW + 90)
+    untouched = store.get(waiting)
+    assert untouched is not None and untouched.due_at == 0.0
+    store.drop_due(ref)
+    assert not store.push_due(ref, NOW + 200)
+    assert store.due(math.inf) == []
+
+
+def test_drop_due_takes_a_job_out_of_the_index(store: JobStore, model: str) -> None:
+    """After `drop_due` the sweep no longer finds the job; dropping it again, or an unknown ref, is harmless."""
+    _, (a, b) = batch_of(store, model, 2)
+    for ref in (a, b):
+        store.claim(ref, Status.ADMITTED, expected_attempt=0, action=Action.SUBMIT, lease_until=NOW + 60)
+    store.drop_due(a)
+    store.drop_due(a)
+    store.drop_due(job_ref(new_id(), "x"))
+    assert store.due(math.inf) == [(b, NOW + 60)]
+
+
+# --- crashes, accounts, events ---------------------------------------------------------------------------
+def test_count_crash_counts_on_the_job(store: JobStore, model: str) -> None:
+    """Each crash of a stage adds one to the job's count and answers it; an unknown job answers 0."""
+    _, (ref,) = batch_of(store, model, 1)
+    assert [store.count_crash(ref) for _ in range(2)] == [1, 2]
+    job = store.get(ref)
+    assert job is not None and job.stage_crashes == 2
+    unknown = job_ref(new_id(), "x")
+    assert store.count_crash(unknown) == 0 and store.get(unknown) is None
+
+
+def test_pause_account_once_with_one_event(store: JobStore, events: Callable[[], list[dict[str, Any]]]) -> None:
+    """Pausing an account records it and appends its event; pausing it again answers False, keeps the first
+    record and appends nothing."""
+    record = {"code": "Arrearage", "message": "pay up", "at": NOW}
+    event = {"id": "account/acct-1/paused", "type": "genq.account.paused", "data": {"account": "acct-1"}}
+    assert store.pause_account("acct-1", record, event)
+    assert not store.pause_account("acct-1", {**record, "code": "Other"}, {**event, "id": "again"})
+    assert store.paused_accounts() == {"acct-1": record}
+    assert events() == [event]
+    assert store.gauges().paused == ["acct-1"]
+
+
+def test_resume_account_lifts_the_pause(store: JobStore) -> None:
+    """Resuming a paused account answers True and removes it; resuming it again answers False."""
+    store.pause_account("acct-2", {"code": "c", "message": "m", "at": NOW}, {"id": "e"})
+    store.pause_account("acct-1", {"code": "c", "message": "m", "at": NOW}, {"id": "f"})
+    assert store.gauges().paused == ["acct-1", "acct-2"]
+    assert store.resume_account("acct-2")
+    assert not store.resume_account("acct-2")
+    assert list(store.paused_accounts()) == ["acct-1"]
+
+
+def test_emit_event_appends_in_order(store: JobStore, events: Callable[[], list[dict[str, Any]]]) -> None:
+    """Events emitted without a change of status are appended as given, in order, non-ASCII text intact."""
+    store.emit_event({"id": "1", "type": "genq.job.at_risk", "data": {"note": "café"}})
+    store.emit_event({"id": "2", "type": "genq.request.answered"})
+    assert events() == [
+        {"id": "1", "type": "genq.job.at_risk", "data": {"note": "café"}},
+        {"id": "2", "type": "genq.request.answered"},
+    ]
+
+
+def test_gauges_count_jobs_per_status_and_tasks_upstream_per_model(store: JobStore, model: str) -> None:
+    """Jobs per status over every batch (a status that emptied reads 0) and tasks submitted, running or overdue
+    per model, kept by every transition."""
+    other = model + "-b"
+    _, (s, r, d) = batch_of(store, model, 3)
+    _, (o,) = batch_of(store, other, 1)
+    walk(store, s, Status.SUBMITTED)
+    walk(store, r, Status.RUNNING)
+    walk(store, d, Status.DOWNLOADING)
+    walk(store, o, Status.OVERDUE)
+    gauges = store.gauges()
+    assert {k: v for k, v in gauges.jobs.items() if v} == {"submitted": 1, "running": 1, "downloading": 1, "overdue": 1}
+    assert gauges.jobs["accepted"] == 0 and gauges.jobs["admitted"] == 0 and gauges.jobs["submitting"] == 0
+    assert gauges.upstream == {model: 2, other: 1}
+    assert store.transition(r, Status.DOWNLOADING, expected_attempt=None).ok
+    assert store.transition(o, Status.EXPIRED, expected_attempt=None).ok
+    assert store.transition(s, Status.SUBMITTING, expected_attempt=None).ok  # a resubmission: not upstream
+    gauges = store.gauges()
+    assert gauges.upstream == {model: 0, other: 0}
+    assert {k: v for k, v in gauges.jobs.items() if v} == {"submitting": 1, "downloading": 2, "expired": 1}
+    assert gauges.paused == []
+
+
+# --- creates in flight and task owners ---------------------------------------------------------------------
+def test_creates_unresolved_follow_begin_lose_and_end(store: JobStore, model: str) -> None:
+    """A create begun is unresolved (in order sent) until ended; a lost one says so; ending it clears the
+    loss; one sent an hour before a newer one drops out; scopes are apart."""
+    a, b, c = (job_ref(new_id(), "j") for _ in range(3))
+    store.begin_create("acct", model, b, NOW + 5)
+    store.begin_create("acct", model, a, NOW)
+    assert store.creates_unresolved("acct", model) == [(a, NOW, False), (b, NOW + 5, False)]
+    store.lose_create("acct", model, a)
+    assert store.creates_unresolved("acct", model) == [(a, NOW, True), (b, NOW + 5, False)]
+    assert store.creates_unresolved("acct", model + "-other") == []
+    assert store.creates_unresolved("other", model) == []
+    store.end_create("acct", model, a)
+    store.begin_create("acct", model, a, NOW + 6)
+    assert store.creates_unresolved("acct", model) == [(b, NOW + 5, False), (a, NOW + 6, False)]
+    store.begin_create("acct", model, c, NOW + 5 + 3600)
+    assert store.creates_unresolved("acct", model) == [(a, NOW + 6, False), (c, NOW + 3605, False)]
+    store.end_create("acct", model, "nobody")
+
+
+def test_own_task_never_replaces_an_owner(store: JobStore) -> None:
+    """The first job to own a task keeps it: asking again answers True, another job is refused."""
+    task, first, second = "task-" + secrets.token_hex(4), job_ref(new_id(), "a"), job_ref(new_id(), "b")
+    assert store.task_owner(task) is None
+    assert store.own_task(task, first)
+    assert store.own_task(task, first)
+    assert not store.own_task(task, second)
+    assert store.task_owner(task) == first
+
+
+# --- both stores, one random history -------------------------------------------------------------------------
+#: What a step does: a transition to a status drawn from all of them ("transition"), or to one the table allows
+#: from where the job is ("onward": not terminal; "end": terminal), so that histories get far along the table
+#: and batches finish, instead of being mostly refused at its start; a claim; a revival; a seal; a due push.
+KINDS = ["transition", "onward", "onward", "end", "claim", "revive", "seal", "push_due"]
+OPERATIONS = st.lists(
+    st.tuples(
+        st.sampled_from(KINDS),
+        st.integers(0, 1),  # which job
+        st.sampled_from(list(Status)),  # the target of "transition" and "claim"
+        st.integers(0, 7),  # which allowed move "onward" and "end" take
+        # The expected attempt: None (any), else the job's current attempt plus this (-1: stale, 1: not yet).
+        st.one_of(st.none(), st.sampled_from([0, 0, 0, -1, 1])),
+        st.one_of(st.none(), st.integers(1, 100)),  # due in that many seconds (None: none)
+    ),
+    min_size=10,
+    max_size=60,
+)
+Operation = tuple[str, int, Status, int, int | None, int | None]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(OPERATIONS, st.booleans())
+def test_both_stores_apply_any_history_alike(redis_url: str, operations: list[Operation], sealed: bool) -> None:
+    """The same random sequence of transitions, claims, revivals, seals and due pushes, applied to both stores
+    from the same start, gives the same outcomes, jobs, batch, due index, queue, gauges and events."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        client.flushall()
+        stream = "genq:events:" + secrets.token_hex(4)
+        on_redis, in_memory = RedisJobStore(client, event_stream=stream), MemoryJobStore(event_stream=stream)
+        model, batch_id = "m-prop", new_id()
+        job_refs = [job_ref(batch_id, f"j{i}") for i in range(2)]
+        for s in (on_redis, in_memory):
+            s.open_batch(batch_id, source="p", priority=3, now=NOW)
+            s.create_jobs([new_job(ref, i + 1, model) for i, ref in enumerate(job_refs)])
+            if sealed:
+                s.seal_batch(batch_id, now=NOW)
+        for step, (kind, which, status, k, offset, due_in) in enumerate(operations):
+            now, ref = NOW + step + 1, job_refs[which]
+            outcomes = [apply(s, kind, ref, status, k, offset, due_in, now=now) for s in (on_redis, in_memory)]
+            assert outcomes[0] == outcomes[1], (step, kind, ref)
+        assert [on_redis.get(r) for r in job_refs] == [in_memory.get(r) for r in job_refs]
+        assert on_redis.batch_summary(batch_id) == in_memory.batch_summary(batch_id)
+        assert on_redis.due(math.inf) == in_memory.due(math.inf)
+        assert drain(on_redis, model) == drain(in_memory, model)
+        assert on_redis.gauges() == in_memory.gauges()
+        assert redis_events(client, stream) == in_memory.events()
+    finally:
+        client.close()
+
+
+def apply(
+    store: JobStore, kind: str, ref: str, status: Status, k: int, offset: int | None, due_in: int | None, *, now: float
+) -> Any:
+    """One step of a random history; what the store answered."""
+    job = store.get(ref)
+    assert job is not None
+    expected = None if offset is None else job.attempt + offset
+    due_at = None if due_in is None else now + due_in
+    if kind in ("transition", "onward", "end"):
+        allowed = sorted(TRANSITIONS[job.status] & TERMINAL if kind == "end" else TRANSITIONS[job.status] - TERMINAL)
+        target = allowed[k % len(allowed)] if allowed and kind != "transition" else status
+        event = {"id": f"{ref}/{target}/{now!r}"}
+        return store.transition(ref, target, expected_attempt=expected, due_at=due_at, event=event, now=now)
+    if kind == "claim":
+        expected = job.attempt if expected is None else expected
+        return store.claim(ref, status, expected_attempt=expected, action=Action.POLL, lease_until=now + 60, now=now)
+    if kind == "revive":
+        return store.revive(job if expected is None else dataclasses.replace(job, attempt=expected), now=now)
+    if kind == "push_due":
+        return store.push_due(ref, now + (due_in or 0))
+    return store.seal_batch(job.batch_id, now=now)

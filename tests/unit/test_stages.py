@@ -1,0 +1,331 @@
+"""The submit -> poll -> finalize stages on the memory store, quota and bucket (and the same bodies over Redis),
+against a scripted DashScope behind httpx's `MockTransport`, on a virtual clock: the stage logic in under a
+second, no network.
+
+The same chains run over real Redis, S3 and the simulator in `tests/integration/test_stages.py` and
+`test_outcomes.py`; these take the cases whose answers are easiest to script exactly (a lost create, a refused
+key, a 429, an S3 outage) and check what was recorded, sent upstream and stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from config.settings import Settings
+from producer.batch import enqueue_rows
+from producer.csv_source import CsvRow
+from workers.bucket import MemoryBucket
+from workers.claimed import run_stage
+from workers.dashscope import DashScopeClient
+from workers.finalize import finalize
+from workers.job import Action, Next, Status
+from workers.jobstore import JobStore, MemoryJobStore, RedisJobStore
+from workers.poll import poll
+from workers.quota.quota import Quota
+from workers.runtime import Runtime
+from workers.submit import submit
+
+BASE_URL = "https://dashscope.example/api/v1"
+RESULT_HOST = "dashscope-result-bj.oss-cn-beijing.aliyuncs.com"
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+STAGES = {Action.SUBMIT: submit, Action.POLL: poll, Action.FINALIZE: finalize}
+Answer = tuple[int, dict[str, Any]] | Exception
+
+
+@dataclass
+class Upstream:
+    """DashScope as scripted: creates answer from `create_answers` (then make a task), each task's queries
+    answer its statuses in turn (the last one repeats), and every request is counted."""
+
+    create_answers: deque[Answer] = field(default_factory=deque)
+    statuses: list[str] = field(default_factory=lambda: ["PENDING", "RUNNING", "SUCCEEDED"])
+    query_answers: deque[Answer] = field(default_factory=deque)
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    created_ms: dict[str, int] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+    lose_answers: int = 0  # creates whose task is made but whose answer is lost (the read times out)
+    clock: Callable[[], float] = time.time
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path.removeprefix("/api/v1")
+        self.calls.append(f"{request.method} {path}")
+        if request.method == "POST" and path.endswith("image-synthesis"):
+            return self._answer(self.create_answers, self._create)
+        if request.method == "GET" and path == "/tasks":
+            listed = [{"task_id": t, "gmt_create": ms} for t, ms in self.created_ms.items()]
+            return httpx.Response(200, json={"data": listed, "total_page": 1})
+        if request.method == "POST" and path.endswith("/cancel"):
+            task = self.tasks[path.split("/")[2]]
+            if task["answers"][0] != "PENDING":
+                return httpx.Response(400, json={"code": "UnsupportedOperation", "message": "not PENDING"})
+            task["answers"] = ["CANCELED"]
+            return httpx.Response(200, json={"request_id": "r"})
+        task_id = path.split("/")[2]
+        return self._answer(self.query_answers, lambda: self._query(task_id))
+
+    def _answer(self, scripted: deque[Answer], otherwise: Callable[[], httpx.Response]) -> httpx.Response:
+        if not scripted:
+            return otherwise()
+        answer = scripted.popleft()
+        if isinstance(answer, Exception):
+            raise answer
+        status, body = answer
+        return httpx.Response(status, json=body)
+
+    def _create(self) -> httpx.Response:
+        task_id = f"task-{len(self.tasks) + 1}"
+        self.tasks[task_id] = {"answers": list(self.statuses)}
+        self.created_ms[task_id] = int(self.clock() * 1000)
+        if self.lose_answers:
+            self.lose_answers -= 1
+            raise httpx.ReadTimeout("the answer never came")
+        return httpx.Response(200, json={"output": {"task_id": task_id, "task_status": "PENDING"}, "request_id": "r"})
+
+    def _query(self, task_id: str) -> httpx.Response:
+        answers = self.tasks[task_id]["answers"]
+        status = answers.pop(0) if len(answers) > 1 else answers[0]
+        output: dict[str, Any] = {"task_id": task_id, "task_status": status}
+        if status == "SUCCEEDED":
+            output["results"] = [{"url": f"https://{RESULT_HOST}/{task_id}/{i}.png"} for i in range(2)]
+            output.update(submit_time="2026-12-02 10:00:00.000", end_time="2026-12-02 10:00:20.000")
+        if status == "FAILED":
+            output.update(code="InternalError.Algo", message="the model failed")
+        return httpx.Response(200, json={"output": output, "usage": {"image_count": 2}, "request_id": "r"})
+
+    def creates(self) -> int:
+        return sum(1 for call in self.calls if call.endswith("image-synthesis"))
+
+
+class VirtualClock:
+    """Time that moves only when the runner jumps to the next due step."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def upstream() -> Upstream:
+    return Upstream()
+
+
+@pytest.fixture
+def clock(upstream: Upstream) -> VirtualClock:
+    virtual = VirtualClock()
+    upstream.clock = virtual
+    return virtual
+
+
+@pytest.fixture(params=["memory", "redis"])
+def rt(upstream: Upstream, clock: VirtualClock, request: pytest.FixtureRequest) -> Iterator[Runtime]:
+    """The stages' runtime over the memory store and quota, or (the same bodies) over Redis."""
+    settings = Settings(dashscope_base_url=BASE_URL, http_timeout_s=2.0, submit_max_attempts=3)
+    store: JobStore = MemoryJobStore()
+    quota = Quota.memory()
+    if request.param == "redis":
+        settings = settings.model_copy(update={"redis_url": request.getfixturevalue("redis_url")})
+        client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        store, quota = RedisJobStore(client, event_stream=settings.event_stream), Quota.redis(client)
+    api = httpx.Client(transport=httpx.MockTransport(upstream.handle))
+    images = httpx.Client(
+        transport=httpx.MockTransport(lambda r: httpx.Response(200, content=PNG, headers={"content-type": "image/png"}))
+    )
+    yield Runtime(
+        settings=settings,
+        store=store,
+        dashscope=DashScopeClient(api, base_url=BASE_URL, api_key="sk-test"),
+        results=MemoryBucket(),
+        downloads=images,
+        quota=quota,
+        clock=clock,
+        rng=random.Random(7),
+    )
+
+
+def enqueue(rt: Runtime, *prompts: str) -> list[Next]:
+    sent: list[Next] = []
+    rows = [CsvRow(i + 2, {"id": f"j{i}", "prompt": p}) for i, p in enumerate(prompts)]
+    enqueue_rows(
+        rt.store, rt.settings, "b", rows, source="test", send=lambda s: sent.append(s) if s else None, quota=rt.quota
+    )
+    return sent
+
+
+def follow(rt: Runtime, clock: VirtualClock, steps: list[Next], *, limit: int = 400) -> None:
+    """Run every step as Celery would, in the order they fall due, jumping the clock to each due time."""
+    order = itertools.count()
+    queue: list[tuple[float, int, Next]] = []
+
+    def add(step: Next | None) -> None:
+        if step is not None:
+            queue.append((clock.now + step.delay_s, next(order), step))
+
+    for step in steps:
+        add(step)
+    rt.send = add
+    for _ in range(limit):
+        if not queue:
+            return
+        due, _, step = min(queue)
+        queue.remove((due, _, step))
+        clock.now = max(clock.now, due)
+        add(run_stage(STAGES[step.action], rt, step.ref, step.attempt))
+    raise AssertionError(f"steps still pending after {limit}: {queue[:3]}")
+
+
+def events(rt: Runtime) -> list[dict[str, Any]]:
+    """The events as a consumer of the store reads them (over Redis: its stream, read by a client of our own)."""
+    if isinstance(rt.store, MemoryJobStore):
+        return rt.store.events()
+    observer = redis.Redis.from_url(rt.settings.redis_url, decode_responses=True)
+    return [json.loads(fields["event"]) for _, fields in observer.xrange(rt.settings.event_stream)]
+
+
+def test_a_job_goes_from_submit_to_stored_images_and_one_event(
+    rt: Runtime, clock: VirtualClock, upstream: Upstream
+) -> None:
+    """A job is created once, polled until SUCCEEDED, and both images land in the bucket with their sha256 and a
+    manifest; one succeeded event and one batch event are emitted."""
+    follow(rt, clock, enqueue(rt, "a fox"))
+    job = rt.store.get("b/j0")
+    assert job is not None and job.status is Status.SUCCEEDED
+    assert upstream.creates() == 1
+    bucket = rt.results
+    assert isinstance(bucket, MemoryBucket)
+    assert [o["key"] for o in job.objects] == ["b/j0/0.png", "b/j0/1.png"]
+    assert all(
+        bucket.objects[o["key"]].data == PNG and o["sha256"] == hashlib.sha256(PNG).hexdigest() for o in job.objects
+    )
+    manifest = bucket.get_json("b/j0/manifest.json")
+    assert manifest is not None and manifest["task_id"] == job.task_id
+    assert [e["type"] for e in events(rt)] == ["genq.job.succeeded", "genq.batch.finished"]
+
+
+def test_a_second_delivery_of_the_submit_message_creates_nothing(
+    rt: Runtime, clock: VirtualClock, upstream: Upstream
+) -> None:
+    """The same submit message delivered twice makes one task: the second finds the attempt moved on."""
+    [step] = enqueue(rt, "a fox")
+    follow(rt, clock, [step, step])
+    assert upstream.creates() == 1
+    job = rt.store.get("b/j0")
+    assert job is not None and job.status is Status.SUCCEEDED
+
+
+def test_a_lost_create_is_reconciled_not_sent_again(rt: Runtime, clock: VirtualClock, upstream: Upstream) -> None:
+    """A create whose answer never comes (the read timed out after the service made the task) is settled by
+    the task list: the job adopts that task and no second create is sent."""
+    upstream.lose_answers = 1
+    [submit_step] = enqueue(rt, "a fox")
+    after_loss = run_stage(submit, rt, submit_step.ref, submit_step.attempt)
+    lost = rt.store.get("b/j0")
+    assert lost is not None and lost.create_pending and list(upstream.tasks) == ["task-1"]
+    follow(rt, clock, [after_loss] if after_loss else [])
+    job = rt.store.get("b/j0")
+    assert job is not None and job.status is Status.SUCCEEDED and job.task_id == "task-1"
+    assert upstream.creates() == 1 and "GET /tasks" in upstream.calls
+    assert rt.store.creates_unresolved("default", job.request.model) == []
+
+
+def test_a_throttled_create_waits_and_is_not_counted_as_a_submit(
+    rt: Runtime, clock: VirtualClock, upstream: Upstream
+) -> None:
+    """A 429 on the create pauses the scope for its Retry-After, costs no submit, and the job then succeeds."""
+    upstream.create_answers.append((429, {"code": "Throttling.RateQuota", "message": "slow down"}))
+    follow(rt, clock, enqueue(rt, "a fox"))
+    job = rt.store.get("b/j0")
+    assert job is not None and job.status is Status.SUCCEEDED
+    assert (job.submits, job.throttles) == (1, 1)
+
+
+def test_a_refused_key_pauses_the_account_and_fails_the_job_once(
+    rt: Runtime, clock: VirtualClock, upstream: Upstream
+) -> None:
+    """An InvalidApiKey answer fails the job with that code, pauses the account for every job, and says so in
+    one event; nothing is left marked as a create in flight."""
+    upstream.create_answers.append((401, {"code": "InvalidApiKey", "message": "Invalid API-key provided."}))
+    follow(rt, clock, enqueue(rt, "a fox"))
+    job = rt.store.get("b/j0")
+    assert job is not None and job.status is Status.FAILED and job.error_code == "InvalidApiKey"
+    assert not job.create_pending
+    assert list(rt.store.paused_accounts()) == ["default"]
+    assert [e["type"] for e in events(rt)].count("genq.account.paused") == 1
+
+
+def test_a_transient_task_failure_is_submitted_again_and_then_succeeds(
+    rt: Runtime, clock: VirtualClock, upstream: Upstream
+) -> None:
+    """A task FAILED with a transient code makes the job create a second task, which succeeds."""
+    upstream.statuses = ["RUNNING", "FAILED"]
+    [step] = enqueue(rt, "a fox")
+    first = run_stage(submit, rt, step.ref, step.attempt)
+    upstream.statuses = ["RUNNING", "SUCCEEDED"]
+    follow(rt, clock, [first] if first else [])
+    job = rt.store.get("b/j0")
+    assert job is not None and job.status is Status.SUCCEEDED and job.task_id == "task-2"
+    assert upstream.creates() == 2
+
+
+def test_a_pending_task_at_its_deadline_is_canceled_and_times_out(
+    rt: Runtime, clock: VirtualClock, upstream: Upstream
+) -> None:
+    """A task still PENDING when the job's deadline passes is cancelled upstream (nothing billed) and the job
+    ends timed_out; nothing is created again."""
+    upstream.statuses = ["PENDING"]
+    [step] = enqueue(rt, "a fox")
+    polling = run_stage(submit, rt, step.ref, step.attempt)
+    job = rt.store.get("b/j0")
+    assert job is not None
+    clock.now = job.deadline_at + 1
+    follow(rt, clock, [polling] if polling else [])
+    ended = rt.store.get("b/j0")
+    assert ended is not None and ended.status is Status.TIMED_OUT and ended.task_status == "CANCELED"
+    assert any(call.endswith("/cancel") for call in upstream.calls) and upstream.creates() == 1
+
+
+def test_a_bucket_outage_is_waited_out_and_the_paid_images_are_stored(
+    rt: Runtime, clock: VirtualClock, upstream: Upstream
+) -> None:
+    """While the bucket refuses every write, finalize retries with backoff (the job stays downloading); once
+    it is back, the images are stored and the job succeeds."""
+    bucket = rt.results
+    assert isinstance(bucket, MemoryBucket)
+    bucket.failing = True
+    steps = enqueue(rt, "a fox")
+    rt.send = lambda step: None  # one job: nothing else is admitted
+    queue = list(steps)
+    for _ in range(40):
+        step = queue.pop(0)
+        clock.now += step.delay_s
+        following = run_stage(STAGES[step.action], rt, step.ref, step.attempt)
+        if following is None:
+            break
+        queue.append(following)
+        job = rt.store.get("b/j0")
+        if job is not None and job.finalize_errors >= 3:
+            break
+    job = rt.store.get("b/j0")
+    assert job is not None and job.status is Status.DOWNLOADING and job.finalize_errors >= 3
+    bucket.failing = False
+    follow(rt, clock, queue)
+    done = rt.store.get("b/j0")
+    assert done is not None and done.status is Status.SUCCEEDED and len(done.objects) == 2
+    assert isinstance(bucket, MemoryBucket) and sorted(bucket.objects) == [
+        "b/j0/0.png",
+        "b/j0/1.png",
+        "b/j0/manifest.json",
+    ]
