@@ -803,3 +803,14 @@ def apply(
     if kind == "push_due":
         return store.push_due(ref, now + (due_in or 0))
     return store.seal_batch(job.batch_id, now=now)
+
+
+def test_push_due_leaves_a_vanished_job_alone_in_redis(redis_url: str) -> None:
+    """A due-index entry whose job record is gone (the sweep reads the index, then the job disappears) is not
+    brought back by `push_due` as a record holding only `due_at`: nothing is moved and no record appears."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    store = RedisJobStore(client)
+    client.zadd("genq:due", {"b/gone": NOW})
+    assert not store.push_due("b/gone", NOW + 60)
+    assert not client.exists("genq:job:b/gone") and store.get("b/gone") is None
+    client.close()
