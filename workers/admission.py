@@ -12,7 +12,7 @@ Who calls `dispatch`: the producer when a batch arrives, the stage that frees a 
 task end, any job that ends), and the periodic sweep.
 
 Order: a batch's priority (0-9) is a band, and a band is served before every lower one; within a band,
-batches take turns (the queue's score, see `store_lua.CREATE_JOB`), so a ten-row interactive batch is not
+batches take turns (the queue's score, see `workers/jobstore/lua/create_job.lua`), so a ten-row interactive batch is not
 stuck behind a 100,000-row nightly one.
 """
 

@@ -1,7 +1,8 @@
 """CloudEvents 1.0 for terminal jobs. The store appends them atomically with the terminal transition.
 
 A job event's `id` is `{ref}/{status}`: a consumer that sees the same id twice has seen the same event.
-Batch events (`genq.batch.finished`) are built in Lua beside the batch counters (`store_lua.py`).
+Batch events (`genq.batch.finished`) are built in Lua beside the batch counters
+(`workers/jobstore/lua/finish_batch.lua`).
 """
 
 from __future__ import annotations
