@@ -40,9 +40,9 @@ from workers import refs
 from workers.admission import dispatch
 from workers.errors import RequestInvalid
 from workers.events import cloud_event
-from workers.job import Next, Status, encode
+from workers.job import Next, Status
 from workers.jobstore import JobStore, NewJob
-from workers.jobstore.request_inbox import DEAD_LETTERS, RequestInbox
+from workers.jobstore.request_inbox import RequestInbox
 from workers.quota.quota import Quota
 from workers.requests import (
     Envelope,
@@ -190,7 +190,9 @@ class RequestConsumer:
         if job:
             log.warning("request already a job after repeated failures; acknowledged", entry=entry_id, ref=job)
         else:
-            reason = f"InternalError: handling this entry failed {MAX_DELIVERIES} times; kept in {DEAD_LETTERS}"
+            reason = (
+                f"InternalError: handling this entry failed {MAX_DELIVERIES} times; kept in {self.inbox.dead_letters}"
+            )
             self.inbox.dead_letter(entry_id, reason, fields)
             self._reject(Parsed(entry_id, rejected=("request", reason), request_id=request_id))
             log.error("request dead-lettered after repeated failures", entry=entry_id)
@@ -253,7 +255,8 @@ class RequestConsumer:
     def _same_request(self, job: NewJob) -> bool:
         """Whether the existing job of this request id was made from the same request (a redelivery)."""
         existing = self.store.get(job.ref)
-        return existing is None or encode(existing.request) == job.record["request"]
+        # Compared as values, not as JSON text: a resend may list its metadata's keys in another order.
+        return existing is None or existing.request.to_dict() == json.loads(job.record["request"])
 
     def _parse_safely(self, entry_id: str, fields: dict[str, str]) -> Parsed:
         try:

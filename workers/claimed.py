@@ -99,11 +99,13 @@ class Claimed:
     delivery of the same message, or a cancel in between, finds the job moved on instead of being overwritten."""
 
     rt: Runtime
-    job: Job
+    job: Job  # the job as read before the claim (its counters are what the claim's records build on)
     attempt: int
+    status: Status  # the status the claim holds it in
 
     @property
     def now(self) -> float:
+        """The runtime's clock, read now (after any I/O the stage did since its claim)."""
         return self.rt.clock()
 
     def again(
@@ -120,8 +122,8 @@ class Claimed:
         return reschedule(self.rt, self.job, self.attempt, status, action, delay_s, fields=fields, event=event)
 
     def stay(self, action: Action, delay_s: float, *, fields: Mapping[str, Any] | None = None) -> Next | None:
-        """`again` in the job's present status."""
-        return self.again(self.job.status, action, delay_s, fields=fields)
+        """`again` in the status the claim holds the job in."""
+        return self.again(self.status, action, delay_s, fields=fields)
 
     def end(
         self,
@@ -165,10 +167,10 @@ def claim(
 ) -> Claimed | None:
     """Take the job for this action (the job as read, or as claimed at `attempt`); None when another delivery
     won. Due again at the end of the lease, so the recovery sweep re-sends it if this process dies."""
-    now = rt.clock()
+    now, held = rt.clock(), status or job.status
     applied = rt.store.claim(
         job.ref,
-        status or job.status,
+        held,
         expected_attempt=job.attempt if attempt is None else attempt,
         action=action,
         lease_until=now + lease_s,
@@ -178,7 +180,7 @@ def claim(
     if not applied.ok:
         log.info("claim lost", ref=job.ref, action=action.value, reason=applied.reason)
         return None
-    return Claimed(rt, job, applied.attempt)
+    return Claimed(rt, job, applied.attempt, held)
 
 
 def reschedule(

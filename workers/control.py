@@ -29,7 +29,6 @@ from workers.events import job_event
 from workers.job import REVIVABLE, Job, Next, Status
 from workers.runtime import Runtime
 
-RETRYABLE = REVIVABLE
 #: genq's own refusals of a result: retrying would pay for the same refusal again.
 _OWN_PERMANENT = frozenset(
     {"ResultHostNotAllowed", "ResultUrlScheme", "ResultUrlMalformed", "ResultTooLarge", "ResultContentType"}
@@ -152,7 +151,7 @@ def retry(rt: Runtime, target: str, *, force: bool = False) -> tuple[ControlRepo
         if job.status is Status.OVERDUE:
             report.skipped[job.ref] = "overdue: its task still runs upstream (and will be billed); its result is stored"
             continue
-        if job.status not in RETRYABLE:
+        if job.status not in REVIVABLE:
             continue
         if not force and job.error_code and _permanent(job.error_code):
             report.skipped[job.ref] = f"{job.error_code} is permanent (use --force to retry anyway)"

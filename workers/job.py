@@ -205,6 +205,15 @@ PER_TRY = (
 _RECORD_FIELDS = [f for f in fields(Job) if f.name not in {"ref", "upstream", "times"}]
 
 
+def is_record_field(name: str) -> bool:
+    """Whether `name` is a field of the job record: one of `Job`'s, a service timestamp, or a `t_{status}`."""
+    return name in _FIELD_NAMES or name in UPSTREAM_TIMES or name.removeprefix("t_") in _STATUS_VALUES
+
+
+_FIELD_NAMES = frozenset(f.name for f in _RECORD_FIELDS)
+_STATUS_VALUES = frozenset(s.value for s in Status)
+
+
 def _decode(kind: Any, raw: str) -> Any:
     """A record's string as the field's type (annotations are strings here: `from __future__ import annotations`)."""
     match kind:

@@ -14,9 +14,9 @@ MAX_COUNTDOWN_S = 300.0
 
 def queued_messages(app: Celery, queue: str) -> int:
     """Messages waiting in `queue` (kombu's Redis transport keeps a queue as a list named after it)."""
-    with app.connection_for_read() as connection:
-        channel: Any = connection.default_channel
-        return int(channel.client.llen(queue))
+    pool: Any = app.pool  # a broker connection from the app's pool: a tick every 2 s need not open its own
+    with pool.acquire(block=True) as connection:
+        return int(connection.default_channel.client.llen(queue))
 
 
 def publish(app: Celery, step: Next | None) -> None:

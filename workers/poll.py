@@ -111,8 +111,7 @@ _ON_QUERY_ERROR: list[tuple[type[RemoteError], Callable[[Claimed, str, RemoteErr
     (Throttled, _query_throttled),
     (AccountError, _query_refused_by_account),
     (PermanentRemoteError, _query_refused),
-    (TransientRemoteError, _query_failed),
-    (RemoteError, _query_failed),
+    (RemoteError, _query_failed),  # transient, or a class this version does not know: not the task's answer
 ]
 
 

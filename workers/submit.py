@@ -13,7 +13,9 @@ reconciled (listing tasks creates nothing, and a task it made must be followed t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any
 
 from config.catalogue import model_spec
 from workers import account_pause, metrics
@@ -38,7 +40,7 @@ from workers.runtime import Runtime
 #: lease cannot cause a second paid create.
 SUBMIT_LEASE_S = 15.0
 #: Recorded once a create's outcome is known (a task, or none): nothing need be reconciled for it any more.
-SETTLED = {"create_pending": 0}
+SETTLED: Mapping[str, Any] = MappingProxyType({"create_pending": 0})
 
 
 def submit(rt: Runtime, ref: str, attempt: int) -> Next | None:

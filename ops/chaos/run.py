@@ -163,5 +163,6 @@ def _drain_webhooks(outbox: Outbox, settle_s: float) -> None:
 def _settle(settings: Settings, settle_s: float) -> None:
     """Give the sweep (every 5 s) up to `settle_s` to hand back slots whose holder died after its job ended."""
     deadline = time.monotonic() + settle_s
-    while time.monotonic() < deadline and held_slots(settings, make_quota(settings)):
+    quota = make_quota(settings)
+    while time.monotonic() < deadline and held_slots(settings, quota):
         time.sleep(1)

@@ -67,10 +67,31 @@ def _known_prefix(dotted: str, known: set[str]) -> str:
 
 
 def import_graph() -> dict[str, set[str]]:
-    """Every module of genq's packages, and the genq modules it imports."""
+    """Every module of genq's packages, and the genq modules it imports; importing a module also runs its
+    parent packages' `__init__`, so those count too (except the importer's own packages, already running)."""
     paths = {module_name(path): path for path in source_files()}
     known = set(paths)
-    return {name: imported_modules(name, path, known) for name, path in sorted(paths.items())}
+    graph = {}
+    for name, path in sorted(paths.items()):
+        direct = imported_modules(name, path, known)
+        own = set(_parents(name))
+        graph[name] = direct | {p for m in direct for p in _parents(m) if p in known and p not in own} - {name}
+    return graph
+
+
+def _parents(module: str) -> list[str]:
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+#: The floors, lowest first: a module may import its own floor and those below, never one above. `ops` stands
+#: beside the command line (it may use everything below it), and the simulator imports nothing of genq.
+FLOORS = (("config",), ("workers",), ("producer",), ("producer.cli", "ops"))
+
+
+def floor_of(module: str) -> int:
+    """The highest floor whose package holds `module` (`producer.cli` is above `producer`)."""
+    return max(i for i, packages in enumerate(FLOORS) if _within(module, packages))
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -162,6 +183,21 @@ def test_only_the_cli_and_ops_import_ops() -> None:
     }
     offenders = {module: ops for module, ops in offenders.items() if ops}
     assert not offenders, f"modules outside {CLI_PACKAGE} and ops that import ops: {offenders}"
+
+
+def test_dependencies_point_down_the_floors() -> None:
+    """No module imports one on a higher floor (config < workers < producer < the command line and ops), and
+    the simulator imports nothing of genq: it stands in for a remote service."""
+    graph = import_graph()
+    upward = {module: sorted(m for m in imports if floor_of(m) > floor_of(module)) for module, imports in graph.items()}
+    upward = {module: found for module, found in upward.items() if found}
+    assert not upward, f"imports of a higher floor: {upward}"
+    simulator = {
+        module: sorted(m for m in imports if not _within(m, ["ops.simulator"]))
+        for module, imports in graph.items()
+        if _within(module, ["ops.simulator"])
+    }
+    assert {module: found for module, found in simulator.items() if found} == {}
 
 
 def test_the_cli_reaches_the_local_stack_through_one_seam() -> None:

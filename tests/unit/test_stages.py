@@ -33,15 +33,17 @@ from workers.finalize import finalize
 from workers.job import Action, Next, Status
 from workers.jobstore import JobStore, MemoryJobStore, RedisJobStore
 from workers.poll import poll
-from workers.quota.quota import Quota
+from workers.quota.quota import Quota, Scope
 from workers.runtime import Runtime
 from workers.submit import submit
 
 BASE_URL = "https://dashscope.example/api/v1"
 RESULT_HOST = "dashscope-result-bj.oss-cn-beijing.aliyuncs.com"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+MODEL = "wan2.5-t2i-preview"  # the default model
 STAGES = {Action.SUBMIT: submit, Action.POLL: poll, Action.FINALIZE: finalize}
-Answer = tuple[int, dict[str, Any]] | Exception
+#: A scripted answer: (status, body), (status, body, headers), or an exception the transport raises.
+Answer = tuple[int, dict[str, Any]] | tuple[int, dict[str, Any], dict[str, str]] | Exception
 
 
 @dataclass
@@ -81,8 +83,8 @@ class Upstream:
         answer = scripted.popleft()
         if isinstance(answer, Exception):
             raise answer
-        status, body = answer
-        return httpx.Response(status, json=body)
+        status, body, *headers = answer
+        return httpx.Response(status, json=body, headers=headers[0] if headers else None)
 
     def _create(self) -> httpx.Response:
         task_id = f"task-{len(self.tasks) + 1}"
@@ -156,11 +158,17 @@ def rt(upstream: Upstream, clock: VirtualClock, request: pytest.FixtureRequest) 
     )
 
 
-def enqueue(rt: Runtime, *prompts: str) -> list[Next]:
+def enqueue(rt: Runtime, *prompts: str, batch_id: str = "b") -> list[Next]:
     sent: list[Next] = []
     rows = [CsvRow(i + 2, {"id": f"j{i}", "prompt": p}) for i, p in enumerate(prompts)]
     enqueue_rows(
-        rt.store, rt.settings, "b", rows, source="test", send=lambda s: sent.append(s) if s else None, quota=rt.quota
+        rt.store,
+        rt.settings,
+        batch_id,
+        rows,
+        source="test",
+        send=lambda s: sent.append(s) if s else None,
+        quota=rt.quota,
     )
     return sent
 
@@ -241,12 +249,41 @@ def test_a_lost_create_is_reconciled_not_sent_again(rt: Runtime, clock: VirtualC
     assert rt.store.creates_unresolved("default", job.request.model) == []
 
 
+def test_two_deliveries_that_both_read_the_job_create_one_task(
+    rt: Runtime, clock: VirtualClock, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two deliveries of one submit message that both read the job before either claimed it make one task: the
+    claim is a compare-and-set on the attempt, so the later one is refused. (The store's `claim` is wrapped only
+    to run the rival delivery at that moment; the store itself is the real one.)"""
+    [step] = enqueue(rt, "a fox")
+    real_claim = rt.store.claim
+    rival: list[Next | None] = []
+
+    def claim_after_a_rival(*args: Any, **kwargs: Any) -> Any:
+        if not rival:
+            rival.append(None)  # the rival read the job as this delivery did, and claims first
+            rival[0] = run_stage(submit, rt, step.ref, step.attempt)
+        return real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(rt.store, "claim", claim_after_a_rival)
+    mine = run_stage(submit, rt, step.ref, step.attempt)
+    monkeypatch.undo()
+    assert mine is None and rival[0] is not None and rival[0].action is Action.POLL
+    assert upstream.creates() == 1
+
+
 def test_a_throttled_create_waits_and_is_not_counted_as_a_submit(
     rt: Runtime, clock: VirtualClock, upstream: Upstream
 ) -> None:
-    """A 429 on the create pauses the scope for its Retry-After, costs no submit, and the job then succeeds."""
-    upstream.create_answers.append((429, {"code": "Throttling.RateQuota", "message": "slow down"}))
-    follow(rt, clock, enqueue(rt, "a fox"))
+    """A 429 on the create pauses the scope for every worker for at least its Retry-After, the job comes back
+    after it, costs no submit, and then succeeds."""
+    throttled = (429, {"code": "Throttling.RateQuota", "message": "slow down"}, {"Retry-After": "7"})
+    upstream.create_answers.append(throttled)
+    [step] = enqueue(rt, "a fox")
+    again = run_stage(submit, rt, step.ref, step.attempt)
+    assert again is not None and again.action is Action.SUBMIT and again.delay_s >= 7
+    assert rt.quota.cooldown(Scope("default", MODEL), clock.now).wait_s >= 7
+    follow(rt, clock, [again])
     job = rt.store.get("b/j0")
     assert job is not None and job.status is Status.SUCCEEDED
     assert (job.submits, job.throttles) == (1, 1)
@@ -329,3 +366,100 @@ def test_a_bucket_outage_is_waited_out_and_the_paid_images_are_stored(
         "b/j0/1.png",
         "b/j0/manifest.json",
     ]
+
+
+def submitted(rt: Runtime, clock: VirtualClock, prompt: str = "a fox") -> Next:
+    """Enqueue one job and run its submit: the poll it schedules."""
+    [step] = enqueue(rt, prompt)
+    polling = run_stage(submit, rt, step.ref, step.attempt)
+    assert polling is not None and polling.action is Action.POLL
+    return polling
+
+
+@pytest.mark.parametrize(
+    ("answer", "pauses"),
+    [
+        ((401, {"code": "InvalidApiKey", "message": "Invalid API-key provided."}), True),
+        ((404, {"code": "NotFound", "message": "a proxy's page"}), False),
+    ],
+)
+def test_a_refused_query_never_fails_a_task_that_may_still_bill(
+    rt: Runtime, clock: VirtualClock, upstream: Upstream, answer: Answer, pauses: bool
+) -> None:
+    """A query refused by the key (the account is paused) or by an intermediary says nothing about the task,
+    which may run and bill: the job is asked about again every `overdue_poll_s`, and its result is stored once
+    an answer comes."""
+    polling = submitted(rt, clock)
+    upstream.query_answers.append(answer)
+    again = run_stage(poll, rt, polling.ref, polling.attempt)
+    job = rt.store.get(polling.ref)
+    assert job is not None and not job.terminal and job.poll_errors == 1
+    assert again is not None and again.action is Action.POLL and again.delay_s == rt.settings.overdue_poll_s
+    assert ("default" in rt.store.paused_accounts()) is pauses
+    follow(rt, clock, [again])
+    done = rt.store.get(polling.ref)
+    assert done is not None and done.status is Status.SUCCEEDED and len(done.objects) == 2
+
+
+def test_failing_queries_back_off_then_slow_down_and_a_429_waits_its_retry_after(
+    rt: Runtime, clock: VirtualClock, upstream: Upstream
+) -> None:
+    """Queries that fail with 5xx are asked again after a backoff, and every `overdue_poll_s` once
+    `poll_max_errors` failed in a row; a 429 on a query waits its Retry-After; the first answer resets the
+    count, and the job succeeds."""
+    polling = submitted(rt, clock)
+    failing = (500, {"code": "InternalError", "message": "try later"})
+    upstream.query_answers.extend([failing] * rt.settings.poll_max_errors)
+    step: Next | None = polling
+    delays = []
+    for _ in range(rt.settings.poll_max_errors):
+        assert step is not None
+        clock.now += step.delay_s
+        step = run_stage(poll, rt, step.ref, step.attempt)
+        assert step is not None
+        delays.append(step.delay_s)
+    assert delays[-1] == rt.settings.overdue_poll_s and all(d < rt.settings.overdue_poll_s for d in delays[:-1])
+    upstream.query_answers.append((429, {"code": "Throttling", "message": "slow"}, {"Retry-After": "3"}))
+    assert step is not None
+    clock.now += step.delay_s
+    throttled = run_stage(poll, rt, step.ref, step.attempt)
+    assert throttled is not None and throttled.delay_s == 3
+    follow(rt, clock, [throttled])
+    job = rt.store.get(polling.ref)
+    assert job is not None and job.status is Status.SUCCEEDED and job.poll_errors == 0 and job.throttles == 1
+
+
+def test_unknown_is_believed_only_after_four_answers_over_a_minute(
+    rt: Runtime, clock: VirtualClock, upstream: Upstream
+) -> None:
+    """A young task answered UNKNOWN is asked again until it was said 4 times over at least `unknown_confirm_s`;
+    a RUNNING answer in between starts the count again, and a task that then succeeds is stored."""
+    upstream.statuses = ["UNKNOWN", "UNKNOWN", "UNKNOWN", "RUNNING", "UNKNOWN", "UNKNOWN", "UNKNOWN", "SUCCEEDED"]
+    follow(rt, clock, enqueue(rt, "a fox"))
+    job = rt.store.get("b/j0")
+    assert job is not None and job.status is Status.SUCCEEDED
+    upstream.statuses = ["UNKNOWN"]
+    started = clock.now
+    follow(rt, clock, enqueue(rt, "a hare", batch_id="c"))
+    gone = rt.store.get("c/j0")
+    assert gone is not None and gone.status is Status.EXPIRED and gone.error_code == "TaskUnknown"
+    assert gone.unknown_seen == 4 and clock.now - started >= rt.settings.unknown_confirm_s
+
+
+def test_a_task_running_at_its_deadline_is_waited_for_and_stored(
+    rt: Runtime, clock: VirtualClock, upstream: Upstream
+) -> None:
+    """A task still RUNNING when the deadline passes cannot be cancelled and will be billed: the job turns
+    overdue (one event), is never submitted again, and its result is stored when the task ends."""
+    upstream.statuses = ["RUNNING", "RUNNING", "RUNNING", "SUCCEEDED"]
+    polling = submitted(rt, clock)
+    job = rt.store.get(polling.ref)
+    assert job is not None
+    clock.now = job.deadline_at + 1
+    overdue = run_stage(poll, rt, polling.ref, polling.attempt)
+    assert overdue is not None and overdue.delay_s == rt.settings.overdue_poll_s
+    assert rt.store.get(polling.ref).status is Status.OVERDUE  # type: ignore[union-attr]
+    follow(rt, clock, [overdue])
+    done = rt.store.get(polling.ref)
+    assert done is not None and done.status is Status.SUCCEEDED and upstream.creates() == 1
+    assert [e["type"] for e in events(rt)] == ["genq.job.overdue", "genq.job.succeeded", "genq.batch.finished"]

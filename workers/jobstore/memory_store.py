@@ -97,8 +97,9 @@ def _hincrby(h: dict[str, str], name: str, by: int) -> int:
 
 
 def _lua_number(value: float) -> str:
-    """A Lua number as Redis writes it when a script passes one to a command (`%.17g`)."""
-    return f"{value:.17g}"
+    """A Lua number as the Redis genq runs (Valkey 8) writes it when a script passes one to a command: an
+    integer in full, anything else in its shortest round-tripping form (0.1, not 0.10000000000000001)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 class MemoryJobStore:

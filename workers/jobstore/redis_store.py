@@ -124,7 +124,6 @@ class RedisJobStore:
     def batch_ids(self) -> list[str]:
         return cast(list[str], self._redis.zrange(keys.BATCHES, 0, -1))
 
-    # --- jobs -----------------------------------------------------------------------------------
     def set_batch_webhook(self, batch_id: str, url: str) -> None:
         self._redis.hset(keys.batch(batch_id), keys.BATCH_WEBHOOK_FIELD, url)
 

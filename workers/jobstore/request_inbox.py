@@ -16,7 +16,7 @@ from typing import Any, cast
 import redis
 
 from workers.jobstore import keys
-from workers.jobstore.webhook_outbox import tolerant_client
+from workers.jobstore.tolerant import tolerant_client
 
 Entry = tuple[str, dict[str, str]]
 
@@ -44,6 +44,7 @@ class RequestInbox:
         self, client: redis.Redis, *, stream: str, group: str, event_stream: str, event_stream_maxlen: int
     ) -> None:
         self.stream, self.group = stream, group
+        self.dead_letters = DEAD_LETTERS  # where entries given up are kept (named in their answer)
         self._client = client
         self._reader = tolerant_client(client)
         self._event_stream, self._maxlen = event_stream, event_stream_maxlen

@@ -49,6 +49,7 @@ import structlog
 from config.settings import Settings
 from workers import refs
 from workers.jobstore import keys
+from workers.jobstore.tolerant import tolerant_client
 
 log = structlog.get_logger("genq.webhook")
 
@@ -131,15 +132,6 @@ class _Batch:
     entries: list[str] = field(default_factory=list)
     copies: list[tuple[str, str, str]] = field(default_factory=list)  # entry, raw event, event id
     dead: list[dict[str, str]] = field(default_factory=list)
-
-
-def tolerant_client(client: redis.Redis) -> redis.Redis:
-    """A client like `client` that reads entries whose bytes are not UTF-8 (anyone may XADD any bytes to the
-    stream): they decode with surrogate escapes and are dead-lettered as such (byte for byte, since writes
-    encode them back), instead of failing every read. The same idea as producer/stream.py's request reader."""
-    pool = client.connection_pool
-    kwargs = {**pool.connection_kwargs, "encoding_errors": "surrogateescape"}
-    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
 
 
 def _entry_id(text: str) -> tuple[int, int]:
