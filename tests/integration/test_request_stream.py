@@ -301,6 +301,29 @@ def test_any_entries_on_the_stream_are_each_answered_once(redis_url: str, bodies
     assert len(rejected) == report.rejected
 
 
+def test_a_resend_with_its_metadata_in_another_order_is_the_same_request(runtime: Runtime) -> None:
+    """A request sent again under its id, the same in every value but with its metadata's keys in another order,
+    is known (the job it made answers it), not rejected as another request; different content is rejected."""
+    consumer = RequestConsumer(
+        runtime.store,
+        runtime.settings,
+        lambda step: None,
+        inbox=make_inbox(runtime.settings),
+        quota=make_quota(runtime.settings),
+        consumer="c",
+        block_ms=10,
+    )
+    consumer.ensure_group()
+    client, stream = raw_redis(runtime.settings), runtime.settings.request_stream
+    publish(client, stream, {"request_id": "r", "prompt": "a cat", "metadata": {"a": "1", "b": "2"}})
+    assert consumer.step().accepted == 1
+    publish(client, stream, {"request_id": "r", "prompt": "a cat", "metadata": {"b": "2", "a": "1"}})
+    again = consumer.step()
+    assert (again.known, again.rejected) == (1, 0)
+    publish(client, stream, {"request_id": "r", "prompt": "a dog", "metadata": {"a": "1", "b": "2"}})
+    assert consumer.step().rejected == 1
+
+
 def test_an_entry_that_keeps_failing_is_dead_lettered_alone(runtime: Runtime) -> None:
     """Four requests of one read whose consumers kept dying: the one delivered more than 5 times is answered
     with InternalError, kept in the dead-letter stream and acknowledged; one delivered as often that had
