@@ -28,9 +28,9 @@ from typing import Any
 
 from workers import refs
 from workers.events import iso_time
-from workers.job import Action, Job, Status
+from workers.job import Job, Status
 from workers.jobstore import keys
-from workers.jobstore.moves import Move, outcome, plan, plan_revival
+from workers.jobstore.moves import Move, Planned, outcome
 from workers.jobstore.protocol import Applied, BatchSummary, Gauges, NewJob
 
 #: Statuses whose job has a task upstream (`transition.lua` counts them per model in `genq:inflight`).
@@ -102,7 +102,7 @@ def _lua_number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-class MemoryJobStore:
+class MemoryJobStore(Planned):
     """`JobStore` in one process (see `protocol.py` for what each operation promises)."""
 
     def __init__(self, *, event_stream: str = "genq:events", event_stream_maxlen: int = 100_000) -> None:
@@ -249,57 +249,6 @@ class MemoryJobStore:
                 drawn = random.choices(members, k=-count) if members else []
             found = [(ref, dict(self._jobs.get(ref, {}))) for ref in (refs.job_ref(batch_id, j) for j in drawn)]
         return [Job.from_record(ref, record) for ref, record in found if record]
-
-    def transition(
-        self,
-        ref: str,
-        target: Status,
-        *,
-        expected_attempt: int | None,
-        next_action: Action = Action.NONE,
-        due_at: float | None = None,
-        fields: Mapping[str, Any] | None = None,
-        event: Mapping[str, Any] | None = None,
-        now: float | None = None,
-    ) -> Applied:
-        return self._apply(
-            plan(
-                ref,
-                target,
-                expected_attempt=expected_attempt,
-                next_action=next_action,
-                due_at=due_at,
-                fields=fields,
-                event=event,
-                now=now,
-            )
-        )
-
-    def claim(
-        self,
-        ref: str,
-        status: Status,
-        *,
-        expected_attempt: int,
-        action: Action,
-        lease_until: float,
-        fields: Mapping[str, Any] | None = None,
-        now: float | None = None,
-    ) -> Applied:
-        move = plan(
-            ref,
-            status,
-            expected_attempt=expected_attempt,
-            bump=True,
-            next_action=action,
-            due_at=lease_until,
-            fields=fields,
-            now=now,
-        )
-        return self._apply(move)
-
-    def revive(self, job: Job, *, now: float | None = None) -> Applied:
-        return self._apply(plan_revival(job, now=now), model=job.request.model)
 
     def _apply(self, move: Move, *, model: str | None = None) -> Applied:
         # The same named arguments `transition.lua` gets, read as it reads them.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -121,3 +122,61 @@ def outcome(move: Move, code: int, status: str, attempt: int, finished: bool, pr
         metrics.JOB_STATUS.labels(status=status).inc()
     reason = _REASONS.get(code, f"{status} cannot move to {move.target}" if code == -2 else "")
     return Applied(ok=code == 1, status=status, attempt=attempt, batch_finished=finished, reason=reason)
+
+
+class Planned(ABC):
+    """The transition operations of a store, from the plans above: a store gives `_apply`, which applies one
+    `Move` atomically (and, for a revival, puts the job back in `model`'s wait queue)."""
+
+    @abstractmethod
+    def _apply(self, move: Move, *, model: str | None = None) -> Applied: ...
+
+    def transition(
+        self,
+        ref: str,
+        target: Status,
+        *,
+        expected_attempt: int | None,
+        next_action: Action = Action.NONE,
+        due_at: float | None = None,
+        fields: Mapping[str, Any] | None = None,
+        event: Mapping[str, Any] | None = None,
+        now: float | None = None,
+    ) -> Applied:
+        move = plan(
+            ref,
+            target,
+            expected_attempt=expected_attempt,
+            next_action=next_action,
+            due_at=due_at,
+            fields=fields,
+            event=event,
+            now=now,
+        )
+        return self._apply(move)
+
+    def claim(
+        self,
+        ref: str,
+        status: Status,
+        *,
+        expected_attempt: int,
+        action: Action,
+        lease_until: float,
+        fields: Mapping[str, Any] | None = None,
+        now: float | None = None,
+    ) -> Applied:
+        move = plan(
+            ref,
+            status,
+            expected_attempt=expected_attempt,
+            bump=True,
+            next_action=action,
+            due_at=lease_until,
+            fields=fields,
+            now=now,
+        )
+        return self._apply(move)
+
+    def revive(self, job: Job, *, now: float | None = None) -> Applied:
+        return self._apply(plan_revival(job, now=now), model=job.request.model)

@@ -18,9 +18,9 @@ import redis
 
 from workers import refs
 from workers.events import iso_time
-from workers.job import Action, Job, Status
+from workers.job import Job, Status
 from workers.jobstore import keys
-from workers.jobstore.moves import Move, outcome, plan, plan_revival
+from workers.jobstore.moves import Move, Planned, outcome
 from workers.jobstore.protocol import Applied, BatchSummary, Gauges, NewJob
 
 #: Scripts that use the shared functions of `finish_batch.lua` (prepended to them).
@@ -41,7 +41,7 @@ def _named(arguments: Mapping[str, Any]) -> list[str]:
     return [json.dumps(arguments, ensure_ascii=False, separators=(",", ":"))]
 
 
-class RedisJobStore:
+class RedisJobStore(Planned):
     """`JobStore` in Redis (see `protocol.py` for what each operation promises)."""
 
     def __init__(
@@ -208,57 +208,6 @@ class RedisJobStore:
             for job_id, h in zip(job_ids, pipe.execute(), strict=True)
             if h
         ]
-
-    def transition(
-        self,
-        ref: str,
-        target: Status,
-        *,
-        expected_attempt: int | None,
-        next_action: Action = Action.NONE,
-        due_at: float | None = None,
-        fields: Mapping[str, Any] | None = None,
-        event: Mapping[str, Any] | None = None,
-        now: float | None = None,
-    ) -> Applied:
-        return self._apply(
-            plan(
-                ref,
-                target,
-                expected_attempt=expected_attempt,
-                next_action=next_action,
-                due_at=due_at,
-                fields=fields,
-                event=event,
-                now=now,
-            )
-        )
-
-    def claim(
-        self,
-        ref: str,
-        status: Status,
-        *,
-        expected_attempt: int,
-        action: Action,
-        lease_until: float,
-        fields: Mapping[str, Any] | None = None,
-        now: float | None = None,
-    ) -> Applied:
-        move = plan(
-            ref,
-            status,
-            expected_attempt=expected_attempt,
-            bump=True,
-            next_action=action,
-            due_at=lease_until,
-            fields=fields,
-            now=now,
-        )
-        return self._apply(move)
-
-    def revive(self, job: Job, *, now: float | None = None) -> Applied:
-        return self._apply(plan_revival(job, now=now), model=job.request.model)
 
     def _apply(self, move: Move, *, model: str | None = None) -> Applied:
         batch_id = move.batch_id
