@@ -205,13 +205,19 @@ PER_TRY = (
 _RECORD_FIELDS = [f for f in fields(Job) if f.name not in {"ref", "upstream", "times"}]
 
 
-def is_record_field(name: str) -> bool:
-    """Whether `name` is a field of the job record: one of `Job`'s, a service timestamp, or a `t_{status}`."""
-    return name in _FIELD_NAMES or name in UPSTREAM_TIMES or name.removeprefix("t_") in _STATUS_VALUES
+def settable_field(name: str) -> bool:
+    """Whether a change of the job may set `name`: a field of the record (one of `Job`'s, or a service
+    timestamp) that is neither the move's own (status, attempt, next action, due time, `t_{status}`: the store
+    writes those with their indexes and counters) nor fixed at creation (ids, line, request, model)."""
+    return (name in _FIELD_NAMES or name in UPSTREAM_TIMES) and name not in _NOT_SETTABLE
 
 
 _FIELD_NAMES = frozenset(f.name for f in _RECORD_FIELDS)
-_STATUS_VALUES = frozenset(s.value for s in Status)
+#: Written by the store with the move (a caller's value would defeat the compare-and-set or the counters), or
+#: once, when the job is created.
+_NOT_SETTABLE = frozenset(
+    {"status", "attempt", "next_action", "due_at", "batch_id", "job_id", "line", "request", "model", "created_at"}
+)
 
 
 def _decode(kind: Any, raw: str) -> Any:

@@ -818,3 +818,16 @@ def test_push_due_leaves_a_vanished_job_alone_in_redis(redis_url: str) -> None:
     assert not store.push_due("b/gone", NOW + 60)
     assert not client.exists("genq:job:b/gone") and store.get("b/gone") is None
     client.close()
+
+
+@pytest.mark.parametrize("name", ["no_such_field", "status", "attempt", "next_action", "due_at", "t_failed", "model"])
+def test_a_change_may_set_only_the_record_fields_that_are_its_to_set(store: JobStore, model: str, name: str) -> None:
+    """A field not on the job record, or one the move itself writes (status, attempt, next action, due time,
+    `t_{status}`) or creation fixed, is refused before anything is written."""
+    _, (ref,) = batch_of(store, model, 1)
+    before = store.get(ref)
+    with pytest.raises(ValueError, match=name):
+        store.transition(ref, Status.ADMITTED, expected_attempt=0, fields={name: "1"})
+    with pytest.raises(ValueError, match=name):
+        store.claim(ref, Status.ACCEPTED, expected_attempt=0, action=Action.ADMIT, lease_until=NOW, fields={name: "1"})
+    assert store.get(ref) == before

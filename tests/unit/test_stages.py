@@ -446,6 +446,35 @@ def test_unknown_is_believed_only_after_four_answers_over_a_minute(
     assert gone.unknown_seen == 4 and clock.now - started >= rt.settings.unknown_confirm_s
 
 
+def test_unknown_said_four_times_within_the_window_is_not_yet_believed(
+    rt: Runtime, clock: VirtualClock, upstream: Upstream
+) -> None:
+    """Four UNKNOWN answers that come sooner than `unknown_confirm_s` apart in all do not end the job; once the
+    answers span the window it expires. A RUNNING answer in between forgets the first UNKNOWN's time."""
+    upstream.statuses = ["UNKNOWN", "RUNNING", "UNKNOWN"]
+    step: Next | None = submitted(rt, clock)
+    seen = []
+    for _ in range(3):
+        assert step is not None
+        clock.now += 1.0
+        step = run_stage(poll, rt, step.ref, step.attempt)
+        job = rt.store.get("b/j0")
+        assert job is not None
+        seen.append((job.unknown_seen, job.unknown_first_at))
+    assert seen == [(1, seen[0][1]), (0, None), (1, clock.now)] and seen[0][1] is not None
+    for _ in range(3):
+        assert step is not None
+        clock.now += 1.0
+        step = run_stage(poll, rt, step.ref, step.attempt)
+    job = rt.store.get("b/j0")
+    assert job is not None and not job.terminal and job.unknown_seen == 4
+    assert step is not None and job.unknown_first_at is not None
+    clock.now = job.unknown_first_at + rt.settings.unknown_confirm_s
+    run_stage(poll, rt, step.ref, step.attempt)
+    gone = rt.store.get("b/j0")
+    assert gone is not None and gone.status is Status.EXPIRED and gone.unknown_seen == 5
+
+
 def test_a_task_running_at_its_deadline_is_waited_for_and_stored(
     rt: Runtime, clock: VirtualClock, upstream: Upstream
 ) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from workers import metrics
 from workers.events import iso_time
-from workers.job import TERMINAL, Action, Job, Status, allowed_sources, encode, is_record_field, per_try_reset
+from workers.job import TERMINAL, Action, Job, Status, allowed_sources, encode, per_try_reset, settable_field
 from workers.jobstore.protocol import Applied
 from workers.refs import split_ref
 
@@ -80,9 +80,9 @@ def plan(
 ) -> Move:
     """A transition or a claim. A terminal target leaves the due index and has no next action."""
     terminal = target in TERMINAL
-    unknown = sorted(name for name in fields or {} if not is_record_field(name))
-    if unknown:  # the record's fields are listed once, on `Job`: a name not there is a typo or a missing field
-        raise ValueError(f"not fields of the job record (workers/job.py): {', '.join(unknown)}")
+    refused = sorted(name for name in fields or {} if not settable_field(name))
+    if refused:  # the record's fields are listed once, on `Job`; the move's own are the store's to write
+        raise ValueError(f"fields a change may not set (workers/job.py, settable_field): {', '.join(refused)}")
     encoded = {"next_action": encode(Action.NONE if terminal else next_action)}
     encoded.update({name: encode(value) for name, value in (fields or {}).items()})
     return Move(
