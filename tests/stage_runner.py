@@ -3,7 +3,8 @@ hand them to real workers (`publish_rows`).
 
 Delays are compressed (each step sleeps at most `max_sleep_s`), so backoffs and poll intervals do not slow the
 tests down; anything that waits on real time (reconciliation windows, the simulator's task durations) still
-waits for it.
+waits for it. Given a `VirtualClock` (the runtime's clock too), nothing sleeps: time jumps to each step's due
+time, so the stages' own waits (a reconciliation window, the UNKNOWN confirmation) cost nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +25,17 @@ from workers.messages import publish
 from workers.poll import poll
 from workers.runtime import Runtime, make_quota, make_store
 from workers.submit import submit
+
+
+class VirtualClock:
+    """Time that moves only when told to (the runner jumps it to the next due step)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
 
 STAGES: dict[Action, Callable[[Runtime, str, int], Next | None]] = {
     Action.SUBMIT: submit,
@@ -54,6 +66,7 @@ def run(
     timeout_s: float = 30,
     max_sleep_s: float = 0.2,
     until: Callable[[], bool] | None = None,
+    clock: VirtualClock | None = None,
 ) -> list[Next]:
     """Follow every step until none is left (or `until()` holds, or time is up); return what is left. Jobs a
     stage admits into a slot it freed join the steps. Steps run in the order they fall due (as Celery's
@@ -62,9 +75,11 @@ def run(
     order = itertools.count()
     queue: list[tuple[float, int, Next]] = []
 
+    now: Callable[[], float] = clock if clock is not None else time.monotonic
+
     def add(step: Next | None) -> None:
         if step is not None:
-            queue.append((time.monotonic() + step.delay_s, next(order), step))
+            queue.append((now() + step.delay_s, next(order), step))
 
     for step in steps:
         add(step)
@@ -75,7 +90,10 @@ def run(
         entry = min(queue)
         queue.remove(entry)
         due, _, step = entry
-        time.sleep(max(0.0, min(due - time.monotonic(), max_sleep_s)))
+        if clock is not None:
+            clock.now = max(clock.now, due)
+        else:
+            time.sleep(max(0.0, min(due - time.monotonic(), max_sleep_s)))
         add(run_stage(STAGES[step.action], rt, step.ref, step.attempt))
     return [step for _, _, step in sorted(queue)]
 

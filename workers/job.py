@@ -13,7 +13,7 @@ one back, and `PER_TRY` names those a revived job starts afresh: the list is wri
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
@@ -173,10 +173,10 @@ class Job:
     def from_record(cls, ref: str, record: Mapping[str, str]) -> Job:
         """The job stored as `record` (every value a string, as Redis keeps them; missing ones take defaults)."""
         values: dict[str, Any] = {"ref": ref}
-        for spec in _RECORD_FIELDS:
-            raw = record.get(spec.name)
+        for name, decode in _FIELD_DECODERS:
+            raw = record.get(name)
             if raw is not None:
-                values[spec.name] = _decode(spec.type, raw)
+                values[name] = decode(raw)
         values["upstream"] = {k: record[k] for k in UPSTREAM_TIMES if record.get(k)}
         values["times"] = {k[2:]: float(v) for k, v in record.items() if k.startswith("t_") and v}
         return cls(**values)
@@ -220,32 +220,22 @@ _NOT_SETTABLE = frozenset(
 )
 
 
-def _decode(kind: Any, raw: str) -> Any:
-    """A record's string as the field's type (annotations are strings here: `from __future__ import annotations`)."""
-    match kind:
-        case "str":
-            return raw
-        case "str | None":
-            return raw or None
-        case "int":
-            return int(raw or 0)
-        case "float":
-            return float(raw) if raw else 0.0
-        case "float | None":
-            return float(raw) if raw else None
-        case "bool":
-            return raw == "1"
-        case "Status":
-            return Status(raw)
-        case "Action":
-            return Action(raw or Action.NONE)
-        case "GenerationRequest":
-            return GenerationRequest.from_dict(json.loads(raw))
-        case "list[dict[str, Any]]":
-            return json.loads(raw or "[]")
-        case "dict[str, Any]":
-            return json.loads(raw or "{}")
-    raise TypeError(f"job field of type {kind} has no decoder")
+#: How a record's string becomes each field type (annotations are strings: `from __future__ import annotations`).
+_DECODERS: dict[str, Callable[[str], Any]] = {
+    "str": lambda raw: raw,
+    "str | None": lambda raw: raw or None,
+    "int": lambda raw: int(raw or 0),
+    "float": lambda raw: float(raw) if raw else 0.0,
+    "float | None": lambda raw: float(raw) if raw else None,
+    "bool": lambda raw: raw == "1",
+    "Status": Status,
+    "Action": lambda raw: Action(raw or Action.NONE),
+    "GenerationRequest": lambda raw: GenerationRequest.from_dict(json.loads(raw)),
+    "list[dict[str, Any]]": lambda raw: json.loads(raw or "[]"),
+    "dict[str, Any]": lambda raw: json.loads(raw or "{}"),
+}
+#: Each record field with its decoder, resolved once at import (a field of a type with no decoder fails here).
+_FIELD_DECODERS = [(f.name, _DECODERS[str(f.type)]) for f in _RECORD_FIELDS]
 
 
 def encode(value: Any) -> str:

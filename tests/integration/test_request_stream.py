@@ -27,7 +27,7 @@ from producer.stream import MAX_DELIVERIES, RequestConsumer
 from tests.conftest import raw_redis
 from tests.stage_runner import wait_until
 from workers import refs
-from workers.jobstore import keys
+from workers.jobstore import JobStore, keys
 from workers.requests import ENVELOPE_FIELDS, validate_envelope
 from workers.runtime import Runtime, make_inbox, make_quota, make_store
 
@@ -40,6 +40,22 @@ INVALID = [
     {"prompt": "no request id"},
     "not an object",
 ]
+
+
+def consumer_of(store: JobStore, settings: Settings, name: str, *, block_ms: int) -> RequestConsumer:
+    """A consumer of the settings' request stream (its group made), as `genq consume` builds one; it sends
+    nothing (the tests look at what was admitted, not at Celery)."""
+    consumer = RequestConsumer(
+        store,
+        settings,
+        lambda step: None,
+        inbox=make_inbox(settings),
+        quota=make_quota(settings),
+        consumer=name,
+        block_ms=block_ms,
+    )
+    consumer.ensure_group()
+    return consumer
 
 
 def publish(client: redis.Redis, stream: str, request: Any) -> None:
@@ -121,16 +137,7 @@ def test_consumer_holds_back_while_too_many_jobs_wait_for_quota(runtime: Runtime
     """With 5 jobs allowed to wait, a consumer that has 20 requests' jobs waiting or running reads no more: new
     requests stay unread in the stream (nothing pending, nothing lost) until the waiting line is short again."""
     settings = runtime.settings.model_copy(update={"request_max_waiting": 5})
-    consumer = RequestConsumer(
-        runtime.store,
-        settings,
-        lambda step: None,
-        inbox=make_inbox(settings),
-        quota=make_quota(settings),
-        consumer="c",
-        block_ms=50,
-    )
-    consumer.ensure_group()
+    consumer = consumer_of(runtime.store, settings, "c", block_ms=50)
     client, stream = raw_redis(runtime.settings), settings.request_stream
     for i in range(20):
         publish(client, stream, {"request_id": f"r{i}", "prompt": f"p {i}"})
@@ -278,16 +285,7 @@ def test_any_entries_on_the_stream_are_each_answered_once(redis_url: str, bodies
     a real Redis: one round answers each with a job or a rejection marker, acknowledges all, and raises nothing."""
     settings_ = Settings(redis_url=redis_url)
     store = make_store(settings_)
-    consumer = RequestConsumer(
-        store,
-        settings_,
-        lambda step: None,
-        inbox=make_inbox(settings_),
-        quota=make_quota(settings_),
-        consumer="fuzz",
-        block_ms=10,
-    )
-    consumer.ensure_group()
+    consumer = consumer_of(store, settings_, "fuzz", block_ms=10)
     client = raw_redis(settings_)
     ids = []
     for body in bodies:
@@ -304,16 +302,7 @@ def test_any_entries_on_the_stream_are_each_answered_once(redis_url: str, bodies
 def test_a_resend_with_its_metadata_in_another_order_is_the_same_request(runtime: Runtime) -> None:
     """A request sent again under its id, the same in every value but with its metadata's keys in another order,
     is known (the job it made answers it), not rejected as another request; different content is rejected."""
-    consumer = RequestConsumer(
-        runtime.store,
-        runtime.settings,
-        lambda step: None,
-        inbox=make_inbox(runtime.settings),
-        quota=make_quota(runtime.settings),
-        consumer="c",
-        block_ms=10,
-    )
-    consumer.ensure_group()
+    consumer = consumer_of(runtime.store, runtime.settings, "c", block_ms=10)
     client, stream = raw_redis(runtime.settings), runtime.settings.request_stream
     publish(client, stream, {"request_id": "r", "prompt": "a cat", "metadata": {"a": "1", "b": "2"}})
     assert consumer.step().accepted == 1
@@ -331,16 +320,7 @@ def test_an_entry_that_keeps_failing_is_dead_lettered_alone(runtime: Runtime) ->
     settings_ = runtime.settings.model_copy(update={"request_claim_idle_s": 0.0})
     store, client = runtime.store, raw_redis(runtime.settings)
     stream, group = settings_.request_stream, settings_.request_group
-    consumer = RequestConsumer(
-        store,
-        settings_,
-        lambda step: None,
-        inbox=make_inbox(settings_),
-        quota=make_quota(settings_),
-        consumer="c",
-        block_ms=10,
-    )
-    consumer.ensure_group()
+    consumer = consumer_of(store, settings_, "c", block_ms=10)
     bodies = [{"request_id": f"r{i}", "prompt": f"p{i}"} for i in range(4)]
     ids = [client.xadd(stream, {"request": json.dumps(body)}) for body in bodies]
     assert len(client.xreadgroup(group, "ghost", {stream: ">"}, count=10)[0][1]) == 4  # read, never answered

@@ -10,7 +10,6 @@ key, a 429, an S3 outage) and check what was recorded, sent upstream and stored.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import random
 import time
@@ -26,10 +25,10 @@ import redis
 from config.settings import Settings
 from producer.batch import enqueue_rows
 from producer.csv_source import CsvRow
+from tests.stage_runner import STAGES, VirtualClock, run
 from workers.bucket import MemoryBucket
 from workers.claimed import run_stage
 from workers.dashscope import DashScopeClient
-from workers.finalize import finalize
 from workers.job import Action, Next, Status
 from workers.jobstore import JobStore, MemoryJobStore, RedisJobStore
 from workers.poll import poll
@@ -41,7 +40,6 @@ BASE_URL = "https://dashscope.example/api/v1"
 RESULT_HOST = "dashscope-result-bj.oss-cn-beijing.aliyuncs.com"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 MODEL = "wan2.5-t2i-preview"  # the default model
-STAGES = {Action.SUBMIT: submit, Action.POLL: poll, Action.FINALIZE: finalize}
 #: A scripted answer: (status, body), (status, body, headers), or an exception the transport raises.
 Answer = tuple[int, dict[str, Any]] | tuple[int, dict[str, Any], dict[str, str]] | Exception
 
@@ -110,16 +108,6 @@ class Upstream:
         return sum(1 for call in self.calls if call.endswith("image-synthesis"))
 
 
-class VirtualClock:
-    """Time that moves only when the runner jumps to the next due step."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def upstream() -> Upstream:
     return Upstream()
@@ -173,26 +161,10 @@ def enqueue(rt: Runtime, *prompts: str, batch_id: str = "b") -> list[Next]:
     return sent
 
 
-def follow(rt: Runtime, clock: VirtualClock, steps: list[Next], *, limit: int = 400) -> None:
-    """Run every step as Celery would, in the order they fall due, jumping the clock to each due time."""
-    order = itertools.count()
-    queue: list[tuple[float, int, Next]] = []
-
-    def add(step: Next | None) -> None:
-        if step is not None:
-            queue.append((clock.now + step.delay_s, next(order), step))
-
-    for step in steps:
-        add(step)
-    rt.send = add
-    for _ in range(limit):
-        if not queue:
-            return
-        due, _, step = min(queue)
-        queue.remove((due, _, step))
-        clock.now = max(clock.now, due)
-        add(run_stage(STAGES[step.action], rt, step.ref, step.attempt))
-    raise AssertionError(f"steps still pending after {limit}: {queue[:3]}")
+def follow(rt: Runtime, clock: VirtualClock, steps: list[Next]) -> None:
+    """Run every step as Celery would, in the order they fall due, jumping the clock to each due time; all of
+    them end."""
+    assert run(rt, steps, timeout_s=10, clock=clock) == []
 
 
 def events(rt: Runtime) -> list[dict[str, Any]]:

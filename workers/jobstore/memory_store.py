@@ -31,7 +31,7 @@ from workers.events import iso_time
 from workers.job import Job, Status
 from workers.jobstore import keys
 from workers.jobstore.moves import Move, Planned, outcome
-from workers.jobstore.protocol import Applied, BatchSummary, Gauges, NewJob
+from workers.jobstore.protocol import Applied, BatchSummary, Gauges, NewJob, in_line_order
 
 #: Statuses whose job has a task upstream (`transition.lua` counts them per model in `genq:inflight`).
 _UPSTREAM = frozenset({Status.SUBMITTED, Status.RUNNING, Status.OVERDUE})
@@ -160,24 +160,14 @@ class MemoryJobStore(Planned):
     def rejected(self, batch_id: str) -> list[dict[str, Any]]:
         with self._lock:
             records = [json.loads(v) for v in self._rejected.get(batch_id, {}).values()]
-        return sorted(records, key=lambda r: int(r["line"]))
+        return in_line_order(records)
 
     def batch_summary(self, batch_id: str) -> BatchSummary | None:
         with self._lock:
             h = dict(self._batches.get(batch_id, {}))
         if not h:
             return None
-        return BatchSummary(
-            batch_id=batch_id,
-            total=int(h.get("total", 0)),
-            terminal=int(h.get("terminal", 0)),
-            rejected=int(h.get("rejected", 0)),
-            sealed=h.get("sealed") == "1",
-            done_at=float(h["done_at"]) if h.get("done_at") else None,
-            created_at=float(h["created_at"]) if h.get("created_at") else None,
-            source=h.get("source", ""),
-            counts={k[2:]: int(v) for k, v in h.items() if k.startswith("n:") and int(v)},
-        )
+        return BatchSummary.from_record(batch_id, h)
 
     def batch_ids(self) -> list[str]:
         with self._lock:

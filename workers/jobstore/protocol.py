@@ -52,6 +52,21 @@ class BatchSummary:
     source: str = ""
     counts: dict[str, int] = field(default_factory=dict)
 
+    @classmethod
+    def from_record(cls, batch_id: str, h: Mapping[str, str]) -> BatchSummary:
+        """The summary of a batch stored as `h` (the batch's record, every value a string)."""
+        return cls(
+            batch_id=batch_id,
+            total=int(h.get("total", 0)),
+            terminal=int(h.get("terminal", 0)),
+            rejected=int(h.get("rejected", 0)),
+            sealed=h.get("sealed") == "1",
+            done_at=float(h["done_at"]) if h.get("done_at") else None,
+            created_at=float(h["created_at"]) if h.get("created_at") else None,
+            source=h.get("source", ""),
+            counts={k[2:]: int(v) for k, v in h.items() if k.startswith("n:") and int(v)},
+        )
+
     @property
     def done(self) -> bool:
         return self.sealed and self.terminal >= self.total
@@ -59,6 +74,11 @@ class BatchSummary:
     @property
     def succeeded(self) -> int:
         return self.counts.get(Status.SUCCEEDED, 0) + self.counts.get(Status.PARTIALLY_SUCCEEDED, 0)
+
+
+def in_line_order(rejected: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rejected-line records sorted by their line, as `JobStore.rejected` returns them."""
+    return sorted(rejected, key=lambda r: int(r["line"]))
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from workers.events import iso_time
 from workers.job import Job, Status
 from workers.jobstore import keys
 from workers.jobstore.moves import Move, Planned, outcome
-from workers.jobstore.protocol import Applied, BatchSummary, Gauges, NewJob
+from workers.jobstore.protocol import Applied, BatchSummary, Gauges, NewJob, in_line_order
 
 #: Scripts that use the shared functions of `finish_batch.lua` (prepended to them).
 _WITH_SHARED = {"transition", "seal_batch", "create_job", "requeue"}
@@ -103,23 +103,13 @@ class RedisJobStore(Planned):
 
     def rejected(self, batch_id: str) -> list[dict[str, Any]]:
         records = [json.loads(v) for v in self._redis.hvals(keys.batch_rejected(batch_id))]
-        return sorted(records, key=lambda r: int(r["line"]))
+        return in_line_order(records)
 
     def batch_summary(self, batch_id: str) -> BatchSummary | None:
         h = self._hash(keys.batch(batch_id))
         if not h:
             return None
-        return BatchSummary(
-            batch_id=batch_id,
-            total=int(h.get("total", 0)),
-            terminal=int(h.get("terminal", 0)),
-            rejected=int(h.get("rejected", 0)),
-            sealed=h.get("sealed") == "1",
-            done_at=float(h["done_at"]) if h.get("done_at") else None,
-            created_at=float(h["created_at"]) if h.get("created_at") else None,
-            source=h.get("source", ""),
-            counts={k[2:]: int(v) for k, v in h.items() if k.startswith("n:") and int(v)},
-        )
+        return BatchSummary.from_record(batch_id, h)
 
     def batch_ids(self) -> list[str]:
         return cast(list[str], self._redis.zrange(keys.BATCHES, 0, -1))
