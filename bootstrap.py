@@ -6,7 +6,7 @@
 
 What it does, every time (each step is a no-op when already done):
 1. makes `.venv-tools/` with a pinned `uv` in it (pip, from PyPI);
-2. `uv sync --frozen --extra dev` into `.venv/` from `uv.lock`, with this very interpreter
+2. `uv sync --frozen --extra dev --extra local` into `.venv/` from `uv.lock`, with this very interpreter
    (uv is told never to download a Python of its own);
 3. runs the command with `.venv/bin` first on PATH.
 
@@ -58,7 +58,7 @@ def _ensure_uv() -> Path:
 def _sync(uv: Path) -> None:
     env = dict(os.environ, UV_PYTHON_DOWNLOADS="never", UV_PROJECT_ENVIRONMENT=str(PROJECT_VENV))
     subprocess.run(
-        [str(uv), "sync", "--frozen", "--extra", "dev", "--quiet", "--python", sys.executable],
+        [str(uv), "sync", "--frozen", "--extra", "dev", "--extra", "local", "--quiet", "--python", sys.executable],
         cwd=ROOT,
         env=env,
         check=True,

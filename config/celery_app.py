@@ -109,10 +109,34 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def create_app(settings: Settings | None = None) -> Celery:
+    """A Celery app of its own, for sending (the CLI, tests); tasks are registered on the module's `app`."""
     settings = settings or load_settings()
     app = Celery("genq")
     app.conf.update(celery_config(settings))
     return app
+
+
+#: The settings this process runs on: what `configure` was given, else the environment's (read on first use).
+_process_settings: Settings | None = None
+
+
+def configure(settings: Settings) -> Celery:
+    """Make `settings` this process's settings: the module's `app` (on which the tasks are registered, and
+    through which they send their follow-ups) takes its configuration from them, and `process_settings()`,
+    from which each worker process builds its runtime, returns them. A worker started with `--config` or
+    flags calls this before it starts, so its prefork children, forked after, inherit both."""
+    global _process_settings
+    _process_settings = settings
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def process_settings() -> Settings:
+    """This process's settings (`configure`), or the environment's and GENQ_CONFIG's when none was given."""
+    global _process_settings
+    if _process_settings is None:
+        _process_settings = load_settings()
+    return _process_settings
 
 
 @setup_logging.connect
@@ -127,7 +151,7 @@ if "coverage" in sys.modules:  # measured by coverage.py (the test suite): save 
     install()
 
 try:
-    app = create_app()
+    app = create_app(process_settings())
 except ConfigInvalid as exc:
     # Every genq process imports this module first (the CLI, workers, beat): settings that cannot be used end
     # it here with the setting named, exit code 2, and no traceback.

@@ -1,7 +1,9 @@
 """The one typed settings object, read once from the environment and an optional TOML file.
 
 Sources, highest priority first: keyword arguments, `GENQ_*` environment variables (plus the standard
-`DASHSCOPE_API_KEY`), the TOML file named by `GENQ_CONFIG` (or passed to `load_settings`), defaults.
+`DASHSCOPE_API_KEY`; a variable set to the empty string counts as unset), secrets files (one file per setting,
+named like its variable, in `GENQ_SECRETS_DIR` or else `/run/secrets` when it exists: Docker's and Podman's
+secrets), the TOML file named by `GENQ_CONFIG` (or passed to `load_settings`), defaults.
 Library code receives a `Settings` object and never reads `os.environ` itself.
 """
 
@@ -13,12 +15,14 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import quote, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
+    SecretsSettingsSource,
     SettingsConfigDict,
     SettingsError,
     TomlConfigSettingsSource,
@@ -74,18 +78,54 @@ class ConfigInvalid(ValueError):
     breaks. Values are never quoted, since a setting may be a secret."""
 
 
+#: Where container engines mount secrets; read when it exists and `GENQ_SECRETS_DIR` names no other folder.
+CONTAINER_SECRETS_DIR = Path("/run/secrets")
+
+
+def secrets_folder() -> Path | None:
+    """The folder of secrets files: `GENQ_SECRETS_DIR` (which must exist), else `/run/secrets` if present."""
+    named = os.environ.get("GENQ_SECRETS_DIR")
+    if named:
+        if not Path(named).is_dir():
+            raise ConfigInvalid(f"GENQ_SECRETS_DIR {named} does not exist or is not a folder")
+        return Path(named)
+    return CONTAINER_SECRETS_DIR if CONTAINER_SECRETS_DIR.is_dir() else None
+
+
+def redis_url_with_password(url: str, password: str) -> str:
+    """A Redis URL with `password` as its password (replacing any), the rest unchanged."""
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    netloc = f":{quote(password, safe='')}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 class Settings(BaseSettings):
     """Everything genq can be told. Field names map to `GENQ_<NAME>` environment variables."""
 
-    model_config = SettingsConfigDict(env_prefix="GENQ_", extra="ignore", frozen=True)
+    # env_ignore_empty: `DASHSCOPE_API_KEY=` (as an env file template leaves it) means "no key", not an empty
+    # bearer token sent to the real service.
+    model_config = SettingsConfigDict(env_prefix="GENQ_", extra="ignore", frozen=True, env_ignore_empty=True)
 
     # --- services -------------------------------------------------------------------------------
+    local: bool = Field(
+        False,
+        description="Run on this machine alone: a loopback Redis or S3 that does not answer is started for the "
+        "command's duration (data under state_dir), and the DashScope simulator when no API key is set. Off (the "
+        "production form): genq starts nothing, and a service that does not answer is an error naming it. "
+        "`--local` on a command turns it on.",
+    )
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",
-        description="Job store and Celery broker. A loopback URL that does not answer is started locally.",
+        description="Job store and Celery broker. With `local`, a loopback URL that does not answer is started.",
+    )
+    redis_password: SecretStr | None = Field(
+        None,
+        description="Put into redis_url when that names no password: lets the password come from a secrets file "
+        "(`genq_redis_password`) while the URL stays in plain configuration.",
     )
     s3_endpoint: str = Field(
-        "127.0.0.1:9000", description="host:port of the S3 server (MinIO). Loopback: started locally."
+        "127.0.0.1:9000", description="host:port of the S3 server. With `local`, a loopback one is started."
     )
     s3_access_key: SecretStr | None = Field(None, description="None: the local stack's own credentials.")
     s3_secret_key: SecretStr | None = None
@@ -228,6 +268,9 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml_file = settings_cls.model_config.get("toml_file") or os.environ.get("GENQ_CONFIG")
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        secrets_dir = secrets_folder()
+        if secrets_dir is not None:
+            sources.append(SecretsSettingsSource(settings_cls, secrets_dir=secrets_dir))
         if toml_file and not Path(str(toml_file)).is_file():
             raise ConfigInvalid(f"config file {toml_file} (GENQ_CONFIG) does not exist or is not a file")
         if toml_file:
@@ -249,6 +292,18 @@ class Settings(BaseSettings):
         if secret is not None:
             webhook_key(secret.get_secret_value())
         return secret
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password_into_url(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        password, url = data.get("redis_password"), data.get("redis_url", "redis://127.0.0.1:6379/0")
+        if isinstance(password, SecretStr):
+            password = password.get_secret_value()
+        if password and isinstance(url, str) and not urlsplit(url).password:
+            data = {**data, "redis_url": redis_url_with_password(url, password)}
+        return data
 
     @model_validator(mode="after")
     def _known_region(self) -> Settings:
@@ -308,6 +363,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     account_keys = [key for account in settings.accounts for key in account.api_keys]
     register_secrets(
         settings.dashscope_api_key,
+        settings.redis_password,
         settings.s3_secret_key,
         settings.webhook_secret,
         settings.webhook_secret_previous,

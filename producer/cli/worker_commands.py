@@ -1,4 +1,5 @@
-"""The long-running commands, each in the foreground against the configured services and starting none of them:
+"""The long-running commands, each in the foreground against the configured services and starting none of them
+(a missing Redis, or a worker's missing API key, ends them at once with exit code 3):
 `genq worker` (a Celery worker of the stages or of webhook delivery's lane), `genq beat` (restarted on a lost
 Redis), `genq flower` (Celery's web monitor) and `genq sim` (the DashScope simulator)."""
 
@@ -10,11 +11,12 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from config.celery_app import create_app
+from config.celery_app import configure, create_app
 from producer.beat import run_beat
 from producer.cli import common
 from producer.cli.common import ConfigOption, settings_for
 from producer.cli.display import styled
+from producer.cli.services import require
 from workers.bucket import ResultBucket, make_minio
 from workers.errors import StorageError
 from workers.webhook_signing import unsigned_warning
@@ -39,10 +41,13 @@ def worker(
     """Run a Celery worker in the foreground against the configured Redis (for long-lived deployments). Run at
     least one with --queues webhooks too when webhooks are used: delivery has its own lane."""
     settings = settings_for(config)
+    require(settings, s3=False)  # S3 may come later: the worker warns below, and its stores retry
     unsigned = unsigned_warning(settings)
     if unsigned:
         common.errors.print(styled(("WARNING:", "bold red"), f" {unsigned}"))
-    celery = create_app(settings.model_copy(update={"metrics_port": metrics_port or settings.metrics_port}))
+    # The module's app, on which the tasks run and send their follow-ups, takes these settings (file, environment
+    # and flags) before the pool forks: every task of every process runs on them (config/celery_app.py).
+    celery = configure(settings.model_copy(update={"metrics_port": metrics_port or settings.metrics_port}))
     try:
         ResultBucket(make_minio(settings), settings.bucket).ensure_bucket()  # genq creates its bucket at start
     except StorageError as exc:
@@ -71,15 +76,18 @@ def beat(config: ConfigOption = None) -> None:
     leaves the fleet without its recovery sweep.
     """
     settings = settings_for(config)
+    require(settings, s3=False, dashscope=False)
     unsigned = unsigned_warning(settings)
     if unsigned:
         common.errors.print(styled(("WARNING:", "bold red"), f" {unsigned}"))
-    run_beat(create_app(settings), settings.redis_url, lambda line: common.errors.print(Text(line, style="yellow")))
+    run_beat(configure(settings), settings.redis_url, lambda line: common.errors.print(Text(line, style="yellow")))
 
 
 def flower(ctx: typer.Context, config: ConfigOption = None) -> None:
     """Run Flower (Celery's web monitor) against genq's broker; extra options go to Flower (e.g. --port=5555)."""
-    celery = create_app(settings_for(config))
+    settings = settings_for(config)
+    require(settings, s3=False, dashscope=False)
+    celery = create_app(settings)
     celery.start(["flower", *ctx.args])
 
 

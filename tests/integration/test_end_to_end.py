@@ -81,10 +81,11 @@ def genq(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProc
 
 
 def test_the_readme_batch_command_runs_twice_without_paying_twice(tmp_path: Path) -> None:
-    """`genq batch examples/prompts.csv` on a machine with nothing running exits 0 with every valid row
-    succeeded and every bad row reported by line; the second run creates zero upstream tasks; export works."""
+    """`genq batch examples/prompts.csv --local` (the README's first command) on a machine with nothing running
+    exits 0 with every valid row succeeded and every bad row reported by line; the second run creates zero
+    upstream tasks; export works."""
     env = fresh_machine(tmp_path, COLUMNS="200")
-    first = genq("batch", str(SAMPLE), env=env, cwd=tmp_path)
+    first = genq("batch", str(SAMPLE), "--local", env=env, cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "12 new jobs (14 images) enqueued, 0 already known, 3 rejected" in first.stdout
     for line, reason in (
@@ -100,19 +101,19 @@ def test_the_readme_batch_command_runs_twice_without_paying_twice(tmp_path: Path
     assert "succeeded      │   12" in first.stdout
     assert "12 upstream tasks created by this run, 0 duplicate creates" in first.stdout
 
-    second = genq("batch", str(SAMPLE), env=env, cwd=tmp_path)
+    second = genq("batch", str(SAMPLE), "--local", env=env, cwd=tmp_path)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "0 new jobs (0 images) enqueued, 12 already known" in second.stdout
     assert "not submitted again: 12 succeeded" in second.stdout
     assert "0 upstream tasks created by this run" in second.stdout
 
-    exported = genq("export", "prompts", str(tmp_path / "out"), env=env, cwd=tmp_path)
+    exported = genq("export", "prompts", str(tmp_path / "out"), "--local", env=env, cwd=tmp_path)
     assert exported.returncode == 0, exported.stdout + exported.stderr
     assert len(list((tmp_path / "out").glob("*/*.png"))) == 14
     with open(tmp_path / "out" / "results.csv", newline="") as handle:
         assert len(list(csv.DictReader(handle))) == 12
 
-    status = genq("status", "prompts", "--json", env=env, cwd=tmp_path)
+    status = genq("status", "prompts", "--json", "--local", env=env, cwd=tmp_path)
     assert json.loads(status.stdout)["counts"] == {"succeeded": 12}
 
 
@@ -130,13 +131,13 @@ def test_markup_in_every_cell_is_printed_literally_by_batch_and_status(tmp_path:
         writer.writerow(["[/oops] a lighthouse", "", "", "[/oops]"])
         writer.writerow(["[red]a harbour", "[/oops]", "", link])
         writer.writerow([link, "", link, "[/]"])
-    run = genq("batch", str(path), env=env, cwd=tmp_path)
+    run = genq("batch", str(path), "--local", env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "\x1b]" not in run.stdout  # no terminal hyperlink was injected (only Rich's own colours are there)
     shown = without_colours(run.stdout)
     assert "1 new jobs (1 images) enqueued, 0 already known, 2 rejected" in shown
     assert "got '[/oops]'" in shown and f"unknown model '{link}'" in shown
-    status = genq("status", "markup", env=env, cwd=tmp_path)
+    status = genq("status", "markup", "--local", env=env, cwd=tmp_path)
     assert status.returncode == 0, status.stdout + status.stderr
     assert "\x1b]" not in status.stdout
     assert "got '[/oops]'" in without_colours(status.stdout) and f"unknown model '{link}'" in without_colours(
