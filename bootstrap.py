@@ -2,7 +2,8 @@
 """Set up genq from nothing but Python 3.11+, then run a command inside its environment.
 
     python3 bootstrap.py genq batch examples/prompts.csv   # any `genq ...` command
-    python3 bootstrap.py test [PYTEST ARGS]                # lint, type-check, then the test suite under coverage
+    python3 bootstrap.py test [PYTEST ARGS]                # lint, type-check, the test suite under coverage,
+                                                           # then (whole suite only) the container check
 
 What it does, every time (each step is a no-op when already done):
 1. makes `.venv-tools/` with a pinned `uv` in it (pip, from PyPI);
@@ -15,6 +16,10 @@ without pytest arguments, the whole suite in two test processes (`WHOLE_SUITE`: 
 combines the data, writes the HTML report to htmlcov/ and prints branch coverage per package. Without pytest
 arguments (the whole suite, as CI runs it) it fails when branch coverage of the packages named in pyproject.toml
 `[tool.genq.coverage]` is below its `branch_floor`.
+
+Without pytest arguments, `test` then runs the container check (`tests/containers/`: the image built from
+ops/docker/Dockerfile and docker-compose.yml brought up with Podman). As root on Debian it first installs Podman,
+runc and debootstrap with apt-get when they are missing; elsewhere, without them, the check is skipped and says so.
 
 It uses only the standard library, so it runs before anything is installed.
 """
@@ -68,7 +73,36 @@ def _sync(uv: Path) -> None:
 #: pytest's arguments for the whole suite: two test processes, each holding the test it runs and the next, handed
 #: another as it finishes one (the slowest files are collected first, tests/conftest.py), so that neither ends long
 #: after the other; the slowest tests named.
-WHOLE_SUITE = ("-n", "2", "--dist", "load", "--maxschedchunk", "1", "--durations", "15")
+WHOLE_SUITE = (
+    "-n",
+    "2",
+    "--dist",
+    "load",
+    "--maxschedchunk",
+    "1",
+    "--durations",
+    "15",
+    "--ignore=tests/containers",
+)
+#: The container check's Debian packages (docs/operations.md, "The compose check").
+CONTAINER_PACKAGES = ("podman", "runc", "debootstrap", "uidmap", "slirp4netns", "fuse-overlayfs")
+
+
+def _ensure_container_engine() -> None:
+    """Install Podman and what it needs from Debian when missing, if this is root on a Debian-like system."""
+    import shutil
+
+    if all(shutil.which(tool) for tool in ("podman", "runc", "debootstrap")):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        _say("podman, runc or debootstrap is missing and this is not root with apt-get: the container check skips")
+        return
+    _say(f"installing {', '.join(CONTAINER_PACKAGES)} (Debian) for the container check")
+    quiet = {"DEBIAN_FRONTEND": "noninteractive"}
+    env = dict(os.environ, **quiet)
+    if subprocess.run(["apt-get", "install", "-y", "-q", *CONTAINER_PACKAGES], env=env).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], env=env, check=True)
+        subprocess.run(["apt-get", "install", "-y", "-q", *CONTAINER_PACKAGES], env=env, check=True)
 
 
 def main(argv: list[str]) -> int:
@@ -96,9 +130,14 @@ def main(argv: list[str]) -> int:
             code = subprocess.run(command, cwd=ROOT, env=env).returncode
             if code != 0:
                 return code
-        if argv[0] == "test":
-            return _coverage_report(bin_dir / "python", env, enforce_floor=len(argv) == 1)
-        return 0
+        if argv[0] != "test":
+            return 0
+        code = _coverage_report(bin_dir / "python", env, enforce_floor=len(argv) == 1)
+        if code != 0 or len(argv) > 1:
+            return code
+        _ensure_container_engine()
+        containers = [str(bin_dir / "python"), "-m", "pytest", "tests/containers", "-p", "no:cacheprovider", "-rs"]
+        return subprocess.run(containers, cwd=ROOT, env=env).returncode
     except KeyboardInterrupt:
         return 130
 
