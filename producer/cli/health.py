@@ -24,6 +24,7 @@ import typer
 from config.celery_app import create_app
 from ops.localstack.services import redis_ready
 from producer.cli.common import ConfigOption, fail, settings_for
+from producer.cli.services import redis_address
 
 #: Touched by `genq consume` at every round of its loop; in a container, /tmp is the container's own.
 HEARTBEAT_FILE = Path(tempfile.gettempdir()) / "genq-consume.heartbeat"
@@ -54,7 +55,7 @@ def health(
     settings = settings_for(config)
     problem: str | None = None
     if role is not Role.sim and not redis_ready(settings.redis_url, timeout_s=5.0):
-        problem = "Redis does not answer"
+        problem = f"Redis does not answer at {redis_address(settings.redis_url)}"
     elif role is Role.worker:
         celery = create_app(settings)
         try:

@@ -79,7 +79,7 @@ def unreachable(settings: Settings, *, s3: bool = True, dashscope: bool = True) 
     """What the production form lacks, named, or None when Redis (and S3) answer and (with `dashscope`) an API
     key is set."""
     if not redis_ready(settings.redis_url, timeout_s=ANSWER_TIMEOUT_S):
-        return f"Redis does not answer at {_redis_address(settings.redis_url)} (GENQ_REDIS_URL) {LOCAL_HINT}"
+        return f"Redis does not answer at {redis_address(settings.redis_url)} (GENQ_REDIS_URL) {LOCAL_HINT}"
     if s3 and not s3_ready(settings.s3_endpoint, timeout_s=ANSWER_TIMEOUT_S, secure=settings.s3_secure):
         return f"the S3 server does not answer at {settings.s3_endpoint} (GENQ_S3_ENDPOINT) {LOCAL_HINT}"
     if dashscope and settings.uses_simulator:
@@ -95,7 +95,7 @@ def require(settings: Settings, *, s3: bool = True, dashscope: bool = True) -> N
         raise fail(missing.replace(f" {LOCAL_HINT}", ""), 3)
 
 
-def _redis_address(url: str) -> str:
+def redis_address(url: str) -> str:
     """host:port of a Redis URL, never its password."""
     parts = urlsplit(url)
     return f"{parts.hostname}:{parts.port or 6379}"

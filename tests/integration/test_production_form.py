@@ -1,0 +1,158 @@
+"""The production form (no `--local`): genq starts nothing, names what it cannot reach, and every process of a
+worker runs on the one configuration it was given (flags, file, environment)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from config.settings import Settings
+from ops.localstack.process import ManagedProcess, free_port, is_listening
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "examples" / "prompts.csv"
+
+
+def bare_env(**extra: str) -> dict[str, str]:
+    """The environment without any genq setting: only the config file given on the command line counts."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GENQ_", "DASHSCOPE_"))}
+    return {**env, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **extra}
+
+
+def genq(*args: str, env: dict[str, str], cwd: Path, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-c", "from producer.cli import main; main()", *args]
+    return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout_s)
+
+
+def toml_of(values: dict[str, object]) -> str:
+    def value(v: object) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(item) for item in v) + "]"
+        return f'"{v}"' if isinstance(v, (str, Path)) else str(v)
+
+    return "".join(f"{key} = {value(v)}\n" for key, v in values.items())
+
+
+def test_with_redis_down_every_command_names_it_exits_non_zero_and_starts_nothing(tmp_path: Path) -> None:
+    """In the production form with nothing listening at the configured Redis, every command that uses it exits
+    non-zero naming Redis and its address, and nothing is started (no state folder, nothing on the ports)."""
+    redis_port, s3_port = free_port(), free_port(with_grpc_offset=True)
+    config = tmp_path / "genq.toml"
+    state = tmp_path / "state"
+    config.write_text(
+        toml_of(
+            {
+                "local": False,
+                "redis_url": f"redis://127.0.0.1:{redis_port}/0",
+                "s3_endpoint": f"127.0.0.1:{s3_port}",
+                "dashscope_api_key": "sk-not-used",
+                "state_dir": state,
+            }
+        )
+        + '[[schedules]]\nname = "nightly"\ncron = "0 2 * * *"\nsource = "/nowhere"\n'
+    )
+    commands = [
+        ["batch", str(SAMPLE)],
+        ["status", "prompts"],
+        ["watch", "prompts", "--timeout", "5"],
+        ["report", "prompts"],
+        ["export", "prompts", str(tmp_path / "out")],
+        ["cancel", "prompts"],
+        ["retry", "prompts"],
+        ["resume", "default"],
+        ["consume"],
+        ["run-schedule", "nightly"],
+        ["worker"],
+        ["beat"],
+        ["flower"],
+        ["health", "worker"],
+        ["health", "consumer"],
+        ["doctor"],
+    ]
+    for command in commands:
+        done = genq(*command, "--config", str(config), env=bare_env(), cwd=tmp_path, timeout_s=60)
+        said = done.stdout + done.stderr
+        assert done.returncode != 0, (command, said)
+        assert "Redis" in said and f"127.0.0.1:{redis_port}" in said, (command, said)
+        assert "Traceback" not in said, (command, said)
+    assert not state.exists(), "a command created the local stack's folder"
+    assert not is_listening("127.0.0.1", redis_port) and not is_listening("127.0.0.1", s3_port)
+
+
+def test_without_an_api_key_the_production_form_refuses_instead_of_starting_the_simulator(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """With Redis and S3 answering but no DashScope key, `genq batch` exits 3 naming the missing key and the way
+    to the simulator (--local), and enqueues nothing."""
+    config = tmp_path / "genq.toml"
+    config.write_text(
+        toml_of(
+            {
+                "redis_url": settings.redis_url,
+                "s3_endpoint": settings.s3_endpoint,
+                "s3_access_key": settings.s3_access_key.get_secret_value() if settings.s3_access_key else "",
+                "s3_secret_key": settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else "",
+                "state_dir": tmp_path / "state",
+            }
+        )
+    )
+    done = genq("batch", str(SAMPLE), "--config", str(config), env=bare_env(DASHSCOPE_API_KEY=""), cwd=tmp_path)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "no DashScope API key" in done.stderr and "--local" in done.stderr
+    assert "enqueued" not in done.stdout
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_config_file_that_moves_redis_reaches_every_task_of_the_worker(settings: Settings, tmp_path: Path) -> None:
+    """`genq worker --config FILE` with Redis on another port in the file (and nothing in the environment) runs
+    every stage on that Redis: the follow-ups its tasks send (polls, finalizes) reach it, so a batch sent with
+    the same file ends with every accepted job succeeded."""
+    assert not is_listening("127.0.0.1", 6379), "something listens on the default Redis port: the test needs it free"
+    host = settings.dashscope_base_url or ""
+    config = tmp_path / "genq.toml"
+    config.write_text(
+        toml_of(
+            {
+                "redis_url": settings.redis_url,
+                "s3_endpoint": settings.s3_endpoint,
+                "s3_access_key": settings.s3_access_key.get_secret_value() if settings.s3_access_key else "",
+                "s3_secret_key": settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else "",
+                "bucket": settings.bucket,
+                "dashscope_api_key": settings.dashscope_api_key.get_secret_value()
+                if settings.dashscope_api_key
+                else "",
+                "dashscope_base_url": host,
+                "result_hosts": list(settings.result_hosts),
+                "require_https_results": False,
+                "state_dir": tmp_path / "state",
+            }
+        )
+    )
+    worker = ManagedProcess(
+        "worker",
+        [sys.executable, "-c", "from producer.cli import main; main()", "worker", "--config", str(config)],
+        log_path=tmp_path / "worker.log",
+        env=bare_env(),
+    )
+    try:
+        done = genq(
+            "batch",
+            str(SAMPLE),
+            "--config",
+            str(config),
+            "--timeout",
+            "120",
+            env=bare_env(),
+            cwd=tmp_path,
+            timeout_s=180,
+        )
+    finally:
+        worker.stop()
+    log = (tmp_path / "worker.log").read_text(errors="replace")
+    assert done.returncode == 0, done.stdout + done.stderr + log[-3000:]
+    assert "succeeded      │   12" in done.stdout, done.stdout
+    assert "127.0.0.1:6379" not in log
