@@ -361,9 +361,11 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigInvalid(f"config file {source} cannot be read: {exc}") from None
     account_keys = [key for account in settings.accounts for key in account.api_keys]
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
     register_secrets(
         settings.dashscope_api_key,
         settings.redis_password,
+        quote(password, safe="") if password else None,  # as it stands in the URL
         settings.s3_secret_key,
         settings.webhook_secret,
         settings.webhook_secret_previous,

@@ -79,3 +79,46 @@ def test_an_override_for_an_unknown_model_names_the_known_ones() -> None:
 
     with pytest.raises(ValidationError, match="known: "):
         AccountSettings(name="x", limits={"dall-e-3": (1, 1)})
+
+
+def test_an_empty_api_key_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`DASHSCOPE_API_KEY=` (as .env.example leaves it) means no key, never an empty bearer token."""
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "")
+    monkeypatch.setenv("GENQ_BUCKET", "")
+    settings = load_settings()
+    assert settings.dashscope_api_key is None and settings.uses_simulator
+    assert settings.bucket == "genq-results"
+
+
+def test_secrets_come_from_files_in_the_secrets_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file named like a setting's variable in GENQ_SECRETS_DIR gives its value (trailing newline dropped);
+    the environment still wins over it."""
+    (tmp_path / "dashscope_api_key").write_text("sk-from-a-file\n")
+    (tmp_path / "genq_s3_secret_key").write_text("s3-secret-from-a-file")
+    monkeypatch.setenv("GENQ_SECRETS_DIR", str(tmp_path))
+    settings = load_settings()
+    assert settings.dashscope_api_key is not None
+    assert settings.dashscope_api_key.get_secret_value() == "sk-from-a-file"
+    assert settings.s3_secret_key is not None and settings.s3_secret_key.get_secret_value() == "s3-secret-from-a-file"
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-from-the-environment")
+    assert load_settings().dashscope_api_key.get_secret_value() == "sk-from-the-environment"  # type: ignore[union-attr]
+
+
+def test_a_missing_secrets_folder_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GENQ_SECRETS_DIR naming no folder is refused with its name, not ignored."""
+    monkeypatch.setenv("GENQ_SECRETS_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigInvalid, match="GENQ_SECRETS_DIR"):
+        load_settings()
+
+
+def test_the_redis_password_goes_into_a_url_that_names_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GENQ_REDIS_PASSWORD is put into GENQ_REDIS_URL (quoted) when the URL has no password, never over one,
+    and is masked in log lines."""
+    monkeypatch.setenv("GENQ_REDIS_URL", "redis://redis:6379/2")
+    monkeypatch.setenv("GENQ_REDIS_PASSWORD", "p@ss/word")
+    settings = load_settings()
+    assert settings.redis_url == "redis://:p%40ss%2Fword@redis:6379/2"
+    line = redact(None, "info", {"event": "to redis://:p%40ss%2Fword@redis with p@ss/word"})["event"]
+    assert "p@ss/word" not in line and "p%40ss%2Fword" not in line
+    monkeypatch.setenv("GENQ_REDIS_URL", "redis://:own@redis:6379/2")
+    assert load_settings().redis_url == "redis://:own@redis:6379/2"
