@@ -160,6 +160,7 @@ def compose(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose]:
         yield project
     finally:
         project("down", "-v", check=False)
+        engine.podman("image", "prune", "-f", check=False)  # the layers of earlier builds of genq:latest
 
 
 def _events_about(project: Compose, subject: str) -> list[dict[str, object]]:
