@@ -34,10 +34,11 @@ from pydantic import SecretStr
 
 from config.accounts import AccountSettings, slot_limits
 from ops.localstack import LocalStack
-from ops.localstack.process import ManagedProcess, free_port
+from ops.localstack.process import ManagedProcess
 from ops.simulator.profiles import PROFILES, Timing
 from producer.csv_source import CsvRow
 from tests.conftest import RunningSimulator
+from tests.prometheus import Prometheus, bucket_width, cumulative, histogram_quantile
 from tests.stage_runner import batch_done, publish_rows, wait_until
 from workers import account_pause, metrics
 from workers.dashscope.protocol import upstream_epoch
@@ -68,38 +69,6 @@ BUCKETS = {
 Series = dict[tuple[str, ...], float]
 
 
-# --- Prometheus ------------------------------------------------------------------------------------------------
-@dataclass
-class Prometheus:
-    url: str
-    process: ManagedProcess
-
-    def query(self, expr: str, *, at: float | None = None) -> list[tuple[dict[str, str], float]]:
-        """The instant vector `expr` evaluates to, now or at `at`: each series' labels and value."""
-        params = {"query": expr} | ({"time": repr(at)} if at is not None else {})
-        answer = httpx.get(f"{self.url}/api/v1/query", params=params, timeout=10).json()
-        assert answer["status"] == "success", (expr, answer)
-        assert answer["data"]["resultType"] == "vector", (expr, answer["data"]["resultType"])
-        return [(item["metric"], float(item["value"][1])) for item in answer["data"]["result"]]
-
-    def value(self, expr: str) -> float:
-        [(_, value)] = self.query(expr)
-        return value
-
-    def complete_at(self, expr: str, expected: float) -> float | None:
-        """The time at which `expr` evaluated to `expected` now, or None."""
-        answer = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10).json()
-        result = answer["data"]["result"]
-        return float(result[0]["value"][0]) if result and float(result[0]["value"][1]) == expected else None
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/-/ready", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 @pytest.fixture
 def prometheus_factory(tmp_path: Path) -> Iterator[Callable[[list[str]], Prometheus]]:
     """Start a real Prometheus (the Debian package's binary) on 127.0.0.1 and a free port, scraping the given
@@ -115,25 +84,9 @@ def prometheus_factory(tmp_path: Path) -> Iterator[Callable[[list[str]], Prometh
 
     def start(metrics_urls: list[str]) -> Prometheus:
         targets = [urlsplit(url).netloc for url in metrics_urls]
-        config = {
-            "global": {"scrape_interval": f"{SCRAPE_INTERVAL_S}s", "scrape_timeout": f"{SCRAPE_INTERVAL_S}s"},
-            "scrape_configs": [{"job_name": "genq-worker", "static_configs": [{"targets": targets}]}],
-        }
-        path = tmp_path / "prometheus.yml"
-        path.write_text(json.dumps(config))  # YAML is a superset of JSON
-        port = free_port()
-        argv = [
-            binary,
-            f"--config.file={path}",
-            f"--storage.tsdb.path={tmp_path / 'prometheus-data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--log.level=warn",
-        ]
-        process = ManagedProcess("prometheus", argv, log_path=tmp_path / "prometheus.log")
-        started.append(process)
-        url = f"http://127.0.0.1:{port}"
-        process.wait_until(lambda: _ready(url), timeout_s=30, what="ready")
-        return Prometheus(url, process)
+        prometheus = Prometheus.start(binary, targets, tmp_path, scrape_interval_s=SCRAPE_INTERVAL_S)
+        started.append(prometheus.process)
+        return prometheus
 
     yield start
     for process in started:
@@ -164,8 +117,8 @@ class Fleet:
 
 
 def observations(fleet: Fleet, name: str) -> dict[str, list[float]]:
-    """Model -> what the histogram `name` observed, from the records (the service's timestamps and when genq
-    recorded the answer), or (download times) from the workers' own scrapes."""
+    """Model -> what the histogram `name` observed, from the records: the service's timestamps, and when genq
+    recorded the answer."""
     seen: dict[str, list[float]] = defaultdict(list)
     for job in fleet.ended:
         submitted, scheduled, ended = (upstream_epoch(job.upstream.get(k, "")) for k in UPSTREAM_TIMES)
@@ -177,31 +130,6 @@ def observations(fleet: Fleet, name: str) -> dict[str, list[float]]:
         }[name]
         seen[job.request.model].append(max(0.0, value))
     return seen
-
-
-def cumulative(values: list[float], bounds: tuple[float, ...]) -> list[tuple[float, float]]:
-    """(upper bound, cumulative count) per bucket, +Inf last, as a Prometheus histogram holds them."""
-    return [(bound, float(sum(1 for v in values if v <= bound))) for bound in bounds]
-
-
-def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
-    """Prometheus's `histogram_quantile` over cumulative buckets (linear within a bucket); NaN with no data."""
-    total = buckets[-1][1]
-    if total == 0:
-        return math.nan
-    rank = q * total
-    index = next(i for i, (_, count) in enumerate(buckets) if count >= rank)
-    if index == len(buckets) - 1:
-        return buckets[-2][0]
-    start, below = (buckets[index - 1][0], buckets[index - 1][1]) if index else (0.0, 0.0)
-    end, count = buckets[index]
-    return start + (end - start) * (rank - below) / (count - below)
-
-
-def bucket_width(value: float, bounds: tuple[float, ...]) -> float:
-    """The width of the bucket `value` falls in."""
-    index = next(i for i, bound in enumerate(bounds) if value <= bound)
-    return bounds[index] - (bounds[index - 1] if index else 0.0)
 
 
 def scraped_buckets(fleet: Fleet, name: str) -> dict[str, list[tuple[float, float]]]:
@@ -449,8 +377,11 @@ def test_every_panel_shows_the_fleets_figures_once_with_two_workers_scraped(
     # The panels are read at one instant when the last scrape of both workers succeeded with every series (a scrape
     # that times out on a loaded machine marks a worker's series stale until the next one).
     scopes = [Scope(account, model) for account, models in limits.items() for model in models]
-    deadline = time.monotonic() + 30
-    while (at := prometheus.complete_at("count(genq_slot_limit) * min(up)", 2.0 * len(scopes))) is None:
+    deadline, complete = time.monotonic() + 30, 2.0 * len(scopes)
+    while True:
+        at, shown = prometheus.evaluate("count(genq_slot_limit) * min(up)")
+        if [value for _, value in shown] == [complete]:
+            break
         assert time.monotonic() < deadline, "no scrape of both workers with every series within 30 s"
         time.sleep(0.2)
     assert time.monotonic() - first_scrape < WINDOW_S - 30, "the run outgrew the panels' windows"
