@@ -20,6 +20,7 @@ In a TOML config file:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -107,3 +108,9 @@ class ScopeLimits(BaseModel):
 
 def all_models() -> list[str]:
     return sorted(CATALOGUE)
+
+
+def slot_limits(accounts: Iterable[AccountSettings]) -> dict[str, dict[str, int]]:
+    """Account -> model -> the scope's slot limit (tasks at once plus the server-side queue), for every model
+    each account serves: the limits in force, as admission applies them (`workers/admission.py`)."""
+    return {a.name: {m: a.limits_for(m).slot_limit for m in all_models() if a.serves(m)} for a in accounts}

@@ -9,6 +9,7 @@ from celery import Celery
 from celery.schedules import crontab
 from celery.signals import setup_logging
 
+from config.accounts import slot_limits
 from config.logging import configure_logging
 from config.settings import ConfigInvalid, Settings, load_settings
 
@@ -98,12 +99,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "imports": ["workers.tasks", "producer.scheduled_runs"],
         # The crontabs of scheduled runs are read in this timezone.
         "timezone": settings.schedule_timezone,
-        # genq's own: where the worker serves its metrics (workers/metrics_server.py).
+        # genq's own: where the worker serves its metrics, and every scope (account, model) it reports on with
+        # the scope's slot limit, so the fleet's figures are per scope whatever account this worker names
+        # (workers/metrics_server.py).
         "genq_metrics": {
             "port": settings.metrics_port,
             "bind": settings.metrics_bind,
-            "account": settings.account,
             "redis_url": settings.redis_url,
+            "slot_limits": slot_limits(settings.resolved_accounts()),
         },
     }
 

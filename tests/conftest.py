@@ -53,6 +53,7 @@ SLOW_FILES_FIRST = (
     "test_end_to_end.py",
     "test_recovery.py",
     "test_request_stream.py",
+    "test_dashboard.py",
     "test_metrics.py",
     "test_webhook_lane.py",
     "test_admission.py",
@@ -120,12 +121,13 @@ class RunningSimulator:
 
 @pytest.fixture
 def simulator_factory() -> Iterator[Callable[..., RunningSimulator]]:
-    """Start simulators with `SimConfig` overrides (profile `fast` by default, `faults` as probabilities);
-    all stopped at the end."""
+    """Start simulators with `SimConfig` overrides (profile `fast` by default, by name or as a `Profile`; `faults`
+    as probabilities); all stopped at the end."""
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
 
     def start(**overrides: Any) -> RunningSimulator:
-        profile = load_profile(overrides.pop("profile", "fast"))
+        profile = overrides.pop("profile", "fast")
+        profile = load_profile(profile) if isinstance(profile, str) else profile
         faults = overrides.pop("faults", None)
         config = SimConfig(**{"profile": profile, "keys": {SIM_KEY: "default"}, "seed": 1, **overrides})
         app = create_app(config)

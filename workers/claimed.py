@@ -244,7 +244,7 @@ def end(
     applied = rt.store.transition(job.ref, status, expected_attempt=attempt, fields=all_fields, event=event, now=now)
     if applied.ok:
         if job.task_id or job.poll_count:
-            metrics.POLLS_PER_JOB.observe(job.poll_count)
+            metrics.POLLS_PER_JOB.labels(account=job.account or "", model=job.request.model).observe(job.poll_count)
         log.info(
             "job status changed",
             ref=job.ref,

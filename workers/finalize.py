@@ -132,7 +132,9 @@ def _store_results(rt: Runtime, job: Job) -> tuple[list[dict[str, Any]], list[di
                     task_id=job.task_id or "",
                 )
                 metrics.DOWNLOAD_BYTES.inc(fetched.size)
-                metrics.DOWNLOAD_SECONDS.observe(time.monotonic() - started)
+                metrics.DOWNLOAD_SECONDS.labels(account=job.account or "", model=job.request.model).observe(
+                    time.monotonic() - started
+                )
                 objects.append(
                     {
                         "index": index,

@@ -4,12 +4,17 @@ It serves the counters and histograms of every pool process (prometheus_client m
 environment variable `PROMETHEUS_MULTIPROC_DIR` must name an empty, writable folder before the worker starts)
 and the fleet-wide state read from Redis (`StoreStateCollector`). The folder must exist, empty,
 before the worker process starts: prometheus_client opens its files there on import.
+
+Its configuration is the Celery setting `genq_metrics` (`config/celery_app.py`): the port and address, the Redis
+URL, and `slot_limits` (account -> model -> the scope's slot limit) for every configured account, so that every
+worker reports on every scope of the fleet, whichever account it names itself.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -17,9 +22,13 @@ from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from config.catalogue import CATALOGUE
+from workers import metrics
 from workers.claimed import log
 from workers.jobstore import Gauges, RedisJobStore
+from workers.quota.quota import Quota, Scope
+
+#: Account -> model -> the scope's slot limit (`config.accounts.slot_limits`).
+SlotLimits = Mapping[str, Mapping[str, int]]
 
 
 def start_metrics_server(config: dict[str, Any]) -> bool:
@@ -38,9 +47,11 @@ def start_metrics_server(config: dict[str, Any]) -> bool:
             "PROMETHEUS_MULTIPROC_DIR is not set: only fleet state from Redis is served, not the "
             "counters of the pool processes"
         )
+    limits: SlotLimits = config.get("slot_limits") or {}
+    metrics.preset((account, model) for account, models in limits.items() for model in models)
     client = redis.Redis.from_url(str(config["redis_url"]), decode_responses=True, socket_timeout=5)
-    store = RedisJobStore(client)  # read-only here: its gauges
-    registry.register(StoreStateCollector(store.gauges, str(config.get("account", "default"))))
+    store, quota = RedisJobStore(client), Quota.redis(client)  # read-only here: gauges and slots held
+    registry.register(StoreStateCollector(store.gauges, quota.slots_held, limits))
     start_http_server(port, addr=str(config.get("bind", "127.0.0.1")), registry=registry)
     log.info("metrics served", port=port, bind=config.get("bind"))
     return True
@@ -53,30 +64,63 @@ def process_exited(pid: int) -> None:
 
 
 class StoreStateCollector(Collector):
-    """Fleet-wide state, read from the job store's counters at scrape time."""
+    """Fleet-wide state, read from the job store and the quota at scrape time. Every worker serves the same
+    figures, so the fleet's figure is any worker's (`max by` over instances), never their sum.
 
-    def __init__(self, gauges: Callable[[], Gauges], account: str) -> None:
+    - `genq_jobs{status}`: jobs in each status, all batches;
+    - per scope, for every configured account and every model it serves: `genq_upstream_tasks` (jobs holding
+      one of the scope's slots, i.e. with a task queued or running upstream or about to be created),
+      `genq_slot_limit` (the scope's limit in force: tasks at once plus the server-side queue, the account's
+      overrides applied) and `genq_slot_utilisation` (the first over the second). Admission never takes a slot
+      beyond the limit, so utilisation is at most 1 unless the scope really holds more than it may: a job whose
+      lease lapsed took its slot back on top of a full scope, or the limit was lowered (or workers disagree on
+      it) while jobs held slots. Above 1 is an alarm, never rounding;
+    - `genq_account_paused{account}`: every configured account (0 or 1), and any other account paused.
+    """
+
+    def __init__(
+        self,
+        gauges: Callable[[], Gauges],
+        slots_held: Callable[[Sequence[Scope], float], Mapping[Scope, int]],
+        slot_limits: SlotLimits,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.gauges = gauges
-        self.account = account
+        self.slots_held = slots_held
+        self.limits = {Scope(a, m): limit for a, models in slot_limits.items() for m, limit in models.items()}
+        self.accounts = sorted(slot_limits)
+        self.clock = clock
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         state = self.gauges()
-        counts, inflight, paused = state.jobs, state.upstream, state.paused
         jobs = GaugeMetricFamily("genq_jobs", "Jobs in each status, over all batches", labels=["status"])
-        for status, value in sorted(counts.items()):
+        for status, value in sorted(state.jobs.items()):
             jobs.add_metric([status], float(value))
+        yield jobs
+        yield from self._scopes()
+        paused = GaugeMetricFamily("genq_account_paused", "1 while an account is paused", labels=["account"])
+        for account in sorted({*self.accounts, *state.paused}):  # every configured one, so that 0 is visible
+            paused.add_metric([account], 1.0 if account in state.paused else 0.0)
+        yield paused
+
+    def _scopes(self) -> Iterator[GaugeMetricFamily]:
+        scopes = sorted(self.limits, key=str)
+        held = self.slots_held(scopes, self.clock())
+        labels = ["account", "model"]
         upstream = GaugeMetricFamily(
-            "genq_upstream_tasks", "Tasks submitted or running upstream", labels=["account", "model"]
+            "genq_upstream_tasks",
+            "Jobs holding a slot of the scope: their task queued or running upstream, or about to be created",
+            labels=labels,
+        )
+        limit = GaugeMetricFamily(
+            "genq_slot_limit", "The scope's slot limit: tasks at once plus the server-side queue", labels=labels
         )
         utilisation = GaugeMetricFamily(
-            "genq_slot_utilisation", "Tasks upstream / the model's tasks-at-once limit", labels=["account", "model"]
+            "genq_slot_utilisation", "Slots held / the scope's slot limit (above 1: over the limit)", labels=labels
         )
-        for model, value in sorted(inflight.items()):
-            upstream.add_metric([self.account, model], float(value))
-            spec = CATALOGUE.get(model)
-            if spec:
-                utilisation.add_metric([self.account, model], max(0.0, float(value)) / spec.max_concurrent)
-        paused_metric = GaugeMetricFamily("genq_account_paused", "1 while an account is paused", labels=["account"])
-        for account in sorted({self.account, *paused}):  # the worker's own account always, so 0 is visible
-            paused_metric.add_metric([account], 1.0 if account in paused else 0.0)
-        yield from (jobs, upstream, utilisation, paused_metric)
+        for scope in scopes:
+            values = [scope.account, scope.model]
+            upstream.add_metric(values, float(held[scope]))
+            limit.add_metric(values, float(self.limits[scope]))
+            utilisation.add_metric(values, held[scope] / self.limits[scope])
+        yield from (upstream, limit, utilisation)

@@ -44,7 +44,7 @@ from workers.dashscope.classify import is_transient_task_failure
 from workers.dashscope.protocol import upstream_epoch
 from workers.errors import AccountError, PermanentRemoteError, RemoteError, Throttled, TransientRemoteError
 from workers.events import job_event
-from workers.job import TASK_LIFE_S, Action, Next, Status
+from workers.job import TASK_LIFE_S, Action, Job, Next, Status
 from workers.poll_policy import next_poll_delay_s, policy_for
 from workers.runtime import Runtime
 
@@ -130,17 +130,18 @@ def _unanswered(claimed: Claimed, exc: RemoteError, *, errors: int, slow: bool) 
     return claimed.stay(Action.POLL, delay, fields={"poll_errors": errors})
 
 
-def _observe_upstream(state: TaskState, now: float) -> None:
+def _observe_upstream(job: Job, state: TaskState, now: float) -> None:
     """Queue time, run time and how late genq noticed the end, from the service's own timestamps."""
     submitted, scheduled, ended = (
         upstream_epoch(t or "") for t in (state.submit_time, state.scheduled_time, state.end_time)
     )
+    scope = {"account": job.account or "", "model": job.request.model}
     if submitted is not None and scheduled is not None:
-        metrics.UPSTREAM_QUEUE.observe(max(0.0, scheduled - submitted))
+        metrics.UPSTREAM_QUEUE.labels(**scope).observe(max(0.0, scheduled - submitted))
     if scheduled is not None and ended is not None:
-        metrics.UPSTREAM_RUN.observe(max(0.0, ended - scheduled))
+        metrics.UPSTREAM_RUN.labels(**scope).observe(max(0.0, ended - scheduled))
     if ended is not None:
-        metrics.DETECTION_LAG.observe(max(0.0, now - ended))
+        metrics.DETECTION_LAG.labels(**scope).observe(max(0.0, now - ended))
 
 
 def _on_state(claimed: Claimed, state: TaskState) -> Next | None:
@@ -150,10 +151,10 @@ def _on_state(claimed: Claimed, state: TaskState) -> Next | None:
         upstream.update(unknown_seen=0, unknown_first_at="")
     match state.status:
         case "SUCCEEDED":
-            _observe_upstream(state, claimed.now)
+            _observe_upstream(claimed.job, state, claimed.now)
             return _on_succeeded(claimed, state, upstream)
         case "FAILED":
-            _observe_upstream(state, claimed.now)
+            _observe_upstream(claimed.job, state, claimed.now)
             return _on_failed(claimed, state, upstream)
         case "CANCELED":
             claimed.end(Status.CANCELED, code="Canceled", message="the task was canceled upstream", fields=upstream)
@@ -198,8 +199,21 @@ def _on_succeeded(claimed: Claimed, state: TaskState, upstream: dict[str, Any]) 
     results = {"results": [r.to_dict() for r in state.results], "usage": state.usage, "results_at": rt.clock()}
     step = claimed.again(Status.DOWNLOADING, Action.FINALIZE, 0.0, fields={**upstream, **results})
     if step is not None:
+        _count_billed(job, state)
         release(rt.store, rt.quota, rt.settings, job, rt.send)
     return step
+
+
+def _count_billed(job: Job, state: TaskState) -> None:
+    """Count what the service bills for the task, once per task: here, where the record of its SUCCEEDED answer
+    (with the `usage` it bills by) took effect. Every path into `downloading` passes here, and this record is a
+    compare-and-set on the attempt this delivery claimed, so a second delivery of the poll, or a re-sent one,
+    finds the attempt moved on (or the job downloading) and counts nothing; a finalize that runs twice counts
+    nothing either. Counted on the answer, not on the job's end, because the service bills a task that succeeded
+    whether or not its results are then stored (a job can still end `failed`, its URLs expired)."""
+    spec = model_spec(job.request.model)
+    units = state.billed_units(spec.kind, requested_duration_s=job.request.duration_s)
+    metrics.BILLED_UNITS.labels(account=job.account or "", model=job.request.model).inc(units)
 
 
 def _on_failed(claimed: Claimed, state: TaskState, upstream: dict[str, Any]) -> Next | None:

@@ -41,11 +41,14 @@ def scrape(urls: list[str], *, all_up: bool = True) -> dict[str, float]:
 
 
 def test_a_batch_lights_up_every_metric(local_stack_factory: Callable[..., LocalStack]) -> None:
-    """Throttled creates and queries, a failed download and normal jobs make every metric non-zero (results at
-    risk stays at zero, and is served)."""
+    """Throttled creates and queries, a failed download, a partly failed task and normal jobs make every metric
+    non-zero (results at risk stays at zero, and is served), and the billed units the two workers counted add up to
+    the simulator's own count of billed images."""
     stack = local_stack_factory(workers=2, metrics=True, simulator_profile="demo")
     prompts = ["a sim:burst:once", "b sim:query_429:once", "c sim:url_fail_once", "d", "e", "f", "g"]
-    store, _ = publish_rows(stack, "b", [CsvRow(i + 2, {"id": f"j{i}", "prompt": p}) for i, p in enumerate(prompts)])
+    fields = [{"id": f"j{i}", "prompt": p} for i, p in enumerate(prompts)]
+    fields.append({"id": "partial", "prompt": "h sim:task_partial", "n": "3"})  # 3 asked for, fewer billed
+    store, _ = publish_rows(stack, "b", [CsvRow(i + 2, f) for i, f in enumerate(fields)])
     busy: dict[str, float] = {}
     deadline = time.monotonic() + 90
     while not (summary := store.batch_summary("b")) or not summary.done:
@@ -79,8 +82,11 @@ def test_a_batch_lights_up_every_metric(local_stack_factory: Callable[..., Local
         assert done.get(name, 0) > 0, name
     assert throttled_endpoints == {"create", "query"}
     upstream = stack.simulator_counters()
-    assert upstream is not None and upstream["faults_fired"] == {"burst": 1, "query_429": 1, "url_fail_once": 1}
+    assert upstream is not None
+    assert upstream["faults_fired"] == {"burst": 1, "query_429": 1, "url_fail_once": 1, "task_partial": 1}
     assert "genq_results_at_risk_total" in done
+    assert done["genq_billed_units_total"] == upstream["billed_images"]
+    assert len(prompts) < upstream["billed_images"] < len(prompts) + 3  # the partial task: only its successes
 
     referenced = set(re.findall(r"genq_[a-z_]+", json.dumps(json.loads(DASHBOARD.read_text())["panels"])))
     served = set(done) | {re.sub(r"_(bucket|sum|count)$", "", n) for n in done}

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from workers.quota.cooldown import FACTOR_FLOOR, MemoryCooldowns, RedisCooldowns
-from workers.quota.quota import Quota
+from workers.quota.quota import Quota, Scope
 
 
 @pytest.fixture(params=["redis", "memory"])
@@ -112,6 +112,20 @@ def test_slots_hold_under_concurrent_acquires(quota: Quota) -> None:
     for t in threads:
         t.join()
     assert len(won) == 5 and sorted(won) == quota.slots.holders(k, 1.0)
+
+
+def test_slots_held_counts_the_live_leases_of_each_scope_at_once(quota: Quota) -> None:
+    """Per scope, the count of holders whose lease runs at `now` (a lapsed one and a released one not counted),
+    in the order asked; a scope nobody used holds 0."""
+    a, b, unused = Scope("acct-a", "m"), Scope("acct-b", "m"), Scope("acct-c", "m")
+    for ref in ("j0", "j1", "j2"):
+        quota.take_slot(a, f"{a}-{ref}", limit=5, lease_s=100.0, now=0.0)
+    quota.take_slot(a, "lapses", limit=5, lease_s=5.0, now=0.0)
+    quota.take_slot(b, "b0", limit=5, lease_s=100.0, now=0.0)
+    quota.take_slot(b, "b1", limit=5, lease_s=100.0, now=0.0)
+    quota.release_slot(b, "b1")
+    assert quota.slots_held([b, a, unused], now=10.0) == {a: 3, b: 1, unused: 0}
+    assert list(quota.slots_held([b, a, unused], now=10.0)) == [b, a, unused]
 
 
 # --- query budget -----------------------------------------------------------------------------------

@@ -10,8 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from config.catalogue import Kind
 from workers.dashscope import DashScopeClient
 from workers.dashscope.classify import error_class, is_transient_task_failure
+from workers.dashscope.protocol import parse_task
 from workers.errors import (
     AccountError,
     CreateOutcomeUnknown,
@@ -197,6 +199,31 @@ def test_parses_new_protocol_and_video_results() -> None:
     assert video.urls == ["https://h/v.mp4"] and video.upstream_times() == {"end_time": "2025-01-08 19:36:13.270"}
     partial = c.get_task("c")
     assert partial.urls == ["https://h/a.png"] and partial.results[1].code == "InternalError.Timeout"
+
+
+IMAGES = {"results": [{"url": "https://h/0.png"}, {"code": "InternalError.Timeout"}, {"url": "https://h/2.png"}]}
+VIDEO = {"video_url": "https://h/v.mp4"}
+
+
+@pytest.mark.parametrize(
+    ("status", "output", "usage", "kind", "units"),
+    [
+        ("SUCCEEDED", IMAGES, {"image_count": 2}, Kind.IMAGE, 2.0),
+        ("SUCCEEDED", IMAGES, {}, Kind.IMAGE, 2.0),  # no usage: the images that came back
+        ("SUCCEEDED", IMAGES, {"image_count": "2"}, Kind.IMAGE, 2.0),  # not a number: the same
+        ("SUCCEEDED", VIDEO, {"video_count": 1, "video_duration": 10, "video_ratio": "1280*720"}, Kind.VIDEO, 10.0),
+        ("SUCCEEDED", VIDEO, {"video_count": 1}, Kind.VIDEO, 5.0),  # no duration: the one asked for
+        ("FAILED", {"code": "InternalError.Algo"}, {"image_count": 0}, Kind.IMAGE, 0.0),
+        ("RUNNING", {}, {}, Kind.VIDEO, 0.0),
+    ],
+)
+def test_billed_units_are_images_or_seconds_of_video_from_the_usage(
+    status: str, output: dict[str, object], usage: dict[str, object], kind: Kind, units: float
+) -> None:
+    """A succeeded task bills `usage.image_count` images or `usage.video_duration` seconds (without them: its
+    result URLs, or the duration asked for); a task that did not succeed bills nothing."""
+    body = {"output": {"task_id": "t", "task_status": status, **output}, "usage": usage}
+    assert parse_task(body).billed_units(kind, requested_duration_s=5) == units
 
 
 @pytest.mark.parametrize(

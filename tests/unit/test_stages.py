@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from prometheus_client import REGISTRY
 
 from config.settings import Settings
 from producer.batch import enqueue_rows
@@ -29,6 +30,7 @@ from tests.stage_runner import STAGES, VirtualClock, run
 from workers.bucket import MemoryBucket
 from workers.claimed import run_stage
 from workers.dashscope import DashScopeClient
+from workers.finalize import finalize
 from workers.job import Action, Next, Status
 from workers.jobstore import JobStore, MemoryJobStore, RedisJobStore
 from workers.poll import poll
@@ -464,3 +466,43 @@ def test_a_task_running_at_its_deadline_is_waited_for_and_stored(
     done = rt.store.get(polling.ref)
     assert done is not None and done.status is Status.SUCCEEDED and upstream.creates() == 1
     assert [e["type"] for e in events(rt)] == ["genq.job.overdue", "genq.job.succeeded", "genq.batch.finished"]
+
+
+def billed(account: str = "default", model: str = MODEL) -> float:
+    """genq_billed_units_total of a scope, as this process counted it."""
+    return REGISTRY.get_sample_value("genq_billed_units_total", {"account": account, "model": model}) or 0.0
+
+
+def test_a_task_is_billed_once_when_two_deliveries_of_its_poll_see_it_succeed(
+    rt: Runtime, clock: VirtualClock, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A poll re-sent while the first delivery still waits on its query (as the sweep re-sends a lapsed lease):
+    both see SUCCEEDED, and the task's two billed images are counted once, by the delivery whose record took
+    effect; the finalize, delivered twice, counts nothing more. (The client's `get_task` is wrapped only to run
+    the rival delivery at that moment.)"""
+    upstream.statuses = ["SUCCEEDED"]
+    polling = submitted(rt, clock)
+    before = billed()
+    real_get_task = rt.dashscope.get_task
+    rival: list[Next | None] = []
+
+    def get_task_while_a_rival_polls(task_id: str) -> Any:
+        if not rival:
+            rival.append(None)
+            clock.now += 1.0  # the first query is slow: the rival comes with the account's query budget back
+            current = rt.store.get(polling.ref)
+            assert current is not None
+            rival[0] = run_stage(poll, rt, polling.ref, current.attempt)
+        return real_get_task(task_id)
+
+    monkeypatch.setattr(rt.dashscope, "get_task", get_task_while_a_rival_polls)
+    mine = run_stage(poll, rt, polling.ref, polling.attempt)
+    monkeypatch.undo()
+    assert mine is None and rival[0] is not None and rival[0].action is Action.FINALIZE
+    assert upstream.calls.count(f"GET /tasks/{rt.store.get(polling.ref).task_id}") == 2  # type: ignore[union-attr]
+    assert billed() - before == 2
+    for _ in range(2):
+        run_stage(finalize, rt, rival[0].ref, rival[0].attempt)
+    job = rt.store.get(polling.ref)
+    assert job is not None and job.status is Status.SUCCEEDED
+    assert billed() - before == 2

@@ -40,7 +40,7 @@ ALLOWED_KEY_NAMES = {"config/settings.py": {"genq:events", "genq:requests"}}
 #: Modules that may open a Redis client of their own, and why.
 OWN_CLIENT_ALLOWED = {
     "workers/runtime.py": "builds the clients the stores, the quota, the outbox and the inbox are given",
-    "workers/metrics_server.py": "builds the store whose gauges it serves",
+    "workers/metrics_server.py": "builds the store and the quota whose fleet state it serves",
     "producer/beat.py": "gives back redbeat's lock (redbeat's key, not genq's) after Redis came back",
     "ops/doctor.py": "checks that Redis answers, and builds the outbox whose backlog it reports",
     "ops/localstack/services.py": "waits for a Redis server it started to answer",

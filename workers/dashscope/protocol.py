@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from config.catalogue import Protocol, model_spec
+from config.catalogue import Kind, Protocol, model_spec
 from workers.requests import GenerationRequest, shown
 
 TERMINAL_UPSTREAM = frozenset({"SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN"})
@@ -88,6 +88,16 @@ class TaskState:
     def urls(self) -> list[str]:
         return [r.url for r in self.results if r.url]
 
+    def billed_units(self, kind: Kind, *, requested_duration_s: int | None = None) -> float:
+        """What the service bills for this task, in its model's unit (dashscope-api.md): images, from
+        `usage.image_count` (the images that succeeded), or seconds of video, from `usage.video_duration`. An answer
+        without a usable figure counts its result URLs, or the video's requested duration. Zero unless SUCCEEDED."""
+        if self.status != "SUCCEEDED":
+            return 0.0
+        if kind is Kind.VIDEO:
+            return _count(self.usage.get("video_duration"), float(requested_duration_s or 0) if self.urls else 0.0)
+        return _count(self.usage.get("image_count"), float(len(self.urls)))
+
     def upstream_times(self) -> dict[str, str]:
         times = {"submit_time": self.submit_time, "scheduled_time": self.scheduled_time, "end_time": self.end_time}
         return {k: v for k, v in times.items() if v}
@@ -95,6 +105,13 @@ class TaskState:
 
 class MalformedAnswer(ValueError):
     """An answer of the service that is not of the documented shape; the client makes it a `RemoteError`."""
+
+
+def _count(value: Any, fallback: float) -> float:
+    """A usage figure: a non-negative number (not a bool), else `fallback`."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    return fallback
 
 
 def _text(value: Any) -> str | None:

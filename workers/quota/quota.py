@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
@@ -111,3 +112,7 @@ class Quota:
 
     def slot_holders(self, scope: Scope, now: float) -> list[str]:
         return self.slots.holders(scope.slots_key, now)
+
+    def slots_held(self, scopes: Sequence[Scope], now: float) -> dict[Scope, int]:
+        """How many jobs hold a slot of each scope (leases running at `now`), read at once: the metrics' view."""
+        return dict(zip(scopes, self.slots.held([s.slots_key for s in scopes], now), strict=True))

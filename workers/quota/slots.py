@@ -13,6 +13,7 @@ Redis: a sorted set of holders scored by lease expiry.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Protocol, cast
 
 import redis
@@ -50,6 +51,9 @@ class Slots(Protocol):
     def holders(self, key: str, now: float) -> list[str]:
         """Who holds a slot with a lease still running at `now`."""
 
+    def held(self, keys: Sequence[str], now: float) -> list[int]:
+        """How many hold a slot of each key with a lease still running at `now` (one round trip)."""
+
 
 class RedisSlots:
     def __init__(self, client: redis.Redis) -> None:
@@ -68,6 +72,12 @@ class RedisSlots:
 
     def holders(self, key: str, now: float) -> list[str]:
         return cast(list[str], self._redis.zrangebyscore(key, now, "+inf"))
+
+    def held(self, keys: Sequence[str], now: float) -> list[int]:
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.zcount(key, now, "+inf")
+        return [int(n) for n in pipe.execute()]
 
 
 class MemorySlots:
@@ -100,3 +110,7 @@ class MemorySlots:
     def holders(self, key: str, now: float) -> list[str]:
         with self._lock:
             return sorted(h for h, until in self._leases.get(key, {}).items() if until >= now)
+
+    def held(self, keys: Sequence[str], now: float) -> list[int]:
+        with self._lock:
+            return [sum(1 for until in self._leases.get(key, {}).values() if until >= now) for key in keys]
