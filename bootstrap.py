@@ -17,7 +17,8 @@ combines the data, writes the HTML report to htmlcov/ and prints branch coverage
 arguments (the whole suite, as CI runs it) it fails when branch coverage of the packages named in pyproject.toml
 `[tool.genq.coverage]` is below its `branch_floor`.
 
-Without pytest arguments, `test` then runs the container check (`tests/containers/`: the image built from
+`test` first installs Debian's Prometheus when it is missing (the dashboard test runs a real one), as root with
+apt-get only. Without pytest arguments, it then runs the container check (`tests/containers/`: the image built from
 ops/docker/Dockerfile and docker-compose.yml brought up with Podman). As root on Debian it first installs Podman,
 runc and debootstrap with apt-get when they are missing; elsewhere, without them, the check is skipped and says so.
 
@@ -84,25 +85,32 @@ WHOLE_SUITE = (
     "15",
     "--ignore=tests/containers",
 )
-#: The container check's Debian packages (docs/operations.md, "The compose check").
-CONTAINER_PACKAGES = ("podman", "runc", "debootstrap", "uidmap", "slirp4netns", "fuse-overlayfs")
+#: Debian packages some tests need, installed when missing and this is root with apt-get (CI): the dashboard
+#: test's Prometheus, before pytest; the container check's engine, after it (docs/operations.md).
+SUITE_PACKAGES = {"prometheus": ("prometheus",)}
+CONTAINER_PACKAGES = {
+    tool: ("podman", "runc", "debootstrap", "uidmap", "slirp4netns", "fuse-overlayfs")
+    for tool in ("podman", "runc", "debootstrap")
+}
 
 
-def _ensure_container_engine() -> None:
-    """Install Podman and what it needs from Debian when missing, if this is root on a Debian-like system."""
+def _ensure_debian_packages(needed: dict[str, tuple[str, ...]], *, what: str, recommends: bool = True) -> None:
+    """Install the packages of every command of `needed` that is not on PATH, if this is root with apt-get;
+    otherwise say that `what` will skip."""
     import shutil
 
-    if all(shutil.which(tool) for tool in ("podman", "runc", "debootstrap")):
+    packages = sorted({package for tool, names in needed.items() if not shutil.which(tool) for package in names})
+    if not packages:
         return
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        _say("podman, runc or debootstrap is missing and this is not root with apt-get: the container check skips")
+        _say(f"{', '.join(packages)} missing and this is not root with apt-get: {what} skips")
         return
-    _say(f"installing {', '.join(CONTAINER_PACKAGES)} (Debian) for the container check")
-    quiet = {"DEBIAN_FRONTEND": "noninteractive"}
-    env = dict(os.environ, **quiet)
-    if subprocess.run(["apt-get", "install", "-y", "-q", *CONTAINER_PACKAGES], env=env).returncode != 0:
+    _say(f"installing {', '.join(packages)} (Debian) for {what}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    install = ["apt-get", "install", "-y", "-q", *([] if recommends else ["--no-install-recommends"]), *packages]
+    if subprocess.run(install, env=env).returncode != 0:
         subprocess.run(["apt-get", "update", "-q"], env=env, check=True)
-        subprocess.run(["apt-get", "install", "-y", "-q", *CONTAINER_PACKAGES], env=env, check=True)
+        subprocess.run(install, env=env, check=True)
 
 
 def main(argv: list[str]) -> int:
@@ -116,6 +124,7 @@ def main(argv: list[str]) -> int:
     bin_dir = PROJECT_VENV / "bin"
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", VIRTUAL_ENV=str(PROJECT_VENV))
     if argv[0] == "test":
+        _ensure_debian_packages(SUITE_PACKAGES, what="the dashboard test (a real Prometheus)", recommends=False)
         commands = [[str(bin_dir / tool), *args] for tool, *args in CHECKS]
         coverage = [str(bin_dir / "python"), "-m", "coverage"]
         # The whole suite (no arguments, as CI runs it) in two test processes: most integration tests wait on
@@ -135,7 +144,7 @@ def main(argv: list[str]) -> int:
         code = _coverage_report(bin_dir / "python", env, enforce_floor=len(argv) == 1)
         if code != 0 or len(argv) > 1:
             return code
-        _ensure_container_engine()
+        _ensure_debian_packages(CONTAINER_PACKAGES, what="the container check")
         containers = [str(bin_dir / "python"), "-m", "pytest", "tests/containers", "-p", "no:cacheprovider", "-rs"]
         return subprocess.run(containers, cwd=ROOT, env=env).returncode
     except KeyboardInterrupt:
