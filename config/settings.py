@@ -92,6 +92,13 @@ def secrets_folder() -> Path | None:
     return CONTAINER_SECRETS_DIR if CONTAINER_SECRETS_DIR.is_dir() else None
 
 
+def _has_password(url: str) -> bool:
+    try:
+        return urlsplit(url).password is not None
+    except ValueError:  # a malformed URL: the field's own validation and the first connection say so
+        return True
+
+
 def redis_url_with_password(url: str, password: str) -> str:
     """A Redis URL with `password` as its password (replacing any), the rest unchanged."""
     parts = urlsplit(url)
@@ -301,7 +308,8 @@ class Settings(BaseSettings):
         password, url = data.get("redis_password"), data.get("redis_url", "redis://127.0.0.1:6379/0")
         if isinstance(password, SecretStr):
             password = password.get_secret_value()
-        if password and isinstance(url, str) and not urlsplit(url).password:
+        # Only a usable pair is merged; a wrong type is left for the fields' own validation to name.
+        if password and isinstance(password, str) and isinstance(url, str) and not _has_password(url):
             data = {**data, "redis_url": redis_url_with_password(url, password)}
         return data
 

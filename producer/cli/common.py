@@ -55,7 +55,7 @@ def settings_for(config: Path | None, **overrides: Any) -> Settings:
 def command_line(settings: Settings, *words: str) -> str:
     """A `genq` command line to suggest, with `--local` when this command ran in the local form (the follow-up
     needs the same services started again)."""
-    return " ".join(("genq", *words, *(["--local"] if settings.local else [])))
+    return "genq " + " ".join((*words, *(["--local"] if settings.local else [])))
 
 
 def fail(message: str, code: int) -> typer.Exit:

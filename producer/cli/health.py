@@ -22,9 +22,8 @@ import httpx
 import typer
 
 from config.celery_app import create_app
-from ops.localstack.services import redis_ready
 from producer.cli.common import ConfigOption, fail, settings_for
-from producer.cli.services import redis_address
+from producer.cli.services import redis_problem
 
 #: Touched by `genq consume` at every round of its loop; in a container, /tmp is the container's own.
 HEARTBEAT_FILE = Path(tempfile.gettempdir()) / "genq-consume.heartbeat"
@@ -54,8 +53,9 @@ def health(
     """Exit 0 when this host's ROLE is healthy, else 1 with the reason (a container healthcheck)."""
     settings = settings_for(config)
     problem: str | None = None
-    if role is not Role.sim and not redis_ready(settings.redis_url, timeout_s=5.0):
-        problem = f"Redis does not answer at {redis_address(settings.redis_url)}"
+    redis_missing = redis_problem(settings) if role is not Role.sim else None
+    if redis_missing is not None:
+        problem = redis_missing
     elif role is Role.worker:
         celery = create_app(settings)
         try:

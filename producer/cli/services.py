@@ -78,13 +78,21 @@ LOCAL_HINT = "(to run everything on this machine instead, add --local)"
 def unreachable(settings: Settings, *, s3: bool = True, dashscope: bool = True) -> str | None:
     """What the production form lacks, named, or None when Redis (and S3) answer and (with `dashscope`) an API
     key is set."""
-    if not redis_ready(settings.redis_url, timeout_s=ANSWER_TIMEOUT_S):
-        return f"Redis does not answer at {redis_address(settings.redis_url)} (GENQ_REDIS_URL) {LOCAL_HINT}"
+    redis_missing = redis_problem(settings)
+    if redis_missing is not None:
+        return f"{redis_missing} {LOCAL_HINT}"
     if s3 and not s3_ready(settings.s3_endpoint, timeout_s=ANSWER_TIMEOUT_S, secure=settings.s3_secure):
         return f"the S3 server does not answer at {settings.s3_endpoint} (GENQ_S3_ENDPOINT) {LOCAL_HINT}"
     if dashscope and settings.uses_simulator:
         return f"no DashScope API key: set DASHSCOPE_API_KEY, or give it as a secrets file {LOCAL_HINT}"
     return None
+
+
+def redis_problem(settings: Settings) -> str | None:
+    """`Redis does not answer at host:port (GENQ_REDIS_URL)`, or None when it answers."""
+    if redis_ready(settings.redis_url, timeout_s=ANSWER_TIMEOUT_S):
+        return None
+    return f"Redis does not answer at {redis_address(settings.redis_url)} (GENQ_REDIS_URL)"
 
 
 def require(settings: Settings, *, s3: bool = True, dashscope: bool = True) -> None:
