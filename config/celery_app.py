@@ -84,7 +84,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
         # Beat: redbeat keeps the schedule and a lock in Redis, so a second beat never double-fires.
         "beat_scheduler": "redbeat.RedBeatScheduler",
-        "redbeat_redis_url": settings.redis_url,
+        # redbeat_redis_url is set by `genq beat` alone (`beat_config`): a worker's configuration is shown by Flower
+        # and `celery inspect conf`, which mask broker_url but not this, and would show the Redis password.
         # Said explicitly: without it redbeat 2.4 warns at every start that it will stop reading the broker's
         # transport options (which it already ignores for a plain redis:// URL). The timeouts are for redbeat's
         # own client (the schedule and the lock): a Redis that hangs there ends beat's run like one that is gone,
@@ -105,10 +106,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "genq_metrics": {
             "port": settings.metrics_port,
             "bind": settings.metrics_bind,
-            "redis_url": settings.redis_url,
             "slot_limits": slot_limits(settings.resolved_accounts()),
         },
     }
+
+
+def beat_config(settings: Settings) -> dict[str, Any]:
+    """What beat adds to the configuration: redbeat's Redis (the broker's; said explicitly, since redbeat 2.4
+    warns at every start without it and will stop falling back to broker_url)."""
+    return {"redbeat_redis_url": settings.redis_url}
 
 
 def create_app(settings: Settings | None = None) -> Celery:

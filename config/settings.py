@@ -27,6 +27,7 @@ from pydantic_settings import (
     SettingsError,
     TomlConfigSettingsSource,
 )
+from redis.connection import parse_url
 
 from config.accounts import REGION_BASE_URLS, AccountSettings, base_url_for
 from config.logging import register_secrets
@@ -95,16 +96,21 @@ def secrets_folder() -> Path | None:
 def _has_password(url: str) -> bool:
     try:
         return urlsplit(url).password is not None
-    except ValueError:  # a malformed URL: the field's own validation and the first connection say so
+    except ValueError:  # a malformed URL: the URL's own validation says so
         return True
 
 
 def redis_url_with_password(url: str, password: str) -> str:
-    """A Redis URL with `password` as its password (replacing any), the rest unchanged."""
+    """A Redis URL with `password` as its password (replacing any), its user name (an ACL user), host (IPv6
+    brackets included), port and the rest unchanged. A `unix://` URL takes it as its query's `password`."""
     parts = urlsplit(url)
-    host = parts.hostname or "127.0.0.1"
-    netloc = f":{quote(password, safe='')}@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    if parts.scheme == "unix":
+        query = "&".join(q for q in parts.query.split("&") if q and not q.startswith("password="))
+        query = "&".join(filter(None, (query, f"password={quote(password, safe='')}")))
+        return f"unix://{parts.path}?{query}"
+    user = quote(parts.username, safe="") if parts.username else ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
 
 
 class Settings(BaseSettings):
@@ -293,6 +299,21 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown timezone {name!r} (an IANA name such as 'UTC' or 'Asia/Singapore')") from None
         return name
 
+    @field_validator(
+        "dashscope_api_key",
+        "redis_password",
+        "s3_access_key",
+        "s3_secret_key",
+        "webhook_secret",
+        "webhook_secret_previous",
+        mode="after",
+    )
+    @classmethod
+    def _blank_secret_is_unset(cls, secret: SecretStr | None) -> SecretStr | None:
+        """An empty or blank secret (an empty secrets file, `key = ""` in TOML) is no secret: never an empty
+        bearer token sent to the service."""
+        return secret if secret is not None and secret.get_secret_value().strip() else None
+
     @field_validator("webhook_secret", "webhook_secret_previous")
     @classmethod
     def _usable_webhook_secret(cls, secret: SecretStr | None) -> SecretStr | None:
@@ -312,6 +333,19 @@ class Settings(BaseSettings):
         if password and isinstance(password, str) and isinstance(url, str) and not _has_password(url):
             data = {**data, "redis_url": redis_url_with_password(url, password)}
         return data
+
+    @field_validator("redis_url")
+    @classmethod
+    def _usable_redis_url(cls, url: str) -> str:
+        try:
+            parse_url(url)  # type: ignore[no-untyped-call]
+            urlsplit(url).port  # noqa: B018 - a port that is not a number raises here, not at the first connection
+        except ValueError as exc:
+            raise ValueError(
+                f"not a usable Redis URL ({exc}); the form is redis://[[user]:password@]host[:port][/db], "
+                "rediss:// for TLS, or unix:///path"
+            ) from None
+        return url
 
     @model_validator(mode="after")
     def _known_region(self) -> Settings:
@@ -356,21 +390,29 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     """Read the settings once. `config_file` wins over `GENQ_CONFIG`. Their secrets are registered for
     redaction from every log line. Raises `ConfigInvalid` (and nothing else) for settings that cannot be used."""
     source = config_file or os.environ.get("GENQ_CONFIG") or "the environment"
+    folder = os.environ.get("GENQ_SECRETS_DIR") or (CONTAINER_SECRETS_DIR if CONTAINER_SECRETS_DIR.is_dir() else None)
+    where = f"{source} or the secrets folder {folder}" if folder else str(source)
     try:
         settings = _read(config_file, **overrides)
     except ValidationError as exc:
         problems = "; ".join(_problem(error) for error in exc.errors()[:10])
         more = f" (and {exc.error_count() - 10} more)" if exc.error_count() > 10 else ""
-        raise ConfigInvalid(f"invalid settings in {source}: {problems}{more}") from None
+        raise ConfigInvalid(f"invalid settings in {where}: {problems}{more}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigInvalid(f"config file {source} is not valid TOML: {exc}") from None
     except SettingsError as exc:  # an environment variable that should hold JSON (GENQ_PRICES, ...) does not
-        raise ConfigInvalid(f"invalid settings in {source}: {str(exc).split(' from source')[0]}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigInvalid(f"config file {source} cannot be read: {exc}") from None
+        cause = f" ({type(exc.__cause__).__name__}: {exc.__cause__})" if exc.__cause__ else ""
+        raise ConfigInvalid(f"invalid settings in {where}: {str(exc).split(' from source')[0]}{cause}") from None
+    except OSError as exc:  # the config file, or a secrets file (mounted with modes the process cannot read)
+        raise ConfigInvalid(f"cannot read {exc.filename or source}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigInvalid(f"a file of {where} is not UTF-8 text") from None
     account_keys = [key for account in settings.accounts for key in account.api_keys]
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    in_url = urlsplit(settings.redis_url).password if not settings.redis_url.startswith("unix://") else None
     register_secrets(
+        in_url,
+        quote(in_url, safe="") if in_url else None,
         settings.dashscope_api_key,
         settings.redis_password,
         quote(password, safe="") if password else None,  # as it stands in the URL

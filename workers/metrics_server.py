@@ -5,9 +5,10 @@ environment variable `PROMETHEUS_MULTIPROC_DIR` must name an empty, writable fol
 and the fleet-wide state read from Redis (`StoreStateCollector`). The folder must exist, empty,
 before the worker process starts: prometheus_client opens its files there on import.
 
-Its configuration is the Celery setting `genq_metrics` (`config/celery_app.py`): the port and address, the Redis
-URL, and `slot_limits` (account -> model -> the scope's slot limit) for every configured account, so that every
-worker reports on every scope of the fleet, whichever account it names itself.
+Its configuration is the Celery setting `genq_metrics` (`config/celery_app.py`): the port and address, and
+`slot_limits` (account -> model -> the scope's slot limit) for every configured account, so that every
+worker reports on every scope of the fleet, whichever account it names itself. Its Redis is the broker's
+(`broker_url`, the one setting Celery masks when it shows its configuration).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from workers.quota.quota import Quota, Scope
 SlotLimits = Mapping[str, Mapping[str, int]]
 
 
-def start_metrics_server(config: dict[str, Any]) -> bool:
+def start_metrics_server(config: dict[str, Any], redis_url: str) -> bool:
     """Start the endpoint if a port is configured. Returns whether it started."""
     port = int(config.get("port") or 0)
     if not port:
@@ -49,7 +50,7 @@ def start_metrics_server(config: dict[str, Any]) -> bool:
         )
     limits: SlotLimits = config.get("slot_limits") or {}
     metrics.preset((account, model) for account, models in limits.items() for model in models)
-    client = redis.Redis.from_url(str(config["redis_url"]), decode_responses=True, socket_timeout=5)
+    client = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=5)
     store, quota = RedisJobStore(client), Quota.redis(client)  # read-only here: gauges and slots held
     registry.register(StoreStateCollector(store.gauges, quota.slots_held, limits))
     start_http_server(port, addr=str(config.get("bind", "127.0.0.1")), registry=registry)

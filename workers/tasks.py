@@ -31,7 +31,7 @@ from workers.webhook_signing import unsigned_warning
 @worker_init.connect
 def _serve_metrics(sender: Any = None, **_: Any) -> None:
     """In the worker's main process, before the pool forks: the Prometheus endpoint, if configured."""
-    start_metrics_server(app.conf.get("genq_metrics") or {})
+    start_metrics_server(app.conf.get("genq_metrics") or {}, str(app.conf.broker_url))
 
 
 @worker_init.connect

@@ -58,6 +58,7 @@ class ManagedProcess:
         cwd: Path | None = None,
     ) -> None:
         self.name = name
+        self.argv = tuple(argv)  # as given: what `ps` shows may differ (Valkey rewrites its process title)
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()

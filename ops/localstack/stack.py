@@ -12,9 +12,11 @@ and stop everything on exit.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -58,18 +60,19 @@ def private_state_dir(state_dir: Path) -> Path:
 
 def _local_secrets(state_dir: Path) -> dict[str, str]:
     """The state folder's secrets (mode 0600), created or completed (a file of an earlier version lacks the
-    Redis password) on first use."""
-    path = private_state_dir(state_dir) / "local-secrets.json"
-    loaded: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-    missing = {name: make() for name, make in _LOCAL_SECRETS.items() if name not in loaded}
-    if missing:
-        loaded.update(missing)
-        fresh = path.with_suffix(".tmp")
-        fresh.unlink(missing_ok=True)
-        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(loaded, handle)
-        fresh.replace(path)
+    Redis password) on first use. Under a lock on the folder: two commands starting at once agree on them."""
+    folder = private_state_dir(state_dir)
+    path = folder / "local-secrets.json"
+    with open(folder / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        loaded: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+        missing = {name: make() for name, make in _LOCAL_SECRETS.items() if name not in loaded}
+        if missing:
+            loaded.update(missing)
+            fd, fresh = tempfile.mkstemp(dir=folder, prefix=".local-secrets.")  # created 0600
+            with os.fdopen(fd, "w") as handle:
+                json.dump(loaded, handle)
+            os.replace(fresh, path)
     register_secrets(*(SecretStr(value) for value in loaded.values()))
     return loaded
 

@@ -225,7 +225,10 @@ def _run_batch(
         f"(each job: {{job_id}}/{{index}}.png and manifest.json)"
     )
     if export_dir:
-        exported = export_batch(store, results, batch_id, export_dir)
+        try:
+            exported = export_batch(store, results, batch_id, export_dir)
+        except OSError as exc:
+            raise fail(f"cannot write into {export_dir}: {exc.strerror or exc}", 2) from exc
         console.print(f"Exported {exported.files} files and {exported.csv_path}")
     else:
         console.print(f"Copy them to a folder with: {command_line(settings, 'export', batch_id, 'DIR')}")

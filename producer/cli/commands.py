@@ -53,10 +53,12 @@ app = typer.Typer(
 
 
 @contextmanager
-def _open_batch(config: Path | None, local: bool, batch_id: str) -> Iterator[tuple[Settings, JobStore, BatchSummary]]:
-    """The services (started if needed with --local), the job store and the batch's summary; exit 2 if there is
-    no such batch."""
-    with local_services(settings_for(config, local=local or None)) as services:
+def _open_batch(
+    config: Path | None, local: bool, batch_id: str, *, s3: bool = False
+) -> Iterator[tuple[Settings, JobStore, BatchSummary]]:
+    """The services (started if needed with --local; S3 too with `s3`; never an API key: nothing here calls the
+    service), the job store and the batch's summary; exit 2 if there is no such batch."""
+    with local_services(settings_for(config, local=local or None), s3=s3, dashscope=False) as services:
         store = make_store(services.settings)
         summary = store.batch_summary(batch_id)
         if summary is None:
@@ -119,7 +121,7 @@ def report(
 ) -> None:
     """An HTML contact sheet of a batch (thumbnails, prompt, actual prompt, seed, status, error), stored in the
     bucket as BATCH/report.html and, with --out, written locally."""
-    with _open_batch(config, local, batch_id) as (settings, store, _):
+    with _open_batch(config, local, batch_id, s3=True) as (settings, store, _):
         results = ResultBucket(make_minio(settings), settings.bucket)
         page, made = render(store, results, batch_id, max_jobs=max_jobs)
         try:
@@ -127,7 +129,10 @@ def report(
         except StorageError as exc:
             raise fail(str(exc), 3) from exc
     if out is not None:
-        out.write_text(page, encoding="utf-8")
+        try:
+            out.write_text(page, encoding="utf-8")
+        except OSError as exc:
+            raise fail(f"cannot write the report to {out}: {exc.strerror or exc}", 2) from exc
     where = f"s3://{settings.bucket}/{key}" + (f" and {out}" if out else "")
     missing = f", {made.missing} could not be read" if made.missing else ""
     common.console.print(f"report of {made.jobs} jobs, {made.images} images{missing}: {where}")
@@ -140,8 +145,11 @@ def export(
     local: LocalOption = False,
 ) -> None:
     """Copy a batch's stored images/videos and manifests into OUT_DIR, with a results.csv of every job."""
-    with _open_batch(config, local, batch_id) as (settings, store, _):
-        exported = export_batch(store, ResultBucket(make_minio(settings), settings.bucket), batch_id, out_dir)
+    with _open_batch(config, local, batch_id, s3=True) as (settings, store, _):
+        try:
+            exported = export_batch(store, ResultBucket(make_minio(settings), settings.bucket), batch_id, out_dir)
+        except OSError as exc:
+            raise fail(f"cannot write into {out_dir}: {exc.strerror or exc}", 2) from exc
     common.console.print(f"Exported {exported.jobs} jobs, {exported.files} files; index: {exported.csv_path}")
 
 
@@ -168,7 +176,7 @@ def cancel_command(
     local: LocalOption = False,
 ) -> None:
     """Cancel a batch or a job: tasks still queued upstream are cancelled there; the rest are no longer polled."""
-    with local_services(settings_for(config, local=local or None)) as services:
+    with local_services(settings_for(config, local=local or None), s3=False) as services:
         rt = build_runtime(services.settings)
         celery = create_app(services.settings)
         rt.send = lambda step: publish(celery, step)  # jobs admitted into the slots the cancel frees
@@ -216,7 +224,7 @@ def resume(
     local: LocalOption = False,
 ) -> None:
     """Lift the pause an account-level error (bad key, arrears, access denied) put on an account."""
-    with local_services(settings_for(config, local=local or None)) as services:
+    with local_services(settings_for(config, local=local or None), s3=False, dashscope=False) as services:
         resumed = account_pause.resume(make_store(services.settings), account)
     common.console.print(f"account {account} resumed" if resumed else f"account {account} was not paused")
 

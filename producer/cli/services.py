@@ -26,15 +26,17 @@ development harness, not part of the command line: `Services` does not show it.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+import redis
+
 from config.settings import Settings
 from ops.localstack import LocalStack, StackError
-from ops.localstack.services import redis_ready, s3_ready
-from ops.localstack.stack import workers_attached
+from ops.localstack.services import s3_ready
+from ops.localstack.stack import LOOPBACK, workers_attached
 from producer.cli import common
 from producer.cli.common import fail
 from producer.cli.display import styled
@@ -76,23 +78,44 @@ LOCAL_HINT = "(to run everything on this machine instead, add --local)"
 
 
 def unreachable(settings: Settings, *, s3: bool = True, dashscope: bool = True) -> str | None:
-    """What the production form lacks, named, or None when Redis (and S3) answer and (with `dashscope`) an API
-    key is set."""
+    """What the production form lacks, named, or None when Redis (and, with `s3`, S3) answer and (with
+    `dashscope`) an API key is set. The `--local` hint is offered only where the local form could help: a
+    loopback Redis that nothing answers on."""
     redis_missing = redis_problem(settings)
     if redis_missing is not None:
-        return f"{redis_missing} {LOCAL_HINT}"
+        hint = f" {LOCAL_HINT}" if redis_missing.startswith("Redis does not answer") and _loopback(settings) else ""
+        return redis_missing + hint
+    hint = f" {LOCAL_HINT}" if _loopback(settings) else ""
     if s3 and not s3_ready(settings.s3_endpoint, timeout_s=ANSWER_TIMEOUT_S, secure=settings.s3_secure):
-        return f"the S3 server does not answer at {settings.s3_endpoint} (GENQ_S3_ENDPOINT) {LOCAL_HINT}"
+        return f"the S3 server does not answer at {settings.s3_endpoint} (GENQ_S3_ENDPOINT){hint}"
     if dashscope and settings.uses_simulator:
-        return f"no DashScope API key: set DASHSCOPE_API_KEY, or give it as a secrets file {LOCAL_HINT}"
+        return f"no DashScope API key: set DASHSCOPE_API_KEY, or give it as a secrets file{hint}"
     return None
 
 
+def _loopback(settings: Settings) -> bool:
+    return settings.redis_url.startswith("unix://") or urlsplit(settings.redis_url).hostname in LOOPBACK
+
+
 def redis_problem(settings: Settings) -> str | None:
-    """`Redis does not answer at host:port (GENQ_REDIS_URL)`, or None when it answers."""
-    if redis_ready(settings.redis_url, timeout_s=ANSWER_TIMEOUT_S):
-        return None
-    return f"Redis does not answer at {redis_address(settings.redis_url)} (GENQ_REDIS_URL)"
+    """Why Redis cannot be used, in one sentence naming it (without its password), or None when it answers."""
+    where = f"at {redis_address(settings.redis_url)} (GENQ_REDIS_URL)"
+    client = redis.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=ANSWER_TIMEOUT_S, socket_timeout=ANSWER_TIMEOUT_S
+    )
+    try:
+        client.ping()
+    except redis.AuthenticationError:
+        return f"Redis {where} refused the password (GENQ_REDIS_PASSWORD, the secrets file, or the URL)"
+    except redis.ResponseError as exc:  # NOAUTH and friends arrive as plain error replies
+        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+            return f"Redis {where} asks for a password that genq was not given or that is wrong (GENQ_REDIS_PASSWORD)"
+        return f"Redis {where} answered with an error: {exc}"
+    except (redis.RedisError, OSError) as exc:
+        return f"Redis does not answer {where}: {exc.__class__.__name__}"
+    finally:
+        client.close()
+    return None
 
 
 def require(settings: Settings, *, s3: bool = True, dashscope: bool = True) -> None:
@@ -104,31 +127,55 @@ def require(settings: Settings, *, s3: bool = True, dashscope: bool = True) -> N
 
 
 def redis_address(url: str) -> str:
-    """host:port of a Redis URL, never its password."""
+    """Where a Redis URL points (host:port, or a socket's path), never its password."""
     parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
     return f"{parts.hostname}:{parts.port or 6379}"
 
 
+#: What a command may meet from Redis half-way (a restart, a lost connection): the command ends, exit code 3.
+_REDIS_LOST = (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError)
+
+
 @contextmanager
-def local_services(settings: Settings, *, workers: int = 0) -> Iterator[Services]:
+def local_services(
+    settings: Settings, *, workers: int = 0, s3: bool = True, dashscope: bool = True
+) -> Iterator[Services]:
     """The services `settings` name for the block. In the local form they are started as needed (with `workers`
     local Celery workers if none is attached) and stopped after it; in the production form they are only
-    checked. A service missing, `StackError` or `StorageError` end the command with exit code 3."""
+    checked: Redis always, S3 with `s3`, an API key with `dashscope` (a command that reads only what Redis holds
+    asks for neither). A service missing or lost half-way, `StackError` or `StorageError` end the command with
+    exit code 3."""
     if not settings.local:
-        missing = unreachable(settings)
+        missing = unreachable(settings, s3=s3, dashscope=dashscope)
         if missing is not None:
             raise fail(missing, 3)
         if workers and not workers_attached(settings):
             common.errors.print(
                 styled(("warning:", "yellow"), " no genq worker answers on this Redis: jobs wait until one starts")
             )
-        try:
+        with _ended_clearly(settings):
             yield Configured(settings)
-        except StorageError as exc:
-            raise fail(str(exc), 3) from exc
         return
-    try:
-        with LocalStack(settings, workers=workers) as stack:
+    with ExitStack() as started:
+        try:
+            stack = started.enter_context(LocalStack(settings, workers=workers))
+        except (StackError, StorageError) as exc:
+            raise fail(str(exc), 3) from exc
+        except OSError as exc:  # the state folder cannot be made or written (a read-only or foreign path)
+            folder = f"{settings.state_dir} (GENQ_STATE_DIR)"
+            raise fail(f"the local form cannot use its state folder {folder}: {exc.strerror or exc}", 3) from exc
+        with _ended_clearly(settings):
             yield stack
+
+
+@contextmanager
+def _ended_clearly(settings: Settings) -> Iterator[None]:
+    """A service failing inside a command's block ends it with one sentence and exit code 3, no traceback."""
+    try:
+        yield
     except (StackError, StorageError) as exc:
         raise fail(str(exc), 3) from exc
+    except _REDIS_LOST as exc:
+        raise fail(f"Redis at {redis_address(settings.redis_url)} stopped answering ({type(exc).__name__})", 3) from exc

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from config.celery_app import configure, create_app
+from config.celery_app import beat_config, configure, create_app
 from producer.beat import run_beat
 from producer.cli import common
 from producer.cli.common import ConfigOption, settings_for
@@ -80,7 +80,9 @@ def beat(config: ConfigOption = None) -> None:
     unsigned = unsigned_warning(settings)
     if unsigned:
         common.errors.print(styled(("WARNING:", "bold red"), f" {unsigned}"))
-    run_beat(configure(settings), settings.redis_url, lambda line: common.errors.print(Text(line, style="yellow")))
+    celery = configure(settings)
+    celery.conf.update(beat_config(settings))
+    run_beat(celery, settings.redis_url, lambda line: common.errors.print(Text(line, style="yellow")))
 
 
 def flower(ctx: typer.Context, config: ConfigOption = None) -> None:

@@ -4,6 +4,7 @@ secret is inlined, and every genq role a service runs is a real genq command."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import jsonschema
@@ -20,13 +21,17 @@ def compose() -> dict:  # type: ignore[type-arg]
 
 
 def start_script_roles() -> dict[str, list[str]]:
-    """role -> the genq command line the start script execs for it."""
-    roles = {}
+    """role -> the genq command line the start script execs for it (a `role)` branch, then its `exec genq`)."""
+    roles: dict[str, list[str]] = {}
+    role = None
     for line in (ROOT / "ops" / "docker" / "start").read_text().splitlines():
         line = line.strip()
-        if ") exec genq " in line and not line.startswith("*"):
-            role, _, rest = line.partition(") exec genq ")
-            roles[role] = rest.split(";;")[0].replace('"$@"', "").split()
+        label = re.match(r"^([a-z*]+)\)", line)
+        if label:
+            role = label.group(1)
+        if "exec genq " in line and role not in (None, "*"):
+            rest = line.split("exec genq ", 1)[1]
+            roles[str(role)] = rest.split(";;")[0].replace('"$@"', "").replace('"$role"', "").split()
     return roles
 
 

@@ -122,3 +122,52 @@ def test_the_redis_password_goes_into_a_url_that_names_none(monkeypatch: pytest.
     assert "p@ss/word" not in line and "p%40ss%2Fword" not in line
     monkeypatch.setenv("GENQ_REDIS_URL", "redis://:own@redis:6379/2")
     assert load_settings().redis_url == "redis://:own@redis:6379/2"
+
+
+def test_a_blank_secret_from_any_source_counts_as_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty secrets file or `dashscope_api_key = ""` in TOML gives no key (never an empty bearer token), and
+    blank S3 keys are no keys."""
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "dashscope_api_key").write_text("\n")
+    monkeypatch.setenv("GENQ_SECRETS_DIR", str(tmp_path / "secrets"))
+    assert load_settings().dashscope_api_key is None
+    monkeypatch.delenv("GENQ_SECRETS_DIR")
+    config = tmp_path / "genq.toml"
+    config.write_text('dashscope_api_key = ""\ns3_access_key = " "\nredis_password = ""\n')
+    settings = load_settings(config)
+    assert settings.dashscope_api_key is None and settings.s3_access_key is None and settings.uses_simulator
+    assert settings.redis_url == "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("url", "merged"),
+    [
+        ("redis://genq@10.0.0.1:6379/0", "redis://genq:p%20w@10.0.0.1:6379/0"),
+        ("redis://[::1]:6379/0", "redis://:p%20w@[::1]:6379/0"),
+        ("rediss://cache.internal:6380/1", "rediss://:p%20w@cache.internal:6380/1"),
+        ("unix:///run/redis.sock?db=2", "unix:///run/redis.sock?db=2&password=p%20w"),
+    ],
+)
+def test_the_redis_password_keeps_the_rest_of_the_url(url: str, merged: str) -> None:
+    """Merging the password keeps an ACL user name, IPv6 brackets, TLS and unix sockets as they were."""
+    assert load_settings(redis_url=url, redis_password="p w").redis_url == merged
+
+
+@pytest.mark.parametrize("url", ["redis://host:port/0", "http://host:6379/0", "redis://[::1/0"])
+def test_an_unusable_redis_url_is_a_configuration_error(url: str) -> None:
+    """A Redis URL that redis-py could not use is refused when the settings are read, naming the form."""
+    with pytest.raises(ConfigInvalid, match=r"redis_url.*not a usable Redis URL"):
+        load_settings(redis_url=url)
+
+
+def test_the_configuration_celery_shows_holds_no_redis_password() -> None:
+    """The workers' Celery configuration, as Flower and `celery inspect conf` show it (masked by Celery), holds
+    the Redis password nowhere; only beat's own addition names redbeat's Redis."""
+    from celery.app.utils import filter_hidden_settings
+
+    from config.celery_app import beat_config, celery_config
+
+    settings = load_settings(redis_url="redis://redis:6379/0", redis_password="TopSecretPw")
+    shown = repr(filter_hidden_settings(celery_config(settings)))
+    assert "TopSecretPw" not in shown and "redis:6379" in shown
+    assert "TopSecretPw" in beat_config(settings)["redbeat_redis_url"]
