@@ -25,6 +25,7 @@ development harness, not part of the command line: `Services` does not show it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -105,12 +106,12 @@ def redis_problem(settings: Settings) -> str | None:
     )
     try:
         client.ping()
-    except redis.AuthenticationError:
-        return f"Redis {where} refused the password (GENQ_REDIS_PASSWORD, the secrets file, or the URL)"
-    except redis.ResponseError as exc:  # NOAUTH and friends arrive as plain error replies
-        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
-            return f"Redis {where} asks for a password that genq was not given or that is wrong (GENQ_REDIS_PASSWORD)"
-        return f"Redis {where} answered with an error: {exc}"
+    except (redis.AuthenticationError, redis.ResponseError) as exc:  # NOAUTH may come as either
+        if not isinstance(exc, redis.AuthenticationError) and not re.match("(NOAUTH|WRONGPASS)", str(exc)):
+            return f"Redis {where} answered with an error: {exc}"
+        if client.connection_pool.connection_kwargs.get("password"):
+            return f"Redis {where} refused the password (GENQ_REDIS_PASSWORD, the secrets file, or the URL)"
+        return f"Redis {where} asks for a password, and none was given (GENQ_REDIS_PASSWORD or a secrets file)"
     except (redis.RedisError, OSError) as exc:
         return f"Redis does not answer {where}: {exc.__class__.__name__}"
     finally:

