@@ -27,10 +27,10 @@ from typing import Any
 
 from workers import refs
 from workers.events import iso_time
-from workers.job import Job, Status
+from workers.job import TERMINAL, Job, Status
 from workers.jobstore import keys
 from workers.jobstore.moves import Move, Planned, outcome
-from workers.jobstore.protocol import Applied, BatchSummary, Gauges, NewJob, in_line_order
+from workers.jobstore.protocol import Applied, BatchSummary, Gauges, NewJob, Purged, in_line_order
 from workers.jobstore.sorted_set import SortedSet
 
 #: Statuses whose job has a task upstream (`transition.lua` counts them per model in `genq:inflight`).
@@ -61,6 +61,8 @@ class MemoryJobStore(Planned):
         self._batch_jobs: dict[str, SortedSet] = {}  # genq:batch:{batch_id}:jobs
         self._rejected: dict[str, dict[str, str]] = {}  # genq:batch:{batch_id}:rejected
         self._batch_order = SortedSet()  # genq:batches
+        self._finished = SortedSet()  # genq:finished
+        self._batches_done = SortedSet()  # genq:batches:done
         self._due = SortedSet()  # genq:due
         self._queues: dict[str, SortedSet] = {}  # genq:wait:{model}
         self._clocks: dict[str, str] = {}  # genq:wait:{model}:clock
@@ -87,13 +89,18 @@ class MemoryJobStore(Planned):
                 h["created_at"] = repr(now)
             h.update({"sealed": "0", "source": source, "priority": repr(priority)})
             self._batch_order.add(batch_id, now, nx=True)
+            self._batches_done.remove(batch_id)  # unsealed: not finished until it is sealed again
             return created
 
     def seal_batch(self, batch_id: str, *, now: float | None = None) -> bool:
         """No more jobs will be added. True when this finished the batch (every job already terminal)."""
         now = time.time() if now is None else now
         with self._lock:
-            self._batches.setdefault(batch_id, {})["sealed"] = "1"
+            batch = self._batches.setdefault(batch_id, {})
+            batch["sealed"] = "1"
+            if "done_at" in batch:  # `seal_batch.lua`: finished before it was reopened, indexed again as it was
+                self._batches_done.add(batch_id, float(batch["done_at"]))
+                return False
             return self._finish_batch(batch_id, repr(now), iso_time(now))
 
     def record_rejected(self, batch_id: str, line: int, field_name: str, reason: str, raw: Mapping[str, Any]) -> None:
@@ -151,6 +158,7 @@ class MemoryJobStore(Planned):
         _hincrby(batch, "n:" + status, 1)
         self._counts[status] = self._counts.get(status, 0) + 1
         batch.pop("done_at", None)
+        self._batches_done.remove(batch_id)
         clock = float(self._clocks.get(new.model, "0"))
         base_field = "wait_base:" + new.model
         base = float(batch.get(base_field, "-1"))
@@ -234,10 +242,13 @@ class MemoryJobStore(Planned):
                 self._append_event(a["event"])
             if target in terminal:
                 _hincrby(batch, "terminal", 1)
+                self._finished.add(ref, float(a["now"]))
                 finished = self._finish_batch(batch_id, a["now"], a["now_iso"])
             elif status in terminal:  # revived: the batch has a job to wait for again
                 _hincrby(batch, "terminal", -1)
                 batch.pop("done_at", None)
+                self._finished.remove(ref)
+                self._batches_done.remove(batch_id)
         return 1, target, attempt, finished, status
 
     def count_crash(self, ref: str) -> int:
@@ -337,6 +348,52 @@ class MemoryJobStore(Planned):
         with self._lock:
             return Gauges(jobs=dict(self._counts), upstream=dict(self._inflight), paused=sorted(self._paused))
 
+    # --- retention (workers/retention.py) ----------------------------------------------------------
+    def purge(self, older_than_s: float, *, now: float | None = None, limit: int = 1000) -> Purged:
+        """`purge_job.lua` for each job that ended before the cut-off, then `purge_batch.lua` for each batch that
+        finished before it, up to `limit` of each."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        cutoff = (time.time() if now is None else now) - older_than_s
+        with self._lock:
+            ended = [ref for ref, _ in self._finished.up_to(cutoff, limit)]
+            jobs = sum(self._purge_job(ref) for ref in ended)
+            finished = [batch_id for batch_id, _ in self._batches_done.up_to(cutoff, limit)]
+            batches = sum(self._purge_batch(batch_id) for batch_id in finished)
+        return Purged(jobs=jobs, batches=batches, more=len(ended) == limit or len(finished) == limit)
+
+    def _purge_job(self, ref: str) -> bool:
+        """`purge_job.lua`, for a job the index holds as ended before the cut-off: True when it was removed."""
+        self._finished.remove(ref)
+        job = self._jobs.get(ref)
+        if job is not None and job.get("status") not in TERMINAL:  # indexed, yet not finished: only the entry goes
+            return False
+        batch_id, job_id = refs.split_ref(ref)
+        task_id = (job or {}).get("task_id")
+        if task_id and self._owners.get(task_id) == ref:
+            del self._owners[task_id]
+        self._batch_jobs.get(batch_id, SortedSet()).remove(job_id)
+        if job is None:
+            return False
+        del self._jobs[ref]
+        if batch_id in self._batches:
+            _hincrby(self._batches[batch_id], "purged", 1)
+        return True
+
+    def _purge_batch(self, batch_id: str) -> bool:
+        """`purge_batch.lua`, for a batch the index holds as finished before the cut-off: True when removed."""
+        batch = self._batches.get(batch_id, {})
+        if batch.get("sealed") != "1" or "done_at" not in batch:  # indexed, yet not finished: only the entry goes
+            self._batches_done.remove(batch_id)
+            return False
+        if len(self._batch_jobs.get(batch_id, ())):
+            return False
+        for held in (self._batches, self._batch_jobs, self._rejected):
+            held.pop(batch_id, None)
+        self._batch_order.remove(batch_id)
+        self._batches_done.remove(batch_id)
+        return True
+
     # --- creates in flight and task owners (reconcile.py) -----------------------------------------
     def begin_create(self, account: str, model: str, ref: str, sent_at: float) -> None:
         """Record, before it is sent, that the job's create is on its way: until its answer has recorded the
@@ -392,6 +449,7 @@ class MemoryJobStore(Planned):
         if b.get("sealed") != "1" or "done_at" in b or int(b.get("total", "0")) != int(b.get("terminal", "0")):
             return False
         b["done_at"] = now
+        self._batches_done.add(batch_id, float(now))
         counts = {k[2:]: int(v) for k, v in b.items() if k.startswith("n:") and int(v) != 0}
         data = {
             "batch_id": batch_id,
