@@ -29,6 +29,7 @@ from workers.job import PER_TRY, REVIVABLE, TERMINAL, TRANSITIONS, Action, Job, 
 from workers.jobstore import Applied, JobStore, MemoryJobStore, NewJob, Purged, RedisJobStore
 from workers.refs import job_ref
 from workers.requests import GenerationRequest
+from workers.retention import purge_finished
 
 NOW = 1_700_000_000.0
 BAND = 1e12
@@ -847,9 +848,9 @@ def test_once_only_holds_while_the_job_is_kept(store: JobStore, model: str) -> N
 
 
 def test_purge_takes_the_earliest_ended_first_up_to_its_limit(store: JobStore, model: str) -> None:
-    """With five jobs past the cut-off and a limit of two, each purge removes the two that ended first and says
-    more may be left, until the last one; a limit under 1 is refused."""
-    batch_id, job_refs = batch_of(store, model, 5)
+    """With five jobs of a finished batch past the cut-off and a limit of two, each purge removes the two that
+    ended first and says more may be left, and the batch leaves with its last job; a limit under 1 is refused."""
+    batch_id, job_refs = batch_of(store, model, 5, seal=True)
     for i, ref in enumerate(reversed(job_refs)):
         end_at(store, ref, Status.CANCELED, NOW + i)
     left = []
@@ -857,10 +858,88 @@ def test_purge_takes_the_earliest_ended_first_up_to_its_limit(store: JobStore, m
     for _ in range(3):
         outcomes.append(store.purge(DAY, now=NOW + 10 + DAY, limit=2))
         left.append([job.ref for job in store.jobs(batch_id)])
-    assert outcomes == [Purged(2, 0, True), Purged(2, 0, True), Purged(1, 0, False)]
+    assert outcomes == [Purged(2, 0, True), Purged(2, 0, True), Purged(1, 1, False)]
     assert left == [job_refs[:3], job_refs[:1], []]
     with pytest.raises(ValueError, match="limit"):
         store.purge(DAY, limit=0)
+
+
+@pytest.fixture
+def indexed(store: JobStore, request: pytest.FixtureRequest) -> Callable[[], tuple[dict[str, float], dict[str, float]]]:
+    """What the purge reads, as the store holds it: (finished jobs, finished batches), each name -> score."""
+    if isinstance(store, MemoryJobStore):
+        return lambda: (dict(store._finished.items()), dict(store._batches_done.items()))
+    observer = redis.Redis.from_url(request.getfixturevalue("redis_url"), decode_responses=True)
+    request.addfinalizer(observer.close)
+    return lambda: (
+        dict(observer.zrange(INDEXES[0], 0, -1, withscores=True)),
+        dict(observer.zrange(INDEXES[1], 0, -1, withscores=True)),
+    )
+
+
+INDEXES = ("genq:finished", "genq:batches:done")
+
+
+def test_the_indexes_hold_exactly_the_finished_jobs_and_batches(
+    store: JobStore, model: str, indexed: Callable[[], tuple[dict[str, float], dict[str, float]]]
+) -> None:
+    """A job is indexed at its end time while it is terminal (a revival takes it out); a batch at its `done_at`
+    while it is sealed and finished: reopening it, giving it a job or reviving one of its jobs takes it out, and
+    sealing it again without a new job puts it back at its old `done_at`."""
+    batch_id, (a, b) = batch_of(store, model, 2, seal=True)
+    end_at(store, a, Status.FAILED, NOW + 1)
+    assert indexed() == ({a: NOW + 1}, {})
+    end_at(store, b, Status.SUCCEEDED, NOW + 2)
+    assert indexed() == ({a: NOW + 1, b: NOW + 2}, {batch_id: NOW + 2})
+    store.open_batch(batch_id, source="again.csv", now=NOW + 3)
+    assert indexed()[1] == {}
+    assert not store.seal_batch(batch_id, now=NOW + 4)
+    assert indexed()[1] == {batch_id: NOW + 2}
+    assert store.create_jobs([new_job(job_ref(batch_id, "late"), 3, model)]) == [None]
+    assert indexed()[1] == {}
+    assert store.transition(job_ref(batch_id, "late"), Status.CANCELED, expected_attempt=None, now=NOW + 5).ok
+    assert indexed()[1] == {batch_id: NOW + 5}
+    failed = store.get(a)
+    assert failed is not None and store.revive(failed, now=NOW + 6).ok
+    assert indexed() == ({b: NOW + 2, job_ref(batch_id, "late"): NOW + 5}, {})
+
+
+def test_an_index_entry_of_a_job_that_is_not_finished_is_dropped_and_the_job_kept(
+    store: JobStore, model: str, indexed: Callable[[], tuple[dict[str, float], dict[str, float]]], redis_url: str
+) -> None:
+    """Should the finished-job index ever name a job that is not terminal, or one whose record is gone, the purge
+    drops the entry and removes nothing else: an unfinished job is never purged, whatever the index says."""
+    batch_id, (running, ended) = batch_of(store, model, 2)
+    end_at(store, running, Status.RUNNING, NOW)
+    end_at(store, ended, Status.CANCELED, NOW)
+    ghost = job_ref(batch_id, "ghost")
+    if isinstance(store, MemoryJobStore):
+        store._finished.add(running, NOW)
+        store._finished.add(ghost, NOW)
+    else:
+        with redis.Redis.from_url(redis_url) as raw:
+            raw.zadd(INDEXES[0], {running: NOW, ghost: NOW})
+    assert store.purge(DAY, now=NOW + DAY) == Purged(jobs=1)
+    assert indexed() == ({}, {})
+    job = store.get(running)
+    assert job is not None and job.status is Status.RUNNING
+    assert [j.ref for j in store.jobs(batch_id)] == [running]
+
+
+def test_a_job_that_ended_again_after_it_was_read_for_the_purge_is_kept_in_redis(redis_url: str) -> None:
+    """The Redis purge reads its candidates, then removes each in a script of its own: a job revived and ended
+    again in between (its new end after the cut-off) is left alone by that script."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    store = RedisJobStore(client)
+    _, (ref,) = batch_of(store, "m-race", 1)
+    end_at(store, ref, Status.FAILED, NOW + 1)
+    candidates = client.zrangebyscore(INDEXES[0], "-inf", NOW + 10)
+    job = store.get(ref)
+    assert job is not None and store.revive(job, now=NOW + 20).ok
+    assert store.transition(ref, Status.CANCELED, expected_attempt=None, now=NOW + 30).ok
+    assert store._purge_jobs(candidates, NOW + 10) == 0
+    assert store.get(ref) is not None and client.zscore(INDEXES[0], ref) == NOW + 30
+    client.close()
 
 
 def test_purge_is_idempotent(store: JobStore, model: str) -> None:
@@ -907,8 +986,9 @@ def test_a_reopened_batch_stays_until_it_is_sealed_again(
 # --- both stores, one random history -------------------------------------------------------------------------
 #: What a step does: a transition to a status drawn from all of them ("transition"), or to one the table allows
 #: from where the job is ("onward": not terminal; "end": terminal), so that histories get far along the table
-#: and batches finish, instead of being mostly refused at its start; a claim; a revival; a seal; a due push.
-KINDS = ["transition", "onward", "onward", "end", "claim", "revive", "seal", "push_due"]
+#: and batches finish, instead of being mostly refused at its start; a claim; a revival; a seal; reopening the
+#: batch (`open_batch` again, as a rerun of its file does); a due push.
+KINDS = ["transition", "onward", "onward", "end", "claim", "revive", "seal", "reopen", "push_due"]
 OPERATIONS = st.lists(
     st.tuples(
         st.sampled_from(KINDS),
@@ -990,6 +1070,8 @@ def apply(
         return store.revive(job if expected is None else dataclasses.replace(job, attempt=expected), now=now)
     if kind == "push_due":
         return store.push_due(ref, now + (due_in or 0))
+    if kind == "reopen":
+        return store.open_batch(job.batch_id, source="p", priority=3, now=now)
     return store.seal_batch(job.batch_id, now=now)
 
 
@@ -1029,9 +1111,9 @@ def test_purge_removes_exactly_the_jobs_that_ended_before_the_cut_off(
     redis_url: str, jobs: list[tuple[int, Status, int]], seals: tuple[str, ...], cut: int, limit: int
 ) -> None:
     """For any mix of job statuses and end times over three batches, sealed or not, purging in chunks of any size
-    until nothing is left removes exactly the terminal jobs that ended at or before the cut-off, and exactly the
-    sealed, finished batches whose jobs all went and which finished by then; both stores end alike, record for
-    record and index for index."""
+    (`workers/retention.py`) until nothing is left removes exactly the terminal jobs that ended at or before the
+    cut-off, and exactly the sealed, finished batches whose jobs all went and which finished by then; both stores
+    end alike, record for record and index for index."""
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
         client.flushall()
@@ -1062,12 +1144,8 @@ def test_purge_removes_exactly_the_jobs_that_ended_before_the_cut_off(
             and all(ref in gone_jobs for ref in refs if ref.startswith(b + "/"))
         }
         for s in stores:
-            removed = Purged(more=True)
-            totals = [0, 0]
-            while removed.more:
-                removed = s.purge(DAY, now=cutoff + DAY, limit=limit)
-                totals = [totals[0] + removed.jobs, totals[1] + removed.batches]
-            assert totals == [len(gone_jobs), len(gone_batches)]
+            report = purge_finished(s, DAY, now=cutoff + DAY, chunk=limit)
+            assert (report.jobs, report.batches, report.complete) == (len(gone_jobs), len(gone_batches), True)
             assert {ref for ref in refs if s.get(ref) is None} == gone_jobs
             assert {b for b in batch_ids if s.batch_summary(b) is None} == gone_batches
         on_redis, in_memory = stores
