@@ -11,8 +11,9 @@ Differences, none of which a caller of the protocol can observe in one process:
 
 - The event stream is trimmed to exactly `event_stream_maxlen` entries (Redis trims with `~`, at least that
   many), and entry ids are made here in Redis's `{ms}-{seq}` form.
-- A task's owner (`own_task`) is kept for the life of the store: Redis lets it expire after 48 h
-  (`keys.TASK_OWNER_TTL_S`), which only bounds the memory a long-lived fleet spends on old tasks.
+- A task's owner (`own_task`) is kept until its job is purged: Redis also lets it expire after 48 h
+  (`keys.TASK_OWNER_TTL_S`), which only bounds the memory a long-lived fleet spends on old tasks (a job's
+  earlier tasks, which its record no longer names, leave that way).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class MemoryJobStore(Planned):
         self._paused: dict[str, str] = {}  # genq:paused
         self._creating: dict[tuple[str, str], SortedSet] = {}  # genq:creating:{account}:{model}
         self._lost: dict[tuple[str, str], set[str]] = {}  # genq:creating:{account}:{model}:lost
-        self._owners: dict[str, str] = {}  # genq:task:{task_id} (no TTL here)
+        self._owners: dict[str, str] = {}  # genq:task:{task_id} (no TTL here: purged with its job)
         self._events: deque[tuple[str, dict[str, str]]] = deque(maxlen=event_stream_maxlen)  # the event stream
         self._last_entry = (0, 0)
 
