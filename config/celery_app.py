@@ -24,15 +24,18 @@ QUEUES = ("submit", "poll", "finalize", "events", WEBHOOK_QUEUE)
 VISIBILITY_TIMEOUT_S = 3600
 #: How often beat runs the recovery sweep: a killed worker's jobs are re-sent within this plus the grace.
 SWEEP_EVERY_S = 5.0
+#: How often beat runs the retention purge (`workers/retention.py`): each run removes a bounded number of jobs.
+PURGE_EVERY_S = 300.0
 
 
 def beat_schedule(settings: Settings) -> dict[str, Any]:
     """Periodic work: the crash-recovery sweep, the webhook tick (collects events for delivery, Redis only, and
-    sets delivery going on the webhooks queue; cheap when no webhook is set), and the
-    configured scheduled runs (`config/schedules.py`)."""
+    sets delivery going on the webhooks queue; cheap when no webhook is set), the retention purge (finished jobs
+    and batches older than `retention_s` leave Redis), and the configured scheduled runs (`config/schedules.py`)."""
     entries: dict[str, Any] = {
         "genq-sweep": {"task": "genq.sweep", "schedule": SWEEP_EVERY_S, "options": {"expires": SWEEP_EVERY_S * 2}},
         "genq-webhooks": {"task": "genq.webhook_tick", "schedule": 2.0, "options": {"expires": 10}},
+        "genq-purge": {"task": "genq.purge", "schedule": PURGE_EVERY_S, "options": {"expires": PURGE_EVERY_S}},
     }
     for schedule in settings.schedules:
         entries[f"genq-schedule-{schedule.name}"] = {
@@ -79,6 +82,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             **{f"genq.{q}": {"queue": q} for q in ("submit", "poll", "finalize")},
             "genq.sweep": {"queue": "events"},
             "genq.webhook_tick": {"queue": "events"},
+            "genq.purge": {"queue": "events"},
             "genq.deliver_webhooks": {"queue": WEBHOOK_QUEUE},
             "genq.scheduled_run": {"queue": "events"},
         },

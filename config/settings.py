@@ -74,6 +74,12 @@ def webhook_key(secret: str) -> bytes:
     return key
 
 
+#: The shortest retention of finished jobs (`Settings.retention_s`, `genq purge`): a task and its result URLs live
+#: 24 h upstream, and while they do a job's record is what keeps genq from paying twice for the same request (a
+#: resent request or CSV row finds its job) and from adopting the job's task for another job; plus an hour.
+MIN_RETENTION_S = 25 * 3600.0
+
+
 class ConfigInvalid(ValueError):
     """The settings (file or environment) cannot be used: each problem named by its setting and the rule it
     breaks. Values are never quoted, since a setting may be a secret."""
@@ -197,6 +203,12 @@ class Settings(BaseSettings):
     overdue_poll_s: float = Field(
         60.0, gt=0, description="How often a job past its deadline, whose task still runs upstream, is polled."
     )
+    retention_s: float = Field(
+        3 * 86400.0,
+        description="How long a finished job, and a finished batch, stay in Redis after they ended; then the purge "
+        "removes them (the bucket's manifests stay). At least 25 h: a task and its result URLs live 24 h upstream, "
+        "and a job's records are what stops genq from paying twice for the same request during that time.",
+    )
 
     # --- quota (workers/quota/) -----------------------------------------------------------------
     slot_lease_s: float = Field(
@@ -313,6 +325,16 @@ class Settings(BaseSettings):
         """An empty or blank secret (an empty secrets file, `key = ""` in TOML) is no secret: never an empty
         bearer token sent to the service."""
         return secret if secret is not None and secret.get_secret_value().strip() else None
+
+    @field_validator("retention_s")
+    @classmethod
+    def _retention_outlives_upstream_tasks(cls, seconds: float) -> float:
+        if seconds < MIN_RETENTION_S:
+            raise ValueError(
+                f"must be at least {MIN_RETENTION_S:.0f} s (25 h): a task and its result URLs live 24 h upstream, and "
+                "a finished job's record is what stops genq from paying twice for the same request during that time"
+            )
+        return seconds
 
     @field_validator("webhook_secret", "webhook_secret_previous")
     @classmethod

@@ -21,6 +21,7 @@ from workers.job import Next
 from workers.messages import publish, queued_messages
 from workers.metrics_server import process_exited, start_metrics_server
 from workers.poll import poll as poll_stage
+from workers.retention import PURGE_RUN_BUDGET, purge_finished
 from workers.runtime import Runtime, runtime
 from workers.submit import submit as submit_stage
 from workers.sweep import sweep as sweep_all
@@ -85,6 +86,18 @@ def sweep() -> None:
     """Re-send the messages of jobs whose next action is overdue (their worker died), give back slots no job
     needs, and admit waiting jobs into free slots."""
     sweep_all(_runtime(), _send)
+
+
+@app.task(name="genq.purge")
+def purge() -> None:
+    """Remove finished jobs and batches older than the retention (`retention_s`) from Redis, a bounded number per
+    run; the bucket's manifests stay."""
+    rt = _runtime()
+    report = purge_finished(rt.store, rt.settings.retention_s, budget=PURGE_RUN_BUDGET)
+    if report.jobs or report.batches:
+        structlog.get_logger("genq.retention").info(
+            "purged finished jobs", jobs=report.jobs, batches=report.batches, complete=report.complete
+        )
 
 
 @app.task(name="genq.webhook_tick")

@@ -1,13 +1,14 @@
 """The `genq` Typer app: the command table, in the order `genq --help` lists it, and the thin commands that read
-or change a batch (status, watch, report, export, cancel, retry, resume), check the setup (doctor), or feed work
-in (consume, run-schedule). `genq batch` lives in `batch_command.py`; the long-running commands (worker, beat,
-flower, sim) in `worker_commands.py`.
+or change a batch (status, watch, report, export, cancel, retry, resume), keep Redis bounded (purge), check the
+setup (doctor), or feed work in (consume, run-schedule). `genq batch` lives in `batch_command.py`; the
+long-running commands (worker, beat, flower, sim) in `worker_commands.py`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import time
@@ -20,7 +21,7 @@ import typer
 from rich.table import Table
 
 from config.celery_app import create_app
-from config.settings import Settings
+from config.settings import MIN_RETENTION_S, Settings
 from producer.cli import common
 from producer.cli.batch_command import batch
 from producer.cli.common import ConfigOption, LocalOption, fail, settings_for
@@ -36,8 +37,10 @@ from producer.stream import ConsumeReport, RequestConsumer
 from workers import account_pause, control, refs
 from workers.bucket import ResultBucket, make_minio
 from workers.errors import StorageError
+from workers.events import iso_time
 from workers.jobstore import BatchSummary, JobStore
 from workers.messages import publish
+from workers.retention import purge_finished
 from workers.runtime import build_runtime, make_inbox, make_quota, make_store
 
 app = typer.Typer(
@@ -81,6 +84,11 @@ def status(
             return
         console.print(summary_table(summary))
         console.print("done" if summary.done else f"{summary.terminal} of {summary.total} jobs ended so far")
+        if summary.purged:
+            console.print(
+                f"{summary.purged} of these jobs ended longer ago than the retention and left Redis: counted above, "
+                "no longer listed; their results and manifests are in the bucket"
+            )
         quota = quota_table(settings, store, make_quota(settings), now=time.time())
         if quota is not None:
             console.print(quota)
@@ -229,6 +237,55 @@ def resume(
     common.console.print(f"account {account} resumed" if resumed else f"account {account} was not paused")
 
 
+#: Seconds per unit of a duration (`genq purge --older-than 36h`); no unit: seconds.
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
+
+
+def _duration_s(text: str) -> float:
+    """`36h`, `3d`, `90m`, `45s` or `129600` (seconds) as seconds; exit 2 on anything else."""
+    found = _DURATION.fullmatch(text.strip().lower())
+    if found is None:
+        raise fail(f"--older-than {text!r} is not a duration (e.g. 36h, 3d, 90m, or seconds)", 2)
+    return float(found[1]) * _DURATION_UNITS[found[2]]
+
+
+def purge(
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--older-than",
+            help="Remove jobs that ended longer ago than this: 36h, 3d, 90m, or seconds (default: GENQ_RETENTION_S).",
+            show_default=False,
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Allow --older-than under 25 h, while tasks and result URLs may still live.")
+    ] = False,
+    config: ConfigOption = None,
+    local: LocalOption = False,
+) -> None:
+    """Remove finished jobs, and finished batches with none of their jobs left, that ended longer ago than
+    --older-than from Redis (beat does the same with GENQ_RETENTION_S every few minutes); their manifests and
+    results stay in the bucket. Under 25 h is refused without --force: a task and its result URLs live 24 h
+    upstream, and a job's record is what stops genq from paying twice for the same request meanwhile."""
+    settings = settings_for(config, local=local or None)
+    older_than_s = settings.retention_s if older_than is None else _duration_s(older_than)
+    if older_than_s < MIN_RETENTION_S and not force:
+        raise fail(
+            f"refusing to purge jobs that ended less than 25 h ago (--older-than {older_than}): a task and its "
+            "result URLs live 24 h upstream, and until then a job's record is what stops genq from paying twice for "
+            "the same request (a resent request or CSV row finds its job instead of sending it again); add --force "
+            "to purge anyway",
+            2,
+        )
+    with local_services(settings, s3=False, dashscope=False) as services:
+        report = purge_finished(make_store(services.settings), older_than_s)
+    common.console.print(
+        f"purged {report.jobs} jobs and {report.batches} batches that ended before {iso_time(report.cutoff)}"
+    )
+
+
 def consume(
     name: Annotated[
         str | None, typer.Option(help="This consumer's name in the group (default: host and process id).")
@@ -304,6 +361,7 @@ app.command()(doctor)
 app.command("cancel")(cancel_command)
 app.command("retry")(retry_command)
 app.command()(resume)
+app.command()(purge)
 app.command()(consume)
 app.command("run-schedule")(run_schedule)
 app.command()(worker)

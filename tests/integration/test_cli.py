@@ -10,8 +10,10 @@ import io
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -148,6 +150,38 @@ def test_retry_sends_transient_failures_again_and_cancel_ends_them(
     statuses = {job.job_id: job.status for job in runtime.store.jobs("b")}
     assert statuses == {"ok": Status.SUCCEEDED, "mod": Status.FAILED, "flaky": Status.CANCELED}
     assert simulator.counters()["creates"] == creates  # nothing was created for the retried job: no worker ran it
+
+
+def test_purge_refuses_under_25_h_without_force_and_says_what_it_removed(
+    runtime: Runtime, genq: Genq, tmp_path: Path
+) -> None:
+    """`genq purge --older-than 2h` is refused (exit 2, saying why and naming --force) and removes nothing, and so
+    is a duration it cannot read; without --older-than the retention of the `--config` file is the cut-off; with
+    `--older-than 0 --force` the ended jobs go and their number is printed, and `genq status` of their (reopened)
+    batch still counts them and says they were purged."""
+    run(runtime, enqueue(runtime, {"id": "ok", "prompt": "a cat"}, {"id": "also", "prompt": "a dog"}), timeout_s=60)
+    refused = genq("purge", "--older-than", "2h")
+    assert refused.exit_code == 2 and "24 h upstream" in refused.stderr and "add --force" in refused.stderr
+    unreadable = genq("purge", "--older-than", "2 weeks")
+    assert unreadable.exit_code == 2 and "not a duration" in unreadable.stderr
+    assert len(list(runtime.store.jobs("b"))) == 2
+
+    config = tmp_path / "genq.toml"
+    config.write_text("retention_s = 100000\n")
+    kept = genq("purge", "--config", str(config))
+    assert kept.exit_code == 0, kept.output
+    said = re.search(r"purged 0 jobs and 0 batches that ended before (\S+)", kept.stdout)
+    assert said is not None, kept.stdout
+    cutoff = datetime.fromisoformat(said[1]).timestamp()
+    assert abs(cutoff - (time.time() - 100_000)) < 120
+
+    runtime.store.open_batch("b", source="more rows")  # reopened for more: the batch stays, its ended jobs go
+    purged = genq("purge", "--older-than", "0", "--force")
+    assert purged.exit_code == 0, purged.output
+    assert "purged 2 jobs and 0 batches" in purged.stdout and list(runtime.store.jobs("b")) == []
+    shown = genq("status", "b")
+    assert shown.exit_code == 0 and "2 of these jobs ended longer ago than the retention" in shown.stdout
+    assert "succeeded" in shown.stdout
 
 
 def queued_submits(rt: Runtime) -> list[str]:

@@ -68,6 +68,7 @@ def test_with_redis_down_every_command_names_it_exits_non_zero_and_starts_nothin
         ["resume", "default"],
         ["consume"],
         ["run-schedule", "nightly"],
+        ["purge"],
         ["worker"],
         ["beat"],
         ["flower"],

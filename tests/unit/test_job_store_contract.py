@@ -26,12 +26,14 @@ from hypothesis import strategies as st
 
 from workers.events import iso_time
 from workers.job import PER_TRY, REVIVABLE, TERMINAL, TRANSITIONS, Action, Job, Status, record_of
-from workers.jobstore import Applied, JobStore, MemoryJobStore, NewJob, RedisJobStore
+from workers.jobstore import Applied, JobStore, MemoryJobStore, NewJob, Purged, RedisJobStore
 from workers.refs import job_ref
 from workers.requests import GenerationRequest
+from workers.retention import purge_finished
 
 NOW = 1_700_000_000.0
 BAND = 1e12
+DAY = 86400.0
 
 #: A way from `accepted` to each status along the transition table (each step allowed from the one before).
 PATHS: dict[Status, list[Status]] = {
@@ -730,11 +732,263 @@ def test_own_task_never_replaces_an_owner(store: JobStore) -> None:
     assert store.task_owner(task) == first
 
 
+# --- retention: purging finished jobs and batches ------------------------------------------------------------
+def end_at(store: JobStore, ref: str, status: Status, at: float, task_id: str | None = None) -> None:
+    """Move a job along `PATHS` to `status`, every step at time `at`; `task_id` becomes its task when it is
+    submitted (and the task's owner)."""
+    for step in PATHS[status]:
+        fields = {"task_id": task_id} if task_id and step is Status.SUBMITTED else None
+        assert store.transition(ref, step, expected_attempt=None, fields=fields, now=at).ok
+    if task_id:
+        assert store.own_task(task_id, ref)
+
+
+def test_purge_removes_the_jobs_that_ended_before_the_cut_off_and_keeps_younger_ones(
+    store: JobStore, model: str
+) -> None:
+    """A job that ended at or before `now - older_than_s` leaves with its task's owner and its place in the batch;
+    one that ended after, and one still running, stay; the batch's counters still count the purged job."""
+    batch_id, (old, edge, young, running) = batch_of(store, model, 4)
+    tasks = {ref: "task-" + secrets.token_hex(4) for ref in (old, edge, young)}
+    end_at(store, old, Status.SUCCEEDED, NOW + 10, task_id=tasks[old])
+    end_at(store, edge, Status.FAILED, NOW + 50)
+    end_at(store, young, Status.PARTIALLY_SUCCEEDED, NOW + 51, task_id=tasks[young])
+    end_at(store, running, Status.RUNNING, NOW)
+    before = store.batch_summary(batch_id)
+    assert before is not None
+    assert store.purge(DAY, now=NOW + 50 + DAY) == Purged(jobs=2, batches=0, more=False)
+    assert store.get(old) is None and store.get(edge) is None and store.task_owner(tasks[old]) is None
+    assert store.task_owner(tasks[young]) == young
+    assert [job.ref for job in store.jobs(batch_id)] == [young, running]
+    assert store.batch_summary(batch_id) == dataclasses.replace(before, purged=2)
+
+
+def test_purge_never_touches_a_job_that_has_not_ended_whatever_its_age(store: JobStore, model: str) -> None:
+    """Jobs waiting in their queue, admitted, submitting, submitted, running, overdue, downloading, and one due for
+    the sweep, all older than any cut-off, are left as they were: records, queue, due index, batch."""
+    unfinished = [status for status in PATHS if status not in TERMINAL]
+    batch_id, job_refs = batch_of(store, model, len(unfinished) + 1, seal=True)
+    for ref, status in zip(job_refs, unfinished, strict=False):
+        end_at(store, ref, status, NOW)
+    assert store.claim(job_refs[-1], Status.ADMITTED, expected_attempt=0, action=Action.SUBMIT, lease_until=NOW).ok
+
+    def seen() -> tuple[Any, ...]:
+        return (
+            [store.get(r) for r in job_refs],
+            store.waiting([model]),
+            store.due(math.inf),
+            store.batch_summary(batch_id),
+        )
+
+    before = seen()
+    assert store.purge(0, now=NOW + 365 * DAY) == Purged()
+    assert seen() == before and before[1] and len(before[2]) == 1
+
+
+def test_a_batch_leaves_once_sealed_finished_and_without_jobs(store: JobStore, model: str) -> None:
+    """A sealed batch whose jobs all ended before the cut-off leaves with its rejected rows; a batch never sealed
+    (like the request stream's) keeps its record and counters though its jobs leave; a sealed one with a job still
+    running stays; an empty sealed batch leaves if it finished before the cut-off, and stays if after."""
+    done_id, done_refs = batch_of(store, model, 2)
+    store.record_rejected(done_id, 9, "prompt", "empty", {})
+    for ref in done_refs:
+        end_at(store, ref, Status.FAILED, NOW + 1)
+    assert store.seal_batch(done_id, now=NOW + 2)
+    open_id, (open_ref,) = batch_of(store, model, 1)
+    end_at(store, open_ref, Status.CANCELED, NOW + 1)
+    busy_id, (busy_ended, busy_running) = batch_of(store, model, 2, seal=True)
+    end_at(store, busy_ended, Status.CANCELED, NOW + 1)
+    end_at(store, busy_running, Status.RUNNING, NOW + 1)
+    empty_old, empty_new = new_id(), new_id()
+    for batch_id, at in ((empty_old, NOW + 1), (empty_new, NOW + 20)):
+        store.open_batch(batch_id, source="every row rejected", now=NOW)
+        store.record_rejected(batch_id, 2, "prompt", "empty", {})
+        assert store.seal_batch(batch_id, now=at)
+    assert store.purge(DAY, now=NOW + 10 + DAY) == Purged(jobs=4, batches=2, more=False)
+    for gone in (done_id, empty_old):
+        assert store.batch_summary(gone) is None and store.rejected(gone) == [] and list(store.jobs(gone)) == []
+        assert gone not in store.batch_ids()
+    kept = store.batch_summary(open_id)
+    assert kept is not None and (kept.total, kept.terminal, kept.purged, kept.counts) == (1, 1, 1, {"canceled": 1})
+    busy = store.batch_summary(busy_id)
+    assert busy is not None and busy.purged == 1 and [job.ref for job in store.jobs(busy_id)] == [busy_running]
+    assert store.rejected(empty_new) != [] and {open_id, busy_id, empty_new} <= set(store.batch_ids())
+
+
+def test_a_batch_that_keeps_receiving_jobs_keeps_coherent_counters(store: JobStore, model: str) -> None:
+    """In a batch that is never sealed (the request stream's), purged jobs stay counted: jobs added after a purge
+    count on from its total, and sealed it is done once every job, purged or not, has ended."""
+    batch_id, (a, b) = batch_of(store, model, 2)
+    end_at(store, a, Status.SUCCEEDED, NOW + 1)
+    end_at(store, b, Status.FAILED, NOW + 1)
+    assert store.purge(DAY, now=NOW + 2 + DAY) == Purged(jobs=2)
+    c, d = job_ref(batch_id, "j2"), job_ref(batch_id, "j3")
+    assert store.create_jobs([new_job(c, 3, model), new_job(d, 4, model)]) == [None, None]
+    summary = store.batch_summary(batch_id)
+    assert summary is not None
+    assert (summary.total, summary.terminal, summary.purged) == (4, 2, 2)
+    assert summary.counts == {"succeeded": 1, "failed": 1, "accepted": 2}
+    assert not store.seal_batch(batch_id, now=NOW + 3 + DAY)
+    end_at(store, c, Status.CANCELED, NOW + 4 + DAY)
+    assert store.transition(d, Status.CANCELED, expected_attempt=None, now=NOW + 5 + DAY).batch_finished
+    done = store.batch_summary(batch_id)
+    assert done is not None and done.done and (done.total, done.terminal, done.purged) == (4, 4, 2)
+
+
+def test_once_only_holds_while_the_job_is_kept(store: JobStore, model: str) -> None:
+    """Creating a job again finds it (and creates nothing) until it is purged; after that the same ref is a new
+    job: the window in which a resent request or CSV row is not sent twice is the retention."""
+    _, (ref,) = batch_of(store, model, 1)
+    end_at(store, ref, Status.SUCCEEDED, NOW + 1)
+    assert store.create_jobs([new_job(ref, 1, model)]) == [Status.SUCCEEDED]
+    assert store.purge(DAY, now=NOW + DAY) == Purged()
+    assert store.create_jobs([new_job(ref, 1, model)]) == [Status.SUCCEEDED]
+    assert store.purge(DAY, now=NOW + 1 + DAY) == Purged(jobs=1)
+    assert store.create_jobs([new_job(ref, 1, model)]) == [None]
+
+
+def test_purge_takes_the_earliest_ended_first_up_to_its_limit(store: JobStore, model: str) -> None:
+    """With five jobs of a finished batch past the cut-off and a limit of two, each purge removes the two that
+    ended first and says more may be left, and the batch leaves with its last job; a limit under 1 is refused."""
+    batch_id, job_refs = batch_of(store, model, 5, seal=True)
+    for i, ref in enumerate(reversed(job_refs)):
+        end_at(store, ref, Status.CANCELED, NOW + i)
+    left = []
+    outcomes = []
+    for _ in range(3):
+        outcomes.append(store.purge(DAY, now=NOW + 10 + DAY, limit=2))
+        left.append([job.ref for job in store.jobs(batch_id)])
+    assert outcomes == [Purged(2, 0, True), Purged(2, 0, True), Purged(1, 1, False)]
+    assert left == [job_refs[:3], job_refs[:1], []]
+    with pytest.raises(ValueError, match="limit"):
+        store.purge(DAY, limit=0)
+
+
+@pytest.fixture
+def indexed(store: JobStore, request: pytest.FixtureRequest) -> Callable[[], tuple[dict[str, float], dict[str, float]]]:
+    """What the purge reads, as the store holds it: (finished jobs, finished batches), each name -> score."""
+    if isinstance(store, MemoryJobStore):
+        return lambda: (dict(store._finished.items()), dict(store._batches_done.items()))
+    observer = redis.Redis.from_url(request.getfixturevalue("redis_url"), decode_responses=True)
+    request.addfinalizer(observer.close)
+    return lambda: (
+        dict(observer.zrange(INDEXES[0], 0, -1, withscores=True)),
+        dict(observer.zrange(INDEXES[1], 0, -1, withscores=True)),
+    )
+
+
+INDEXES = ("genq:finished", "genq:batches:done")
+
+
+def test_the_indexes_hold_exactly_the_finished_jobs_and_batches(
+    store: JobStore, model: str, indexed: Callable[[], tuple[dict[str, float], dict[str, float]]]
+) -> None:
+    """A job is indexed at its end time while it is terminal (a revival takes it out); a batch at its `done_at`
+    while it is sealed and finished: reopening it, giving it a job or reviving one of its jobs takes it out, and
+    sealing it again without a new job puts it back at its old `done_at`."""
+    batch_id, (a, b) = batch_of(store, model, 2, seal=True)
+    end_at(store, a, Status.FAILED, NOW + 1)
+    assert indexed() == ({a: NOW + 1}, {})
+    end_at(store, b, Status.SUCCEEDED, NOW + 2)
+    assert indexed() == ({a: NOW + 1, b: NOW + 2}, {batch_id: NOW + 2})
+    store.open_batch(batch_id, source="again.csv", now=NOW + 3)
+    assert indexed()[1] == {}
+    assert not store.seal_batch(batch_id, now=NOW + 4)
+    assert indexed()[1] == {batch_id: NOW + 2}
+    assert store.create_jobs([new_job(job_ref(batch_id, "late"), 3, model)]) == [None]
+    assert indexed()[1] == {}
+    assert store.transition(job_ref(batch_id, "late"), Status.CANCELED, expected_attempt=None, now=NOW + 5).ok
+    assert indexed()[1] == {batch_id: NOW + 5}
+    failed = store.get(a)
+    assert failed is not None and store.revive(failed, now=NOW + 6).ok
+    assert indexed() == ({b: NOW + 2, job_ref(batch_id, "late"): NOW + 5}, {})
+
+
+def test_an_index_entry_of_a_job_that_is_not_finished_is_dropped_and_the_job_kept(
+    store: JobStore, model: str, indexed: Callable[[], tuple[dict[str, float], dict[str, float]]], redis_url: str
+) -> None:
+    """Should the finished-job index ever name a job that is not terminal, or one whose record is gone, the purge
+    drops the entry and removes nothing else: an unfinished job is never purged, whatever the index says."""
+    batch_id, (running, ended) = batch_of(store, model, 2)
+    end_at(store, running, Status.RUNNING, NOW)
+    end_at(store, ended, Status.CANCELED, NOW)
+    ghost = job_ref(batch_id, "ghost")
+    if isinstance(store, MemoryJobStore):
+        store._finished.add(running, NOW)
+        store._finished.add(ghost, NOW)
+    else:
+        with redis.Redis.from_url(redis_url) as raw:
+            raw.zadd(INDEXES[0], {running: NOW, ghost: NOW})
+    assert store.purge(DAY, now=NOW + DAY) == Purged(jobs=1)
+    assert indexed() == ({}, {})
+    job = store.get(running)
+    assert job is not None and job.status is Status.RUNNING
+    assert [j.ref for j in store.jobs(batch_id)] == [running]
+
+
+def test_a_job_that_ended_again_after_it_was_read_for_the_purge_is_kept_in_redis(redis_url: str) -> None:
+    """The Redis purge reads its candidates, then removes each in a script of its own: a job revived and ended
+    again in between (its new end after the cut-off) is left alone by that script."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    store = RedisJobStore(client)
+    _, (ref,) = batch_of(store, "m-race", 1)
+    end_at(store, ref, Status.FAILED, NOW + 1)
+    candidates = client.zrangebyscore(INDEXES[0], "-inf", NOW + 10)
+    job = store.get(ref)
+    assert job is not None and store.revive(job, now=NOW + 20).ok
+    assert store.transition(ref, Status.CANCELED, expected_attempt=None, now=NOW + 30).ok
+    assert store._purge_jobs(candidates, NOW + 10) == 0
+    assert store.get(ref) is not None and client.zscore(INDEXES[0], ref) == NOW + 30
+    client.close()
+
+
+def test_purge_is_idempotent(store: JobStore, model: str) -> None:
+    """A second purge with the same cut-off finds nothing more to remove and changes nothing."""
+    batch_id, (old, young) = batch_of(store, model, 2, seal=True)
+    end_at(store, old, Status.SUCCEEDED, NOW + 1)
+    end_at(store, young, Status.SUCCEEDED, NOW + 100)
+    assert store.purge(DAY, now=NOW + 50 + DAY) == Purged(jobs=1)
+    before = (store.get(young), store.batch_summary(batch_id), store.batch_ids())
+    assert store.purge(DAY, now=NOW + 50 + DAY) == Purged()
+    assert (store.get(young), store.batch_summary(batch_id), store.batch_ids()) == before
+
+
+def test_a_revived_job_stays_until_its_new_end_is_past_the_cut_off(store: JobStore, model: str) -> None:
+    """A job revived after it ended long ago is no longer finished and stays; once it ends again it leaves (with
+    its batch) only when that new end is past the cut-off."""
+    batch_id, (ref,) = batch_of(store, model, 1, seal=True)
+    end_at(store, ref, Status.FAILED, NOW + 1)
+    job = store.get(ref)
+    assert job is not None and store.revive(job, now=NOW + DAY).ok
+    assert store.purge(DAY, now=NOW + 3 * DAY) == Purged()
+    assert store.transition(ref, Status.CANCELED, expected_attempt=None, now=NOW + 2 * DAY + 10).batch_finished
+    assert store.purge(DAY, now=NOW + 3 * DAY) == Purged()
+    assert store.get(ref) is not None and store.batch_summary(batch_id) is not None
+    assert store.purge(DAY, now=NOW + 3 * DAY + 10) == Purged(jobs=1, batches=1)
+
+
+def test_a_reopened_batch_stays_until_it_is_sealed_again(
+    store: JobStore, model: str, events: Callable[[], list[dict[str, Any]]]
+) -> None:
+    """A finished batch reopened for more rows is not removed while open, though its old jobs are; sealed again
+    without a new job it is finished as before (no second event) and leaves."""
+    batch_id, (ref,) = batch_of(store, model, 1, seal=True)
+    end_at(store, ref, Status.CANCELED, NOW + 1)
+    store.open_batch(batch_id, source="again.csv", now=NOW + 5)
+    assert store.purge(DAY, now=NOW + 10 + DAY) == Purged(jobs=1)
+    assert store.batch_summary(batch_id) is not None
+    assert not store.seal_batch(batch_id, now=NOW + 20 + DAY)
+    assert store.purge(DAY, now=NOW + 10 + DAY) == Purged(batches=1)
+    assert store.batch_summary(batch_id) is None
+    assert [e["type"] for e in events()] == ["genq.batch.finished"]
+
+
 # --- both stores, one random history -------------------------------------------------------------------------
 #: What a step does: a transition to a status drawn from all of them ("transition"), or to one the table allows
 #: from where the job is ("onward": not terminal; "end": terminal), so that histories get far along the table
-#: and batches finish, instead of being mostly refused at its start; a claim; a revival; a seal; a due push.
-KINDS = ["transition", "onward", "onward", "end", "claim", "revive", "seal", "push_due"]
+#: and batches finish, instead of being mostly refused at its start; a claim; a revival; a seal; reopening the
+#: batch (`open_batch` again, as a rerun of its file does); a due push.
+KINDS = ["transition", "onward", "onward", "end", "claim", "revive", "seal", "reopen", "push_due"]
 OPERATIONS = st.lists(
     st.tuples(
         st.sampled_from(KINDS),
@@ -782,8 +1036,18 @@ def test_both_stores_apply_any_history_alike(redis_url: str, operations: list[Op
         assert drain(on_redis, model) == drain(in_memory, model)
         assert on_redis.gauges() == in_memory.gauges()
         assert redis_events(client, stream) == in_memory.events()
+        assert indexes(client) == memory_indexes(in_memory)
     finally:
         client.close()
+
+
+def indexes(client: redis.Redis) -> tuple[Any, ...]:
+    """What the purge reads in Redis: the finished jobs and the finished batches, with their scores."""
+    return tuple(client.zrange(key, 0, -1, withscores=True) for key in ("genq:finished", "genq:batches:done"))
+
+
+def memory_indexes(store: MemoryJobStore) -> tuple[Any, ...]:
+    return store._finished.items(), store._batches_done.items()
 
 
 def apply(
@@ -806,6 +1070,8 @@ def apply(
         return store.revive(job if expected is None else dataclasses.replace(job, attempt=expected), now=now)
     if kind == "push_due":
         return store.push_due(ref, now + (due_in or 0))
+    if kind == "reopen":
+        return store.open_batch(job.batch_id, source="p", priority=3, now=now)
     return store.seal_batch(job.batch_id, now=now)
 
 
@@ -831,3 +1097,64 @@ def test_a_change_may_set_only_the_record_fields_that_are_its_to_set(store: JobS
     with pytest.raises(ValueError, match=name):
         store.claim(ref, Status.ACCEPTED, expected_attempt=0, action=Action.ADMIT, lease_until=NOW, fields={name: "1"})
     assert store.get(ref) == before
+
+
+#: A job: its batch (of three), the status it reaches, and when (seconds after NOW) it gets there.
+JOBS = st.lists(st.tuples(st.integers(0, 2), st.sampled_from(list(PATHS)), st.integers(0, 100)), max_size=12)
+#: Per batch: never sealed, sealed before its jobs move, or sealed after all of them (at +100).
+SEALS = st.tuples(*[st.sampled_from(["never", "before", "after"])] * 3)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(JOBS, SEALS, st.integers(0, 110), st.integers(1, 4))
+def test_purge_removes_exactly_the_jobs_that_ended_before_the_cut_off(
+    redis_url: str, jobs: list[tuple[int, Status, int]], seals: tuple[str, ...], cut: int, limit: int
+) -> None:
+    """For any mix of job statuses and end times over three batches, sealed or not, purging in chunks of any size
+    (`workers/retention.py`) until nothing is left removes exactly the terminal jobs that ended at or before the
+    cut-off, and exactly the sealed, finished batches whose jobs all went and which finished by then; both stores
+    end alike, record for record and index for index."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        client.flushall()
+        stores = (RedisJobStore(client), MemoryJobStore())
+        batch_ids = [f"b{i}" for i in range(3)]
+        refs = [job_ref(batch_ids[b], f"j{i}") for i, (b, _, _) in enumerate(jobs)]
+        for s in stores:
+            for batch_id in batch_ids:
+                s.open_batch(batch_id, source="p", now=NOW)
+            s.create_jobs([new_job(ref, i + 1, "m-prop") for i, ref in enumerate(refs)])
+            for batch_id, seal in zip(batch_ids, seals, strict=True):
+                if seal == "before":
+                    s.seal_batch(batch_id, now=NOW)
+            for (_, status, at), ref in sorted(zip(jobs, refs, strict=True), key=lambda pair: pair[0][2]):
+                end_at(s, ref, status, NOW + at)  # in time order, as the fleet's transitions happen
+            for batch_id, seal in zip(batch_ids, seals, strict=True):
+                if seal == "after":
+                    s.seal_batch(batch_id, now=NOW + 100)
+        cutoff = NOW + cut
+        gone_jobs = {ref for (_, status, at), ref in zip(jobs, refs, strict=True) if status in TERMINAL and at <= cut}
+        summaries = {b: stores[0].batch_summary(b) for b in batch_ids}
+        gone_batches = {
+            b
+            for b, summary in summaries.items()
+            if summary is not None
+            and summary.done
+            and (summary.done_at or math.inf) <= cutoff
+            and all(ref in gone_jobs for ref in refs if ref.startswith(b + "/"))
+        }
+        for s in stores:
+            report = purge_finished(s, DAY, now=cutoff + DAY, chunk=limit)
+            assert (report.jobs, report.batches, report.complete) == (len(gone_jobs), len(gone_batches), True)
+            assert {ref for ref in refs if s.get(ref) is None} == gone_jobs
+            assert {b for b in batch_ids if s.batch_summary(b) is None} == gone_batches
+        on_redis, in_memory = stores
+        assert [client.hgetall(f"genq:job:{r}") for r in refs] == [in_memory._jobs.get(r, {}) for r in refs]
+        assert [client.hgetall(f"genq:batch:{b}") for b in batch_ids] == [
+            in_memory._batches.get(b, {}) for b in batch_ids
+        ]
+        assert on_redis.batch_ids() == in_memory.batch_ids()
+        assert [list(on_redis.jobs(b)) for b in batch_ids] == [list(in_memory.jobs(b)) for b in batch_ids]
+        assert indexes(client) == memory_indexes(in_memory)
+    finally:
+        client.close()

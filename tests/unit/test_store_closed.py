@@ -47,6 +47,7 @@ OWN_CLIENT_ALLOWED = {
     "producer/cli/services.py": "probes that Redis answers (and why not) before a production command uses it",
     "ops/bench_peers.py": "the peers' own bookkeeping in the broker (their keys, not genq's)",
     "ops/bench_quota.py": "clears the peers' broker between runs (their keys, not genq's)",
+    "ops/bench_retention.py": "reads the server's memory (INFO memory, MEMORY USAGE of the configured event stream)",
 }
 CLIENT_ATTRIBUTES = {"redis", "_redis", "client", "_client", "_reader"}
 

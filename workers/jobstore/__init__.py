@@ -7,7 +7,7 @@ outbox (`webhook_outbox.py`) and the request stream's inbox (`request_inbox.py`)
 """
 
 from workers.jobstore.memory_store import MemoryJobStore
-from workers.jobstore.protocol import Applied, BatchSummary, Gauges, JobStore, NewJob
+from workers.jobstore.protocol import Applied, BatchSummary, Gauges, JobStore, NewJob, Purged
 from workers.jobstore.redis_store import RedisJobStore
 
-__all__ = ["Applied", "BatchSummary", "Gauges", "JobStore", "MemoryJobStore", "NewJob", "RedisJobStore"]
+__all__ = ["Applied", "BatchSummary", "Gauges", "JobStore", "MemoryJobStore", "NewJob", "Purged", "RedisJobStore"]

@@ -1,44 +1,59 @@
 """Every Redis key genq uses, built here and used only inside `workers/jobstore/` and `workers/quota/`.
 
-A job is named by its *ref*, `{batch_id}/{job_id}` (`workers/refs.py`).
+A job is named by its *ref*, `{batch_id}/{job_id}` (`workers/refs.py`). "purged" in the TTL column: the key has no
+TTL of its own, and the purge (`JobStore.purge`, run by beat and by `genq purge`) removes it once its job or batch
+ended more than `retention_s` ago (`docs/architecture.md`, "Retention").
 
-| key                                  | type        | TTL  | holds                                               |
-| ------------------------------------ | ----------- | ---- | --------------------------------------------------- |
-| `genq:job:{ref}`                     | hash        | none | the job record (`workers/job.py` lists the fields)  |
-| `genq:batch:{batch_id}`              | hash        | none | batch meta and counters: `total`, `terminal`,       |
-|                                      |             |      | `rejected`, `n:{status}` per status, `sealed`, ...  |
-| `genq:batch:{batch_id}:jobs`         | sorted set  | none | job ids of the batch, scored by source line number  |
-| `genq:batch:{batch_id}:rejected`     | hash        | none | line -> JSON record of rejected input: field, reason |
-| `genq:batches`                       | sorted set  | none | batch ids scored by creation time                   |
-| `genq:due`                           | sorted set  | none | job refs scored by when their next action is due    |
-| `genq:events` (setting)              | stream      | none | CloudEvents of terminal jobs and finished batches,  |
-|                                      |             |      | trimmed to `event_stream_maxlen`                    |
-| `genq:paused`                        | hash        | none | account -> JSON {code, message, at}: paused scopes  |
-| `genq:counts`                        | hash        | none | status -> number of jobs in it, over all batches    |
-| `genq:inflight`                      | hash        | none | model -> tasks submitted or running upstream        |
-| `genq:task:{task_id}`                | string      | 48 h | the ref of the job that owns an upstream task       |
-|                                      |             |      | (taken with SET NX only: an owner is never replaced) |
-| `genq:creating:{account}:{model}`    | sorted set  | none | job refs whose create is sent and unanswered, scored |
-|                                      |             |      | by when it was sent (reconcile.py waits on these)    |
-| `genq:creating:{account}:{model}:lost` | set       | none | those of them whose answer is known lost (no wait)   |
-| `genq:webhook:dead`                  | stream      | none | events never delivered, each with its reason, capped |
-|                                      |             |      | at `webhook_dead_maxlen` (`webhook_outbox.py`)       |
-| `genq:webhook:out:{entry}`           | hash        | none | an event waiting for webhook delivery, by its entry  |
-|                                      |             |      | id in `genq:events`: event, attempts, first_at, error |
-| `genq:webhook:due`                   | sorted set  | none | entry ids of waiting events, scored by their next try |
-|                                      |             |      | (while a try runs: when its lease ends)              |
-| `genq:webhook:collect`               | string      | 30 s | lock of the one collector reading `genq:events`      |
-| `genq:wait:{model}`                  | sorted set  | none | accepted job refs waiting for a slot, scored by      |
-|                                      |             |      | priority band * 1e12 + fair position (admission.py)  |
-| `genq:wait:{model}:clock`            | string      | none | the fair position of the last job admitted           |
-| `genq:slots:{account}:{model}`       | sorted set  | none | job refs holding a slot, scored by lease expiry      |
-| `genq:rate:{account}:{model}`        | string      | ~1 s | GCRA arrival time of the scope's next create         |
-| `genq:cooldown:{account}:{model}`    | hash        | 1 h  | 429 pause and AIMD factor of the scope's submit rate |
-| `genq:qbudget:{account}`             | string      | ~1 s | GCRA arrival time of the account's next query        |
-| `genq:requests` (setting)            | stream      | none | requests of upstream stages (`request_inbox.py`)     |
-| `genq:requests:answered:{entry}`     | string      | 7 d  | a request entry already answered with a rejection    |
-| `genq:requests:dead`                 | stream      | none | entries given up after repeated failures, capped at  |
-|                                      |             |      | 10,000 (`request_inbox.py`)                          |
+| key                                    | type       | TTL    | holds                                                |
+| -------------------------------------- | ---------- | ------ | ---------------------------------------------------- |
+| `genq:job:{ref}`                       | hash       | purged | the job record (`workers/job.py` lists the fields)   |
+| `genq:batch:{batch_id}`                | hash       | purged | batch meta and counters: `total`, `terminal`,        |
+|                                        |            |        | `rejected`, `n:{status}` per status, `purged`,       |
+|                                        |            |        | `sealed`, ... (one never sealed, like the request    |
+|                                        |            |        | stream's, stays: its counters are small)             |
+| `genq:batch:{batch_id}:jobs`           | sorted set | purged | job ids of the batch, scored by source line number   |
+|                                        |            |        | (a purged job leaves it)                             |
+| `genq:batch:{batch_id}:rejected`       | hash       | purged | line -> JSON record of rejected input: field, reason |
+| `genq:batches`                         | sorted set | purged | batch ids scored by creation time (a purged batch    |
+|                                        |            |        | leaves it)                                           |
+| `genq:finished`                        | sorted set | none   | refs of terminal jobs, scored by when they ended:    |
+|                                        |            |        | what the purge reads (revived or purged: gone)       |
+| `genq:batches:done`                    | sorted set | none   | ids of sealed, finished batches, scored by `done_at` |
+|                                        |            |        | (reopened, given a job, or purged: gone)             |
+| `genq:due`                             | sorted set | none   | job refs scored by when their next action is due     |
+| `genq:events` (setting)                | stream     | none   | CloudEvents of terminal jobs and finished batches,   |
+|                                        |            |        | trimmed to `event_stream_maxlen`                     |
+| `genq:paused`                          | hash       | none   | account -> JSON {code, message, at}: paused scopes   |
+| `genq:counts`                          | hash       | none   | status -> number of jobs in it, over all batches     |
+|                                        |            |        | (purged jobs still counted)                          |
+| `genq:inflight`                        | hash       | none   | model -> tasks submitted or running upstream         |
+| `genq:task:{task_id}`                  | string     | 48 h   | the ref of the job that owns an upstream task (taken |
+|                                        |            |        | with SET NX only: an owner is never replaced); also  |
+|                                        |            |        | purged with its job                                  |
+| `genq:creating:{account}:{model}`      | sorted set | none   | job refs whose create is sent and unanswered, scored |
+|                                        |            |        | by when it was sent (reconcile.py waits on these);   |
+|                                        |            |        | trimmed to the last hour                             |
+| `genq:creating:{account}:{model}:lost` | set        | none   | those of them whose answer is known lost (no wait)   |
+| `genq:webhook:dead`                    | stream     | none   | events never delivered, each with its reason, capped |
+|                                        |            |        | at `webhook_dead_maxlen` (`webhook_outbox.py`)       |
+| `genq:webhook:out:{entry}`             | hash       | none   | an event waiting for webhook delivery, by its entry  |
+|                                        |            |        | id in `genq:events`: event, attempts, first_at,      |
+|                                        |            |        | error (at most `webhook_outbox_max` of them)         |
+| `genq:webhook:due`                     | sorted set | none   | entry ids of waiting events, scored by their next    |
+|                                        |            |        | try (while a try runs: when its lease ends)          |
+| `genq:webhook:collect`                 | string     | 30 s   | lock of the one collector reading `genq:events`      |
+| `genq:wait:{model}`                    | sorted set | none   | accepted job refs waiting for a slot, scored by      |
+|                                        |            |        | priority band * 1e12 + fair position (admission.py)  |
+| `genq:wait:{model}:clock`              | string     | none   | the fair position of the last job admitted           |
+| `genq:slots:{account}:{model}`         | sorted set | none   | job refs holding a slot, scored by lease expiry      |
+| `genq:rate:{account}:{model}`          | string     | ~1 s   | GCRA arrival time of the scope's next create         |
+| `genq:cooldown:{account}:{model}`      | hash       | 1 h    | 429 pause and AIMD factor of the scope's submit rate |
+| `genq:qbudget:{account}`               | string     | ~1 s   | GCRA arrival time of the account's next query        |
+| `genq:requests` (setting)              | stream     | none   | requests of upstream stages (`request_inbox.py`);    |
+|                                        |            |        | trimmed by their producers (`docs/requests.md`)      |
+| `genq:requests:answered:{entry}`       | string     | 7 d    | a request entry already answered with a rejection    |
+| `genq:requests:dead`                   | stream     | none   | entries given up after repeated failures, capped at  |
+|                                        |            |        | 10,000 (`request_inbox.py`)                          |
 
 Celery's own keys (the broker queues, `unacked`, `unacked_index`) are kombu's and live beside these.
 """
@@ -48,6 +63,8 @@ from __future__ import annotations
 PREFIX = "genq"
 DUE = f"{PREFIX}:due"
 BATCHES = f"{PREFIX}:batches"
+BATCHES_DONE = f"{PREFIX}:batches:done"
+FINISHED = f"{PREFIX}:finished"
 PAUSED = f"{PREFIX}:paused"
 COUNTS = f"{PREFIX}:counts"
 INFLIGHT = f"{PREFIX}:inflight"

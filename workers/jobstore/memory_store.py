@@ -3,16 +3,17 @@
 For the stage tests and anyone embedding genq without Redis. Each operation holds `threading.Lock` for its
 whole body, so it is as atomic here as its Lua script is on the server. The Lua (`lua/*.lua`) is the reference:
 each private step below names the script it mirrors, and keeps what Redis keeps in the same encoding (a job
-record and a batch hash are `dict[str, str]` holding the strings the hashes hold; a sorted set is `_SortedSet`,
-ordered by score then member as Redis orders it). `moves.py` plans every transition, claim and revival for
-both stores; `_apply` applies a `Move` exactly as `transition.lua` does.
+record and a batch hash are `dict[str, str]` holding the strings the hashes hold; a sorted set is a `SortedSet`
+of `sorted_set.py`, ordered by score then member as Redis orders it). `moves.py` plans every transition, claim
+and revival for both stores; `_apply` applies a `Move` exactly as `transition.lua` does.
 
 Differences, none of which a caller of the protocol can observe in one process:
 
 - The event stream is trimmed to exactly `event_stream_maxlen` entries (Redis trims with `~`, at least that
   many), and entry ids are made here in Redis's `{ms}-{seq}` form.
-- A task's owner (`own_task`) is kept for the life of the store: Redis lets it expire after 48 h
-  (`keys.TASK_OWNER_TTL_S`), which only bounds the memory a long-lived fleet spends on old tasks.
+- A task's owner (`own_task`) is kept until its job is purged: Redis also lets it expire after 48 h
+  (`keys.TASK_OWNER_TTL_S`), which only bounds the memory a long-lived fleet spends on old tasks (a job's
+  earlier tasks, which its record no longer names, leave that way).
 """
 
 from __future__ import annotations
@@ -21,73 +22,20 @@ import json
 import random
 import threading
 import time
-from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from workers import refs
 from workers.events import iso_time
-from workers.job import Job, Status
+from workers.job import TERMINAL, Job, Status
 from workers.jobstore import keys
 from workers.jobstore.moves import Move, Planned, outcome
-from workers.jobstore.protocol import Applied, BatchSummary, Gauges, NewJob, in_line_order
+from workers.jobstore.protocol import Applied, BatchSummary, Gauges, NewJob, Purged, in_line_order
+from workers.jobstore.sorted_set import SortedSet
 
 #: Statuses whose job has a task upstream (`transition.lua` counts them per model in `genq:inflight`).
 _UPSTREAM = frozenset({Status.SUBMITTED, Status.RUNNING, Status.OVERDUE})
-
-
-class _SortedSet:
-    """A Redis sorted set: member -> score, ordered by (score, member)."""
-
-    def __init__(self) -> None:
-        self._scores: dict[str, float] = {}
-        self._order: list[tuple[float, str]] = []
-
-    def __len__(self) -> int:
-        return len(self._scores)
-
-    def add(self, member: str, score: float, *, nx: bool = False) -> bool:
-        """ZADD (NX: never update an existing member). True when the member is new."""
-        old = self._scores.get(member)
-        if old is not None:
-            if nx or old == score:
-                return False
-            del self._order[bisect_left(self._order, (old, member))]
-        self._scores[member] = score
-        insort(self._order, (score, member))
-        return old is None
-
-    def remove(self, member: str) -> bool:
-        old = self._scores.pop(member, None)
-        if old is None:
-            return False
-        del self._order[bisect_left(self._order, (old, member))]
-        return True
-
-    def score(self, member: str) -> float | None:
-        return self._scores.get(member)
-
-    def first(self) -> tuple[str, float] | None:
-        return (self._order[0][1], self._order[0][0]) if self._order else None
-
-    def up_to(self, max_score: float, limit: int | None = None) -> list[tuple[str, float]]:
-        """ZRANGEBYSCORE -inf max_score (LIMIT 0 limit), as (member, score)."""
-        found = self._order[: bisect_right(self._order, max_score, key=lambda entry: entry[0])]
-        if limit is not None:
-            found = found[:limit]
-        return [(member, score) for score, member in found]
-
-    def drop_up_to(self, max_score: float) -> None:
-        """ZREMRANGEBYSCORE -inf max_score."""
-        for member, _ in self.up_to(max_score):
-            self.remove(member)
-
-    def items(self) -> list[tuple[str, float]]:
-        return [(member, score) for score, member in self._order]
-
-    def members(self) -> list[str]:
-        return [member for _, member in self._order]
 
 
 def _hincrby(h: dict[str, str], name: str, by: int) -> int:
@@ -111,18 +59,20 @@ class MemoryJobStore(Planned):
         self._lock = threading.Lock()
         self._jobs: dict[str, dict[str, str]] = {}  # genq:job:{ref}
         self._batches: dict[str, dict[str, str]] = {}  # genq:batch:{batch_id}
-        self._batch_jobs: dict[str, _SortedSet] = {}  # genq:batch:{batch_id}:jobs
+        self._batch_jobs: dict[str, SortedSet] = {}  # genq:batch:{batch_id}:jobs
         self._rejected: dict[str, dict[str, str]] = {}  # genq:batch:{batch_id}:rejected
-        self._batch_order = _SortedSet()  # genq:batches
-        self._due = _SortedSet()  # genq:due
-        self._queues: dict[str, _SortedSet] = {}  # genq:wait:{model}
+        self._batch_order = SortedSet()  # genq:batches
+        self._finished = SortedSet()  # genq:finished
+        self._batches_done = SortedSet()  # genq:batches:done
+        self._due = SortedSet()  # genq:due
+        self._queues: dict[str, SortedSet] = {}  # genq:wait:{model}
         self._clocks: dict[str, str] = {}  # genq:wait:{model}:clock
         self._counts: dict[str, int] = {}  # genq:counts
         self._inflight: dict[str, int] = {}  # genq:inflight
         self._paused: dict[str, str] = {}  # genq:paused
-        self._creating: dict[tuple[str, str], _SortedSet] = {}  # genq:creating:{account}:{model}
+        self._creating: dict[tuple[str, str], SortedSet] = {}  # genq:creating:{account}:{model}
         self._lost: dict[tuple[str, str], set[str]] = {}  # genq:creating:{account}:{model}:lost
-        self._owners: dict[str, str] = {}  # genq:task:{task_id} (no TTL here)
+        self._owners: dict[str, str] = {}  # genq:task:{task_id} (no TTL here: purged with its job)
         self._events: deque[tuple[str, dict[str, str]]] = deque(maxlen=event_stream_maxlen)  # the event stream
         self._last_entry = (0, 0)
 
@@ -140,13 +90,18 @@ class MemoryJobStore(Planned):
                 h["created_at"] = repr(now)
             h.update({"sealed": "0", "source": source, "priority": repr(priority)})
             self._batch_order.add(batch_id, now, nx=True)
+            self._batches_done.remove(batch_id)  # unsealed: not finished until it is sealed again
             return created
 
     def seal_batch(self, batch_id: str, *, now: float | None = None) -> bool:
         """No more jobs will be added. True when this finished the batch (every job already terminal)."""
         now = time.time() if now is None else now
         with self._lock:
-            self._batches.setdefault(batch_id, {})["sealed"] = "1"
+            batch = self._batches.setdefault(batch_id, {})
+            batch["sealed"] = "1"
+            if "done_at" in batch:  # `seal_batch.lua`: finished before it was reopened, indexed again as it was
+                self._batches_done.add(batch_id, float(batch["done_at"]))
+                return False
             return self._finish_batch(batch_id, repr(now), iso_time(now))
 
     def record_rejected(self, batch_id: str, line: int, field_name: str, reason: str, raw: Mapping[str, Any]) -> None:
@@ -197,13 +152,14 @@ class MemoryJobStore(Planned):
             return self._jobs[new.ref].get("status")
         batch_id, job_id = refs.split_ref(new.ref)
         record = self._jobs[new.ref] = {name: str(value) for name, value in new.record.items()}
-        self._batch_jobs.setdefault(batch_id, _SortedSet()).add(job_id, float(new.line))
+        self._batch_jobs.setdefault(batch_id, SortedSet()).add(job_id, float(new.line))
         status = record["status"]
         batch = self._batches.setdefault(batch_id, {})
         _hincrby(batch, "total", 1)
         _hincrby(batch, "n:" + status, 1)
         self._counts[status] = self._counts.get(status, 0) + 1
         batch.pop("done_at", None)
+        self._batches_done.remove(batch_id)
         clock = float(self._clocks.get(new.model, "0"))
         base_field = "wait_base:" + new.model
         base = float(batch.get(base_field, "-1"))
@@ -211,7 +167,7 @@ class MemoryJobStore(Planned):
             base = clock
             batch[base_field] = _lua_number(base)
         position = max(base + _hincrby(batch, "wait_n:" + new.model, 1), clock)
-        self._queues.setdefault(new.model, _SortedSet()).add(new.ref, self._queue_score(batch_id, position), nx=True)
+        self._queues.setdefault(new.model, SortedSet()).add(new.ref, self._queue_score(batch_id, position), nx=True)
         return ""
 
     def get(self, ref: str) -> Job | None:
@@ -222,7 +178,7 @@ class MemoryJobStore(Planned):
     def jobs(self, batch_id: str) -> Iterator[Job]:
         """Every job of the batch, in source order (as they were when the iteration started)."""
         with self._lock:
-            members = self._batch_jobs.get(batch_id, _SortedSet()).members()
+            members = self._batch_jobs.get(batch_id, SortedSet()).members()
             found = [(ref, dict(self._jobs.get(ref, {}))) for ref in (refs.job_ref(batch_id, j) for j in members)]
         for ref, record in found:
             if record:
@@ -232,7 +188,7 @@ class MemoryJobStore(Planned):
         """Up to `count` jobs of the batch, drawn at random (ZRANDMEMBER: distinct, or with repeats when
         `count` is negative)."""
         with self._lock:
-            members = self._batch_jobs.get(batch_id, _SortedSet()).members()
+            members = self._batch_jobs.get(batch_id, SortedSet()).members()
             if count >= 0:
                 drawn = random.sample(members, min(count, len(members)))
             else:
@@ -270,7 +226,7 @@ class MemoryJobStore(Planned):
             job["due_at"] = a["due_at"]
         if queue_model is not None:
             clock = float(self._clocks.get(queue_model, "0"))
-            self._queues.setdefault(queue_model, _SortedSet()).add(ref, self._queue_score(batch_id, clock), nx=True)
+            self._queues.setdefault(queue_model, SortedSet()).add(ref, self._queue_score(batch_id, clock), nx=True)
         finished = False
         if status != target:
             terminal = set(a["terminal"])
@@ -287,10 +243,13 @@ class MemoryJobStore(Planned):
                 self._append_event(a["event"])
             if target in terminal:
                 _hincrby(batch, "terminal", 1)
+                self._finished.add(ref, float(a["now"]))
                 finished = self._finish_batch(batch_id, a["now"], a["now_iso"])
             elif status in terminal:  # revived: the batch has a job to wait for again
                 _hincrby(batch, "terminal", -1)
                 batch.pop("done_at", None)
+                self._finished.remove(ref)
+                self._batches_done.remove(batch_id)
         return 1, target, attempt, finished, status
 
     def count_crash(self, ref: str) -> int:
@@ -317,7 +276,7 @@ class MemoryJobStore(Planned):
         batch_id = refs.split_ref(ref)[0]
         with self._lock:
             clock = float(self._clocks.get(model, "0"))
-            return self._queues.setdefault(model, _SortedSet()).add(ref, self._queue_score(batch_id, clock), nx=True)
+            return self._queues.setdefault(model, SortedSet()).add(ref, self._queue_score(batch_id, clock), nx=True)
 
     def advance_clock(self, model: str, score: float) -> None:
         """`advance_clock.lua`: the queue's clock moves up to the admitted job's position (never back)."""
@@ -390,12 +349,58 @@ class MemoryJobStore(Planned):
         with self._lock:
             return Gauges(jobs=dict(self._counts), upstream=dict(self._inflight), paused=sorted(self._paused))
 
+    # --- retention (workers/retention.py) ----------------------------------------------------------
+    def purge(self, older_than_s: float, *, now: float | None = None, limit: int = 1000) -> Purged:
+        """`purge_job.lua` for each job that ended before the cut-off, then `purge_batch.lua` for each batch that
+        finished before it, up to `limit` of each."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        cutoff = (time.time() if now is None else now) - older_than_s
+        with self._lock:
+            ended = [ref for ref, _ in self._finished.up_to(cutoff, limit)]
+            jobs = sum(self._purge_job(ref) for ref in ended)
+            finished = [batch_id for batch_id, _ in self._batches_done.up_to(cutoff, limit)]
+            batches = sum(self._purge_batch(batch_id) for batch_id in finished)
+        return Purged(jobs=jobs, batches=batches, more=len(ended) == limit or len(finished) == limit)
+
+    def _purge_job(self, ref: str) -> bool:
+        """`purge_job.lua`, for a job the index holds as ended before the cut-off: True when it was removed."""
+        self._finished.remove(ref)
+        job = self._jobs.get(ref)
+        if job is not None and job.get("status") not in TERMINAL:  # indexed, yet not finished: only the entry goes
+            return False
+        batch_id, job_id = refs.split_ref(ref)
+        task_id = (job or {}).get("task_id")
+        if task_id and self._owners.get(task_id) == ref:
+            del self._owners[task_id]
+        self._batch_jobs.get(batch_id, SortedSet()).remove(job_id)
+        if job is None:
+            return False
+        del self._jobs[ref]
+        if batch_id in self._batches:
+            _hincrby(self._batches[batch_id], "purged", 1)
+        return True
+
+    def _purge_batch(self, batch_id: str) -> bool:
+        """`purge_batch.lua`, for a batch the index holds as finished before the cut-off: True when removed."""
+        batch = self._batches.get(batch_id, {})
+        if batch.get("sealed") != "1" or "done_at" not in batch:  # indexed, yet not finished: only the entry goes
+            self._batches_done.remove(batch_id)
+            return False
+        if len(self._batch_jobs.get(batch_id, ())):
+            return False
+        for held in (self._batches, self._batch_jobs, self._rejected):
+            held.pop(batch_id, None)
+        self._batch_order.remove(batch_id)
+        self._batches_done.remove(batch_id)
+        return True
+
     # --- creates in flight and task owners (reconcile.py) -----------------------------------------
     def begin_create(self, account: str, model: str, ref: str, sent_at: float) -> None:
         """Record, before it is sent, that the job's create is on its way: until its answer has recorded the
         task's owner, no reconciliation of the scope may adopt a task it could have made."""
         with self._lock:
-            creating = self._creating.setdefault((account, model), _SortedSet())
+            creating = self._creating.setdefault((account, model), SortedSet())
             creating.add(ref, sent_at)
             # A job cancelled while its create was lost never ends its entry: an hour on, nobody waits for it.
             creating.drop_up_to(sent_at - 3600)
@@ -409,14 +414,14 @@ class MemoryJobStore(Planned):
     def end_create(self, account: str, model: str, ref: str) -> None:
         """The job's create has an answer (its task's owner is recorded), or was reconciled."""
         with self._lock:
-            self._creating.get((account, model), _SortedSet()).remove(ref)
+            self._creating.get((account, model), SortedSet()).remove(ref)
             self._lost.get((account, model), set()).discard(ref)
 
     def creates_unresolved(self, account: str, model: str) -> list[tuple[str, float, bool]]:
         """Every create of the scope whose task is not settled yet: (job ref, when it was sent, whether its
         answer is known lost)."""
         with self._lock:
-            found = self._creating.get((account, model), _SortedSet()).items()
+            found = self._creating.get((account, model), SortedSet()).items()
             lost = set(self._lost.get((account, model), set()))
         return [(ref, at, ref in lost) for ref, at in found]
 
@@ -445,6 +450,7 @@ class MemoryJobStore(Planned):
         if b.get("sealed") != "1" or "done_at" in b or int(b.get("total", "0")) != int(b.get("terminal", "0")):
             return False
         b["done_at"] = now
+        self._batches_done.add(batch_id, float(now))
         counts = {k[2:]: int(v) for k, v in b.items() if k.startswith("n:") and int(v) != 0}
         data = {
             "batch_id": batch_id,

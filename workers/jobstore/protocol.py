@@ -4,6 +4,9 @@ Two implementations keep the same promises: `RedisJobStore` (the fleet's, each c
 and `MemoryJobStore` (one process: the stage tests, and anyone embedding genq without Redis). The contract
 tests (`tests/unit/test_job_store_contract.py`) run one body per promise against both.
 
+A finished job, and a sealed batch once all its jobs are gone, leave the store through `purge`, `retention_s`
+after they ended (`workers/retention.py` runs it); the bucket's manifests stay the durable record.
+
 Every change of a job's status is a `transition`, a compare-and-set on its `attempt` along the table of
 `workers/job.py`; a claim is a transition that advances the attempt, and a revival (`genq retry`) is one that
 resets the job's try and puts it back in line. In the same atomic step a transition keeps the batch's
@@ -47,6 +50,7 @@ class BatchSummary:
     terminal: int = 0
     rejected: int = 0
     sealed: bool = False
+    purged: int = 0  # jobs that ended long ago and left the store (still in `total`, `terminal` and `counts`)
     done_at: float | None = None
     created_at: float | None = None
     source: str = ""
@@ -61,6 +65,7 @@ class BatchSummary:
             terminal=int(h.get("terminal", 0)),
             rejected=int(h.get("rejected", 0)),
             sealed=h.get("sealed") == "1",
+            purged=int(h.get("purged", 0)),
             done_at=float(h["done_at"]) if h.get("done_at") else None,
             created_at=float(h["created_at"]) if h.get("created_at") else None,
             source=h.get("source", ""),
@@ -79,6 +84,15 @@ class BatchSummary:
 def in_line_order(rejected: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rejected-line records sorted by their line, as `JobStore.rejected` returns them."""
     return sorted(rejected, key=lambda r: int(r["line"]))
+
+
+@dataclass(frozen=True)
+class Purged:
+    """What one `purge` removed: finished jobs, finished batches; `more` when it stopped at its limit."""
+
+    jobs: int = 0
+    batches: int = 0
+    more: bool = False
 
 
 @dataclass(frozen=True)
@@ -208,6 +222,13 @@ class JobStore(Protocol):
         """Lift the pause; True when the account was paused."""
 
     def gauges(self) -> Gauges: ...
+
+    # --- retention (workers/retention.py) ----------------------------------------------------------
+    def purge(self, older_than_s: float, *, now: float | None = None, limit: int = 1000) -> Purged:
+        """Remove up to `limit` jobs that reached a terminal status more than `older_than_s` before `now`: each
+        job's record, its task's owner and its place in its batch (whose counters keep counting it); then up to
+        `limit` sealed batches finished before that, once none of their jobs is left: record, rejected rows and
+        place among the batches. A job or batch that is not finished is never touched. Idempotent."""
 
     # --- creates in flight and task owners (reconcile.py) -------------------------------------------
     def begin_create(self, account: str, model: str, ref: str, sent_at: float) -> None:

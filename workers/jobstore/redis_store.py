@@ -18,10 +18,10 @@ import redis
 
 from workers import refs
 from workers.events import iso_time
-from workers.job import Job, Status
+from workers.job import TERMINAL, Job, Status
 from workers.jobstore import keys
 from workers.jobstore.moves import Move, Planned, outcome
-from workers.jobstore.protocol import Applied, BatchSummary, Gauges, NewJob, in_line_order
+from workers.jobstore.protocol import Applied, BatchSummary, Gauges, NewJob, Purged, in_line_order
 
 #: Scripts that use the shared functions of `finish_batch.lua` (prepended to them).
 _WITH_SHARED = {"transition", "seal_batch", "create_job", "requeue"}
@@ -61,6 +61,8 @@ class RedisJobStore(Planned):
                 "count_crash",
                 "pause_account",
                 "push_due",
+                "purge_job",
+                "purge_batch",
             )
         }
 
@@ -79,6 +81,7 @@ class RedisJobStore(Planned):
         pipe.hsetnx(key, "created_at", now)
         pipe.hset(key, mapping={"sealed": "0", "source": source, "priority": priority})
         pipe.zadd(keys.BATCHES, {batch_id: now}, nx=True)
+        pipe.zrem(keys.BATCHES_DONE, batch_id)  # unsealed: not finished until it is sealed again
         created = pipe.execute()[0]
         return bool(created)
 
@@ -87,7 +90,7 @@ class RedisJobStore(Planned):
         now = time.time() if now is None else now
         finished = self._run(
             "seal_batch",
-            [keys.batch(batch_id), self.event_stream],
+            [keys.batch(batch_id), self.event_stream, keys.BATCHES_DONE],
             {"batch_id": batch_id, "now": repr(now), "now_iso": iso_time(now), "maxlen": str(self.event_stream_maxlen)},
         )
         return bool(finished)
@@ -136,8 +139,16 @@ class RedisJobStore(Planned):
                     keys.COUNTS,
                     keys.wait_queue(job.model),
                     keys.wait_clock(job.model),
+                    keys.BATCHES_DONE,
                 ],
-                {"ref": job.ref, "job_id": job_id, "line": str(job.line), "model": job.model, "record": job.record},
+                {
+                    "ref": job.ref,
+                    "batch_id": batch_id,
+                    "job_id": job_id,
+                    "line": str(job.line),
+                    "model": job.model,
+                    "record": job.record,
+                },
                 client=pipe,
             )
         return [Status(existing) if existing else None for existing in pipe.execute()]
@@ -201,7 +212,16 @@ class RedisJobStore(Planned):
 
     def _apply(self, move: Move, *, model: str | None = None) -> Applied:
         batch_id = move.batch_id
-        move_keys = [keys.job(move.ref), keys.batch(batch_id), keys.DUE, self.event_stream, keys.COUNTS, keys.INFLIGHT]
+        move_keys = [
+            keys.job(move.ref),
+            keys.batch(batch_id),
+            keys.DUE,
+            self.event_stream,
+            keys.COUNTS,
+            keys.INFLIGHT,
+            keys.FINISHED,
+            keys.BATCHES_DONE,
+        ]
         if move.requeue and model is not None:
             move_keys += [keys.wait_queue(model), keys.wait_clock(model)]
         answer = json.loads(self._run("transition", move_keys, move.as_arguments(self.event_stream_maxlen)))
@@ -227,6 +247,46 @@ class RedisJobStore(Planned):
             },
         )
         return bool(paused)
+
+    # --- retention (workers/retention.py) --------------------------------------------------------------
+    def purge(self, older_than_s: float, *, now: float | None = None, limit: int = 1000) -> Purged:
+        """`purge_job.lua` for each job that ended before the cut-off, then `purge_batch.lua` for each batch that
+        finished before it, up to `limit` of each, each one atomic step, in a few round trips."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        cutoff = (time.time() if now is None else now) - older_than_s
+        ended = cast(list[str], self._redis.zrangebyscore(keys.FINISHED, "-inf", cutoff, start=0, num=limit))
+        jobs = self._purge_jobs(ended, cutoff) if ended else 0
+        finished = cast(list[str], self._redis.zrangebyscore(keys.BATCHES_DONE, "-inf", cutoff, start=0, num=limit))
+        pipe = self._redis.pipeline(transaction=False)
+        for batch_id in finished:
+            batch_keys = [
+                keys.batch(batch_id),
+                keys.batch_jobs(batch_id),
+                keys.batch_rejected(batch_id),
+                keys.BATCHES,
+                keys.BATCHES_DONE,
+            ]
+            self._run("purge_batch", batch_keys, {"batch_id": batch_id, "cutoff": repr(cutoff)}, client=pipe)
+        batches = sum(pipe.execute()) if finished else 0
+        return Purged(jobs=jobs, batches=batches, more=len(ended) == limit or len(finished) == limit)
+
+    def _purge_jobs(self, ended: list[str], cutoff: float) -> int:
+        """Read the task each job names (its owner goes with it), then purge each job; how many were removed. A
+        job revived and ended again between the two has a later end: the script leaves it alone."""
+        pipe = self._redis.pipeline(transaction=False)
+        for ref in ended:
+            pipe.hget(keys.job(ref), "task_id")
+        task_ids = pipe.execute()
+        terminal = sorted(TERMINAL)
+        for ref, task_id in zip(ended, task_ids, strict=True):
+            batch_id, job_id = refs.split_ref(ref)
+            job_keys = [keys.job(ref), keys.FINISHED, keys.batch(batch_id), keys.batch_jobs(batch_id)]
+            if task_id:
+                job_keys.append(keys.task_owner(task_id))
+            arguments = {"ref": ref, "job_id": job_id, "cutoff": repr(cutoff), "terminal": terminal}
+            self._run("purge_job", job_keys, arguments, client=pipe)
+        return sum(pipe.execute())
 
     # --- creates in flight and task owners (reconcile.py) ---------------------------------------------
     def begin_create(self, account: str, model: str, ref: str, sent_at: float) -> None:

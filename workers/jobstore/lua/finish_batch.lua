@@ -1,9 +1,11 @@
 -- Shared by transition.lua and seal_batch.lua (prepended to them): when a sealed batch has every job
--- terminal, stamp it done (once) and append its CloudEvent. Returns 1 when this call finished the batch.
-local function finish_batch(batch_key, events_key, batch_id, now, now_iso, maxlen)
+-- terminal, stamp it done (once), index it among the finished batches (what the purge reads) and append its
+-- CloudEvent. Returns 1 when this call finished the batch.
+local function finish_batch(batch_key, events_key, done_key, batch_id, now, now_iso, maxlen)
   local b = redis.call('HMGET', batch_key, 'sealed', 'total', 'terminal', 'done_at')
   if b[1] ~= '1' or b[4] or tonumber(b[2] or '0') ~= tonumber(b[3] or '0') then return 0 end
   redis.call('HSET', batch_key, 'done_at', now)
+  redis.call('ZADD', done_key, tonumber(now), batch_id)
   local flat = redis.call('HGETALL', batch_key)
   local counts = {}
   for i = 1, #flat, 2 do

@@ -1,6 +1,7 @@
 -- Move one job to another status by compare-and-set, keeping every index that depends on it in the same step.
 -- KEYS: job, batch, due index, events stream, counts (jobs by status), inflight (tasks upstream per model),
---       and, for a move back into line (`requeue`), the model's wait queue and its clock.
+--       finished jobs, finished batches, and, for a move back into line (`requeue`), the model's wait queue and
+--       its clock.
 -- ARGV[1]: JSON {ref, batch_id, target, sources = [statuses it may come from], terminal = [terminal statuses],
 --   expected_attempt (absent: any), bump (claim: advance the attempt), due_at (absent: leave the due index),
 --   event (JSON of the job's event, appended when the status changes), maxlen, now, now_iso,
@@ -8,6 +9,7 @@
 -- Returns JSON {code, status, attempt, finished, previous}: code 1 applied, 0 attempt moved on, -1 no such job,
 -- -2 the status does not allow the target.
 local job_key, batch_key, due_key, events_key, counts_key, inflight_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local finished_key, done_key = KEYS[7], KEYS[8]
 local a = cjson.decode(ARGV[1])
 local function set_of(list)
   local s = {}
@@ -40,8 +42,8 @@ else
   redis.call('HSET', job_key, 'due_at', a.due_at)
 end
 if a.requeue then
-  local clock = tonumber(redis.call('GET', KEYS[8]) or '0')
-  redis.call('ZADD', KEYS[7], 'NX', queue_score(batch_key, clock), a.ref)
+  local clock = tonumber(redis.call('GET', KEYS[10]) or '0')
+  redis.call('ZADD', KEYS[9], 'NX', queue_score(batch_key, clock), a.ref)
 end
 local finished = 0
 if status ~= a.target then
@@ -61,10 +63,13 @@ if status ~= a.target then
   end
   if terminal[a.target] then
     redis.call('HINCRBY', batch_key, 'terminal', 1)
-    finished = finish_batch(batch_key, events_key, a.batch_id, a.now, a.now_iso, a.maxlen)
+    redis.call('ZADD', finished_key, tonumber(a.now), a.ref)
+    finished = finish_batch(batch_key, events_key, done_key, a.batch_id, a.now, a.now_iso, a.maxlen)
   elseif terminal[status] then  -- revived: the batch has a job to wait for again
     redis.call('HINCRBY', batch_key, 'terminal', -1)
     redis.call('HDEL', batch_key, 'done_at')
+    redis.call('ZREM', finished_key, a.ref)
+    redis.call('ZREM', done_key, a.batch_id)
   end
 end
 return reply(1, a.target, attempt, finished, status)
