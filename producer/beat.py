@@ -9,6 +9,7 @@ as Redis answers again.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,7 +47,15 @@ def run_beat(celery: Celery, redis_url: str, say: Callable[[str], None]) -> None
             failures = 1 if time.monotonic() - started > 60 else failures + 1
             delay_s = min(30.0, 2.0**failures)
             say(f"beat lost Redis ({type(exc).__name__}); starting again in {delay_s:.0f} s")
+            # Beat's own SIGTERM handler (installed by the run that just ended) would sync its schedule to the
+            # Redis that is gone and hang there: between runs, a stop is a plain exit (a container's `stop` while
+            # Redis is already down must not wait out its grace period).
+            signal.signal(signal.SIGTERM, _stop_now)
             time.sleep(delay_s)
+
+
+def _stop_now(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _lock_of(service: Any) -> HeldLock | None:
