@@ -39,6 +39,20 @@ def toml_of(values: dict[str, object]) -> str:
     return "".join(f"{key} = {value(v)}\n" for key, v in values.items())
 
 
+def services_config(settings: Settings, tmp_path: Path, **extra: object) -> Path:
+    """A config file naming the test's Redis and S3 (with its keys), the state folder under `tmp_path`, and
+    `extra`; nothing else."""
+    config = tmp_path / "genq.toml"
+    keys = {
+        name: secret.get_secret_value()
+        for name, secret in (("s3_access_key", settings.s3_access_key), ("s3_secret_key", settings.s3_secret_key))
+        if secret is not None
+    }
+    values = {"redis_url": settings.redis_url, "s3_endpoint": settings.s3_endpoint, **keys}
+    config.write_text(toml_of({**values, "state_dir": tmp_path / "state", **extra}))
+    return config
+
+
 def test_with_redis_down_every_command_names_it_exits_non_zero_and_starts_nothing(tmp_path: Path) -> None:
     """In the production form with nothing listening at the configured Redis, every command that uses it exits
     non-zero naming Redis and its address, and nothing is started (no state folder, nothing on the ports)."""
@@ -91,18 +105,7 @@ def test_without_an_api_key_the_production_form_refuses_instead_of_starting_the_
 ) -> None:
     """With Redis and S3 answering but no DashScope key, `genq batch` exits 3 naming the missing key and the way
     to the simulator (--local), and enqueues nothing."""
-    config = tmp_path / "genq.toml"
-    config.write_text(
-        toml_of(
-            {
-                "redis_url": settings.redis_url,
-                "s3_endpoint": settings.s3_endpoint,
-                "s3_access_key": settings.s3_access_key.get_secret_value() if settings.s3_access_key else "",
-                "s3_secret_key": settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else "",
-                "state_dir": tmp_path / "state",
-            }
-        )
-    )
+    config = services_config(settings, tmp_path)
     done = genq("batch", str(SAMPLE), "--config", str(config), env=bare_env(DASHSCOPE_API_KEY=""), cwd=tmp_path)
     assert done.returncode == 3, done.stdout + done.stderr
     assert "no DashScope API key" in done.stderr and "--local" in done.stderr
@@ -115,25 +118,14 @@ def test_a_config_file_that_moves_redis_reaches_every_task_of_the_worker(setting
     every stage on that Redis: the follow-ups its tasks send (polls, finalizes) reach it, so a batch sent with
     the same file ends with every accepted job succeeded."""
     assert not is_listening("127.0.0.1", 6379), "something listens on the default Redis port: the test needs it free"
-    host = settings.dashscope_base_url or ""
-    config = tmp_path / "genq.toml"
-    config.write_text(
-        toml_of(
-            {
-                "redis_url": settings.redis_url,
-                "s3_endpoint": settings.s3_endpoint,
-                "s3_access_key": settings.s3_access_key.get_secret_value() if settings.s3_access_key else "",
-                "s3_secret_key": settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else "",
-                "bucket": settings.bucket,
-                "dashscope_api_key": settings.dashscope_api_key.get_secret_value()
-                if settings.dashscope_api_key
-                else "",
-                "dashscope_base_url": host,
-                "result_hosts": list(settings.result_hosts),
-                "require_https_results": False,
-                "state_dir": tmp_path / "state",
-            }
-        )
+    config = services_config(
+        settings,
+        tmp_path,
+        bucket=settings.bucket,
+        dashscope_api_key=settings.dashscope_api_key.get_secret_value() if settings.dashscope_api_key else "",
+        dashscope_base_url=settings.dashscope_base_url or "",
+        result_hosts=list(settings.result_hosts),
+        require_https_results=False,
     )
     worker = ManagedProcess(
         "worker",
