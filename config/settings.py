@@ -74,6 +74,10 @@ def webhook_key(secret: str) -> bytes:
     return key
 
 
+#: How long before the purge a webhook delivery must have been given up (events are collected within seconds).
+WEBHOOK_PURGE_MARGIN_S = 3600.0
+#: The longest retention genq accepts (ten years): beyond it a cut-off is no longer a date.
+MAX_RETENTION_S = 10 * 365 * 86400.0
 #: The shortest retention of finished jobs (`Settings.retention_s`, `genq purge`): a task and its result URLs live
 #: 24 h upstream, and while they do a job's record is what keeps genq from paying twice for the same request (a
 #: resent request or CSV row finds its job) and from adopting the job's task for another job; plus an hour.
@@ -208,6 +212,8 @@ class Settings(BaseSettings):
         description="How long a finished job, and a finished batch, stay in Redis after they ended; then the purge "
         "removes them (the bucket's manifests stay). At least 25 h: a task and its result URLs live 24 h upstream, "
         "and a job's records are what stops genq from paying twice for the same request during that time.",
+        allow_inf_nan=False,
+        le=MAX_RETENTION_S,
     )
 
     # --- quota (workers/quota/) -----------------------------------------------------------------
@@ -368,6 +374,16 @@ class Settings(BaseSettings):
                 "rediss:// for TLS, or unix:///path"
             ) from None
         return url
+
+    @model_validator(mode="after")
+    def _webhooks_delivered_before_the_purge(self) -> Settings:
+        # A batch's own webhook is read from its record at delivery: the record must outlive every try.
+        if self.webhook_give_up_s > self.retention_s - WEBHOOK_PURGE_MARGIN_S:
+            raise ValueError(
+                "webhook_give_up_s must end at least 1 h before retention_s: a batch's own webhook (--webhook) is "
+                "read from its record, which the purge removes after retention_s"
+            )
+        return self
 
     @model_validator(mode="after")
     def _known_region(self) -> Settings:

@@ -9,6 +9,7 @@ than 25 h: `config.settings.MIN_RETENTION_S`.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -42,6 +43,8 @@ def purge_finished(
     """Remove every job and batch that ended more than `older_than_s` before `now` (one cut-off for the whole
     run), chunk by chunk, until none is left or `budget` jobs were removed (None: no budget)."""
     now = time.time() if now is None else now
+    if not (math.isfinite(older_than_s) and math.isfinite(now)):  # NaN would match every job
+        raise ValueError(f"a purge needs a finite age and time, got {older_than_s!r} and {now!r}")
     report = PurgeReport(cutoff=now - older_than_s)
     while True:
         limit = chunk if budget is None else min(chunk, budget - report.jobs)

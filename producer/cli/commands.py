@@ -21,7 +21,7 @@ import typer
 from rich.table import Table
 
 from config.celery_app import create_app
-from config.settings import MIN_RETENTION_S, Settings
+from config.settings import MAX_RETENTION_S, MIN_RETENTION_S, Settings
 from producer.cli import common
 from producer.cli.batch_command import batch
 from producer.cli.common import ConfigOption, LocalOption, fail, settings_for
@@ -239,7 +239,7 @@ def resume(
 
 #: Seconds per unit of a duration (`genq purge --older-than 36h`); no unit: seconds.
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
+_DURATION = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,6})?)\s*([smhd]?)")
 
 
 def _duration_s(text: str) -> float:
@@ -247,7 +247,10 @@ def _duration_s(text: str) -> float:
     found = _DURATION.fullmatch(text.strip().lower())
     if found is None:
         raise fail(f"--older-than {text!r} is not a duration (e.g. 36h, 3d, 90m, or seconds)", 2)
-    return float(found[1]) * _DURATION_UNITS[found[2]]
+    seconds = float(found[1]) * _DURATION_UNITS[found[2]]
+    if seconds > MAX_RETENTION_S:
+        raise fail(f"--older-than {text!r} is more than ten years", 2)
+    return seconds
 
 
 def purge(
@@ -259,24 +262,21 @@ def purge(
             show_default=False,
         ),
     ] = None,
-    force: Annotated[
-        bool, typer.Option(help="Allow --older-than under 25 h, while tasks and result URLs may still live.")
-    ] = False,
     config: ConfigOption = None,
     local: LocalOption = False,
 ) -> None:
     """Remove finished jobs, and finished batches with none of their jobs left, that ended longer ago than
     --older-than from Redis (beat does the same with GENQ_RETENTION_S every few minutes); their manifests and
-    results stay in the bucket. Under 25 h is refused without --force: a task and its result URLs live 24 h
+    results stay in the bucket. Under 25 h is refused, with no override: a task and its result URLs live 24 h
     upstream, and a job's record is what stops genq from paying twice for the same request meanwhile."""
     settings = settings_for(config, local=local or None)
     older_than_s = settings.retention_s if older_than is None else _duration_s(older_than)
-    if older_than_s < MIN_RETENTION_S and not force:
+    if older_than_s < MIN_RETENTION_S:
         raise fail(
             f"refusing to purge jobs that ended less than 25 h ago (--older-than {older_than}): a task and its "
             "result URLs live 24 h upstream, and until then a job's record is what stops genq from paying twice for "
-            "the same request (a resent request or CSV row finds its job instead of sending it again); add --force "
-            "to purge anyway",
+            "the same request (a resent request or CSV row finds its job instead of sending it again), and a task that "
+            "may still run would lose its owner",
             2,
         )
     with local_services(settings, s3=False, dashscope=False) as services:

@@ -211,6 +211,8 @@ VIDEO = {"video_url": "https://h/v.mp4"}
         ("SUCCEEDED", IMAGES, {"image_count": 2}, Kind.IMAGE, 2.0),
         ("SUCCEEDED", IMAGES, {}, Kind.IMAGE, 2.0),  # no usage: the images that came back
         ("SUCCEEDED", IMAGES, {"image_count": "2"}, Kind.IMAGE, 2.0),  # not a number: the same
+        ("SUCCEEDED", IMAGES, {"image_count": float("inf")}, Kind.IMAGE, 2.0),  # not finite: the same
+        ("SUCCEEDED", IMAGES, {"image_count": 10**6}, Kind.IMAGE, 3.0),  # never more than the answer's entries
         ("SUCCEEDED", VIDEO, {"video_count": 1, "video_duration": 10, "video_ratio": "1280*720"}, Kind.VIDEO, 10.0),
         ("SUCCEEDED", VIDEO, {"video_count": 1}, Kind.VIDEO, 5.0),  # no duration: the one asked for
         ("FAILED", {"code": "InternalError.Algo"}, {"image_count": 0}, Kind.IMAGE, 0.0),
@@ -220,8 +222,9 @@ VIDEO = {"video_url": "https://h/v.mp4"}
 def test_billed_units_are_images_or_seconds_of_video_from_the_usage(
     status: str, output: dict[str, object], usage: dict[str, object], kind: Kind, units: float
 ) -> None:
-    """A succeeded task bills `usage.image_count` images or `usage.video_duration` seconds (without them: its
-    result URLs, or the duration asked for); a task that did not succeed bills nothing."""
+    """A succeeded task bills `usage.image_count` images (at most as many as its answer has entries) or
+    `usage.video_duration` seconds (without a finite figure: its result URLs, or the duration asked for); a task
+    that did not succeed bills nothing."""
     body = {"output": {"task_id": "t", "task_status": status, **output}, "usage": usage}
     assert parse_task(body).billed_units(kind, requested_duration_s=5) == units
 

@@ -171,3 +171,18 @@ def test_the_configuration_celery_shows_holds_no_redis_password() -> None:
     shown = repr(filter_hidden_settings(celery_config(settings)))
     assert "TopSecretPw" not in shown and "redis:6379" in shown
     assert "TopSecretPw" in beat_config(settings)["redbeat_redis_url"]
+
+
+@pytest.mark.parametrize("seconds", [float("nan"), float("inf"), 1e309, 3600.0, 11 * 365 * 86400.0])
+def test_a_retention_that_is_not_a_usable_age_is_refused(seconds: float) -> None:
+    """retention_s must be a finite number of seconds between 25 h and ten years: NaN would match every job."""
+    with pytest.raises(ConfigInvalid, match="retention_s"):
+        load_settings(retention_s=seconds)
+
+
+def test_webhook_tries_must_end_before_the_purge_removes_the_batch() -> None:
+    """A webhook give-up later than the retention (less an hour) is refused: the batch's own webhook would be
+    purged while its events still wait for delivery."""
+    with pytest.raises(ConfigInvalid, match="webhook_give_up_s"):
+        load_settings(retention_s=90000, webhook_give_up_s=90000)
+    assert load_settings(retention_s=90000).webhook_give_up_s == 86400

@@ -7,6 +7,7 @@ reads a `GET /tasks` page. Both are total: an answer of any other shape raises `
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -96,7 +97,8 @@ class TaskState:
             return 0.0
         if kind is Kind.VIDEO:
             return _count(self.usage.get("video_duration"), float(requested_duration_s or 0) if self.urls else 0.0)
-        return _count(self.usage.get("image_count"), float(len(self.urls)))
+        # No more images than the answer has entries: a figure beyond that is not the service's bill.
+        return min(_count(self.usage.get("image_count"), float(len(self.urls))), float(len(self.results)))
 
     def upstream_times(self) -> dict[str, str]:
         times = {"submit_time": self.submit_time, "scheduled_time": self.scheduled_time, "end_time": self.end_time}
@@ -108,8 +110,8 @@ class MalformedAnswer(ValueError):
 
 
 def _count(value: Any, fallback: float) -> float:
-    """A usage figure: a non-negative number (not a bool), else `fallback`."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+    """A usage figure: a finite non-negative number (not a bool), else `fallback`."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
         return float(value)
     return fallback
 
