@@ -17,12 +17,13 @@ from workers.runtime import Runtime
 
 
 def test_finished_jobs_leave_redis_after_the_retention_and_their_manifests_stay(runtime: Runtime) -> None:
-    """Three jobs of a batch end succeeded (a fourth row was rejected); a purge one minute short of the retention
+    """Three jobs of a batch end succeeded (a fourth row was rejected); a purge whose cut-off is before they ended
     removes nothing; one past it removes the three jobs, their task owners and the batch with its rejected row from
     Redis, while every object and manifest is still in the bucket, and a job whose task runs upstream and one
     waiting for a slot are untouched, record for record."""
     rt, redis = runtime, raw_redis(runtime.settings)
     rows = [{"id": f"j{i}", "prompt": f"a lighthouse, take {i}"} for i in range(3)]
+    before = time.time()  # every job of the batch ends after this
     run(rt, enqueue(rt, *rows, {"id": "bad", "prompt": "a lighthouse", "n": "9"}, batch_id="done"), timeout_s=60)
     assert [r["line"] for r in rt.store.rejected("done")] == [5]
     finished = [job for job in rt.store.jobs("done")]
@@ -41,7 +42,7 @@ def test_finished_jobs_leave_redis_after_the_retention_and_their_manifests_stay(
     assert {record["status"] for record in live.values()} == {"submitted", "accepted"}
 
     retention = rt.settings.retention_s
-    early = purge_finished(rt.store, retention, now=time.time() + retention - 60)
+    early = purge_finished(rt.store, retention, now=before + retention - 1)  # a cut-off before every end
     assert (early.jobs, early.batches) == (0, 0)
     report = purge_finished(rt.store, retention, now=time.time() + retention + 60)
     assert (report.jobs, report.batches, report.complete) == (3, 1, True)
