@@ -70,11 +70,11 @@ def ensure_base() -> None:
             timeout=900,
         )
         shutil.rmtree(root / "var" / "cache" / "apt" / "archives", ignore_errors=True)
-        tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
-        subprocess.run(
-            ["podman", "import", "-", BASE], stdin=tar.stdout, env=engine_env(), check=True, capture_output=True
-        )
-        if tar.wait() != 0:
+        with subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE) as tar:
+            subprocess.run(
+                ["podman", "import", "-", BASE], stdin=tar.stdout, env=engine_env(), check=True, capture_output=True
+            )
+        if tar.returncode != 0:
             raise RuntimeError("tar of the debootstrap root failed")
 
 
