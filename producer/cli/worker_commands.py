@@ -9,17 +9,21 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from minio.error import S3Error
 from rich.text import Text
 
 from config.celery_app import beat_config, configure, create_app
 from producer.beat import run_beat
 from producer.cli import common
-from producer.cli.common import ConfigOption, settings_for
+from producer.cli.common import ConfigOption, fail, settings_for
 from producer.cli.display import styled
 from producer.cli.services import require
 from workers.bucket import ResultBucket, make_minio
 from workers.errors import StorageError
 from workers.webhook_signing import unsigned_warning
+
+#: What an S3 server answers to keys it does not accept: a worker with them could store no result.
+S3_REFUSALS = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"})
 
 
 def worker(
@@ -51,6 +55,9 @@ def worker(
     try:
         ResultBucket(make_minio(settings), settings.bucket).ensure_bucket()  # genq creates its bucket at start
     except StorageError as exc:
+        refusal = exc.__cause__.code if isinstance(exc.__cause__, S3Error) else None
+        if refusal in S3_REFUSALS:  # wrong keys: every result would fail to be stored, so do not start
+            raise fail(f"the S3 server at {settings.s3_endpoint} refused genq's keys ({refusal})", 3) from exc
         common.errors.print(
             styled(("warning:", "yellow"), f" could not check the bucket yet ({exc}); workers will retry")
         )

@@ -201,3 +201,18 @@ def test_redis_lost_in_the_middle_of_a_command_ends_it_with_exit_3_and_one_sente
     said = stderr.decode(errors="replace")
     assert watching.returncode == 3, said
     assert f"Redis at 127.0.0.1:{port} stopped answering" in said and "Traceback" not in said, said
+
+
+def test_a_worker_whose_s3_keys_are_refused_does_not_start(settings: Settings, tmp_path: Path) -> None:
+    """`genq worker` against an S3 server that refuses its keys exits 3 naming the refusal, instead of starting
+    and failing to store every result; the secret key is not printed."""
+    config = services_config(
+        settings,
+        tmp_path,
+        s3_secret_key="not-the-secret-key-1234",
+        dashscope_api_key="sk-not-used-0000",
+    )
+    done = genq("worker", "--config", str(config), env=bare_env(), cwd=tmp_path, timeout_s=60)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "refused genq's keys (SignatureDoesNotMatch)" in done.stderr, done.stderr
+    assert "not-the-secret-key-1234" not in done.stdout + done.stderr
