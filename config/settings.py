@@ -428,7 +428,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     """Read the settings once. `config_file` wins over `GENQ_CONFIG`. Their secrets are registered for
     redaction from every log line. Raises `ConfigInvalid` (and nothing else) for settings that cannot be used."""
     source = config_file or os.environ.get("GENQ_CONFIG") or "the environment"
-    folder = os.environ.get("GENQ_SECRETS_DIR") or (CONTAINER_SECRETS_DIR if CONTAINER_SECRETS_DIR.is_dir() else None)
+    folder = secrets_folder()
     where = f"{source} or the secrets folder {folder}" if folder else str(source)
     try:
         settings = _read(config_file, **overrides)

@@ -143,13 +143,21 @@ class RequestConsumer:
         report.add(self._answer(entries))
         return report
 
-    def run(self, stop: Callable[[], bool], on_report: Callable[[ConsumeReport], None] | None = None) -> None:
-        """Consume until `stop()`. A round that fails as a whole (Redis away, a bug of ours outside the handling
-        of one entry) is logged and tried again: its entries stay pending and are delivered again, and one that
-        keeps failing is given up after `MAX_DELIVERIES`."""
+    def run(
+        self,
+        stop: Callable[[], bool],
+        on_report: Callable[[ConsumeReport], None] | None = None,
+        on_round: Callable[[], None] | None = None,
+    ) -> None:
+        """Consume until `stop()`, calling `on_round()` as each round begins (a liveness signal). A round that
+        fails as a whole (Redis away, a bug of ours outside the handling of one entry) is logged and tried again:
+        its entries stay pending and are delivered again, and one that keeps failing is given up after
+        `MAX_DELIVERIES`."""
         self.ensure_group()
         log.info("consuming requests", stream=self.stream, group=self.group, consumer=self.consumer)
         while not stop():
+            if on_round is not None:
+                on_round()
             try:
                 report = self.step()
             except Exception:

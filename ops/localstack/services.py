@@ -7,11 +7,11 @@ import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import quote
 
 import httpx
 import redis
 
+from config.settings import redis_url_with_password
 from ops.localstack.process import ManagedProcess, StackError, free_port
 
 #: What to do when the local form's binaries are missing (the production image leaves them out on purpose).
@@ -90,8 +90,8 @@ def start_redis(data_dir: Path, port: int, log_dir: Path, *, password: str | Non
         "no",
     ]
     process = ManagedProcess("redis", argv, log_path=log_dir / "redis.log")
-    auth = f":{quote(password, safe='')}@" if password is not None else ""
-    url = f"redis://{auth}127.0.0.1:{port}/0"
+    url = f"redis://127.0.0.1:{port}/0"
+    url = redis_url_with_password(url, password) if password is not None else url
     process.wait_until(lambda: redis_ready(url), timeout_s=20, what="answering PING")
     return process
 

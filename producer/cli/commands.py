@@ -326,7 +326,7 @@ def consume(
                 )
 
         with suppress(KeyboardInterrupt):
-            consumer.run(lambda: beat_heart() or bool(stopping), progress)
+            consumer.run(lambda: bool(stopping), progress, on_round=beat_heart)
     common.console.print("stopped")
 
 

@@ -22,6 +22,7 @@ import httpx
 import typer
 
 from config.celery_app import create_app
+from config.settings import Settings
 from producer.cli.common import ConfigOption, fail, settings_for
 from producer.cli.services import redis_problem
 
@@ -39,10 +40,9 @@ class Role(StrEnum):
     sim = "sim"
 
 
-def beat_heart() -> bool:
-    """Record one round of the consumer's loop. Returns False, so that it can sit in a `stop()` check."""
+def beat_heart() -> None:
+    """Record one round of the consumer's loop."""
     HEARTBEAT_FILE.touch()
-    return False
 
 
 def health(
@@ -52,30 +52,32 @@ def health(
 ) -> None:
     """Exit 0 when this host's ROLE is healthy, else 1 with the reason (a container healthcheck)."""
     settings = settings_for(config)
-    problem: str | None = None
-    redis_missing = redis_problem(settings) if role is not Role.sim else None
-    if redis_missing is not None:
-        problem = redis_missing
-    elif role is Role.worker:
+    problem = (redis_problem(settings) if role is not Role.sim else None) or _role_problem(settings, role, port)
+    if problem is not None:
+        raise fail(f"{role.value} unhealthy: {problem}", 1)
+
+
+def _role_problem(settings: Settings, role: Role, port: int | None) -> str | None:
+    """What is wrong with the role itself (its services answer), or None."""
+    if role is Role.worker:
+        node = f"celery@{socket.gethostname()}"
         celery = create_app(settings)
         try:
-            replies = celery.control.ping(destination=[f"celery@{socket.gethostname()}"], timeout=5.0)
+            replies = celery.control.ping(destination=[node], timeout=5.0)
         finally:
             celery.close()
-        problem = None if replies else f"the worker celery@{socket.gethostname()} does not answer a ping"
-    elif role is Role.consumer:
+        return None if replies else f"the worker {node} does not answer a ping"
+    if role is Role.consumer:
         age_s = time.time() - HEARTBEAT_FILE.stat().st_mtime if HEARTBEAT_FILE.exists() else None
-        if age_s is None or age_s > HEARTBEAT_MAX_AGE_S:
-            problem = "the request loop has not gone round " + (
-                f"for {age_s:.0f} s" if age_s is not None else "since it started"
-            )
-    elif role in (Role.flower, Role.sim):
+        if age_s is None:
+            return "the request loop has not gone round since it started"
+        return f"the request loop has not gone round for {age_s:.0f} s" if age_s > HEARTBEAT_MAX_AGE_S else None
+    if role in (Role.flower, Role.sim):
         path = "/healthcheck" if role is Role.flower else "/_sim/health"
         url = f"http://127.0.0.1:{port or (5555 if role is Role.flower else 8089)}{path}"
         try:
             answered = httpx.get(url, timeout=5.0).status_code == 200
         except httpx.HTTPError:
             answered = False
-        problem = None if answered else f"{url} does not answer 200"
-    if problem is not None:
-        raise fail(f"{role.value} unhealthy: {problem}", 1)
+        return None if answered else f"{url} does not answer 200"
+    return None  # beat: a live process whose Redis answers

@@ -78,19 +78,18 @@ ANSWER_TIMEOUT_S = 5.0
 LOCAL_HINT = "(to run everything on this machine instead, add --local)"
 
 
-def unreachable(settings: Settings, *, s3: bool = True, dashscope: bool = True) -> str | None:
+def unreachable(settings: Settings, *, s3: bool = True, dashscope: bool = True, hint: bool = True) -> str | None:
     """What the production form lacks, named, or None when Redis (and, with `s3`, S3) answer and (with
     `dashscope`) an API key is set. The `--local` hint is offered only where the local form could help: a
     loopback Redis that nothing answers on."""
+    local = f" {LOCAL_HINT}" if hint and _loopback(settings) else ""
     redis_missing = redis_problem(settings)
     if redis_missing is not None:
-        hint = f" {LOCAL_HINT}" if redis_missing.startswith("Redis does not answer") and _loopback(settings) else ""
-        return redis_missing + hint
-    hint = f" {LOCAL_HINT}" if _loopback(settings) else ""
+        return redis_missing + (local if redis_missing.startswith("Redis does not answer") else "")
     if s3 and not s3_ready(settings.s3_endpoint, timeout_s=ANSWER_TIMEOUT_S, secure=settings.s3_secure):
-        return f"the S3 server does not answer at {settings.s3_endpoint} (GENQ_S3_ENDPOINT){hint}"
+        return f"the S3 server does not answer at {settings.s3_endpoint} (GENQ_S3_ENDPOINT){local}"
     if dashscope and settings.uses_simulator:
-        return f"no DashScope API key: set DASHSCOPE_API_KEY, or give it as a secrets file{hint}"
+        return f"no DashScope API key: set DASHSCOPE_API_KEY, or give it as a secrets file{local}"
     return None
 
 
@@ -122,9 +121,9 @@ def redis_problem(settings: Settings) -> str | None:
 def require(settings: Settings, *, s3: bool = True, dashscope: bool = True) -> None:
     """End a long-running command (worker, beat, flower) with exit code 3 when what it runs on is missing:
     it starts nothing, in either form."""
-    missing = unreachable(settings, s3=s3, dashscope=dashscope)
+    missing = unreachable(settings, s3=s3, dashscope=dashscope, hint=False)
     if missing is not None:
-        raise fail(missing.replace(f" {LOCAL_HINT}", ""), 3)
+        raise fail(missing, 3)
 
 
 def redis_address(url: str) -> str:
