@@ -80,6 +80,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": "submit",
         "task_routes": {
             **{f"genq.{q}": {"queue": q} for q in ("submit", "poll", "finalize")},
+            "genq.watch": {"queue": "poll"},  # a task-list watcher stands in for many polls
             "genq.sweep": {"queue": "events"},
             "genq.webhook_tick": {"queue": "events"},
             "genq.purge": {"queue": "events"},

@@ -228,6 +228,12 @@ class Settings(BaseSettings):
     rate_increase_step: float = Field(
         0.05, description="Additive increase of a throttled scope's rate factor per second of successful creates."
     )
+    slot_probe_s: float = Field(
+        60.0,
+        gt=0,
+        description="After a 429 cut a scope's slot count (an account without an upstream queue), it tries one "
+        "more slot after this long without another.",
+    )
 
     # --- the request stream (genq consume) --------------------------------------------------------
     request_stream: str = "genq:requests"
@@ -248,12 +254,38 @@ class Settings(BaseSettings):
     )
     schedule_timezone: str = Field("UTC", description="Timezone of the schedules' crontabs and of their dates.")
 
-    # --- poll policy, per model kind (workers/poll_policy.py) ----------------------------------
-    poll_first_delay_s: float = 3.0
-    poll_fast_phase_s: float = 30.0
-    poll_growth: float = 1.5
-    poll_image_cap_s: float = 30.0
-    poll_video_cap_s: float = 60.0
+    # --- poll policy (workers/poll_policy.py) and the task-list watcher (workers/watch.py) -------------
+    poll_target: float = Field(
+        0.25,
+        gt=0,
+        lt=1,
+        description="A task is polled again when the chance that it ended since the last poll reaches this "
+        "(from the learned run times); lower is sooner and costs more queries.",
+    )
+    poll_watched_target: float = Field(
+        0.98, gt=0, lt=1, description="The same while the account's task list is watched (polls are a safety net)."
+    )
+    poll_min_delay_s: float = Field(0.5, gt=0, description="Shortest wait between two polls of one task.")
+    poll_image_cap_s: float = Field(30.0, gt=0, description="Longest wait between two polls of an image task.")
+    poll_video_cap_s: float = Field(60.0, gt=0, description="Longest wait between two polls of a video task.")
+    watch_task_list: bool = Field(
+        True,
+        description="Read each account's task list (GET /tasks) to notice ended tasks with one query for many; off: "
+        "every task is polled on its own.",
+    )
+    watch_interval_s: float = Field(
+        0.75,
+        gt=0.05,
+        le=30,
+        description="How often the task list is read while a task of the account may have ended (the detection "
+        "lag is at most about this).",
+    )
+    task_list_qps: float | None = Field(
+        None,
+        gt=0,
+        description="The task list's own query budget per account, when the service gives it one; unset: it "
+        "shares the account's query_qps with the task queries.",
+    )
 
     # --- events -----------------------------------------------------------------------------------
     webhook_url: str | None = Field(None, description="Every event is also POSTed here, signed.")

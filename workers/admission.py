@@ -82,8 +82,8 @@ def dispatch(
     for account in serving(settings, model):
         if account.name in paused:
             continue
-        limit = account.limits_for(model).slot_limit
         scope = Scope(account.name, model)
+        limit = quota.slot_limit(scope, account.limits_for(model), settings, now)
         while (first := store.next_waiting(model)) is not None:
             ref, score = first
             if not quota.take_slot(scope, ref, limit=limit, lease_s=settings.slot_lease_s, now=now):

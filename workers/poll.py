@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from config.catalogue import model_spec
+from config.catalogue import CATALOGUE, model_spec
 from workers import account_pause, metrics
 from workers.admission import deadline_s, release, scope_of
 from workers.claimed import Claimed, backoff_s, claim, load_current, log
@@ -45,8 +45,10 @@ from workers.dashscope.protocol import upstream_epoch
 from workers.errors import AccountError, PermanentRemoteError, RemoteError, Throttled, TransientRemoteError
 from workers.events import job_event
 from workers.job import TASK_LIFE_S, Action, Job, Next, Status
-from workers.poll_policy import next_poll_delay_s, policy_for
+from workers.poll_policy import AccountLoad, TaskView, next_poll_delay_s, policy_for
+from workers.quota.quota import Scope
 from workers.runtime import Runtime
+from workers.watch import budget_for_polls, watching
 
 #: A claimed poll not recorded within this long is re-sent by the sweep (its worker died). Short, since a
 #: re-sent poll only costs a query: whichever delivery records second finds the attempt moved on.
@@ -69,6 +71,7 @@ def poll(rt: Runtime, ref: str, attempt: int) -> Next | None:
     if scope is not None:
         rt.quota.keep_slot(scope, job.ref, lease_s=rt.settings.slot_lease_s, now=now)
     account = rt.settings.account_settings(scope.account) if scope else rt.settings.resolved_accounts()[0]
+    watching(rt, account.name, now)  # every poll makes sure the account's task list is watched
     wait_s = rt.quota.query_wait_s(account.name, account.query_qps, now, rt.rng)
     if wait_s > 0:
         # The account's query budget is spent for now: not a poll, not an error.
@@ -130,18 +133,24 @@ def _unanswered(claimed: Claimed, exc: RemoteError, *, errors: int, slow: bool) 
     return claimed.stay(Action.POLL, delay, fields={"poll_errors": errors})
 
 
-def _observe_upstream(job: Job, state: TaskState, now: float) -> None:
-    """Queue time, run time and how late genq noticed the end, from the service's own timestamps."""
+def _observe_upstream(rt: Runtime, job: Job, state: TaskState, now: float) -> None:
+    """Queue time, run time and how late genq noticed the end, from the service's own timestamps: for the
+    metrics, and (of a task that succeeded) as what the scope's tasks take (`workers/durations.py`)."""
     submitted, scheduled, ended = (
         upstream_epoch(t or "") for t in (state.submit_time, state.scheduled_time, state.end_time)
     )
     scope = {"account": job.account or "", "model": job.request.model}
+    queue_s = run_s = None
     if submitted is not None and scheduled is not None:
-        metrics.UPSTREAM_QUEUE.labels(**scope).observe(max(0.0, scheduled - submitted))
+        queue_s = max(0.0, scheduled - submitted)
+        metrics.UPSTREAM_QUEUE.labels(**scope).observe(queue_s)
     if scheduled is not None and ended is not None:
-        metrics.UPSTREAM_RUN.labels(**scope).observe(max(0.0, ended - scheduled))
+        run_s = max(0.0, ended - scheduled)
+        metrics.UPSTREAM_RUN.labels(**scope).observe(run_s)
     if ended is not None:
         metrics.DETECTION_LAG.labels(**scope).observe(max(0.0, now - ended))
+    if state.status == "SUCCEEDED" and job.account:
+        rt.durations.record(job.account, job.request.model, run_s=run_s, queue_s=queue_s, now=now)
 
 
 def _on_state(claimed: Claimed, state: TaskState) -> Next | None:
@@ -151,10 +160,10 @@ def _on_state(claimed: Claimed, state: TaskState) -> Next | None:
         upstream.update(unknown_seen=0, unknown_first_at="")
     match state.status:
         case "SUCCEEDED":
-            _observe_upstream(claimed.job, state, claimed.now)
+            _observe_upstream(claimed.rt, claimed.job, state, claimed.now)
             return _on_succeeded(claimed, state, upstream)
         case "FAILED":
-            _observe_upstream(claimed.job, state, claimed.now)
+            _observe_upstream(claimed.rt, claimed.job, state, claimed.now)
             return _on_failed(claimed, state, upstream)
         case "CANCELED":
             claimed.end(Status.CANCELED, code="Canceled", message="the task was canceled upstream", fields=upstream)
@@ -172,14 +181,39 @@ def _on_not_ended(claimed: Claimed, state: TaskState, upstream: dict[str, Any]) 
             return _overdue(claimed, upstream)
         return _cancel_at_deadline(claimed, upstream)
     status = Status.RUNNING if state.status == "RUNNING" else job.status
-    delay = next_poll_delay_s(
-        policy_for(rt.settings, model_spec(job.request.model).kind),
-        elapsed_s=now - (job.submitted_at or now),
-        previous_delay_s=job.poll_delay_s,
-        remaining_s=job.deadline_at - now,
-        rng=rt.rng,
-    )
+    delay = poll_delay_s(rt, job, state.status, upstream_epoch(state.scheduled_time or ""), now)
     return claimed.again(status, Action.POLL, delay, fields={**upstream, "poll_delay_s": delay})
+
+
+def poll_delay_s(rt: Runtime, job: Job, status: str, scheduled_at: float | None, now: float) -> float:
+    """When the job's task is next polled (`workers/poll_policy.py`), from what is known of it, of its scope's
+    tasks, and of its account's load."""
+    account = job.account or rt.settings.resolved_accounts()[0].name
+    kind = model_spec(job.request.model).kind
+    task = TaskView(
+        status=status,
+        run_elapsed_s=None if scheduled_at is None else now - scheduled_at,
+        waited_s=now - (job.submitted_at or now),
+        remaining_s=job.deadline_at - now,
+    )
+    return next_poll_delay_s(
+        policy_for(rt.settings, kind),
+        task,
+        rt.durations.learned(account, job.request.model, kind, now),
+        account_load(rt, account, now),
+        rt.rng,
+    )
+
+
+def account_load(rt: Runtime, account: str, now: float) -> AccountLoad:
+    """How many of the account's tasks share its query budget, and whether its task list is watched."""
+    served = rt.settings.account_settings(account)
+    scopes = [Scope(account, m) for m in CATALOGUE if served.serves(m)]
+    return AccountLoad(
+        budget_qps=budget_for_polls(rt, account),
+        tasks_in_flight=sum(rt.quota.slots_held(scopes, now).values()),
+        watched=watching(rt, account, now),
+    )
 
 
 def _throttled_delay_s(claimed: Claimed, exc: RemoteError, *, cap_s: float) -> float:

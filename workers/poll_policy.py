@@ -1,56 +1,103 @@
-"""When to poll a task next: a pure function of how long it has run, so it is tested without a clock.
+"""When to poll a task next: a pure function of what is known about it, so it is tested without a clock.
 
-Default, from the service's own advice ("Going live"): every 3 s for the first 30 s, then growing by 1.5x
-per poll up to a cap (30 s for images, 60 s for video), with bounded jitter so a fleet's polls do not
-synchronise, and never past the job's deadline.
+A poll is worth its query when the task has likely ended since the last one. So the next poll of a task goes
+when the chance that it has ended since now reaches a *target* `p`, read off the scope's learned run time
+(`workers/durations.py`):
+- RUNNING, `a` seconds into its run: at the time `t` where `P(T <= t | T > a) = p`. Early in a run that is far
+  off (no poll is spent where nothing can have happened); near the likely end, polls come densely.
+- PENDING (or just created): it cannot end before it starts and runs, so the wait is what is left of the
+  scope's usual queue time plus the run's `p`-quantile. A task in the queue is polled rarely.
+
+How many polls that costs does not depend on the distribution: the chance of surviving each poll interval is
+`1 - p`, and `-ln S(T)` of any task is exponential with mean 1, so a task gets about `1 + 1/(-ln(1 - p))`
+polls. The account's budget (`budget_qps` shared by `tasks_in_flight`) affords `qps * mean_run / tasks` polls per
+task, so `p` is raised until that is enough: with few tasks the lag is small, with many the budget is never
+overspent and every task gets its share.
+
+When the account's task list is being watched (`workers/watch.py`: one query tells which of many tasks ended,
+and the watcher sends their poll at once), per-task polls are only a safety net: the target is
+`watched_target` and the wait is at most `cap_s`.
+
+Always: bounded jitter so a fleet's polls do not synchronise, never shorter than `min_delay_s`, at most `cap_s`
+(give or take the jitter), and never past the job's deadline (the last poll lands on it).
 """
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
 from config.catalogue import Kind
 from config.settings import Settings
+from workers.durations import Learned
 
 
 @dataclass(frozen=True)
 class PollPolicy:
-    first_delay_s: float = 3.0
-    fast_phase_s: float = 30.0
-    growth: float = 1.5
+    target: float = 0.25  # the chance that the task ended since the last poll at which the next one goes
+    watched_target: float = 0.98  # the same while the account's task list is watched (polls are a safety net)
+    min_delay_s: float = 0.5
     cap_s: float = 30.0
     jitter: float = 0.1  # +-10 %
 
-    def delay_s(self, elapsed_s: float, previous_delay_s: float | None, rng: random.Random | None = None) -> float:
-        """The delay before the next poll, given the time since submission and the last delay used."""
-        if elapsed_s < self.fast_phase_s or previous_delay_s is None:
-            base = self.first_delay_s
-        else:
-            base = min(self.cap_s, max(self.first_delay_s, previous_delay_s) * self.growth)
-        spread = base * self.jitter
-        return max(0.5, base + (rng or random).uniform(-spread, spread))
+
+@dataclass(frozen=True)
+class TaskView:
+    """What is known of one task at the moment its next poll is decided."""
+
+    status: str  # the last answer's task_status ("" before the first query)
+    run_elapsed_s: float | None  # since its scheduled_time (known once an answer said RUNNING)
+    waited_s: float  # since it was created
+    remaining_s: float  # until the job's deadline
+
+
+@dataclass(frozen=True)
+class AccountLoad:
+    """The account's side: its query budget for task polls, how many tasks share it, whether a watcher lists."""
+
+    budget_qps: float
+    tasks_in_flight: int
+    watched: bool = False
+
+
+#: The target never rises above this: even a starved budget polls a task now and then.
+MAX_TARGET = 0.99
+
+
+def poll_target(policy: PollPolicy, load: AccountLoad, learned: Learned) -> float:
+    """The chance of an end at which the next poll goes: the policy's, raised when the budget cannot afford it."""
+    target = policy.watched_target if load.watched else policy.target
+    mean_run_s = learned.run.median_s * math.exp(learned.run.sigma**2 / 2)
+    affordable = load.budget_qps * mean_run_s / max(1, load.tasks_in_flight)  # polls per task over one run
+    if affordable <= 1.01:
+        return MAX_TARGET
+    needed = 1 - math.exp(-1 / (affordable - 1))  # the p at which 1 + 1/(-ln(1 - p)) polls fit
+    return min(MAX_TARGET, max(target, needed))
+
+
+def next_poll_delay_s(
+    policy: PollPolicy, task: TaskView, learned: Learned, load: AccountLoad, rng: random.Random | None = None
+) -> float:
+    """Seconds until the task's next poll."""
+    p = poll_target(policy, load, learned)
+    if task.status == "RUNNING" and task.run_elapsed_s is not None:
+        elapsed = max(0.0, task.run_elapsed_s)
+        delay = learned.run.conditional_quantile(elapsed, p) - elapsed
+    else:
+        queue_left_s = max(0.0, learned.queue.median_s - task.waited_s)
+        delay = queue_left_s + learned.run.quantile(p)
+    delay = min(policy.cap_s, max(policy.min_delay_s, delay))
+    spread = delay * policy.jitter
+    delay = max(policy.min_delay_s, delay + (rng or random).uniform(-spread, spread))
+    return max(0.0, min(delay, task.remaining_s))
 
 
 def policy_for(settings: Settings, kind: Kind) -> PollPolicy:
     """The configured policy for a model kind (`GENQ_POLL_*`)."""
-    cap_s = settings.poll_video_cap_s if kind is Kind.VIDEO else settings.poll_image_cap_s
     return PollPolicy(
-        first_delay_s=settings.poll_first_delay_s,
-        fast_phase_s=settings.poll_fast_phase_s,
-        growth=settings.poll_growth,
-        cap_s=cap_s,
+        target=settings.poll_target,
+        watched_target=settings.poll_watched_target,
+        min_delay_s=settings.poll_min_delay_s,
+        cap_s=settings.poll_video_cap_s if kind is Kind.VIDEO else settings.poll_image_cap_s,
     )
-
-
-def next_poll_delay_s(
-    policy: PollPolicy,
-    *,
-    elapsed_s: float,
-    previous_delay_s: float | None,
-    remaining_s: float,
-    rng: random.Random | None = None,
-) -> float:
-    """The policy's delay, cut so the last poll lands at the deadline rather than after it."""
-    delay = policy.delay_s(elapsed_s, previous_delay_s, rng)
-    return max(0.0, min(delay, remaining_s))

@@ -52,14 +52,12 @@ create that made no task does not take the task of a worker killed mid-request (
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 
 from workers.claimed import log
-from workers.dashscope.protocol import ListedTask
+from workers.dashscope.protocol import ListedTask, list_time
 from workers.job import Job
 from workers.runtime import Runtime, answer_bound_s
 
-UTC8 = timezone(timedelta(hours=8))
 #: Past the lost answer, before listing: the service records a task a moment after it accepts the request.
 SLACK_S = 2.0
 
@@ -70,10 +68,6 @@ class Reconciled:
 
     task_id: str | None = None
     wait_s: float = 0.0
-
-
-def _list_time(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC8).strftime("%Y%m%d%H%M%S")
 
 
 def reconcile(rt: Runtime, job: Job, now: float) -> Reconciled:
@@ -122,7 +116,7 @@ def _listed(rt: Runtime, account: str | None, model: str, start: float, end: flo
     page = 1
     while True:
         tasks, pages = rt.client(account).list_tasks(
-            model_name=model, start_time=_list_time(start), end_time=_list_time(end + 1), page_no=page, page_size=100
+            model_name=model, start_time=list_time(start), end_time=list_time(end + 1), page_no=page, page_size=100
         )
         found += [t for t in tasks if start <= t.created_at <= end]
         if page >= pages or not tasks:

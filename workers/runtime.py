@@ -17,11 +17,13 @@ from config.celery_app import process_settings
 from config.settings import Settings
 from workers.bucket import Bucket, ResultBucket, make_minio
 from workers.dashscope import DashScopeClient
+from workers.durations import Durations, MemoryDurations, RedisDurations
 from workers.job import Next
 from workers.jobstore import JobStore, RedisJobStore
 from workers.jobstore.request_inbox import RequestInbox
 from workers.jobstore.webhook_outbox import Outbox
 from workers.quota.quota import Quota
+from workers.watch_board import MemoryWatchBoard, RedisWatchBoard, WatchBoard
 
 log = structlog.get_logger("genq.runtime")
 
@@ -31,11 +33,16 @@ def _unsent(step: Next | None) -> None:
         log.warning("no sender in this runtime; the recovery sweep will send it", ref=step.ref, action=step.action)
 
 
+def _no_watcher(account: str, token: str) -> None:
+    """Where no Celery app runs (tests of one stage): no watcher starts, and polls keep their own schedule."""
+
+
 @dataclass
 class Runtime:
     """What the stages use. `dashscope` is the first account's client; `clients` holds every account's, one
     per API key, taken in turn so that an account's creates spread over its keys. `send` publishes the
-    messages of *other* jobs a stage sets going (admissions into a slot it freed)."""
+    messages of *other* jobs a stage sets going (admissions into a slot it freed); `start_watch` sends the first
+    message of an account's task-list watcher (`workers/watch.py`)."""
 
     settings: Settings
     store: JobStore
@@ -46,6 +53,9 @@ class Runtime:
     clients: dict[str, list[DashScopeClient]] = field(default_factory=dict)
     outbox: Outbox | None = None  # the webhook outbox (Redis only); None where no webhook lane runs
     send: Callable[[Next | None], None] = _unsent
+    durations: Durations = field(default_factory=MemoryDurations)
+    watch_board: WatchBoard = field(default_factory=MemoryWatchBoard)
+    start_watch: Callable[[str, str], None] = _no_watcher
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
     _turns: dict[str, Iterator[DashScopeClient]] = field(default_factory=dict, init=False, repr=False)
@@ -139,6 +149,8 @@ def build_runtime(settings: Settings) -> Runtime:
         quota=make_quota(settings, client),
         clients=clients,
         outbox=make_outbox(settings, client),
+        durations=RedisDurations(client),
+        watch_board=RedisWatchBoard(client),
     )
 
 

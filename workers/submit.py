@@ -6,7 +6,8 @@ died mid-request) is reconciled through the task list before anything is sent ag
 The job arrives holding a slot of its account (`admission.py`); each submit renews the slot's lease. A create
 goes only when the scope's submit rate and cooldown allow it (`workers/quota/`); otherwise the job comes back
 after the wait they name, which is not a retry. A 429 is not a failure either: it pauses the scope for every
-worker, cuts its effective rate, and the job comes back after the pause. An account-level refusal pauses the
+worker, cuts its effective rate (and, on an account with no queue upstream, its slot count: the 429 may mean
+"too many tasks at once"), and the job comes back after the pause. An account-level refusal pauses the
 account for every job (`accounts.py`); the jobs of a paused account wait, except that a lost create is still
 reconciled (listing tasks creates nothing, and a task it made must be followed to its billed result).
 """
@@ -30,7 +31,7 @@ from workers.errors import (
     TransientRemoteError,
 )
 from workers.job import TASK_LIFE_S, Action, Next, Status
-from workers.poll_policy import policy_for
+from workers.poll import poll_delay_s
 from workers.quota.quota import Scope
 from workers.reconcile import reconcile
 from workers.runtime import Runtime
@@ -150,9 +151,37 @@ def _throttled(claimed: Claimed, scope: Scope, exc: RemoteError) -> Next | None:
     retry_after_s = exc.retry_after_s if isinstance(exc, Throttled) else None
     delay = rt.quota.throttled(scope, rt.settings, rt.clock(), rt.rng, retry_after_s)
     log.info("submit throttled; scope paused", ref=job.ref, code=exc.code, delay_s=round(delay, 2))
+    if _may_be_concurrency(rt, scope, exc):
+        limits = rt.settings.account_settings(scope.account).limits_for(scope.model)
+        slots = rt.quota.concurrency_refused(scope, limits, _tasks_upstream(rt, scope, job.ref), rt.clock())
+        log.info("slots of the scope cut after a 429 (no queue upstream)", scope=str(scope), slots=slots)
     # Refused, so nothing was created or paid for: it does not count as a submit.
     fields = {**SETTLED, "submits": job.submits, "throttles": job.throttles + 1}
     return claimed.again(Status.SUBMITTING, Action.SUBMIT, delay, fields=fields)
+
+
+#: Statuses of a job whose task is upstream and may still occupy the service's concurrency.
+UPSTREAM_STATUSES = frozenset({Status.SUBMITTED, Status.RUNNING, Status.OVERDUE})
+#: A learned queue time whose 90th percentile is under this says the scope's tasks never wait upstream.
+NO_QUEUE_S = 0.5
+
+
+def _may_be_concurrency(rt: Runtime, scope: Scope, exc: RemoteError) -> bool:
+    """Whether a 429 may say "too many tasks at once" rather than "too many creates per second": not a burst
+    refusal, on an account that has no queue upstream (its `server_queue_depth` is 0, or none of its recent
+    tasks waited). Where tasks queue, a task beyond the concurrency waits in PENDING instead of being refused."""
+    if exc.code.endswith("BurstRate"):
+        return False
+    if rt.settings.account_settings(scope.account).limits_for(scope.model).server_queue_depth == 0:
+        return True
+    queue = rt.durations.learned(scope.account, scope.model, model_spec(scope.model).kind, rt.clock()).queue
+    return queue.learned and queue.quantile(0.9) < NO_QUEUE_S
+
+
+def _tasks_upstream(rt: Runtime, scope: Scope, ref: str) -> int:
+    """Tasks of the scope that other jobs have upstream (created, not yet seen ended)."""
+    others = (rt.store.get(r) for r in rt.quota.slot_holders(scope, rt.clock()) if r != ref)
+    return sum(1 for j in others if j is not None and j.task_id and j.status in UPSTREAM_STATUSES)
 
 
 def _account_refused(claimed: Claimed, scope: Scope, exc: RemoteError) -> Next | None:
@@ -197,7 +226,7 @@ def _submitted(claimed: Claimed, task_id: str, request_id: str | None, scope: Sc
         # invariant, said loudly. The job follows the task its own create made.
         log.error("task already owned by another job", ref=job.ref, task_id=task_id, owner=rt.store.task_owner(task_id))
     rt.store.end_create(scope.account, scope.model, job.ref)
-    first_delay_s = policy_for(rt.settings, model_spec(job.request.model).kind).first_delay_s
+    first_delay_s = poll_delay_s(rt, job, "PENDING", None, rt.clock())
     fields = {
         **SETTLED,
         "task_id": task_id,

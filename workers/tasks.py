@@ -18,13 +18,14 @@ from config.celery_app import WEBHOOK_QUEUE, app, process_settings
 from workers.claimed import Stage, run_stage
 from workers.finalize import finalize as finalize_stage
 from workers.job import Next
-from workers.messages import publish, queued_messages
+from workers.messages import MAX_COUNTDOWN_S, publish, queued_messages
 from workers.metrics_server import process_exited, start_metrics_server
 from workers.poll import poll as poll_stage
 from workers.retention import PURGE_RUN_BUDGET, purge_finished
 from workers.runtime import Runtime, runtime
 from workers.submit import submit as submit_stage
 from workers.sweep import sweep as sweep_all
+from workers.watch import watch_round
 from workers.webhook import deliver_due, tick
 from workers.webhook_signing import unsigned_warning
 
@@ -52,10 +53,16 @@ def _send(step: Next | None) -> None:
     publish(app, step)
 
 
+def _start_watch(account: str, token: str) -> None:
+    watch.apply_async(kwargs={"account": account, "token": token})
+
+
 def _runtime() -> Runtime:
-    """This process's runtime, sending the messages of jobs a stage admits through this app."""
+    """This process's runtime, sending the messages of jobs a stage admits (and of watchers it starts) through
+    this app."""
     rt = runtime()
     rt.send = _send
+    rt.start_watch = _start_watch
     return rt
 
 
@@ -79,6 +86,17 @@ def poll(ref: str, attempt: int) -> None:
 @app.task(name="genq.finalize")
 def finalize(ref: str, attempt: int) -> None:
     _run(finalize_stage, ref, attempt)
+
+
+@app.task(name="genq.watch")
+def watch(account: str, token: str, failures: int = 0) -> None:
+    """One round of an account's task-list watcher; it sends itself again while the account has tasks in flight."""
+    with structlog.contextvars.bound_contextvars(account=account):
+        following = watch_round(_runtime(), account, token, failures=failures)
+    if following is not None:
+        delay_s, failures = following
+        kwargs = {"account": account, "token": token, "failures": failures}
+        watch.apply_async(kwargs=kwargs, countdown=min(max(0.0, delay_s), MAX_COUNTDOWN_S))
 
 
 @app.task(name="genq.sweep")

@@ -1,51 +1,131 @@
-"""The poll policy as a pure function: 3 s for 30 s, then x1.5 to a cap per kind, jitter, deadline."""
+"""The poll schedule as a pure function of what is known: prior only, learned durations, the budget, the deadline."""
 
 from __future__ import annotations
 
+import math
 import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from config.catalogue import Kind
 from config.settings import Settings
-from workers.poll_policy import PollPolicy, next_poll_delay_s, policy_for
+from workers.durations import PRIORS, QUEUE_PRIOR, Duration, Learned
+from workers.poll_policy import AccountLoad, PollPolicy, TaskView, next_poll_delay_s, poll_target, policy_for
 
-IMAGE = policy_for(Settings(), Kind.IMAGE)
-VIDEO = policy_for(Settings(), Kind.VIDEO)
-
-
-def test_every_three_seconds_during_the_first_thirty() -> None:
-    """Within the first 30 s every delay is 3 s, give or take the 10 % jitter."""
-    rng = random.Random(1)
-    for elapsed in (0, 3, 15, 29.9):
-        delay = next_poll_delay_s(IMAGE, elapsed_s=elapsed, previous_delay_s=3.0, remaining_s=600, rng=rng)
-        assert 2.7 <= delay <= 3.3
+IMAGE = PollPolicy(jitter=0.0)
+PRIOR = Learned(run=PRIORS[Kind.IMAGE], queue=QUEUE_PRIOR)
+#: A scope whose tasks were seen to run ~20 s (sigma 0.3) and never to wait.
+LEARNED = Learned(run=Duration(20.0, 0.3, weight=40), queue=Duration(0.05, 0.1, weight=40))
+FEW = AccountLoad(budget_qps=18.0, tasks_in_flight=5)
 
 
-def test_grows_by_half_then_caps_per_kind() -> None:
-    """After 30 s each delay is 1.5x the last, up to 30 s for images and 60 s for video."""
-    policy = PollPolicy(jitter=0.0)
-    assert policy.delay_s(31, 3.0) == 4.5
-    assert policy.delay_s(40, 4.5) == 6.75
-    assert PollPolicy(cap_s=IMAGE.cap_s, jitter=0.0).delay_s(500, 29.0) == 30.0
-    assert PollPolicy(cap_s=VIDEO.cap_s, jitter=0.0).delay_s(500, 59.0) == 60.0
+def running(elapsed_s: float, remaining_s: float = 600.0) -> TaskView:
+    return TaskView(status="RUNNING", run_elapsed_s=elapsed_s, waited_s=elapsed_s, remaining_s=remaining_s)
 
 
-def test_jitter_is_bounded_and_never_zero() -> None:
-    """Jitter stays within +-10 % and a delay is never below half a second."""
-    rng = random.Random(7)
-    delays = [IMAGE.delay_s(100, 30.0, rng) for _ in range(500)]
-    assert min(delays) >= 27.0 and max(delays) <= 33.0
-    assert len(set(delays)) > 400  # really jittered
-    assert PollPolicy(first_delay_s=0.1).delay_s(0, None) >= 0.5
+def ended_by(learned: Learned, elapsed_s: float, delay_s: float) -> float:
+    """The chance that a task running `elapsed_s` has ended within `delay_s` more."""
+    run = learned.run
+    return (run.cdf(elapsed_s + delay_s) - run.cdf(elapsed_s)) / (1 - run.cdf(elapsed_s))
 
 
-def test_last_poll_lands_at_the_deadline() -> None:
-    """A delay is cut to the time left before the job's deadline."""
-    assert next_poll_delay_s(VIDEO, elapsed_s=300, previous_delay_s=60, remaining_s=4.0) == 4.0
-    assert next_poll_delay_s(IMAGE, elapsed_s=300, previous_delay_s=30, remaining_s=-1.0) == 0.0
+def test_prior_only_places_the_first_poll_of_a_new_task_where_the_documented_durations_put_a_quarter_of_ends() -> None:
+    """With nothing learned, a just-created task is first polled at the prior's 25 % quantile (images: ~17 s)."""
+    task = TaskView(status="PENDING", run_elapsed_s=None, waited_s=0.0, remaining_s=600.0)
+    delay = next_poll_delay_s(IMAGE, task, PRIOR, FEW)
+    assert delay == pytest.approx(QUEUE_PRIOR.median_s + PRIORS[Kind.IMAGE].quantile(0.25), rel=1e-6)
+    assert 15.0 < delay < 25.0
 
 
-def test_policy_is_configurable_per_kind() -> None:
-    """GENQ_POLL_* settings shape the policy; video and image caps differ."""
-    settings = Settings(poll_first_delay_s=5.0, poll_image_cap_s=20.0, poll_video_cap_s=90.0)
+def test_a_running_task_is_not_polled_early_in_its_run_and_densely_near_its_likely_end() -> None:
+    """Learned ~20 s runs: the first poll of a started task waits ~16 s; at 20 s into the run polls are ~1.5 s apart."""
+    first = next_poll_delay_s(IMAGE, running(0.0), LEARNED, FEW)
+    near_end = next_poll_delay_s(IMAGE, running(20.0), LEARNED, FEW)
+    assert 14.0 < first < 18.0
+    assert 0.5 <= near_end < 3.0
+    for elapsed, delay in ((0.0, first), (20.0, near_end)):
+        assert ended_by(LEARNED, elapsed, delay) == pytest.approx(IMAGE.target, abs=1e-6)
+
+
+def test_a_pending_task_waits_for_the_learned_queue_time_before_its_run_can_end() -> None:
+    """A scope whose tasks wait ~20 s in the queue: a pending task's poll waits out the queue and a quarter run."""
+    queued = Learned(run=LEARNED.run, queue=Duration(20.0, 0.2, weight=40))
+    task = TaskView(status="PENDING", run_elapsed_s=None, waited_s=5.0, remaining_s=600.0)
+    delay = next_poll_delay_s(PollPolicy(jitter=0.0, cap_s=60.0), task, queued, FEW)
+    assert delay == pytest.approx(15.0 + LEARNED.run.quantile(0.25), rel=1e-6)
+
+
+def test_a_watched_account_polls_each_task_only_as_a_safety_net() -> None:
+    """While the task list is watched, a running task's poll waits for a 98 % chance of an end, at most the cap."""
+    watched = AccountLoad(budget_qps=16.0, tasks_in_flight=5, watched=True)
+    assert poll_target(IMAGE, watched, LEARNED) == IMAGE.watched_target
+    assert next_poll_delay_s(PollPolicy(jitter=0.0, cap_s=60.0), running(0.0), LEARNED, watched) == pytest.approx(
+        LEARNED.run.quantile(0.98), rel=1e-6
+    )
+    assert next_poll_delay_s(IMAGE, running(0.0), PRIOR, watched) == IMAGE.cap_s
+
+
+def test_many_tasks_on_one_budget_raise_the_target_so_the_polls_fit_the_budget() -> None:
+    """200 tasks of ~20 s on 18 QPS: each may have ~1.9 polls per run, so the target rises until that is what it costs."""
+    crowded = AccountLoad(budget_qps=18.0, tasks_in_flight=200)
+    target = poll_target(IMAGE, crowded, LEARNED)
+    mean_run_s = LEARNED.run.median_s * math.exp(LEARNED.run.sigma**2 / 2)
+    affordable = 18.0 * mean_run_s / 200
+    assert target > IMAGE.target
+    assert 1 + 1 / -math.log(1 - target) == pytest.approx(affordable, rel=1e-6)
+    assert next_poll_delay_s(IMAGE, running(10.0), LEARNED, crowded) > next_poll_delay_s(
+        IMAGE, running(10.0), LEARNED, FEW
+    )
+
+
+def test_a_starved_budget_still_polls_each_task_now_and_then() -> None:
+    """Far more tasks than the budget can serve: the target stops at 99 % and the wait at the cap."""
+    starved = AccountLoad(budget_qps=1.0, tasks_in_flight=10_000)
+    assert poll_target(IMAGE, starved, LEARNED) == 0.99
+    assert next_poll_delay_s(IMAGE, running(0.0), LEARNED, starved) <= IMAGE.cap_s
+
+
+def test_the_last_poll_lands_on_the_deadline_not_after_it() -> None:
+    """Whatever the schedule says, a poll is never later than the job's deadline (and never in the past)."""
+    assert next_poll_delay_s(IMAGE, running(0.0, remaining_s=4.0), LEARNED, FEW) == 4.0
+    assert next_poll_delay_s(IMAGE, running(0.0, remaining_s=-1.0), LEARNED, FEW) == 0.0
+
+
+@given(
+    elapsed=st.floats(0, 10_000, allow_nan=False),
+    waited=st.floats(0, 10_000, allow_nan=False),
+    status=st.sampled_from(["PENDING", "RUNNING", "", "SUSPENDED"]),
+    median=st.floats(0.05, 5_000),
+    sigma=st.floats(0.05, 3.0),
+    tasks=st.integers(0, 100_000),
+    qps=st.floats(0.1, 1_000),
+    watched=st.booleans(),
+    seed=st.integers(0, 2**32),
+)
+def test_every_delay_is_finite_and_within_its_bounds(
+    elapsed: float,
+    waited: float,
+    status: str,
+    median: float,
+    sigma: float,
+    tasks: int,
+    qps: float,
+    watched: bool,
+    seed: int,
+) -> None:
+    """For any task, distribution and load, the delay lies between the floor and the cap plus jitter."""
+    policy = PollPolicy()
+    learned = Learned(run=Duration(median, sigma, weight=10), queue=Duration(median, sigma, weight=10))
+    task = TaskView(status=status, run_elapsed_s=elapsed, waited_s=waited, remaining_s=600.0)
+    delay = next_poll_delay_s(policy, task, learned, AccountLoad(qps, tasks, watched), random.Random(seed))
+    assert math.isfinite(delay)
+    assert policy.min_delay_s <= delay <= policy.cap_s * (1 + policy.jitter)
+
+
+def test_the_settings_choose_the_policy_per_kind() -> None:
+    """`GENQ_POLL_*` settings reach the policy; the cap is the video one for video models."""
+    settings = Settings(poll_target=0.4, poll_image_cap_s=20.0, poll_video_cap_s=90.0)
     assert policy_for(settings, Kind.IMAGE).cap_s == 20.0 and policy_for(settings, Kind.VIDEO).cap_s == 90.0
-    assert policy_for(settings, Kind.VIDEO).first_delay_s == 5.0
+    assert policy_for(settings, Kind.VIDEO).target == 0.4

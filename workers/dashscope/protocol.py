@@ -19,6 +19,11 @@ TERMINAL_UPSTREAM = frozenset({"SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN"})
 UTC8 = timezone(timedelta(hours=8))
 
 
+def list_time(epoch_s: float) -> str:
+    """An epoch as the task list's `start_time` / `end_time`: `YYYYMMDDhhmmss` in UTC+8, whole seconds."""
+    return datetime.fromtimestamp(epoch_s, UTC8).strftime("%Y%m%d%H%M%S")
+
+
 def upstream_epoch(value: str) -> float | None:
     """The service's `YYYY-MM-DD HH:MM:SS.mmm` (UTC+8) as epoch seconds; None when it is not in that form."""
     try:
@@ -200,6 +205,7 @@ def parse_task(body: Any) -> TaskState:
 class ListedTask:
     task_id: str
     created_at: float  # epoch seconds (the list's `gmt_create` is in milliseconds)
+    status: str = ""  # as listed; "" when the entry has none (reconciliation needs only the id and time)
 
 
 def parse_task_list(answer: Any) -> tuple[list[ListedTask], int]:
@@ -215,7 +221,7 @@ def parse_task_list(answer: Any) -> tuple[list[ListedTask], int]:
         created = entry.get("gmt_create") if isinstance(entry, dict) else None
         if task_id is None or isinstance(created, bool) or not isinstance(created, int | float):
             raise MalformedAnswer(f"a task list entry without task_id and gmt_create: {shown(entry)}")
-        tasks.append(ListedTask(task_id, float(created) / 1000))
+        tasks.append(ListedTask(task_id, float(created) / 1000, _text(entry.get("status")) or ""))
     return tasks, _page_count(answer.get("total_page"))
 
 

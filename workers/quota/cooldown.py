@@ -1,4 +1,4 @@
-"""The pause after a 429, seen by every worker at once, and the effective-rate factor it adapts (AIMD).
+"""The pause after a 429, seen by every worker at once, and the effective rate and slot count it adapts (AIMD).
 
 A 429 (`Throttling*`) for a scope means every worker should stop sending to it for a moment, not just the
 one that was told. `trip` sets the scope's pause to `base * 2^strikes` (capped), stretched by a random
@@ -8,7 +8,14 @@ succeeds outside a pause clears the strikes and adds `step` back to the factor, 
 to 1. So a configured limit that is too high converges on what the service allows; a right one costs
 nothing.
 
-Redis: one hash per scope with `until`, `factor`, `strikes`, `cut_at`, `raised_at` (TTL one hour).
+The slot count adapts the same way where the service refuses tasks beyond its concurrency with a 429 instead of
+queueing them (throttle mode): `cut_slots` caps the scope at the number of its tasks still upstream (what the
+service just said is its limit, or more), and the cap grows back by one slot per `slot_probe_s` (a
+probe costs at most one 429, which cuts it again). The cap is read, not stored, as it grows
+(`slot_cap + elapsed // probe`), so no worker has to raise it.
+
+Redis: one hash per scope with `until`, `factor`, `strikes`, `cut_at`, `raised_at`, `slot_cap`, `cap_at` (TTL one
+hour).
 """
 
 from __future__ import annotations
@@ -44,6 +51,13 @@ redis.call('EXPIRE', KEYS[1], ARGV[7])
 return {tostring(until_at), tostring(factor)}
 """
 
+# KEYS: the scope's hash. ARGV: now, cap, TTL.
+_CUT_SLOTS = """
+redis.call('HSET', KEYS[1], 'slot_cap', ARGV[2], 'cap_at', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 0
+"""
+
 # KEYS: the scope's hash. ARGV: now, step, TTL. Returns the factor as a string.
 _SUCCEEDED = """
 local now, step = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -62,6 +76,14 @@ return tostring(factor)
 class CooldownState:
     wait_s: float  # how long the scope is still paused (0.0: not paused)
     factor: float  # multiplies the configured submit rate (1.0: as configured)
+    slot_cap: int | None = None  # the slot count a 429 cut the scope to (None: as configured)
+    cap_at: float = 0.0  # when it was cut
+
+    def slots(self, configured: int, now: float, probe_s: float) -> int:
+        """The scope's slot count now: the cut one, plus one per `probe_s` since, at most `configured`."""
+        if self.slot_cap is None:
+            return configured
+        return min(configured, self.slot_cap + int(max(0.0, now - self.cap_at) // probe_s))
 
 
 class Cooldowns(Protocol):
@@ -74,6 +96,9 @@ class Cooldowns(Protocol):
     def state(self, key: str, now: float) -> CooldownState:
         """The scope's pause and factor at `now`."""
 
+    def cut_slots(self, key: str, now: float, *, cap: int) -> None:
+        """A create was refused for concurrency: the scope holds at most `cap` slots from now (then grows back)."""
+
 
 def _check_stretch(stretch: float) -> None:
     if not 1.0 <= stretch < 1.5:
@@ -85,6 +110,7 @@ class RedisCooldowns:
         self._redis = client
         self._trip = client.register_script(_TRIP)
         self._succeeded = client.register_script(_SUCCEEDED)
+        self._cut_slots = client.register_script(_CUT_SLOTS)
 
     def trip(self, key: str, now: float, *, base_s: float, cap_s: float, stretch: float) -> CooldownState:
         _check_stretch(stretch)
@@ -98,8 +124,14 @@ class RedisCooldowns:
         return float(self._succeeded(keys=[key], args=[repr(now), repr(step), TTL_S]))
 
     def state(self, key: str, now: float) -> CooldownState:
-        until, factor = cast(list[str | None], self._redis.hmget(key, ["until", "factor"]))
-        return CooldownState(max(0.0, float(until or 0) - now), float(factor or 1))
+        fields = ["until", "factor", "slot_cap", "cap_at"]
+        until, factor, cap, cap_at = cast(list[str | None], self._redis.hmget(key, fields))
+        return CooldownState(
+            max(0.0, float(until or 0) - now), float(factor or 1), int(cap) if cap else None, float(cap_at or 0)
+        )
+
+    def cut_slots(self, key: str, now: float, *, cap: int) -> None:
+        self._cut_slots(keys=[key], args=[repr(now), max(1, cap), TTL_S])
 
 
 @dataclass
@@ -109,6 +141,8 @@ class _Scope:
     strikes: int = 0
     cut_at: float = float("-inf")
     raised_at: float = float("-inf")
+    slot_cap: int | None = None
+    cap_at: float = 0.0
 
 
 class MemoryCooldowns:
@@ -139,4 +173,9 @@ class MemoryCooldowns:
     def state(self, key: str, now: float) -> CooldownState:
         with self._lock:
             s = self._scopes.get(key, _Scope())
-            return CooldownState(max(0.0, s.until - now), s.factor)
+            return CooldownState(max(0.0, s.until - now), s.factor, s.slot_cap, s.cap_at)
+
+    def cut_slots(self, key: str, now: float, *, cap: int) -> None:
+        with self._lock:
+            s = self._scopes.setdefault(key, _Scope())
+            s.slot_cap, s.cap_at = max(1, cap), now

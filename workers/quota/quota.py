@@ -93,6 +93,21 @@ class Quota:
         """A create of `scope` went through: let a throttled rate grow back."""
         self.cooldowns.succeeded(keys.cooldown(scope.account, scope.model), now, step=settings.rate_increase_step)
 
+    # --- slot count (throttle mode) ------------------------------------------------------------------
+    def slot_limit(self, scope: Scope, limits: ScopeLimits, settings: Settings, now: float) -> int:
+        """How many jobs of `scope` may hold a slot now: the configured count, or less after 429s for concurrency."""
+        state = self.cooldowns.state(keys.cooldown(scope.account, scope.model), now)
+        return state.slots(limits.slot_limit, now, settings.slot_probe_s)
+
+    def concurrency_refused(self, scope: Scope, limits: ScopeLimits, upstream: int, now: float) -> int:
+        """A create of `scope` got a 429 while `upstream` other tasks of it were upstream: the service's limit is
+        at most that many (it may also count tasks that ended unnoticed, so never less). An account that says it
+        has a queue upstream keeps at least its configured concurrency. Returns the new slot count."""
+        floor = 1 if limits.server_queue_depth == 0 else limits.max_concurrent
+        cap = max(floor, upstream)
+        self.cooldowns.cut_slots(keys.cooldown(scope.account, scope.model), now, cap=cap)
+        return cap
+
     # --- query budget ------------------------------------------------------------------------------
     def query_wait_s(self, account: str, qps: float, now: float, rng: random.Random) -> float:
         wait = self.budget.take(account, qps, now)
