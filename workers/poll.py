@@ -135,7 +135,7 @@ def _unanswered(claimed: Claimed, exc: RemoteError, *, errors: int, slow: bool) 
 
 def _observe_upstream(rt: Runtime, job: Job, state: TaskState, now: float) -> None:
     """Queue time, run time and how late genq noticed the end, from the service's own timestamps: for the
-    metrics, and (of a task that succeeded) as what the scope's tasks take (`workers/durations.py`)."""
+    metrics, and (of a task that succeeded) as what the scope's tasks take (`workers/quota/durations.py`)."""
     submitted, scheduled, ended = (
         upstream_epoch(t or "") for t in (state.submit_time, state.scheduled_time, state.end_time)
     )

@@ -2,7 +2,7 @@
 
 A poll is worth its query when the task has likely ended since the last one. So the next poll of a task goes
 when the chance that it has ended since now reaches a *target* `p`, read off the scope's learned run time
-(`workers/durations.py`):
+(`workers/quota/durations.py`):
 - RUNNING, `a` seconds into its run: at the time `t` where `P(T <= t | T > a) = p`. Early in a run that is far
   off (no poll is spent where nothing can have happened); near the likely end, polls come densely.
 - PENDING (or just created): it cannot end before it starts and runs, so the wait is what is left of the
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from config.catalogue import Kind
 from config.settings import Settings
-from workers.durations import Learned
+from workers.quota.durations import Learned
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,13 @@ from config.celery_app import process_settings
 from config.settings import Settings
 from workers.bucket import Bucket, ResultBucket, make_minio
 from workers.dashscope import DashScopeClient
-from workers.durations import Durations, MemoryDurations, RedisDurations
 from workers.job import Next
 from workers.jobstore import JobStore, RedisJobStore
 from workers.jobstore.request_inbox import RequestInbox
 from workers.jobstore.webhook_outbox import Outbox
+from workers.quota.durations import Durations, MemoryDurations, RedisDurations
 from workers.quota.quota import Quota
-from workers.watch_board import MemoryWatchBoard, RedisWatchBoard, WatchBoard
+from workers.quota.watch_board import MemoryWatchBoard, RedisWatchBoard, WatchBoard
 
 log = structlog.get_logger("genq.runtime")
 

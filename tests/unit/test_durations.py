@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from config.catalogue import Kind
-from workers.durations import (
+from workers.quota.durations import (
     HALF_LIFE_S,
     PRIORS,
     QUEUE_PRIOR,

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from config.catalogue import Kind
 from config.settings import Settings
-from workers.durations import PRIORS, QUEUE_PRIOR, Duration, Learned
-from workers.poll_policy import AccountLoad, PollPolicy, TaskView, next_poll_delay_s, poll_target, policy_for
+from workers.poll_policy import AccountLoad, PollPolicy, TaskView, next_poll_delay_s, policy_for, poll_target
+from workers.quota.durations import PRIORS, QUEUE_PRIOR, Duration, Learned
 
 IMAGE = PollPolicy(jitter=0.0)
 PRIOR = Learned(run=PRIORS[Kind.IMAGE], queue=QUEUE_PRIOR)
@@ -68,7 +68,7 @@ def test_a_watched_account_polls_each_task_only_as_a_safety_net() -> None:
 
 
 def test_many_tasks_on_one_budget_raise_the_target_so_the_polls_fit_the_budget() -> None:
-    """200 tasks of ~20 s on 18 QPS: each may have ~1.9 polls per run, so the target rises until that is what it costs."""
+    """200 tasks of ~20 s on 18 QPS afford ~1.9 polls per run each: the target rises until that is what it costs."""
     crowded = AccountLoad(budget_qps=18.0, tasks_in_flight=200)
     target = poll_target(IMAGE, crowded, LEARNED)
     mean_run_s = LEARNED.run.median_s * math.exp(LEARNED.run.sigma**2 / 2)
