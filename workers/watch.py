@@ -9,8 +9,8 @@ job's poll at once, carrying the job's current attempt: the poll claims the atte
 records its end; the job's own scheduled poll then finds its attempt moved on and does nothing.
 
 It lists only when an end is plausible: no task of the account can have ended before its start plus the
-shortest run the scope has shown (the learned run time's 0.5 % quantile, `workers/quota/durations.py`); before that
-the watcher sleeps. A list draws on the account's query budget like every poll (or on `task_list_qps`, when
+shortest run the scope has shown (the learned run time's 0.5 % quantile, `workers/quota/durations.py`; with
+nothing learned yet, any moment may be an end); before that the watcher sleeps. A list draws on the account's query budget like every poll (or on `task_list_qps`, when
 the service gives the list a budget of its own). Page after page, it reads the window from the oldest task in
 flight (less `WINDOW_SKEW_S`) to now, at most `MAX_PAGES` pages a round.
 
@@ -134,7 +134,8 @@ def in_flight(rt: Runtime, account: str, now: float) -> list[InFlight]:
         if not holders:
             continue
         run = rt.durations.learned(account, model, model_spec(model).kind, now).run
-        shortest_s = run.quantile(EARLIEST_END_QUANTILE)
+        # The prior is a guess from the pages: until the scope has shown its own runs, any moment may be an end.
+        shortest_s = run.quantile(EARLIEST_END_QUANTILE) if run.learned else 0.0
         for ref in holders:
             job = rt.store.get(ref)
             if job is None or not job.task_id or job.status not in HOLDS_SLOT or job.next_action is not Action.POLL:

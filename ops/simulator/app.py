@@ -293,6 +293,8 @@ class Simulator:
         if not self.engine.take_query(account, now):
             self.engine.counters["throttled_query"] += 1
             return error(429, "Throttling", "Requests rate limit exceeded, please try again later.")
+        if self.faults.fires("list_500", ""):
+            return error(500, "InternalError", "An internal error has occured, please try again later.")
         self.engine.counters["lists"] += 1
         found = self.engine.list(
             account, start=start, end=end, model=params.get("model_name"), status=params.get("status"), now=now

@@ -25,6 +25,8 @@ reports it as `faults_fired`), so a test can check that each fault it names did 
 | query_drop          | query     | the connection drops mid-answer                                       |
 | query_malformed     | query     | 200 with truncated JSON                                               |
 | query_429           | query     | 429 Throttling                                                        |
+| list_500            | list      | `GET /tasks` answers 500 InternalError (by probability only: a list   |
+|                     |           | has no prompt to carry a trigger word)                                |
 | cancel_429          | cancel    | 429 Throttling; the task is not cancelled                             |
 | cancel_503          | cancel    | 503 ModelServingError; the task is not cancelled                      |
 | cancel_refused      | cancel    | 400 UnsupportedOperation although the task is PENDING (as if it had   |
@@ -68,6 +70,7 @@ FAULTS = frozenset(
         "query_drop",
         "query_malformed",
         "query_429",
+        "list_500",
         "cancel_429",
         "cancel_503",
         "cancel_refused",

@@ -106,6 +106,16 @@ def test_query_error_answers(simulator: RunningSimulator, fault: str, status: in
     assert simulator.faults_fired() == {fault: 1}
 
 
+def test_list_500_fails_the_task_list_by_probability(simulator_factory: Callable[..., RunningSimulator]) -> None:
+    """With `list_500` at probability 1 every `GET /tasks` answers 500 InternalError, and each one is counted."""
+    sim = simulator_factory(faults={"list_500": 1.0})
+    post(sim, "a cat")
+    answer = httpx.get(f"{sim.base_url}/tasks", headers=HEADERS)
+    assert (answer.status_code, answer.json()["code"]) == (500, "InternalError")
+    assert sim.faults_fired() == {"list_500": 1}
+    assert sim.counters().get("lists", 0) == 0
+
+
 def test_query_drop_malformed_and_slow(simulator_factory: Callable[..., RunningSimulator]) -> None:
     """A query can be cut, answered with broken JSON, or answered too late for the client."""
     sim = simulator_factory(slow_response_s=1.5)

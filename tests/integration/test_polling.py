@@ -1,0 +1,169 @@
+"""Polling against the simulator: the task-list watcher sends the poll of every task that ended, lists only when an
+end is plausible, steps aside when the list fails; learned durations; the slot count adapts in throttle mode."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import httpx
+from pydantic import SecretStr
+
+from config.accounts import AccountSettings
+from config.catalogue import Kind
+from ops.localstack import LocalStack
+from producer.csv_source import CsvRow
+from tests.conftest import SIM_KEY, RunningSimulator
+from tests.stage_runner import batch_done, enqueue, publish_rows, run, wait_until
+from workers.claimed import run_stage
+from workers.dashscope.protocol import upstream_epoch
+from workers.job import Action, Next, Status
+from workers.poll import poll
+from workers.quota.quota import Scope
+from workers.runtime import Runtime
+from workers.submit import submit
+from workers.watch import watch_round, watching
+
+MODEL = "wan2.5-t2i-preview"
+ACCOUNT = "default"
+
+
+def rows(count: int, prefix: str = "j") -> list[dict[str, str]]:
+    return [{"id": f"{prefix}{i}", "prompt": f"{prefix} prompt {i}", "model": MODEL} for i in range(count)]
+
+
+def submitted(rt: Runtime, count: int) -> list[Next]:
+    """Enqueue `count` jobs and run their submits (waiting out the submit rate): their tasks are upstream;
+    returns their first polls, not run."""
+    polls = []
+    for step in enqueue(rt, *rows(count)):
+        following: Next | None = step
+        while following is not None and following.action is Action.SUBMIT:
+            time.sleep(following.delay_s)
+            following = run_stage(submit, rt, following.ref, following.attempt)
+        assert following is not None and following.action is Action.POLL
+        polls.append(following)
+    return polls
+
+
+def all_ended(sim: RunningSimulator) -> bool:
+    return all(t["status"] in {"SUCCEEDED", "FAILED"} for t in sim.engine.task_report(time.time()))
+
+
+def test_the_watcher_sends_the_poll_of_each_ended_task_once_and_leaves_when_none_is_in_flight(
+    runtime: Runtime, simulator: RunningSimulator
+) -> None:
+    """One watcher per account; one list sends a poll (at the job's current attempt) for every task that ended,
+    not again for the same attempt; the polls end the tasks; with nothing in flight the watcher leaves."""
+    started: list[tuple[str, str]] = []
+    sent: list[Next] = []
+    runtime.start_watch = lambda account, token: started.append((account, token))
+    runtime.send = lambda step: sent.append(step) if step else None
+    submitted(runtime, 4)
+    assert len(started) == 1  # the first submit started the account's watcher, the others found it
+    assert not watching(runtime, ACCOUNT, time.time()) and len(started) == 1
+    (_, token), attempts = started[0], {j.ref: j.attempt for j in runtime.store.jobs("b")}
+    wait_until(lambda: all_ended(simulator), 10, "the simulator's tasks to end")
+
+    assert watch_round(runtime, ACCOUNT, token) == (runtime.settings.watch_interval_s, 0)
+    assert sorted((s.ref, s.attempt, s.action) for s in sent) == sorted(
+        (r, a, Action.POLL) for r, a in attempts.items()
+    )
+    assert simulator.counters()["lists"] == 1
+    assert watching(runtime, ACCOUNT, time.time())  # a good round: polls count on the watcher now
+
+    watch_round(runtime, ACCOUNT, token)
+    assert len(sent) == 4  # the same attempts are not sent twice
+    assert watch_round(runtime, ACCOUNT, "another-token") is None
+
+    for step in list(sent):
+        following: Next | None = step
+        while following is not None and following.action is Action.POLL:  # a poll may wait for the query budget
+            time.sleep(min(following.delay_s, 0.5))
+            following = run_stage(poll, runtime, following.ref, following.attempt)
+    assert {j.status for j in runtime.store.jobs("b")} == {Status.DOWNLOADING}
+    assert watch_round(runtime, ACCOUNT, token) is None  # nothing in flight: it leaves the account
+    assert runtime.watch_board.read(ACCOUNT).token is None
+
+
+def test_the_watcher_does_not_list_before_any_task_can_have_ended(
+    runtime: Runtime, simulator: RunningSimulator
+) -> None:
+    """A scope whose tasks were seen to run a minute: right after the creates, the watcher sleeps, spending no query."""
+    started: list[tuple[str, str]] = []
+    runtime.start_watch = lambda account, token: started.append((account, token))
+    for _ in range(20):
+        runtime.durations.record(ACCOUNT, MODEL, run_s=60.0, queue_s=0.0, now=time.time())
+    submitted(runtime, 2)
+    delay_s, failures = watch_round(runtime, ACCOUNT, started[0][1]) or (0.0, -1)
+    assert delay_s > runtime.settings.watch_interval_s and failures == 0
+    assert simulator.counters().get("lists", 0) == 0
+
+
+def test_a_failing_task_list_leaves_each_task_to_its_own_polls(
+    runtime_factory: Callable[..., Runtime], simulator_factory: Callable[..., RunningSimulator]
+) -> None:
+    """Every list answering 500: the watcher backs off and is not counted on, and the jobs still all succeed."""
+    sim = simulator_factory(faults={"list_500": 1.0})
+    rt = runtime_factory(dashscope_base_url=sim.base_url, result_hosts=(sim.url.removeprefix("http://"),))
+    started: list[tuple[str, str]] = []
+    rt.start_watch = lambda account, token: started.append((account, token))
+    polls = submitted(rt, 3)
+    wait_until(lambda: all_ended(sim), 10, "the simulator's tasks to end")
+    first = watch_round(rt, ACCOUNT, started[0][1])
+    time.sleep(0.2)  # past the query budget's spacing, so the second round lists too
+    second = watch_round(rt, ACCOUNT, started[0][1], failures=1)
+    assert first is not None and first[1] == 1 and second is not None and second[1] == 2 and second[0] > first[0]
+    assert not watching(rt, ACCOUNT, time.time())
+    run(rt, polls, timeout_s=60)
+    assert [j.status for j in rt.store.jobs("b")] == [Status.SUCCEEDED] * 3
+    assert sim.faults_fired()["list_500"] >= 2
+
+
+def test_ended_tasks_teach_the_scope_its_run_and_queue_times(runtime: Runtime, simulator: RunningSimulator) -> None:
+    """After a batch, the scope's learned run time is the simulator's own (from its timestamps), not the prior."""
+    run(runtime, enqueue(runtime, *rows(12)), timeout_s=60)
+    learned = runtime.durations.learned(ACCOUNT, MODEL, Kind.IMAGE, time.time())
+    runs = sorted(t["end"] - t["scheduled"] for t in simulator.engine.task_report(time.time()) if "scheduled" in t)
+    assert learned.run.learned
+    if runs:  # the simulator reports when each task started running
+        assert runs[0] * 0.8 <= learned.run.median_s <= runs[-1] * 1.2
+    assert learned.run.median_s < 5.0  # the prior says 30 s; the fast profile's tasks take under 1.1 s
+
+
+def test_throttle_mode_cuts_the_slot_count_after_a_429_instead_of_meeting_one_per_task(
+    runtime_factory: Callable[..., Runtime], simulator_factory: Callable[..., RunningSimulator]
+) -> None:
+    """An account without a queue told 4 tasks at once where the service runs 2: a few 429s, not one per task."""
+    sim = simulator_factory()
+    sim.engine.configure(limits={MODEL: [5, 2]}, concurrency_mode="throttle")
+    account = AccountSettings(
+        name=ACCOUNT,
+        api_keys=(SecretStr(SIM_KEY),),
+        base_url=sim.base_url,
+        limits={MODEL: (5, 4)},
+        server_queue_depth=0,
+    )
+    rt = runtime_factory(
+        accounts=(account,), dashscope_base_url=sim.base_url, result_hosts=(sim.url.removeprefix("http://"),)
+    )
+    run(rt, enqueue(rt, *rows(16)), timeout_s=120)
+    assert [j.status for j in rt.store.jobs("b")] == [Status.SUCCEEDED] * 16
+    refused = sim.counters().get("throttled_concurrency", 0)
+    assert 1 <= refused <= 4
+    assert rt.quota.slot_limit(Scope(ACCOUNT, MODEL), account.limits_for(MODEL), rt.settings, time.time()) <= 3
+
+
+def test_workers_notice_ends_through_the_task_list(local_stack_factory: Callable[..., LocalStack]) -> None:
+    """Real workers: every job is noticed within a few seconds of its end (per-task polls alone would first look
+    ~18 s after a create, the prior's quarter), each task is queried about once, and the simulator served lists."""
+    stack = local_stack_factory(workers=1)
+    store, _ = publish_rows(stack, "watched", [CsvRow(i + 2, r) for i, r in enumerate(rows(10, "w"))])
+    wait_until(batch_done(store, "watched"), 120, "the batch to finish")
+    jobs = list(store.jobs("watched"))
+    assert [j.status for j in jobs] == [Status.SUCCEEDED] * 10
+    lags = [(j.results_at or 0) - (upstream_epoch(j.upstream.get("end_time", "")) or 0) for j in jobs]
+    assert max(lags) < 5.0, lags
+    counters = httpx.get(f"{stack.simulator_url}/_sim/counters", timeout=10).json()["counters"]
+    assert counters["lists"] > 0
+    assert counters["queries"] <= 2 * len(jobs)
