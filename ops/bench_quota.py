@@ -66,7 +66,7 @@ from producer.batch import enqueue_rows
 from producer.csv_source import CsvRow
 from workers.dashscope.protocol import upstream_epoch
 from workers.job import Next
-from workers.messages import publish, queued_messages
+from workers.messages import publish
 from workers.runtime import make_quota, make_store
 
 SIM_KEY = "bench-key-0123456789"
@@ -273,11 +273,15 @@ def worker_rss_mb(stack: LocalStack) -> float:
 
 
 def celery_messages(celery: Celery) -> int:
-    """Messages queued or delivered unacknowledged, over the stage queues (kombu's Redis lists and hash)."""
-    queued = sum(queued_messages(celery, q) for q in ("submit", "poll", "finalize", "events"))
+    """Messages queued or delivered unacknowledged, over the stage queues (kombu's Redis lists and hash).
+
+    Read on a connection of its own: through the app's pool (`workers.messages.queued_messages`), the first
+    command after the 20 s of quiet answered None (kombu 5.7, redis-py 8.1; seen 2026-12-02)."""
     with celery.connection_for_read() as connection:
-        channel: Any = connection.default_channel
-        return queued + int(channel.client.hlen("unacked"))
+        channel: Any = connection.default_channel  # kombu's Redis channel
+        client = channel.client
+        queued = sum(int(client.llen(queue)) for queue in ("submit", "poll", "finalize", "events"))
+        return queued + int(client.hlen("unacked"))
 
 
 def run_memory(workdir: Path, args: argparse.Namespace, sizes: list[int]) -> Iterator[str]:
