@@ -241,7 +241,7 @@ class Simulator:
         except Invalid as invalid:
             return invalid.response
         now = self.engine.clock()
-        if not self.engine.take_query(account, now):
+        if not self.engine.take_query(account, now, "queries"):
             self.engine.counters["throttled_query"] += 1
             return error(429, "Throttling", "Requests rate limit exceeded, please try again later.")
         self.engine.counters["queries"] += 1
@@ -290,7 +290,7 @@ class Simulator:
             return invalid.response
         except ValueError as exc:
             return error(400, "InvalidParameter", str(exc))
-        if not self.engine.take_query(account, now):
+        if not self.engine.take_query(account, now, "lists"):
             self.engine.counters["throttled_query"] += 1
             return error(429, "Throttling", "Requests rate limit exceeded, please try again later.")
         if self.faults.fires("list_500", ""):

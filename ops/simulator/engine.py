@@ -24,6 +24,7 @@ from typing import Any
 from ops.simulator.faults import FaultPlan
 from ops.simulator.models import SimModel
 from ops.simulator.profiles import PROFILES, Profile, check_concurrency_mode, check_limits
+from ops.simulator.query_budget import QueryBudget, QueryKind
 
 TIMEOUT_MESSAGE = (
     "An internal timeout error has occurred during execution, please try again later or contact service support."
@@ -137,7 +138,7 @@ class Engine:
     def reset(self) -> None:
         self.tasks: dict[str, SimTask] = {}
         self.scopes: dict[tuple[str, str], Scope] = {}
-        self.queries: dict[str, deque[float]] = {}
+        self.query_budgets: dict[str, QueryBudget] = {}
         self.counters: Counter[str] = Counter()
         self.creates_by_key_model: Counter[tuple[str, str]] = Counter()
         self.create_fingerprints: Counter[tuple[str, str]] = Counter()
@@ -191,7 +192,8 @@ class Engine:
         timing = self.config.profile.timing
         low, high = timing.video_s if model.video else timing.image_s
         if timing.distribution == "lognormal" and low > 0:
-            # Median at the geometric mean of the bounds; about 95 % of draws fall inside them.
+            # Median at the geometric mean of the bounds, which lie 2 sigma either side of it (profiles.py tells how
+            # to ask for a median and a sigma); about 95 % of draws fall inside them, the rest are clipped.
             median, sigma = math.sqrt(low * high), max(1e-9, math.log(high / low) / 4)
             seconds = min(high, max(low, self.rng.lognormvariate(math.log(median), sigma)))
         else:
@@ -212,14 +214,12 @@ class Engine:
         scope.creates.append(now)
         return None
 
-    def take_query(self, account: str, now: float) -> bool:
-        window = self.queries.setdefault(account, deque())
-        while window and window[0] <= now - 1.0:
-            window.popleft()
-        if len(window) >= self.config.query_qps:
-            return False
-        window.append(now)
-        return True
+    def take_query(self, account: str, now: float, kind: QueryKind) -> bool:
+        """Whether a task query or a list fits the account's query budget (both count against it)."""
+        budget = self.query_budgets.get(account)
+        if budget is None:
+            budget = self.query_budgets[account] = QueryBudget(self.config.query_qps)
+        return budget.take(now, kind)
 
     # --- tasks ----------------------------------------------------------------------------------
     def create(
@@ -331,6 +331,7 @@ class Engine:
                 "prompt": task.prompt,
                 "n": task.n,
                 "created": task.created,
+                "scheduled": task.scheduled,  # the start of its run (None while it waits, or if cancelled)
                 "end": task.end,
                 "status": task.status(now),
                 "failure_code": task.failure[0] if task.failure else None,
@@ -362,6 +363,9 @@ class Engine:
                 for (key, model), count in sorted(self.creates_by_key_model.items())
             ],
             "duplicate_creates": duplicates,
+            "accounts": [
+                {"account": account, **budget.report()} for account, budget in sorted(self.query_budgets.items())
+            ],
             "scopes": [
                 {
                     "account": account,

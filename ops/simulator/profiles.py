@@ -17,6 +17,10 @@ and `hostile` (faults on, tight limits, burst protection). A TOML file can start
     [faults]                      # fault name = probability per request / task (see faults.py)
     create_500 = 0.02
 
+A lognormal draw has its median at the geometric mean of [low, high] and sigma = ln(high / low) / 4, and is
+clipped to the bounds (which lie 2 sigma either side of the median). So "median m, sigma s" is
+`image_s = [m * exp(-2 s), m * exp(2 s)]`: median 20 s, sigma 0.3 is `[10.98, 36.44]` (20 e^-0.6, 20 e^0.6).
+
 An unknown key, model, fault or concurrency mode is refused with a `ProfileError` naming it.
 """
 
@@ -36,7 +40,7 @@ class Timing:
     image_s: tuple[float, float] = (10.0, 120.0)
     video_s: tuple[float, float] = (60.0, 300.0)
     prompt_extend_s: float = 3.5
-    distribution: str = "uniform"  # "uniform" | "lognormal" (median at the geometric mean, clipped)
+    distribution: str = "uniform"  # "uniform" | "lognormal" (median at the geometric mean, 2 sigma to a bound)
 
 
 @dataclass(frozen=True)

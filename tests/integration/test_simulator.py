@@ -16,6 +16,7 @@ import pytest
 
 from ops.localstack.process import free_port
 from ops.simulator.engine import Engine
+from ops.simulator.profiles import Profile, Timing
 from tests.conftest import SIM_KEY, RunningSimulator
 
 IMAGE = "/services/aigc/text2image/image-synthesis"
@@ -226,3 +227,64 @@ def test_genq_sim_runs_a_profile_file(tmp_path: Path) -> None:
     finally:
         process.terminate()
         assert process.wait(10) is not None
+
+
+def test_task_queries_and_lists_share_one_budget_and_its_peak_is_counted(simulator: RunningSimulator) -> None:
+    """Thirteen task queries and twelve lists within one second (the clock frozen) make one account's peak of 25
+    requests sent, 20 answered and 5 refused, reported per account in the counters."""
+    task_id = create(simulator, body()).json()["output"]["task_id"]
+    frozen = time.time()
+    simulator.engine.clock = lambda: frozen
+    with httpx.Client(headers={"Authorization": f"Bearer {SIM_KEY}"}) as client:
+        for i in range(25):
+            client.get(f"{simulator.base_url}/tasks" + ("" if i % 2 else f"/{task_id}"))
+    (account,) = httpx.get(f"{simulator.url}/_sim/counters").json()["accounts"]
+    assert account == {
+        "account": "default",
+        "query_qps": 20,
+        "queries": 10,
+        "lists": 10,
+        "throttled_query": 5,
+        "query_peak_1s": 25,
+        "query_peak_1s_answered": 20,
+    }
+
+
+def test_query_peak_is_the_busiest_sliding_second_not_a_calendar_second(simulator: RunningSimulator) -> None:
+    """Ten queries at 0.6 s past a whole second and ten at 1.4 s fall in two calendar seconds but within one
+    sliding second: the peak is 20; ten more a second later do not raise it."""
+    task_id = create(simulator, body()).json()["output"]["task_id"]
+    whole = float(int(time.time()))
+    now = [whole]
+    simulator.engine.clock = lambda: now[0]
+    with httpx.Client(headers={"Authorization": f"Bearer {SIM_KEY}"}) as client:
+        for offset in (0.6, 1.4, 2.5):
+            now[0] = whole + offset
+            for _ in range(10):
+                assert client.get(f"{simulator.base_url}/tasks/{task_id}").status_code == 200
+    (account,) = httpx.get(f"{simulator.url}/_sim/counters").json()["accounts"]
+    assert account["query_peak_1s"] == 20 and account["query_peak_1s_answered"] == 20
+    assert account["queries"] == 30 and account["throttled_query"] == 0
+
+
+def test_task_report_gives_when_each_task_started_to_run(simulator_factory: Callable[..., RunningSimulator]) -> None:
+    """With two slots and runs of exactly 2 s, a third task created while both run is reported without
+    `scheduled` while it waits, then as scheduled when the first slot freed, and ending 2 s later."""
+    sim = simulator_factory(profile=Profile("fixed", Timing(image_s=(2.0, 2.0), prompt_extend_s=0.0)))
+    start = time.time()
+    now = [start]
+    sim.engine.clock = lambda: now[0]
+    flash = {**body(), "model": "wan2.2-t2i-flash"}
+    first = [create(sim, {**flash, "parameters": {"n": 1, "seed": i}}).json()["output"]["task_id"] for i in (1, 2)]
+    now[0] = start + 1.0  # past the 2/s submit window
+    third = create(sim, {**flash, "parameters": {"n": 1, "seed": 3}}).json()["output"]["task_id"]
+
+    def report() -> dict[str, dict[str, Any]]:
+        return {t["task_id"]: t for t in httpx.get(f"{sim.url}/_sim/tasks").json()["tasks"]}
+
+    now[0] = start + 1.5
+    waiting = report()
+    assert [waiting[t]["scheduled"] for t in first] == [start, start] and waiting[third]["scheduled"] is None
+    now[0] = start + 5.0
+    done = report()[third]
+    assert done["created"] == start + 1.0 and done["scheduled"] == start + 2.0 and done["end"] == start + 4.0
