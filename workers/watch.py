@@ -10,9 +10,10 @@ records its end; the job's own scheduled poll then finds its attempt moved on an
 
 It lists only when an end is plausible: no task of the account can have ended before its start plus the
 shortest run the scope has shown (the learned run time's 0.5 % quantile, `workers/quota/durations.py`; with
-nothing learned yet, any moment may be an end); before that the watcher sleeps. A list draws on the account's query budget like every poll (or on `task_list_qps`, when
-the service gives the list a budget of its own). Page after page, it reads the window from the oldest task in
-flight (less `WINDOW_SKEW_S`) to now, at most `MAX_PAGES` pages a round.
+nothing learned yet, any moment may be an end); before that the watcher sleeps. A list draws on the account's
+query budget like every poll (or on `task_list_qps`, when the service gives the list a budget of its own).
+Page after page, it reads the window from the oldest task in flight (less `WINDOW_SKEW_S`) to now, at most
+`MAX_PAGES` pages a round.
 
 What genq trusts, and what happens without it:
 - the list's `status` of a task: an end it shows sends the task's poll; the poll's own answer is what is

@@ -6,7 +6,8 @@ worker, the newest `SAMPLES_KEPT` per scope. The estimate is a log-normal fitted
 and the median absolute deviation of the logs, so one task stuck for ten minutes moves nothing) with weights
 that halve every `HALF_LIFE_S` (a slower afternoon is learned within minutes). Until enough is known the
 documented advice is the prior ("images take 10 s to 2 min", "videos 1 to 5 min"): it is blended in as
-`PRIOR_WEIGHT` samples' worth, so three tasks seen already count for more than the pages.
+`PRIOR_WEIGHT` samples' worth, fading to nothing once `ENOUGH_SAMPLES` are known, so a handful of tasks seen count
+for more than the pages.
 
 `estimate` is a pure function of the samples and the time; the stores only keep samples.
 """
@@ -30,8 +31,9 @@ from workers.jobstore import keys
 SAMPLES_KEPT = 64
 #: A sample's weight halves every this many seconds.
 HALF_LIFE_S = 600.0
-#: The prior counts as this many fresh samples.
+#: The prior counts as this many fresh samples, while fewer than `ENOUGH_SAMPLES` are known.
 PRIOR_WEIGHT = 2.0
+ENOUGH_SAMPLES = 5.0
 #: The spread never falls below this (log-space): durations measured to the millisecond are not that exact.
 SIGMA_FLOOR = 0.05
 #: Samples live this long in Redis without a new one.
@@ -92,8 +94,10 @@ def estimate(samples: Sequence[Sample], prior: Duration, now: float) -> Duration
         return prior
     centre = _weighted_median(weighted)
     spread = 1.4826 * _weighted_median([(abs(v - centre), w) for v, w in weighted])
-    blended_centre = (total * centre + PRIOR_WEIGHT * math.log(prior.median_s)) / (total + PRIOR_WEIGHT)
-    blended_var = (total * spread**2 + PRIOR_WEIGHT * prior.sigma**2) / (total + PRIOR_WEIGHT)
+    # The prior fades out as evidence comes in: gone once `ENOUGH_SAMPLES` fresh samples are known.
+    prior_weight = PRIOR_WEIGHT * max(0.0, 1.0 - total / ENOUGH_SAMPLES)
+    blended_centre = (total * centre + prior_weight * math.log(prior.median_s)) / (total + prior_weight)
+    blended_var = (total * spread**2 + prior_weight * prior.sigma**2) / (total + prior_weight)
     return Duration(math.exp(blended_centre), max(SIGMA_FLOOR, math.sqrt(blended_var)), total + PRIOR_WEIGHT)
 
 
