@@ -16,7 +16,13 @@ def queued_messages(app: Celery, queue: str) -> int:
     """Messages waiting in `queue` (kombu's Redis transport keeps a queue as a list named after it)."""
     pool: Any = app.pool  # a broker connection from the app's pool: a tick every 2 s need not open its own
     with pool.acquire(block=True) as connection:
-        return int(connection.default_channel.client.llen(queue))
+        length = connection.default_channel.client.llen(queue)
+    if length is None:
+        # Seen from a pooled connection after 20 s of quiet (kombu 5.7, redis-py 8.1): ask on one of its own.
+        with app.connection_for_read() as fresh:
+            channel: Any = fresh.default_channel  # kombu's Redis channel
+            length = channel.client.llen(queue)
+    return int(length or 0)
 
 
 def publish(app: Celery, step: Next | None) -> None:
