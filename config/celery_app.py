@@ -112,6 +112,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "port": settings.metrics_port,
             "bind": settings.metrics_bind,
             "slot_limits": slot_limits(settings.resolved_accounts()),
+            "slot_probe_s": settings.slot_probe_s,
         },
     }
 

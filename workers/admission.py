@@ -83,7 +83,7 @@ def dispatch(
         if account.name in paused:
             continue
         scope = Scope(account.name, model)
-        limit = quota.slot_limit(scope, account.limits_for(model), settings, now)
+        limit = quota.slot_limit(scope, account.limits_for(model).slot_limit, settings.slot_probe_s, now)
         while (first := store.next_waiting(model)) is not None:
             ref, score = first
             if not quota.take_slot(scope, ref, limit=limit, lease_s=settings.slot_lease_s, now=now):

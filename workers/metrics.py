@@ -40,6 +40,13 @@ DETECTION_LAG = Histogram(
 POLLS_PER_JOB = Histogram(
     "genq_polls_per_job", "Queries spent on a job until it ended", _SCOPE, buckets=(1, 2, 3, 5, 8, 13, 21, 34, 55, 89)
 )
+TASK_LISTS = Counter(
+    "genq_task_lists",
+    "Pages of the task list read by an account's watcher (GET /tasks), by outcome",
+    ["account", "outcome"],
+)
+#: The outcomes of a task-list read (`genq_task_lists_total{outcome}`).
+TASK_LIST_OUTCOMES = ("ok", "failed")
 THROTTLED = Counter("genq_throttled", "429 / Throttling answers received", [*_SCOPE, "endpoint"])
 BILLED_UNITS = Counter(
     "genq_billed_units",
@@ -64,6 +71,8 @@ def preset(scopes: Iterable[tuple[str, str]]) -> None:
     for status in Status:
         JOB_STATUS.labels(status=status.value)
     for account, model in scopes:
+        for outcome in TASK_LIST_OUTCOMES:
+            TASK_LISTS.labels(account=account, outcome=outcome)
         BILLED_UNITS.labels(account=account, model=model)
         for endpoint in THROTTLED_ENDPOINTS:
             THROTTLED.labels(account=account, model=model, endpoint=endpoint)

@@ -52,7 +52,12 @@ def start_metrics_server(config: dict[str, Any], redis_url: str) -> bool:
     metrics.preset((account, model) for account, models in limits.items() for model in models)
     client = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=5)
     store, quota = RedisJobStore(client), Quota.redis(client)  # read-only here: gauges and slots held
-    registry.register(StoreStateCollector(store.gauges, quota.slots_held, limits))
+    probe_s = float(config.get("slot_probe_s") or 60.0)
+
+    def limit_now(scope: Scope, configured: int, now: float) -> int:
+        return quota.slot_limit(scope, configured, probe_s, now)
+
+    registry.register(StoreStateCollector(store.gauges, quota.slots_held, limits, limit_now=limit_now))
     start_http_server(port, addr=str(config.get("bind", "127.0.0.1")), registry=registry)
     log.info("metrics served", port=port, bind=config.get("bind"))
     return True
@@ -72,7 +77,8 @@ class StoreStateCollector(Collector):
     - per scope, for every configured account and every model it serves: `genq_upstream_tasks` (jobs holding
       one of the scope's slots, i.e. with a task queued or running upstream or about to be created),
       `genq_slot_limit` (the scope's limit in force: tasks at once plus the server-side queue, the account's
-      overrides applied) and `genq_slot_utilisation` (the first over the second). Admission never takes a slot
+      overrides applied, or fewer while a throttle-mode 429 has cut it) and `genq_slot_utilisation` (the first
+      over the second). Admission never takes a slot
       beyond the limit, so utilisation is at most 1 unless the scope really holds more than it may: a job whose
       lease lapsed took its slot back on top of a full scope, or the limit was lowered (or workers disagree on
       it) while jobs held slots. Above 1 is an alarm, never rounding;
@@ -85,9 +91,11 @@ class StoreStateCollector(Collector):
         slots_held: Callable[[Sequence[Scope], float], Mapping[Scope, int]],
         slot_limits: SlotLimits,
         clock: Callable[[], float] = time.time,
+        limit_now: Callable[[Scope, int, float], int] | None = None,
     ) -> None:
         self.gauges = gauges
         self.slots_held = slots_held
+        self.limit_now = limit_now or (lambda scope, configured, now: configured)
         self.limits = {Scope(a, m): limit for a, models in slot_limits.items() for m, limit in models.items()}
         self.accounts = sorted(slot_limits)
         self.clock = clock
@@ -106,7 +114,8 @@ class StoreStateCollector(Collector):
 
     def _scopes(self) -> Iterator[GaugeMetricFamily]:
         scopes = sorted(self.limits, key=str)
-        held = self.slots_held(scopes, self.clock())
+        now = self.clock()
+        held = self.slots_held(scopes, now)
         labels = ["account", "model"]
         upstream = GaugeMetricFamily(
             "genq_upstream_tasks",
@@ -121,7 +130,8 @@ class StoreStateCollector(Collector):
         )
         for scope in scopes:
             values = [scope.account, scope.model]
+            in_force = max(1, self.limit_now(scope, self.limits[scope], now))
             upstream.add_metric(values, float(held[scope]))
-            limit.add_metric(values, float(self.limits[scope]))
-            utilisation.add_metric(values, held[scope] / self.limits[scope])
+            limit.add_metric(values, float(in_force))
+            utilisation.add_metric(values, held[scope] / in_force)
         yield from (upstream, limit, utilisation)

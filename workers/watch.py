@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import structlog
 
 from config.catalogue import CATALOGUE, model_spec
+from workers import metrics
 from workers.admission import HOLDS_SLOT
 from workers.dashscope.protocol import list_time, upstream_epoch
 from workers.errors import RemoteError
@@ -153,9 +154,14 @@ def _listed(rt: Runtime, account: str, budget_key: str, start: float, now: float
     for page in range(1, MAX_PAGES + 1):
         if page > 1 and rt.quota.query_wait_s(budget_key, list_qps(rt, account), rt.clock(), rt.rng) > 0:
             break  # the rest next round
-        tasks, pages = client.list_tasks(
-            start_time=list_time(start), end_time=list_time(now + WINDOW_SKEW_S), page_no=page, page_size=PAGE_SIZE
-        )
+        try:
+            tasks, pages = client.list_tasks(
+                start_time=list_time(start), end_time=list_time(now + WINDOW_SKEW_S), page_no=page, page_size=PAGE_SIZE
+            )
+        except RemoteError:
+            metrics.TASK_LISTS.labels(account=account, outcome="failed").inc()
+            raise
+        metrics.TASK_LISTS.labels(account=account, outcome="ok").inc()
         statuses.update((t.task_id, t.status) for t in tasks)
         if page >= pages or not tasks:
             break

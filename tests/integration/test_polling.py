@@ -151,7 +151,8 @@ def test_throttle_mode_cuts_the_slot_count_after_a_429_instead_of_meeting_one_pe
     assert [j.status for j in rt.store.jobs("b")] == [Status.SUCCEEDED] * 16
     refused = sim.counters().get("throttled_concurrency", 0)
     assert 1 <= refused <= 4
-    assert rt.quota.slot_limit(Scope(ACCOUNT, MODEL), account.limits_for(MODEL), rt.settings, time.time()) <= 3
+    configured = account.limits_for(MODEL).slot_limit
+    assert rt.quota.slot_limit(Scope(ACCOUNT, MODEL), configured, rt.settings.slot_probe_s, time.time()) <= 3
 
 
 def test_workers_notice_ends_through_the_task_list(local_stack_factory: Callable[..., LocalStack]) -> None:

@@ -94,10 +94,11 @@ class Quota:
         self.cooldowns.succeeded(keys.cooldown(scope.account, scope.model), now, step=settings.rate_increase_step)
 
     # --- slot count (throttle mode) ------------------------------------------------------------------
-    def slot_limit(self, scope: Scope, limits: ScopeLimits, settings: Settings, now: float) -> int:
-        """How many jobs of `scope` may hold a slot now: the configured count, or less after 429s for concurrency."""
+    def slot_limit(self, scope: Scope, configured: int, probe_s: float, now: float) -> int:
+        """How many jobs of `scope` may hold a slot now: `configured`, or less after 429s for concurrency (growing
+        back by one per `probe_s`)."""
         state = self.cooldowns.state(keys.cooldown(scope.account, scope.model), now)
-        return state.slots(limits.slot_limit, now, settings.slot_probe_s)
+        return state.slots(configured, now, probe_s)
 
     def concurrency_refused(self, scope: Scope, limits: ScopeLimits, upstream: int, now: float) -> int:
         """A create of `scope` got a 429 while `upstream` other tasks of it were upstream: the service's limit is
