@@ -78,10 +78,10 @@ class StoreStateCollector(Collector):
       one of the scope's slots, i.e. with a task queued or running upstream or about to be created),
       `genq_slot_limit` (the scope's limit in force: tasks at once plus the server-side queue, the account's
       overrides applied, or fewer while a throttle-mode 429 has cut it) and `genq_slot_utilisation` (the first
-      over the second). Admission never takes a slot
-      beyond the limit, so utilisation is at most 1 unless the scope really holds more than it may: a job whose
-      lease lapsed took its slot back on top of a full scope, or the limit was lowered (or workers disagree on
-      it) while jobs held slots. Above 1 is an alarm, never rounding;
+      over the second). Admission never takes a slot beyond the limit, so utilisation is at most 1 unless the
+      scope really holds more than it may: a job whose lease lapsed took its slot back on top of a full scope,
+      or the limit was lowered (by configuration, or by a throttle-mode cut; or workers disagree on it) while
+      jobs held slots. Above 1 is an alarm, never rounding;
     - `genq_account_paused{account}`: every configured account (0 or 1), and any other account paused.
     """
 
