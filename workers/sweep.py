@@ -9,8 +9,9 @@ alive after all, whichever comes second finds the attempt moved on and does noth
 Slots: a slot is given back the moment its job's task ends, in the stage that sees it. A worker that dies
 between the two leaves the slot held by a job that no longer needs it; the audit here gives it back (a job
 that ended, is downloading, or moved to another account's slot). Then every model with jobs waiting is
-dispatched, so a slot freed by the audit, or by a lease that lapsed, is used at once. Runs every few seconds
-from beat (`genq.sweep`).
+dispatched, so a slot freed by the audit, or by a lease that lapsed, is used at once. Last, every account with
+tasks in flight gets a task-list watcher if its own has died (`workers/watch.py`). Runs every few seconds from
+beat (`genq.sweep`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from workers.claimed import log
 from workers.job import Action, Next, Status
 from workers.quota.quota import Scope
 from workers.runtime import Runtime
+from workers.watch import keep_watching
 
 #: After a re-send, the next look at the same job waits this long (the message may just be queued; if it was
 #: lost too, with a worker killed before it ran, this is how long the job waits for another).
@@ -41,6 +43,7 @@ def sweep(rt: Runtime, send: Callable[[Next | None], None], *, limit: int = 1000
     report = SweepReport(resent=resend_overdue(rt, send, limit=limit))
     report.slots_freed = audit_slots(rt)
     report.admitted = dispatch_all(rt.store, rt.quota, rt.settings, send, now=rt.clock())
+    keep_watching(rt, rt.clock())
     return report
 
 

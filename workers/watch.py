@@ -81,6 +81,18 @@ def watching(rt: Runtime, account: str, now: float) -> bool:
     return ok_at is not None and now - ok_at <= WATCHED_FOR_S
 
 
+def keep_watching(rt: Runtime, now: float) -> int:
+    """The sweep's part: make sure every account with tasks in flight is watched (a watcher whose worker died is
+    replaced as soon as its lease lapses, not only at the next poll). Returns the accounts looked at."""
+    looked = 0
+    for account in rt.settings.resolved_accounts():
+        scopes = [Scope(account.name, m) for m in CATALOGUE if account.serves(m)]
+        if any(rt.quota.slots_held(scopes, now).values()):
+            watching(rt, account.name, now)
+            looked += 1
+    return looked
+
+
 def list_qps(rt: Runtime, account: str) -> float:
     """What one list may draw: its own budget when configured, else the account's query budget."""
     return rt.settings.task_list_qps or rt.settings.account_settings(account).query_qps
