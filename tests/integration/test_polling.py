@@ -22,6 +22,7 @@ from workers.poll import poll
 from workers.quota.quota import Scope
 from workers.runtime import Runtime
 from workers.submit import submit
+from workers.sweep import sweep
 from workers.watch import watch_round, watching
 
 MODEL = "wan2.5-t2i-preview"
@@ -168,3 +169,17 @@ def test_workers_notice_ends_through_the_task_list(local_stack_factory: Callable
     counters = httpx.get(f"{stack.simulator_url}/_sim/counters", timeout=10).json()["counters"]
     assert counters["lists"] > 0
     assert counters["queries"] <= 2 * len(jobs)
+
+
+def test_the_sweep_replaces_a_watcher_that_died(runtime: Runtime, simulator: RunningSimulator) -> None:
+    """A watcher whose lease lapsed (its worker died) is started again by the next sweep while tasks are in flight,
+    and no watcher is started for an account with nothing in flight."""
+    started: list[tuple[str, str]] = []
+    runtime.start_watch = lambda account, token: started.append((account, token))
+    sweep(runtime, lambda step: None)
+    assert started == []
+    submitted(runtime, 2)
+    runtime.watch_board.leave(ACCOUNT, started[0][1])  # as if its lease had lapsed
+    sweep(runtime, lambda step: None)
+    assert len(started) == 2 and started[1][1] != started[0][1]
+    assert runtime.watch_board.read(ACCOUNT).token == started[1][1]
