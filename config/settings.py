@@ -231,6 +231,8 @@ class Settings(BaseSettings):
     slot_probe_s: float = Field(
         60.0,
         gt=0,
+        le=86400,
+        allow_inf_nan=False,
         description="After a 429 cut a scope's slot count (an account without an upstream queue), it tries one "
         "more slot after this long without another.",
     )
@@ -265,9 +267,15 @@ class Settings(BaseSettings):
     poll_watched_target: float = Field(
         0.98, gt=0, lt=1, description="The same while the account's task list is watched (polls are a safety net)."
     )
-    poll_min_delay_s: float = Field(0.5, gt=0, description="Shortest wait between two polls of one task.")
-    poll_image_cap_s: float = Field(30.0, gt=0, description="Longest wait between two polls of an image task.")
-    poll_video_cap_s: float = Field(60.0, gt=0, description="Longest wait between two polls of a video task.")
+    poll_min_delay_s: float = Field(
+        0.5, gt=0, le=60, allow_inf_nan=False, description="Shortest wait between two polls of one task."
+    )
+    poll_image_cap_s: float = Field(
+        30.0, gt=0, le=150, allow_inf_nan=False, description="Longest wait between two polls of an image task."
+    )
+    poll_video_cap_s: float = Field(
+        60.0, gt=0, le=150, allow_inf_nan=False, description="Longest wait between two polls of a video task."
+    )
     watch_task_list: bool = Field(
         True,
         description="Read each account's task list (GET /tasks) to notice ended tasks with one query for many; off: "
@@ -283,6 +291,8 @@ class Settings(BaseSettings):
     task_list_qps: float | None = Field(
         None,
         gt=0,
+        le=1000,
+        allow_inf_nan=False,
         description="The task list's own query budget per account, when the service gives it one; unset: it "
         "shares the account's query_qps with the task queries.",
     )
