@@ -359,13 +359,14 @@ def test_any_create_answer_is_a_task_id_or_an_error_that_says_whether_a_task_may
 
 @given(statuses, answers | json_values)
 def test_any_task_list_answer_is_read_in_full_or_refused(status: int, body: object) -> None:
-    """A task list page is its tasks (text id, numeric creation time) and a page count of at least 1, or a
-    RemoteError: an entry that cannot be read is never skipped (it could be the lost create's task)."""
+    """A task list page is its tasks (text id, numeric creation time, status text) and a page count of at least 1,
+    or a RemoteError: an entry that cannot be read is never skipped (it could be the lost create's task)."""
     try:
         tasks, pages = answering(status, body).list_tasks(page_no=1)
     except RemoteError:
         return
     assert pages >= 1 and all(isinstance(t.task_id, str) and t.task_id for t in tasks)
+    assert all(isinstance(t.status, str) for t in tasks)  # "" when the entry has no status string
     entries = body.get("data") if isinstance(body, dict) else None
     assert isinstance(entries, list) and len(tasks) == len(entries)
 
