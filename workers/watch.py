@@ -12,8 +12,9 @@ It lists only when an end is plausible: no task of the account can have ended be
 shortest run the scope has shown (the learned run time's 0.5 % quantile, `workers/quota/durations.py`; with
 nothing learned yet, any moment may be an end); before that the watcher sleeps. A list draws on the account's
 query budget like every poll (or on `task_list_qps`, when the service gives the list a budget of its own).
-Page after page, it reads the window from the oldest task in flight (less `WINDOW_SKEW_S`) to now, at most
-`MAX_PAGES` pages a round.
+Page after page (newest first, so the oldest tasks are on the last page: every page of the window is read, each
+waiting for its own query), it reads the window from the oldest task in flight (less `WINDOW_SKEW_S`) to now, at
+most `MAX_PAGES` pages a round.
 
 What genq trusts, and what happens without it:
 - the list's `status` of a task: an end it shows sends the task's poll; the poll's own answer is what is
@@ -27,6 +28,7 @@ What genq trusts, and what happens without it:
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -50,11 +52,14 @@ LEASE_S = 30.0
 MAX_SLEEP_S = 10.0
 #: Polls count the account as watched while the watcher's last good round is this recent.
 WATCHED_FOR_S = MAX_SLEEP_S + 5.0
-#: The list's window starts this long before the oldest task in flight: its times are whole seconds on the
-#: service's clock.
-WINDOW_SKEW_S = 60.0
+#: The list's window starts this long before the oldest task in flight (and ends this long after now): its
+#: times are whole seconds on the service's clock, which may disagree a little with ours. Every second more
+#: brings tasks long finished into the window, and pages to read.
+WINDOW_SKEW_S = 5.0
 PAGE_SIZE = 100
 MAX_PAGES = 5
+#: The longest a round waits for the query budget to read one more page.
+PAGE_WAIT_MAX_S = 1.0
 #: A run's shortest plausible length: this quantile of the learned run time.
 EARLIEST_END_QUANTILE = 0.005
 #: After a failed list, the next try waits this long (doubling per failure in a row, up to the cap).
@@ -164,8 +169,11 @@ def _listed(rt: Runtime, account: str, budget_key: str, start: float, now: float
     statuses: dict[str, str] = {}
     client = rt.client(account)
     for page in range(1, MAX_PAGES + 1):
-        if page > 1 and rt.quota.query_wait_s(budget_key, list_qps(rt, account), rt.clock(), rt.rng) > 0:
-            break  # the rest next round
+        # The first page's query was taken by the round. Pages come newest first, so the oldest tasks (the likeliest
+        # to have ended) are on the last one: a round that stopped early would never see them. So each further
+        # page waits for its query (a few tens of milliseconds), unless the budget is spent for longer.
+        if page > 1 and not _await_query(rt, budget_key, list_qps(rt, account)):
+            break
         try:
             tasks, pages = client.list_tasks(
                 start_time=list_time(start), end_time=list_time(now + WINDOW_SKEW_S), page_no=page, page_size=PAGE_SIZE
@@ -178,6 +186,17 @@ def _listed(rt: Runtime, account: str, budget_key: str, start: float, now: float
         if page >= pages or not tasks:
             break
     return statuses
+
+
+def _await_query(rt: Runtime, budget_key: str, qps: float) -> bool:
+    """Take one query of the budget, sleeping for it up to `PAGE_WAIT_MAX_S`; False when it is not had by then."""
+    waited_s = 0.0
+    while (wait_s := rt.quota.query_wait_s(budget_key, qps, rt.clock(), rt.rng)) > 0:
+        if waited_s + wait_s > PAGE_WAIT_MAX_S:
+            return False
+        time.sleep(wait_s)
+        waited_s += wait_s
+    return True
 
 
 def _send_ended(rt: Runtime, flying: list[InFlight], statuses: dict[str, str], sent: dict[str, int]) -> dict[str, int]:
