@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 import httpx
+import pytest
 from pydantic import SecretStr
 
 from config.accounts import AccountSettings
@@ -183,3 +184,20 @@ def test_the_sweep_replaces_a_watcher_that_died(runtime: Runtime, simulator: Run
     sweep(runtime, lambda step: None)
     assert len(started) == 2 and started[1][1] != started[0][1]
     assert runtime.watch_board.read(ACCOUNT).token == started[1][1]
+
+
+def test_one_round_reads_every_page_so_the_oldest_tasks_are_seen(
+    runtime: Runtime, simulator: RunningSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages of two tasks: one round reads all three pages (newest first, each waiting for its query), so the
+    oldest task's poll is sent too, not left to its safety poll."""
+    monkeypatch.setattr("workers.watch.PAGE_SIZE", 2)
+    started: list[tuple[str, str]] = []
+    sent: list[Next] = []
+    runtime.start_watch = lambda account, token: started.append((account, token))
+    runtime.send = lambda step: sent.append(step) if step else None
+    submitted(runtime, 5)
+    wait_until(lambda: all_ended(simulator), 10, "the simulator's tasks to end")
+    assert watch_round(runtime, ACCOUNT, started[0][1]) is not None
+    assert sorted(s.ref for s in sent) == sorted(j.ref for j in runtime.store.jobs("b"))
+    assert simulator.counters()["lists"] == 3
