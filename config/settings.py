@@ -230,7 +230,7 @@ class Settings(BaseSettings):
     )
     slot_probe_s: float = Field(
         60.0,
-        gt=0,
+        ge=1,
         le=86400,
         allow_inf_nan=False,
         description="After a 429 cut a scope's slot count (an account without an upstream queue), it tries one "
@@ -259,22 +259,22 @@ class Settings(BaseSettings):
     # --- poll policy (workers/poll_policy.py) and the task-list watcher (workers/watch.py) -------------
     poll_target: float = Field(
         0.25,
-        gt=0,
+        ge=0.01,
         lt=1,
         description="A task is polled again when the chance that it ended since the last poll reaches this "
         "(from the learned run times); lower is sooner and costs more queries.",
     )
     poll_watched_target: float = Field(
-        0.98, gt=0, lt=1, description="The same while the account's task list is watched (polls are a safety net)."
+        0.98, ge=0.01, lt=1, description="The same while the account's task list is watched (polls are a safety net)."
     )
     poll_min_delay_s: float = Field(
-        0.5, gt=0, le=60, allow_inf_nan=False, description="Shortest wait between two polls of one task."
+        0.5, ge=0.1, le=60, allow_inf_nan=False, description="Shortest wait between two polls of one task."
     )
     poll_image_cap_s: float = Field(
-        30.0, gt=0, le=150, allow_inf_nan=False, description="Longest wait between two polls of an image task."
+        30.0, ge=1, le=135, allow_inf_nan=False, description="Longest wait between two polls of an image task."
     )
     poll_video_cap_s: float = Field(
-        60.0, gt=0, le=150, allow_inf_nan=False, description="Longest wait between two polls of a video task."
+        60.0, ge=1, le=135, allow_inf_nan=False, description="Longest wait between two polls of a video task."
     )
     watch_task_list: bool = Field(
         True,
@@ -283,14 +283,14 @@ class Settings(BaseSettings):
     )
     watch_interval_s: float = Field(
         0.75,
-        gt=0.05,
+        ge=0.2,
         le=30,
         description="How often the task list is read while a task of the account may have ended (the detection "
         "lag is at most about this).",
     )
     task_list_qps: float | None = Field(
         None,
-        gt=0,
+        ge=0.1,
         le=1000,
         allow_inf_nan=False,
         description="The task list's own query budget per account, when the service gives it one; unset: it "
@@ -424,6 +424,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 "webhook_give_up_s must end at least 1 h before retention_s: a batch's own webhook (--webhook) is "
                 "read from its record, which the purge removes after retention_s"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _poll_delays_in_order(self) -> Settings:
+        cap_s = min(self.poll_image_cap_s, self.poll_video_cap_s)
+        if self.poll_min_delay_s > cap_s:
+            raise ValueError(
+                f"poll_min_delay_s ({self.poll_min_delay_s:g}) must not be longer than the poll caps "
+                f"(poll_image_cap_s, poll_video_cap_s: {cap_s:g})"
             )
         return self
 

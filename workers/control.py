@@ -27,6 +27,7 @@ from workers.dashscope.classify import error_class
 from workers.errors import AccountError, PermanentRemoteError, RemoteError, Throttled, TransientRemoteError
 from workers.events import job_event
 from workers.job import REVIVABLE, Job, Next, Status
+from workers.quota.budget import task_query_qps
 from workers.runtime import Runtime
 
 #: genq's own refusals of a result: retrying would pay for the same refusal again.
@@ -130,7 +131,7 @@ def _upstream_status(rt: Runtime, job: Job) -> str | None:
     it), or None when the service cannot say now. The query waits its turn in the account's budget, so that
     cancelling a large batch does not spend the polls' queries in a burst."""
     account = job.account or rt.settings.resolved_accounts()[0].name
-    qps = rt.settings.account_settings(account).query_qps
+    qps = task_query_qps(rt.settings, rt.settings.account_settings(account))
     for _ in range(50):  # the budget names its wait: seconds at most for one query
         wait_s = rt.quota.query_wait_s(account, qps, rt.clock(), rt.rng)
         if wait_s <= 0:

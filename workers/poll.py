@@ -35,7 +35,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from config.catalogue import CATALOGUE, model_spec
+import redis
+
+from config.catalogue import model_spec
 from workers import account_pause, metrics
 from workers.admission import deadline_s, release, scope_of
 from workers.claimed import Claimed, backoff_s, claim, load_current, log
@@ -46,9 +48,10 @@ from workers.errors import AccountError, PermanentRemoteError, RemoteError, Thro
 from workers.events import job_event
 from workers.job import TASK_LIFE_S, Action, Job, Next, Status
 from workers.poll_policy import AccountLoad, TaskView, next_poll_delay_s, policy_for
-from workers.quota.quota import Scope
+from workers.quota.budget import task_query_qps
+from workers.quota.quota import scopes_of
 from workers.runtime import Runtime
-from workers.watch import budget_for_polls, watching
+from workers.watch import budget_for_polls, watched_task, watching
 
 #: A claimed poll not recorded within this long is re-sent by the sweep (its worker died). Short, since a
 #: re-sent poll only costs a query: whichever delivery records second finds the attempt moved on.
@@ -71,8 +74,7 @@ def poll(rt: Runtime, ref: str, attempt: int) -> Next | None:
     if scope is not None:
         rt.quota.keep_slot(scope, job.ref, lease_s=rt.settings.slot_lease_s, now=now)
     account = rt.settings.account_settings(scope.account) if scope else rt.settings.resolved_accounts()[0]
-    watching(rt, account.name, now)  # every poll makes sure the account's task list is watched
-    wait_s = rt.quota.query_wait_s(account.name, account.query_qps, now, rt.rng)
+    wait_s = rt.quota.query_wait_s(account.name, task_query_qps(rt.settings, account), now, rt.rng)
     if wait_s > 0:
         # The account's query budget is spent for now: not a poll, not an error.
         return claimed.stay(Action.POLL, wait_s, fields={"poll_count": job.poll_count})
@@ -150,7 +152,15 @@ def _observe_upstream(rt: Runtime, job: Job, state: TaskState, now: float) -> No
     if ended is not None:
         metrics.DETECTION_LAG.labels(**scope).observe(max(0.0, now - ended))
     if state.status == "SUCCEEDED" and job.account:
-        rt.durations.record(job.account, job.request.model, run_s=run_s, queue_s=queue_s, now=now)
+        _learn(rt, job.account, job.request.model, run_s=run_s, queue_s=queue_s, now=now)
+
+
+def _learn(rt: Runtime, account: str, model: str, *, run_s: float | None, queue_s: float | None, now: float) -> None:
+    """Keep what the task took, best effort: learning must never stand in the way of recording a billed result."""
+    try:
+        rt.durations.record(account, model, run_s=run_s, queue_s=queue_s, now=now)
+    except redis.RedisError as exc:
+        log.warning("could not keep the task's durations", error=type(exc).__name__)
 
 
 def _on_state(claimed: Claimed, state: TaskState) -> Next | None:
@@ -200,19 +210,19 @@ def poll_delay_s(rt: Runtime, job: Job, status: str, scheduled_at: float | None,
         policy_for(rt.settings, kind),
         task,
         rt.durations.learned(account, job.request.model, kind, now),
-        account_load(rt, account, now),
+        account_load(rt, account, job, now),
         rt.rng,
     )
 
 
-def account_load(rt: Runtime, account: str, now: float) -> AccountLoad:
-    """How many of the account's tasks share its query budget, and whether its task list is watched."""
-    served = rt.settings.account_settings(account)
-    scopes = [Scope(account, m) for m in CATALOGUE if served.serves(m)]
+def account_load(rt: Runtime, account: str, job: Job, now: float) -> AccountLoad:
+    """How many of the account's tasks share its query budget, and whether its task list is watched (and covers
+    this job's task: one created long ago is left to its own polls)."""
+    scopes = scopes_of(rt.settings.account_settings(account))
     return AccountLoad(
         budget_qps=budget_for_polls(rt, account),
         tasks_in_flight=sum(rt.quota.slots_held(scopes, now).values()),
-        watched=watching(rt, account, now),
+        watched=watching(rt, account, now) and watched_task(job, now),
     )
 
 

@@ -4,15 +4,16 @@ A poll is worth its query when the task has likely ended since the last one. So 
 when the chance that it has ended since now reaches a *target* `p`, read off the scope's learned run time
 (`workers/quota/durations.py`):
 - RUNNING, `a` seconds into its run: at the time `t` where `P(T <= t | T > a) = p`. Early in a run that is far
-  off (no poll is spent where nothing can have happened); near the likely end, polls come densely.
+  off (no poll is spent where nothing can have happened); near the likely end, polls come densely. Past the
+  scope's 99.9 % quantile a task is an outlier, and its polls back off (at least half the time since).
 - PENDING (or just created): it cannot end before it starts and runs, so the wait is what is left of the
   scope's usual queue time plus the run's `p`-quantile. A task in the queue is polled rarely.
 
-How many polls that costs does not depend on the distribution: the chance of surviving each poll interval is
-`1 - p`, and `-ln S(T)` of any task is exponential with mean 1, so a task gets about `1 + 1/(-ln(1 - p))`
-polls. The account's budget (`budget_qps` shared by `tasks_in_flight`) affords `qps * mean_run / tasks` polls per
-task, so `p` is raised until that is enough: with few tasks the lag is small, with many the budget is never
-overspent and every task gets its share.
+How many polls that costs does not depend on the distribution: each poll interval holds the end with chance
+`p` (given that the task was still running at its start), so the polls up to the one that sees the end are
+geometric, `1 / p` on average. The account's budget (`budget_qps` shared by `tasks_in_flight`) affords
+`qps * mean_run / tasks` polls per task, so `p` is raised until that is enough: with few tasks the lag is small,
+with many each task gets its share (the budget itself, a rate limiter, is never overspent whatever the schedule).
 
 When the account's task list is being watched (`workers/watch.py`: one query tells which of many tasks ended,
 and the watcher sends their poll at once), per-task polls are only a safety net: the target is
@@ -63,6 +64,9 @@ class AccountLoad:
 
 #: The target never rises above this: even a starved budget polls a task now and then.
 MAX_TARGET = 0.99
+#: A running task past this quantile of the learned run time is an outlier: its polls back off by `TAIL_BACKOFF`
+#: times the time since (the log-normal's tail hazard says little about a task stuck for minutes).
+TAIL_QUANTILE, TAIL_BACKOFF = 0.999, 0.5
 #: While the task list is watched, the cap is this many times longer (the watcher notices ends; a watcher that
 #: dies is replaced within its lease by the sweep or the next poll, and polls stop counting on it).
 WATCHED_CAP_FACTOR = 2.0
@@ -73,9 +77,7 @@ def poll_target(policy: PollPolicy, load: AccountLoad, learned: Learned) -> floa
     target = policy.watched_target if load.watched else policy.target
     mean_run_s = learned.run.median_s * math.exp(learned.run.sigma**2 / 2)
     affordable = load.budget_qps * mean_run_s / max(1, load.tasks_in_flight)  # polls per task over one run
-    if affordable <= 1.01:
-        return MAX_TARGET
-    needed = 1 - math.exp(-1 / (affordable - 1))  # the p at which 1 + 1/(-ln(1 - p)) polls fit
+    needed = 1 / affordable if affordable > 0 else MAX_TARGET  # the p at which 1 / p polls fit
     return min(MAX_TARGET, max(target, needed))
 
 
@@ -85,8 +87,13 @@ def next_poll_delay_s(
     """Seconds until the task's next poll."""
     p = poll_target(policy, load, learned)
     if task.status == "RUNNING" and task.run_elapsed_s is not None:
-        elapsed = max(0.0, task.run_elapsed_s)
+        # Measured from the service's clock: never more than the local time since the create (a skewed clock).
+        elapsed = min(max(0.0, task.run_elapsed_s), max(0.0, task.waited_s))
         delay = learned.run.conditional_quantile(elapsed, p) - elapsed
+        beyond_s = elapsed - learned.run.quantile(TAIL_QUANTILE)
+        if beyond_s > 0:
+            # Longer than the scope's tasks ever run: whatever the distribution says, wait longer each time.
+            delay = max(delay, TAIL_BACKOFF * beyond_s)
     else:
         queue_left_s = max(0.0, learned.queue.median_s - task.waited_s)
         delay = queue_left_s + learned.run.quantile(p)

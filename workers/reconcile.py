@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from workers.claimed import log
 from workers.dashscope.protocol import ListedTask, list_time
 from workers.job import Job
+from workers.quota.budget import task_query_qps
 from workers.runtime import Runtime, answer_bound_s
 
 #: Past the lost answer, before listing: the service records a task a moment after it accepts the request.
@@ -91,7 +92,8 @@ def reconcile(rt: Runtime, job: Job, now: float) -> Reconciled:
         log.info("waiting for creates in flight before reconciling", ref=job.ref, creates=len(answers_due))
         return Reconciled(wait_s=max(0.1, min(answers_due) - now))
     # Listing draws on the account's query budget like a poll: a spent budget is a wait, not a 429.
-    budget_wait_s = rt.quota.query_wait_s(account, rt.settings.account_settings(account).query_qps, now, rt.rng)
+    qps = task_query_qps(rt.settings, rt.settings.account_settings(account))
+    budget_wait_s = rt.quota.query_wait_s(account, qps, now, rt.rng)
     if budget_wait_s > 0:
         return Reconciled(wait_s=budget_wait_s)
     candidates = _listed(rt, job.account, model, sent_at - skew, gave_up_at + skew)

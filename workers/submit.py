@@ -153,8 +153,9 @@ def _throttled(claimed: Claimed, scope: Scope, exc: RemoteError) -> Next | None:
     log.info("submit throttled; scope paused", ref=job.ref, code=exc.code, delay_s=round(delay, 2))
     if _may_be_concurrency(rt, scope, exc):
         limits = rt.settings.account_settings(scope.account).limits_for(scope.model)
-        slots = rt.quota.concurrency_refused(scope, limits, _tasks_upstream(rt, scope, job.ref), rt.clock())
-        log.info("slots of the scope cut after a 429 (no queue upstream)", scope=str(scope), slots=slots)
+        upstream = _tasks_upstream(rt, scope, job.ref)
+        slots = rt.quota.concurrency_refused(scope, limits, upstream, rt.settings.slot_probe_s, rt.clock())
+        log.info("429 on an account without a queue upstream: slots of the scope", scope=str(scope), slots=slots)
     # Refused, so nothing was created or paid for: it does not count as a submit.
     fields = {**SETTLED, "submits": job.submits, "throttles": job.throttles + 1}
     return claimed.again(Status.SUBMITTING, Action.SUBMIT, delay, fields=fields)
@@ -179,9 +180,11 @@ def _may_be_concurrency(rt: Runtime, scope: Scope, exc: RemoteError) -> bool:
 
 
 def _tasks_upstream(rt: Runtime, scope: Scope, ref: str) -> int:
-    """Tasks of the scope that other jobs have upstream (created, not yet seen ended)."""
+    """Tasks of the scope that other jobs have upstream (created, not yet seen ended) or are creating now."""
     others = (rt.store.get(r) for r in rt.quota.slot_holders(scope, rt.clock()) if r != ref)
-    return sum(1 for j in others if j is not None and j.task_id and j.status in UPSTREAM_STATUSES)
+    return sum(
+        1 for j in others if j is not None and ((j.task_id and j.status in UPSTREAM_STATUSES) or j.create_pending)
+    )
 
 
 def _account_refused(claimed: Claimed, scope: Scope, exc: RemoteError) -> Next | None:

@@ -89,14 +89,13 @@ def finalize(ref: str, attempt: int) -> None:
 
 
 @app.task(name="genq.watch")
-def watch(account: str, token: str, failures: int = 0) -> None:
+def watch(account: str, token: str, round_no: int = 0, failures: int = 0) -> None:
     """One round of an account's task-list watcher; it sends itself again while the account has tasks in flight."""
     with structlog.contextvars.bound_contextvars(account=account):
-        following = watch_round(_runtime(), account, token, failures=failures)
+        following = watch_round(_runtime(), account, token, round_no=round_no, failures=failures)
     if following is not None:
-        delay_s, failures = following
-        kwargs = {"account": account, "token": token, "failures": failures}
-        watch.apply_async(kwargs=kwargs, countdown=min(max(0.0, delay_s), MAX_COUNTDOWN_S))
+        kwargs = {"account": account, "token": token, "round_no": following.round_no, "failures": following.failures}
+        watch.apply_async(kwargs=kwargs, countdown=min(max(0.0, following.delay_s), MAX_COUNTDOWN_S))
 
 
 @app.task(name="genq.sweep")

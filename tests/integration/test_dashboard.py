@@ -345,7 +345,6 @@ def test_every_panel_shows_the_fleets_figures_once_with_two_workers_scraped(
         result_hosts=(urlsplit(sim.url).netloc,),
         require_https_results=False,
         worker_concurrency=2,
-        poll_first_delay_s=1.0,
     )
     prometheus = prometheus_factory(stack.metrics_urls)
     wait_until(lambda: _scraped_with_series(prometheus), 60, "Prometheus to scrape both workers' series")

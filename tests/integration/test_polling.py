@@ -3,6 +3,7 @@ end is plausible, steps aside when the list fails; learned durations; the slot c
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -24,7 +25,7 @@ from workers.quota.quota import Scope
 from workers.runtime import Runtime
 from workers.submit import submit
 from workers.sweep import sweep
-from workers.watch import watch_round, watching
+from workers.watch import InFlight, NextRound, _send_ended, in_flight, watch_round, watching
 
 MODEL = "wan2.5-t2i-preview"
 ACCOUNT = "default"
@@ -67,16 +68,19 @@ def test_the_watcher_sends_the_poll_of_each_ended_task_once_and_leaves_when_none
     (_, token), attempts = started[0], {j.ref: j.attempt for j in runtime.store.jobs("b")}
     wait_until(lambda: all_ended(simulator), 10, "the simulator's tasks to end")
 
-    assert watch_round(runtime, ACCOUNT, token) == (runtime.settings.watch_interval_s, 0)
+    assert watch_round(runtime, ACCOUNT, token) == NextRound(runtime.settings.watch_interval_s, 1)
     assert sorted((s.ref, s.attempt, s.action) for s in sent) == sorted(
         (r, a, Action.POLL) for r, a in attempts.items()
     )
     assert simulator.counters()["lists"] == 1
     assert watching(runtime, ACCOUNT, time.time())  # a good round: polls count on the watcher now
 
-    watch_round(runtime, ACCOUNT, token)
+    assert watch_round(runtime, ACCOUNT, token, round_no=0) is None  # round 0's message delivered again: it stops
+    time.sleep(0.3)  # past the lists' budget spacing, so the next round lists
+    assert watch_round(runtime, ACCOUNT, token, round_no=1) is not None
+    assert simulator.counters()["lists"] == 2
     assert len(sent) == 4  # the same attempts are not sent twice
-    assert watch_round(runtime, ACCOUNT, "another-token") is None
+    assert watch_round(runtime, ACCOUNT, "another-token", round_no=2) is None
 
     for step in list(sent):
         following: Next | None = step
@@ -84,7 +88,7 @@ def test_the_watcher_sends_the_poll_of_each_ended_task_once_and_leaves_when_none
             time.sleep(min(following.delay_s, 0.5))
             following = run_stage(poll, runtime, following.ref, following.attempt)
     assert {j.status for j in runtime.store.jobs("b")} == {Status.DOWNLOADING}
-    assert watch_round(runtime, ACCOUNT, token) is None  # nothing in flight: it leaves the account
+    assert watch_round(runtime, ACCOUNT, token, round_no=2) is None  # nothing in flight: it leaves the account
     assert runtime.watch_board.read(ACCOUNT).token is None
 
 
@@ -97,8 +101,9 @@ def test_the_watcher_does_not_list_before_any_task_can_have_ended(
     for _ in range(20):
         runtime.durations.record(ACCOUNT, MODEL, run_s=60.0, queue_s=0.0, now=time.time())
     submitted(runtime, 2)
-    delay_s, failures = watch_round(runtime, ACCOUNT, started[0][1]) or (0.0, -1)
-    assert delay_s > runtime.settings.watch_interval_s and failures == 0
+    following = watch_round(runtime, ACCOUNT, started[0][1])
+    assert following is not None and following.delay_s > runtime.settings.watch_interval_s
+    assert following.failures == 0
     assert simulator.counters().get("lists", 0) == 0
 
 
@@ -113,9 +118,10 @@ def test_a_failing_task_list_leaves_each_task_to_its_own_polls(
     polls = submitted(rt, 3)
     wait_until(lambda: all_ended(sim), 10, "the simulator's tasks to end")
     first = watch_round(rt, ACCOUNT, started[0][1])
-    time.sleep(0.2)  # past the query budget's spacing, so the second round lists too
-    second = watch_round(rt, ACCOUNT, started[0][1], failures=1)
-    assert first is not None and first[1] == 1 and second is not None and second[1] == 2 and second[0] > first[0]
+    time.sleep(0.3)  # past the lists' budget spacing, so the second round lists too
+    second = watch_round(rt, ACCOUNT, started[0][1], round_no=1, failures=1)
+    assert first is not None and first.failures == 1 and second is not None and second.failures == 2
+    assert second.delay_s > first.delay_s
     assert not watching(rt, ACCOUNT, time.time())
     run(rt, polls, timeout_s=60)
     assert [j.status for j in rt.store.jobs("b")] == [Status.SUCCEEDED] * 3
@@ -201,3 +207,26 @@ def test_one_round_reads_every_page_so_the_oldest_tasks_are_seen(
     assert watch_round(runtime, ACCOUNT, started[0][1]) is not None
     assert sorted(s.ref for s in sent) == sorted(j.ref for j in runtime.store.jobs("b"))
     assert simulator.counters()["lists"] == 3
+
+
+def test_a_list_that_disagrees_with_the_task_sends_its_poll_again_only_after_a_backoff(
+    runtime: Runtime, simulator: RunningSimulator
+) -> None:
+    """The list shows a task ended, its poll went and was answered otherwise (its attempt moved on, the job still
+    polling): the next rounds do not send it again at once, only after 2 s, then 4 s."""
+    sent: list[Next] = []
+    runtime.send = lambda step: sent.append(step) if step else None
+    submitted(runtime, 1)
+    (flying,) = in_flight(runtime, ACCOUNT, time.time())
+    statuses = {flying.job.task_id or "": "SUCCEEDED"}
+    first = _send_ended(runtime, [flying], statuses, {}, 100.0)
+    answered = InFlight(dataclasses.replace(flying.job, attempt=flying.job.attempt + 1), flying.earliest_end_at)
+    again = _send_ended(runtime, [answered], statuses, first, 101.0)
+    later = _send_ended(runtime, [answered], statuses, again, 102.5)
+    assert [s.attempt for s in sent] == [flying.job.attempt, flying.job.attempt + 1]
+    assert later[flying.job.ref].times == 2
+    assert _send_ended(runtime, [answered], statuses, later, 104.0) == later  # not handled yet: nothing more
+    answered_again = InFlight(dataclasses.replace(flying.job, attempt=flying.job.attempt + 2), flying.earliest_end_at)
+    assert _send_ended(runtime, [answered_again], statuses, later, 106.0) == later  # 4 s this time
+    assert _send_ended(runtime, [answered_again], statuses, later, 106.6)[flying.job.ref].times == 3
+    assert len(sent) == 3

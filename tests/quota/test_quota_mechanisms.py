@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from config.accounts import ScopeLimits
 from workers.quota.cooldown import FACTOR_FLOOR, MemoryCooldowns, RedisCooldowns
 from workers.quota.quota import Quota, Scope
 
@@ -197,3 +198,30 @@ def test_stretch_outside_its_bounds_is_refused() -> None:
     for cooldowns in (MemoryCooldowns(), RedisCooldowns(client)):
         with pytest.raises(ValueError, match="stretch"):
             cooldowns.trip("k", 0.0, base_s=1.0, cap_s=2.0, stretch=1.5)
+
+
+# --- slot count without a queue upstream ------------------------------------------------------------------
+def scope_limits(concurrent: int, depth: int) -> ScopeLimits:
+    return ScopeLimits(submit_rate_per_s=5.0, max_concurrent=concurrent, server_queue_depth=depth)
+
+
+def test_a_throttle_429_halves_the_slots_but_never_below_what_is_upstream(quota: Quota) -> None:
+    """Told 10 where 5 run: a 429 with 5 upstream cuts straight to 5; a 429 with 1 upstream (a rate 429) to half, not
+    to 1; a second cut within the second changes nothing; the count grows back one slot per probe interval."""
+    scope, ten = Scope("acct-" + secrets.token_hex(3), "m"), scope_limits(10, 0)
+    assert quota.slot_limit(scope, 10, 60.0, 100.0) == 10
+    assert quota.concurrency_refused(scope, ten, 5, 60.0, 100.0) == 5
+    assert quota.concurrency_refused(scope, ten, 0, 60.0, 100.5) == 5  # the same burst of 429s: once a second
+    other, five = Scope("acct-" + secrets.token_hex(3), "m"), scope_limits(5, 0)
+    assert quota.concurrency_refused(other, five, 1, 60.0, 100.0) == 3
+    assert quota.concurrency_refused(other, five, 1, 60.0, 101.5) == 2
+    assert quota.slot_limit(other, 5, 60.0, 101.5 + 59) == 2
+    assert quota.slot_limit(other, 5, 60.0, 101.5 + 61) == 3
+    assert quota.slot_limit(other, 5, 60.0, 101.5 + 400) == 5
+
+
+def test_an_account_with_a_queue_keeps_its_configured_concurrency(quota: Quota) -> None:
+    """With a queue upstream, a 429 can cut only the queued extra: never below the configured tasks at once."""
+    scope = Scope("acct-" + secrets.token_hex(3), "m")
+    assert quota.concurrency_refused(scope, scope_limits(5, 5), 0, 60.0, 100.0) == 5
+    assert quota.slot_limit(scope, 10, 60.0, 100.0) == 5

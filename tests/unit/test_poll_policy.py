@@ -75,17 +75,54 @@ def test_a_watched_account_polls_each_task_only_as_a_safety_net() -> None:
     assert next_poll_delay_s(IMAGE, running(0.0), PRIOR, watched) == IMAGE.cap_s * WATCHED_CAP_FACTOR
 
 
+def polls_per_task(learned: Learned, load: AccountLoad, tasks: int = 4000) -> float:
+    """Run tasks of the learned durations through the schedule (no jitter): the polls each got, on average."""
+    rng, total = random.Random(3), 0
+    for _ in range(tasks):
+        ends_at, elapsed = rng.lognormvariate(math.log(learned.run.median_s), learned.run.sigma), 0.0
+        while True:
+            elapsed += next_poll_delay_s(PollPolicy(jitter=0.0, min_delay_s=0.01), running(elapsed), learned, load)
+            total += 1
+            if elapsed >= ends_at:
+                break
+    return total / tasks
+
+
+def test_a_target_of_p_costs_one_poll_in_p() -> None:
+    """Whatever the durations, a task polled at each chance p of an end costs 1 / p polls on average (4 at 0.25)."""
+    assert polls_per_task(LEARNED, FEW) == pytest.approx(1 / IMAGE.target, rel=0.05)
+    wide = Learned(run=Duration(40.0, 0.8, weight=40), queue=LEARNED.queue)
+    assert polls_per_task(wide, FEW) == pytest.approx(1 / IMAGE.target, rel=0.05)
+
+
 def test_many_tasks_on_one_budget_raise_the_target_so_the_polls_fit_the_budget() -> None:
-    """200 tasks of ~20 s on 18 QPS afford ~1.9 polls per run each: the target rises until that is what it costs."""
+    """200 tasks of ~20 s on 18 QPS afford ~1.9 polls per run each: simulated, that is about what each one costs."""
     crowded = AccountLoad(budget_qps=18.0, tasks_in_flight=200)
-    target = poll_target(IMAGE, crowded, LEARNED)
     mean_run_s = LEARNED.run.median_s * math.exp(LEARNED.run.sigma**2 / 2)
     affordable = 18.0 * mean_run_s / 200
-    assert target > IMAGE.target
-    assert 1 + 1 / -math.log(1 - target) == pytest.approx(affordable, rel=1e-6)
-    assert next_poll_delay_s(IMAGE, running(10.0), LEARNED, crowded) > next_poll_delay_s(
-        IMAGE, running(10.0), LEARNED, FEW
+    assert poll_target(IMAGE, crowded, LEARNED) == pytest.approx(1 / affordable)
+    assert polls_per_task(LEARNED, crowded) == pytest.approx(affordable, rel=0.1)
+
+
+def test_a_task_far_past_its_learned_runs_is_polled_ever_more_rarely() -> None:
+    """A ~20 s task still running at 2 min, 5 min and an hour: polls back off (at least half the time since the
+    99.9 % quantile, up to the cap), never one every half second."""
+    q999 = LEARNED.run.quantile(0.999)
+    policy = PollPolicy(jitter=0.0, cap_s=135.0)
+    for elapsed in (120.0, 300.0, 3600.0):
+        delay = next_poll_delay_s(policy, running(elapsed, remaining_s=10_000), LEARNED, FEW)
+        assert delay >= min(policy.cap_s, 0.5 * (elapsed - q999))
+    tight = Learned(run=Duration(6.0, 0.05, weight=40), queue=LEARNED.queue)  # the spread's floor
+    assert next_poll_delay_s(policy, running(12.0, remaining_s=10_000), tight, FEW) >= 0.5 * (
+        12.0 - tight.run.quantile(0.999)
     )
+
+
+def test_a_skewed_service_clock_cannot_put_a_task_further_into_its_run_than_it_has_lived() -> None:
+    """A scheduled_time far in our past (the service's clock behind ours) counts as no more than the time since the
+    create: a 5 s old task is not taken for one a minute into its run."""
+    skewed = TaskView(status="RUNNING", run_elapsed_s=60.0, waited_s=5.0, remaining_s=600.0)
+    assert next_poll_delay_s(IMAGE, skewed, LEARNED, FEW) == next_poll_delay_s(IMAGE, running(5.0), LEARNED, FEW)
 
 
 def test_a_starved_budget_still_polls_each_task_now_and_then() -> None:
@@ -123,7 +160,8 @@ def test_every_delay_is_finite_and_within_its_bounds(
     watched: bool,
     seed: int,
 ) -> None:
-    """For any task, distribution and load, the delay lies between the floor and the cap plus jitter."""
+    """For any task, distribution and load, the delay lies between the floor and the cap plus jitter, and an
+    outlier's polls back off."""
     policy = PollPolicy()
     learned = Learned(run=Duration(median, sigma, weight=10), queue=Duration(median, sigma, weight=10))
     task = TaskView(status=status, run_elapsed_s=elapsed, waited_s=waited, remaining_s=600.0)
@@ -132,6 +170,9 @@ def test_every_delay_is_finite_and_within_its_bounds(
     assert policy.min_delay_s <= delay <= policy.cap_s * WATCHED_CAP_FACTOR * (1 + policy.jitter)
     if not watched:
         assert delay <= policy.cap_s * (1 + policy.jitter)
+    beyond_s = min(elapsed, waited) - learned.run.quantile(0.999)
+    if status == "RUNNING" and beyond_s > 0:  # an outlier backs off
+        assert delay >= min(policy.cap_s, 0.5 * beyond_s) * (1 - policy.jitter)
 
 
 def test_the_settings_choose_the_policy_per_kind() -> None:

@@ -186,3 +186,31 @@ def test_webhook_tries_must_end_before_the_purge_removes_the_batch() -> None:
     with pytest.raises(ConfigInvalid, match="webhook_give_up_s"):
         load_settings(retention_s=90000, webhook_give_up_s=90000)
     assert load_settings(retention_s=90000).webhook_give_up_s == 86400
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("poll_target", 0.0),
+        ("poll_target", 1.0),
+        ("poll_watched_target", float("nan")),
+        ("poll_min_delay_s", 0.0),
+        ("poll_image_cap_s", 200.0),
+        ("poll_video_cap_s", float("inf")),
+        ("watch_interval_s", 0.06),
+        ("task_list_qps", 1e-300),
+        ("slot_probe_s", 5e-324),
+        ("slot_probe_s", float("inf")),
+    ],
+)
+def test_poll_and_watcher_settings_outside_their_range_are_refused(name: str, value: float) -> None:
+    """Each poll or watcher setting out of its range (NaN, inf, zero, a denormal) is refused, naming it."""
+    with pytest.raises(ConfigInvalid, match=name):
+        load_settings(**{name: value})
+
+
+def test_the_shortest_poll_wait_may_not_exceed_the_longest() -> None:
+    """poll_min_delay_s above a poll cap is refused, naming both."""
+    with pytest.raises(ConfigInvalid, match=r"poll_min_delay_s.*poll_image_cap_s"):
+        load_settings(poll_min_delay_s=40.0, poll_image_cap_s=30.0)
+    assert load_settings(poll_min_delay_s=30.0).poll_min_delay_s == 30.0

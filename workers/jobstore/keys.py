@@ -49,10 +49,12 @@ ended more than `retention_s` ago (`docs/architecture.md`, "Retention").
 | `genq:rate:{account}:{model}`          | string     | ~1 s   | GCRA arrival time of the scope's next create         |
 | `genq:cooldown:{account}:{model}`      | hash       | 1 h    | 429 pause and AIMD factor of the scope's submit rate |
 | `genq:qbudget:{account}`               | string     | ~1 s   | GCRA arrival time of the account's next query        |
+| `genq:qbudget:{account}:lists`         | string     | ~1 s   | the same for its task lists (their reserved share)   |
 | `genq:durations:{account}:{model}:run` | list       | 7 d    | "at:seconds" of the scope's last 64 task runs, and   |
 | `genq:durations:{account}:{model}:queue`| list      | 7 d    | of their waits in the service's queue (durations.py) |
-| `genq:watch:{account}`                 | hash       | ~30 s  | the account's task-list watcher: `token` of the one  |
-|                                        |            |        | running, `listed_at` of its last good list (watch.py)|
+| `genq:watch:{account}`                 | hash       | ~30 s  | the account's task-list watcher: `token` and `round` |
+|                                        |            |        | of the one running, `ok_at` of its last good round,  |
+|                                        |            |        | `sent` polls (quota/watch_board.py)                  |
 | `genq:requests` (setting)              | stream     | none   | requests of upstream stages (`request_inbox.py`);    |
 |                                        |            |        | trimmed by their producers (`docs/requests.md`)      |
 | `genq:requests:answered:{entry}`       | string     | 7 d    | a request entry already answered with a rejection    |
@@ -141,6 +143,10 @@ def query_budget(account: str) -> str:
 def durations(account: str, model: str, what: str) -> str:
     """`what`: "run" or "queue"."""
     return f"{PREFIX}:durations:{account}:{model}:{what}"
+
+
+def list_budget(account: str) -> str:
+    return f"{PREFIX}:qbudget:{account}:lists"
 
 
 def watch(account: str) -> str:

@@ -66,10 +66,21 @@ class Duration:
         p = min(max(p, 1e-9), 1 - 1e-9)
         return self.median_s * math.exp(self.sigma * _NORMAL.inv_cdf(p))
 
+    def survival(self, seconds: float) -> float:
+        """P(T > seconds), computed on the tail's own side, so that it stays exact where the CDF rounds to 1."""
+        if seconds <= 0:
+            return 1.0
+        z = (math.log(seconds) - math.log(self.median_s)) / self.sigma
+        return 0.5 * math.erfc(z / math.sqrt(2))
+
     def conditional_quantile(self, elapsed_s: float, p: float) -> float:
-        """The time by which a task that has run `elapsed_s` has ended with probability `p`."""
-        done = self.cdf(elapsed_s)
-        return max(elapsed_s, self.quantile(done + p * (1 - done)))
+        """The time by which a task that has run `elapsed_s` has ended with probability `p`: where the survival
+        has fallen to `(1 - p)` of what it is now. Far in the tail (beyond what a float can tell) it is infinite:
+        nothing known says when such a task ends, and the caller's cap decides."""
+        left = self.survival(elapsed_s) * (1 - p)
+        if not left > 0:
+            return math.inf
+        return max(elapsed_s, self.median_s * math.exp(-self.sigma * _NORMAL.inv_cdf(min(left, 1 - 1e-12))))
 
 
 #: The documented advice: images "10 s to 2 min" (the pages also say "typically 1-2 minutes"), videos 1-5 min.

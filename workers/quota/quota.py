@@ -6,13 +6,15 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
 
-from config.accounts import ScopeLimits
+from config.accounts import AccountSettings, ScopeLimits
+from config.catalogue import CATALOGUE
 from config.settings import Settings
 from workers.jobstore import keys
 from workers.quota.budget import QueryBudget
@@ -37,6 +39,11 @@ class Scope:
 
     def __str__(self) -> str:
         return f"{self.account}/{self.model}"
+
+
+def scopes_of(account: AccountSettings) -> list[Scope]:
+    """Every scope of the account: one per catalogue model it serves."""
+    return [Scope(account.name, model) for model in CATALOGUE if account.serves(model)]
 
 
 @dataclass
@@ -100,19 +107,32 @@ class Quota:
         state = self.cooldowns.state(keys.cooldown(scope.account, scope.model), now)
         return state.slots(configured, now, probe_s)
 
-    def concurrency_refused(self, scope: Scope, limits: ScopeLimits, upstream: int, now: float) -> int:
-        """A create of `scope` got a 429 while `upstream` other tasks of it were upstream: the service's limit is
-        at most that many (it may also count tasks that ended unnoticed, so never less). An account that says it
-        has a queue upstream keeps at least its configured concurrency. Returns the new slot count."""
+    def concurrency_refused(self, scope: Scope, limits: ScopeLimits, upstream: int, probe_s: float, now: float) -> int:
+        """A create of `scope` got a 429 that may say "too many tasks at once", while `upstream` other tasks of it
+        were upstream or being created. Multiplicative decrease: the slot count is halved, at most once a second
+        (the 429s of creates already in flight say the same thing once), but never below `upstream` (a 429 for
+        concurrency means the service runs at least its limit, and genq's count only adds tasks that ended
+        unnoticed, so the limit is at most that many: the cut never goes below it) nor, on an account that says
+        it has a queue upstream, below its configured concurrency. Returns the slot count now in force."""
+        state = self.cooldowns.state(keys.cooldown(scope.account, scope.model), now)
+        current = state.slots(limits.slot_limit, now, probe_s)
+        if state.slot_cap is not None and now - state.cap_at < 1.0:
+            return current
         floor = 1 if limits.server_queue_depth == 0 else limits.max_concurrent
-        cap = max(floor, upstream)
-        self.cooldowns.cut_slots(keys.cooldown(scope.account, scope.model), now, cap=cap)
-        return cap
+        cap = max(floor, upstream, math.ceil(current / 2))
+        if cap < current:
+            self.cooldowns.cut_slots(keys.cooldown(scope.account, scope.model), now, cap=cap)
+        return min(cap, current)
 
     # --- query budget ------------------------------------------------------------------------------
     def query_wait_s(self, account: str, qps: float, now: float, rng: random.Random) -> float:
         wait = self.budget.take(account, qps, now)
         return wait + rng.uniform(0.01, 0.1) if wait > 0 else 0.0
+
+    def list_wait_s(self, account: str, qps: float, now: float, rng: random.Random) -> float:
+        """`query_wait_s` for a page of the task list, on the lists' share of the budget."""
+        wait = self.budget.take_list(account, qps, now)
+        return wait + rng.uniform(0.005, 0.02) if wait > 0 else 0.0
 
     # --- slots -------------------------------------------------------------------------------------
     def take_slot(self, scope: Scope, ref: str, *, limit: int, lease_s: float, now: float) -> bool:
