@@ -98,7 +98,12 @@ class Sample:
 def estimate(samples: Sequence[Sample], prior: Duration, now: float) -> Duration:
     """The log-normal the samples support, blended with `prior`; robust to outliers and to old samples."""
     # A wait of 0 s (a free slot) is real: counted as the shortest time the service's timestamps can tell.
-    usable = [(s.at, math.log(max(s.seconds, 0.05))) for s in samples if math.isfinite(s.seconds) and s.seconds >= 0]
+    # A sample must say when it was seen (not in the future, beyond a clock's disagreement) to decay.
+    usable = [
+        (s.at, math.log(max(s.seconds, 0.05)))
+        for s in samples
+        if math.isfinite(s.seconds) and s.seconds >= 0 and math.isfinite(s.at) and s.at <= now + 60
+    ]
     weighted = [(log_s, 0.5 ** (max(0.0, now - at) / HALF_LIFE_S)) for at, log_s in usable]
     total = sum(w for _, w in weighted)
     if total <= 1e-6:
