@@ -55,12 +55,13 @@ from workers.runtime import Runtime
 
 log = structlog.get_logger("genq.watch")
 
-#: A watcher that stops renewing (its worker died) is replaced after this long.
-LEASE_S = 30.0
+#: A watcher that stops renewing (its worker died) is replaced after this long (by the sweep, every 5 s, or the
+#: next poll of the account).
+LEASE_S = 10.0
 #: The longest a watcher sleeps while no end is plausible: a task admitted meanwhile is looked at by then.
-MAX_SLEEP_S = 10.0
+MAX_SLEEP_S = 3.0
 #: Polls count the account as watched while the watcher's last good round is this recent.
-WATCHED_FOR_S = MAX_SLEEP_S + 5.0
+WATCHED_FOR_S = MAX_SLEEP_S + 3.0
 #: Tasks created longer ago than this are left to their own polls (an overdue task, a stuck one).
 HORIZON_S = 900.0
 #: The list's window starts this long before the oldest task in flight (and ends this long after now): its
