@@ -17,7 +17,8 @@ with many each task gets its share (the budget itself, a rate limiter, is never 
 
 When the account's task list is being watched (`workers/watch.py`: one query tells which of many tasks ended,
 and the watcher sends their poll at once), per-task polls are only a safety net: the target is
-`watched_target` and the wait is at most `WATCHED_CAP_FACTOR x cap_s`.
+`watched_target`, still at most `cap_s` apart (the recovery sweep finds a job whose poll message was lost once
+its poll is due, so the cap also bounds how long such a job waits).
 
 Always: bounded jitter so a fleet's polls do not synchronise, never shorter than `min_delay_s`, at most the cap
 (give or take the jitter), and never past the job's deadline (the last poll lands on it).
@@ -67,9 +68,6 @@ MAX_TARGET = 0.99
 #: A running task past this quantile of the learned run time is an outlier: its polls back off by `TAIL_BACKOFF`
 #: times the time since (the log-normal's tail hazard says little about a task stuck for minutes).
 TAIL_QUANTILE, TAIL_BACKOFF = 0.999, 0.5
-#: While the task list is watched, the cap is this many times longer (the watcher notices ends; a watcher that
-#: dies is replaced within its lease by the sweep or the next poll, and polls stop counting on it).
-WATCHED_CAP_FACTOR = 2.0
 
 
 def poll_target(policy: PollPolicy, load: AccountLoad, learned: Learned) -> float:
@@ -97,8 +95,7 @@ def next_poll_delay_s(
     else:
         queue_left_s = max(0.0, learned.queue.median_s - task.waited_s)
         delay = queue_left_s + learned.run.quantile(p)
-    cap_s = policy.cap_s * (WATCHED_CAP_FACTOR if load.watched else 1.0)
-    delay = min(cap_s, max(policy.min_delay_s, delay))
+    delay = min(policy.cap_s, max(policy.min_delay_s, delay))
     spread = delay * policy.jitter
     delay = max(policy.min_delay_s, delay + (rng or random).uniform(-spread, spread))
     return max(0.0, min(delay, task.remaining_s))

@@ -18,7 +18,6 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from config.catalogue import model_spec
 from workers import account_pause, metrics
 from workers.admission import scope_of
 from workers.claimed import Claimed, backoff_s, claim, end, load_current, log
@@ -163,20 +162,16 @@ def _throttled(claimed: Claimed, scope: Scope, exc: RemoteError) -> Next | None:
 
 #: Statuses of a job whose task is upstream and may still occupy the service's concurrency.
 UPSTREAM_STATUSES = frozenset({Status.SUBMITTED, Status.RUNNING, Status.OVERDUE})
-#: A learned queue time whose 90th percentile is under this says the scope's tasks never wait upstream.
-NO_QUEUE_S = 0.5
 
 
 def _may_be_concurrency(rt: Runtime, scope: Scope, exc: RemoteError) -> bool:
     """Whether a 429 may say "too many tasks at once" rather than "too many creates per second": not a burst
-    refusal, on an account that has no queue upstream (its `server_queue_depth` is 0, or none of its recent
-    tasks waited). Where tasks queue, a task beyond the concurrency waits in PENDING instead of being refused."""
+    refusal, on an account with no queue upstream (`concurrency_mode = "throttle"`, or `server_queue_depth = 0`).
+    Where the account queues, a task beyond the concurrency waits in PENDING instead, so a 429 there is the rate's
+    and must not cost a slot."""
     if exc.code.endswith("BurstRate"):
         return False
-    if rt.settings.account_settings(scope.account).limits_for(scope.model).server_queue_depth == 0:
-        return True
-    queue = rt.durations.learned(scope.account, scope.model, model_spec(scope.model).kind, rt.clock()).queue
-    return queue.learned and queue.quantile(0.9) < NO_QUEUE_S
+    return rt.settings.account_settings(scope.account).limits_for(scope.model).server_queue_depth == 0
 
 
 def _tasks_upstream(rt: Runtime, scope: Scope, ref: str) -> int:

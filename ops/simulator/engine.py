@@ -219,6 +219,7 @@ class Engine:
         budget = self.query_budgets.get(account)
         if budget is None:
             budget = self.query_budgets[account] = QueryBudget(self.config.query_qps)
+        budget.per_s = self.config.query_qps  # the configuration may change while the simulator runs
         return budget.take(now, kind)
 
     # --- tasks ----------------------------------------------------------------------------------

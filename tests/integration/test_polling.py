@@ -230,3 +230,23 @@ def test_a_list_that_disagrees_with_the_task_sends_its_poll_again_only_after_a_b
     assert _send_ended(runtime, [answered_again], statuses, later, 106.0) == later  # 4 s this time
     assert _send_ended(runtime, [answered_again], statuses, later, 106.6)[flying.job.ref].times == 3
     assert len(sent) == 3
+
+
+def test_an_account_with_a_queue_keeps_its_slots_whatever_429s_it_meets(
+    runtime_factory: Callable[..., Runtime], simulator_factory: Callable[..., RunningSimulator]
+) -> None:
+    """An account that queues upstream, told a submit rate twice the real one: its rate 429s pause and slow the
+    scope, but never cut its slots (a task beyond the concurrency would have waited in PENDING, not been refused)."""
+    sim = simulator_factory()
+    sim.engine.configure(limits={MODEL: [2, 2]})
+    account = AccountSettings(
+        name=ACCOUNT, api_keys=(SecretStr(SIM_KEY),), base_url=sim.base_url, limits={MODEL: (4, 2)}
+    )
+    rt = runtime_factory(
+        accounts=(account,), dashscope_base_url=sim.base_url, result_hosts=(sim.url.removeprefix("http://"),)
+    )
+    run(rt, enqueue(rt, *rows(12)), timeout_s=120)
+    assert [j.status for j in rt.store.jobs("b")] == [Status.SUCCEEDED] * 12
+    assert sim.counters().get("throttled_submit", 0) >= 1
+    configured = account.limits_for(MODEL).slot_limit
+    assert rt.quota.slot_limit(Scope(ACCOUNT, MODEL), configured, rt.settings.slot_probe_s, time.time()) == configured

@@ -218,10 +218,3 @@ def test_a_throttle_429_halves_the_slots_but_never_below_what_is_upstream(quota:
     assert quota.slot_limit(other, 5, 60.0, 101.5 + 59) == 2
     assert quota.slot_limit(other, 5, 60.0, 101.5 + 61) == 3
     assert quota.slot_limit(other, 5, 60.0, 101.5 + 400) == 5
-
-
-def test_an_account_with_a_queue_keeps_its_configured_concurrency(quota: Quota) -> None:
-    """With a queue upstream, a 429 can cut only the queued extra: never below the configured tasks at once."""
-    scope = Scope("acct-" + secrets.token_hex(3), "m")
-    assert quota.concurrency_refused(scope, scope_limits(5, 5), 0, 60.0, 100.0) == 5
-    assert quota.slot_limit(scope, 10, 60.0, 100.0) == 5

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from config.catalogue import Kind
 from config.settings import Settings
 from workers.poll_policy import (
-    WATCHED_CAP_FACTOR,
     AccountLoad,
     PollPolicy,
     TaskView,
@@ -66,13 +65,13 @@ def test_a_pending_task_waits_for_the_learned_queue_time_before_its_run_can_end(
 
 
 def test_a_watched_account_polls_each_task_only_as_a_safety_net() -> None:
-    """While the task list is watched, a running task is polled at a 98 % chance of an end, at most twice the cap."""
+    """While the task list is watched, a running task is polled at a 98 % chance of an end, at most the cap apart."""
     watched = AccountLoad(budget_qps=16.0, tasks_in_flight=5, watched=True)
     assert poll_target(IMAGE, watched, LEARNED) == IMAGE.watched_target
-    assert next_poll_delay_s(PollPolicy(jitter=0.0), running(0.0), LEARNED, watched) == pytest.approx(
+    assert next_poll_delay_s(PollPolicy(jitter=0.0, cap_s=60.0), running(0.0), LEARNED, watched) == pytest.approx(
         LEARNED.run.quantile(0.98), rel=1e-6
     )
-    assert next_poll_delay_s(IMAGE, running(0.0), PRIOR, watched) == IMAGE.cap_s * WATCHED_CAP_FACTOR
+    assert next_poll_delay_s(IMAGE, running(0.0), PRIOR, watched) == IMAGE.cap_s
 
 
 def polls_per_task(learned: Learned, load: AccountLoad, tasks: int = 4000) -> float:
@@ -167,9 +166,7 @@ def test_every_delay_is_finite_and_within_its_bounds(
     task = TaskView(status=status, run_elapsed_s=elapsed, waited_s=waited, remaining_s=600.0)
     delay = next_poll_delay_s(policy, task, learned, AccountLoad(qps, tasks, watched), random.Random(seed))
     assert math.isfinite(delay)
-    assert policy.min_delay_s <= delay <= policy.cap_s * WATCHED_CAP_FACTOR * (1 + policy.jitter)
-    if not watched:
-        assert delay <= policy.cap_s * (1 + policy.jitter)
+    assert policy.min_delay_s <= delay <= policy.cap_s * (1 + policy.jitter)
     beyond_s = min(elapsed, waited) - learned.run.quantile(0.999)
     if status == "RUNNING" and beyond_s > 0:  # an outlier backs off
         assert delay >= min(policy.cap_s, 0.5 * beyond_s) * (1 - policy.jitter)

@@ -108,18 +108,17 @@ class Quota:
         return state.slots(configured, now, probe_s)
 
     def concurrency_refused(self, scope: Scope, limits: ScopeLimits, upstream: int, probe_s: float, now: float) -> int:
-        """A create of `scope` got a 429 that may say "too many tasks at once", while `upstream` other tasks of it
-        were upstream or being created. Multiplicative decrease: the slot count is halved, at most once a second
-        (the 429s of creates already in flight say the same thing once), but never below `upstream` (a 429 for
-        concurrency means the service runs at least its limit, and genq's count only adds tasks that ended
-        unnoticed, so the limit is at most that many: the cut never goes below it) nor, on an account that says
-        it has a queue upstream, below its configured concurrency. Returns the slot count now in force."""
+        """A create of `scope`, on an account with no queue upstream, got a 429 that may say "too many tasks at
+        once", while `upstream` other tasks of it were upstream or being created. Multiplicative decrease: the slot
+        count is halved, at most once a second (the 429s of creates already in flight say the same thing once),
+        but never below `upstream` (a 429 for concurrency means the service runs at least its limit, and genq's
+        count only adds tasks that ended unnoticed, so the cut never goes below the real limit; a rate 429 costs
+        a halving at most). Returns the slot count now in force."""
         state = self.cooldowns.state(keys.cooldown(scope.account, scope.model), now)
         current = state.slots(limits.slot_limit, now, probe_s)
         if state.slot_cap is not None and now - state.cap_at < 1.0:
             return current
-        floor = 1 if limits.server_queue_depth == 0 else limits.max_concurrent
-        cap = max(floor, upstream, math.ceil(current / 2))
+        cap = max(1, upstream, math.ceil(current / 2))
         if cap < current:
             self.cooldowns.cut_slots(keys.cooldown(scope.account, scope.model), now, cap=cap)
         return min(cap, current)
