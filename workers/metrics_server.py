@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from config.settings import Settings
 from workers import metrics
 from workers.claimed import log
 from workers.jobstore import Gauges, RedisJobStore
@@ -52,7 +53,7 @@ def start_metrics_server(config: dict[str, Any], redis_url: str) -> bool:
     metrics.preset((account, model) for account, models in limits.items() for model in models)
     client = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=5)
     store, quota = RedisJobStore(client), Quota.redis(client)  # read-only here: gauges and slots held
-    probe_s = float(config.get("slot_probe_s") or 60.0)
+    probe_s = float(config.get("slot_probe_s") or Settings.model_fields["slot_probe_s"].default)
 
     def limit_now(scope: Scope, configured: int, now: float) -> int:
         return quota.slot_limit(scope, configured, probe_s, now)
