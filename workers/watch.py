@@ -6,7 +6,9 @@ of the account in one answer (no result URLs: those still take one query of the 
 the account is in flight, one watcher (`genq.watch`, on the poll queue) reads the list every
 `watch_interval_s`, and for each task of ours that it shows ended (SUCCEEDED, FAILED or CANCELED) sends that
 job's poll at once, carrying the job's current attempt: the poll claims the attempt, queries the task and
-records its end; the job's own scheduled poll then finds its attempt moved on and does nothing.
+records its end; the job's own scheduled poll then finds its attempt moved on and does nothing. A job still
+`submitted` whose task the list shows RUNNING is moved to `running` (its poll stays due when it was, carried by
+a fresh message), so that `genq status` shows what runs without a query spent on it.
 
 It lists only when an end is plausible: no task of the account can have ended before its start plus the
 shortest run the scope has shown (the learned run time's 0.5 % quantile, `workers/quota/durations.py`; with
@@ -45,9 +47,10 @@ from config.accounts import AccountSettings
 from config.catalogue import model_spec
 from workers import metrics
 from workers.admission import HOLDS_SLOT
+from workers.claimed import reschedule
 from workers.dashscope.protocol import list_time, upstream_epoch
 from workers.errors import RemoteError
-from workers.job import UPSTREAM_FINAL, Action, Job, Next
+from workers.job import UPSTREAM_FINAL, Action, Job, Next, Status
 from workers.quota.budget import QUERY_SAFETY, list_qps, task_query_qps
 from workers.quota.quota import scopes_of
 from workers.quota.watch_board import Sent
@@ -172,6 +175,7 @@ def watch_round(rt: Runtime, account: str, token: str, *, round_no: int = 0, fai
         delay_s = min(RETRY_CAP_S, RETRY_S * 2 ** (failures - 1))
         return NextRound(delay_s, round_no + 1, failures) if hold(None, state.sent) else None
     sent = _send_ended(rt, flying, statuses, state.sent, now)
+    _mark_running(rt, flying, statuses, now)
     return NextRound(rt.settings.watch_interval_s, round_no + 1) if hold(now, sent) else None
 
 
@@ -230,6 +234,17 @@ def _await_list_query(rt: Runtime, account: AccountSettings) -> bool:
         time.sleep(wait_s)
         waited_s += wait_s
     return True
+
+
+def _mark_running(rt: Runtime, flying: list[InFlight], statuses: dict[str, str], now: float) -> None:
+    """Move each job still `submitted` whose task the list shows RUNNING to `running`, by compare-and-set on its
+    attempt, its next poll due when it was (a fresh message carries it; the old one finds its attempt moved on).
+    A job claimed meanwhile by its own poll is left to it."""
+    for f in flying:
+        job = f.job
+        if job.status is Status.SUBMITTED and statuses.get(job.task_id or "") == "RUNNING":
+            fields = {"task_status": "RUNNING"}
+            rt.send(reschedule(rt, job, job.attempt, Status.RUNNING, Action.POLL, max(0.0, job.due_at - now), fields))
 
 
 def _send_ended(
