@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -82,8 +81,6 @@ RETRY_S, RETRY_CAP_S = 2.0, 60.0
 #: A task the list shows ended, whose poll was sent and answered otherwise, is sent again after this long
 #: (doubling each time), not every round.
 RESEND_BACKOFF_S = 2.0
-
-StartWatch = Callable[[str, str], None]
 
 
 @dataclass(frozen=True)
