@@ -12,6 +12,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+#: How much of a failed process's log its `StackError` quotes.
+LOG_TAIL_LINES = 5
+LOG_TAIL_MAX_BYTES = 4096
+
 
 class StackError(RuntimeError):
     """A local service could not be started; the message says which and where its log is."""
@@ -80,17 +84,33 @@ class ManagedProcess:
         return self.popen.poll() is None
 
     def wait_until(self, ready: Callable[[], bool], *, timeout_s: float, what: str) -> None:
+        """Wait until `ready()`; a process that exits first, or is not ready in time, is stopped (its log closed)
+        and raises `StackError` quoting the end of its log, so that a CI failure says why without the file."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.alive():
+                self.stop()
                 raise StackError(
                     f"{self.name} exited with code {self.popen.returncode} before {what}; see {self.log_path}"
+                    f"{self._log_tail()}"
                 )
             if ready():
                 return
             time.sleep(0.1)
         self.stop()
-        raise StackError(f"{self.name} was not {what} within {timeout_s:.0f} s; see {self.log_path}")
+        raise StackError(f"{self.name} was not {what} within {timeout_s:.0f} s; see {self.log_path}{self._log_tail()}")
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The last `lines` lines of the process's log ("" when it cannot be read)."""
+        try:
+            text = self.log_path.read_bytes()[-LOG_TAIL_MAX_BYTES:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _log_tail(self) -> str:
+        tail = self.log_tail()
+        return f"; its log ends:\n{tail}" if tail else ""
 
     def stop(self, grace_s: float = 10.0) -> None:
         if self.alive():

@@ -130,16 +130,40 @@ def start_s3(
             "GENQ_STATE_DIR"
         )
     data_dir.mkdir(parents=True, exist_ok=True)
+    env = {**base_env, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
+    # weed needs four more ports (and each one's gRPC twin, +10000), chosen here and bound by weed a moment later:
+    # another program may take one in between, and weed then exits at once saying so. Fresh ports fix that.
+    for attempt in range(1, S3_PORT_ATTEMPTS + 1):
+        process = ManagedProcess("s3", _weed_argv(data_dir, port), log_path=log_dir / "s3.log", env=env)
+        try:
+            process.wait_until(lambda: s3_ready(f"127.0.0.1:{port}"), timeout_s=60, what="serving S3")
+        except StackError:
+            tail = process.log_tail()
+            # The S3 port itself is the caller's choice (GENQ_S3_ENDPOINT): a new attempt would not free it.
+            if attempt == S3_PORT_ATTEMPTS or WEED_PORT_TAKEN not in tail or f"port {port} " in tail:
+                raise
+            continue
+        return process
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+#: How often a weed start that lost one of its ports to another program is tried again on fresh ones.
+S3_PORT_ATTEMPTS = 3
+#: What weed prints when a port it was given is no longer free.
+WEED_PORT_TAKEN = "Port allocation failed"
+
+
+def _weed_argv(data_dir: Path, s3_port: int) -> list[str]:
     # weed mini remembers earlier flags in mini.options; ports are chosen afresh on each start.
     (data_dir / "mini.options").unlink(missing_ok=True)
     others = [free_port(with_grpc_offset=True) for _ in range(4)]
-    argv = [
+    return [
         weed_binary(),
         "mini",
         f"-dir={data_dir}",
         "-ip=127.0.0.1",
         "-ip.bind=127.0.0.1",
-        f"-s3.port={port}",
+        f"-s3.port={s3_port}",
         f"-master.port={others[0]}",
         f"-volume.port={others[1]}",
         f"-filer.port={others[2]}",
@@ -152,10 +176,6 @@ def start_s3(
         f"-filer.localSocket={data_dir / 'filer.sock'}",
         f"-s3.localSocket={data_dir / 's3.sock'}",
     ]
-    env = {**base_env, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
-    process = ManagedProcess("s3", argv, log_path=log_dir / "s3.log", env=env)
-    process.wait_until(lambda: s3_ready(f"127.0.0.1:{port}"), timeout_s=60, what="serving S3")
-    return process
 
 
 def start_simulator(

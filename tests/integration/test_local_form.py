@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import stat
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -10,7 +12,8 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 
-from ops.localstack import LocalStack, isolated_settings
+from ops.localstack import LocalStack, isolated_settings, services
+from ops.localstack.process import StackError
 
 
 def test_the_local_state_is_private_and_its_redis_asks_for_the_password(tmp_path: Path) -> None:
@@ -39,3 +42,43 @@ def test_the_local_state_is_private_and_its_redis_asks_for_the_password(tmp_path
         with LocalStack(configured) as second:
             assert second.settings.redis_url == stack.settings.redis_url
             assert not any(p.name == "redis" for p in second.started)
+
+
+def test_s3_starts_on_fresh_ports_when_another_program_took_one_of_weeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When a program binds one of the ports chosen for `weed` between the choice and weed's start (the race
+    behind a CI failure), weed exits saying so and the S3 server is started again on fresh ports; a failing
+    start's log is closed and its end quoted in the error."""
+    taken = socket.create_server(("127.0.0.1", 0))
+    taken_port = taken.getsockname()[1]
+    chosen = iter([taken_port])
+    real_free_port = services.free_port
+
+    def first_choice_taken(*, with_grpc_offset: bool = False) -> int:
+        return next(chosen, None) or real_free_port(with_grpc_offset=with_grpc_offset)
+
+    monkeypatch.setattr(services, "free_port", first_choice_taken)
+    s3_port = real_free_port(with_grpc_offset=True)
+    logs = tmp_path / "logs"
+    try:
+        process = services.start_s3(
+            tmp_path / "s3", s3_port, logs, access_key="k", secret_key="s", base_env=dict(os.environ)
+        )
+        try:
+            assert services.s3_ready(f"127.0.0.1:{s3_port}")
+            log = (logs / "s3.log").read_text()
+            assert f"port {taken_port} for Master" in log  # the first attempt did hit the taken port
+        finally:
+            process.stop()
+
+        # The S3 port itself is the caller's: a start on a taken one fails at once, quoting weed's reason.
+        with pytest.raises(
+            StackError, match=rf"(?s)exited with code 1 before serving S3.*its log ends:.*port {taken_port} "
+        ):
+            services.start_s3(
+                tmp_path / "s3", taken_port, logs, access_key="k", secret_key="s", base_env=dict(os.environ)
+            )
+        assert (logs / "s3.log").read_text().count(f"port {taken_port} for S3") == 1  # not tried again
+    finally:
+        taken.close()
