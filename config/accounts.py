@@ -25,7 +25,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from config.catalogue import CATALOGUE, model_spec
+from config.catalogue import Catalogue, ModelSpec
 
 #: Base URLs per region (dashscope-api.md, "Endpoints"). Keys are region-specific.
 REGION_BASE_URLS = {
@@ -65,13 +65,10 @@ class AccountSettings(BaseModel):
 
     @field_validator("limits")
     @classmethod
-    def _known_models(cls, limits: dict[str, tuple[float, int]]) -> dict[str, tuple[float, int]]:
+    def _positive_limits(cls, limits: dict[str, tuple[float, int]]) -> dict[str, tuple[float, int]]:
+        # Whether each names a known model is checked with the catalogue in force (`Settings`).
         for model, (rate, slots) in limits.items():
-            try:
-                model_spec(model)
-            except KeyError as exc:
-                raise ValueError(f"limits: {exc.args[0]}") from None
-            if rate <= 0 or slots < 1:
+            if not (rate > 0 and slots >= 1) or rate == float("inf"):
                 raise ValueError(f"limits for {model}: submits per second must be > 0 and tasks at once >= 1")
         return limits
 
@@ -82,12 +79,15 @@ class AccountSettings(BaseModel):
     def serves(self, model: str) -> bool:
         return not self.models or model in self.models
 
-    def limits_for(self, model: str) -> ScopeLimits:
-        spec = model_spec(model)
-        rate, concurrent = self.limits.get(model, (spec.submit_rate_per_s, spec.max_concurrent))
+    def limits_for(self, spec: ModelSpec) -> ScopeLimits:
+        """The scope's limits: this account's own for the model, else the model's. A synchronous model has no
+        queue upstream: a call beyond its concurrency would hold a connection the service does not serve."""
+        rate, concurrent = self.limits.get(spec.name, (spec.submit_rate_per_s, spec.max_concurrent))
         depth = self.server_queue_depth
         if depth is None:
             depth = concurrent if self.concurrency_mode == "queue" else 0
+        if spec.synchronous:
+            depth = 0
         return ScopeLimits(submit_rate_per_s=float(rate), max_concurrent=int(concurrent), server_queue_depth=depth)
 
 
@@ -106,11 +106,7 @@ class ScopeLimits(BaseModel):
         return self.max_concurrent + self.server_queue_depth
 
 
-def all_models() -> list[str]:
-    return sorted(CATALOGUE)
-
-
-def slot_limits(accounts: Iterable[AccountSettings]) -> dict[str, dict[str, int]]:
+def slot_limits(accounts: Iterable[AccountSettings], catalogue: Catalogue) -> dict[str, dict[str, int]]:
     """Account -> model -> the scope's slot limit (tasks at once plus the server-side queue), for every model
     each account serves: the limits in force, as admission applies them (`workers/admission.py`)."""
-    return {a.name: {m: a.limits_for(m).slot_limit for m in all_models() if a.serves(m)} for a in accounts}
+    return {a.name: {m: a.limits_for(catalogue.spec(m)).slot_limit for m in catalogue if a.serves(m)} for a in accounts}

@@ -111,7 +111,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "genq_metrics": {
             "port": settings.metrics_port,
             "bind": settings.metrics_bind,
-            "slot_limits": slot_limits(settings.resolved_accounts()),
+            "slot_limits": slot_limits(settings.resolved_accounts(), settings.catalogue),
             "slot_probe_s": settings.slot_probe_s,
         },
     }

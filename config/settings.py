@@ -29,7 +29,8 @@ from pydantic_settings import (
 )
 from redis.connection import parse_url
 
-from config.accounts import REGION_BASE_URLS, AccountSettings, base_url_for
+from config.accounts import REGION_BASE_URLS, AccountSettings, ScopeLimits, base_url_for
+from config.catalogue import Catalogue, CatalogueInvalid, ModelSpec, catalogue_for
 from config.logging import register_secrets
 from config.schedules import ScheduleSettings
 
@@ -177,6 +178,13 @@ class Settings(BaseSettings):
     http_timeout_s: float = 30.0
     reconcile_clock_skew_s: float = Field(
         0.1, description="How far the service's clock may be from ours when a lost create is looked up."
+    )
+
+    # --- models (config/catalogue.py, config/models.toml) ---------------------------------------
+    models: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Models added to the shipped catalogue, or figures of shipped ones overridden: "
+        '`[models."name"]` tables in the config file (docs/models.md). `genq models` shows what is in force.',
     )
 
     # --- jobs -------------------------------------------------------------------------------------
@@ -438,6 +446,21 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _usable_catalogue(self) -> Settings:
+        """Every model whole, the default model among them, and every account's limits naming known models."""
+        try:
+            catalogue = self.catalogue
+        except CatalogueInvalid as exc:
+            raise ValueError(str(exc)) from None
+        if self.default_model not in catalogue:
+            raise ValueError(f"default_model: unknown model {self.default_model!r}; known: {', '.join(catalogue)}")
+        for account in self.resolved_accounts():
+            for model in (*account.limits, *account.models):
+                if model not in catalogue:
+                    raise ValueError(f"account {account.name}: unknown model {model!r}; known: {', '.join(catalogue)}")
+        return self
+
+    @model_validator(mode="after")
     def _known_region(self) -> Settings:
         _ = self.base_url  # an unknown region without a base URL is refused now, naming the known ones
         for account in self.resolved_accounts():  # and every account as the workers will build it
@@ -467,6 +490,19 @@ class Settings(BaseSettings):
         return (
             AccountSettings(name=self.account, api_keys=keys, region=self.region, base_url=self.dashscope_base_url),
         )
+
+    @property
+    def catalogue(self) -> Catalogue:
+        """The models in force: the shipped ones with `models` merged over them (built once per configuration)."""
+        return catalogue_for(self.models)
+
+    def spec(self, model: str) -> ModelSpec:
+        """A model of the catalogue in force; `KeyError` names the known ones."""
+        return self.catalogue.spec(model)
+
+    def limits(self, account: str, model: str) -> ScopeLimits:
+        """The limits of one (account, model) scope: the account's own, else the model's."""
+        return self.account_settings(account).limits_for(self.spec(model))
 
     def account_settings(self, name: str) -> AccountSettings:
         for account in self.resolved_accounts():

@@ -21,7 +21,6 @@ import httpx
 import redis
 from minio.error import MinioException
 
-from config.catalogue import CATALOGUE
 from config.settings import Settings
 from workers.bucket import make_minio
 from workers.dashscope import DashScopeClient
@@ -186,19 +185,22 @@ def _probe_key(http: httpx.Client, account: str, number: int, base_url: str, key
 
 
 def check_catalogue(settings: Settings) -> list[Finding]:
-    if settings.default_model not in CATALOGUE:
-        return [
-            Finding(
-                "catalogue",
-                "fail",
-                f"GENQ_DEFAULT_MODEL {settings.default_model!r} is not a known model; "
-                f"known: {', '.join(sorted(CATALOGUE))}.",
-            )
-        ]
-    broken = [m.name for m in CATALOGUE.values() if m.submit_rate_per_s <= 0 or m.max_concurrent <= 0]
-    if broken:
-        return [Finding("catalogue", "fail", f"Models without usable limits: {', '.join(broken)}.")]
-    return [Finding("catalogue", "ok", f"{len(CATALOGUE)} models; default {settings.default_model}.")]
+    # The settings validated the catalogue whole (each model, the default model, the accounts' limits).
+    catalogue = settings.catalogue
+    configured = sorted(
+        name
+        for name in catalogue
+        if catalogue.sources.get(name, {}) and any(source != "shipped" for source in catalogue.sources[name].values())
+    )
+    changed = f"; from your config: {', '.join(configured)}" if configured else ""
+    synchronous = sum(1 for name in catalogue if catalogue.spec(name).synchronous)
+    return [
+        Finding(
+            "catalogue",
+            "ok",
+            f"{len(catalogue)} models ({synchronous} synchronous); default {settings.default_model}{changed}.",
+        )
+    ]
 
 
 #: The Standard Webhooks specification asks for a symmetric key of at least this many random bytes.

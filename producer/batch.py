@@ -61,7 +61,9 @@ class RowChecker:
                 "field?)",
             )
         check_input_size("row", row.size_bytes)
-        request = validate_request(row.to_input(self.defaults), default_model=self.settings.default_model)
+        request = validate_request(
+            row.to_input(self.defaults), catalogue=self.settings.catalogue, default_model=self.settings.default_model
+        )
         if not row.client_id:
             fingerprint = request.fingerprint()
             self.seen_requests[fingerprint] += 1

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 import redis
 import structlog
 
-from config.catalogue import CATALOGUE
 from config.settings import Settings
 from producer.batch import new_job
 from workers import refs
@@ -134,7 +133,7 @@ class RequestConsumer:
         if self.clock() >= self._next_claim_at:
             self._next_claim_at = self.clock() + self.settings.request_claim_idle_s / 2
             report.add(self._take_over())
-        waiting = sum(self.store.waiting(sorted(CATALOGUE)).values())
+        waiting = sum(self.store.waiting(self.settings.catalogue.names()).values())
         if waiting >= self.settings.request_max_waiting:
             report.held_back = True
             time.sleep(self.block_ms / 1000)
@@ -292,7 +291,10 @@ class RequestConsumer:
         )
         try:
             envelope = validate_envelope(
-                raw, default_batch=self.settings.request_batch, default_model=self.settings.default_model
+                raw,
+                catalogue=self.settings.catalogue,
+                default_batch=self.settings.request_batch,
+                default_model=self.settings.default_model,
             )
             self._open(envelope)
         except RequestInvalid as exc:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import structlog
 
 from config.accounts import AccountSettings
-from config.catalogue import CATALOGUE, Kind, model_spec
+from config.catalogue import Kind
 from config.settings import Settings
 from workers import account_pause
 from workers.job import Action, Job, Next, Status
@@ -40,7 +40,7 @@ HOLDS_SLOT = frozenset({Status.ADMITTED, Status.SUBMITTING, Status.SUBMITTED, St
 
 
 def deadline_s(settings: Settings, model: str) -> float:
-    kind = model_spec(model).kind
+    kind = settings.spec(model).kind
     return settings.video_deadline_s if kind is Kind.VIDEO else settings.image_deadline_s
 
 
@@ -83,7 +83,7 @@ def dispatch(
         if account.name in paused:
             continue
         scope = Scope(account.name, model)
-        limit = quota.slot_limit(scope, account.limits_for(model).slot_limit, settings.slot_probe_s, now)
+        limit = quota.slot_limit(scope, settings.limits(account.name, model).slot_limit, settings.slot_probe_s, now)
         while (first := store.next_waiting(model)) is not None:
             ref, score = first
             if not quota.take_slot(scope, ref, limit=limit, lease_s=settings.slot_lease_s, now=now):
@@ -117,7 +117,7 @@ def _settle_lost_race(store: JobStore, quota: Quota, scope: Scope, ref: str) -> 
 
 def dispatch_all(store: JobStore, quota: Quota, settings: Settings, send: Send, *, now: float | None = None) -> int:
     """`dispatch` every model that has jobs waiting (the producer after a batch, and the periodic sweep)."""
-    waiting = store.waiting(sorted(CATALOGUE))
+    waiting = store.waiting(settings.catalogue.names())
     return sum(dispatch(store, quota, settings, model, send, now=now) for model in waiting)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from config.catalogue import Kind, model_spec
+from config.catalogue import Kind
 from workers import metrics
 from workers.claimed import Claimed, backoff_s, claim, load_current, log
 from workers.errors import ResultRejected, StorageError, TransientRemoteError
@@ -40,7 +40,7 @@ def finalize(rt: Runtime, ref: str, attempt: int) -> Next | None:
     job = load_current(rt, ref, attempt, Action.FINALIZE)
     if job is None:
         return None
-    claimed = claim(rt, job, Action.FINALIZE, lease_s=FINALIZE_LEASE_S[model_spec(job.request.model).kind])
+    claimed = claim(rt, job, Action.FINALIZE, lease_s=FINALIZE_LEASE_S[rt.settings.spec(job.request.model).kind])
     if claimed is None:
         return None
     try:
@@ -98,7 +98,7 @@ def alarm_result_at_risk(rt: Runtime, job: Job, urls_die_at: float, error: str, 
 
 
 def _store_results(rt: Runtime, job: Job) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    extension, allowed_types = _EXPECTED[model_spec(job.request.model).kind]
+    extension, allowed_types = _EXPECTED[rt.settings.spec(job.request.model).kind]
     objects: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     for index, item in enumerate(job.results):

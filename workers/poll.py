@@ -37,7 +37,6 @@ from typing import Any
 
 import redis
 
-from config.catalogue import model_spec
 from workers import account_pause, metrics
 from workers.admission import deadline_s, release, scope_of
 from workers.claimed import Claimed, backoff_s, claim, load_current, log
@@ -199,7 +198,7 @@ def poll_delay_s(rt: Runtime, job: Job, status: str, scheduled_at: float | None,
     """When the job's task is next polled (`workers/poll_policy.py`), from what is known of it, of its scope's
     tasks, and of its account's load."""
     account = job.account or rt.settings.resolved_accounts()[0].name
-    kind = model_spec(job.request.model).kind
+    kind = rt.settings.spec(job.request.model).kind
     task = TaskView(
         status=status,
         run_elapsed_s=None if scheduled_at is None else now - scheduled_at,
@@ -218,7 +217,7 @@ def poll_delay_s(rt: Runtime, job: Job, status: str, scheduled_at: float | None,
 def account_load(rt: Runtime, account: str, job: Job, now: float) -> AccountLoad:
     """How many of the account's tasks share its query budget, and whether its task list is watched (and covers
     this job's task: one created long ago is left to its own polls)."""
-    scopes = scopes_of(rt.settings.account_settings(account))
+    scopes = scopes_of(rt.settings.account_settings(account), rt.settings.catalogue)
     return AccountLoad(
         budget_qps=budget_for_polls(rt, account),
         tasks_in_flight=sum(rt.quota.slots_held(scopes, now).values()),
@@ -243,19 +242,19 @@ def _on_succeeded(claimed: Claimed, state: TaskState, upstream: dict[str, Any]) 
     results = {"results": [r.to_dict() for r in state.results], "usage": state.usage, "results_at": rt.clock()}
     step = claimed.again(Status.DOWNLOADING, Action.FINALIZE, 0.0, fields={**upstream, **results})
     if step is not None:
-        _count_billed(job, state)
+        _count_billed(rt, job, state)
         release(rt.store, rt.quota, rt.settings, job, rt.send)
     return step
 
 
-def _count_billed(job: Job, state: TaskState) -> None:
+def _count_billed(rt: Runtime, job: Job, state: TaskState) -> None:
     """Count what the service bills for the task, once per task: here, where the record of its SUCCEEDED answer
     (with the `usage` it bills by) took effect. Every path into `downloading` passes here, and this record is a
     compare-and-set on the attempt this delivery claimed, so a second delivery of the poll, or a re-sent one,
     finds the attempt moved on (or the job downloading) and counts nothing; a finalize that runs twice counts
     nothing either. Counted on the answer, not on the job's end, because the service bills a task that succeeded
     whether or not its results are then stored (a job can still end `failed`, its URLs expired)."""
-    spec = model_spec(job.request.model)
+    spec = rt.settings.spec(job.request.model)
     units = state.billed_units(spec.kind, requested_duration_s=job.request.duration_s)
     metrics.BILLED_UNITS.labels(account=job.account or "", model=job.request.model).inc(units)
 

@@ -15,28 +15,10 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from config.catalogue import (
-    ASPECT_MAX,
-    ASPECT_MIN,
-    CATALOGUE,
-    N_MAX,
-    N_MIN,
-    NEGATIVE_PROMPT_MAX_CHARS,
-    SEED_MAX,
-    SEED_MIN,
-    SIDE_MAX,
-    SIDE_MIN,
-    TOTAL_PIXELS_MAX,
-    TOTAL_PIXELS_MIN,
-    Kind,
-    ModelSpec,
-    SizeRule,
-)
+from config.catalogue import SEED_MAX, SEED_MIN, Catalogue, Kind, ModelSpec, parse_size
 from workers import refs
 from workers.errors import RequestInvalid
 
-# ASCII digits only (`\d` would take any Unicode digit) and no leading zero: sent upstream as written.
-_SIZE = re.compile(r"([1-9][0-9]{1,4})\*([1-9][0-9]{1,4})")
 _TRUE = {"true", "1", "yes", "y", "on"}
 _FALSE = {"false", "0", "no", "n", "off"}
 _INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -262,40 +244,25 @@ def check_input_size(name: str, size_bytes: int) -> None:
 
 def check_size(spec: ModelSpec, size: str) -> None:
     """Raise `RequestInvalid` unless `size` is `W*H` and fits the model's size rule."""
-    match = _SIZE.fullmatch(size)
-    if not match:
+    dimensions = parse_size(size)
+    if dimensions is None:
         hint = " (use '*' between width and height, not 'x')" if "x" in size.lower() else ""
         raise RequestInvalid(
             "size", f"must be W*H in digits 0-9 without leading zeros, such as 1280*1280; got {shown(size)}{hint}"
         )
-    width, height = int(match[1]), int(match[2])
-    if spec.size_rule is SizeRule.FIXED:
-        if size not in spec.fixed_sizes:
-            raise RequestInvalid("size", f"{spec.name} accepts only {', '.join(spec.fixed_sizes)}; got {size}")
-    elif spec.size_rule is SizeRule.PER_SIDE:
-        if not (SIDE_MIN <= width <= SIDE_MAX and SIDE_MIN <= height <= SIDE_MAX):
-            raise RequestInvalid(
-                "size", f"{spec.name}: width and height must each be {SIDE_MIN}-{SIDE_MAX} px; got {size}"
-            )
-    else:
-        pixels = width * height
-        if not TOTAL_PIXELS_MIN <= pixels <= TOTAL_PIXELS_MAX:
-            raise RequestInvalid(
-                "size",
-                f"{spec.name}: total pixels must be between 768*768 and 1440*1440 "
-                f"({TOTAL_PIXELS_MIN:,}-{TOTAL_PIXELS_MAX:,}); {size} has {pixels:,}",
-            )
-        if not ASPECT_MIN <= width / height <= ASPECT_MAX:
-            raise RequestInvalid("size", f"{spec.name}: aspect ratio must be within 1:4 and 4:1; got {size}")
+    problem = spec.sizes.problem(spec.name, size, *dimensions)
+    if problem:
+        raise RequestInvalid("size", problem)
 
 
-def validate_request(raw: RequestInput, *, default_model: str) -> GenerationRequest:
-    """The canonical request, or `RequestInvalid` naming the first field that breaks a rule. Total: whatever
-    the types and sizes of `raw`'s values, it returns or raises `RequestInvalid`, nothing else."""
+def validate_request(raw: RequestInput, *, catalogue: Catalogue, default_model: str) -> GenerationRequest:
+    """The canonical request against the models in force, or `RequestInvalid` naming the first field that breaks
+    a rule. Total: whatever the types and sizes of `raw`'s values, it returns or raises `RequestInvalid`,
+    nothing else."""
     model = _text("model", raw.model, max_chars=200) if _given(raw.model) else default_model
-    spec = CATALOGUE.get(model)
+    spec = catalogue.get(model)
     if spec is None:
-        raise RequestInvalid("model", f"unknown model {shown(model)}; known models: {', '.join(sorted(CATALOGUE))}")
+        raise RequestInvalid("model", f"unknown model {shown(model)}; known models: {', '.join(catalogue)}")
 
     prompt = _text("prompt", raw.prompt) if raw.prompt is not None else ""
     if not prompt:
@@ -305,17 +272,24 @@ def validate_request(raw: RequestInput, *, default_model: str) -> GenerationRequ
             "prompt", f"{len(prompt):,} characters is over {spec.name}'s limit of {spec.prompt_max_chars}"
         )
     negative = _text("negative_prompt", raw.negative_prompt) if raw.negative_prompt is not None else ""
-    if len(negative) > NEGATIVE_PROMPT_MAX_CHARS:
+    if negative and not spec.negative_prompt:
+        raise RequestInvalid("negative_prompt", f"{spec.name} does not take a negative prompt")
+    # Refused, not sent: the service would cut it at the limit without a word (003:129), and what was cut is
+    # what the image was meant not to show. A billed image that ignores half its constraints is worse than a
+    # rejection that names the limit.
+    if len(negative) > spec.negative_prompt_max_chars:
         raise RequestInvalid(
-            "negative_prompt", f"{len(negative):,} characters is over the limit of {NEGATIVE_PROMPT_MAX_CHARS}"
+            "negative_prompt",
+            f"{len(negative):,} characters is over {spec.name}'s limit of {spec.negative_prompt_max_chars} (the "
+            "service would silently cut the rest)",
         )
 
     size = _text("size", raw.size, max_chars=200) if _given(raw.size) else spec.default_size
     check_size(spec, size)
 
-    n = _as_int("n", raw.n) if _given(raw.n) else 1
-    if not N_MIN <= n <= spec.max_n:
-        limit = f"{N_MIN}-{spec.max_n}" if spec.max_n < N_MAX else f"{N_MIN}-{N_MAX}"
+    n = _as_int("n", raw.n) if _given(raw.n) else spec.n_min
+    if not spec.n_min <= n <= spec.max_n:
+        limit = f"{spec.n_min}-{spec.max_n}" if spec.n_min < spec.max_n else f"{spec.n_min}"
         raise RequestInvalid("n", f"must be {limit} for {spec.name}; got {n}")
 
     seed = _as_int("seed", raw.seed) if _given(raw.seed) else None
@@ -345,7 +319,7 @@ def validate_request(raw: RequestInput, *, default_model: str) -> GenerationRequ
     )
 
 
-def validate_envelope(raw: object, *, default_batch: str, default_model: str) -> Envelope:
+def validate_envelope(raw: object, *, catalogue: Catalogue, default_batch: str, default_model: str) -> Envelope:
     """A stream request object (docs/requests.md), or `RequestInvalid` naming the first field at fault."""
     if not isinstance(raw, dict):
         raise RequestInvalid("request", f"must be a JSON object, got {shown(raw)}")
@@ -360,6 +334,7 @@ def validate_envelope(raw: object, *, default_batch: str, default_model: str) ->
     priority = check_priority(raw.get("priority"))
     request = validate_request(
         RequestInput(**{name: raw.get(name) for name in INPUT_FIELDS}, metadata=raw.get("metadata")),
+        catalogue=catalogue,
         default_model=default_model,
     )
     return Envelope(request_id, batch_id, priority, request)

@@ -80,7 +80,7 @@ def submit(rt: Runtime, ref: str, attempt: int) -> Next | None:
         message = "deadline passed before submit (a create whose answer was lost made no task)"
         claimed.end(Status.TIMED_OUT, code="DeadlineExceeded", message=message, fields=SETTLED)
         return None
-    limits = rt.settings.account_settings(scope.account).limits_for(scope.model)
+    limits = rt.settings.limits(scope.account, scope.model)
     wait_s = rt.quota.submit_wait_s(scope, limits, rt.settings, rt.clock(), rt.rng)
     if wait_s > 0:
         # Not a retry and not a throttle: the scope's rate says "not yet".
@@ -119,7 +119,7 @@ def _create(claimed: Claimed, scope: Scope) -> Next | None:
         return None
     rt.store.begin_create(scope.account, scope.model, job.ref, rt.clock())
     try:
-        task_id, request_id = rt.client(scope.account).create_task(job.request)
+        task_id, request_id = rt.client(scope.account).create_task(job.request, rt.settings.spec(job.request.model))
     except CreateOutcomeUnknown as exc:  # no answer is coming: nobody waits for it; its reconciliation decides
         rt.store.lose_create(scope.account, scope.model, job.ref)
         log.warning("create outcome unknown; will reconcile before sending again", ref=job.ref, code=exc.code)
@@ -151,7 +151,7 @@ def _throttled(claimed: Claimed, scope: Scope, exc: RemoteError) -> Next | None:
     delay = rt.quota.throttled(scope, rt.settings, rt.clock(), rt.rng, retry_after_s)
     log.info("submit throttled; scope paused", ref=job.ref, code=exc.code, delay_s=round(delay, 2))
     if _may_be_concurrency(rt, scope, exc):
-        limits = rt.settings.account_settings(scope.account).limits_for(scope.model)
+        limits = rt.settings.limits(scope.account, scope.model)
         upstream = _tasks_upstream(rt, scope, job.ref)
         slots = rt.quota.concurrency_refused(scope, limits, upstream, rt.settings.slot_probe_s, rt.clock())
         log.info("429 on an account without a queue upstream: slots of the scope", scope=str(scope), slots=slots)
@@ -171,7 +171,7 @@ def _may_be_concurrency(rt: Runtime, scope: Scope, exc: RemoteError) -> bool:
     and must not cost a slot."""
     if exc.code.endswith("BurstRate"):
         return False
-    return rt.settings.account_settings(scope.account).limits_for(scope.model).server_queue_depth == 0
+    return rt.settings.limits(scope.account, scope.model).server_queue_depth == 0
 
 
 def _tasks_upstream(rt: Runtime, scope: Scope, ref: str) -> int:

@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from config.catalogue import CATALOGUE
 from workers.admission import HOLDS_SLOT, dispatch_all, scope_of
 from workers.claimed import log
 from workers.job import Action, Next, Status
@@ -79,7 +78,7 @@ def audit_slots(rt: Runtime) -> int:
     """Give back every slot whose job no longer needs it; returns how many."""
     now, freed = rt.clock(), 0
     for account in rt.settings.resolved_accounts():
-        for model in CATALOGUE:
+        for model in rt.settings.catalogue:
             scope = Scope(account.name, model)
             for ref in rt.quota.slot_holders(scope, now):
                 job = rt.store.get(ref)

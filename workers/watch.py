@@ -43,7 +43,6 @@ import redis
 import structlog
 
 from config.accounts import AccountSettings
-from config.catalogue import model_spec
 from workers import metrics
 from workers.admission import HOLDS_SLOT
 from workers.claimed import reschedule
@@ -129,7 +128,7 @@ def keep_watching(rt: Runtime, now: float) -> int:
     replaced as soon as its lease lapses, not only at the next poll). Returns the accounts looked at."""
     looked = 0
     for account in rt.settings.resolved_accounts():
-        if any(rt.quota.slots_held(scopes_of(account), now).values()):
+        if any(rt.quota.slots_held(scopes_of(account, rt.settings.catalogue), now).values()):
             watching(rt, account.name, now)
             looked += 1
     return looked
@@ -180,11 +179,11 @@ def in_flight(rt: Runtime, account: str, now: float) -> list[InFlight]:
     """The account's jobs whose task is upstream (created within `HORIZON_S`) and whose next action is a poll,
     with when each could end."""
     found = []
-    for scope in scopes_of(rt.settings.account_settings(account)):
+    for scope in scopes_of(rt.settings.account_settings(account), rt.settings.catalogue):
         holders = rt.quota.slot_holders(scope, now)
         if not holders:
             continue
-        run = rt.durations.learned(account, scope.model, model_spec(scope.model).kind, now).run
+        run = rt.durations.learned(account, scope.model, rt.settings.spec(scope.model).kind, now).run
         # The prior is a guess from the pages: until the scope has shown its own runs, any moment may be an end.
         shortest_s = run.quantile(EARLIEST_END_QUANTILE) if run.learned else 0.0
         for ref in holders:

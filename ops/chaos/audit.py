@@ -22,7 +22,6 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from config.catalogue import CATALOGUE
 from config.settings import Settings
 from ops.webhook_receiver import VerifyingReceiver
 from workers.bucket import make_minio
@@ -281,7 +280,7 @@ def held_slots(settings: Settings, quota: Quota) -> list[str]:
     return [
         ref
         for account in settings.resolved_accounts()
-        for model in CATALOGUE
+        for model in settings.catalogue
         for ref in quota.slot_holders(Scope(account.name, model), now)
     ]
 

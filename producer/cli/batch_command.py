@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from config.catalogue import Kind, model_spec
+from config.catalogue import Kind
 from config.celery_app import create_app
 from config.settings import Settings
 from producer.batch import CheckReport, check_rows, enqueue_rows
@@ -147,7 +147,7 @@ def _dry_run_report(settings: Settings, checked: CheckReport) -> int:
     table = Table("model", "jobs", "billed units", "estimated cost", title="dry run: nothing was sent")
     for model, jobs in sorted(checked.jobs_by_model.items()):
         units = checked.units_by_model[model]
-        unit = "s of video" if model_spec(model).kind is Kind.VIDEO else "images"
+        unit = "s of video" if settings.spec(model).kind is Kind.VIDEO else "images"
         price = settings.prices.get(model)
         table.add_row(
             *cells(model, jobs, f"{units} {unit}", f"{units * price:.2f}" if price is not None else "no price")

@@ -18,7 +18,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from config.catalogue import CATALOGUE
 from config.settings import Settings
 from workers.job import TERMINAL, Status
 from workers.jobstore import BatchSummary, JobStore
@@ -144,11 +143,11 @@ def failed_table(store: JobStore, batch_id: str, limit: int = 20) -> Table | Non
 def quota_table(settings: Settings, store: JobStore, quota: Quota, *, now: float) -> Table | None:
     """Per account and model in use: jobs waiting for a slot, slots held of the limit, the submit-rate factor
     (below 1 after 429s) and any pause. None when nothing waits and no slot is held."""
-    waiting = store.waiting(sorted(CATALOGUE))
+    waiting = store.waiting(settings.catalogue.names())
     table = Table("account", "model", "waiting", "slots held", "rate factor", "paused for", title="Quota")
     rows = 0
     for account in settings.resolved_accounts():
-        for model in sorted(CATALOGUE):
+        for model in settings.catalogue.names():
             scope = Scope(account.name, model)
             held = len(quota.slot_holders(scope, now))
             if not held and not waiting.get(model):
@@ -159,7 +158,7 @@ def quota_table(settings: Settings, store: JobStore, quota: Quota, *, now: float
                     account.name,
                     model,
                     waiting.get(model, 0),
-                    f"{held} of {account.limits_for(model).slot_limit}",
+                    f"{held} of {settings.limits(account.name, model).slot_limit}",
                     f"{cooling.factor:.2f}",
                     f"{cooling.wait_s:.1f} s" if cooling.wait_s else "-",
                 )

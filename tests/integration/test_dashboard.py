@@ -355,7 +355,7 @@ def test_every_panel_shows_the_fleets_figures_once_with_two_workers_scraped(
     wait_until(batch_done(store, "a"), 120, "the image batch to end")
 
     # Videos fill every video slot of both accounts and run for minutes; two more wait; acct-b is paused.
-    quota, limits = make_quota(stack.settings), slot_limits(accounts)
+    quota, limits = make_quota(stack.settings), slot_limits(accounts, stack.settings.catalogue)
     video_scopes = [Scope(a.name, VIDEO) for a in accounts]
     publish_rows(stack, "b", rows("b", [{"prompt": f"v{i}"} for i in range(7)], VIDEO))
 

@@ -159,7 +159,7 @@ def test_throttle_mode_cuts_the_slot_count_after_a_429_instead_of_meeting_one_pe
     assert [j.status for j in rt.store.jobs("b")] == [Status.SUCCEEDED] * 16
     refused = sim.counters().get("throttled_concurrency", 0)
     assert 1 <= refused <= 4
-    configured = account.limits_for(MODEL).slot_limit
+    configured = account.limits_for(rt.settings.spec(MODEL)).slot_limit
     assert rt.quota.slot_limit(Scope(ACCOUNT, MODEL), configured, rt.settings.slot_probe_s, time.time()) <= 3
 
 
@@ -248,5 +248,5 @@ def test_an_account_with_a_queue_keeps_its_slots_whatever_429s_it_meets(
     run(rt, enqueue(rt, *rows(12)), timeout_s=120)
     assert [j.status for j in rt.store.jobs("b")] == [Status.SUCCEEDED] * 12
     assert sim.counters().get("throttled_submit", 0) >= 1
-    configured = account.limits_for(MODEL).slot_limit
+    configured = account.limits_for(rt.settings.spec(MODEL)).slot_limit
     assert rt.quota.slot_limit(Scope(ACCOUNT, MODEL), configured, rt.settings.slot_probe_s, time.time()) == configured

@@ -56,7 +56,7 @@ def test_sigkilled_worker_jobs_are_polled_again_within_30_s(stack: LocalStack) -
     limit, and every slot comes back."""
     store = enqueue(stack, 12)
     quota, scope = Quota.redis(raw_redis(stack.settings)), Scope("default", MODEL)
-    limit = stack.settings.account_settings("default").limits_for(MODEL)
+    limit = stack.settings.limits("default", MODEL)
     held: list[int] = []
 
     def sampled(condition: Callable[[], bool]) -> Callable[[], bool]:

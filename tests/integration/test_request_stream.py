@@ -18,6 +18,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from config.catalogue import shipped_catalogue
 from config.settings import Settings
 from ops.localstack import LocalStack
 from ops.localstack.process import ManagedProcess
@@ -30,6 +31,8 @@ from workers import refs
 from workers.jobstore import JobStore, keys
 from workers.requests import ENVELOPE_FIELDS, validate_envelope
 from workers.runtime import Runtime, make_inbox, make_quota, make_store
+
+SHIPPED = shipped_catalogue()
 
 pytestmark = pytest.mark.integration
 MODEL = "wan2.5-t2i-preview"
@@ -326,7 +329,7 @@ def test_an_entry_that_keeps_failing_is_dead_lettered_alone(runtime: Runtime) ->
     assert len(client.xreadgroup(group, "ghost", {stream: ">"}, count=10)[0][1]) == 4  # read, never answered
     for _ in range(MAX_DELIVERIES):  # r1 and r3 were taken over, and took their consumer down, five more times
         client.xclaim(stream, group, "ghost", 0, [ids[1], ids[3]])
-    envelope = validate_envelope(bodies[3], default_batch="requests", default_model=MODEL)
+    envelope = validate_envelope(bodies[3], catalogue=SHIPPED, default_batch="requests", default_model=MODEL)
     store.open_batch("requests", source="test")
     store.create_jobs([new_job(refs.job_ref("requests", "r3"), 0, envelope.request)])  # it died after this
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from config.catalogue import Kind
+from config.catalogue import Kind, shipped_catalogue
 from workers.dashscope import DashScopeClient
 from workers.dashscope.classify import error_class, is_transient_task_failure
 from workers.dashscope.protocol import parse_task
@@ -22,7 +22,9 @@ from workers.errors import (
     Throttled,
     TransientRemoteError,
 )
-from workers.requests import RequestInput, validate_request
+from workers.requests import GenerationRequest, RequestInput, validate_request
+
+SHIPPED = shipped_catalogue()
 
 BASE = "https://dashscope-intl.aliyuncs.com/api/v1"
 
@@ -32,7 +34,11 @@ def client(handler: Callable[[httpx.Request], httpx.Response]) -> DashScopeClien
 
 
 def request_for(model: str, **fields: str):  # type: ignore[no-untyped-def]
-    return validate_request(RequestInput(prompt="a cat", model=model, **fields), default_model=model)
+    return validate_request(RequestInput(prompt="a cat", model=model, **fields), catalogue=SHIPPED, default_model=model)
+
+
+def create(client: DashScopeClient, request: GenerationRequest) -> tuple[str, str | None]:
+    return client.create_task(request, shipped_catalogue().spec(request.model))
 
 
 def test_old_protocol_create_sends_async_header_key_and_explicit_n() -> None:
@@ -43,7 +49,7 @@ def test_old_protocol_create_sends_async_header_key_and_explicit_n() -> None:
         seen.append(request)
         return httpx.Response(200, json={"request_id": "r1", "output": {"task_id": "t1", "task_status": "PENDING"}})
 
-    task_id, request_id = client(handler).create_task(request_for("wan2.5-t2i-preview", seed="3"))
+    task_id, request_id = create(client(handler), request_for("wan2.5-t2i-preview", seed="3"))
     assert (task_id, request_id) == ("t1", "r1")
     sent = seen[0]
     assert sent.url.path == "/api/v1/services/aigc/text2image/image-synthesis"
@@ -63,7 +69,7 @@ def test_wan26_create_uses_messages_protocol() -> None:
         assert request.url.path.endswith("/image-generation/generation")
         return httpx.Response(200, json={"output": {"task_id": "t2", "task_status": "PENDING"}})
 
-    client(handler).create_task(request_for("wan2.6-t2i"))
+    create(client(handler), request_for("wan2.6-t2i"))
     assert bodies[0]["input"] == {"messages": [{"role": "user", "content": [{"text": "a cat"}]}]}
     assert bodies[0]["parameters"]["negative_prompt"] == ""  # type: ignore[index]
 
@@ -76,7 +82,7 @@ def test_video_create_sends_duration_not_n() -> None:
         bodies.append(json.loads(request.content))
         return httpx.Response(200, json={"output": {"task_id": "t3", "task_status": "PENDING"}})
 
-    client(handler).create_task(request_for("wan2.5-t2v-preview", size="1280*720", duration="10"))
+    create(client(handler), request_for("wan2.5-t2v-preview", size="1280*720", duration="10"))
     assert bodies[0]["parameters"]["duration"] == 10 and "n" not in bodies[0]["parameters"]
 
 
@@ -91,7 +97,7 @@ def test_429_becomes_throttled_with_retry_after() -> None:
         )
 
     with pytest.raises(Throttled) as info:
-        client(handler).create_task(request_for("wan2.5-t2i-preview"))
+        create(client(handler), request_for("wan2.5-t2i-preview"))
     assert info.value.retry_after_s == 2.0 and info.value.code == "Throttling.RateQuota"
 
 
@@ -112,7 +118,7 @@ def test_timeout_on_create_is_outcome_unknown_but_on_query_is_transient() -> Non
         raise httpx.ReadTimeout("slow", request=request)
 
     with pytest.raises(CreateOutcomeUnknown):
-        client(handler).create_task(request_for("wan2.5-t2i-preview"))
+        create(client(handler), request_for("wan2.5-t2i-preview"))
     with pytest.raises(TransientRemoteError) as info:
         client(handler).get_task("t")
     assert not isinstance(info.value, CreateOutcomeUnknown)
@@ -125,7 +131,7 @@ def test_connect_error_on_create_is_plainly_transient() -> None:
         raise httpx.ConnectError("refused", request=request)
 
     with pytest.raises(TransientRemoteError) as info:
-        client(handler).create_task(request_for("wan2.5-t2i-preview"))
+        create(client(handler), request_for("wan2.5-t2i-preview"))
     assert not isinstance(info.value, CreateOutcomeUnknown)
 
 
@@ -345,7 +351,7 @@ def test_any_create_answer_is_a_task_id_or_an_error_that_says_whether_a_task_may
     """A 2xx create answer without a text task id, and a 5xx that is not the service's own JSON error, may
     stand for a task that exists: CreateOutcomeUnknown (reconcile, never create blindly again)."""
     try:
-        task_id, request_id = answering(status, body).create_task(request_for("wan2.5-t2i-preview"))
+        task_id, request_id = create(answering(status, body), request_for("wan2.5-t2i-preview"))
     except CreateOutcomeUnknown:
         return
     except RemoteError:

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from config.catalogue import shipped_catalogue
 from config.celery_app import create_app
 from config.settings import ConfigInvalid, Settings, load_settings
 from producer.batch import check_rows
@@ -43,7 +44,7 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 
 def envelope(**fields: Any) -> GenerationRequest:
     raw = {"request_id": "r1", "prompt": "a cat", **fields}
-    return validate_envelope(raw, default_batch="requests", default_model=MODEL).request
+    return validate_envelope(raw, catalogue=shipped_catalogue(), default_batch="requests", default_model=MODEL).request
 
 
 def refused_envelope(**fields: Any) -> RequestInvalid:
@@ -91,7 +92,7 @@ def test_an_integer_of_5000_digits_in_json_is_refused_not_a_crash() -> None:
     """A JSON number of 5,000 digits (past Python's int conversion limit) is read and refused as too long."""
     raw = json.loads('{"request_id": "r", "prompt": "x", "n": ' + "9" * 5000 + "}", parse_int=parse_json_int)
     with pytest.raises(RequestInvalid) as info:
-        validate_envelope(raw, default_batch="requests", default_model=MODEL)
+        validate_envelope(raw, catalogue=shipped_catalogue(), default_batch="requests", default_model=MODEL)
     assert info.value.field == "n" and "5,000 digits" in info.value.reason
 
 
@@ -204,7 +205,7 @@ def test_any_values_in_any_field_give_a_request_or_a_rejection(fields: dict[str,
     raises `RequestInvalid` with a non-empty field and reason, never another exception."""
     try:
         outcome: GenerationRequest | RequestInvalid = validate_request(
-            RequestInput(**fields, metadata=metadata), default_model=MODEL
+            RequestInput(**fields, metadata=metadata), catalogue=shipped_catalogue(), default_model=MODEL
         )
     except RequestInvalid as exc:
         outcome = exc
@@ -224,7 +225,7 @@ def test_any_stream_request_object_gives_an_envelope_or_a_rejection(raw: Any) ->
     """For any JSON value as a stream request, `validate_envelope` answers with a request or a rejection."""
     try:
         outcome: GenerationRequest | RequestInvalid = validate_envelope(
-            raw, default_batch="requests", default_model=MODEL
+            raw, catalogue=shipped_catalogue(), default_batch="requests", default_model=MODEL
         ).request
     except RequestInvalid as exc:
         outcome = exc

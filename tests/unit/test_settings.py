@@ -53,9 +53,10 @@ def test_accounts_from_toml_with_limits_keys_and_queue_depth(tmp_path: Path) -> 
     )
     settings = load_settings(config)
     main, cn = settings.resolved_accounts()
-    assert main.limits_for("wan2.5-t2i-preview").slot_limit == 4 + 4  # 4 at once, and as many queued upstream
-    assert main.limits_for("wan2.2-t2i-flash").submit_rate_per_s == 2  # the catalogue's figure
-    assert cn.limits_for("wan2.6-t2i").slot_limit == 5 and not cn.serves("wan2.5-t2i-preview")
+    # 4 at once, and as many queued upstream
+    assert settings.limits(main.name, "wan2.5-t2i-preview").slot_limit == 4 + 4
+    assert settings.limits("main", "wan2.2-t2i-flash").submit_rate_per_s == 2  # the catalogue's figure
+    assert settings.limits(cn.name, "wan2.6-t2i").slot_limit == 5 and not cn.serves("wan2.5-t2i-preview")
     assert cn.resolved_base_url == REGION_BASE_URLS["beijing"]
     assert "main-key" not in repr(settings)
     assert redact(None, "info", {"event": "key main-key-bbbbbbbb used"}) == {"event": "key *** used"}
@@ -67,18 +68,20 @@ def test_accounts_from_the_environment_as_json(monkeypatch: pytest.MonkeyPatch) 
     assert [a.name for a in load_settings().resolved_accounts()] == ["a"]
     monkeypatch.delenv("GENQ_ACCOUNTS")
     monkeypatch.setenv("GENQ_ACCOUNT", "solo")
-    (solo,) = load_settings().resolved_accounts()
-    assert solo.name == "solo" and solo.limits_for("wan2.6-t2i").submit_rate_per_s == 5
+    solo_settings = load_settings()
+    (solo,) = solo_settings.resolved_accounts()
+    assert solo.name == "solo" and solo_settings.limits("solo", "wan2.6-t2i").submit_rate_per_s == 5
 
 
-def test_an_override_for_an_unknown_model_names_the_known_ones() -> None:
-    """A limit for a model the catalogue does not know is refused with the list of known models."""
-    from pydantic import ValidationError
-
-    from config.accounts import AccountSettings
-
-    with pytest.raises(ValidationError, match="known: "):
-        AccountSettings(name="x", limits={"dall-e-3": (1, 1)})
+def test_an_override_for_an_unknown_model_names_the_known_ones(tmp_path: Path) -> None:
+    """An account's limit for a model the catalogue in force does not know is refused at start with the account
+    and the list of known models; one for a model the config itself adds is accepted."""
+    config = tmp_path / "genq.toml"
+    config.write_text('[[accounts]]\nname = "x"\n[accounts.limits]\n"dall-e-3" = [1, 1]\n')
+    with pytest.raises(ConfigInvalid, match="account x: unknown model 'dall-e-3'; known: qwen-image, "):
+        load_settings(config)
+    config.write_text(config.read_text() + DALL_E)
+    assert load_settings(config).limits("x", "dall-e-3").max_concurrent == 1
 
 
 def test_an_empty_api_key_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -214,3 +217,17 @@ def test_the_shortest_poll_wait_may_not_exceed_the_longest() -> None:
     with pytest.raises(ConfigInvalid, match=r"poll_min_delay_s.*poll_image_cap_s"):
         load_settings(poll_min_delay_s=40.0, poll_image_cap_s=30.0)
     assert load_settings(poll_min_delay_s=30.0).poll_min_delay_s == 30.0
+
+
+#: A model a config adds: every figure given.
+DALL_E = """
+[models."dall-e-3"]
+kind = "image"
+protocol = "image-synthesis"
+prompt_max_chars = 4000
+n = [1, 1]
+sizes = { rule = "fixed", sizes = ["1024*1024"] }
+default_size = "1024*1024"
+submit_rate_per_s = 1
+max_concurrent = 3
+"""

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import pytest
 
+from config.catalogue import shipped_catalogue
 from workers.errors import RequestInvalid
 from workers.requests import RequestInput, validate_request
 
+SHIPPED = shipped_catalogue()
+
 
 def check(**fields: object) -> None:
-    validate_request(RequestInput(**{"prompt": "a cat", **fields}), default_model="wan2.5-t2i-preview")  # type: ignore[arg-type]
+    validate_request(
+        RequestInput(**{"prompt": "a cat", **fields}), catalogue=SHIPPED, default_model="wan2.5-t2i-preview"
+    )  # type: ignore[arg-type]
 
 
 def refused(**fields: object) -> RequestInvalid:
@@ -54,7 +59,7 @@ def test_n_must_be_an_integer_from_1_to_4(n: str) -> None:
 
 def test_n_defaults_to_1_not_the_services_4() -> None:
     """With no n the request asks for one image (the service would bill four)."""
-    assert validate_request(RequestInput(prompt="a cat"), default_model="wan2.5-t2i-preview").n == 1
+    assert validate_request(RequestInput(prompt="a cat"), catalogue=SHIPPED, default_model="wan2.5-t2i-preview").n == 1
 
 
 @pytest.mark.parametrize(
@@ -123,7 +128,7 @@ def test_default_size_per_generation() -> None:
     """No size: 1280*1280 for wan2.5/2.6, 1024*1024 for 2.2 and earlier."""
 
     def size_of(model: str) -> str:
-        return validate_request(RequestInput(prompt="a cat", model=model), default_model=model).size
+        return validate_request(RequestInput(prompt="a cat", model=model), catalogue=SHIPPED, default_model=model).size
 
     assert size_of("wan2.6-t2i") == size_of("wan2.5-t2i-preview") == "1280*1280"
     assert size_of("wan2.2-t2i-flash") == size_of("wanx2.0-t2i-turbo") == "1024*1024"
@@ -152,7 +157,9 @@ def test_video_duration_rules() -> None:
 def test_booleans_are_parsed_and_defaults_filled() -> None:
     """prompt_extend defaults to true and watermark to false; 'no'/'yes' are understood; junk is refused."""
     request = validate_request(
-        RequestInput(prompt="a cat", prompt_extend="no", watermark="yes"), default_model="wan2.5-t2i-preview"
+        RequestInput(prompt="a cat", prompt_extend="no", watermark="yes"),
+        catalogue=shipped_catalogue(),
+        default_model="wan2.5-t2i-preview",
     )
     assert (request.prompt_extend, request.watermark) == (False, True)
     assert refused(watermark="maybe").field == "watermark"
@@ -163,7 +170,7 @@ def test_equal_requests_have_equal_fingerprints() -> None:
 
     def fingerprint(**fields: object) -> str:
         raw = RequestInput(**{"prompt": "a cat", **fields})  # type: ignore[arg-type]
-        return validate_request(raw, default_model="wan2.5-t2i-preview").fingerprint()
+        return validate_request(raw, catalogue=SHIPPED, default_model="wan2.5-t2i-preview").fingerprint()
 
     assert fingerprint(prompt=" a cat ", seed=" 4") == fingerprint(seed="4")
     assert fingerprint(seed="4") != fingerprint(seed="5")

@@ -16,10 +16,19 @@ import math
 from typing import Any
 
 import httpx
+from httpx._client import UseClientDefault
 
-from config.catalogue import model_spec
+from config.catalogue import ModelSpec
 from workers.dashscope.classify import error_class
-from workers.dashscope.protocol import ListedTask, MalformedAnswer, TaskState, create_body, parse_task, parse_task_list
+from workers.dashscope.protocol import (
+    ListedTask,
+    MalformedAnswer,
+    TaskState,
+    create_body,
+    parse_generation,
+    parse_task,
+    parse_task_list,
+)
 from workers.errors import CreateOutcomeUnknown, RemoteError, Throttled, TransientRemoteError
 from workers.requests import GenerationRequest
 
@@ -87,12 +96,27 @@ class DashScopeClient:
         json_body: dict[str, Any] | None = None,
         params: dict[str, Any] | None = None,
         creates: bool = False,
+        asynchronous: bool = True,
+        timeout_s: float | None = None,
     ) -> dict[str, Any]:
+        """One request. `creates`: it may make something billed, so an answer that may have been lost after the
+        request arrived is `CreateOutcomeUnknown`; `asynchronous` (with `creates`): an async create's header."""
         headers = dict(self._headers)
-        if creates:
+        if creates and asynchronous:
             headers["X-DashScope-Async"] = "enable"
+        # A synchronous call waits the whole generation for its answer; everything else keeps the client's timeout.
+        timeout: httpx.Timeout | UseClientDefault = (
+            httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)) if timeout_s is not None else httpx.USE_CLIENT_DEFAULT
+        )
         try:
-            response = self._http.request(method, self._base_url + path, json=json_body, params=params, headers=headers)
+            response = self._http.request(
+                method,
+                self._base_url + path,
+                json=json_body,
+                params=params,
+                headers=headers,
+                timeout=timeout,
+            )
         except httpx.ConnectError as exc:  # nothing reached the service
             raise TransientRemoteError("ConnectError", f"cannot connect to DashScope: {exc}") from exc
         except httpx.ConnectTimeout as exc:
@@ -126,10 +150,10 @@ class DashScopeClient:
             raise (CreateOutcomeUnknown if creates else TransientRemoteError)("MalformedResponse", what)
         return body
 
-    def create_task(self, request: GenerationRequest) -> tuple[str, str | None]:
+    def create_task(self, request: GenerationRequest, spec: ModelSpec) -> tuple[str, str | None]:
         """Create the task; returns `(task_id, request_id)`."""
-        path = model_spec(request.model).create_path
-        body = self._send("POST", path, json_body=create_body(request), creates=True)
+        path = spec.create_path
+        body = self._send("POST", path, json_body=create_body(request, spec), creates=True)
         output = body.get("output")
         task_id = output.get("task_id") if isinstance(output, dict) else None
         if not isinstance(task_id, str) or not task_id:
@@ -137,6 +161,20 @@ class DashScopeClient:
             raise CreateOutcomeUnknown("MalformedResponse", f"create {path} answered without a task_id")
         request_id = body.get("request_id")
         return task_id, request_id if isinstance(request_id, str) else None
+
+    def generate(self, request: GenerationRequest, spec: ModelSpec, *, timeout_s: float) -> TaskState:
+        """A synchronous call: the images in the answer, as the state of a task that SUCCEEDED. The connection is
+        held for the whole generation (`timeout_s` to the first byte of the answer). An answer that may have been
+        lost after the request arrived, or a 2xx without images, is `CreateOutcomeUnknown`: the service may have
+        made and billed the images, and there is no task to look them up by."""
+        path = spec.create_path
+        body = self._send(
+            "POST", path, json_body=create_body(request, spec), creates=True, asynchronous=False, timeout_s=timeout_s
+        )
+        try:
+            return parse_generation(body)
+        except MalformedAnswer as exc:
+            raise CreateOutcomeUnknown("MalformedResponse", f"synchronous call {path}: {exc}") from exc
 
     def get_task(self, task_id: str) -> TaskState:
         body = self._send("GET", f"/tasks/{task_id}")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from config.catalogue import Kind, Protocol, model_spec
+from config.catalogue import Kind, ModelSpec, Protocol
 from workers.requests import GenerationRequest, shown
 
 TERMINAL_UPSTREAM = frozenset({"SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN"})
@@ -32,9 +32,9 @@ def upstream_epoch(value: str) -> float | None:
         return None
 
 
-def create_body(request: GenerationRequest) -> dict[str, Any]:
-    """The create request's JSON body. `n` is always sent: the service defaults to 4, and bills per image."""
-    spec = model_spec(request.model)
+def create_body(request: GenerationRequest, spec: ModelSpec) -> dict[str, Any]:
+    """The create (or synchronous call) request's JSON body. `n` is always sent: Wan models default to 4, and the
+    service bills per image."""
     parameters: dict[str, Any] = {
         "size": request.size,
         "prompt_extend": request.prompt_extend,
@@ -47,7 +47,7 @@ def create_body(request: GenerationRequest) -> dict[str, Any]:
     else:
         parameters["n"] = request.n
 
-    if spec.protocol is Protocol.IMAGE_GENERATION:
+    if spec.protocol in {Protocol.IMAGE_GENERATION, Protocol.MULTIMODAL_GENERATION}:
         parameters["negative_prompt"] = request.negative_prompt
         body_input: dict[str, Any] = {"messages": [{"role": "user", "content": [{"text": request.prompt}]}]}
     else:
@@ -175,6 +175,24 @@ def _results(output: dict[str, Any]) -> list[ResultItem]:
         return _choices(choices if isinstance(choices, list) else [])
     results = output.get("results")  # old image protocol
     return [_item(r) for r in (results if isinstance(results, list) else [])]
+
+
+def parse_generation(body: Any) -> TaskState:
+    """A synchronous call's answer (004:175-204, 352-374: `output.choices[]`, `usage`, no task) as the state of
+    a task that SUCCEEDED, so that it is finalized like any other. Total: an answer without a `choices` list
+    raises `MalformedAnswer`."""
+    output = body.get("output") if isinstance(body, dict) else None
+    choices = output.get("choices") if isinstance(output, dict) else None
+    if not isinstance(choices, list):
+        raise MalformedAnswer(f"a synchronous answer without output.choices: {shown(body)}")
+    usage = body.get("usage")
+    return TaskState(
+        task_id="",
+        status="SUCCEEDED",
+        results=_choices(choices),
+        usage=usage if isinstance(usage, dict) else {},
+        request_id=_text(body.get("request_id")),
+    )
 
 
 def parse_task(body: Any) -> TaskState:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import redis
 
 from config.accounts import AccountSettings, ScopeLimits
-from config.catalogue import CATALOGUE
+from config.catalogue import Catalogue
 from config.settings import Settings
 from workers.jobstore import keys
 from workers.quota.budget import QueryBudget
@@ -41,9 +41,9 @@ class Scope:
         return f"{self.account}/{self.model}"
 
 
-def scopes_of(account: AccountSettings) -> list[Scope]:
+def scopes_of(account: AccountSettings, catalogue: Catalogue) -> list[Scope]:
     """Every scope of the account: one per catalogue model it serves."""
-    return [Scope(account.name, model) for model in CATALOGUE if account.serves(model)]
+    return [Scope(account.name, model) for model in catalogue if account.serves(model)]
 
 
 @dataclass
