@@ -16,7 +16,10 @@ from config.settings import ConfigInvalid, Settings, load_settings
 #: Webhook delivery's own lane: served by its own workers (`genq worker --queues webhooks`), so a slow or
 #: black-holed receiver never holds a process of the stages (workers/webhook.py).
 WEBHOOK_QUEUE = "webhooks"
-QUEUES = ("submit", "poll", "finalize", "events", WEBHOOK_QUEUE)
+#: The synchronous-call lane: a synchronous model's one call waits out the whole generation, so it is made by
+#: workers whose pool is threads (`genq worker --queues call`), never by a process of the stages (workers/call.py).
+CALL_QUEUE = "call"
+QUEUES = ("submit", "poll", "finalize", "events", WEBHOOK_QUEUE, CALL_QUEUE)
 
 #: With the Redis broker a worker holds every countdown message it fetched, unacknowledged; one held
 #: longer than the visibility timeout is redelivered, i.e. runs twice. Keep it far above the longest
@@ -80,6 +83,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": "submit",
         "task_routes": {
             **{f"genq.{q}": {"queue": q} for q in ("submit", "poll", "finalize")},
+            "genq.call": {"queue": CALL_QUEUE},
             "genq.watch": {"queue": "poll"},  # a task-list watcher stands in for many polls
             "genq.sweep": {"queue": "events"},
             "genq.webhook_tick": {"queue": "events"},

@@ -187,6 +187,18 @@ class Settings(BaseSettings):
         '`[models."name"]` tables in the config file (docs/models.md). `genq models` shows what is in force.',
     )
 
+    sync_call_timeout_s: float = Field(
+        180.0,
+        ge=10,
+        le=1800,
+        allow_inf_nan=False,
+        description="How long a synchronous model's call waits for its answer (the whole generation). A call "
+        "that times out may still have been billed, and is not made again on its own.",
+    )
+    call_lane_concurrency: int = Field(
+        32, ge=1, le=1000, description="Synchronous calls one `genq worker --queues call` makes at once (threads)."
+    )
+
     # --- jobs -------------------------------------------------------------------------------------
     default_model: str = "wan2.5-t2i-preview"
     image_deadline_s: float = 600.0

@@ -31,8 +31,17 @@ from workers.quota.budget import task_query_qps
 from workers.runtime import Runtime
 
 #: genq's own refusals of a result: retrying would pay for the same refusal again.
+#: Failures of genq's own naming that a plain retry must not repeat. `SyncOutcomeUnknown`: a synchronous call whose
+#: answer was lost may have been billed; calling again is the user's choice (`--force`), never a default.
 _OWN_PERMANENT = frozenset(
-    {"ResultHostNotAllowed", "ResultUrlScheme", "ResultUrlMalformed", "ResultTooLarge", "ResultContentType"}
+    {
+        "ResultHostNotAllowed",
+        "ResultUrlScheme",
+        "ResultUrlMalformed",
+        "ResultTooLarge",
+        "ResultContentType",
+        "SyncOutcomeUnknown",
+    }
 )
 _ACTIVE_UPSTREAM = frozenset({Status.SUBMITTED, Status.RUNNING, Status.OVERDUE})
 

@@ -171,6 +171,12 @@ def _manifest(job: Job, objects: list[dict[str, Any]], failures: list[dict[str, 
         "actual_prompts": [r.get("actual_prompt") for r in job.results if r.get("url")],
         "upstream": job.upstream,
         "usage": job.usage,
-        "objects": objects,
+        "objects": [{**o, "seed": image_seed(job.request.seed, o["index"])} for o in objects],
         "failures": failures,
     }
+
+
+def image_seed(seed: int | None, index: int) -> int | None:
+    """The seed the service used for image `index` of a request with `seed`: seed + index, one per image
+    (003:967). None when the request gave none: the service drew one and does not say which."""
+    return None if seed is None else seed + index

@@ -46,6 +46,7 @@ class Action(StrEnum):
     SUBMIT = "submit"
     POLL = "poll"
     FINALIZE = "finalize"
+    CALL = "call"  # a synchronous model's one call, on its own lane (workers/call.py)
     NONE = "none"
 
 

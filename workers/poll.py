@@ -170,7 +170,7 @@ def _on_state(claimed: Claimed, state: TaskState) -> Next | None:
     match state.status:
         case "SUCCEEDED":
             _observe_upstream(claimed.rt, claimed.job, state, claimed.now)
-            return _on_succeeded(claimed, state, upstream)
+            return on_succeeded(claimed, state, upstream)
         case "FAILED":
             _observe_upstream(claimed.rt, claimed.job, state, claimed.now)
             return _on_failed(claimed, state, upstream)
@@ -232,7 +232,9 @@ def _throttled_delay_s(claimed: Claimed, exc: RemoteError, *, cap_s: float) -> f
     return min(retry_after_s or backoff, cap_s)
 
 
-def _on_succeeded(claimed: Claimed, state: TaskState, upstream: dict[str, Any]) -> Next | None:
+def on_succeeded(claimed: Claimed, state: TaskState, upstream: dict[str, Any]) -> Next | None:
+    """A task (or a synchronous call) that SUCCEEDED: record its results and what they bill, give back the slot,
+    and have them downloaded; one without a result URL ends the job `failed`."""
     rt, job = claimed.rt, claimed.job
     if not state.urls:
         code = _first_code(state) or "NoResults"

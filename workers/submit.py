@@ -59,6 +59,12 @@ def submit(rt: Runtime, ref: str, attempt: int) -> Next | None:
     # A lost create is reconciled even while the account is paused: reading the task list creates nothing, and
     # a task the lost create made runs (and bills) whether or not anyone follows it; its result must be stored.
     settled = False
+    if job.create_pending and rt.settings.spec(job.request.model).synchronous:
+        # Never reached by the call lane's own paths (each clears the mark): a job revived or moved by hand. A lost
+        # synchronous call has no task to reconcile; it must not be called again unasked.
+        message = "a synchronous call's answer was lost; it is not called again on its own (`genq retry --force`)"
+        claimed.end(Status.FAILED, code="SyncOutcomeUnknown", message=message, fields=SETTLED)
+        return None
     if job.create_pending:
         try:
             found = reconcile(rt, job, now)
@@ -85,6 +91,10 @@ def submit(rt: Runtime, ref: str, attempt: int) -> Next | None:
     if wait_s > 0:
         # Not a retry and not a throttle: the scope's rate says "not yet".
         return claimed.again(Status.SUBMITTING, Action.SUBMIT, wait_s)
+    if rt.settings.spec(job.request.model).synchronous:
+        # Its one call holds a connection for the whole generation: made on the synchronous-call lane, never in
+        # a process of the stages (`workers/call.py`). The rate was taken here, as for any create.
+        return claimed.again(Status.SUBMITTING, Action.CALL, 0.0)
     return _create(claimed, scope)
 
 
@@ -131,14 +141,14 @@ def _create(claimed: Claimed, scope: Scope) -> Next | None:
         return sending.again(Status.SUBMITTING, Action.SUBMIT, delay, fields=fields)
     except RemoteError as exc:  # answered: no task was made
         rt.store.end_create(scope.account, scope.model, job.ref)
-        return _refused(sending, scope, exc)
+        return refused(sending, scope, exc)
     rt.quota.created(scope, rt.settings, rt.clock())
     return _submitted(sending, task_id, request_id, scope)
 
 
-def _refused(claimed: Claimed, scope: Scope, exc: RemoteError) -> Next | None:
-    """A create answered with an error: nothing was created or paid for. What follows depends on the error's
-    class, the first of `_ON_REFUSAL` it is an instance of."""
+def refused(claimed: Claimed, scope: Scope, exc: RemoteError) -> Next | None:
+    """A create (or a synchronous call, `workers/call.py`) answered with an error: nothing was created or paid for.
+    What follows depends on the error's class, the first of `_ON_REFUSAL` it is an instance of."""
     outcome = next(handler for kind, handler in _ON_REFUSAL if isinstance(exc, kind))
     return outcome(claimed, scope, exc)
 

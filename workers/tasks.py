@@ -15,6 +15,7 @@ import structlog
 from celery.signals import worker_init, worker_process_shutdown
 
 from config.celery_app import WEBHOOK_QUEUE, app, process_settings
+from workers.call import call as call_stage
 from workers.claimed import Stage, run_stage
 from workers.finalize import finalize as finalize_stage
 from workers.job import Next
@@ -81,6 +82,12 @@ def submit(ref: str, attempt: int) -> None:
 @app.task(name="genq.poll")
 def poll(ref: str, attempt: int) -> None:
     _run(poll_stage, ref, attempt)
+
+
+@app.task(name="genq.call")
+def call(ref: str, attempt: int) -> None:
+    """A synchronous model's one call: on the call lane's threads, never a process of the stages."""
+    _run(call_stage, ref, attempt)
 
 
 @app.task(name="genq.finalize")

@@ -209,9 +209,11 @@ def start_simulator(
 STAGE_QUEUES = "submit,poll,finalize,events"
 #: Webhook delivery's own lane (config/celery_app.py `WEBHOOK_QUEUE`).
 WEBHOOK_QUEUES = "webhooks"
+#: The synchronous-call lane (config/celery_app.py `CALL_QUEUE`): threads, each waiting out one call.
+CALL_QUEUES = "call"
 
 
-def _worker_argv(queues: str, concurrency: int, node: str) -> list[str]:
+def _worker_argv(queues: str, concurrency: int, node: str, *, pool: str = "prefork") -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -224,7 +226,7 @@ def _worker_argv(queues: str, concurrency: int, node: str) -> list[str]:
         "-c",
         str(concurrency),
         "--pool",
-        "prefork",
+        pool,
         "-n",
         f"{node}@%h",
         "--without-gossip",
@@ -259,6 +261,12 @@ def start_webhook_worker(log_dir: Path, *, env: Mapping[str, str], concurrency: 
     threads of its own, so one process is enough locally)."""
     argv = _worker_argv(WEBHOOK_QUEUES, concurrency, "genq-webhooks")
     return ManagedProcess("webhook-worker", argv, log_path=log_dir / "webhook-worker.log", env=env)
+
+
+def start_call_worker(log_dir: Path, *, env: Mapping[str, str], concurrency: int) -> ManagedProcess:
+    """The synchronous-call lane: a Celery worker on the `call` queue only, its pool threads (`workers/call.py`)."""
+    argv = _worker_argv(CALL_QUEUES, concurrency, "genq-calls", pool="threads")
+    return ManagedProcess("call-worker", argv, log_path=log_dir / "call-worker.log", env=env)
 
 
 def _http_ok(url: str) -> bool:

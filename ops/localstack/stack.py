@@ -7,7 +7,8 @@ and stop everything on exit.
   are generated once and kept in `{state_dir}/local-secrets.json` (mode 0600).
 - DashScope: no `DASHSCOPE_API_KEY` -> the simulator on a free port, with a generated key.
 - Workers: started when asked and none is attached (always when this stack started the Redis itself): beat,
-  the stage workers asked for, and one webhook worker (`webhook-worker`, the `webhooks` queue only).
+  the stage workers asked for, one webhook worker (`webhook-worker`, the `webhooks` queue only) and one worker of
+  the synchronous-call lane (`call-worker`, the `call` queue only, threads).
 """
 
 from __future__ import annotations
@@ -208,6 +209,11 @@ class LocalStack:
             for index in range(self.workers):
                 self.start_worker(f"local{index + 1}")
             self._add(services.start_webhook_worker(self.log_dir, env=child_env(self.settings)))
+            self._add(
+                services.start_call_worker(
+                    self.log_dir, env=child_env(self.settings), concurrency=self.settings.call_lane_concurrency
+                )
+            )
 
     def start_worker(self, name: str) -> ManagedProcess:
         """Start one more Celery worker (`worker-{name}`) on this stack's settings."""

@@ -4,6 +4,7 @@ operations to the services it asks for, and presents what it sees.
 - `commands.py`: the Typer app, its command table, and the thin commands (status, watch, report, export,
   doctor, cancel, retry, resume, purge, consume, run-schedule)
 - `batch_command.py`: `genq batch` (check, dry run, enqueue, wait, summary)
+- `models_command.py`: `genq models` (the catalogue in force, and where each figure came from)
 - `worker_commands.py`: the long-running commands (worker, beat, flower, sim)
 - `services.py`: the one seam to the local stack (`ops.localstack`)
 - `common.py`: the consoles, `--config`, settings loading, exit with a message

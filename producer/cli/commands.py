@@ -29,6 +29,7 @@ from producer.cli.display import cells, failed_table, quota_table, rejected_tabl
 from producer.cli.eta import eta_line
 from producer.cli.export import export_batch
 from producer.cli.health import beat_heart, health
+from producer.cli.models_command import models
 from producer.cli.report import render, store_report
 from producer.cli.services import local_services
 from producer.cli.worker_commands import beat, flower, sim, worker
@@ -358,6 +359,7 @@ app.command()(watch)
 app.command()(report)
 app.command()(export)
 app.command()(doctor)
+app.command()(models)
 app.command("cancel")(cancel_command)
 app.command("retry")(retry_command)
 app.command()(resume)

@@ -12,7 +12,7 @@ import typer
 from minio.error import S3Error
 from rich.text import Text
 
-from config.celery_app import beat_config, configure, create_app
+from config.celery_app import CALL_QUEUE, beat_config, configure, create_app
 from producer.beat import run_beat
 from producer.cli import common
 from producer.cli.common import ConfigOption, fail, settings_for
@@ -31,7 +31,8 @@ def worker(
     queues: Annotated[
         str,
         typer.Option(
-            help="Queues to consume: the stages' (default), or 'webhooks' for a worker of webhook delivery's own lane."
+            help="Queues to consume: the stages' (default); 'webhooks' for a worker of webhook delivery's own lane; "
+            "'call' for the synchronous-call lane (threads, not processes: each call waits out a whole generation)."
         ),
     ] = "submit,poll,finalize,events",
     metrics_port: Annotated[
@@ -43,8 +44,17 @@ def worker(
     config: ConfigOption = None,
 ) -> None:
     """Run a Celery worker in the foreground against the configured Redis (for long-lived deployments). Run at
-    least one with --queues webhooks too when webhooks are used: delivery has its own lane."""
+    least one with --queues webhooks too when webhooks are used (delivery has its own lane), and one with
+    --queues call when synchronous models are used (their calls have theirs)."""
     settings = settings_for(config)
+    names = {q.strip() for q in queues.split(",") if q.strip()}
+    if CALL_QUEUE in names and names != {CALL_QUEUE}:
+        raise fail(
+            f"--queues {queues}: the call lane needs a worker of its own (--queues {CALL_QUEUE}): its pool is "
+            "threads, and a process of the stages must never wait out a synchronous call",
+            2,
+        )
+    call_lane = names == {CALL_QUEUE}
     require(settings, s3=False)  # S3 may come later: the worker warns below, and its stores retry
     unsigned = unsigned_warning(settings)
     if unsigned:
@@ -67,9 +77,9 @@ def worker(
             "-Q",
             queues,
             "-c",
-            str(concurrency or settings.worker_concurrency),
+            str(concurrency or (settings.call_lane_concurrency if call_lane else settings.worker_concurrency)),
             "--pool",
-            "prefork",
+            "threads" if call_lane else "prefork",
             "-l",
             "INFO",
         ]

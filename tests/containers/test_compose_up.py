@@ -21,8 +21,8 @@ from ops.localstack.process import free_port
 from tests.containers import engine
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("redis", "s3", "simulator", "worker", "webhooks", "beat", "consumer", "flower")
-GENQ_SERVICES = ("worker", "webhooks", "beat", "consumer", "flower", "simulator")
+SERVICES = ("redis", "s3", "simulator", "worker", "webhooks", "calls", "beat", "consumer", "flower")
+GENQ_SERVICES = ("worker", "webhooks", "calls", "beat", "consumer", "flower", "simulator")
 SIM_KEY = "sim-" + uuid.uuid4().hex
 
 pytestmark = pytest.mark.timeout(1800)

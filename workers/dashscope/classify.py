@@ -31,6 +31,10 @@ _TRANSIENT_CODES = {
     "ModelUnavailable",
 }
 FREE_QUOTA_EXHAUSTED = "free allocated quota exceeded"
+#: An `AccessDenied` whose message names a mistake in the request's shape, not the key or the account: the
+#: create sent without (or a synchronous call sent with) `X-DashScope-Async` (003:386). It fails that job only;
+#: pausing the account for it would stop every other job for a fault of one request.
+REQUEST_SHAPE_REFUSALS = ("does not support synchronous calls", "does not support asynchronous calls")
 
 
 def error_class(code: str, http_status: int | None, message: str = "") -> type[RemoteError]:
@@ -39,6 +43,8 @@ def error_class(code: str, http_status: int | None, message: str = "") -> type[R
         if code == "Throttling.AllocationQuota" and FREE_QUOTA_EXHAUSTED in message.lower():
             return AccountError
         return Throttled
+    if code.startswith("AccessDenied") and any(shape in message.lower() for shape in REQUEST_SHAPE_REFUSALS):
+        return PermanentRemoteError
     if code in _ACCOUNT_CODES or code.startswith("AccessDenied") or code.endswith("BillOverdue"):
         return AccountError
     if code in _PERMANENT_CODES or code.startswith("InvalidParameter"):

@@ -106,7 +106,9 @@ class DashScopeClient:
             headers["X-DashScope-Async"] = "enable"
         # A synchronous call waits the whole generation for its answer; everything else keeps the client's timeout.
         timeout: httpx.Timeout | UseClientDefault = (
-            httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)) if timeout_s is not None else httpx.USE_CLIENT_DEFAULT
+            httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
+            if timeout_s is not None
+            else httpx.USE_CLIENT_DEFAULT
         )
         try:
             response = self._http.request(

@@ -1,0 +1,79 @@
+"""Stage `call`: a synchronous model's one call, made on the synchronous-call lane.
+
+A synchronous model (`protocol = "multimodal-generation"`: the Qwen-Image 2.0 series, qwen-image-max) has no
+task: one POST holds its connection for the whole generation (tens of seconds) and answers with the images.
+Such a call must not hold a process of the stages, so `submit` (which did the admission, pause, deadline and
+submit-rate checks, as for any create) hands the job to queue `call`, served by workers whose pool is threads
+(`genq worker --queues call`): a waiting call costs a thread, not a process, and many wait at once. The job
+keeps its slot through the call, so the scope's concurrency bounds the calls in flight (a synchronous model's
+scope has no queue upstream: `AccountSettings.limits_for`).
+
+A lost answer cannot be reconciled: the service made no task to look up, and the list of tasks does not show
+the images. Before the POST the job is claimed `create_pending`, with a lease longer than the call's timeout.
+If the answer is lost after the request may have arrived (a dropped connection, a timeout, a gateway's 5xx, an
+answer without images) or the lane died during the call (the recovery sweep re-sends the message once the lease
+lapsed, and this stage finds the mark), the job ends `failed`, code `SyncOutcomeUnknown`, and is NOT called
+again on its own: the service may have made and billed the images, and a second call could pay for them twice.
+`genq retry --force` sends it again, on the user's word (the call ended, one way or another, by its lease: a
+second call can no longer overlap the first). See docs/architecture.md, "Synchronous models".
+"""
+
+from __future__ import annotations
+
+from workers.admission import scope_of
+from workers.claimed import claim, load_current, log
+from workers.errors import CreateOutcomeUnknown, RemoteError
+from workers.job import Action, Next, Status
+from workers.poll import on_succeeded
+from workers.quota.quota import Scope
+from workers.runtime import Runtime
+from workers.submit import SETTLED, refused
+
+#: The call's lease beyond its timeout: the recovery sweep must never take a call that may still be answered
+#: for a lost one (that would end a job whose billed images are about to arrive).
+CALL_LEASE_MARGIN_S = 60.0
+SYNC_OUTCOME_UNKNOWN = "SyncOutcomeUnknown"
+
+
+def call_lease_s(timeout_s: float) -> float:
+    return timeout_s + CALL_LEASE_MARGIN_S
+
+
+def call(rt: Runtime, ref: str, attempt: int) -> Next | None:
+    job = load_current(rt, ref, attempt, Action.CALL)
+    if job is None:
+        return None
+    timeout_s = rt.settings.sync_call_timeout_s
+    if job.create_pending:
+        # A call was sent and nobody heard its answer: this delivery is the sweep's, after the lane died.
+        lost = claim(rt, job, Action.CALL, lease_s=call_lease_s(timeout_s))
+        if lost is not None:
+            message = _lost_message("the lane stopped during it")
+            lost.end(Status.FAILED, code=SYNC_OUTCOME_UNKNOWN, message=message, fields=SETTLED)
+        return None
+    scope = scope_of(job) or Scope(rt.settings.resolved_accounts()[0].name, job.request.model)
+    now = rt.clock()
+    fields = {"create_pending": 1, "submit_sent_at": now, "submit_failed_at": "", "submits": job.submits + 1}
+    claimed = claim(rt, job, Action.CALL, lease_s=call_lease_s(timeout_s), fields=fields, status=Status.SUBMITTED)
+    if claimed is None:
+        return None
+    rt.quota.keep_slot(scope, job.ref, lease_s=max(rt.settings.slot_lease_s, call_lease_s(timeout_s)), now=now)
+    try:
+        state = rt.client(scope.account).generate(job.request, rt.settings.spec(job.request.model), timeout_s=timeout_s)
+    except CreateOutcomeUnknown as exc:
+        log.warning("synchronous call's answer lost; not calling again", ref=job.ref, code=exc.code)
+        message = _lost_message(f"{exc.code}: {exc.message}")
+        claimed.end(Status.FAILED, code=SYNC_OUTCOME_UNKNOWN, message=message, fields=SETTLED)
+        return None
+    except RemoteError as exc:  # the service's own refusal: nothing was made or billed
+        return refused(claimed, scope, exc)
+    rt.quota.created(scope, rt.settings, rt.clock())
+    return on_succeeded(claimed, state, {**SETTLED, "task_status": state.status})
+
+
+def _lost_message(what: str) -> str:
+    return (
+        f"the synchronous call's answer was lost ({what}); the service may have made and billed its images, which "
+        "cannot be looked up without a task, so genq does not call again on its own (a second call could pay "
+        "twice); `genq retry --force` sends it again"
+    )
