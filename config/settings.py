@@ -564,8 +564,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 
 def _problem(error: Any) -> str:
     """One validation error as `setting.path: what is wrong`, without the value (it may be a secret)."""
-    where = ".".join(str(part) for part in error.get("loc", ())) or "settings"
-    return f"{where}: {error.get('msg', 'invalid')}"
+    where = ".".join(str(part) for part in error.get("loc", ()))
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message  # a check of the whole names its own field
 
 
 def _read(config_file: Path | None, **overrides: Any) -> Settings:

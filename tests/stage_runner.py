@@ -17,6 +17,7 @@ from config.celery_app import create_app
 from ops.localstack import LocalStack
 from producer.batch import EnqueueReport, enqueue_rows
 from producer.csv_source import CsvRow
+from workers.call import call
 from workers.claimed import run_stage
 from workers.finalize import finalize
 from workers.job import Action, Next
@@ -41,6 +42,7 @@ STAGES: dict[Action, Callable[[Runtime, str, int], Next | None]] = {
     Action.SUBMIT: submit,
     Action.POLL: poll,
     Action.FINALIZE: finalize,
+    Action.CALL: call,
 }
 
 

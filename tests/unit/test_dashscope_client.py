@@ -248,6 +248,10 @@ def test_billed_units_are_images_or_seconds_of_video_from_the_usage(
         ("IPInfringementSuspect", 400, "", PermanentRemoteError),
         ("InvalidApiKey", 401, "", AccountError),
         ("AccessDenied.Unpurchased", 403, "", AccountError),
+        ("AccessDenied", 403, "Access denied.", AccountError),
+        # A request-shape mistake (003:386): that request's fault, not the account's.
+        ("AccessDenied", 403, "current user api does not support synchronous calls", PermanentRemoteError),
+        ("AccessDenied", 403, "Current user API does not support asynchronous calls", PermanentRemoteError),
         ("Arrearage", 400, "", AccountError),
         ("PrepaidBillOverdue", 429, "", AccountError),
         ("ModelNotFound", 404, "", PermanentRemoteError),
@@ -403,3 +407,68 @@ def test_a_task_list_page_count_that_is_no_count_is_refused(total_page: object) 
     """A `total_page` that is not a page count is a malformed answer (reconciliation waits), never one page."""
     with pytest.raises(TransientRemoteError, match="total_page"):
         answering(200, {"data": [], "total_page": total_page}).list_tasks(page_no=1)
+
+
+#: The pages' synchronous answers: Qwen's (004:352-373) and wan2.6's (004:519-548).
+QWEN_SYNC_ANSWER = {
+    "output": {
+        "choices": [
+            {"finish_reason": "stop", "message": {"content": [{"image": "https://x/a.png"}], "role": "assistant"}}
+        ]
+    },
+    "usage": {"height": 2048, "image_count": 1, "width": 2048},
+    "request_id": "d0250a3d",
+}
+WAN_SYNC_ANSWER = {
+    "output": {
+        "choices": [
+            {
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": [{"image": "https://x/b.png", "type": "image"}]},
+            }
+        ],
+        "finished": True,
+    },
+    "usage": {"image_count": 1, "size": "1280*1280", "input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
+    "request_id": "50b57166",
+}
+
+
+@pytest.mark.parametrize("answer", [QWEN_SYNC_ANSWER, WAN_SYNC_ANSWER])
+def test_a_synchronous_call_is_sent_without_the_async_header_and_read_as_a_success(answer: dict[str, object]) -> None:
+    """A synchronous model's call goes to multimodal-generation without `X-DashScope-Async` (the service would
+    refuse it), with the call's own timeout, and either page's answer shape reads as a SUCCEEDED state with its
+    image URL and the usage the service bills by."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=answer)
+
+    request = request_for("qwen-image-2.0-pro")
+    state = client(handler).generate(request, SHIPPED.spec(request.model), timeout_s=123)
+    assert seen[0].url.path == "/api/v1/services/aigc/multimodal-generation/generation"
+    assert "X-DashScope-Async" not in seen[0].headers
+    assert seen[0].extensions["timeout"]["read"] == 123
+    assert state.status == "SUCCEEDED" and len(state.urls) == 1 and state.billed_units(Kind.IMAGE) == 1.0
+
+
+@given(statuses, answers | json_values)
+def test_any_synchronous_answer_is_images_or_an_error_that_says_whether_they_may_exist(
+    status: int, body: object
+) -> None:
+    """A synchronous call's answer is a SUCCEEDED state, the service's own refusal (nothing made), or
+    CreateOutcomeUnknown when images may exist that the answer does not carry (a 2xx without `choices`, a
+    gateway's 5xx): the caller must never take those for a refusal and call again."""
+    request = request_for("qwen-image-2.0")
+    try:
+        state = answering(status, body).generate(request, SHIPPED.spec(request.model), timeout_s=60)
+    except CreateOutcomeUnknown:
+        return
+    except RemoteError:
+        assert status >= 400, "a 2xx answer was taken for a refusal: the call would be made again"
+        own_error = isinstance(body, dict) and isinstance(body.get("code"), str) and body["code"]
+        assert status < 500 or own_error, "a gateway's 5xx was taken for the service's refusal"
+        return
+    assert status < 400 and state.status == "SUCCEEDED"
+    assert all(r.url is None or isinstance(r.url, str) for r in state.results)
