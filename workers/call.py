@@ -53,6 +53,12 @@ def call(rt: Runtime, ref: str, attempt: int) -> Next | None:
         return None
     scope = scope_of(job) or Scope(rt.settings.resolved_accounts()[0].name, job.request.model)
     now = rt.clock()
+    if now >= job.deadline_at:  # it waited for the lane past its deadline (no lane worker ran): nothing was sent
+        late = claim(rt, job, Action.CALL, lease_s=call_lease_s(timeout_s))
+        if late is not None:
+            message = "deadline passed before the synchronous call was made (is a `genq worker --queues call` running?)"
+            late.end(Status.TIMED_OUT, code="DeadlineExceeded", message=message, fields=SETTLED)
+        return None
     fields = {"create_pending": 1, "submit_sent_at": now, "submit_failed_at": "", "submits": job.submits + 1}
     claimed = claim(rt, job, Action.CALL, lease_s=call_lease_s(timeout_s), fields=fields, status=Status.SUBMITTED)
     if claimed is None:

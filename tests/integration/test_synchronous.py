@@ -1,0 +1,149 @@
+"""Synchronous models (the Qwen-Image 2.0 series, qwen-image-max) through the stages against the simulator: the
+one call made on the call lane, its images stored like any task's, and every way its answer can fail, each
+checked in the job store, the bucket and the simulator's own counters (which do not trust genq)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import httpx
+
+from ops.localstack import LocalStack
+from producer.csv_source import CsvRow
+from tests.conftest import RunningSimulator
+from tests.integration.test_outcomes import events, one_job, stored_images
+from tests.stage_runner import batch_done, enqueue, publish_rows, run, wait_until
+from workers.call import SYNC_OUTCOME_UNKNOWN
+from workers.claimed import claim
+from workers.control import retry
+from workers.dashscope.protocol import upstream_epoch
+from workers.job import Action, Next, Status
+from workers.quota.quota import Scope
+from workers.runtime import Runtime
+
+MODEL = "qwen-image-2.0-pro"
+
+
+def test_a_synchronous_job_is_called_once_and_its_images_stored(runtime: Runtime, simulator: RunningSimulator) -> None:
+    """A qwen-image-2.0-pro job goes submit -> call -> finalize: one synchronous call and no task query, its image
+    stored with the usage the service bills by, its slot given back, and one `genq.job.succeeded` event."""
+    job = one_job(runtime, "a poster", model=MODEL, size="1536*2688", seed="11")
+    assert job.status is Status.SUCCEEDED and job.submits == 1 and not job.create_pending
+    assert stored_images(runtime) == ["b/j/0.png"]
+    assert job.usage.get("image_count") == 1 and job.objects[0]["key"] == "b/j/0.png"
+    counters = simulator.counters()
+    assert counters["sync_calls"] == 1 and counters.get("creates", 0) == 0 and counters.get("queries", 0) == 0
+    manifest = runtime.results.get_json("b/j/manifest.json")
+    assert manifest is not None and manifest["objects"][0]["seed"] == 11 and manifest["task_id"] is None
+    assert [e["type"] for e in events(runtime)] == ["genq.job.succeeded"]
+    assert not runtime.quota.slot_holders(Scope(runtime.settings.account, MODEL), runtime.clock())
+
+
+def test_a_lost_synchronous_answer_ends_the_job_and_is_never_called_again(
+    runtime: Runtime, simulator: RunningSimulator
+) -> None:
+    """The service generates (and bills) the image but the connection drops before its answer: the job ends
+    `SyncOutcomeUnknown` saying it may have been billed, after exactly one call; a plain `genq retry` skips it,
+    and only `--force` calls again."""
+    job = one_job(runtime, "a poster sim:sync_drop:once", model=MODEL)
+    assert job.status is Status.FAILED and job.error_code == SYNC_OUTCOME_UNKNOWN
+    assert "may have made and billed" in (job.error_message or "") and not job.create_pending
+    assert simulator.counters()["sync_calls"] == 1 and simulator.counters()["billed_images"] == 1
+
+    report, steps = retry(runtime, "b")
+    assert steps == [] and "SyncOutcomeUnknown is permanent" in report.skipped["b/j"]
+    report, steps = retry(runtime, "b", force=True)
+    run(runtime, steps, timeout_s=30)
+    again = runtime.store.get("b/j")
+    assert again is not None and again.status is Status.SUCCEEDED and simulator.counters()["sync_calls"] == 2
+
+
+def test_a_call_whose_lane_died_is_not_made_again(runtime: Runtime, simulator: RunningSimulator) -> None:
+    """A lane worker killed after it marked the call as sent (its message redelivered by the sweep once the lease
+    lapsed): the stage that receives it finds the mark and ends the job `SyncOutcomeUnknown` without a call."""
+    steps = enqueue(runtime, {"id": "j", "prompt": "a poster", "model": MODEL})
+    left = run(runtime, steps, timeout_s=10, until=handed_to_the_lane(runtime))
+    job = runtime.store.get("b/j")
+    assert job is not None and left
+    # What the call stage records before its POST, then the process dies: no answer, no further record.
+    died = claim(runtime, job, Action.CALL, lease_s=0, fields={"create_pending": 1}, status=Status.SUBMITTED)
+    assert died is not None
+    run(runtime, [Next(Action.CALL, "b/j", died.attempt)], timeout_s=10)
+    ended = runtime.store.get("b/j")
+    assert ended is not None and ended.status is Status.FAILED and ended.error_code == SYNC_OUTCOME_UNKNOWN
+    assert simulator.counters().get("sync_calls", 0) == 0
+
+
+def test_a_call_that_waited_for_the_lane_past_its_deadline_is_not_made(
+    runtime_factory: Callable[..., Runtime], simulator: RunningSimulator
+) -> None:
+    """A job handed to the call lane whose message is taken only after its deadline (no lane worker ran) ends
+    `timed_out`, saying to run one, and nothing is sent: a call made that late would be billed for nobody."""
+    rt = runtime_factory(image_deadline_s=1.0)
+    steps = enqueue(rt, {"id": "j", "prompt": "a poster", "model": MODEL})
+    left = run(rt, steps, timeout_s=10, until=handed_to_the_lane(rt))
+    time.sleep(1.1)
+    run(rt, left, timeout_s=10)
+    job = rt.store.get("b/j")
+    assert job is not None and job.status is Status.TIMED_OUT and "--queues call" in (job.error_message or "")
+    assert simulator.counters().get("sync_calls", 0) == 0
+
+
+def test_a_refused_synchronous_call_is_handled_like_a_refused_create(
+    runtime: Runtime, simulator: RunningSimulator
+) -> None:
+    """The service's own refusals made nothing: a 500 is tried again (and succeeds), a moderation refusal and an
+    IP-infringement one fail the job with their code, each after the calls they took and no more."""
+    retried = one_job(runtime, "a poster sim:create_500:once", model=MODEL)
+    assert retried.status is Status.SUCCEEDED and retried.submits == 2
+    for trigger, code in (
+        ("create_inspection", "DataInspectionFailed"),
+        ("create_ip_infringement", "IPInfringementSuspect"),
+    ):
+        steps = enqueue(runtime, {"id": trigger, "prompt": f"a poster sim:{trigger}", "model": MODEL}, batch_id=trigger)
+        run(runtime, steps, timeout_s=20)
+        refused = runtime.store.get(f"{trigger}/{trigger}")
+        assert refused is not None and refused.status is Status.FAILED and refused.error_code == code
+        assert refused.submits == 1
+
+
+SYNC_IN_FLIGHT = 20
+
+
+def handed_to_the_lane(rt: Runtime) -> Callable[[], bool]:
+    """A `run(..., until=)` condition: job b/j waits for its call."""
+    return lambda: (job := rt.store.get("b/j")) is not None and job.next_action is Action.CALL
+
+
+def test_a_mixed_batch_ends_and_synchronous_calls_leave_the_stage_workers_free(
+    local_stack_factory: Callable[..., LocalStack],
+) -> None:
+    """Real workers, one batch of async Wan, async Qwen and 20 synchronous Qwen 2.0 jobs, whose scope a config
+    raised to 20 at once: every job succeeds; the simulator saw the 20 calls overlap, never more than the scope's
+    concurrency; and while they waited (each call several seconds) every async job was noticed within a few
+    seconds of its end, which it could not be if the calls held the stage workers' 4 processes."""
+    raised = {MODEL: {"submit_rate_per_s": 20, "max_concurrent": SYNC_IN_FLIGHT}}
+    stack = local_stack_factory(workers=1, models=raised)
+    assert stack.simulator_url is not None
+    sim_config = {"limits": {MODEL: [20, SYNC_IN_FLIGHT]}, "time_scale": 2.0}  # images of 4-12 s
+    httpx.post(f"{stack.simulator_url}/_sim/config", json=sim_config, timeout=10).raise_for_status()
+    requests = [
+        *({"id": f"s{i}", "prompt": f"poster {i}", "model": MODEL} for i in range(SYNC_IN_FLIGHT)),
+        *({"id": f"w{i}", "prompt": f"wan {i}", "model": "wan2.5-t2i-preview"} for i in range(4)),
+        *({"id": f"q{i}", "prompt": f"qwen {i}", "model": "qwen-image-plus"} for i in range(2)),
+    ]
+    store, report = publish_rows(stack, "mixed", [CsvRow(i + 2, r) for i, r in enumerate(requests)])
+    assert not report.rejected
+    wait_until(batch_done(store, "mixed"), 180, "the mixed batch to finish")
+    jobs = {j.job_id: j for j in store.jobs("mixed")}
+    assert {j.status for j in jobs.values()} == {Status.SUCCEEDED}, {k: j.error_code for k, j in jobs.items()}
+
+    counters = httpx.get(f"{stack.simulator_url}/_sim/counters", timeout=10).json()
+    scope = counters["accounts"]["default"]["models"][MODEL]
+    assert SYNC_IN_FLIGHT // 2 <= scope["sync_in_flight_max"] <= SYNC_IN_FLIGHT
+    assert counters["counters"]["sync_calls"] == SYNC_IN_FLIGHT
+
+    async_jobs = [j for name, j in jobs.items() if not name.startswith("s")]
+    lags = [(j.results_at or 0) - (upstream_epoch(j.upstream.get("end_time", "")) or 0) for j in async_jobs]
+    assert max(lags) < 4.0, lags  # the watcher's interval is 0.75 s; a sync call here lasts 4-12 s
