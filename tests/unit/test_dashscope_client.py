@@ -348,6 +348,14 @@ def test_any_query_answer_is_a_task_state_or_a_remote_error(status: int, body: o
     assert isinstance(state.usage, dict)
 
 
+def assert_the_services_own_refusal(status: int, body: object) -> None:
+    """A create or call read as refused (nothing made, so it may be sent again) must be the service's own refusal:
+    an error status, and for a 5xx the service's JSON error rather than a gateway's page."""
+    assert status >= 400, "a 2xx answer was taken for a refusal: it would be sent again"
+    own_error = isinstance(body, dict) and isinstance(body.get("code"), str) and body["code"]
+    assert status < 500 or own_error, "a gateway's 5xx was taken for the service's refusal"
+
+
 @given(statuses, answers | json_values)
 def test_any_create_answer_is_a_task_id_or_an_error_that_says_whether_a_task_may_exist(
     status: int, body: object
@@ -359,9 +367,7 @@ def test_any_create_answer_is_a_task_id_or_an_error_that_says_whether_a_task_may
     except CreateOutcomeUnknown:
         return
     except RemoteError:
-        assert status >= 400, "a 2xx answer was taken for a refusal: the create would be sent again"
-        own_error = isinstance(body, dict) and isinstance(body.get("code"), str) and body["code"]
-        assert status < 500 or own_error, "a gateway's 5xx was taken for the service's refusal"
+        assert_the_services_own_refusal(status, body)
         return
     assert status < 400 and isinstance(task_id, str) and task_id
     assert request_id is None or isinstance(request_id, str)
@@ -466,9 +472,7 @@ def test_any_synchronous_answer_is_images_or_an_error_that_says_whether_they_may
     except CreateOutcomeUnknown:
         return
     except RemoteError:
-        assert status >= 400, "a 2xx answer was taken for a refusal: the call would be made again"
-        own_error = isinstance(body, dict) and isinstance(body.get("code"), str) and body["code"]
-        assert status < 500 or own_error, "a gateway's 5xx was taken for the service's refusal"
+        assert_the_services_own_refusal(status, body)
         return
     assert status < 400 and state.status == "SUCCEEDED"
     assert all(r.url is None or isinstance(r.url, str) for r in state.results)
