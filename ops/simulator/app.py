@@ -37,13 +37,12 @@ from ops.simulator.models import (
 from ops.simulator.responses import (
     UTC8,
     Dropped,
-    choice,
     error,
-    image_generation_usage,
     list_entry,
     malformed,
     oss_error,
     request_id,
+    sync_body,
     task_body,
 )
 
@@ -226,13 +225,7 @@ class Simulator:
         if status == "FAILED" and task.failure:
             return error(500 if task.failure[0].startswith("InternalError") else 400, *task.failure)
         urls = [self._result_url(request, task, i) for i in range(task.n) if i not in task.failed_indices]
-        return JSONResponse(
-            {
-                "output": {"choices": [choice(u) for u in urls], "finished": True},
-                "usage": image_generation_usage(task.size, len(urls)),
-                "request_id": request_id(),
-            }
-        )
+        return JSONResponse(sync_body(task, urls))
 
     # --- query, list and cancel -----------------------------------------------------------------
     async def get_task(self, request: Request) -> Response:
@@ -450,7 +443,7 @@ def _messages_prompt(body_input: dict[str, Any]) -> str:
 
 
 def _check_parameters(model: SimModel, parameters: dict[str, Any]) -> None:
-    n = parameters.get("n", 4)
+    n = parameters.get("n", model.default_n)
     if not model.video and (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 4):
         raise Invalid(error(400, "InvalidParameter", "The parameter n must be an integer in [1, 4]."))
     problem = size_problem(model, str(parameters.get("size", model.default_size)))
@@ -468,7 +461,7 @@ def _check_parameters(model: SimModel, parameters: dict[str, Any]) -> None:
 
 
 def _n(model: SimModel, parameters: dict[str, Any]) -> int:
-    return 1 if model.video else int(parameters.get("n", 4))  # the service's default is 4
+    return 1 if model.video else int(parameters.get("n", model.default_n))  # Wan's default is 4, Qwen's 1
 
 
 def _list_time(value: str | None, default: float) -> float:

@@ -53,3 +53,72 @@ def test_sync_size_rule_is_the_models_own(simulator: RunningSimulator) -> None:
         refused = call(simulator, messages_body(model, size=size))
         assert (refused.status_code, refused.json()["code"]) == (400, "InvalidParameter"), refused.text
         assert size in refused.json()["message"]
+
+
+def png_size(url: str) -> tuple[int, int]:
+    """The width and height a result URL's PNG declares in its IHDR."""
+    data = httpx.get(url).content
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+@pytest.mark.parametrize(
+    ("model", "size"),
+    [
+        ("qwen-image", "1664*928"),
+        ("qwen-image-plus", "1664*928"),
+        ("qwen-image-2.0", "2048*2048"),
+        ("qwen-image-2.0-pro", "2048*2048"),
+        ("qwen-image-max", "1664*928"),
+    ],
+)
+def test_qwen_sync_answer_has_the_pages_shape_and_one_image(simulator: RunningSimulator, model: str, size: str) -> None:
+    """A Qwen sync call without n or size answers the pages' shape field for field (content items without
+    `type`, no `output.finished`, usage of integer width and height and image_count) with one image of the
+    model's default size."""
+    answer = call(simulator, messages_body(model))
+    assert answer.status_code == 200, answer.text
+    data = answer.json()
+    assert set(data) == {"output", "usage", "request_id"} and set(data["output"]) == {"choices"}
+    (only,) = data["output"]["choices"]
+    assert only["finish_reason"] == "stop" and only["message"]["role"] == "assistant"
+    (item,) = only["message"]["content"]
+    assert set(item) == {"image"}
+    width, height = (int(side) for side in size.split("*"))
+    assert data["usage"] == {"width": width, "height": height, "image_count": 1}
+    assert png_size(item["image"]) == (width, height)
+
+
+def test_qwen_sync_answer_counts_the_images_asked_for(simulator: RunningSimulator) -> None:
+    """n=2 and a custom size for qwen-image-2.0: two images of that size, counted in usage."""
+    data = call(simulator, messages_body("qwen-image-2.0", n=2, size="1536*1024")).json()
+    assert data["usage"] == {"width": 1536, "height": 1024, "image_count": 2}
+    assert len(data["output"]["choices"]) == 2
+
+
+def test_wan26_sync_answer_keeps_its_own_shape_and_default_of_four(simulator: RunningSimulator) -> None:
+    """wan2.6-t2i's sync answer keeps `type: "image"`, `finished: true` and usage with `size` and tokens; without
+    n it makes the service's default of 4 images."""
+    data = call(simulator, messages_body("wan2.6-t2i")).json()
+    assert data["output"]["finished"] is True and len(data["output"]["choices"]) == 4
+    assert data["output"]["choices"][0]["message"]["content"][0]["type"] == "image"
+    assert data["usage"] == {
+        "image_count": 4,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "size": "1280*1280",
+        "total_tokens": 0,
+    }
+
+
+@pytest.mark.parametrize(("model", "images"), [("qwen-image", 1), ("qwen-image-plus", 1), ("wan2.5-t2i-preview", 4)])
+def test_async_create_without_n_makes_the_models_default(simulator: RunningSimulator, model: str, images: int) -> None:
+    """An async create without n makes one image for qwen-image and qwen-image-plus, four for a Wan model."""
+    created = httpx.post(
+        simulator.base_url + "/services/aigc/text2image/image-synthesis",
+        headers={**HEADERS, "X-DashScope-Async": "enable"},
+        json={"model": model, "input": {"prompt": "a poster"}, "parameters": {}},
+    )
+    assert created.status_code == 200, created.text
+    (task,) = httpx.get(f"{simulator.url}/_sim/tasks").json()["tasks"]
+    assert task["n"] == images
