@@ -13,6 +13,7 @@ import json
 import math
 import secrets
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -53,6 +54,21 @@ CONFIG_FIELDS = frozenset(
 )
 
 
+#: The longest negative prompt the service keeps; it truncates the excess (003:129, 440, 899).
+NEGATIVE_PROMPT_MAX = 500
+
+
+@dataclass(frozen=True)
+class Creation:
+    """A create request that passed the checks: what its task is made from."""
+
+    model: SimModel
+    body: dict[str, Any]
+    prompt: str
+    parameters: dict[str, Any]
+    negative_prompt: str | None
+
+
 class Invalid(Exception):
     """A request the service refuses; carries the answer to send."""
 
@@ -79,8 +95,8 @@ class Simulator:
             raise Invalid(error(401, "InvalidApiKey", "Invalid API-key provided."))
         return key, account
 
-    async def _parse(self, request: Request, path: str) -> tuple[SimModel, dict[str, Any], str, dict[str, Any]]:
-        """The model, body, prompt and parameters of a create, or `Invalid` with the service's complaint."""
+    async def _parse(self, request: Request, path: str) -> Creation:
+        """What a create asks for, or `Invalid` with the service's complaint."""
         try:
             body = json.loads(await request.body())
         except ValueError:
@@ -101,7 +117,7 @@ class Simulator:
         except ValueError as exc:
             raise Invalid(error(400, "InvalidParameter", str(exc))) from None
         _check_parameters(model, parameters)
-        return model, body, prompt, parameters
+        return Creation(model, body, prompt, parameters, _negative_prompt(body_input, parameters))
 
     def _sign(self, task_id: str, index: int, expires: int) -> str:
         return hmac.new(self.signing_key, f"{task_id}/{index}/{expires}".encode(), hashlib.sha256).hexdigest()[:32]
@@ -136,31 +152,35 @@ class Simulator:
             key, account = self._account(request)
             if async_only and request.headers.get("x-dashscope-async", "").lower() != "enable":
                 return error(403, "AccessDenied", "current user api does not support synchronous calls")
-            model, body, prompt, parameters = await self._parse(request, path)
+            creation = await self._parse(request, path)
         except Invalid as invalid:
             return invalid.response
+        prompt = creation.prompt
         if self.faults.fires("create_hang", prompt):  # lost on its way in: no task, and no answer in time
             await asyncio.sleep(4 * self.engine.config.slow_response_s)  # later than any `create_slow` answer
             return error(504, "RequestTimeOut", "The request timed out.")
-        task = self._accept(key, account, model, body, prompt, parameters)
+        task = self._accept(key, account, creation, sync=not async_only)
         return task if isinstance(task, Response) else (task, prompt)
 
-    def _accept(
-        self, key: str, account: str, model: SimModel, body: dict[str, Any], prompt: str, parameters: dict[str, Any]
-    ) -> SimTask | Response:
+    def _accept(self, key: str, account: str, creation: Creation, *, sync: bool) -> SimTask | Response:
         """A new task, or the refusal a fault or a limit gives instead."""
-        refused = self._create_faults_before(prompt) or self._admit(account, model)
+        model, parameters = creation.model, creation.parameters
+        refused = self._create_faults_before(creation.prompt) or self._admit(account, model)
         if refused is not None:
             return refused
         return self.engine.create(
             key=key,
             account=account,
             model=model,
-            body=body,
-            prompt=prompt[: model.prompt_max],  # the service truncates over-long prompts, it does not refuse them
+            body=creation.body,
+            # The service truncates over-long prompts and negative prompts, it does not refuse them (003:113, 129).
+            prompt=creation.prompt[: model.prompt_max],
+            negative_prompt=(creation.negative_prompt or "")[:NEGATIVE_PROMPT_MAX],
             n=_n(model, parameters),
             size=str(parameters.get("size", model.default_size)),
             prompt_extend=bool(parameters.get("prompt_extend", True)),
+            seed=parameters.get("seed"),
+            sync=sync,
             now=self.engine.clock(),
         )
 
@@ -420,9 +440,6 @@ def _prompt(body_input: dict[str, Any]) -> str:
     prompt = body_input.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise Invalid(error(400, "InvalidParameter", "Field required: input.prompt"))
-    negative = body_input.get("negative_prompt", "")
-    if isinstance(negative, str) and len(negative) > 500:
-        raise Invalid(error(400, "InvalidParameter", "input.negative_prompt must be at most 500 characters."))
     return prompt
 
 
@@ -452,12 +469,19 @@ def _check_parameters(model: SimModel, parameters: dict[str, Any]) -> None:
     seed = parameters.get("seed")
     if seed is not None and (not isinstance(seed, int) or not 0 <= seed <= 2147483647):
         raise Invalid(error(400, "InvalidParameter", "The parameter seed must be an integer in [0, 2147483647]."))
-    negative = parameters.get("negative_prompt", "")
-    if isinstance(negative, str) and len(negative) > 500:
-        raise Invalid(error(400, "InvalidParameter", "parameters.negative_prompt must be at most 500 characters."))
     duration = parameters.get("duration")
     if model.video and duration is not None and duration not in model.durations:
         raise Invalid(error(400, "InvalidParameter", f"The parameter duration must be one of {model.durations}."))
+
+
+def _negative_prompt(body_input: dict[str, Any], parameters: dict[str, Any]) -> str | None:
+    """The negative prompt as sent: the old protocol's `input.negative_prompt`, else the new protocol's
+    `parameters.negative_prompt` (None when neither is given); `Invalid` when one is not a string."""
+    found = {"input": body_input.get("negative_prompt"), "parameters": parameters.get("negative_prompt")}
+    for where, value in found.items():
+        if value is not None and not isinstance(value, str):
+            raise Invalid(error(400, "InvalidParameter", f"{where}.negative_prompt must be a string."))
+    return found["input"] if found["input"] is not None else found["parameters"]
 
 
 def _n(model: SimModel, parameters: dict[str, Any]) -> int:

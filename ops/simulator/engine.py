@@ -71,8 +71,11 @@ class SimTask:
     body: dict[str, Any]
     n: int
     size: str
-    prompt: str
+    prompt: str  # as kept: truncated to the model's limit
     actual_prompt: str | None
+    negative_prompt: str = ""  # as kept: truncated to 500 characters
+    seed: int | None = None  # as sent
+    sync: bool = False  # came through the sync endpoint
     failure: tuple[str, str] | None = None  # the whole task fails with (code, message)
     failed_indices: frozenset[int] = frozenset()  # partial failure: these sub-images fail
     expire_on_end: bool = False
@@ -235,6 +238,9 @@ class Engine:
         size: str,
         prompt_extend: bool,
         now: float,
+        negative_prompt: str = "",
+        seed: int | None = None,
+        sync: bool = False,
     ) -> SimTask:
         actual = f"{prompt}. Highly detailed, soft natural light, balanced composition." if prompt_extend else None
         task = SimTask(
@@ -249,6 +255,9 @@ class Engine:
             size=size,
             prompt=prompt,
             actual_prompt=actual,
+            negative_prompt=negative_prompt,
+            seed=seed,
+            sync=sync,
         )
         self._decide_outcome(task)
         self.tasks[task.task_id] = task
@@ -330,6 +339,9 @@ class Engine:
                 "account": task.account,
                 "model": task.model.name,
                 "prompt": task.prompt,
+                "negative_prompt_chars": len(task.negative_prompt),  # as kept: the service truncates at 500
+                "seed": task.seed,
+                "sync": task.sync,
                 "n": task.n,
                 "created": task.created,
                 "scheduled": task.scheduled,  # the start of its run (None while it waits, or if cancelled)

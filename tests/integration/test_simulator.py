@@ -288,3 +288,65 @@ def test_task_report_gives_when_each_task_started_to_run(simulator_factory: Call
     now[0] = start + 5.0
     done = report()[third]
     assert done["created"] == start + 1.0 and done["scheduled"] == start + 2.0 and done["end"] == start + 4.0
+
+
+def sim_tasks(sim: RunningSimulator) -> list[dict[str, Any]]:
+    tasks: list[dict[str, Any]] = httpx.get(f"{sim.url}/_sim/tasks").json()["tasks"]
+    return sorted(tasks, key=lambda t: t["created"])
+
+
+def messages(model: str, prompt: str = "a flower shop", **parameters: Any) -> dict[str, Any]:
+    return {
+        "model": model,
+        "input": {"messages": [{"role": "user", "content": [{"text": prompt}]}]},
+        "parameters": {"n": 1, **parameters},
+    }
+
+
+def test_over_long_negative_prompts_are_truncated_not_refused(simulator: RunningSimulator) -> None:
+    """A negative prompt of 600 characters, in `input` (old protocol) or in `parameters` (wan2.6 async, Qwen
+    sync), is accepted and kept as its first 500 (003:129, 440, 899); a shorter one is kept whole."""
+    long, short = "blurry, " * 75, "x" * 499
+    assert len(long) == 600
+    old = body()
+    old["input"]["negative_prompt"] = long
+    answers = [
+        create(simulator, old),
+        create(
+            simulator, messages("wan2.6-t2i", negative_prompt=long), path="/services/aigc/image-generation/generation"
+        ),
+        create(
+            simulator,
+            messages("qwen-image-2.0", negative_prompt=long),
+            path="/services/aigc/multimodal-generation/generation",
+            async_header=False,
+        ),
+        create(simulator, body(negative_prompt=short)),
+    ]
+    assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+    assert [t["negative_prompt_chars"] for t in sim_tasks(simulator)] == [500, 500, 500, 499]
+
+
+@pytest.mark.parametrize("where", ["input", "parameters"])
+def test_a_negative_prompt_that_is_not_text_is_invalid(simulator: RunningSimulator, where: str) -> None:
+    """A negative prompt that is not a string is refused 400 InvalidParameter naming where it was, no task made."""
+    request = body()
+    request[where]["negative_prompt"] = ["blurry"]
+    answer = create(simulator, request)
+    assert (answer.status_code, answer.json()["code"]) == (400, "InvalidParameter")
+    assert f"{where}.negative_prompt" in answer.json()["message"] and sim_tasks(simulator) == []
+
+
+def test_task_report_gives_the_seed_as_sent_and_whether_the_call_was_sync(simulator: RunningSimulator) -> None:
+    """`GET /_sim/tasks` reports each task's seed as sent (null when none) and `sync` for a task made by the sync
+    endpoint."""
+    create(simulator, body(seed=42))
+    create(simulator, {**body(), "parameters": {"n": 1}})
+    sync = create(
+        simulator,
+        messages("qwen-image-max", seed=7),
+        path="/services/aigc/multimodal-generation/generation",
+        async_header=False,
+    )
+    assert sync.status_code == 200, sync.text
+    assert [(t["seed"], t["sync"]) for t in sim_tasks(simulator)] == [(42, False), (None, False), (7, True)]
