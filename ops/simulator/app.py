@@ -340,13 +340,18 @@ class Simulator:
             return error(503, "ModelServingError", "The model is overloaded, please try again later.")
         if self.faults.fires("cancel_refused", task.prompt):  # as if it had started between query and cancel
             return error(400, "UnsupportedOperation", "Failed to cancel the task, please confirm the task status.")
+        if task.sync:  # [inferred] a sync call's client is waiting for it: it runs to its answer
+            return error(400, "UnsupportedOperation", "Failed to cancel the task: it is a synchronous call.")
         if not self.engine.cancel(task, now):
             return error(
                 400,
                 "UnsupportedOperation",
                 f"Failed to cancel the task, please confirm the task status is PENDING (it is {task.status(now)}).",
             )
-        return JSONResponse({"request_id": request_id()})
+        # The pages print `rsp.output.task_status` after a successful cancel (002:183-186, 003:1453-1457).
+        return JSONResponse(
+            {"request_id": request_id(), "output": {"task_id": task.task_id, "task_status": "CANCELED"}}
+        )
 
     # --- result URLs ----------------------------------------------------------------------------
     async def result(self, request: Request) -> Response:

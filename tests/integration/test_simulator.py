@@ -122,7 +122,8 @@ def test_query_budget_is_20_per_second_per_account(simulator: RunningSimulator) 
 
 
 def test_cancel_only_while_pending(simulator_factory: Callable[..., RunningSimulator]) -> None:
-    """A queued task can be cancelled; a finished one answers UnsupportedOperation."""
+    """A queued task can be cancelled, and the answer says so in `output.task_status`; a finished one answers
+    UnsupportedOperation."""
     simulator = simulator_factory(time_scale=4.0)
     ids = [
         create(simulator, {**body(seed=i), "model": "wanx2.0-t2i-turbo"}).json()["output"]["task_id"] for i in range(2)
@@ -130,7 +131,10 @@ def test_cancel_only_while_pending(simulator_factory: Callable[..., RunningSimul
     time.sleep(1.05)
     queued = create(simulator, {**body(seed=9), "model": "wanx2.0-t2i-turbo"}).json()["output"]["task_id"]
     headers = {"Authorization": f"Bearer {SIM_KEY}"}
-    assert httpx.post(f"{simulator.base_url}/tasks/{queued}/cancel", headers=headers).status_code == 200
+    cancelled = httpx.post(f"{simulator.base_url}/tasks/{queued}/cancel", headers=headers)
+    assert cancelled.status_code == 200
+    assert set(cancelled.json()) == {"request_id", "output"}
+    assert cancelled.json()["output"] == {"task_id": queued, "task_status": "CANCELED"}
     assert query(simulator, queued).json()["output"]["task_status"] == "CANCELED"
     wait_status(simulator, ids[0], "SUCCEEDED", timeout_s=20)
     refused = httpx.post(f"{simulator.base_url}/tasks/{ids[0]}/cancel", headers=headers)

@@ -42,7 +42,8 @@ def test_image_async_call_fetch_and_wait(sdk_simulator: RunningSimulator) -> Non
 
 
 def test_image_cancel_of_a_pending_task(sdk_simulator: RunningSimulator) -> None:
-    """cancel succeeds on a task still queued behind a full model, and fetch then reports CANCELED."""
+    """cancel succeeds on a task still queued behind a full model, its answer's `output.task_status` is CANCELED
+    (as the pages print it), and fetch then reports CANCELED."""
     blockers = [
         ImageSynthesis.async_call(api_key=SIM_KEY, model="wanx2.0-t2i-turbo", prompt=f"p{i}", n=1, size="1024*1024")
         for i in range(2)
@@ -51,7 +52,8 @@ def test_image_cancel_of_a_pending_task(sdk_simulator: RunningSimulator) -> None
     queued = ImageSynthesis.async_call(api_key=SIM_KEY, model="wanx2.0-t2i-turbo", prompt="q", n=1, size="1024*1024")
     assert all(b.status_code == HTTPStatus.OK for b in [*blockers, queued])
     cancelled = ImageSynthesis.cancel(queued, api_key=SIM_KEY)
-    assert cancelled.status_code == HTTPStatus.OK
+    # The pages print `rsp.output.task_status`; SDK 2.0.2 hands a cancel's `output` back as a plain dict.
+    assert cancelled.status_code == HTTPStatus.OK and cancelled.output["task_status"] == "CANCELED"
     assert ImageSynthesis.fetch(queued, api_key=SIM_KEY).output.task_status == "CANCELED"
     finished = ImageSynthesis.wait(blockers[0], api_key=SIM_KEY)
     refused = ImageSynthesis.cancel(blockers[0], api_key=SIM_KEY)

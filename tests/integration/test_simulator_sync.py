@@ -3,6 +3,9 @@ serves, the Qwen answer shape (004:183-203, 352-373), its errors, and the calls 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -122,3 +125,19 @@ def test_async_create_without_n_makes_the_models_default(simulator: RunningSimul
     assert created.status_code == 200, created.text
     (task,) = httpx.get(f"{simulator.url}/_sim/tasks").json()["tasks"]
     assert task["n"] == images
+
+
+def test_a_sync_calls_task_cannot_be_cancelled(simulator_factory: Callable[..., RunningSimulator]) -> None:
+    """A sync call's task, seen in the task list while it waits for a slot, refuses a cancel (its client is
+    waiting for the answer), and the call still answers with its image."""
+    sim = simulator_factory(time_scale=3.0)
+    sim.engine.configure(limits={"qwen-image-max": [10, 1]})
+    with ThreadPoolExecutor(2) as pool:
+        calls = [pool.submit(call, sim, messages_body("qwen-image-max", f"p{i}")) for i in range(2)]
+        deadline = time.monotonic() + 10
+        while not (waiting := [t for t in sim.engine.task_report(time.time()) if t["status"] == "PENDING"]):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        refused = httpx.post(f"{sim.base_url}/tasks/{waiting[0]['task_id']}/cancel", headers=HEADERS)
+        assert (refused.status_code, refused.json()["code"]) == (400, "UnsupportedOperation")
+        assert [c.result().status_code for c in calls] == [200, 200]
