@@ -187,6 +187,8 @@ class Simulator:
     def _create_faults_before(self, prompt: str) -> Response | None:
         if self.faults.fires("create_inspection", prompt):
             return error(400, "DataInspectionFailed", "Input data may contain inappropriate content.")
+        if self.faults.fires("create_ip_infringement", prompt):  # 002:434, 003:1760
+            return error(400, "IPInfringementSuspect", "Input data is suspected of being involved in IP infringement.")
         if self.faults.fires("burst", prompt):
             self.engine.counters["throttled_burst"] += 1
             return error(429, "Throttling.BurstRate", "Request rate increased too quickly.")
@@ -236,14 +238,20 @@ class Simulator:
         accepted = await self._new_task(request, SYNC_GENERATION, async_only=False)
         if isinstance(accepted, Response):
             return accepted
-        task, _ = accepted
+        task, prompt = accepted
         account, model = task.account, task.model
         self.engine.counters["sync_calls"] += 1
         while (status := task.status(self.engine.clock())) in {"PENDING", "RUNNING"}:
             await asyncio.sleep(0.05)
             self.engine.scope(account, model).advance(self.engine.clock())
         if status == "FAILED" and task.failure:
+            # The task's failure as the call's error answer (its body as in 003:233-237): 500 for InternalError*,
+            # 400 for the caller's (moderation, parameters), as the error codes' statuses are documented.
             return error(500 if task.failure[0].startswith("InternalError") else 400, *task.failure)
+        if status != "SUCCEEDED":  # cannot happen (a sync task refuses a cancel), but never answer images for it
+            return error(500, "InternalError", f"The task ended {status}.")
+        if self.faults.fires("sync_drop", prompt):  # made and billed, but the answer never arrives
+            return Dropped()
         urls = [self._result_url(request, task, i) for i in range(task.n) if i not in task.failed_indices]
         return JSONResponse(sync_body(task, urls))
 

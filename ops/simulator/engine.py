@@ -34,6 +34,8 @@ FAILURES = {
     "task_failed": ("InternalError.Algo", "An internal error occurred in the algorithm."),
     "task_timeout": ("InternalError.Timeout", TIMEOUT_MESSAGE),
     "task_inspection": ("DataInspectionFailed", "Output data may contain inappropriate content."),
+    "task_ip_infringement": ("IPInfringementSuspect", "Output data is suspected of being involved in IP infringement."),
+    "task_invalid_parameter": ("InvalidParameter", "The task's parameters could not be processed by the model."),
 }
 
 

@@ -248,10 +248,12 @@ def test_qwen_sync_request_gets_the_examples_answer(simulator: RunningSimulator)
 
 def test_failure_examples(simulator_factory: Callable[..., RunningSimulator]) -> None:
     """FAILED, partial failure, expired (UNKNOWN) and error answers have every field of their examples."""
-    sim = simulator_factory(faults={"task_failed": 1.0})
+    sim = simulator_factory(faults={"task_invalid_parameter": 1.0})
     failed = settle(sim, create(sim, {**OLD_REQUEST, "parameters": {"size": "1024*1024", "n": 4}})["output"]["task_id"])
     assert_same_shape(FAILED_EXAMPLE, failed)
-    assert sim.faults_fired() == {"task_failed": 1}
+    assert failed["output"]["code"] == "InvalidParameter"  # the example's own code and task_metrics (003:1105-1120)
+    assert failed["output"]["task_metrics"] == FAILED_EXAMPLE["output"]["task_metrics"]  # type: ignore[index]
+    assert sim.faults_fired() == {"task_invalid_parameter": 1}
     partial_request = {
         **OLD_REQUEST,
         "input": {"prompt": FLOWER + " sim:task_partial"},

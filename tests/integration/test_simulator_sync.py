@@ -141,3 +141,50 @@ def test_a_sync_calls_task_cannot_be_cancelled(simulator_factory: Callable[..., 
         refused = httpx.post(f"{sim.base_url}/tasks/{waiting[0]['task_id']}/cancel", headers=HEADERS)
         assert (refused.status_code, refused.json()["code"]) == (400, "UnsupportedOperation")
         assert [c.result().status_code for c in calls] == [200, 200]
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "code"),
+    [
+        ("task_failed", 500, "InternalError.Algo"),
+        ("task_timeout", 500, "InternalError.Timeout"),
+        ("task_inspection", 400, "DataInspectionFailed"),
+        ("task_ip_infringement", 400, "IPInfringementSuspect"),
+        ("task_invalid_parameter", 400, "InvalidParameter"),
+    ],
+)
+def test_a_sync_call_whose_task_fails_answers_an_error(
+    simulator: RunningSimulator, fault: str, status: int, code: str
+) -> None:
+    """A sync call whose task ends FAILED answers the error shape (request_id, code, message): 500 for
+    InternalError*, 400 for moderation and invalid parameters."""
+    answer = call(simulator, messages_body("qwen-image-2.0", f"a poster sim:{fault}"))
+    assert (answer.status_code, answer.json()["code"]) == (status, code)
+    assert set(answer.json()) == {"request_id", "code", "message"} and answer.json()["message"]
+    assert simulator.faults_fired() == {fault: 1}
+
+
+def test_create_ip_infringement_refuses_a_sync_call(simulator: RunningSimulator) -> None:
+    """The input-moderation fault answers a sync call 400 IPInfringementSuspect with the service's message and
+    makes no task."""
+    answer = call(simulator, messages_body("qwen-image-max", "a famous mouse sim:create_ip_infringement"))
+    assert (answer.status_code, answer.json()["code"]) == (400, "IPInfringementSuspect")
+    assert "IP infringement" in answer.json()["message"]
+    assert simulator.counters().get("creates", 0) == 0 and simulator.faults_fired() == {"create_ip_infringement": 1}
+
+
+def test_sync_drop_bills_the_images_but_loses_the_answer(simulator: RunningSimulator) -> None:
+    """With `sync_drop` the call's task runs and SUCCEEDS, its images are billed, and the connection is cut
+    before the answer; the same word on an async create drops nothing (sync endpoint only)."""
+    with pytest.raises(httpx.RemoteProtocolError):
+        call(simulator, messages_body("qwen-image-2.0", "a poster sim:sync_drop", n=2))
+    (task,) = simulator.engine.task_report(time.time())
+    assert task["status"] == "SUCCEEDED" and task["sync"] is True
+    counters = httpx.get(f"{simulator.url}/_sim/counters").json()
+    assert counters["billed_images"] == 2 and counters["faults_fired"] == {"sync_drop": 1}
+    created = httpx.post(
+        simulator.base_url + "/services/aigc/text2image/image-synthesis",
+        headers={**HEADERS, "X-DashScope-Async": "enable"},
+        json={"model": "qwen-image", "input": {"prompt": "a poster sim:sync_drop"}, "parameters": {}},
+    )
+    assert created.status_code == 200 and simulator.faults_fired() == {"sync_drop": 1}
