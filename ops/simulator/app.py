@@ -38,6 +38,7 @@ from ops.simulator.models import (
 from ops.simulator.responses import (
     UTC8,
     Dropped,
+    Settled,
     error,
     list_entry,
     malformed,
@@ -239,11 +240,21 @@ class Simulator:
         if isinstance(accepted, Response):
             return accepted
         task, prompt = accepted
-        account, model = task.account, task.model
         self.engine.counters["sync_calls"] += 1
+        self.engine.sync_started(task)
+        try:
+            answer = await self._sync_answer(request, task, prompt)
+        except BaseException:  # the handler itself was cancelled or broke: no answer will be sent
+            self.engine.sync_ended(task.task_id)
+            raise
+        return Settled(answer, lambda: self.engine.sync_ended(task.task_id))
+
+    async def _sync_answer(self, request: Request, task: SimTask, prompt: str) -> Response:
+        """Wait for the sync call's task to end (in its slot, like any task), and answer as it ended."""
+        scope = self.engine.scope(task.account, task.model)  # the task's own, even if a reset replaces it
         while (status := task.status(self.engine.clock())) in {"PENDING", "RUNNING"}:
             await asyncio.sleep(0.05)
-            self.engine.scope(account, model).advance(self.engine.clock())
+            scope.advance(self.engine.clock())
         if status == "FAILED" and task.failure:
             # The task's failure as the call's error answer (its body as in 003:233-237): 500 for InternalError*,
             # 400 for the caller's (moderation, parameters), as the error codes' statuses are documented.

@@ -56,6 +56,20 @@ class Dropped(Response):
         raise ConnectionAbortedError("simulated dropped connection")
 
 
+class Settled(Response):
+    """Sends `inner`, then calls `done` however the sending ends: in full, cut (`Dropped`), or the client gone."""
+
+    def __init__(self, inner: Response, done: Callable[[], None]) -> None:
+        super().__init__(status_code=inner.status_code)
+        self.inner, self.done = inner, done
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.inner(scope, receive, send)
+        finally:
+            self.done()
+
+
 def malformed(body: dict[str, Any]) -> Response:
     """A 200 whose JSON is cut in half."""
     text = JSONResponse(body).body

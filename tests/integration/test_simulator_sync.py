@@ -188,3 +188,79 @@ def test_sync_drop_bills_the_images_but_loses_the_answer(simulator: RunningSimul
         json={"model": "qwen-image", "input": {"prompt": "a poster sim:sync_drop"}, "parameters": {}},
     )
     assert created.status_code == 200 and simulator.faults_fired() == {"sync_drop": 1}
+
+
+def counters(sim: RunningSimulator) -> dict[str, Any]:
+    answer: dict[str, Any] = httpx.get(f"{sim.url}/_sim/counters").json()
+    return answer
+
+
+def scope_of(snapshot: dict[str, Any], model: str) -> dict[str, Any]:
+    (found,) = [s for s in snapshot["scopes"] if s["model"] == model]
+    return found
+
+
+def test_sync_calls_queue_for_the_scopes_slots_and_count_as_in_flight(
+    simulator_factory: Callable[..., RunningSimulator],
+) -> None:
+    """In queue mode five sync calls at once for a 2-slot scope all succeed, never more than 2 run at once,
+    and the counters show the 5 the client held open (per scope and overall), back to 0 once answered."""
+    sim = simulator_factory(time_scale=3.0)  # 1.2-3.3 s per image: the calls overlap
+    sim.engine.configure(limits={"qwen-image-2.0": [10, 2]})
+    with ThreadPoolExecutor(5) as pool:
+        calls = [pool.submit(call, sim, messages_body("qwen-image-2.0", f"p{i}")) for i in range(5)]
+        deadline = time.monotonic() + 10
+        while counters(sim)["sync_in_flight"] < 5:
+            assert time.monotonic() < deadline, counters(sim)
+            time.sleep(0.05)
+        assert scope_of(counters(sim), "qwen-image-2.0")["sync_in_flight"] == 5
+        assert [c.result().status_code for c in calls] == [200] * 5
+    snapshot = counters(sim)
+    scope = scope_of(snapshot, "qwen-image-2.0")
+    assert scope["max_running"] == 2 and len(scope["intervals"]) == 5
+    assert (scope["sync_in_flight"], scope["sync_in_flight_max"]) == (0, 5)
+    assert (snapshot["sync_in_flight"], snapshot["sync_in_flight_max"]) == (0, 5)
+
+
+def test_throttle_mode_refuses_a_sync_call_beyond_the_concurrency(
+    simulator_factory: Callable[..., RunningSimulator],
+) -> None:
+    """In throttle mode a sync call finding the scope's one slot taken gets 429 and is never in flight."""
+    sim = simulator_factory(time_scale=3.0)
+    sim.engine.configure(limits={"qwen-image-max": [10, 1]}, concurrency_mode="throttle")
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(call, sim, messages_body("qwen-image-max", "first"))
+        deadline = time.monotonic() + 10
+        while counters(sim)["sync_in_flight"] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        second = call(sim, messages_body("qwen-image-max", "second"))
+        assert (second.status_code, second.json()["code"]) == (429, "Throttling.RateQuota")
+        assert first.result().status_code == 200
+    assert scope_of(counters(sim), "qwen-image-max")["sync_in_flight_max"] == 1
+
+
+def test_a_dropped_or_failed_sync_call_is_no_longer_in_flight(simulator: RunningSimulator) -> None:
+    """A call whose answer was cut, and one answered with an error, both leave the in-flight count."""
+    with pytest.raises(httpx.RemoteProtocolError):
+        call(simulator, messages_body("qwen-image-2.0", "a sim:sync_drop"))
+    assert call(simulator, messages_body("qwen-image-2.0", "b sim:task_failed")).status_code == 500
+    snapshot = counters(simulator)
+    assert (snapshot["sync_in_flight"], snapshot["sync_in_flight_max"]) == (0, 1)
+
+
+def test_a_reset_does_not_strand_a_sync_call_in_flight(simulator_factory: Callable[..., RunningSimulator]) -> None:
+    """Sync calls open across `POST /_sim/reset`, one of them still waiting for the scope's only slot, get their
+    answers, and do not count in the new figures."""
+    sim = simulator_factory(time_scale=3.0)
+    sim.engine.configure(limits={"qwen-image-2.0": [10, 1]})
+    with ThreadPoolExecutor(2) as pool:
+        calls = [pool.submit(call, sim, messages_body("qwen-image-2.0", f"across a reset {i}"), 20) for i in range(2)]
+        deadline = time.monotonic() + 10
+        while sum(s["pending"] for s in counters(sim)["scopes"]) < 1:  # the second call waits for the slot
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        httpx.post(f"{sim.url}/_sim/reset")
+        assert [c.result().status_code for c in calls] == [200, 200]
+    snapshot = counters(sim)
+    assert (snapshot["sync_in_flight"], snapshot["sync_in_flight_max"]) == (0, 0)
