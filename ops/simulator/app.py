@@ -100,7 +100,7 @@ class Simulator:
         """What a create asks for, or `Invalid` with the service's complaint."""
         try:
             body = json.loads(await request.body())
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the parser goes
             raise Invalid(error(400, "InvalidParameter", "The request body is not valid JSON.")) from None
         if not isinstance(body, dict):
             raise Invalid(error(400, "InvalidParameter", "The request body must be a JSON object."))
@@ -442,22 +442,34 @@ class Simulator:
             if unknown:
                 raise ValueError(f"unknown settings {sorted(unknown)}; known: {', '.join(sorted(CONFIG_FIELDS))}")
             config = self.engine.config
-            video_bytes = int(data.get("video_bytes", config.video_bytes))
-            slow_response_s = float(data.get("slow_response_s", config.slow_response_s))
-            time_scale = float(data["time_scale"]) if "time_scale" in data else config.time_scale
+            video_bytes = int(_usable("video_bytes", data.get("video_bytes", config.video_bytes)))
+            slow_response_s = _usable("slow_response_s", data.get("slow_response_s", config.slow_response_s))
+            time_scale = _usable("time_scale", data["time_scale"]) if "time_scale" in data else config.time_scale
             self.engine.configure(
                 faults=data.get("faults"),
                 limits=data.get("limits"),
                 concurrency_mode=data.get("concurrency_mode"),
                 burst_protection=data.get("burst_protection"),
             )
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, RecursionError) as exc:
             return error(400, "InvalidParameter", str(exc))
         config.video_bytes, config.slow_response_s, config.time_scale = video_bytes, slow_response_s, time_scale
         return JSONResponse({"profile": config.profile.name, "faults": self.engine.faults.probabilities})
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"ok": True, "profile": self.engine.config.profile.name})
+
+
+def _usable(name: str, value: Any) -> float:
+    """`value` as a finite number >= 0; `ValueError` naming the setting otherwise (an infinite or NaN time scale
+    would break every duration and URL expiry computed from it)."""
+    try:
+        number = float(value)
+    except OverflowError:  # an integer past any float
+        number = math.inf
+    if isinstance(value, bool) or not math.isfinite(number) or number < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return number
 
 
 def _prompt(body_input: dict[str, Any]) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import re
 import subprocess
@@ -354,3 +356,52 @@ def test_task_report_gives_the_seed_as_sent_and_whether_the_call_was_sync(simula
     )
     assert sync.status_code == 200, sync.text
     assert [(t["seed"], t["sync"]) for t in sim_tasks(simulator)] == [(42, False), (None, False), (7, True)]
+
+
+ODD_VALUES: list[Any] = [None, True, -1, 1.5, 10**30, "", "x", "²*²", [], {}, "9" * 400]
+ODD_BODIES: list[bytes] = [
+    b"",
+    b"null",
+    b"[]",
+    b"{",
+    b"\xff\xfe",
+    b"[" * 100_000 + b"]" * 100_000,  # deeper than the JSON parser's recursion
+    b'{"model": "qwen-image-2.0", "input": ' + b"{" * 50_000,
+]
+
+
+def test_any_create_body_gets_a_documented_answer_never_a_500(
+    simulator_factory: Callable[..., RunningSimulator],
+) -> None:
+    """Bodies that are not JSON objects, nested past the parser, or carry odd values in every field, at every
+    create URL, are each answered 200 or a 4xx with the service's error shape, never a 500."""
+    sim = simulator_factory(time_scale=0.01)  # sync calls that are accepted answer at once
+    sim.engine.configure(limits={name: [1000, 1000] for name in ("wan2.5-t2i-preview", "wan2.6-t2i", "qwen-image-2.0")})
+    paths = [IMAGE, "/services/aigc/image-generation/generation", "/services/aigc/multimodal-generation/generation"]
+    bodies = list(ODD_BODIES)
+    for model, value in itertools.product(("wan2.5-t2i-preview", "wan2.6-t2i", "qwen-image-2.0"), ODD_VALUES):
+        for field in ("n", "size", "seed", "duration", "prompt_extend", "negative_prompt"):
+            request = messages(model, **{field: value})
+            request["input"]["prompt"] = "a flower shop"
+            bodies.append(json.dumps(request).encode())
+        bodies.append(
+            json.dumps({"model": model, "input": {"messages": [{"role": "user", "content": value}]}}).encode()
+        )
+    headers = {"Authorization": f"Bearer {SIM_KEY}", "Content-Type": "application/json", "X-DashScope-Async": "enable"}
+    with httpx.Client(headers=headers, timeout=10) as client:
+        for path, raw in itertools.product(paths, bodies):
+            answer = client.post(sim.base_url + path, content=raw)
+            assert answer.status_code < 500, (path, raw[:120], answer.text)
+            assert answer.status_code == 200 or set(answer.json()) == {"request_id", "code", "message"}
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"video_bytes": float("inf")}, {"time_scale": float("nan")}, {"slow_response_s": -1}, {"time_scale": 10**400}],
+)
+def test_admin_settings_it_cannot_use_are_refused(simulator: RunningSimulator, settings: dict[str, Any]) -> None:
+    """An infinite, NaN, negative or too large number for a setting is a 400 naming it, and nothing changes."""
+    before = (simulator.engine.config.video_bytes, simulator.engine.config.time_scale)
+    answer = httpx.post(f"{simulator.url}/_sim/config", content=json.dumps(settings).encode())
+    assert answer.status_code == 400 and next(iter(settings)) in answer.json()["message"], answer.text
+    assert (simulator.engine.config.video_bytes, simulator.engine.config.time_scale) == before
