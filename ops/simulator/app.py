@@ -13,6 +13,7 @@ import json
 import math
 import secrets
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -37,13 +38,13 @@ from ops.simulator.models import (
 from ops.simulator.responses import (
     UTC8,
     Dropped,
-    choice,
+    Settled,
     error,
-    image_generation_usage,
     list_entry,
     malformed,
     oss_error,
     request_id,
+    sync_body,
     task_body,
 )
 
@@ -52,6 +53,21 @@ API = "/api/v1"
 CONFIG_FIELDS = frozenset(
     {"faults", "limits", "concurrency_mode", "burst_protection", "video_bytes", "slow_response_s", "time_scale"}
 )
+
+
+#: The longest negative prompt the service keeps; it truncates the excess (003:129, 440, 899).
+NEGATIVE_PROMPT_MAX = 500
+
+
+@dataclass(frozen=True)
+class Creation:
+    """A create request that passed the checks: what its task is made from."""
+
+    model: SimModel
+    body: dict[str, Any]
+    prompt: str
+    parameters: dict[str, Any]
+    negative_prompt: str | None
 
 
 class Invalid(Exception):
@@ -80,11 +96,11 @@ class Simulator:
             raise Invalid(error(401, "InvalidApiKey", "Invalid API-key provided."))
         return key, account
 
-    async def _parse(self, request: Request, path: str) -> tuple[SimModel, dict[str, Any], str, dict[str, Any]]:
-        """The model, body, prompt and parameters of a create, or `Invalid` with the service's complaint."""
+    async def _parse(self, request: Request, path: str) -> Creation:
+        """What a create asks for, or `Invalid` with the service's complaint."""
         try:
             body = json.loads(await request.body())
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the parser goes
             raise Invalid(error(400, "InvalidParameter", "The request body is not valid JSON.")) from None
         if not isinstance(body, dict):
             raise Invalid(error(400, "InvalidParameter", "The request body must be a JSON object."))
@@ -102,7 +118,7 @@ class Simulator:
         except ValueError as exc:
             raise Invalid(error(400, "InvalidParameter", str(exc))) from None
         _check_parameters(model, parameters)
-        return model, body, prompt, parameters
+        return Creation(model, body, prompt, parameters, _negative_prompt(body_input, parameters))
 
     def _sign(self, task_id: str, index: int, expires: int) -> str:
         return hmac.new(self.signing_key, f"{task_id}/{index}/{expires}".encode(), hashlib.sha256).hexdigest()[:32]
@@ -137,37 +153,43 @@ class Simulator:
             key, account = self._account(request)
             if async_only and request.headers.get("x-dashscope-async", "").lower() != "enable":
                 return error(403, "AccessDenied", "current user api does not support synchronous calls")
-            model, body, prompt, parameters = await self._parse(request, path)
+            creation = await self._parse(request, path)
         except Invalid as invalid:
             return invalid.response
+        prompt = creation.prompt
         if self.faults.fires("create_hang", prompt):  # lost on its way in: no task, and no answer in time
             await asyncio.sleep(4 * self.engine.config.slow_response_s)  # later than any `create_slow` answer
             return error(504, "RequestTimeOut", "The request timed out.")
-        task = self._accept(key, account, model, body, prompt, parameters)
+        task = self._accept(key, account, creation, sync=not async_only)
         return task if isinstance(task, Response) else (task, prompt)
 
-    def _accept(
-        self, key: str, account: str, model: SimModel, body: dict[str, Any], prompt: str, parameters: dict[str, Any]
-    ) -> SimTask | Response:
+    def _accept(self, key: str, account: str, creation: Creation, *, sync: bool) -> SimTask | Response:
         """A new task, or the refusal a fault or a limit gives instead."""
-        refused = self._create_faults_before(prompt) or self._admit(account, model)
+        model, parameters = creation.model, creation.parameters
+        refused = self._create_faults_before(creation.prompt) or self._admit(account, model)
         if refused is not None:
             return refused
         return self.engine.create(
             key=key,
             account=account,
             model=model,
-            body=body,
-            prompt=prompt[: model.prompt_max],  # the service truncates over-long prompts, it does not refuse them
+            body=creation.body,
+            # The service truncates over-long prompts and negative prompts, it does not refuse them (003:113, 129).
+            prompt=creation.prompt[: model.prompt_max],
+            negative_prompt=(creation.negative_prompt or "")[:NEGATIVE_PROMPT_MAX],
             n=_n(model, parameters),
             size=str(parameters.get("size", model.default_size)),
             prompt_extend=bool(parameters.get("prompt_extend", True)),
+            seed=parameters.get("seed"),
+            sync=sync,
             now=self.engine.clock(),
         )
 
     def _create_faults_before(self, prompt: str) -> Response | None:
         if self.faults.fires("create_inspection", prompt):
             return error(400, "DataInspectionFailed", "Input data may contain inappropriate content.")
+        if self.faults.fires("create_ip_infringement", prompt):  # 002:434, 003:1760
+            return error(400, "IPInfringementSuspect", "Input data is suspected of being involved in IP infringement.")
         if self.faults.fires("burst", prompt):
             self.engine.counters["throttled_burst"] += 1
             return error(429, "Throttling.BurstRate", "Request rate increased too quickly.")
@@ -217,22 +239,32 @@ class Simulator:
         accepted = await self._new_task(request, SYNC_GENERATION, async_only=False)
         if isinstance(accepted, Response):
             return accepted
-        task, _ = accepted
-        account, model = task.account, task.model
+        task, prompt = accepted
         self.engine.counters["sync_calls"] += 1
+        self.engine.sync_started(task)
+        try:
+            answer = await self._sync_answer(request, task, prompt)
+        except BaseException:  # the handler itself was cancelled or broke: no answer will be sent
+            self.engine.sync_ended(task.task_id)
+            raise
+        return Settled(answer, lambda: self.engine.sync_ended(task.task_id))
+
+    async def _sync_answer(self, request: Request, task: SimTask, prompt: str) -> Response:
+        """Wait for the sync call's task to end (in its slot, like any task), and answer as it ended."""
+        scope = self.engine.scope(task.account, task.model)  # the task's own, even if a reset replaces it
         while (status := task.status(self.engine.clock())) in {"PENDING", "RUNNING"}:
             await asyncio.sleep(0.05)
-            self.engine.scope(account, model).advance(self.engine.clock())
+            scope.advance(self.engine.clock())
         if status == "FAILED" and task.failure:
+            # The task's failure as the call's error answer (its body as in 003:233-237): 500 for InternalError*,
+            # 400 for the caller's (moderation, parameters), as the error codes' statuses are documented.
             return error(500 if task.failure[0].startswith("InternalError") else 400, *task.failure)
+        if status != "SUCCEEDED":  # cannot happen (a sync task refuses a cancel), but never answer images for it
+            return error(500, "InternalError", f"The task ended {status}.")
+        if self.faults.fires("sync_drop", prompt):  # made and billed, but the answer never arrives
+            return Dropped()
         urls = [self._result_url(request, task, i) for i in range(task.n) if i not in task.failed_indices]
-        return JSONResponse(
-            {
-                "output": {"choices": [choice(u) for u in urls], "finished": True},
-                "usage": image_generation_usage(task.size, len(urls)),
-                "request_id": request_id(),
-            }
-        )
+        return JSONResponse(sync_body(task, urls))
 
     # --- query, list and cancel -----------------------------------------------------------------
     async def get_task(self, request: Request) -> Response:
@@ -327,13 +359,18 @@ class Simulator:
             return error(503, "ModelServingError", "The model is overloaded, please try again later.")
         if self.faults.fires("cancel_refused", task.prompt):  # as if it had started between query and cancel
             return error(400, "UnsupportedOperation", "Failed to cancel the task, please confirm the task status.")
+        if task.sync:  # [inferred] a sync call's client is waiting for it: it runs to its answer
+            return error(400, "UnsupportedOperation", "Failed to cancel the task: it is a synchronous call.")
         if not self.engine.cancel(task, now):
             return error(
                 400,
                 "UnsupportedOperation",
                 f"Failed to cancel the task, please confirm the task status is PENDING (it is {task.status(now)}).",
             )
-        return JSONResponse({"request_id": request_id()})
+        # The pages print `rsp.output.task_status` after a successful cancel (002:183-186, 003:1453-1457).
+        return JSONResponse(
+            {"request_id": request_id(), "output": {"task_id": task.task_id, "task_status": "CANCELED"}}
+        )
 
     # --- result URLs ----------------------------------------------------------------------------
     async def result(self, request: Request) -> Response:
@@ -405,16 +442,16 @@ class Simulator:
             if unknown:
                 raise ValueError(f"unknown settings {sorted(unknown)}; known: {', '.join(sorted(CONFIG_FIELDS))}")
             config = self.engine.config
-            video_bytes = int(data.get("video_bytes", config.video_bytes))
-            slow_response_s = float(data.get("slow_response_s", config.slow_response_s))
-            time_scale = float(data["time_scale"]) if "time_scale" in data else config.time_scale
+            video_bytes = int(_usable("video_bytes", data.get("video_bytes", config.video_bytes)))
+            slow_response_s = _usable("slow_response_s", data.get("slow_response_s", config.slow_response_s))
+            time_scale = _usable("time_scale", data["time_scale"]) if "time_scale" in data else config.time_scale
             self.engine.configure(
                 faults=data.get("faults"),
                 limits=data.get("limits"),
                 concurrency_mode=data.get("concurrency_mode"),
                 burst_protection=data.get("burst_protection"),
             )
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, RecursionError) as exc:
             return error(400, "InvalidParameter", str(exc))
         config.video_bytes, config.slow_response_s, config.time_scale = video_bytes, slow_response_s, time_scale
         return JSONResponse({"profile": config.profile.name, "faults": self.engine.faults.probabilities})
@@ -423,13 +460,22 @@ class Simulator:
         return JSONResponse({"ok": True, "profile": self.engine.config.profile.name})
 
 
+def _usable(name: str, value: Any) -> float:
+    """`value` as a finite number >= 0; `ValueError` naming the setting otherwise (an infinite or NaN time scale
+    would break every duration and URL expiry computed from it)."""
+    try:
+        number = float(value)
+    except OverflowError:  # an integer past any float
+        number = math.inf
+    if isinstance(value, bool) or not math.isfinite(number) or number < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return number
+
+
 def _prompt(body_input: dict[str, Any]) -> str:
     prompt = body_input.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise Invalid(error(400, "InvalidParameter", "Field required: input.prompt"))
-    negative = body_input.get("negative_prompt", "")
-    if isinstance(negative, str) and len(negative) > 500:
-        raise Invalid(error(400, "InvalidParameter", "input.negative_prompt must be at most 500 characters."))
     return prompt
 
 
@@ -450,7 +496,7 @@ def _messages_prompt(body_input: dict[str, Any]) -> str:
 
 
 def _check_parameters(model: SimModel, parameters: dict[str, Any]) -> None:
-    n = parameters.get("n", 4)
+    n = parameters.get("n", model.default_n)
     if not model.video and (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 4):
         raise Invalid(error(400, "InvalidParameter", "The parameter n must be an integer in [1, 4]."))
     problem = size_problem(model, str(parameters.get("size", model.default_size)))
@@ -459,16 +505,23 @@ def _check_parameters(model: SimModel, parameters: dict[str, Any]) -> None:
     seed = parameters.get("seed")
     if seed is not None and (not isinstance(seed, int) or not 0 <= seed <= 2147483647):
         raise Invalid(error(400, "InvalidParameter", "The parameter seed must be an integer in [0, 2147483647]."))
-    negative = parameters.get("negative_prompt", "")
-    if isinstance(negative, str) and len(negative) > 500:
-        raise Invalid(error(400, "InvalidParameter", "parameters.negative_prompt must be at most 500 characters."))
     duration = parameters.get("duration")
     if model.video and duration is not None and duration not in model.durations:
         raise Invalid(error(400, "InvalidParameter", f"The parameter duration must be one of {model.durations}."))
 
 
+def _negative_prompt(body_input: dict[str, Any], parameters: dict[str, Any]) -> str | None:
+    """The negative prompt as sent: the old protocol's `input.negative_prompt`, else the new protocol's
+    `parameters.negative_prompt` (None when neither is given); `Invalid` when one is not a string."""
+    found = {"input": body_input.get("negative_prompt"), "parameters": parameters.get("negative_prompt")}
+    for where, value in found.items():
+        if value is not None and not isinstance(value, str):
+            raise Invalid(error(400, "InvalidParameter", f"{where}.negative_prompt must be a string."))
+    return found["input"] if found["input"] is not None else found["parameters"]
+
+
 def _n(model: SimModel, parameters: dict[str, Any]) -> int:
-    return 1 if model.video else int(parameters.get("n", 4))  # the service's default is 4
+    return 1 if model.video else int(parameters.get("n", model.default_n))  # Wan's default is 4, Qwen's 1
 
 
 def _list_time(value: str | None, default: float) -> float:

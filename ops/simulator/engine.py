@@ -34,6 +34,8 @@ FAILURES = {
     "task_failed": ("InternalError.Algo", "An internal error occurred in the algorithm."),
     "task_timeout": ("InternalError.Timeout", TIMEOUT_MESSAGE),
     "task_inspection": ("DataInspectionFailed", "Output data may contain inappropriate content."),
+    "task_ip_infringement": ("IPInfringementSuspect", "Output data is suspected of being involved in IP infringement."),
+    "task_invalid_parameter": ("InvalidParameter", "The task's parameters could not be processed by the model."),
 }
 
 
@@ -71,8 +73,11 @@ class SimTask:
     body: dict[str, Any]
     n: int
     size: str
-    prompt: str
+    prompt: str  # as kept: truncated to the model's limit
     actual_prompt: str | None
+    negative_prompt: str = ""  # as kept: truncated to 500 characters
+    seed: int | None = None  # as sent
+    sync: bool = False  # came through the sync endpoint
     failure: tuple[str, str] | None = None  # the whole task fails with (code, message)
     failed_indices: frozenset[int] = frozenset()  # partial failure: these sub-images fail
     expire_on_end: bool = False
@@ -101,6 +106,8 @@ class Scope:
     creates: deque[float] = field(default_factory=deque)  # create times within the last second
     intervals: list[tuple[float, float]] = field(default_factory=list)  # (start, end) of every run
     max_running: int = 0
+    sync_in_flight: int = 0  # sync calls accepted and not yet answered: what the client holds open
+    sync_in_flight_max: int = 0
 
     def __post_init__(self) -> None:
         self.slot_free_at = [0.0] * self.concurrency
@@ -144,6 +151,9 @@ class Engine:
         self.create_fingerprints: Counter[tuple[str, str]] = Counter()
         self.downloaded_urls: set[str] = set()
         self.served_sha256: dict[str, str] = {}  # "task_id/index" -> sha256 of the bytes served in full
+        # Sync calls in flight, by task id. A call still open across a reset ends without touching the new figures.
+        self.sync_open: dict[str, Scope] = {}
+        self.sync_in_flight_max = 0
         self.faults = FaultPlan(self.config.profile.faults, self.rng)
         self.started_at = self.clock()
 
@@ -235,6 +245,9 @@ class Engine:
         size: str,
         prompt_extend: bool,
         now: float,
+        negative_prompt: str = "",
+        seed: int | None = None,
+        sync: bool = False,
     ) -> SimTask:
         actual = f"{prompt}. Highly detailed, soft natural light, balanced composition." if prompt_extend else None
         task = SimTask(
@@ -249,6 +262,9 @@ class Engine:
             size=size,
             prompt=prompt,
             actual_prompt=actual,
+            negative_prompt=negative_prompt,
+            seed=seed,
+            sync=sync,
         )
         self._decide_outcome(task)
         self.tasks[task.task_id] = task
@@ -311,6 +327,20 @@ class Engine:
             found.append(current)
         return sorted(found, key=lambda t: t.created, reverse=True)
 
+    def sync_started(self, task: SimTask) -> None:
+        """A sync call was accepted: in flight until `sync_ended`."""
+        scope = self.scope(task.account, task.model)
+        self.sync_open[task.task_id] = scope
+        scope.sync_in_flight += 1
+        scope.sync_in_flight_max = max(scope.sync_in_flight_max, scope.sync_in_flight)
+        self.sync_in_flight_max = max(self.sync_in_flight_max, len(self.sync_open))
+
+    def sync_ended(self, task_id: str) -> None:
+        """The sync call's answer was sent, dropped, or abandoned."""
+        scope = self.sync_open.pop(task_id, None)
+        if scope is not None:
+            scope.sync_in_flight -= 1
+
     def cancel(self, task: SimTask, now: float) -> bool:
         if task.status(now) != "PENDING":
             return False
@@ -330,6 +360,9 @@ class Engine:
                 "account": task.account,
                 "model": task.model.name,
                 "prompt": task.prompt,
+                "negative_prompt_chars": len(task.negative_prompt),  # as kept: the service truncates at 500
+                "seed": task.seed,
+                "sync": task.sync,
                 "n": task.n,
                 "created": task.created,
                 "scheduled": task.scheduled,  # the start of its run (None while it waits, or if cancelled)
@@ -364,6 +397,8 @@ class Engine:
                 for (key, model), count in sorted(self.creates_by_key_model.items())
             ],
             "duplicate_creates": duplicates,
+            "sync_in_flight": len(self.sync_open),
+            "sync_in_flight_max": self.sync_in_flight_max,
             "accounts": [
                 {"account": account, **budget.report()} for account, budget in sorted(self.query_budgets.items())
             ],
@@ -374,6 +409,8 @@ class Engine:
                     "submit_per_s": s.submit_per_s,
                     "concurrency": s.concurrency,
                     "max_running": s.max_running,
+                    "sync_in_flight": s.sync_in_flight,
+                    "sync_in_flight_max": s.sync_in_flight_max,
                     "pending": len(s.pending),
                     "running": sum(1 for t in s.slot_free_at if t > now),
                     "intervals": s.intervals,

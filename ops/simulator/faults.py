@@ -19,6 +19,7 @@ reports it as `faults_fired`), so a test can check that each fault it names did 
 | create_drop_after   | create    | the connection drops mid-answer; the task WAS created                 |
 | create_malformed    | create    | 200 with truncated JSON; the task WAS created                         |
 | create_inspection   | create    | 400 DataInspectionFailed                                              |
+| create_ip_infringement | create | 400 IPInfringementSuspect (input moderation), no task created         |
 | burst               | create    | 429 Throttling.BurstRate                                              |
 | query_500 / query_503 | query   | 500 InternalError / 503 ModelServingError                             |
 | query_slow          | query     | the answer comes after `slow_response_s`                              |
@@ -34,11 +35,15 @@ reports it as `faults_fired`), so a test can check that each fault it names did 
 | task_failed         | task      | the task ends FAILED with InternalError.Algo                          |
 | task_timeout        | task      | the task ends FAILED with InternalError.Timeout                       |
 | task_inspection     | task      | the task ends FAILED with DataInspectionFailed (output moderation)    |
+| task_ip_infringement | task     | the task ends FAILED with IPInfringementSuspect (output moderation)   |
+| task_invalid_parameter | task   | the task ends FAILED with InvalidParameter, a message and task_metrics |
 | task_partial        | task      | n > 1: some sub-images fail with InternalError.Timeout, the rest succeed |
 | task_expire         | task      | queries answer UNKNOWN as soon as the task ends (the list still shows it) |
 | task_unknown_flap   | task      | the task's first 2 queries answer UNKNOWN, then the truth (RUNNING, ...) |
 | task_long           | task      | the task runs 10 times its drawn duration (past a client's deadline: the |
 |                     |           | deadline races of a task that succeeds just before it, or runs on after) |
+| sync_drop           | sync call | the task runs and SUCCEEDS (billed), but the connection drops before |
+|                     |           | the answer: the client cannot know it was made (sync endpoint only)   |
 | url_fail_once       | download  | the first download of each result URL gets 503, later ones succeed    |
 | url_expired         | download  | the result URL is already expired: 403 with OSS's XML error           |
 | url_wrong_bytes     | download  | 200 declared `image/png` whose bytes are an HTML page (a proxy's)     |
@@ -63,6 +68,7 @@ FAULTS = frozenset(
         "create_drop_after",
         "create_malformed",
         "create_inspection",
+        "create_ip_infringement",
         "burst",
         "query_500",
         "query_503",
@@ -77,10 +83,13 @@ FAULTS = frozenset(
         "task_failed",
         "task_timeout",
         "task_inspection",
+        "task_ip_infringement",
+        "task_invalid_parameter",
         "task_partial",
         "task_expire",
         "task_unknown_flap",
         "task_long",
+        "sync_drop",
         "url_fail_once",
         "url_expired",
         "url_unparseable",

@@ -6,6 +6,8 @@ simulator stands in for a remote service and must stay as independent of our cli
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 
 IMAGE_SYNTHESIS = "/services/aigc/text2image/image-synthesis"
@@ -15,15 +17,24 @@ SYNC_GENERATION = "/services/aigc/multimodal-generation/generation"
 
 
 @dataclass(frozen=True)
+class SizeRule:
+    """Which `W*H` sizes a model accepts: each bound that is set must hold (an empty rule accepts any size)."""
+
+    fixed: tuple[str, ...] = ()  # only these sizes
+    side: tuple[int, int] | None = None  # width and height each within [low, high]
+    pixels: tuple[int, int] | None = None  # width * height within [low, high]
+    aspect: tuple[float, float] | None = None  # width / height within [low, high]
+
+
+@dataclass(frozen=True)
 class SimModel:
     name: str
-    path: str
+    path: str  # the create URL; SYNC_GENERATION for a model served only synchronously
     submit_per_s: int
     concurrency: int
     prompt_max: int
-    size_rule: str  # "total" | "side" | "fixed"
+    size_rule: SizeRule
     default_size: str
-    fixed_sizes: tuple[str, ...] = ()
     durations: tuple[int, ...] = ()
     sync: bool = False  # also served by the sync multimodal-generation endpoint
 
@@ -34,6 +45,16 @@ class SimModel:
     @property
     def paths(self) -> frozenset[str]:
         return frozenset({self.path, SYNC_GENERATION} if self.sync else {self.path})
+
+    @property
+    def qwen(self) -> bool:
+        """A Qwen-Image model: one image unless n says otherwise, and its own sync answer (004:183-203)."""
+        return self.name.startswith("qwen-image")
+
+    @property
+    def default_n(self) -> int:
+        # Wan's documented default is 4 (003:167); the Qwen examples send no n and get one image (004:201, 370).
+        return 1 if self.qwen else 4
 
 
 _QWEN = ("1664*928", "928*1664", "1328*1328", "1472*1104", "1104*1472")
@@ -52,14 +73,21 @@ _VIDEO = (
     "1632*1248",
     "1248*1632",
 )
+#: wan2.5/2.6: total pixels in [768*768, 1440*1440], aspect ratio in [1:4, 4:1] (002:6, 003:133).
+_WAN_TOTAL = SizeRule(pixels=(768 * 768, 1440 * 1440), aspect=(1 / 4, 4.0))
+#: wan2.2 and earlier: each side in [512, 1440] (002:7, 003:915).
+_WAN_SIDE = SizeRule(side=(512, 1440))
+#: qwen-image-2.0 series: custom width and height, total pixels in [512*512, 2048*2048]; the pages give no aspect
+#: rule (004:107, 624), and their recommended 2688*1536 has a side over 2048, so there is no side rule either.
+_QWEN2_TOTAL = SizeRule(pixels=(512 * 512, 2048 * 2048))
 
 MODELS: dict[str, SimModel] = {
     m.name: m
     for m in (
-        SimModel("wan2.6-t2i", IMAGE_GENERATION, 5, 5, 2100, "total", "1280*1280", sync=True),
-        SimModel("wan2.5-t2i-preview", IMAGE_SYNTHESIS, 5, 5, 2000, "total", "1280*1280"),
+        SimModel("wan2.6-t2i", IMAGE_GENERATION, 5, 5, 2100, _WAN_TOTAL, "1280*1280", sync=True),
+        SimModel("wan2.5-t2i-preview", IMAGE_SYNTHESIS, 5, 5, 2000, _WAN_TOTAL, "1280*1280"),
         *(
-            SimModel(n, IMAGE_SYNTHESIS, 2, 2, 800, "side", "1024*1024")
+            SimModel(n, IMAGE_SYNTHESIS, 2, 2, 800, _WAN_SIDE, "1024*1024")
             for n in (
                 "wan2.2-t2i-flash",
                 "wan2.2-t2i-plus",
@@ -69,37 +97,55 @@ MODELS: dict[str, SimModel] = {
             )
         ),
         *(
-            SimModel(n, IMAGE_SYNTHESIS, 2, 2, 800, "fixed", "1664*928", _QWEN, sync=True)
+            SimModel(n, IMAGE_SYNTHESIS, 2, 2, 800, SizeRule(fixed=_QWEN), "1664*928", sync=True)
             for n in ("qwen-image", "qwen-image-plus")
         ),
-        SimModel("wan2.6-t2v", VIDEO_SYNTHESIS, 5, 5, 2000, "fixed", "1280*720", _VIDEO, (5, 10, 15)),
-        SimModel("wan2.5-t2v-preview", VIDEO_SYNTHESIS, 5, 5, 2000, "fixed", "1280*720", _VIDEO, (5, 10)),
+        # Served only synchronously (004:121). Prompt length and limits are not on the pages: [inferred] as for
+        # the async Qwen models.
         *(
-            SimModel(n, VIDEO_SYNTHESIS, 2, 2, 800, "fixed", "1280*720", _VIDEO, (5,))
+            SimModel(n, SYNC_GENERATION, 2, 2, 800, _QWEN2_TOTAL, "2048*2048")
+            for n in ("qwen-image-2.0", "qwen-image-2.0-pro")
+        ),
+        SimModel("qwen-image-max", SYNC_GENERATION, 2, 2, 800, SizeRule(fixed=_QWEN), "1664*928"),
+        SimModel("wan2.6-t2v", VIDEO_SYNTHESIS, 5, 5, 2000, SizeRule(fixed=_VIDEO), "1280*720", (5, 10, 15)),
+        SimModel("wan2.5-t2v-preview", VIDEO_SYNTHESIS, 5, 5, 2000, SizeRule(fixed=_VIDEO), "1280*720", (5, 10)),
+        *(
+            SimModel(n, VIDEO_SYNTHESIS, 2, 2, 800, SizeRule(fixed=_VIDEO), "1280*720", (5,))
             for n in ("wan2.2-t2v-plus", "wanx2.1-t2v-turbo", "wanx2.1-t2v-plus")
         ),
     )
 }
 
+#: `W*H` in ASCII digits (`str.isdigit` would also take `²`, which `int` refuses).
+_SIZE = re.compile(r"([0-9]{1,9})\*([0-9]{1,9})", re.ASCII)
+
 
 def size_problem(model: SimModel, size: str) -> str | None:
     """The service's complaint about `size`, or None when it is acceptable."""
-    parts = size.split("*")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+    match = _SIZE.fullmatch(size)
+    if match is None:
         return f"The size '{size}' is invalid, it should be like '1024*1024'."
-    width, height = int(parts[0]), int(parts[1])
-    if model.size_rule == "fixed":
-        return None if size in model.fixed_sizes else f"The size '{size}' is not supported by {model.name}."
-    if model.size_rule == "side":
-        ok = 512 <= width <= 1440 and 512 <= height <= 1440
-        return None if ok else f"The size '{size}' is out of range: width and height must be in [512, 1440]."
-    pixels_ok = 768 * 768 <= width * height <= 1440 * 1440
-    ratio_ok = 0.25 <= width / height <= 4
-    return (
-        None
-        if pixels_ok and ratio_ok
-        else (
-            f"The size '{size}' is out of range: total pixels must be in [768*768, 1440*1440] "
-            "and the aspect ratio in [1:4, 4:1]."
-        )
-    )
+    rule, width, height = model.size_rule, int(match[1]), int(match[2])
+    if rule.fixed:
+        return None if size in rule.fixed else f"The size '{size}' is not supported by {model.name}."
+    if rule.side and not (rule.side[0] <= width <= rule.side[1] and rule.side[0] <= height <= rule.side[1]):
+        return f"The size '{size}' is out of range: width and height must be in [{rule.side[0]}, {rule.side[1]}]."
+    pixels_ok = rule.pixels is None or rule.pixels[0] <= width * height <= rule.pixels[1]
+    # A zero height fails the pixel rule; it must not reach the division.
+    aspect_ok = rule.aspect is None or (height > 0 and rule.aspect[0] <= width / height <= rule.aspect[1])
+    if pixels_ok and aspect_ok:
+        return None
+    bounds = [f"total pixels must be in [{_area(rule.pixels[0])}, {_area(rule.pixels[1])}]"] if rule.pixels else []
+    if rule.aspect:
+        bounds.append(f"the aspect ratio in [{_ratio(rule.aspect[0])}, {_ratio(rule.aspect[1])}]")
+    return f"The size '{size}' is out of range: {' and '.join(bounds)}."
+
+
+def _area(pixels: int) -> str:
+    """`768*768` for a square number of pixels, as the pages write the bounds; else the number."""
+    side = math.isqrt(pixels)
+    return f"{side}*{side}" if side * side == pixels else str(pixels)
+
+
+def _ratio(value: float) -> str:
+    return f"{value:g}:1" if value >= 1 else f"1:{1 / value:g}"

@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from ops.simulator.engine import TIMEOUT_MESSAGE, SimTask
-from ops.simulator.models import IMAGE_GENERATION
+from ops.simulator.models import IMAGE_GENERATION, SYNC_GENERATION
 
 UTC8 = timezone(timedelta(hours=8))
 
@@ -56,6 +56,20 @@ class Dropped(Response):
         raise ConnectionAbortedError("simulated dropped connection")
 
 
+class Settled(Response):
+    """Sends `inner`, then calls `done` however the sending ends: in full, cut (`Dropped`), or the client gone."""
+
+    def __init__(self, inner: Response, done: Callable[[], None]) -> None:
+        super().__init__(status_code=inner.status_code)
+        self.inner, self.done = inner, done
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.inner(scope, receive, send)
+        finally:
+            self.done()
+
+
 def malformed(body: dict[str, Any]) -> Response:
     """A 200 whose JSON is cut in half."""
     text = JSONResponse(body).body
@@ -92,6 +106,9 @@ def _success(task: SimTask, output: dict[str, Any], body: dict[str, Any], url_fo
         output["finished"] = True
         output["choices"] = [choice(url_for(i)) for i in good]
         body["usage"] = image_generation_usage(task.size, len(good))
+    elif task.model.path == SYNC_GENERATION:  # a sync-only Qwen model's task, found through the task list
+        output["choices"] = [choice(url_for(i), typed=False) for i in good]
+        body["usage"] = qwen_usage(task.size, len(good))
     else:
         results: list[dict[str, Any]] = []
         for index in range(task.n):
@@ -112,12 +129,32 @@ def _success(task: SimTask, output: dict[str, Any], body: dict[str, Any], url_fo
         body["usage"] = {"image_count": len(good)}
 
 
-def choice(url: str) -> dict[str, Any]:
-    return {"finish_reason": "stop", "message": {"role": "assistant", "content": [{"image": url, "type": "image"}]}}
+def choice(url: str, *, typed: bool = True) -> dict[str, Any]:
+    """One `choices[]` item. Wan's content items say `type: "image"` (003:202-206); Qwen's hold only the image
+    (004:188-191, 358-361)."""
+    item = {"image": url, "type": "image"} if typed else {"image": url}
+    return {"finish_reason": "stop", "message": {"role": "assistant", "content": [item]}}
 
 
 def image_generation_usage(size: str, images: int) -> dict[str, Any]:
     return {"image_count": images, "input_tokens": 0, "output_tokens": 0, "size": size, "total_tokens": 0}
+
+
+def qwen_usage(size: str, images: int) -> dict[str, Any]:
+    """Qwen's usage: the size as two integers, no tokens (004:368-372)."""
+    width, _, height = size.partition("*")
+    return {"width": int(width), "height": int(height), "image_count": images}
+
+
+def sync_body(task: SimTask, urls: list[str]) -> dict[str, Any]:
+    """The sync endpoint's answer: Qwen's shape (004:352-373: no `type`, no `finished`) or Wan's (004:519-548)."""
+    if task.model.qwen:
+        output: dict[str, Any] = {"choices": [choice(u, typed=False) for u in urls]}
+        usage = qwen_usage(task.size, len(urls))
+    else:
+        output = {"choices": [choice(u) for u in urls], "finished": True}
+        usage = image_generation_usage(task.size, len(urls))
+    return {"output": output, "usage": usage, "request_id": request_id()}
 
 
 def list_entry(task: SimTask, now: float) -> dict[str, Any]:

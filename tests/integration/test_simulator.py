@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import re
 import subprocess
@@ -122,7 +124,8 @@ def test_query_budget_is_20_per_second_per_account(simulator: RunningSimulator) 
 
 
 def test_cancel_only_while_pending(simulator_factory: Callable[..., RunningSimulator]) -> None:
-    """A queued task can be cancelled; a finished one answers UnsupportedOperation."""
+    """A queued task can be cancelled, and the answer says so in `output.task_status`; a finished one answers
+    UnsupportedOperation."""
     simulator = simulator_factory(time_scale=4.0)
     ids = [
         create(simulator, {**body(seed=i), "model": "wanx2.0-t2i-turbo"}).json()["output"]["task_id"] for i in range(2)
@@ -130,7 +133,10 @@ def test_cancel_only_while_pending(simulator_factory: Callable[..., RunningSimul
     time.sleep(1.05)
     queued = create(simulator, {**body(seed=9), "model": "wanx2.0-t2i-turbo"}).json()["output"]["task_id"]
     headers = {"Authorization": f"Bearer {SIM_KEY}"}
-    assert httpx.post(f"{simulator.base_url}/tasks/{queued}/cancel", headers=headers).status_code == 200
+    cancelled = httpx.post(f"{simulator.base_url}/tasks/{queued}/cancel", headers=headers)
+    assert cancelled.status_code == 200
+    assert set(cancelled.json()) == {"request_id", "output"}
+    assert cancelled.json()["output"] == {"task_id": queued, "task_status": "CANCELED"}
     assert query(simulator, queued).json()["output"]["task_status"] == "CANCELED"
     wait_status(simulator, ids[0], "SUCCEEDED", timeout_s=20)
     refused = httpx.post(f"{simulator.base_url}/tasks/{ids[0]}/cancel", headers=headers)
@@ -288,3 +294,114 @@ def test_task_report_gives_when_each_task_started_to_run(simulator_factory: Call
     now[0] = start + 5.0
     done = report()[third]
     assert done["created"] == start + 1.0 and done["scheduled"] == start + 2.0 and done["end"] == start + 4.0
+
+
+def sim_tasks(sim: RunningSimulator) -> list[dict[str, Any]]:
+    tasks: list[dict[str, Any]] = httpx.get(f"{sim.url}/_sim/tasks").json()["tasks"]
+    return sorted(tasks, key=lambda t: t["created"])
+
+
+def messages(model: str, prompt: str = "a flower shop", **parameters: Any) -> dict[str, Any]:
+    return {
+        "model": model,
+        "input": {"messages": [{"role": "user", "content": [{"text": prompt}]}]},
+        "parameters": {"n": 1, **parameters},
+    }
+
+
+def test_over_long_negative_prompts_are_truncated_not_refused(simulator: RunningSimulator) -> None:
+    """A negative prompt of 600 characters, in `input` (old protocol) or in `parameters` (wan2.6 async, Qwen
+    sync), is accepted and kept as its first 500 (003:129, 440, 899); a shorter one is kept whole."""
+    long, short = "blurry, " * 75, "x" * 499
+    assert len(long) == 600
+    old = body()
+    old["input"]["negative_prompt"] = long
+    answers = [
+        create(simulator, old),
+        create(
+            simulator, messages("wan2.6-t2i", negative_prompt=long), path="/services/aigc/image-generation/generation"
+        ),
+        create(
+            simulator,
+            messages("qwen-image-2.0", negative_prompt=long),
+            path="/services/aigc/multimodal-generation/generation",
+            async_header=False,
+        ),
+        create(simulator, body(negative_prompt=short)),
+    ]
+    assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+    assert [t["negative_prompt_chars"] for t in sim_tasks(simulator)] == [500, 500, 500, 499]
+
+
+@pytest.mark.parametrize("where", ["input", "parameters"])
+def test_a_negative_prompt_that_is_not_text_is_invalid(simulator: RunningSimulator, where: str) -> None:
+    """A negative prompt that is not a string is refused 400 InvalidParameter naming where it was, no task made."""
+    request = body()
+    request[where]["negative_prompt"] = ["blurry"]
+    answer = create(simulator, request)
+    assert (answer.status_code, answer.json()["code"]) == (400, "InvalidParameter")
+    assert f"{where}.negative_prompt" in answer.json()["message"] and sim_tasks(simulator) == []
+
+
+def test_task_report_gives_the_seed_as_sent_and_whether_the_call_was_sync(simulator: RunningSimulator) -> None:
+    """`GET /_sim/tasks` reports each task's seed as sent (null when none) and `sync` for a task made by the sync
+    endpoint."""
+    create(simulator, body(seed=42))
+    create(simulator, {**body(), "parameters": {"n": 1}})
+    sync = create(
+        simulator,
+        messages("qwen-image-max", seed=7),
+        path="/services/aigc/multimodal-generation/generation",
+        async_header=False,
+    )
+    assert sync.status_code == 200, sync.text
+    assert [(t["seed"], t["sync"]) for t in sim_tasks(simulator)] == [(42, False), (None, False), (7, True)]
+
+
+ODD_VALUES: list[Any] = [None, True, -1, 1.5, 10**30, "", "x", "²*²", [], {}, "9" * 400]
+ODD_BODIES: list[bytes] = [
+    b"",
+    b"null",
+    b"[]",
+    b"{",
+    b"\xff\xfe",
+    b"[" * 100_000 + b"]" * 100_000,  # deeper than the JSON parser's recursion
+    b'{"model": "qwen-image-2.0", "input": ' + b"{" * 50_000,
+]
+
+
+def test_any_create_body_gets_a_documented_answer_never_a_500(
+    simulator_factory: Callable[..., RunningSimulator],
+) -> None:
+    """Bodies that are not JSON objects, nested past the parser, or carry odd values in every field, at every
+    create URL, are each answered 200 or a 4xx with the service's error shape, never a 500."""
+    sim = simulator_factory(time_scale=0.01)  # sync calls that are accepted answer at once
+    sim.engine.configure(limits={name: [1000, 1000] for name in ("wan2.5-t2i-preview", "wan2.6-t2i", "qwen-image-2.0")})
+    paths = [IMAGE, "/services/aigc/image-generation/generation", "/services/aigc/multimodal-generation/generation"]
+    bodies = list(ODD_BODIES)
+    for model, value in itertools.product(("wan2.5-t2i-preview", "wan2.6-t2i", "qwen-image-2.0"), ODD_VALUES):
+        for field in ("n", "size", "seed", "duration", "prompt_extend", "negative_prompt"):
+            request = messages(model, **{field: value})
+            request["input"]["prompt"] = "a flower shop"
+            bodies.append(json.dumps(request).encode())
+        bodies.append(
+            json.dumps({"model": model, "input": {"messages": [{"role": "user", "content": value}]}}).encode()
+        )
+    headers = {"Authorization": f"Bearer {SIM_KEY}", "Content-Type": "application/json", "X-DashScope-Async": "enable"}
+    with httpx.Client(headers=headers, timeout=10) as client:
+        for path, raw in itertools.product(paths, bodies):
+            answer = client.post(sim.base_url + path, content=raw)
+            assert answer.status_code < 500, (path, raw[:120], answer.text)
+            assert answer.status_code == 200 or set(answer.json()) == {"request_id", "code", "message"}
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"video_bytes": float("inf")}, {"time_scale": float("nan")}, {"slow_response_s": -1}, {"time_scale": 10**400}],
+)
+def test_admin_settings_it_cannot_use_are_refused(simulator: RunningSimulator, settings: dict[str, Any]) -> None:
+    """An infinite, NaN, negative or too large number for a setting is a 400 naming it, and nothing changes."""
+    before = (simulator.engine.config.video_bytes, simulator.engine.config.time_scale)
+    answer = httpx.post(f"{simulator.url}/_sim/config", content=json.dumps(settings).encode())
+    assert answer.status_code == 400 and next(iter(settings)) in answer.json()["message"], answer.text
+    assert (simulator.engine.config.video_bytes, simulator.engine.config.time_scale) == before

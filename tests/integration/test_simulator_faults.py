@@ -43,6 +43,7 @@ def settle(sim: RunningSimulator, task_id: str) -> dict[str, Any]:
         ("create_500", 500, "InternalError", 0),
         ("create_503", 503, "ModelServingError", 0),
         ("create_inspection", 400, "DataInspectionFailed", 0),
+        ("create_ip_infringement", 400, "IPInfringementSuspect", 0),
         ("burst", 429, "Throttling.BurstRate", 0),
     ],
 )
@@ -137,6 +138,8 @@ def test_query_drop_malformed_and_slow(simulator_factory: Callable[..., RunningS
         ("task_failed", "InternalError.Algo"),
         ("task_timeout", "InternalError.Timeout"),
         ("task_inspection", "DataInspectionFailed"),
+        ("task_ip_infringement", "IPInfringementSuspect"),
+        ("task_invalid_parameter", "InvalidParameter"),
     ],
 )
 def test_task_ends_failed_with_a_documented_code(simulator: RunningSimulator, fault: str, code: str) -> None:

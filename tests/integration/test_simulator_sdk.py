@@ -7,8 +7,9 @@ from collections.abc import Callable, Iterator
 from http import HTTPStatus
 
 import dashscope
+import httpx
 import pytest
-from dashscope import ImageSynthesis, VideoSynthesis
+from dashscope import ImageSynthesis, MultiModalConversation, VideoSynthesis
 
 from tests.conftest import SIM_KEY, RunningSimulator
 
@@ -42,7 +43,8 @@ def test_image_async_call_fetch_and_wait(sdk_simulator: RunningSimulator) -> Non
 
 
 def test_image_cancel_of_a_pending_task(sdk_simulator: RunningSimulator) -> None:
-    """cancel succeeds on a task still queued behind a full model, and fetch then reports CANCELED."""
+    """cancel succeeds on a task still queued behind a full model, its answer's `output.task_status` is CANCELED
+    (as the pages print it), and fetch then reports CANCELED."""
     blockers = [
         ImageSynthesis.async_call(api_key=SIM_KEY, model="wanx2.0-t2i-turbo", prompt=f"p{i}", n=1, size="1024*1024")
         for i in range(2)
@@ -51,7 +53,8 @@ def test_image_cancel_of_a_pending_task(sdk_simulator: RunningSimulator) -> None
     queued = ImageSynthesis.async_call(api_key=SIM_KEY, model="wanx2.0-t2i-turbo", prompt="q", n=1, size="1024*1024")
     assert all(b.status_code == HTTPStatus.OK for b in [*blockers, queued])
     cancelled = ImageSynthesis.cancel(queued, api_key=SIM_KEY)
-    assert cancelled.status_code == HTTPStatus.OK
+    # The pages print `rsp.output.task_status`; SDK 2.0.2 hands a cancel's `output` back as a plain dict.
+    assert cancelled.status_code == HTTPStatus.OK and cancelled.output["task_status"] == "CANCELED"
     assert ImageSynthesis.fetch(queued, api_key=SIM_KEY).output.task_status == "CANCELED"
     finished = ImageSynthesis.wait(blockers[0], api_key=SIM_KEY)
     refused = ImageSynthesis.cancel(blockers[0], api_key=SIM_KEY)
@@ -89,3 +92,47 @@ def test_sdk_sees_the_services_errors(sdk_simulator: RunningSimulator) -> None:
     assert wrong.status_code == HTTPStatus.UNAUTHORIZED and wrong.code == "InvalidApiKey"
     bad = ImageSynthesis.async_call(api_key=SIM_KEY, model="wan2.2-t2i-flash", prompt="x", n=1, size="2000*2000")
     assert bad.status_code == HTTPStatus.BAD_REQUEST and bad.code == "InvalidParameter"
+
+
+NEGATIVE = (  # 004:160
+    "Low resolution, low quality, distorted limbs, malformed fingers, oversaturated colors, wax-figure appearance, "
+    "lack of facial detail, excessive smoothness, AI-looking artifacts, chaotic composition, blurry or warped text."
+)
+
+
+def test_qwen_image_sync_call_as_the_page_writes_it(sdk_simulator: RunningSimulator) -> None:
+    """MultiModalConversation.call exactly as 004:152-162 writes it (qwen-image-2.0-pro, 2048*2048, no n) answers
+    200 with the page's shape: one content item holding only an image URL that downloads as a 2048x2048 PNG, and
+    usage width, height and image_count; the simulator saw a sync call with the negative prompt."""
+    response = MultiModalConversation.call(
+        api_key=SIM_KEY,
+        model="qwen-image-2.0-pro",
+        messages=[{"role": "user", "content": [{"text": "A hand-drawn poster of three puppies playing with a ball"}]}],
+        result_format="message",
+        stream=False,
+        watermark=False,
+        prompt_extend=True,
+        negative_prompt=NEGATIVE,
+        size="2048*2048",
+    )
+    assert response.status_code == HTTPStatus.OK, (response.code, response.message)
+    (choice,) = response.output.choices
+    assert choice.finish_reason == "stop" and choice.message.role == "assistant"
+    (item,) = choice.message.content
+    assert set(item) == {"image"}
+    png = httpx.get(item["image"]).content
+    assert png.startswith(b"\x89PNG") and (png[16:20], png[20:24]) == ((2048).to_bytes(4, "big"),) * 2
+    assert (response.usage["width"], response.usage["height"], response.usage["image_count"]) == (2048, 2048, 1)
+    (task,) = sdk_simulator.engine.task_report(time.time())
+    assert task["sync"] is True and task["negative_prompt_chars"] == len(NEGATIVE) and task["n"] == 1
+
+
+def test_qwen_image_sync_errors_reach_the_sdk(sdk_simulator: RunningSimulator) -> None:
+    """A size outside qwen-image-max's five, and an input-moderation refusal, come back to the SDK as the
+    service's status and code."""
+    messages = [{"role": "user", "content": [{"text": "a poster"}]}]
+    bad = MultiModalConversation.call(api_key=SIM_KEY, model="qwen-image-max", messages=messages, size="2048*2048")
+    assert bad.status_code == HTTPStatus.BAD_REQUEST and bad.code == "InvalidParameter"
+    moderated = [{"role": "user", "content": [{"text": "a famous mouse sim:create_ip_infringement"}]}]
+    refused = MultiModalConversation.call(api_key=SIM_KEY, model="qwen-image-2.0", messages=moderated)
+    assert refused.status_code == HTTPStatus.BAD_REQUEST and refused.code == "IPInfringementSuspect"

@@ -32,6 +32,31 @@ NEGATIVE_REQUEST = {
     "parameters": {"size": "1024*1024", "n": 1},
 }
 
+# 004 "curl": qwen-image-2.0-pro on the sync URL, no n.
+PUPPIES = (
+    "Healing-style hand-drawn poster featuring three puppies playing with a ball on lush green grass, adorned "
+    "with decorative elements such as birds and stars. The main title “Come Play Ball!” is prominently displayed "
+    "at the top in bold, blue cartoon font. Below it, the subtitle “Come [Show Off Your Skills]!” appears in "
+    "green font. A speech bubble adds playful charm with the text: “Hehe, watch me amaze my little friends "
+    "next!” At the bottom, supplementary text reads: “We get to play ball with our friends again!” The color "
+    "palette centers on fresh greens and blues, accented with bright pink and yellow tones to highlight a "
+    "cheerful, childlike atmosphere."
+)
+QWEN_REQUEST = {
+    "model": "qwen-image-2.0-pro",
+    "input": {"messages": [{"role": "user", "content": [{"text": PUPPIES}]}]},
+    "parameters": {
+        "negative_prompt": (
+            "Low resolution, low quality, distorted limbs, malformed fingers, oversaturated colors, wax-figure "
+            "appearance, lack of facial detail, excessive smoothness, AI-looking artifacts, chaotic composition, "
+            "blurry or warped text."
+        ),
+        "prompt_extend": True,
+        "watermark": False,
+        "size": "2048*2048",
+    },
+}
+
 CREATED_EXAMPLE = {
     "request_id": "5dbf9dc5-4f4c-9605-85ea-542f97709ba8",
     "output": {"task_id": "7277e20e-aa01-4709-xxxxxxxx", "task_status": "PENDING"},
@@ -101,6 +126,23 @@ SYNC_EXAMPLE = {  # 003, sync multimodal-generation answer
     },
     "usage": {"image_count": 1, "input_tokens": 0, "output_tokens": 0, "size": "1280*1280", "total_tokens": 0},
     "request_id": "815505c6-7c3d-49d7-b197-xxxxx",
+}
+QWEN_SYNC_EXAMPLE = {  # 004, the curl answer
+    "output": {
+        "choices": [
+            {
+                "finish_reason": "stop",
+                "message": {
+                    "content": [
+                        {"image": "https://dashscope-result-sh.oss-cn-shanghai.aliyuncs.com/xxx.png?Expires=xxx"}
+                    ],
+                    "role": "assistant",
+                },
+            }
+        ]
+    },
+    "usage": {"height": 2048, "image_count": 1, "width": 2048},
+    "request_id": "d0250a3d-b07f-49e1-bdc8-6793f4929xxx",
 }
 FAILED_EXAMPLE = {
     "request_id": "e5d70b02",
@@ -189,12 +231,29 @@ def test_wan26_async_and_sync_requests_get_the_examples_answers(simulator: Runni
     assert_same_shape(SYNC_EXAMPLE, answer.json())
 
 
+def test_qwen_sync_request_gets_the_examples_answer(simulator: RunningSimulator) -> None:
+    """The 004 qwen-image-2.0-pro cURL call (no n, no async header) answers every field of the example, and
+    nothing the example does not have."""
+    sync_headers = {k: v for k, v in ASYNC.items() if k != "X-DashScope-Async"}
+    answer = httpx.post(
+        f"{simulator.base_url}/services/aigc/multimodal-generation/generation",
+        headers=sync_headers,
+        json=QWEN_REQUEST,
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    assert_same_shape(QWEN_SYNC_EXAMPLE, answer.json())
+    assert_same_shape(answer.json(), QWEN_SYNC_EXAMPLE)  # both ways: no extra field either
+
+
 def test_failure_examples(simulator_factory: Callable[..., RunningSimulator]) -> None:
     """FAILED, partial failure, expired (UNKNOWN) and error answers have every field of their examples."""
-    sim = simulator_factory(faults={"task_failed": 1.0})
+    sim = simulator_factory(faults={"task_invalid_parameter": 1.0})
     failed = settle(sim, create(sim, {**OLD_REQUEST, "parameters": {"size": "1024*1024", "n": 4}})["output"]["task_id"])
     assert_same_shape(FAILED_EXAMPLE, failed)
-    assert sim.faults_fired() == {"task_failed": 1}
+    assert failed["output"]["code"] == "InvalidParameter"  # the example's own code and task_metrics (003:1105-1120)
+    assert failed["output"]["task_metrics"] == FAILED_EXAMPLE["output"]["task_metrics"]  # type: ignore[index]
+    assert sim.faults_fired() == {"task_invalid_parameter": 1}
     partial_request = {
         **OLD_REQUEST,
         "input": {"prompt": FLOWER + " sim:task_partial"},
