@@ -42,10 +42,9 @@ def test_an_invalid_key_on_a_query_pauses_the_account_and_keeps_the_task(
     (one `genq.account.paused` event) as it does on a create, without failing the job, whose task may run and bill;
     with a good key again and the account resumed, the result is stored."""
     good = runtime_factory()
-    revoked = runtime_factory()
+    http = httpx.Client(timeout=10)
     revoked = replace(
-        revoked,
-        dashscope=DashScopeClient(httpx.Client(timeout=10), base_url=simulator.base_url, api_key="sk-revoked"),
+        runtime_factory(), dashscope=DashScopeClient(http, base_url=simulator.base_url, api_key="sk-revoked")
     )
     steps = enqueue(good, {"id": "j", "prompt": "a cat"})
     left = run(good, steps, timeout_s=10, until=lambda: bool((j := good.store.get("b/j")) and j.task_id))
@@ -59,6 +58,7 @@ def test_an_invalid_key_on_a_query_pauses_the_account_and_keeps_the_task(
     run(good, left, timeout_s=60)
     job = good.store.get("b/j")
     assert job is not None and job.status is Status.SUCCEEDED and simulator.counters()["creates"] == 1
+    http.close()
     assert SIM_KEY != "sk-revoked"
 
 
@@ -75,10 +75,11 @@ def test_an_access_denied_for_the_requests_shape_fails_that_job_not_the_account(
     stripped = httpx.Client(timeout=10, event_hooks={"request": [strip_async_header]})
     rt = replace(runtime, dashscope=DashScopeClient(stripped, base_url=simulator.base_url, api_key=SIM_KEY))
     job = one_job(rt, "a cat")
+    stripped.close()
     assert job.status is Status.FAILED and job.error_code == "AccessDenied"
     assert "does not support synchronous calls" in (job.error_message or "")
     assert account_pause.paused(rt.store, rt.settings.account) is None
-    assert [e["type"] for e in events(rt)] == ["genq.job.failed"]
+    assert [e["type"] for e in events(rt)] == ["genq.job.failed", "genq.batch.finished"]
 
 
 def test_the_manifest_records_each_images_seed(runtime: Runtime, simulator: RunningSimulator) -> None:

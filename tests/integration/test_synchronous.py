@@ -33,10 +33,10 @@ def test_a_synchronous_job_is_called_once_and_its_images_stored(runtime: Runtime
     assert stored_images(runtime) == ["b/j/0.png"]
     assert job.usage.get("image_count") == 1 and job.objects[0]["key"] == "b/j/0.png"
     counters = simulator.counters()
-    assert counters["sync_calls"] == 1 and counters.get("creates", 0) == 0 and counters.get("queries", 0) == 0
+    assert counters["sync_calls"] == counters["creates"] == 1 and counters.get("queries", 0) == 0  # no task to poll
     manifest = runtime.results.get_json("b/j/manifest.json")
     assert manifest is not None and manifest["objects"][0]["seed"] == 11 and manifest["task_id"] is None
-    assert [e["type"] for e in events(runtime)] == ["genq.job.succeeded"]
+    assert [e["type"] for e in events(runtime)] == ["genq.job.succeeded", "genq.batch.finished"]
     assert not runtime.quota.slot_holders(Scope(runtime.settings.account, MODEL), runtime.clock())
 
 
@@ -49,7 +49,8 @@ def test_a_lost_synchronous_answer_ends_the_job_and_is_never_called_again(
     job = one_job(runtime, "a poster sim:sync_drop:once", model=MODEL)
     assert job.status is Status.FAILED and job.error_code == SYNC_OUTCOME_UNKNOWN
     assert "may have made and billed" in (job.error_message or "") and not job.create_pending
-    assert simulator.counters()["sync_calls"] == 1 and simulator.counters()["billed_images"] == 1
+    seen = httpx.get(f"{simulator.url}/_sim/counters", timeout=10).json()
+    assert seen["counters"]["sync_calls"] == 1 and seen["billed_images"] == 1  # made, billed, lost: by design
 
     report, steps = retry(runtime, "b")
     assert steps == [] and "SyncOutcomeUnknown is permanent" in report.skipped["b/j"]
@@ -122,7 +123,8 @@ def test_a_mixed_batch_ends_and_synchronous_calls_leave_the_stage_workers_free(
     """Real workers, one batch of async Wan, async Qwen and 20 synchronous Qwen 2.0 jobs, whose scope a config
     raised to 20 at once: every job succeeds; the simulator saw the 20 calls overlap, never more than the scope's
     concurrency; and while they waited (each call several seconds) every async job was noticed within a few
-    seconds of its end, which it could not be if the calls held the stage workers' 4 processes."""
+    seconds of its end (within one watch interval and its poll), which it could not be if the calls held the stage
+    workers' 4 processes."""
     raised = {MODEL: {"submit_rate_per_s": 20, "max_concurrent": SYNC_IN_FLIGHT}}
     stack = local_stack_factory(workers=1, models=raised)
     assert stack.simulator_url is not None
@@ -139,11 +141,13 @@ def test_a_mixed_batch_ends_and_synchronous_calls_leave_the_stage_workers_free(
     jobs = {j.job_id: j for j in store.jobs("mixed")}
     assert {j.status for j in jobs.values()} == {Status.SUCCEEDED}, {k: j.error_code for k, j in jobs.items()}
 
-    counters = httpx.get(f"{stack.simulator_url}/_sim/counters", timeout=10).json()
-    scope = counters["accounts"]["default"]["models"][MODEL]
-    assert SYNC_IN_FLIGHT // 2 <= scope["sync_in_flight_max"] <= SYNC_IN_FLIGHT
-    assert counters["counters"]["sync_calls"] == SYNC_IN_FLIGHT
-
     async_jobs = [j for name, j in jobs.items() if not name.startswith("s")]
     lags = [(j.results_at or 0) - (upstream_epoch(j.upstream.get("end_time", "")) or 0) for j in async_jobs]
-    assert max(lags) < 4.0, lags  # the watcher's interval is 0.75 s; a sync call here lasts 4-12 s
+    # The watcher reads the list every 0.75 s, so an end is noticed within one interval and its poll; measured
+    # here: under 0.8 s; with the calls held by the 4 stage processes instead: up to 6.6 s.
+    assert max(lags) < 2.5, lags
+
+    counters = httpx.get(f"{stack.simulator_url}/_sim/counters", timeout=10).json()
+    (scope,) = [s for s in counters["scopes"] if s["model"] == MODEL]
+    assert SYNC_IN_FLIGHT // 2 <= scope["sync_in_flight_max"] <= SYNC_IN_FLIGHT
+    assert counters["counters"]["sync_calls"] == SYNC_IN_FLIGHT
