@@ -175,3 +175,18 @@ def test_the_sweep_drops_due_entries_of_ended_or_unknown_jobs_and_queues_a_reviv
     assert [(step.action.value, step.ref) for step in sent] == [("submit", revived)]
     job = runtime.store.get(revived)
     assert job is not None and job.status is Status.ADMITTED
+
+
+def test_a_config_that_raises_a_models_limits_admits_that_many(
+    runtime_factory: Callable[..., Runtime], simulator: RunningSimulator
+) -> None:
+    """wanx2.0-t2i-turbo ships with 2 tasks at once (and as many queued upstream: 4 slots); a config raising it to 6
+    makes admission take 12 of 15 jobs at once, and the slots are the ones the raised limit gives."""
+    model = "wanx2.0-t2i-turbo"
+    requests = [{"id": f"j{i}", "prompt": f"p{i}", "model": model} for i in range(15)]
+    shipped = runtime_factory()
+    assert len(enqueue(shipped, *requests, batch_id="shipped")) == 4
+    raised = runtime_factory(models={model: {"max_concurrent": 6}})
+    assert len(enqueue(raised, *requests, batch_id="raised")) == 12 - 4  # the shipped batch holds 4 of the 12
+    held = raised.quota.slot_holders(Scope(raised.settings.account, model), time.time())
+    assert len(held) == 12
