@@ -28,6 +28,7 @@ SHIPPED_FILE = Path(__file__).with_name("models.toml")
 #: Where a figure came from, as `genq models` says it.
 SHIPPED = "shipped"
 CONFIGURED = "config"
+DEFAULT = "default"  # a figure neither source gave: the field's default (`ModelSpec`)
 
 
 class Protocol(StrEnum):
@@ -68,8 +69,23 @@ def parse_size(size: str) -> tuple[int, int] | None:
     return (int(match[1]), int(match[2])) if match else None
 
 
+def _a_size(size: str) -> str:
+    """A size a model's figures may name: `W*H`, each side at most `SIDE_CEILING`."""
+    dimensions = parse_size(size)
+    if dimensions is None:
+        raise ValueError(f"{size!r} is not W*H (digits, '*' between them)")
+    if max(dimensions) > SIDE_CEILING:
+        raise ValueError(f"{size!r} has a side over {SIDE_CEILING:,} px")
+    return size
+
+
 class _Rule(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        return _refuse_booleans(data, ("min_side", "max_side"))
 
 
 class FixedSizes(_Rule):
@@ -81,10 +97,7 @@ class FixedSizes(_Rule):
     @field_validator("sizes")
     @classmethod
     def _each_a_size(cls, sizes: tuple[str, ...]) -> tuple[str, ...]:
-        for size in sizes:
-            if parse_size(size) is None:
-                raise ValueError(f"{size!r} is not W*H (digits, '*' between them)")
-        return sizes
+        return tuple(_a_size(size) for size in sizes)
 
     def problem(self, model: str, size: str, width: int, height: int) -> str | None:
         return None if size in self.sizes else f"{model} accepts only {', '.join(self.sizes)}; got {size}"
@@ -125,10 +138,8 @@ class TotalPixels(_Rule):
 
     @field_validator("min", "max")
     @classmethod
-    def _a_size(cls, size: str) -> str:
-        if parse_size(size) is None:
-            raise ValueError(f"{size!r} is not W*H (digits, '*' between them)")
-        return size
+    def _sizes(cls, size: str) -> str:
+        return _a_size(size)
 
     @field_validator("aspect")
     @classmethod
@@ -202,6 +213,13 @@ class ModelSpec(BaseModel):
     submit_rate_per_s: float = Field(gt=0, le=10_000, allow_inf_nan=False)
     max_concurrent: int = Field(ge=1, le=100_000)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        # pydantic reads `true` as 1 wherever a number goes: in a model's figures that is always a typo.
+        numbers = ("prompt_max_chars", "negative_prompt_max_chars", "n", "durations_s", "default_duration_s")
+        return _refuse_booleans(data, (*numbers, "submit_rate_per_s", "max_concurrent"))
+
     @field_validator("n")
     @classmethod
     def _n_range(cls, n: tuple[int, int]) -> tuple[int, int]:
@@ -249,6 +267,17 @@ class ModelSpec(BaseModel):
         return self.n[1]
 
 
+def _refuse_booleans(data: Any, fields: tuple[str, ...]) -> Any:
+    """`data` as given, or `ValueError` naming the first of `fields` that holds a boolean (alone or in a list)."""
+    if isinstance(data, Mapping):
+        for name in fields:
+            value = data.get(name)
+            items = value if isinstance(value, list | tuple) else [value]
+            if any(isinstance(item, bool) for item in items):
+                raise ValueError(f"{name}: a number, not true or false")
+    return data
+
+
 class CatalogueInvalid(ValueError):
     """A model of the shipped file or of a user's config cannot be used; the message names it and the field."""
 
@@ -283,7 +312,8 @@ class Catalogue:
         return len(self.specs)
 
     def source(self, name: str, field: str) -> str:
-        return self.sources.get(name, {}).get(field, SHIPPED)
+        """Where the model's figure came from: `SHIPPED`, `CONFIGURED`, or `DEFAULT` (neither gave it)."""
+        return self.sources.get(name, {}).get(field, DEFAULT)
 
 
 def shipped_tables() -> dict[str, dict[str, Any]]:
@@ -296,18 +326,21 @@ def shipped_tables() -> dict[str, dict[str, Any]]:
 def build_catalogue(configured: Mapping[str, Any]) -> Catalogue:
     """The shipped models with `configured` (a user's `[models."name"]` tables) merged over them: a table naming
     a shipped model overrides the figures it gives (a `sizes` table replaces the rule whole); one naming a new
-    model must give every figure. Raises `CatalogueInvalid` naming the model, the field and the reason."""
+    model must give every figure that has no default. Raises `CatalogueInvalid` naming the model, the field and
+    the reason."""
     tables = shipped_tables()
     sources: dict[str, dict[str, str]] = {name: dict.fromkeys(table, SHIPPED) for name, table in tables.items()}
     for name, table in configured.items():
         if not isinstance(table, Mapping):
             raise CatalogueInvalid(f"models.{name}: must be a table of figures, got {type(table).__name__}")
+        if "name" in table:
+            raise CatalogueInvalid(f"models.{name}.name: a model's name is its table's name; remove this figure")
         tables[name] = {**tables.get(name, {}), **table}
         sources.setdefault(name, {}).update(dict.fromkeys(table, CONFIGURED))
     specs: dict[str, ModelSpec] = {}
     for name, table in tables.items():
         try:
-            specs[name] = ModelSpec(name=name, **{k: v for k, v in table.items() if k != "name"})
+            specs[name] = ModelSpec(name=name, **table)
         except ValidationError as exc:
             problems = "; ".join(_problem(name, error) for error in exc.errors()[:5])
             raise CatalogueInvalid(problems) from None

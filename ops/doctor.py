@@ -25,7 +25,8 @@ from config.settings import Settings
 from workers.bucket import make_minio
 from workers.dashscope import DashScopeClient
 from workers.errors import AccountError, RemoteError
-from workers.runtime import make_outbox
+from workers.job import Action, Status
+from workers.runtime import make_outbox, make_store
 from workers.webhook_signing import unsigned_warning
 
 Level = Literal["ok", "warn", "fail"]
@@ -250,6 +251,38 @@ def check_webhook(settings: Settings) -> list[Finding]:
     return found
 
 
+#: A synchronous job handed to the call lane and not taken for this long means no `genq worker --queues call` runs.
+CALL_LANE_WAIT_WARN_S = 120.0
+#: How many of the jobs due within the hour are looked at for it (enough to find one; a bounded check).
+CALL_LANE_SAMPLE = 500
+
+
+def check_call_lane(settings: Settings) -> list[Finding]:
+    """Synchronous jobs handed to the call lane that nobody took: no call-lane worker runs, or it is saturated."""
+    store = make_store(settings)
+    now = time.time()
+    try:
+        refs = [ref for ref, _ in store.due(now + 3600, limit=CALL_LANE_SAMPLE)]
+        waiting = [
+            now - job.times.get(Status.SUBMITTING, now)
+            for job in (store.get(ref) for ref in refs)
+            if job is not None and job.next_action is Action.CALL and job.status is Status.SUBMITTING
+        ]
+    except (redis.RedisError, OSError):
+        return []  # the Redis check says what is wrong
+    late = [w for w in waiting if w > CALL_LANE_WAIT_WARN_S]
+    if not late:
+        return []
+    return [
+        Finding(
+            "call lane",
+            "warn",
+            f"{len(late)} synchronous job(s) wait for the call lane, the oldest for {max(late) / 60:.0f} min: is a "
+            "worker with --queues call running (docs/operations.md)?",
+        )
+    ]
+
+
 def run_checks(settings: Settings) -> list[Finding]:
     with httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0)) as http:
         return [
@@ -258,6 +291,7 @@ def run_checks(settings: Settings) -> list[Finding]:
             *check_s3(settings),
             *check_dashscope(settings, http),
             *check_webhook(settings),
+            *check_call_lane(settings),
         ]
 
 

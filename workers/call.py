@@ -9,9 +9,10 @@ keeps its slot through the call, so the scope's concurrency bounds the calls in 
 scope has no queue upstream: `AccountSettings.limits_for`).
 
 A lost answer cannot be reconciled: the service made no task to look up, and the list of tasks does not show
-the images. Before the POST the job is claimed `create_pending`, with a lease longer than the call's timeout.
-If the answer is lost after the request may have arrived (a dropped connection, a timeout, a gateway's 5xx, an
-answer without images) or the lane died during the call (the recovery sweep re-sends the message once the lease
+the images. Before the POST the job is claimed `create_pending`, with a lease longer than the call can take
+(`call_bound_s`: every phase of the call is bounded, its answer's body by wall clock). If the answer is lost
+after the request may have arrived (a dropped connection, a timeout, a gateway's 5xx or timeout, an answer
+without images) or the lane died during the call (the recovery sweep re-sends the message once the lease
 lapsed, and this stage finds the mark), the job ends `failed`, code `SyncOutcomeUnknown`, and is NOT called
 again on its own: the service may have made and billed the images, and a second call could pay for them twice.
 `genq retry --force` sends it again, on the user's word (the call ended, one way or another, by its lease: a
@@ -20,8 +21,15 @@ second call can no longer overlap the first). See docs/architecture.md, "Synchro
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
+import redis
+
 from workers.admission import scope_of
-from workers.claimed import claim, load_current, log
+from workers.claimed import Claimed, claim, load_current, log
+from workers.dashscope.client import call_bound_s
+from workers.dashscope.protocol import TaskState
 from workers.errors import CreateOutcomeUnknown, RemoteError
 from workers.job import Action, Next, Status
 from workers.poll import on_succeeded
@@ -29,24 +37,36 @@ from workers.quota.quota import Scope
 from workers.runtime import Runtime
 from workers.submit import SETTLED, refused
 
-#: The call's lease beyond its timeout: the recovery sweep must never take a call that may still be answered
-#: for a lost one (that would end a job whose billed images are about to arrive).
+#: The call's lease beyond the longest the call can take (`call_bound_s`): the recovery sweep must never take a
+#: call that may still be answered for a lost one (that would end a job whose billed images are about to arrive).
 CALL_LEASE_MARGIN_S = 60.0
 SYNC_OUTCOME_UNKNOWN = "SyncOutcomeUnknown"
+#: How long an answer waits for Redis to come back before it is given up (it lives only in this thread's memory).
+RECORD_RETRY_S = 55.0
 
 
 def call_lease_s(timeout_s: float) -> float:
-    return timeout_s + CALL_LEASE_MARGIN_S
+    return call_bound_s(timeout_s) + CALL_LEASE_MARGIN_S
 
 
 def call(rt: Runtime, ref: str, attempt: int) -> Next | None:
     job = load_current(rt, ref, attempt, Action.CALL)
     if job is None:
         return None
-    timeout_s = rt.settings.sync_call_timeout_s
+    lease_s = call_lease_s(rt.settings.sync_call_timeout_s)
+    spec = rt.settings.catalogue.get(job.request.model)
+    if spec is None:  # this worker's config lacks a model the submitting one has: nothing sent, nothing billed
+        unknown = claim(rt, job, Action.CALL, lease_s=lease_s)
+        if unknown is not None:
+            message = (
+                f"this call-lane worker does not know the model {job.request.model!r}: give every process the same "
+                "config (its `models`); nothing was sent"
+            )
+            unknown.end(Status.FAILED, code="ModelUnknownToWorker", message=message, fields=SETTLED)
+        return None
     if job.create_pending:
         # A call was sent and nobody heard its answer: this delivery is the sweep's, after the lane died.
-        lost = claim(rt, job, Action.CALL, lease_s=call_lease_s(timeout_s))
+        lost = claim(rt, job, Action.CALL, lease_s=lease_s)
         if lost is not None:
             message = _lost_message("the lane stopped during it")
             lost.end(Status.FAILED, code=SYNC_OUTCOME_UNKNOWN, message=message, fields=SETTLED)
@@ -54,27 +74,58 @@ def call(rt: Runtime, ref: str, attempt: int) -> Next | None:
     scope = scope_of(job) or Scope(rt.settings.resolved_accounts()[0].name, job.request.model)
     now = rt.clock()
     if now >= job.deadline_at:  # it waited for the lane past its deadline (no lane worker ran): nothing was sent
-        late = claim(rt, job, Action.CALL, lease_s=call_lease_s(timeout_s))
+        late = claim(rt, job, Action.CALL, lease_s=lease_s)
         if late is not None:
             message = "deadline passed before the synchronous call was made (is a `genq worker --queues call` running?)"
             late.end(Status.TIMED_OUT, code="DeadlineExceeded", message=message, fields=SETTLED)
         return None
     fields = {"create_pending": 1, "submit_sent_at": now, "submit_failed_at": "", "submits": job.submits + 1}
-    claimed = claim(rt, job, Action.CALL, lease_s=call_lease_s(timeout_s), fields=fields, status=Status.SUBMITTED)
+    claimed = claim(rt, job, Action.CALL, lease_s=lease_s, fields=fields, status=Status.SUBMITTED)
     if claimed is None:
         return None
-    rt.quota.keep_slot(scope, job.ref, lease_s=max(rt.settings.slot_lease_s, call_lease_s(timeout_s)), now=now)
+    rt.quota.keep_slot(scope, job.ref, lease_s=max(rt.settings.slot_lease_s, lease_s), now=now)
     try:
-        state = rt.client(scope.account).generate(job.request, rt.settings.spec(job.request.model), timeout_s=timeout_s)
+        state = rt.client(scope.account).generate(job.request, spec, timeout_s=rt.settings.sync_call_timeout_s)
     except CreateOutcomeUnknown as exc:
         log.warning("synchronous call's answer lost; not calling again", ref=job.ref, code=exc.code)
-        message = _lost_message(f"{exc.code}: {exc.message}")
-        claimed.end(Status.FAILED, code=SYNC_OUTCOME_UNKNOWN, message=message, fields=SETTLED)
-        return None
+        return _recorded(claimed, _end_lost(claimed, f"{exc.code}: {exc.message}"))
     except RemoteError as exc:  # the service's own refusal: nothing was made or billed
-        return refused(claimed, scope, exc)
+        return _recorded(claimed, _refusal(claimed, scope, exc))
+    return _recorded(claimed, lambda: _answered(claimed, scope, state))
+
+
+def _end_lost(claimed: Claimed, what: str) -> Callable[[], Next | None]:
+    def record() -> None:
+        claimed.end(Status.FAILED, code=SYNC_OUTCOME_UNKNOWN, message=_lost_message(what), fields=SETTLED)
+
+    return record
+
+
+def _refusal(claimed: Claimed, scope: Scope, exc: RemoteError) -> Callable[[], Next | None]:
+    return lambda: refused(claimed, scope, exc)
+
+
+def _answered(claimed: Claimed, scope: Scope, state: TaskState) -> Next | None:
+    rt = claimed.rt
     rt.quota.created(scope, rt.settings, rt.clock())
-    return on_succeeded(claimed, state, {**SETTLED, "task_status": state.status})
+    # The answer's request id names this call's images in the bucket (there is no task id).
+    return on_succeeded(claimed, state, {**SETTLED, "task_status": state.status, "request_id": state.request_id})
+
+
+def _recorded(claimed: Claimed, record: Callable[[], Next | None]) -> Next | None:
+    """Record the call's outcome, waiting out a Redis outage: the answer (billed images, perhaps) lives only in
+    this thread until it is written, and the lease outlasts this wait, so nobody else acts on the job meanwhile."""
+    gives_up_at = time.monotonic() + RECORD_RETRY_S
+    delay_s = 0.5
+    while True:
+        try:
+            return record()
+        except (redis.ConnectionError, redis.TimeoutError):
+            if time.monotonic() + delay_s > gives_up_at:
+                raise
+            log.warning("Redis away while recording a synchronous call's answer; trying again", ref=claimed.job.ref)
+            time.sleep(delay_s)
+            delay_s = min(delay_s * 2, 8.0)
 
 
 def _lost_message(what: str) -> str:

@@ -163,7 +163,7 @@ def retry(rt: Runtime, target: str, *, force: bool = False) -> tuple[ControlRepo
             continue
         if job.status not in REVIVABLE:
             continue
-        if not force and job.error_code and _permanent(job.error_code):
+        if not force and job.error_code and _permanent(job.error_code, job.error_message or ""):
             report.skipped[job.ref] = f"{job.error_code} is permanent (use --force to retry anyway)"
             continue
         running = job.task_may_run(rt.clock())
@@ -184,7 +184,8 @@ def retry(rt: Runtime, target: str, *, force: bool = False) -> tuple[ControlRepo
     return report, steps
 
 
-def _permanent(code: str) -> bool:
-    """A failure that a retry would only repeat. Account errors are not: the operator fixes the account first."""
-    cls = error_class(code, None)
+def _permanent(code: str, message: str) -> bool:
+    """A failure that a retry would only repeat. Account errors are not: the operator fixes the account first (the
+    message tells an account's `AccessDenied` from one that names the request's own shape, which is permanent)."""
+    cls = error_class(code, None, message)
     return code in _OWN_PERMANENT or (issubclass(cls, PermanentRemoteError) and not issubclass(cls, AccountError))

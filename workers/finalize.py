@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from config.catalogue import Kind
+from config.catalogue import SEED_MAX, Kind
 from workers import metrics
 from workers.claimed import Claimed, backoff_s, claim, load_current, log
 from workers.errors import ResultRejected, StorageError, TransientRemoteError
@@ -115,7 +115,7 @@ def _store_results(rt: Runtime, job: Job) -> tuple[list[dict[str, Any]], list[di
         key = object_key(job.ref, index, extension)
         try:
             check_url(url, allowed_hosts=rt.settings.result_hosts, require_https=rt.settings.require_https_results)
-            existing = rt.results.sha256_of(key, task_id=job.task_id or "")
+            existing = rt.results.sha256_of(key, task_id=result_origin(job))
             if existing:
                 objects.append({"index": index, "key": key, "sha256": existing})
                 continue
@@ -129,7 +129,7 @@ def _store_results(rt: Runtime, job: Job) -> tuple[list[dict[str, Any]], list[di
                     fetched.size,
                     content_type=fetched.content_type,
                     sha256=fetched.sha256,
-                    task_id=job.task_id or "",
+                    task_id=result_origin(job),
                 )
                 metrics.DOWNLOAD_BYTES.inc(fetched.size)
                 metrics.DOWNLOAD_SECONDS.labels(account=job.account or "", model=job.request.model).observe(
@@ -148,6 +148,14 @@ def _store_results(rt: Runtime, job: Job) -> tuple[list[dict[str, Any]], list[di
             log.warning("result refused", ref=job.ref, index=index, code=exc.code, reason=exc.message)
             failures.append({"index": index, "code": exc.code, "message": exc.message})
     return objects, failures + _missing(job)
+
+
+def result_origin(job: Job) -> str:
+    """What made the results, as their objects record it: the task, or a synchronous model's call (its request
+    id, else its count: a retried job's new call is not its last one, whose objects must not stand for it)."""
+    if job.task_id:
+        return job.task_id
+    return f"call:{job.request_id or job.submits}" if job.submits else ""
 
 
 def _missing(job: Job) -> list[dict[str, Any]]:
@@ -171,12 +179,17 @@ def _manifest(job: Job, objects: list[dict[str, Any]], failures: list[dict[str, 
         "actual_prompts": [r.get("actual_prompt") for r in job.results if r.get("url")],
         "upstream": job.upstream,
         "usage": job.usage,
-        "objects": [{**o, "seed": image_seed(job.request.seed, o["index"])} for o in objects],
+        "objects": [{**o, "seed": image_seed(job, o["index"])} for o in objects],
         "failures": failures,
     }
 
 
-def image_seed(seed: int | None, index: int) -> int | None:
-    """The seed the service used for image `index` of a request with `seed`: seed + index, one per image
-    (003:967). None when the request gave none: the service drew one and does not say which."""
-    return None if seed is None else seed + index
+def image_seed(job: Job, index: int) -> int | None:
+    """The seed the service used for image `index` of a request with a seed: seed + index, one per image
+    (003:967). None when it cannot be told: the request gave none (the service drew one and does not say which);
+    the answer listed fewer images than asked (the wan2.6 protocol drops failed ones without saying which, so
+    positions no longer match); or seed + index would pass the service's largest seed."""
+    seed = job.request.seed
+    if seed is None or len(job.results) < job.request.n or seed + index > SEED_MAX:
+        return None
+    return seed + index

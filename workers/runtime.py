@@ -125,6 +125,9 @@ def account_clients(settings: Settings, http: httpx.Client) -> dict[str, list[Da
     return clients
 
 
+#: Connections to the service a process keeps for its creates, queries and lists (a call-lane worker: besides one
+#: per synchronous call).
+API_CONNECTIONS = 20
 #: Seconds to open a connection to the service; `http_timeout_s` then bounds each read and write.
 CONNECT_TIMEOUT_S = 5.0
 
@@ -137,7 +140,10 @@ def answer_bound_s(settings: Settings) -> float:
 
 def build_runtime(settings: Settings) -> Runtime:
     timeout = httpx.Timeout(settings.http_timeout_s, connect=CONNECT_TIMEOUT_S)
-    api = httpx.Client(timeout=timeout, limits=httpx.Limits(max_connections=20))
+    # A call-lane worker holds one connection per synchronous call in flight: its pool must not make a call wait
+    # for a connection (or time out before anything was sent). Every other process needs far fewer.
+    connections = max(API_CONNECTIONS, settings.call_lane_concurrency + API_CONNECTIONS)
+    api = httpx.Client(timeout=timeout, limits=httpx.Limits(max_connections=connections))
     clients = account_clients(settings, api)
     client = make_redis(settings)
     return Runtime(

@@ -45,6 +45,16 @@ def _warn_unsigned_webhooks(sender: Any = None, **_: Any) -> None:
         structlog.get_logger("genq.webhook").warning(warning)
 
 
+@worker_init.connect
+def _never_cancel_synchronous_calls(sender: Any = None, **_: Any) -> None:
+    """A threads pool (the call lane) cannot cancel a running task: with Celery's "cancel long-running tasks on a
+    lost broker connection" on, a Redis blip during a call would stop the worker (`NotImplementedError`). A
+    synchronous call must not be cancelled for a redelivery anyway: its answer may carry billed images."""
+    pool = getattr(sender, "pool_cls", None)
+    if pool is not None and "thread" in f"{getattr(pool, '__module__', '')}.{getattr(pool, '__name__', pool)}".lower():
+        sender.app.conf.worker_cancel_long_running_tasks_on_connection_loss = False
+
+
 @worker_process_shutdown.connect
 def _pool_process_exited(pid: int | None = None, **_: Any) -> None:
     process_exited(pid or os.getpid())

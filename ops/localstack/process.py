@@ -60,8 +60,10 @@ class ManagedProcess:
         log_path: Path,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        stop_grace_s: float = 10.0,
     ) -> None:
         self.name = name
+        self.stop_grace_s = stop_grace_s  # how long `stop()` lets it finish what it does before SIGKILL
         self.argv = tuple(argv)  # as given: what `ps` shows may differ (Valkey rewrites its process title)
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,11 +114,11 @@ class ManagedProcess:
         tail = self.log_tail()
         return f"; its log ends:\n{tail}" if tail else ""
 
-    def stop(self, grace_s: float = 10.0) -> None:
+    def stop(self, grace_s: float | None = None) -> None:
         if self.alive():
             self._signal(signal.SIGTERM)
             try:
-                self.popen.wait(grace_s)
+                self.popen.wait(self.stop_grace_s if grace_s is None else grace_s)
             except subprocess.TimeoutExpired:
                 self._signal(signal.SIGKILL)
                 self.popen.wait(5)

@@ -263,10 +263,13 @@ def start_webhook_worker(log_dir: Path, *, env: Mapping[str, str], concurrency: 
     return ManagedProcess("webhook-worker", argv, log_path=log_dir / "webhook-worker.log", env=env)
 
 
-def start_call_worker(log_dir: Path, *, env: Mapping[str, str], concurrency: int) -> ManagedProcess:
-    """The synchronous-call lane: a Celery worker on the `call` queue only, its pool threads (`workers/call.py`)."""
+def start_call_worker(
+    log_dir: Path, *, env: Mapping[str, str], concurrency: int, stop_grace_s: float
+) -> ManagedProcess:
+    """The synchronous-call lane: a Celery worker on the `call` queue only, its pool threads (`workers/call.py`).
+    Stopped warm for up to `stop_grace_s`: a call in flight is answered (its images, billed, recorded) first."""
     argv = _worker_argv(CALL_QUEUES, concurrency, "genq-calls", pool="threads")
-    return ManagedProcess("call-worker", argv, log_path=log_dir / "call-worker.log", env=env)
+    return ManagedProcess("call-worker", argv, log_path=log_dir / "call-worker.log", env=env, stop_grace_s=stop_grace_s)
 
 
 def _http_ok(url: str) -> bool:

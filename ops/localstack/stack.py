@@ -33,6 +33,7 @@ from config.logging import register_secrets
 from config.settings import Settings, redis_url_with_password
 from ops.localstack import services
 from ops.localstack.process import ManagedProcess, StackError, free_port, is_listening
+from workers.call import call_lease_s
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -211,7 +212,10 @@ class LocalStack:
             self._add(services.start_webhook_worker(self.log_dir, env=child_env(self.settings)))
             self._add(
                 services.start_call_worker(
-                    self.log_dir, env=child_env(self.settings), concurrency=self.settings.call_lane_concurrency
+                    self.log_dir,
+                    env=child_env(self.settings),
+                    concurrency=self.settings.call_lane_concurrency,
+                    stop_grace_s=call_lease_s(self.settings.sync_call_timeout_s),
                 )
             )
 

@@ -45,6 +45,8 @@ def estimate(store: JobStore, settings: Settings, batch_id: str, remaining: int)
     if not runs or not jobs:
         return None
     model = Counter(j.request.model for j in jobs).most_common(1)[0][0]
+    if model not in settings.catalogue:  # a model of another process's config: no limits known here, no ETA
+        return None
     slots = sum(settings.limits(a.name, model).max_concurrent for a in serving(settings, model)) or 1
     mean = statistics.fmean(runs)
     return Estimate(max(0, remaining) * mean / slots, mean, slots)

@@ -97,7 +97,7 @@ def models_json(settings: Settings, origin: str) -> dict[str, Any]:
                 "figures": catalogue.spec(name).model_dump(mode="json", exclude={"name"}),
                 "synchronous": catalogue.spec(name).synchronous,
                 "sources": {
-                    field: where.get(catalogue.source(name, field), "shipped")
+                    field: where.get(catalogue.source(name, field), catalogue.source(name, field))
                     for field in catalogue.spec(name).model_dump(exclude={"name"})
                 },
             }

@@ -4,11 +4,13 @@ checked in the job store, the bucket and the simulator's own counters (which do 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 
 import httpx
 
+from ops.doctor import check_call_lane
 from ops.localstack import LocalStack
 from producer.csv_source import CsvRow
 from tests.conftest import RunningSimulator
@@ -110,6 +112,8 @@ def test_a_refused_synchronous_call_is_handled_like_a_refused_create(
 
 
 SYNC_IN_FLIGHT = 20
+#: More synchronous jobs than the scope takes at once, so that the bound on calls in flight is the slots' doing.
+SYNC_JOBS = 24
 
 
 def handed_to_the_lane(rt: Runtime) -> Callable[[], bool]:
@@ -120,9 +124,9 @@ def handed_to_the_lane(rt: Runtime) -> Callable[[], bool]:
 def test_a_mixed_batch_ends_and_synchronous_calls_leave_the_stage_workers_free(
     local_stack_factory: Callable[..., LocalStack],
 ) -> None:
-    """Real workers, one batch of async Wan, async Qwen and 20 synchronous Qwen 2.0 jobs, whose scope a config
-    raised to 20 at once: every job succeeds; the simulator saw the 20 calls overlap, never more than the scope's
-    concurrency; and while they waited (each call several seconds) every async job was noticed within a few
+    """Real workers, one batch of async Wan, async Qwen and 24 synchronous Qwen 2.0 jobs, whose scope a config
+    raised to 20 at once (the call lane has 32 threads): every job succeeds; the simulator saw the calls overlap,
+    never more than the scope's 20; and while they waited (each call several seconds) every async job was noticed within a few
     seconds of its end (within one watch interval and its poll), which it could not be if the calls held the stage
     workers' 4 processes."""
     raised = {MODEL: {"submit_rate_per_s": 20, "max_concurrent": SYNC_IN_FLIGHT}}
@@ -131,7 +135,7 @@ def test_a_mixed_batch_ends_and_synchronous_calls_leave_the_stage_workers_free(
     sim_config = {"limits": {MODEL: [20, SYNC_IN_FLIGHT]}, "time_scale": 2.0}  # images of 4-12 s
     httpx.post(f"{stack.simulator_url}/_sim/config", json=sim_config, timeout=10).raise_for_status()
     requests = [
-        *({"id": f"s{i}", "prompt": f"poster {i}", "model": MODEL} for i in range(SYNC_IN_FLIGHT)),
+        *({"id": f"s{i}", "prompt": f"poster {i}", "model": MODEL} for i in range(SYNC_JOBS)),
         *({"id": f"w{i}", "prompt": f"wan {i}", "model": "wan2.5-t2i-preview"} for i in range(4)),
         *({"id": f"q{i}", "prompt": f"qwen {i}", "model": "qwen-image-plus"} for i in range(2)),
     ]
@@ -150,4 +154,18 @@ def test_a_mixed_batch_ends_and_synchronous_calls_leave_the_stage_workers_free(
     counters = httpx.get(f"{stack.simulator_url}/_sim/counters", timeout=10).json()
     (scope,) = [s for s in counters["scopes"] if s["model"] == MODEL]
     assert SYNC_IN_FLIGHT // 2 <= scope["sync_in_flight_max"] <= SYNC_IN_FLIGHT
-    assert counters["counters"]["sync_calls"] == SYNC_IN_FLIGHT
+    assert counters["counters"]["sync_calls"] == SYNC_JOBS
+
+
+def test_doctor_names_synchronous_jobs_that_no_call_lane_took(runtime: Runtime, simulator: RunningSimulator) -> None:
+    """A synchronous job handed to the call lane five minutes ago and never taken (no `genq worker --queues call`
+    runs): `genq doctor` warns, naming the lane; with none waiting it says nothing of it."""
+    assert check_call_lane(runtime.settings) == []
+    earlier = dataclasses.replace(runtime, clock=lambda: time.time() - 300)
+    run(earlier, enqueue(earlier, {"id": "j", "prompt": "a poster", "model": MODEL}), until=handed_to_the_lane(earlier))
+    (finding,) = check_call_lane(runtime.settings)
+    assert (
+        finding.level == "warn"
+        and "1 synchronous job(s) wait for the call lane, the oldest for 5 min" in finding.message
+    )
+    assert "--queues call" in finding.message

@@ -127,6 +127,7 @@ def test_a_config_that_adds_a_model_and_raises_limits_is_honoured(tmp_path: Path
     assert listed["wan2.5-t2i-preview"]["sources"]["max_concurrent"] == str(config)
     assert listed["wan2.5-t2i-preview"]["sources"]["prompt_max_chars"] == "shipped"
     assert listed["qwen-image-2.0"]["synchronous"] is True
+    assert listed["acme-t2i"]["sources"]["negative_prompt_max_chars"] == "default"  # neither source gave it
 
 
 @pytest.mark.parametrize(
@@ -140,6 +141,13 @@ def test_a_config_that_adds_a_model_and_raises_limits_is_honoured(tmp_path: Path
         ('[models."wan2.6-t2v"]\nprotocol = "image-synthesis"\n', "models.wan2.6-t2v: kind video does not go with"),
         ('default_model = "nope"\n', "default_model: unknown model 'nope'; known: qwen-image"),
         ('[models."wan2.6-t2i"]\nsizes = { rule = "square" }\n', "models.wan2.6-t2i.sizes"),
+        ('[models."wan2.6-t2i"]\nmax_concurrent = true\n', "models.wan2.6-t2i: max_concurrent: a number, not true"),
+        ('[models."wan2.6-t2i"]\nn = [true, true]\n', "models.wan2.6-t2i: n: a number, not true or false"),
+        ('[models."wan2.6-t2i"]\nname = "other"\n', "models.wan2.6-t2i.name: a model's name is its table's name"),
+        (
+            '[models."wan2.6-t2i"]\nsizes = { rule = "total-pixels", min = "768*768", max = "99999*99999" }\n',
+            "'99999*99999' has a side over 16,384 px",
+        ),
     ],
 )
 def test_a_malformed_model_config_fails_at_start_naming_the_field(tmp_path: Path, table: str, named: str) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
 from collections.abc import Callable
 
 import httpx
@@ -13,7 +16,7 @@ from hypothesis import strategies as st
 from config.catalogue import Kind, shipped_catalogue
 from workers.dashscope import DashScopeClient
 from workers.dashscope.classify import error_class, is_transient_task_failure
-from workers.dashscope.protocol import parse_task
+from workers.dashscope.protocol import TaskState, parse_task
 from workers.errors import (
     AccountError,
     CreateOutcomeUnknown,
@@ -476,3 +479,87 @@ def test_any_synchronous_answer_is_images_or_an_error_that_says_whether_they_may
         return
     assert status < 400 and state.status == "SUCCEEDED"
     assert all(r.url is None or isinstance(r.url, str) for r in state.results)
+    # Read as made: it has an image to fetch, or names the failure of what it lacks (never "nothing, silently").
+    assert state.urls or any(r.code and r.code != "ResultMalformed" for r in state.results)
+
+
+def sync_call(handler: Callable[[httpx.Request], httpx.Response]) -> TaskState:
+    request = request_for("qwen-image-2.0")
+    return client(handler).generate(request, SHIPPED.spec(request.model), timeout_s=60)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"output": {"choices": []}, "usage": {"image_count": 1}},
+        {"output": {"choices": [{"message": {"content": [{"text": "here you are"}]}}]}},
+        {"output": {"choices": [{"message": {"content": [{"image": ""}]}}]}},
+    ],
+)
+def test_a_synchronous_answer_without_an_image_is_an_unknown_outcome(body: dict[str, object]) -> None:
+    """A 200 that carries no image URL and names no failure may stand for images made (and billed) that it does
+    not carry: the call's outcome is unknown, never "nothing made" (which a retry would pay for again)."""
+    with pytest.raises(CreateOutcomeUnknown, match="without an image URL"):
+        sync_call(lambda r: httpx.Response(200, json=body))
+
+
+def test_a_synchronous_call_given_up_by_a_gateway_is_an_unknown_outcome_but_an_internal_error_is_not() -> None:
+    """A synchronous call answered 504 `RequestTimeOut` was given up while the generation may go on (billed): its
+    outcome is unknown. The service's own 500 `InternalError` says the generation failed: try again."""
+    timed_out = {"code": "RequestTimeOut", "message": "The request timed out."}
+    with pytest.raises(CreateOutcomeUnknown):
+        sync_call(lambda r: httpx.Response(504, json=timed_out))
+    failed = {"code": "InternalError", "message": "An internal error has occured."}
+    with pytest.raises(TransientRemoteError):
+        sync_call(lambda r: httpx.Response(500, json=failed))
+
+
+def test_no_free_connection_is_a_plain_transient_error_since_nothing_was_sent() -> None:
+    """Waiting for a pooled connection timed out: nothing left the process, so neither a create nor a synchronous
+    call is an unknown outcome (which would cost a reconciliation, or end a call as possibly billed)."""
+
+    def no_connection(request: httpx.Request) -> httpx.Response:
+        raise httpx.PoolTimeout("no connection free", request=request)
+
+    with pytest.raises(TransientRemoteError) as caught:
+        sync_call(no_connection)
+    assert caught.value.code == "PoolTimeout" and not isinstance(caught.value, CreateOutcomeUnknown)
+    with pytest.raises(TransientRemoteError) as again:
+        create(client(no_connection), request_for("wan2.5-t2i-preview"))
+    assert not isinstance(again.value, CreateOutcomeUnknown)
+
+
+def test_an_answer_trickled_in_is_cut_at_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that sends the answer's head and then one byte a while apart, each within the read timeout: the
+    call ends (outcome unknown) within the body's wall-clock bound, not when the server is done."""
+    monkeypatch.setattr("workers.dashscope.client.ANSWER_BODY_S", 1.0)
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        connection, _ = server.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n")
+            while not stop.wait(0.3):
+                try:
+                    connection.sendall(b" ")
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    http = httpx.Client()
+    port = server.getsockname()[1]
+    trickled = DashScopeClient(http, base_url=f"http://127.0.0.1:{port}/api/v1", api_key="k")
+    request = request_for("qwen-image-2.0")
+    started = time.monotonic()
+    try:
+        with pytest.raises(CreateOutcomeUnknown, match="ReadTimeout"):
+            trickled.generate(request, SHIPPED.spec(request.model), timeout_s=5)
+        assert time.monotonic() - started < 3.0
+    finally:
+        stop.set()
+        http.close()
+        server.close()
+        thread.join(5)

@@ -506,3 +506,20 @@ def test_a_task_is_billed_once_when_two_deliveries_of_its_poll_see_it_succeed(
     job = rt.store.get(polling.ref)
     assert job is not None and job.status is Status.SUCCEEDED
     assert billed() - before == 2
+
+
+def test_a_threads_pool_worker_never_cancels_its_tasks_on_a_lost_broker_connection() -> None:
+    """The call lane's threads pool cannot cancel a running task (Celery would stop the worker trying, on a Redis
+    blip), and a synchronous call must not be cancelled anyway: for that pool the option is turned off at start,
+    and left on for the stages' prefork pool."""
+    from types import SimpleNamespace
+
+    from celery import Celery
+
+    from workers.tasks import _never_cancel_synchronous_calls
+
+    for pool, cancels in (("threads", False), ("prefork", True)):
+        app = Celery("check")
+        app.conf.worker_cancel_long_running_tasks_on_connection_loss = True
+        _never_cancel_synchronous_calls(sender=SimpleNamespace(pool_cls=pool, app=app))
+        assert app.conf.worker_cancel_long_running_tasks_on_connection_loss is cancels

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from typing import Any
 
 import httpx
-from httpx._client import UseClientDefault
 
 from config.catalogue import ModelSpec
 from workers.dashscope.classify import error_class
 from workers.dashscope.protocol import (
+    MALFORMED_RESULT,
     ListedTask,
     MalformedAnswer,
     TaskState,
@@ -31,6 +32,25 @@ from workers.dashscope.protocol import (
 )
 from workers.errors import CreateOutcomeUnknown, RemoteError, Throttled, TransientRemoteError
 from workers.requests import GenerationRequest
+
+#: A synchronous call's phases, each bounded (`DashScopeClient._within`): taking a pooled connection (the lane's
+#: pool is as large as its threads, so this is only a guard), connecting, sending the small body, and reading the
+#: answer once its first byte came (the images are URLs: the answer is small).
+CALL_POOL_S = 5.0
+CALL_CONNECT_S = 10.0
+CALL_WRITE_S = 30.0
+ANSWER_BODY_S = 30.0
+ANSWER_MAX_BYTES = 4 * 1024 * 1024
+#: Codes of a synchronous call's error answer that say the generation may have gone on (a gateway gave up waiting).
+_CALL_TIMEOUT_CODES = ("RequestTimeOut", "Timeout")
+
+
+def call_bound_s(timeout_s: float) -> float:
+    """The longest a synchronous call with `timeout_s` can take, start to end (`DashScopeClient._within`): the
+    pool, the connect and the send, the answer's head (one read: a gateway sends its head whole), the body's wall
+    clock, and the one read past it that the check after each read can overrun by."""
+    return CALL_POOL_S + CALL_CONNECT_S + CALL_WRITE_S + timeout_s + ANSWER_BODY_S + timeout_s
+
 
 #: The longest `Retry-After` believed; a larger one (or `inf`) is read as this.
 RETRY_AFTER_MAX_S = 3600.0
@@ -100,25 +120,21 @@ class DashScopeClient:
         timeout_s: float | None = None,
     ) -> dict[str, Any]:
         """One request. `creates`: it may make something billed, so an answer that may have been lost after the
-        request arrived is `CreateOutcomeUnknown`; `asynchronous` (with `creates`): an async create's header."""
+        request arrived is `CreateOutcomeUnknown`; `asynchronous` (with `creates`): an async create's header.
+        `timeout_s`: a synchronous call's wait for its answer, and the whole call is over within
+        `call_bound_s(timeout_s)` of its start, whatever the network does."""
         headers = dict(self._headers)
         if creates and asynchronous:
             headers["X-DashScope-Async"] = "enable"
-        # A synchronous call waits the whole generation for its answer; everything else keeps the client's timeout.
-        timeout: httpx.Timeout | UseClientDefault = (
-            httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
-            if timeout_s is not None
-            else httpx.USE_CLIENT_DEFAULT
-        )
         try:
-            response = self._http.request(
-                method,
-                self._base_url + path,
-                json=json_body,
-                params=params,
-                headers=headers,
-                timeout=timeout,
-            )
+            if timeout_s is None:
+                response = self._http.request(
+                    method, self._base_url + path, json=json_body, params=params, headers=headers
+                )
+            else:
+                response = self._within(method, path, json_body, headers, timeout_s)
+        except httpx.PoolTimeout as exc:  # no connection was free: nothing was sent (a TimeoutException, caught first)
+            raise TransientRemoteError("PoolTimeout", f"no free connection to DashScope for {method} {path}") from exc
         except httpx.ConnectError as exc:  # nothing reached the service
             raise TransientRemoteError("ConnectError", f"cannot connect to DashScope: {exc}") from exc
         except httpx.ConnectTimeout as exc:
@@ -140,6 +156,13 @@ class DashScopeClient:
             if creates and response.status_code >= 500 and not _dashscope_error(response):
                 # A gateway's 502/504, not the service's own refusal: the create may have reached the service.
                 raise CreateOutcomeUnknown(error.code, f"create {path} answered by a gateway: {error.message}")
+            if (
+                creates
+                and not asynchronous
+                and (response.status_code == 504 or error.code.endswith(_CALL_TIMEOUT_CODES))
+            ):
+                # A synchronous call given up by a gateway in front of the model: the generation may go on, billed.
+                raise CreateOutcomeUnknown(error.code, f"synchronous call {path} timed out upstream: {error.message}")
             raise error
         try:
             body = response.json()
@@ -151,6 +174,33 @@ class DashScopeClient:
             what = f"{method} {path} answered {type(body).__name__}"
             raise (CreateOutcomeUnknown if creates else TransientRemoteError)("MalformedResponse", what)
         return body
+
+    def _within(
+        self, method: str, path: str, json_body: dict[str, Any] | None, headers: dict[str, str], timeout_s: float
+    ) -> httpx.Response:
+        """A synchronous call, over within `call_bound_s(timeout_s)`: taking a pooled connection, connecting and
+        sending are each bounded; every read waits at most `timeout_s` (the answer's head may take the whole
+        generation); and the body is read for at most `ANSWER_BODY_S` of wall clock, checked after each read, so
+        an answer trickled in byte by byte cannot run on without end. Past that the connection is dropped, as
+        `httpx.ReadTimeout`: an outcome the caller must treat as unknown."""
+        timeout = httpx.Timeout(connect=CALL_CONNECT_S, write=CALL_WRITE_S, pool=CALL_POOL_S, read=timeout_s)
+        request = self._http.build_request(
+            method, self._base_url + path, json=json_body, headers=headers, timeout=timeout
+        )
+        response = self._http.send(request, stream=True)
+        try:
+            ends_at = time.monotonic() + ANSWER_BODY_S
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body.extend(chunk)
+                if time.monotonic() > ends_at or len(body) > ANSWER_MAX_BYTES:
+                    raise httpx.ReadTimeout(f"the answer took over {ANSWER_BODY_S:g} s to arrive", request=request)
+        finally:
+            response.close()
+        # The bytes are decoded already (gzip undone): the headers that described their encoding no longer apply.
+        framing = {"content-length", "transfer-encoding", "content-encoding"}
+        kept = {k: v for k, v in response.headers.items() if k.lower() not in framing}
+        return httpx.Response(response.status_code, headers=kept, content=bytes(body), request=request)
 
     def create_task(self, request: GenerationRequest, spec: ModelSpec) -> tuple[str, str | None]:
         """Create the task; returns `(task_id, request_id)`."""
@@ -174,9 +224,14 @@ class DashScopeClient:
             "POST", path, json_body=create_body(request, spec), creates=True, asynchronous=False, timeout_s=timeout_s
         )
         try:
-            return parse_generation(body)
+            state = parse_generation(body)
         except MalformedAnswer as exc:
             raise CreateOutcomeUnknown("MalformedResponse", f"synchronous call {path}: {exc}") from exc
+        if not state.urls and not any(r.code and r.code != MALFORMED_RESULT for r in state.results):
+            # Answered, with nothing to fetch and no failure named: images may have been made (and billed) that
+            # this answer does not carry. Never read as "nothing made", which a retry would pay for again.
+            raise CreateOutcomeUnknown("NoImages", f"synchronous call {path} answered without an image URL")
+        return state
 
     def get_task(self, task_id: str) -> TaskState:
         body = self._send("GET", f"/tasks/{task_id}")

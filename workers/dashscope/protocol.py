@@ -110,6 +110,10 @@ class TaskState:
         return {k: v for k, v in times.items() if v}
 
 
+#: The code of a sub-result whose entry was not of the documented shape (its image may exist, unreadable).
+MALFORMED_RESULT = "ResultMalformed"
+
+
 class MalformedAnswer(ValueError):
     """An answer of the service that is not of the documented shape; the client makes it a `RemoteError`."""
 
@@ -130,10 +134,10 @@ def _item(value: Any) -> ResultItem:
     """One sub-result. Its position is the image's index, so an entry that is not an object, or whose URL is not
     a string, is kept as a failed sub-result that says so: the image is named, never silently skipped."""
     if not isinstance(value, dict):
-        return ResultItem(code="ResultMalformed", message=f"a result entry that is not an object: {shown(value)}")
+        return ResultItem(code=MALFORMED_RESULT, message=f"a result entry that is not an object: {shown(value)}")
     url = value.get("url")
     if url is not None and _text(url) is None:
-        return ResultItem(code="ResultMalformed", message=f"a result URL that is not a non-empty string: {shown(url)}")
+        return ResultItem(code=MALFORMED_RESULT, message=f"a result URL that is not a non-empty string: {shown(url)}")
     return ResultItem(
         url=_text(url),
         code=_text(value.get("code")),
@@ -148,7 +152,7 @@ def _choices(choices: list[Any]) -> list[ResultItem]:
     items: list[ResultItem] = []
     for choice in choices:
         if not isinstance(choice, dict):
-            items.append(ResultItem(code="ResultMalformed", message=f"a choice that is not an object: {shown(choice)}"))
+            items.append(ResultItem(code=MALFORMED_RESULT, message=f"a choice that is not an object: {shown(choice)}"))
             continue
         message = choice.get("message")
         content = message.get("content") if isinstance(message, dict) else None
