@@ -75,8 +75,12 @@ def serving(settings: Settings, model: str) -> list[AccountSettings]:
 def dispatch(
     store: JobStore, quota: Quota, settings: Settings, model: str, send: Send, *, now: float | None = None
 ) -> int:
-    """Admit waiting jobs of `model` into every free slot of every account serving it; returns how many."""
+    """Admit waiting jobs of `model` into every free slot of every account serving it; returns how many. A model
+    this process's config does not know is left to the processes that do (their limits are not known here)."""
     now = time.time() if now is None else now
+    if model not in settings.catalogue:
+        log.warning("jobs of a model this process does not know are left waiting", model=model)
+        return 0
     admitted = 0
     paused = account_pause.all_paused(store)
     for account in serving(settings, model):

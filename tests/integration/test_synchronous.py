@@ -126,9 +126,9 @@ def test_a_mixed_batch_ends_and_synchronous_calls_leave_the_stage_workers_free(
 ) -> None:
     """Real workers, one batch of async Wan, async Qwen and 24 synchronous Qwen 2.0 jobs, whose scope a config
     raised to 20 at once (the call lane has 32 threads): every job succeeds; the simulator saw the calls overlap,
-    never more than the scope's 20; and while they waited (each call several seconds) every async job was noticed within a few
-    seconds of its end (within one watch interval and its poll), which it could not be if the calls held the stage
-    workers' 4 processes."""
+    never more than the scope's 20; and while they waited (each call several seconds) every async job was noticed
+    within a few seconds of its end (one watch interval and its poll), which it could not be if the calls held the
+    stage workers' 4 processes."""
     raised = {MODEL: {"submit_rate_per_s": 20, "max_concurrent": SYNC_IN_FLIGHT}}
     stack = local_stack_factory(workers=1, models=raised)
     assert stack.simulator_url is not None
@@ -169,3 +169,35 @@ def test_doctor_names_synchronous_jobs_that_no_call_lane_took(runtime: Runtime, 
         and "1 synchronous job(s) wait for the call lane, the oldest for 5 min" in finding.message
     )
     assert "--queues call" in finding.message
+
+
+def test_a_lane_worker_that_lacks_the_jobs_model_fails_it_without_sending(
+    runtime_factory: Callable[..., Runtime], simulator: RunningSimulator
+) -> None:
+    """The stage workers' config adds a synchronous model the call-lane worker's config lacks (a deployment whose
+    processes read different configs): the lane fails the job `ModelUnknownToWorker`, naming the mismatch, and
+    sends nothing (no call, so nothing that might be billed), and its slot is given back."""
+    added = {"acme-sync": SYNC_FIGURES}
+    stages = runtime_factory(models=added)
+    lane = runtime_factory()
+    steps = enqueue(stages, {"id": "j", "prompt": "a poster", "model": "acme-sync"})
+    left = run(stages, steps, timeout_s=10, until=handed_to_the_lane(stages))
+    run(lane, left, timeout_s=10)
+    job = lane.store.get("b/j")
+    assert job is not None and job.status is Status.FAILED and job.error_code == "ModelUnknownToWorker"
+    assert "does not know the model 'acme-sync'" in (job.error_message or "") and not job.create_pending
+    assert simulator.counters().get("sync_calls", 0) == 0
+    assert not stages.quota.slot_holders(Scope(stages.settings.account, "acme-sync"), time.time())
+
+
+#: A synchronous model's figures, as a config would give them for a model of its own.
+SYNC_FIGURES = {
+    "kind": "image",
+    "protocol": "multimodal-generation",
+    "prompt_max_chars": 800,
+    "n": [1, 1],
+    "sizes": {"rule": "total-pixels", "min": "512*512", "max": "2048*2048"},
+    "default_size": "1024*1024",
+    "submit_rate_per_s": 2,
+    "max_concurrent": 2,
+}
