@@ -103,7 +103,8 @@ MODELS: dict[str, SimModel] = {
         # Served only synchronously (004:121). Prompt length and limits are not on the pages: [inferred] as for
         # the async Qwen models.
         *(
-            SimModel(n, SYNC_GENERATION, 2, 2, 800, _QWEN2_TOTAL, "2048*2048")
+            # [inferred] 2,100: the page's own example prompt for qwen-image-2.0-pro has 2,045 characters (004:314).
+            SimModel(n, SYNC_GENERATION, 2, 2, 2100, _QWEN2_TOTAL, "2048*2048")
             for n in ("qwen-image-2.0", "qwen-image-2.0-pro")
         ),
         SimModel("qwen-image-max", SYNC_GENERATION, 2, 2, 800, SizeRule(fixed=_QWEN), "1664*928"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 
@@ -190,6 +191,9 @@ def test_a_lane_worker_that_lacks_the_jobs_model_fails_it_without_sending(
     assert not stages.quota.slot_holders(Scope(stages.settings.account, "acme-sync"), time.time())
 
 
+#: Text copied from the seed pages (which live beside the project, not in it).
+PAGES = Path(__file__).parents[1] / "data" / "pages"
+
 #: A synchronous model's figures, as a config would give them for a model of its own.
 SYNC_FIGURES = {
     "kind": "image",
@@ -201,3 +205,14 @@ SYNC_FIGURES = {
     "submit_rate_per_s": 2,
     "max_concurrent": 2,
 }
+
+
+def test_the_pages_own_example_call_goes_through_whole(runtime: Runtime, simulator: RunningSimulator) -> None:
+    """The page's curl example for qwen-image-2.0-pro (004:303-326: its 2,045-character prompt, its negative prompt
+    and size) is accepted as written and made whole: the service kept every character of the prompt."""
+    prompt = (PAGES / "004-qwen-image-2.0-pro-prompt.txt").read_text(encoding="utf-8").strip()  # copied from 004:314
+    assert len(prompt) == 2045
+    job = one_job(runtime, prompt, model=MODEL, size="2048*2048", negative_prompt="Low resolution, low quality")
+    assert job.status is Status.SUCCEEDED
+    (task,) = httpx.get(f"{simulator.url}/_sim/tasks", timeout=10).json()["tasks"]
+    assert len(task["prompt"]) == 2045
