@@ -263,13 +263,16 @@ def check_call_lane(settings: Settings) -> list[Finding]:
     now = time.time()
     try:
         refs = [ref for ref, _ in store.due(now + 3600, limit=CALL_LANE_SAMPLE)]
-        waiting = [
-            now - job.times.get(Status.SUBMITTING, now)
-            for job in (store.get(ref) for ref in refs)
-            if job is not None and job.next_action is Action.CALL and job.status is Status.SUBMITTING
-        ]
     except (redis.RedisError, OSError):
         return []  # the Redis check says what is wrong
+    waiting = []
+    for ref in refs:
+        try:
+            job = store.get(ref)
+        except (redis.RedisError, OSError, ValueError, TypeError, KeyError):
+            continue  # a record this check cannot read says nothing of the lane
+        if job is not None and job.next_action is Action.CALL and job.status is Status.SUBMITTING:
+            waiting.append(now - job.times.get(Status.SUBMITTING, now))
     late = [w for w in waiting if w > CALL_LANE_WAIT_WARN_S]
     if not late:
         return []
@@ -277,8 +280,9 @@ def check_call_lane(settings: Settings) -> list[Finding]:
         Finding(
             "call lane",
             "warn",
-            f"{len(late)} synchronous job(s) wait for the call lane, the oldest for {max(late) / 60:.0f} min: is a "
-            "worker with --queues call running (docs/operations.md)?",
+            f"{len(late)} synchronous job(s) wait for the call lane, the oldest for {max(late) / 60:.0f} min (since "
+            "it entered submitting): is a worker with --queues call running, or are its threads all busy "
+            "(GENQ_CALL_LANE_CONCURRENCY; docs/operations.md)?",
         )
     ]
 

@@ -39,10 +39,12 @@ from workers.submit import SETTLED, refused
 
 #: The call's lease beyond the longest the call can take (`call_bound_s`): the recovery sweep must never take a
 #: call that may still be answered for a lost one (that would end a job whose billed images are about to arrive).
-CALL_LEASE_MARGIN_S = 60.0
+#: It also covers what no timeout bounds (name resolution) and a wait for Redis to record the answer.
+CALL_LEASE_MARGIN_S = 120.0
 SYNC_OUTCOME_UNKNOWN = "SyncOutcomeUnknown"
-#: How long an answer waits for Redis to come back before it is given up (it lives only in this thread's memory).
-RECORD_RETRY_S = 55.0
+#: Room left in the lease when recording an outcome gives up waiting for Redis: one more Redis timeout (connect 5 s,
+#: socket 10 s) and some.
+RECORD_SAFETY_S = 20.0
 
 
 def call_lease_s(timeout_s: float) -> float:
@@ -54,6 +56,14 @@ def call(rt: Runtime, ref: str, attempt: int) -> Next | None:
     if job is None:
         return None
     lease_s = call_lease_s(rt.settings.sync_call_timeout_s)
+    if job.create_pending:
+        # A call was sent and nobody heard its answer: this delivery is the sweep's, after the lane died. (Judged
+        # first: ending a lost call needs nothing of the model, and it must never be told apart as "not sent".)
+        lost = claim(rt, job, Action.CALL, lease_s=lease_s)
+        if lost is not None:
+            message = _lost_message("the lane stopped during it")
+            lost.end(Status.FAILED, code=SYNC_OUTCOME_UNKNOWN, message=message, fields=SETTLED)
+        return None
     spec = rt.settings.catalogue.get(job.request.model)
     if spec is None:  # this worker's config lacks a model the submitting one has: nothing sent, nothing billed
         unknown = claim(rt, job, Action.CALL, lease_s=lease_s)
@@ -63,13 +73,6 @@ def call(rt: Runtime, ref: str, attempt: int) -> Next | None:
                 "config (its `models`); nothing was sent"
             )
             unknown.end(Status.FAILED, code="ModelUnknownToWorker", message=message, fields=SETTLED)
-        return None
-    if job.create_pending:
-        # A call was sent and nobody heard its answer: this delivery is the sweep's, after the lane died.
-        lost = claim(rt, job, Action.CALL, lease_s=lease_s)
-        if lost is not None:
-            message = _lost_message("the lane stopped during it")
-            lost.end(Status.FAILED, code=SYNC_OUTCOME_UNKNOWN, message=message, fields=SETTLED)
         return None
     scope = scope_of(job) or Scope(rt.settings.resolved_accounts()[0].name, job.request.model)
     now = rt.clock()
@@ -84,14 +87,17 @@ def call(rt: Runtime, ref: str, attempt: int) -> Next | None:
     if claimed is None:
         return None
     rt.quota.keep_slot(scope, job.ref, lease_s=max(rt.settings.slot_lease_s, lease_s), now=now)
+    # Recording the outcome may wait out a Redis outage until shortly before the lease lapses (after which the
+    # sweep may act on the job), leaving room for one more Redis timeout.
+    record_until = time.monotonic() + lease_s - RECORD_SAFETY_S
     try:
         state = rt.client(scope.account).generate(job.request, spec, timeout_s=rt.settings.sync_call_timeout_s)
     except CreateOutcomeUnknown as exc:
         log.warning("synchronous call's answer lost; not calling again", ref=job.ref, code=exc.code)
-        return _recorded(claimed, _end_lost(claimed, f"{exc.code}: {exc.message}"))
+        return _recorded(claimed, _end_lost(claimed, f"{exc.code}: {exc.message}"), record_until)
     except RemoteError as exc:  # the service's own refusal: nothing was made or billed
-        return _recorded(claimed, _refusal(claimed, scope, exc))
-    return _recorded(claimed, lambda: _answered(claimed, scope, state))
+        return _recorded(claimed, _refusal(claimed, scope, exc), record_until)
+    return _recorded(claimed, lambda: _answered(claimed, scope, state), record_until)
 
 
 def _end_lost(claimed: Claimed, what: str) -> Callable[[], Next | None]:
@@ -112,20 +118,35 @@ def _answered(claimed: Claimed, scope: Scope, state: TaskState) -> Next | None:
     return on_succeeded(claimed, state, {**SETTLED, "task_status": state.status, "request_id": state.request_id})
 
 
-def _recorded(claimed: Claimed, record: Callable[[], Next | None]) -> Next | None:
-    """Record the call's outcome, waiting out a Redis outage: the answer (billed images, perhaps) lives only in
-    this thread until it is written, and the lease outlasts this wait, so nobody else acts on the job meanwhile."""
-    gives_up_at = time.monotonic() + RECORD_RETRY_S
+def _recorded(claimed: Claimed, record: Callable[[], Next | None], until: float) -> Next | None:
+    """Record the call's outcome, waiting out a Redis outage until `until` (monotonic): the answer (billed images,
+    perhaps) lives only in this thread until it is written, and the lease outlasts the wait, so nobody else acts
+    on the job meanwhile. A record that took effect before Redis went (its follow-ups, a billed count or a slot's
+    release, did not) is not made again: the job has moved on from the claim, and the sweep re-sends its next
+    step and gives back its slot."""
     delay_s = 0.5
     while True:
         try:
             return record()
         except (redis.ConnectionError, redis.TimeoutError):
-            if time.monotonic() + delay_s > gives_up_at:
+            if time.monotonic() + delay_s > until:
                 raise
             log.warning("Redis away while recording a synchronous call's answer; trying again", ref=claimed.job.ref)
             time.sleep(delay_s)
             delay_s = min(delay_s * 2, 8.0)
+        if not _still_claimed(claimed):
+            log.warning("a synchronous call's outcome was recorded before Redis went away", ref=claimed.job.ref)
+            return None
+
+
+def _still_claimed(claimed: Claimed) -> bool:
+    """Whether the job is still as this delivery's claim left it (the record did not take effect), as far as Redis
+    answers now; an unanswered read counts as "still claimed" (the next record attempt fails the same way)."""
+    try:
+        job = claimed.rt.store.get(claimed.job.ref)
+    except (redis.ConnectionError, redis.TimeoutError):
+        return True
+    return job is not None and job.attempt == claimed.attempt and job.next_action is Action.CALL
 
 
 def _lost_message(what: str) -> str:

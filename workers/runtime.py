@@ -142,7 +142,7 @@ def build_runtime(settings: Settings) -> Runtime:
     timeout = httpx.Timeout(settings.http_timeout_s, connect=CONNECT_TIMEOUT_S)
     # A call-lane worker holds one connection per synchronous call in flight: its pool must not make a call wait
     # for a connection (or time out before anything was sent). Every other process needs far fewer.
-    connections = max(API_CONNECTIONS, settings.call_lane_concurrency + API_CONNECTIONS)
+    connections = settings.call_lane_concurrency + API_CONNECTIONS
     api = httpx.Client(timeout=timeout, limits=httpx.Limits(max_connections=connections))
     clients = account_clients(settings, api)
     client = make_redis(settings)

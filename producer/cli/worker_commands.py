@@ -61,7 +61,10 @@ def worker(
         common.errors.print(styled(("WARNING:", "bold red"), f" {unsigned}"))
     # The module's app, on which the tasks run and send their follow-ups, takes these settings (file, environment
     # and flags) before the pool forks: every task of every process runs on them (config/celery_app.py).
-    celery = configure(settings.model_copy(update={"metrics_port": metrics_port or settings.metrics_port}))
+    updates: dict[str, object] = {"metrics_port": metrics_port or settings.metrics_port}
+    if call_lane and concurrency:  # its HTTP pool is sized to its threads (workers/runtime.py)
+        updates["call_lane_concurrency"] = concurrency
+    celery = configure(settings.model_copy(update=updates))
     try:
         ResultBucket(make_minio(settings), settings.bucket).ensure_bucket()  # genq creates its bucket at start
     except StorageError as exc:

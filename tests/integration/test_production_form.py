@@ -133,6 +133,22 @@ def test_a_config_file_that_moves_redis_reaches_every_task_of_the_worker(setting
         log_path=tmp_path / "worker.log",
         env=bare_env(),
     )
+    # The sample's synchronous row is called by the call lane, a worker of its own (threads), as a deployment runs it.
+    lane = ManagedProcess(
+        "calls",
+        [
+            sys.executable,
+            "-c",
+            "from producer.cli import main; main()",
+            "worker",
+            "--queues",
+            "call",
+            "--config",
+            str(config),
+        ],
+        log_path=tmp_path / "calls.log",
+        env=bare_env(),
+    )
     try:
         done = genq(
             "batch",
@@ -147,10 +163,13 @@ def test_a_config_file_that_moves_redis_reaches_every_task_of_the_worker(setting
         )
     finally:
         worker.stop()
+        lane.stop()
     log = (tmp_path / "worker.log").read_text(errors="replace")
-    assert done.returncode == 0, done.stdout + done.stderr + log[-3000:]
+    lane_log = (tmp_path / "calls.log").read_text(errors="replace")
+    assert done.returncode == 0, done.stdout + done.stderr + log[-3000:] + lane_log[-2000:]
     assert "succeeded      │   12" in done.stdout, done.stdout
-    assert "127.0.0.1:6379" not in log
+    assert "127.0.0.1:6379" not in log and "127.0.0.1:6379" not in lane_log
+    assert "Task genq.call[" in lane_log and "Task genq.call[" not in log  # the call ran on the lane alone
 
 
 def test_a_redis_that_wants_another_password_is_named_as_such(tmp_path: Path) -> None:

@@ -191,6 +191,30 @@ def test_a_lane_worker_that_lacks_the_jobs_model_fails_it_without_sending(
     assert not stages.quota.slot_holders(Scope(stages.settings.account, "acme-sync"), time.time())
 
 
+def test_a_lost_call_taken_by_a_lane_lacking_the_model_is_still_a_lost_call(
+    runtime_factory: Callable[..., Runtime], simulator: RunningSimulator
+) -> None:
+    """A call marked sent whose lane died, re-sent to a lane worker whose config lacks the model: the job ends
+    `SyncOutcomeUnknown` (its call may have been billed, so a plain retry must skip it), not "nothing was sent"."""
+    stages = runtime_factory(models={"acme-sync": SYNC_FIGURES})
+    lane = runtime_factory()
+    left = run(
+        stages,
+        enqueue(stages, {"id": "j", "prompt": "a poster", "model": "acme-sync"}),
+        timeout_s=10,
+        until=handed_to_the_lane(stages),
+    )
+    job = stages.store.get("b/j")
+    assert job is not None and left
+    died = claim(stages, job, Action.CALL, lease_s=0, fields={"create_pending": 1}, status=Status.SUBMITTED)
+    assert died is not None
+    run(lane, [Next(Action.CALL, "b/j", died.attempt)], timeout_s=10)
+    ended = lane.store.get("b/j")
+    assert ended is not None and ended.error_code == SYNC_OUTCOME_UNKNOWN
+    report, steps = retry(stages, "b")
+    assert steps == [] and "b/j" in report.skipped
+
+
 #: Text copied from the seed pages (which live beside the project, not in it).
 PAGES = Path(__file__).parents[1] / "data" / "pages"
 

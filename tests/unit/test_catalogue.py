@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from config.catalogue import CatalogueInvalid, Protocol, build_catalogue, shipped_catalogue
 from config.settings import ConfigInvalid, load_settings
-from producer.cli import app
+from producer.cli import app, common
+from producer.cli.display import PlainConsole
 from workers.dashscope.protocol import create_body
 from workers.errors import RequestInvalid
 from workers.requests import RequestInput, validate_request
@@ -99,7 +100,9 @@ def test_a_synchronous_models_body_is_one_user_message_with_its_parameters() -> 
     }
 
 
-def test_a_config_that_adds_a_model_and_raises_limits_is_honoured(tmp_path: Path) -> None:
+def test_a_config_that_adds_a_model_and_raises_limits_is_honoured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A config file's model tables reach validation (the new model's own rules) and the quota (the raised limits
     of a shipped model, and the added model's), and `genq models` shows both, marking the configured figures."""
     config = tmp_path / "genq.toml"
@@ -116,7 +119,10 @@ def test_a_config_that_adds_a_model_and_raises_limits_is_honoured(tmp_path: Path
     assert configured.limits(configured.account, "acme-t2i").max_concurrent == 3
     assert configured.limits(configured.account, "wan2.6-t2i").max_concurrent == 5  # untouched
 
-    shown = CliRunner().invoke(app, ["models", "--config", str(config)], env={"COLUMNS": "200"})
+    # A console of a known width, whatever the terminal was when the command line was imported: nothing wrapped.
+    wide = PlainConsole(stderr=False, width=250, height=50, color_system=None, force_terminal=False)
+    monkeypatch.setattr(common, "console", wide)
+    shown = CliRunner().invoke(app, ["models", "--config", str(config)])
     assert shown.exit_code == 0, shown.output
     wan25 = next(line for line in shown.output.splitlines() if "wan2.5-t2i-preview" in line)
     assert "10*" in wan25 and "12*" in wan25 and "2000 " in wan25  # the prompt limit is shipped: unmarked
@@ -200,4 +206,4 @@ def test_any_model_table_gives_a_catalogue_or_a_named_refusal(name: str, figures
         return
     spec = catalogue.spec(name)
     assert spec.submit_rate_per_s > 0 and spec.max_concurrent >= 1 and 1 <= spec.n_min <= spec.max_n
-    assert request(catalogue, model=name).size == spec.default_size
+    assert request(catalogue, model=name, prompt="x").size == spec.default_size

@@ -42,13 +42,20 @@ CALL_WRITE_S = 30.0
 ANSWER_BODY_S = 30.0
 ANSWER_MAX_BYTES = 4 * 1024 * 1024
 #: Codes of a synchronous call's error answer that say the generation may have gone on (a gateway gave up waiting).
-_CALL_TIMEOUT_CODES = ("RequestTimeOut", "Timeout")
+#: Exact: the service's own `InternalError.Timeout` says the generation failed (not billed) and stays transient.
+_CALL_TIMEOUT_CODES = frozenset({"RequestTimeOut", "RequestTimeout", "Timeout"})
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    value = response.headers.get("content-length", "")
+    return int(value) if value.isascii() and value.isdigit() else None
 
 
 def call_bound_s(timeout_s: float) -> float:
     """The longest a synchronous call with `timeout_s` can take, start to end (`DashScopeClient._within`): the
-    pool, the connect and the send, the answer's head (one read: a gateway sends its head whole), the body's wall
-    clock, and the one read past it that the check after each read can overrun by."""
+    pool, the connect and the send, the answer's window (`timeout_s` + `ANSWER_BODY_S`), and the one read past it
+    that the check after each read can overrun by. Not counted, as no timeout of httpx covers them: resolving the
+    host's name, and an answer head trickled in (h11 caps a head at 16 KiB); the lease's margin absorbs those."""
     return CALL_POOL_S + CALL_CONNECT_S + CALL_WRITE_S + timeout_s + ANSWER_BODY_S + timeout_s
 
 
@@ -156,11 +163,7 @@ class DashScopeClient:
             if creates and response.status_code >= 500 and not _dashscope_error(response):
                 # A gateway's 502/504, not the service's own refusal: the create may have reached the service.
                 raise CreateOutcomeUnknown(error.code, f"create {path} answered by a gateway: {error.message}")
-            if (
-                creates
-                and not asynchronous
-                and (response.status_code == 504 or error.code.endswith(_CALL_TIMEOUT_CODES))
-            ):
+            if creates and not asynchronous and (response.status_code == 504 or error.code in _CALL_TIMEOUT_CODES):
                 # A synchronous call given up by a gateway in front of the model: the generation may go on, billed.
                 raise CreateOutcomeUnknown(error.code, f"synchronous call {path} timed out upstream: {error.message}")
             raise error
@@ -179,22 +182,28 @@ class DashScopeClient:
         self, method: str, path: str, json_body: dict[str, Any] | None, headers: dict[str, str], timeout_s: float
     ) -> httpx.Response:
         """A synchronous call, over within `call_bound_s(timeout_s)`: taking a pooled connection, connecting and
-        sending are each bounded; every read waits at most `timeout_s` (the answer's head may take the whole
-        generation); and the body is read for at most `ANSWER_BODY_S` of wall clock, checked after each read, so
-        an answer trickled in byte by byte cannot run on without end. Past that the connection is dropped, as
+        sending are each bounded; every read waits at most `timeout_s`; and the whole answer, head and body together
+        (a gateway may send its head early and the body once the images exist), must be in within `timeout_s` +
+        `ANSWER_BODY_S` of the send, checked after every read, so an answer trickled in byte by byte cannot run on
+        without end. A read that completes the body is never refused. Past that the connection is dropped, as
         `httpx.ReadTimeout`: an outcome the caller must treat as unknown."""
         timeout = httpx.Timeout(connect=CALL_CONNECT_S, write=CALL_WRITE_S, pool=CALL_POOL_S, read=timeout_s)
         request = self._http.build_request(
             method, self._base_url + path, json=json_body, headers=headers, timeout=timeout
         )
+        ends_at = time.monotonic() + timeout_s + ANSWER_BODY_S
         response = self._http.send(request, stream=True)
         try:
-            ends_at = time.monotonic() + ANSWER_BODY_S
+            expected = _content_length(response)
             body = bytearray()
             for chunk in response.iter_bytes():
                 body.extend(chunk)
-                if time.monotonic() > ends_at or len(body) > ANSWER_MAX_BYTES:
-                    raise httpx.ReadTimeout(f"the answer took over {ANSWER_BODY_S:g} s to arrive", request=request)
+                if len(body) > ANSWER_MAX_BYTES:
+                    raise httpx.ReadError(f"the answer is over {ANSWER_MAX_BYTES:,} bytes", request=request)
+                if expected is not None and response.num_bytes_downloaded >= expected:
+                    break  # complete, however late its last byte came
+                if time.monotonic() > ends_at:
+                    raise httpx.ReadTimeout("the answer was not complete in time", request=request)
         finally:
             response.close()
         # The bytes are decoded already (gzip undone): the headers that described their encoding no longer apply.
