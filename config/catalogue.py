@@ -311,6 +311,10 @@ class Catalogue:
     def __len__(self) -> int:
         return len(self.specs)
 
+    def configured(self) -> list[str]:
+        """The models a config added, or gave a figure of."""
+        return [name for name in self.names() if CONFIGURED in self.sources.get(name, {}).values()]
+
     def source(self, name: str, field: str) -> str:
         """Where the model's figure came from: `SHIPPED`, `CONFIGURED`, or `DEFAULT` (neither gave it)."""
         return self.sources.get(name, {}).get(field, DEFAULT)

@@ -188,11 +188,7 @@ def _probe_key(http: httpx.Client, account: str, number: int, base_url: str, key
 def check_catalogue(settings: Settings) -> list[Finding]:
     # The settings validated the catalogue whole (each model, the default model, the accounts' limits).
     catalogue = settings.catalogue
-    configured = sorted(
-        name
-        for name in catalogue
-        if catalogue.sources.get(name, {}) and any(source != "shipped" for source in catalogue.sources[name].values())
-    )
+    configured = catalogue.configured()
     changed = f"; from your config: {', '.join(configured)}" if configured else ""
     synchronous = sum(1 for name in catalogue if catalogue.spec(name).synchronous)
     return [

@@ -31,17 +31,16 @@ from workers.claimed import Claimed, claim, load_current, log
 from workers.dashscope.client import call_bound_s
 from workers.dashscope.protocol import TaskState
 from workers.errors import CreateOutcomeUnknown, RemoteError
-from workers.job import Action, Next, Status
+from workers.job import Action, Job, Next, Status
 from workers.poll import on_succeeded
 from workers.quota.quota import Scope
 from workers.runtime import Runtime
-from workers.submit import SETTLED, refused
+from workers.submit import SETTLED, SYNC_OUTCOME_UNKNOWN, refused
 
 #: The call's lease beyond the longest the call can take (`call_bound_s`): the recovery sweep must never take a
 #: call that may still be answered for a lost one (that would end a job whose billed images are about to arrive).
 #: It also covers what no timeout bounds (name resolution) and a wait for Redis to record the answer.
 CALL_LEASE_MARGIN_S = 120.0
-SYNC_OUTCOME_UNKNOWN = "SyncOutcomeUnknown"
 #: Room left in the lease when recording an outcome gives up waiting for Redis: one more Redis timeout (connect 5 s,
 #: socket 10 s) and some.
 RECORD_SAFETY_S = 20.0
@@ -59,29 +58,20 @@ def call(rt: Runtime, ref: str, attempt: int) -> Next | None:
     if job.create_pending:
         # A call was sent and nobody heard its answer: this delivery is the sweep's, after the lane died. (Judged
         # first: ending a lost call needs nothing of the model, and it must never be told apart as "not sent".)
-        lost = claim(rt, job, Action.CALL, lease_s=lease_s)
-        if lost is not None:
-            message = _lost_message("the lane stopped during it")
-            lost.end(Status.FAILED, code=SYNC_OUTCOME_UNKNOWN, message=message, fields=SETTLED)
-        return None
+        message = _lost_message("the lane stopped during it")
+        return _end_here(rt, job, lease_s, Status.FAILED, SYNC_OUTCOME_UNKNOWN, message)
     spec = rt.settings.catalogue.get(job.request.model)
     if spec is None:  # this worker's config lacks a model the submitting one has: nothing sent, nothing billed
-        unknown = claim(rt, job, Action.CALL, lease_s=lease_s)
-        if unknown is not None:
-            message = (
-                f"this call-lane worker does not know the model {job.request.model!r}: give every process the same "
-                "config (its `models`); nothing was sent"
-            )
-            unknown.end(Status.FAILED, code="ModelUnknownToWorker", message=message, fields=SETTLED)
-        return None
+        message = (
+            f"this call-lane worker does not know the model {job.request.model!r}: give every process the same "
+            "config (its `models`); nothing was sent"
+        )
+        return _end_here(rt, job, lease_s, Status.FAILED, "ModelUnknownToWorker", message)
     scope = scope_of(job) or Scope(rt.settings.resolved_accounts()[0].name, job.request.model)
     now = rt.clock()
     if now >= job.deadline_at:  # it waited for the lane past its deadline (no lane worker ran): nothing was sent
-        late = claim(rt, job, Action.CALL, lease_s=lease_s)
-        if late is not None:
-            message = "deadline passed before the synchronous call was made (is a `genq worker --queues call` running?)"
-            late.end(Status.TIMED_OUT, code="DeadlineExceeded", message=message, fields=SETTLED)
-        return None
+        message = "deadline passed before the synchronous call was made (is a `genq worker --queues call` running?)"
+        return _end_here(rt, job, lease_s, Status.TIMED_OUT, "DeadlineExceeded", message)
     fields = {"create_pending": 1, "submit_sent_at": now, "submit_failed_at": "", "submits": job.submits + 1}
     claimed = claim(rt, job, Action.CALL, lease_s=lease_s, fields=fields, status=Status.SUBMITTED)
     if claimed is None:
@@ -98,6 +88,15 @@ def call(rt: Runtime, ref: str, attempt: int) -> Next | None:
     except RemoteError as exc:  # the service's own refusal: nothing was made or billed
         return _recorded(claimed, _refusal(claimed, scope, exc), record_until)
     return _recorded(claimed, lambda: _answered(claimed, scope, state), record_until)
+
+
+def _end_here(rt: Runtime, job: Job, lease_s: float, status: Status, code: str, message: str) -> Next | None:
+    """End the job without a call (if this delivery still holds it): its outcome was settled before one. Nothing
+    follows, so no message."""
+    claimed = claim(rt, job, Action.CALL, lease_s=lease_s)
+    if claimed is not None:
+        claimed.end(status, code=code, message=message, fields=SETTLED)
+    return None
 
 
 def _end_lost(claimed: Claimed, what: str) -> Callable[[], Next | None]:

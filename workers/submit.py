@@ -39,6 +39,9 @@ from workers.runtime import Runtime
 #: `create_pending` reconciles (after the create's timeout has passed) instead of POSTing again, so a short
 #: lease cannot cause a second paid create.
 SUBMIT_LEASE_S = 15.0
+#: The code of a job whose synchronous call's answer was lost: it may have been billed, and is never called again
+#: on its own (`workers/call.py`).
+SYNC_OUTCOME_UNKNOWN = "SyncOutcomeUnknown"
 #: Recorded once a create's outcome is known (a task, or none): nothing need be reconciled for it any more.
 SETTLED: Mapping[str, Any] = MappingProxyType({"create_pending": 0})
 
@@ -59,11 +62,12 @@ def submit(rt: Runtime, ref: str, attempt: int) -> Next | None:
     # A lost create is reconciled even while the account is paused: reading the task list creates nothing, and
     # a task the lost create made runs (and bills) whether or not anyone follows it; its result must be stored.
     settled = False
-    if job.create_pending and rt.settings.spec(job.request.model).synchronous:
+    synchronous = rt.settings.spec(job.request.model).synchronous
+    if job.create_pending and synchronous:
         # Never reached by the call lane's own paths (each clears the mark): a job revived or moved by hand. A lost
         # synchronous call has no task to reconcile; it must not be called again unasked.
         message = "a synchronous call's answer was lost; it is not called again on its own (`genq retry --force`)"
-        claimed.end(Status.FAILED, code="SyncOutcomeUnknown", message=message, fields=SETTLED)
+        claimed.end(Status.FAILED, code=SYNC_OUTCOME_UNKNOWN, message=message, fields=SETTLED)
         return None
     if job.create_pending:
         try:
@@ -91,7 +95,7 @@ def submit(rt: Runtime, ref: str, attempt: int) -> Next | None:
     if wait_s > 0:
         # Not a retry and not a throttle: the scope's rate says "not yet".
         return claimed.again(Status.SUBMITTING, Action.SUBMIT, wait_s)
-    if rt.settings.spec(job.request.model).synchronous:
+    if synchronous:
         # Its one call holds a connection for the whole generation: made on the synchronous-call lane, never in
         # a process of the stages (`workers/call.py`). The rate was taken here, as for any create.
         return claimed.again(Status.SUBMITTING, Action.CALL, 0.0)

@@ -49,7 +49,7 @@ def models(
     for account in settings.resolved_accounts():
         for model, (rate, slots) in sorted(account.limits.items()):
             common.console.print(f"account {account.name}: {model} at {rate:g} per s and {slots} at once (its own)")
-    changed = [name for name in catalogue if CONFIGURED in catalogue.sources.get(name, {}).values()]
+    changed = catalogue.configured()
     common.console.print(
         f"{len(catalogue)} models from {SHIPPED_FILE.name}"
         + (f"; {CONFIGURED_MARK} = from {origin} ({', '.join(changed)})" if changed else "")

@@ -215,35 +215,33 @@ def test_old_protocol_requests_get_the_examples_answers(simulator: RunningSimula
         assert_same_shape(OLD_SUCCEEDED_EXAMPLE, settle(simulator, created["output"]["task_id"]))
 
 
+def sync_call(simulator: RunningSimulator, body: dict[str, Any]) -> Any:
+    """A synchronous call as the page's cURL sends it (no async header); its 200 answer's JSON."""
+    sync_headers = {k: v for k, v in ASYNC.items() if k != "X-DashScope-Async"}
+    answer = httpx.post(
+        f"{simulator.base_url}/services/aigc/multimodal-generation/generation",
+        headers=sync_headers,
+        json=body,
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
 def test_wan26_async_and_sync_requests_get_the_examples_answers(simulator: RunningSimulator) -> None:
     """The 003 wan2.6 cURL calls: async create + query, and the sync call without the async header."""
     created = create(simulator, NEW_REQUEST, "image-generation/generation")
     assert_same_shape(CREATED_EXAMPLE, created)
     assert_same_shape(NEW_SUCCEEDED_EXAMPLE, settle(simulator, created["output"]["task_id"]))
-    sync_headers = {k: v for k, v in ASYNC.items() if k != "X-DashScope-Async"}
-    answer = httpx.post(
-        f"{simulator.base_url}/services/aigc/multimodal-generation/generation",
-        headers=sync_headers,
-        json=NEW_REQUEST,
-        timeout=30,
-    )
-    assert answer.status_code == 200, answer.text
-    assert_same_shape(SYNC_EXAMPLE, answer.json())
+    assert_same_shape(SYNC_EXAMPLE, sync_call(simulator, NEW_REQUEST))
 
 
 def test_qwen_sync_request_gets_the_examples_answer(simulator: RunningSimulator) -> None:
     """The 004 qwen-image-2.0-pro cURL call (no n, no async header) answers every field of the example, and
     nothing the example does not have."""
-    sync_headers = {k: v for k, v in ASYNC.items() if k != "X-DashScope-Async"}
-    answer = httpx.post(
-        f"{simulator.base_url}/services/aigc/multimodal-generation/generation",
-        headers=sync_headers,
-        json=QWEN_REQUEST,
-        timeout=30,
-    )
-    assert answer.status_code == 200, answer.text
-    assert_same_shape(QWEN_SYNC_EXAMPLE, answer.json())
-    assert_same_shape(answer.json(), QWEN_SYNC_EXAMPLE)  # both ways: no extra field either
+    answer = sync_call(simulator, QWEN_REQUEST)
+    assert_same_shape(QWEN_SYNC_EXAMPLE, answer)
+    assert_same_shape(answer, QWEN_SYNC_EXAMPLE)  # both ways: no extra field either
 
 
 def test_failure_examples(simulator_factory: Callable[..., RunningSimulator]) -> None:

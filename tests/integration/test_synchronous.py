@@ -63,17 +63,23 @@ def test_a_lost_synchronous_answer_ends_the_job_and_is_never_called_again(
     assert again is not None and again.status is Status.SUCCEEDED and simulator.counters()["sync_calls"] == 2
 
 
+def lane_died_after_sending(rt: Runtime, model: str) -> Next:
+    """Job b/j of `model`, handed to the lane, then claimed as the call stage claims it before its POST, and its
+    lane killed (no answer, no further record): the message the sweep re-sends once the lease lapsed."""
+    left = run(
+        rt, enqueue(rt, {"id": "j", "prompt": "a poster", "model": model}), timeout_s=10, until=handed_to_the_lane(rt)
+    )
+    job = rt.store.get("b/j")
+    assert job is not None and left
+    died = claim(rt, job, Action.CALL, lease_s=0, fields={"create_pending": 1}, status=Status.SUBMITTED)
+    assert died is not None
+    return Next(Action.CALL, "b/j", died.attempt)
+
+
 def test_a_call_whose_lane_died_is_not_made_again(runtime: Runtime, simulator: RunningSimulator) -> None:
     """A lane worker killed after it marked the call as sent (its message redelivered by the sweep once the lease
     lapsed): the stage that receives it finds the mark and ends the job `SyncOutcomeUnknown` without a call."""
-    steps = enqueue(runtime, {"id": "j", "prompt": "a poster", "model": MODEL})
-    left = run(runtime, steps, timeout_s=10, until=handed_to_the_lane(runtime))
-    job = runtime.store.get("b/j")
-    assert job is not None and left
-    # What the call stage records before its POST, then the process dies: no answer, no further record.
-    died = claim(runtime, job, Action.CALL, lease_s=0, fields={"create_pending": 1}, status=Status.SUBMITTED)
-    assert died is not None
-    run(runtime, [Next(Action.CALL, "b/j", died.attempt)], timeout_s=10)
+    run(runtime, [lane_died_after_sending(runtime, MODEL)], timeout_s=10)
     ended = runtime.store.get("b/j")
     assert ended is not None and ended.status is Status.FAILED and ended.error_code == SYNC_OUTCOME_UNKNOWN
     assert simulator.counters().get("sync_calls", 0) == 0
@@ -198,17 +204,7 @@ def test_a_lost_call_taken_by_a_lane_lacking_the_model_is_still_a_lost_call(
     `SyncOutcomeUnknown` (its call may have been billed, so a plain retry must skip it), not "nothing was sent"."""
     stages = runtime_factory(models={"acme-sync": SYNC_FIGURES})
     lane = runtime_factory()
-    left = run(
-        stages,
-        enqueue(stages, {"id": "j", "prompt": "a poster", "model": "acme-sync"}),
-        timeout_s=10,
-        until=handed_to_the_lane(stages),
-    )
-    job = stages.store.get("b/j")
-    assert job is not None and left
-    died = claim(stages, job, Action.CALL, lease_s=0, fields={"create_pending": 1}, status=Status.SUBMITTED)
-    assert died is not None
-    run(lane, [Next(Action.CALL, "b/j", died.attempt)], timeout_s=10)
+    run(lane, [lane_died_after_sending(stages, "acme-sync")], timeout_s=10)
     ended = lane.store.get("b/j")
     assert ended is not None and ended.error_code == SYNC_OUTCOME_UNKNOWN
     report, steps = retry(stages, "b")
