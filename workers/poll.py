@@ -134,9 +134,11 @@ def _unanswered(claimed: Claimed, exc: RemoteError, *, errors: int, slow: bool) 
     return claimed.stay(Action.POLL, delay, fields={"poll_errors": errors})
 
 
-def _observe_upstream(rt: Runtime, job: Job, state: TaskState, now: float) -> None:
+def _observe_upstream(rt: Runtime, job: Job, state: TaskState, answered_at: float) -> None:
     """Queue time, run time and how late genq noticed the end, from the service's own timestamps: for the
-    metrics, and (of a task that succeeded) as what the scope's tasks take (`workers/quota/durations.py`)."""
+    metrics, and (of a task that succeeded) as what the scope's tasks take (`workers/quota/durations.py`).
+    `answered_at` is when the answer arrived, the instant a result records as `results_at`: not the claim's
+    `now`, which precedes the wait for a query token and the query itself."""
     submitted, scheduled, ended = (
         upstream_epoch(t or "") for t in (state.submit_time, state.scheduled_time, state.end_time)
     )
@@ -149,9 +151,9 @@ def _observe_upstream(rt: Runtime, job: Job, state: TaskState, now: float) -> No
         run_s = max(0.0, ended - scheduled)
         metrics.UPSTREAM_RUN.labels(**scope).observe(run_s)
     if ended is not None:
-        metrics.DETECTION_LAG.labels(**scope).observe(max(0.0, now - ended))
+        metrics.DETECTION_LAG.labels(**scope).observe(max(0.0, answered_at - ended))
     if state.status == "SUCCEEDED" and job.account:
-        _learn(rt, job.account, job.request.model, run_s=run_s, queue_s=queue_s, now=now)
+        _learn(rt, job.account, job.request.model, run_s=run_s, queue_s=queue_s, now=answered_at)
 
 
 def _learn(rt: Runtime, account: str, model: str, *, run_s: float | None, queue_s: float | None, now: float) -> None:
@@ -167,12 +169,13 @@ def _on_state(claimed: Claimed, state: TaskState) -> Next | None:
     upstream: dict[str, Any] = {**state.upstream_times(), "task_status": state.status, "poll_errors": 0}
     if state.status != "UNKNOWN":
         upstream.update(unknown_seen=0, unknown_first_at="")
+    answered_at = claimed.rt.clock()
     match state.status:
         case "SUCCEEDED":
-            _observe_upstream(claimed.rt, claimed.job, state, claimed.now)
-            return on_succeeded(claimed, state, upstream)
+            _observe_upstream(claimed.rt, claimed.job, state, answered_at)
+            return on_succeeded(claimed, state, upstream, answered_at=answered_at)
         case "FAILED":
-            _observe_upstream(claimed.rt, claimed.job, state, claimed.now)
+            _observe_upstream(claimed.rt, claimed.job, state, answered_at)
             return _on_failed(claimed, state, upstream)
         case "CANCELED":
             claimed.end(Status.CANCELED, code="Canceled", message="the task was canceled upstream", fields=upstream)
@@ -232,16 +235,23 @@ def _throttled_delay_s(claimed: Claimed, exc: RemoteError, *, cap_s: float) -> f
     return min(retry_after_s or backoff, cap_s)
 
 
-def on_succeeded(claimed: Claimed, state: TaskState, upstream: dict[str, Any]) -> Next | None:
+def on_succeeded(
+    claimed: Claimed, state: TaskState, upstream: dict[str, Any], *, answered_at: float | None = None
+) -> Next | None:
     """A task (or a synchronous call) that SUCCEEDED: record its results and what they bill, give back the slot,
-    and have them downloaded; one without a result URL ends the job `failed`."""
+    and have them downloaded; one without a result URL ends the job `failed`. `answered_at` (default: now) is when
+    the answer arrived: the results' 24 h life counts from it."""
     rt, job = claimed.rt, claimed.job
     if not state.urls:
         code = _first_code(state) or "NoResults"
         message = _first_message(state) or "task succeeded without a result URL"
         claimed.end(Status.FAILED, code=code, message=message, fields=upstream)
         return None
-    results = {"results": [r.to_dict() for r in state.results], "usage": state.usage, "results_at": rt.clock()}
+    results = {
+        "results": [r.to_dict() for r in state.results],
+        "usage": state.usage,
+        "results_at": rt.clock() if answered_at is None else answered_at,
+    }
     step = claimed.again(Status.DOWNLOADING, Action.FINALIZE, 0.0, fields={**upstream, **results})
     if step is not None:
         _count_billed(rt, job, state)

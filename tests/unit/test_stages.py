@@ -30,6 +30,7 @@ from tests.stage_runner import STAGES, VirtualClock, run
 from workers.bucket import MemoryBucket
 from workers.claimed import run_stage
 from workers.dashscope import DashScopeClient
+from workers.dashscope.protocol import upstream_epoch
 from workers.finalize import finalize
 from workers.job import Action, Next, Status
 from workers.jobstore import JobStore, MemoryJobStore, RedisJobStore
@@ -59,6 +60,7 @@ class Upstream:
     calls: list[str] = field(default_factory=list)
     lose_answers: int = 0  # creates whose task is made but whose answer is lost (the read times out)
     clock: Callable[[], float] = time.time
+    on_query: Callable[[], None] = lambda: None  # runs while a query is answered (to let time pass)
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path.removeprefix("/api/v1")
@@ -75,6 +77,7 @@ class Upstream:
             task["answers"] = ["CANCELED"]
             return httpx.Response(200, json={"request_id": "r"})
         task_id = path.split("/")[2]
+        self.on_query()
         return self._answer(self.query_answers, lambda: self._query(task_id))
 
     def _answer(self, scripted: deque[Answer], otherwise: Callable[[], httpx.Response]) -> httpx.Response:
@@ -466,6 +469,35 @@ def test_a_task_running_at_its_deadline_is_waited_for_and_stored(
     done = rt.store.get(polling.ref)
     assert done is not None and done.status is Status.SUCCEEDED and upstream.creates() == 1
     assert [e["type"] for e in events(rt)] == ["genq.job.overdue", "genq.job.succeeded", "genq.batch.finished"]
+
+
+def test_the_detection_lag_counts_to_when_the_answer_arrived_as_the_results_record_it(
+    rt: Runtime, clock: VirtualClock, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Time passes while the query is answered and while the task's durations are kept (Redis round trips on a
+    loaded machine): the detection lag observed ends at the answer, the instant the job records as `results_at`,
+    so the metric and the records agree (the dashboard's truth is taken from the records)."""
+    upstream.statuses = ["SUCCEEDED"]
+
+    def time_passes() -> None:
+        clock.now += 0.7
+
+    upstream.on_query = time_passes
+    keep = rt.durations.record
+
+    def slow_keep(account: str, model: str, *, run_s: float | None, queue_s: float | None, now: float) -> None:
+        time_passes()
+        keep(account, model, run_s=run_s, queue_s=queue_s, now=now)
+
+    monkeypatch.setattr(rt.durations, "record", slow_keep)
+    scope = {"account": "default", "model": MODEL}
+    before = REGISTRY.get_sample_value("genq_detection_lag_seconds_sum", scope) or 0.0
+    follow(rt, clock, enqueue(rt, "a fox"))
+    (job,) = rt.store.jobs("b")
+    ended = upstream_epoch("2026-12-02 10:00:20.000")
+    assert job.status is Status.SUCCEEDED and job.results_at is not None and ended is not None
+    observed = (REGISTRY.get_sample_value("genq_detection_lag_seconds_sum", scope) or 0.0) - before
+    assert observed == pytest.approx(job.results_at - ended, abs=1e-6)
 
 
 def billed(account: str = "default", model: str = MODEL) -> float:
