@@ -14,7 +14,7 @@ import binascii
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, cast
+from typing import Annotated, Any, cast
 from urllib.parse import quote, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
 
@@ -216,10 +216,12 @@ class Settings(BaseSettings):
     result_risk_margin_s: float = Field(3600.0, description="Alarm when a result's URL dies within this long.")
     finalize_retry_cap_s: float = Field(60.0, description="Longest wait between attempts to store a result.")
     account_pause_recheck_s: float = Field(60.0, description="How often jobs of a paused account look again.")
-    prices: dict[str, float] = Field(
+    prices: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
         default_factory=dict,
-        description="Price per image (per second for video) by model, for `genq batch --dry-run` estimates.",
+        description="Price per billed unit (an image, or a second of video) by model, in `price_currency`: for "
+        "`genq batch --dry-run` estimates and the cost beside billed units. genq ships no prices.",
     )
+    price_currency: str = Field("", max_length=8, description="The currency `prices` are in, as shown (e.g. CNY).")
     sweep_grace_s: float = Field(5.0, description="How overdue a job's next action must be to be re-sent.")
     unknown_confirm_s: float = Field(
         60.0, gt=0, description="How long a task younger than 24 h must keep answering UNKNOWN to be believed gone."

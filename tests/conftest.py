@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import secrets
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -240,3 +243,40 @@ def raw_redis(settings: Settings) -> redis.Redis:
     """A Redis client of the tests' own, for checking what genq wrote without going through genq's store (an
     independent observer, the way an operator's `redis-cli` would look)."""
     return _raw_client(settings.redis_url)
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium, installed by the test setup when the machine does not have it yet."""
+    if not Path(CHROMIUM).exists():
+        if shutil.which("apt-get") is None:
+            pytest.fail("Chromium is needed to open contact sheets and apt-get is not available to install it")
+        env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True, timeout=600)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env, capture_output=True, timeout=1200
+        )
+    return CHROMIUM
+
+
+def headless(chromium: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run headless Chromium with `args` (as root, without its sandbox)."""
+    return subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def images_shown(chromium: str, page: Path) -> tuple[int, int]:
+    """(images loaded, images on the page) of a contact sheet, as its own script counts them in Chromium."""
+    dom = headless(chromium, "--virtual-time-budget=5000", "--dump-dom", page.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    shown = re.search(r'data-images-shown="(\d+)"', dom.stdout)
+    total = re.search(r'data-images-total="(\d+)"', dom.stdout)
+    assert shown and total, dom.stdout[:500]
+    return int(shown.group(1)), int(total.group(1))

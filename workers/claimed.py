@@ -18,6 +18,7 @@ import redis
 import structlog
 
 from workers import admission, metrics
+from workers.billing import Bill
 from workers.events import job_event
 from workers.job import Action, Job, Next, Status
 from workers.runtime import Runtime
@@ -116,10 +117,13 @@ class Claimed:
         *,
         fields: Mapping[str, Any] | None = None,
         event: Mapping[str, Any] | None = None,
+        bill: Bill | None = None,
     ) -> Next | None:
         """Record that `action` is due in `delay_s` (in `status`), then return the message that carries it.
-        `event` is appended in the same atomic step, if the status changes."""
-        return reschedule(self.rt, self.job, self.attempt, status, action, delay_s, fields=fields, event=event)
+        `event` is appended, and `bill` counted, in the same atomic step (the event if the status changes)."""
+        return reschedule(
+            self.rt, self.job, self.attempt, status, action, delay_s, fields=fields, event=event, bill=bill
+        )
 
     def stay(self, action: Action, delay_s: float, *, fields: Mapping[str, Any] | None = None) -> Next | None:
         """`again` in the status the claim holds the job in."""
@@ -192,9 +196,10 @@ def reschedule(
     delay_s: float,
     fields: Mapping[str, Any] | None = None,
     event: Mapping[str, Any] | None = None,
+    bill: Bill | None = None,
 ) -> Next | None:
     """Record that `action` is due in `delay_s`, then return the message that will carry it. `event` is
-    appended in the same atomic step, if the status changes."""
+    appended, and `bill` counted, in the same atomic step (the event if the status changes)."""
     now = rt.clock()
     applied = rt.store.transition(
         job.ref,
@@ -205,6 +210,7 @@ def reschedule(
         fields=fields,
         event=event,
         now=now,
+        bill=bill,
     )
     if not applied.ok:
         log.warning("reschedule refused", ref=job.ref, action=action.value, reason=applied.reason)

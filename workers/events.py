@@ -33,6 +33,7 @@ def job_event(
         "model": job.request.model,
         "task_id": job.task_id,
         "line": job.line,
+        "billed_units": job.billed_units,
     }
     if error_code:
         data["error"] = {"code": error_code, "message": error_message or ""}

@@ -150,6 +150,8 @@ class Job:
     cancel_refusals: int = 0  # cancels at the deadline refused while the task was answered PENDING
     stage_crashes: int = 0  # unexpected exceptions of its stages (`claimed.run_stage`)
     retries: int = 0  # times `genq retry` revived it
+    billed_units: float = 0.0  # what the service billed for its tasks, over every try (`workers/billing.py`)
+    billed_origin: str = ""  # the task (or call) last billed: a second record of its answer counts nothing
     last_error_code: str | None = None  # the transient task failure that made it resubmit
     last_error_message: str | None = None
     upstream: dict[str, str] = field(default_factory=dict)
@@ -217,7 +219,20 @@ _FIELD_NAMES = frozenset(f.name for f in _RECORD_FIELDS)
 #: Written by the store with the move (a caller's value would defeat the compare-and-set or the counters), or
 #: once, when the job is created.
 _NOT_SETTABLE = frozenset(
-    {"status", "attempt", "next_action", "due_at", "batch_id", "job_id", "line", "request", "model", "created_at"}
+    {
+        "status",
+        "attempt",
+        "next_action",
+        "due_at",
+        "batch_id",
+        "job_id",
+        "line",
+        "request",
+        "model",
+        "created_at",
+        "billed_units",  # added with a bill, once per origin
+        "billed_origin",
+    }
 )
 
 

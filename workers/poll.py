@@ -39,6 +39,7 @@ import redis
 
 from workers import account_pause, metrics
 from workers.admission import deadline_s, release, scope_of
+from workers.billing import Bill
 from workers.claimed import Claimed, backoff_s, claim, load_current, log
 from workers.dashscope import TaskState
 from workers.dashscope.classify import is_transient_task_failure
@@ -242,33 +243,33 @@ def on_succeeded(
     and have them downloaded; one without a result URL ends the job `failed`. `answered_at` (default: now) is when
     the answer arrived: the results' 24 h life counts from it."""
     rt, job = claimed.rt, claimed.job
+    answered_at = rt.clock() if answered_at is None else answered_at
     if not state.urls:
         code = _first_code(state) or "NoResults"
         message = _first_message(state) or "task succeeded without a result URL"
         claimed.end(Status.FAILED, code=code, message=message, fields=upstream)
         return None
-    results = {
-        "results": [r.to_dict() for r in state.results],
-        "usage": state.usage,
-        "results_at": rt.clock() if answered_at is None else answered_at,
-    }
-    step = claimed.again(Status.DOWNLOADING, Action.FINALIZE, 0.0, fields={**upstream, **results})
+    results = {"results": [r.to_dict() for r in state.results], "usage": state.usage, "results_at": answered_at}
+    bill = _bill_of(rt, job, state, answered_at)
+    step = claimed.again(Status.DOWNLOADING, Action.FINALIZE, 0.0, fields={**upstream, **results}, bill=bill)
     if step is not None:
-        _count_billed(rt, job, state)
+        metrics.BILLED_UNITS.labels(account=bill.account, model=bill.model).inc(bill.units)
         release(rt.store, rt.quota, rt.settings, job, rt.send)
     return step
 
 
-def _count_billed(rt: Runtime, job: Job, state: TaskState) -> None:
-    """Count what the service bills for the task, once per task: here, where the record of its SUCCEEDED answer
-    (with the `usage` it bills by) took effect. Every path into `downloading` passes here, and this record is a
-    compare-and-set on the attempt this delivery claimed, so a second delivery of the poll, or a re-sent one,
-    finds the attempt moved on (or the job downloading) and counts nothing; a finalize that runs twice counts
-    nothing either. Counted on the answer, not on the job's end, because the service bills a task that succeeded
-    whether or not its results are then stored (a job can still end `failed`, its URLs expired)."""
+def _bill_of(rt: Runtime, job: Job, state: TaskState, answered_at: float) -> Bill:
+    """What the service bills for the task, counted once per task: with the record of its SUCCEEDED answer (with
+    the `usage` it bills by), in the same atomic step (`Bill`). Every path into `downloading` passes here, and
+    that record is a compare-and-set on the attempt this delivery claimed, so a second delivery of the poll, or
+    a re-sent one, finds the attempt moved on (or the job downloading) and counts nothing; a finalize that runs
+    twice counts nothing either. Counted on the answer, not on the job's end, because the service bills a task
+    that succeeded whether or not its results are then stored (a job can still end `failed`, its URLs
+    expired). A synchronous call has no task: its answer's request id names it."""
     spec = rt.settings.spec(job.request.model)
     units = state.billed_units(spec.kind, requested_duration_s=job.request.duration_s)
-    metrics.BILLED_UNITS.labels(account=job.account or "", model=job.request.model).inc(units)
+    origin = state.task_id or f"call:{state.request_id or job.ref + '/' + str(job.attempt)}"
+    return Bill(units, origin, job.account or "", job.request.model, answered_at)
 
 
 def _on_failed(claimed: Claimed, state: TaskState, upstream: dict[str, Any]) -> Next | None:

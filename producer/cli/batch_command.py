@@ -1,9 +1,11 @@
 """`genq batch FILE.csv`: check every row, then either say what a run would send and cost (`--dry-run`), or
 enqueue the valid rows on the services it asks for, wait with a progress display, and print the summary, the
-failures and where the results are (optionally exporting them)."""
+failures and where the results are. The results and the contact sheet are copied into a folder (`--export`);
+in the local form by default, beside the CSV, because the local S3 server stops when the command ends."""
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Annotated
@@ -11,13 +13,23 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from config.catalogue import Kind
 from config.celery_app import create_app
 from config.settings import Settings
 from producer.batch import CheckReport, check_rows, enqueue_rows
 from producer.cli import common
 from producer.cli.common import ConfigOption, LocalOption, command_line, fail, settings_for
-from producer.cli.display import cells, failed_table, rejected_table, styled, summary_table, wait_for_batch
+from producer.cli.display import (
+    billed_table,
+    billed_words,
+    cells,
+    failed_table,
+    money,
+    rejected_table,
+    styled,
+    summary_table,
+    unit_of,
+    wait_for_batch,
+)
 from producer.cli.eta import eta_line
 from producer.cli.export import export_batch
 from producer.cli.services import Services, local_services
@@ -67,7 +79,14 @@ def batch(
         bool, typer.Option("--wait/--no-wait", help="Wait with a progress display until every job ended.")
     ] = True,
     timeout_s: Annotated[float | None, typer.Option("--timeout", help="Stop waiting after this many seconds.")] = None,
-    export_dir: Annotated[Path | None, typer.Option("--export", help="When done, copy results here.")] = None,
+    export_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--export",
+            help="When done, copy the results, results.csv and the contact sheet report.html here. "
+            "The local form does so by default, into CSVNAME-results beside the CSV.",
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option(help="Local worker processes to start if none is attached.")] = 1,
     priority: Annotated[
         int,
@@ -129,7 +148,8 @@ def batch(
                     batch_id,
                     wait=wait,
                     timeout_s=timeout_s,
-                    export_dir=export_dir,
+                    export_dir=export_dir or _beside(csv_file, settings),
+                    export_asked=export_dir is not None,
                     webhook=webhook,
                     priority=priority,
                     defaults=defaults,
@@ -141,22 +161,25 @@ def batch(
     raise typer.Exit(code)
 
 
+def _beside(csv_file: Path, settings: Settings) -> Path | None:
+    """The local form's results folder: `CSVNAME-results` beside the CSV (the local S3 server, with the results
+    in it, stops when the command ends). None in the production form, whose results stay in its bucket."""
+    return csv_file.parent / f"{csv_file.stem}-results" if settings.local else None
+
+
 def _dry_run_report(settings: Settings, checked: CheckReport) -> int:
     """What a real run would send, per model, and the estimated cost; 1 when any row is bad."""
     console = common.console
     table = Table("model", "jobs", "billed units", "estimated cost", title="dry run: nothing was sent")
     for model, jobs in sorted(checked.jobs_by_model.items()):
         units = checked.units_by_model[model]
-        unit = "s of video" if settings.spec(model).kind is Kind.VIDEO else "images"
-        price = settings.prices.get(model)
-        table.add_row(
-            *cells(model, jobs, f"{units} {unit}", f"{units * price:.2f}" if price is not None else "no price")
-        )
+        table.add_row(*cells(model, jobs, f"{units} {unit_of(model, settings)}", money(units, model, settings)))
     console.print(table)
     total, unpriced = checked.estimated_cost(settings.prices)
     if settings.prices:
         note = f" (no price for {', '.join(unpriced)})" if unpriced else ""
-        console.print(f"estimated cost: {total:.2f}{note}")
+        currency = f" {settings.price_currency}" if settings.price_currency else ""
+        console.print(f"estimated cost: {total:.2f}{currency}{note}")
     else:
         console.print("no price table configured (`prices` in the config file): no cost estimate")
     if checked.rejected:
@@ -177,6 +200,7 @@ def _run_batch(
     wait: bool,
     timeout_s: float | None,
     export_dir: Path | None,
+    export_asked: bool,
     webhook: str | None,
     priority: int,
     defaults: dict[str, str],
@@ -217,6 +241,9 @@ def _run_batch(
         return 0
     summary = wait_for_batch(store, batch_id, console, timeout_s=timeout_s, eta=eta_line(settings, store))
     console.print(summary_table(summary))
+    billed = billed_table(summary.billed, settings, title="billed by the service")
+    if billed is not None:
+        console.print(billed)
     failed = failed_table(store, batch_id)
     if failed is not None:
         console.print(failed)
@@ -226,10 +253,17 @@ def _run_batch(
     )
     if export_dir:
         try:
-            exported = export_batch(store, results, batch_id, export_dir)
+            words = functools.partial(billed_words, settings=settings)
+            exported = export_batch(store, results, batch_id, export_dir, billed_text=words)
         except OSError as exc:
-            raise fail(f"cannot write into {export_dir}: {exc.strerror or exc}", 2) from exc
-        console.print(f"Exported {exported.files} files and {exported.csv_path}")
+            why = f"cannot write into {export_dir}: {exc.strerror or exc}"
+            if export_asked:
+                raise fail(why, 2) from exc
+            hint = command_line(settings, "export", batch_id, "DIR")
+            console.print(styled((why, "red"), f"; copy them with: {hint}"))
+        else:
+            console.print(f"Exported {exported.files} files and {exported.csv_path}")
+            console.print(f"Contact sheet: {exported.sheet_path}")
     else:
         console.print(f"Copy them to a folder with: {command_line(settings, 'export', batch_id, 'DIR')}")
     counters = services.simulator_counters()

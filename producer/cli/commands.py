@@ -6,6 +6,7 @@ long-running commands (worker, beat, flower, sim) in `worker_commands.py`.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -25,7 +27,19 @@ from config.settings import MAX_RETENTION_S, MIN_RETENTION_S, Settings
 from producer.cli import common
 from producer.cli.batch_command import batch
 from producer.cli.common import ConfigOption, LocalOption, fail, settings_for
-from producer.cli.display import cells, failed_table, quota_table, rejected_table, styled, summary_table, wait_for_batch
+from producer.cli.display import (
+    billed_table,
+    billed_words,
+    cells,
+    failed_table,
+    money,
+    quota_table,
+    rejected_table,
+    styled,
+    summary_table,
+    unit_of,
+    wait_for_batch,
+)
 from producer.cli.eta import eta_line
 from producer.cli.export import export_batch
 from producer.cli.health import beat_heart, health
@@ -36,6 +50,7 @@ from producer.cli.worker_commands import beat, flower, sim, worker
 from producer.scheduled_runs import schedule_named, scheduled_run
 from producer.stream import ConsumeReport, RequestConsumer
 from workers import account_pause, control, refs
+from workers.billing import cost
 from workers.bucket import ResultBucket, make_minio
 from workers.errors import StorageError
 from workers.events import iso_time
@@ -85,6 +100,9 @@ def status(
             return
         console.print(summary_table(summary))
         console.print("done" if summary.done else f"{summary.terminal} of {summary.total} jobs ended so far")
+        billed = billed_table(summary.billed, settings, title="billed by the service")
+        if billed is not None:
+            console.print(billed)
         if summary.purged:
             console.print(
                 f"{summary.purged} of these jobs ended longer ago than the retention and left Redis: counted above, "
@@ -132,7 +150,8 @@ def report(
     bucket as BATCH/report.html and, with --out, written locally."""
     with _open_batch(config, local, batch_id, s3=True) as (settings, store, _):
         results = ResultBucket(make_minio(settings), settings.bucket)
-        page, made = render(store, results, batch_id, max_jobs=max_jobs)
+        words = functools.partial(billed_words, settings=settings)
+        page, made = render(store, results, batch_id, max_jobs=max_jobs, billed_text=words)
         try:
             key = store_report(results, batch_id, page)
         except StorageError as exc:
@@ -153,13 +172,19 @@ def export(
     config: ConfigOption = None,
     local: LocalOption = False,
 ) -> None:
-    """Copy a batch's stored images/videos and manifests into OUT_DIR, with a results.csv of every job."""
+    """Copy a batch's stored images/videos and manifests into OUT_DIR, with a results.csv of every job and the
+    contact sheet report.html (its thumbnails link to the copied files)."""
     with _open_batch(config, local, batch_id, s3=True) as (settings, store, _):
         try:
-            exported = export_batch(store, ResultBucket(make_minio(settings), settings.bucket), batch_id, out_dir)
+            bucket, words = (
+                ResultBucket(make_minio(settings), settings.bucket),
+                functools.partial(billed_words, settings=settings),
+            )
+            exported = export_batch(store, bucket, batch_id, out_dir, billed_text=words)
         except OSError as exc:
             raise fail(f"cannot write into {out_dir}: {exc.strerror or exc}", 2) from exc
     common.console.print(f"Exported {exported.jobs} jobs, {exported.files} files; index: {exported.csv_path}")
+    common.console.print(f"Contact sheet: {exported.sheet_path}")
 
 
 def doctor(config: ConfigOption = None) -> None:
@@ -236,6 +261,40 @@ def resume(
     with local_services(settings_for(config, local=local or None), s3=False, dashscope=False) as services:
         resumed = account_pause.resume(make_store(services.settings), account)
     common.console.print(f"account {account} resumed" if resumed else f"account {account} was not paused")
+
+
+def billed(
+    day: Annotated[str | None, typer.Option(help="The last UTC day to show, YYYY-MM-DD (default: today).")] = None,
+    days: Annotated[int, typer.Option(min=1, max=40, help="Show this many days, up to --day (kept: 40).")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    config: ConfigOption = None,
+    local: LocalOption = False,
+) -> None:
+    """What the service billed, per UTC day, account and model (images, or seconds of video), with the cost at
+    the configured prices: counted when each task's SUCCEEDED answer was recorded, once per task."""
+    try:
+        last = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC) if day else datetime.now(UTC)
+    except ValueError as exc:
+        raise fail(f"--day {day!r} is not a day in the form YYYY-MM-DD", 2) from exc
+    wanted = [(last - timedelta(days=back)).strftime("%Y-%m-%d") for back in range(days - 1, -1, -1)]
+    with local_services(settings_for(config, local=local or None), s3=False, dashscope=False) as services:
+        store, settings = make_store(services.settings), services.settings
+        by_day = {d: store.billed(d) for d in wanted}
+    if as_json:
+        rows = [
+            {"day": d, "account": a, "model": m, "units": u, "cost": cost(u, settings.prices.get(m))}
+            for d, scopes in by_day.items()
+            for (a, m), u in sorted(scopes.items())
+        ]
+        common.console.print_json(json.dumps({"currency": settings.price_currency, "billed": rows}))
+        return
+    table = Table("day (UTC)", "account", "model", "billed", "cost", title="billed by the service")
+    for d, scopes in by_day.items():
+        for (account, model), units in sorted(scopes.items()):
+            shown = f"{units:g} {unit_of(model, settings)}"
+            table.add_row(*cells(d, account, model, shown, money(units, model, settings)))
+    span = wanted[0] if days == 1 else f"{wanted[0]} to {wanted[-1]}"
+    common.console.print(table if table.row_count else f"nothing billed on {span} (UTC)")
 
 
 #: Seconds per unit of a duration (`genq purge --older-than 36h`); no unit: seconds.
@@ -363,6 +422,7 @@ app.command()(models)
 app.command("cancel")(cancel_command)
 app.command("retry")(retry_command)
 app.command()(resume)
+app.command()(billed)
 app.command()(purge)
 app.command()(consume)
 app.command("run-schedule")(run_schedule)

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from config.catalogue import Kind
 from config.settings import Settings
 from workers.job import TERMINAL, Status
 from workers.jobstore import BatchSummary, JobStore
@@ -111,6 +112,37 @@ def summary_table(summary: BatchSummary) -> Table:
     if summary.rejected:
         table.add_row("rejected rows", str(summary.rejected))
     table.add_row(Text("total accepted", style="bold"), Text(str(summary.total), style="bold"))
+    return table
+
+
+def money(units: float, model: str, settings: Settings) -> str:
+    """The cost of `units` of `model` at the configured price, with its currency; "no price" without one."""
+    price = settings.prices.get(model)
+    if price is None:
+        return "no price"
+    return f"{units * price:.2f}" + (f" {settings.price_currency}" if settings.price_currency else "")
+
+
+def unit_of(model: str, settings: Settings) -> str:
+    spec = settings.catalogue.get(model)
+    return "s of video" if spec is not None and spec.kind is Kind.VIDEO else "images"
+
+
+def billed_words(billed: dict[str, float], settings: Settings) -> str:
+    """Model -> units billed, in words with their cost: `14 images of wan2.5-t2i-preview (no price)`."""
+    return "; ".join(
+        f"{units:g} {unit_of(model, settings)} of {model} ({money(units, model, settings)})"
+        for model, units in sorted(billed.items())
+    )
+
+
+def billed_table(billed: dict[str, float], settings: Settings, *, title: str) -> Table | None:
+    """Model -> units billed, with the cost beside them at the configured prices; None when nothing was billed."""
+    if not billed:
+        return None
+    table = Table("model", "billed", "cost", title=title)
+    for model, units in sorted(billed.items()):
+        table.add_row(*cells(model, f"{units:g} {unit_of(model, settings)}", money(units, model, settings)))
     return table
 
 

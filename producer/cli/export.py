@@ -1,4 +1,5 @@
-"""`genq export`: copy a batch's objects and a results CSV into a local folder.
+"""`genq export`: copy a batch's objects, a results CSV and the contact sheet (`report.html`, its thumbnails
+linked to the copied files) into a local folder.
 
 The results CSV is safe to open in a spreadsheet: a cell that starts with `=`, `+`, `-`, `@`, tab or CR is
 prefixed with `'`, so a prompt cannot become a formula.
@@ -7,9 +8,11 @@ prefixed with `'`, so a prompt cannot become a formula.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from producer.cli.report import ReportSummary, render
 from workers.bucket import ResultBucket
 from workers.job import Job
 from workers.jobstore import JobStore
@@ -42,6 +45,8 @@ class ExportReport:
     jobs: int = 0
     files: int = 0
     csv_path: Path | None = None
+    sheet_path: Path | None = None  # the contact sheet
+    sheet: ReportSummary | None = None
 
 
 def _row(job: Job, files: list[str]) -> dict[str, str]:
@@ -64,8 +69,16 @@ def _row(job: Job, files: list[str]) -> dict[str, str]:
     return {k: spreadsheet_safe(v) for k, v in values.items()}
 
 
-def export_batch(store: JobStore, results: ResultBucket, batch_id: str, out_dir: Path) -> ExportReport:
-    """Download every stored object of the batch under `out_dir/{job_id}/` and write `results.csv`."""
+def export_batch(
+    store: JobStore,
+    results: ResultBucket,
+    batch_id: str,
+    out_dir: Path,
+    *,
+    billed_text: Callable[[dict[str, float]], str] | None = None,
+) -> ExportReport:
+    """Download every stored object of the batch under `out_dir/{job_id}/`, and write `results.csv` and the
+    contact sheet `report.html`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     report = ExportReport(csv_path=out_dir / "results.csv")
     with open(out_dir / "results.csv", "w", newline="", encoding="utf-8") as handle:
@@ -83,4 +96,7 @@ def export_batch(store: JobStore, results: ResultBucket, batch_id: str, out_dir:
             writer.writerow(_row(job, files))
             report.jobs += 1
             report.files += len(files)
+    page, report.sheet = render(store, results, batch_id, link_files=True, billed_text=billed_text)
+    report.sheet_path = out_dir / "report.html"
+    report.sheet_path.write_text(page, encoding="utf-8")
     return report

@@ -4,7 +4,8 @@ Each card shows the job's images as thumbnails (256 px JPEGs made from the store
 page, so the page is one self-contained file that opens anywhere, about 15 KB per image), the prompt, the
 prompt the service actually used, the seed, the status and, for a job that did not succeed, its error. Videos
 get a card without a thumbnail. Everything taken from prompts and errors is HTML-escaped. The page is stored
-in the bucket as `{batch}/report.html` and can be written to a local file too.
+in the bucket as `{batch}/report.html` and can be written to a local file too. `genq export` (and a local
+`genq batch`) writes it beside the exported files, each thumbnail a link to its full-size file there.
 
 A page holds at most `max_jobs` cards (2,000 by default, about 30 MB of thumbnails at one image each); the
 header says when a batch has more, and `genq export` has every job.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from PIL import Image
@@ -83,7 +84,7 @@ def thumbnail_data_uri(results: ResultBucket, key: str) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
 
 
-def _card(job: Job, results: ResultBucket, summary: ReportSummary) -> str:
+def _card(job: Job, results: ResultBucket, summary: ReportSummary, *, link_files: bool) -> str:
     e = html.escape
     thumbs = []
     for obj in job.objects:
@@ -96,6 +97,9 @@ def _card(job: Job, results: ResultBucket, summary: ReportSummary) -> str:
         if uri is None:
             summary.missing += 1
             thumbs.append(f'<span class="error">image {e(key)} could not be read</span>')
+        elif link_files:  # beside the exported files: the thumbnail opens the full-size image
+            relative = key.split("/", 1)[-1]
+            thumbs.append(f'<a href="{e(relative)}"><img class="thumb" alt="{e(key)}" src="{uri}"></a>')
         else:
             thumbs.append(f'<img class="thumb" alt="{e(key)}" src="{uri}">')
     actual = next((r.get("actual_prompt") for r in job.results if r.get("actual_prompt")), None)
@@ -115,8 +119,18 @@ def _card(job: Job, results: ResultBucket, summary: ReportSummary) -> str:
     return f'<div class="card{"" if ok else " bad"}">{"".join(rows)}</div>'
 
 
-def render(store: JobStore, results: ResultBucket, batch_id: str, *, max_jobs: int = 2000) -> tuple[str, ReportSummary]:
-    """The page, and what went into it. Jobs are read in source order, in chunks; at most `max_jobs`."""
+def render(
+    store: JobStore,
+    results: ResultBucket,
+    batch_id: str,
+    *,
+    max_jobs: int = 2000,
+    link_files: bool = False,
+    billed_text: Callable[[dict[str, float]], str] | None = None,
+) -> tuple[str, ReportSummary]:
+    """The page, and what went into it. Jobs are read in source order, in chunks; at most `max_jobs`. With
+    `link_files`, each thumbnail links to its image as `genq export` lays it out (`{job_id}/{index}.png`).
+    `billed_text` words the batch's billed units (model -> units) for the header (with their cost)."""
     summary = ReportSummary()
     batch = store.batch_summary(batch_id)
     counts = ", ".join(f"{n} {s}" for s, n in sorted((batch.counts if batch else {}).items()))
@@ -126,17 +140,20 @@ def render(store: JobStore, results: ResultBucket, batch_id: str, *, max_jobs: i
             if summary.jobs >= max_jobs:
                 return
             summary.jobs += 1
-            yield _card(job, results, summary)
+            yield _card(job, results, summary, link_files=link_files)
 
     body = "".join(cards())
     e = html.escape
     total = batch.total if batch else summary.jobs
+    billed = batch.billed if batch else {}
+    spent = billed_text(billed) if billed_text else ", ".join(f"{u:g} {m}" for m, u in sorted(billed.items()))
     shown = f"{summary.jobs} jobs" if summary.jobs >= total else f"the first {summary.jobs} of {total} jobs"
     page = (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>genq batch {e(batch_id)}</title>'
         f"<style>{_STYLE}</style></head><body><header><h1>batch {e(batch_id)}</h1>"
         f'<div class="meta">{shown}: {e(counts)} · <span id="loaded">{summary.images} images</span>'
-        f'</div></header><div class="grid">{body}</div><script>{_SCRIPT}</script></body></html>'
+        f'</div><div class="meta">billed by the service: <span id="billed">{e(spent or "nothing")}</span></div>'
+        f'</header><div class="grid">{body}</div><script>{_SCRIPT}</script></body></html>'
     )
     return page, summary
 

@@ -18,7 +18,7 @@ import pytest
 from ops.localstack import LocalStack
 from ops.localstack.process import free_port
 from producer.csv_source import read_rows
-from tests.conftest import raw_redis
+from tests.conftest import images_shown, raw_redis
 from tests.stage_runner import batch_done, publish_rows, wait_until
 from workers.bucket import ResultBucket, make_minio
 from workers.job import TERMINAL
@@ -80,12 +80,16 @@ def genq(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProc
     return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=240)
 
 
-def test_the_readme_batch_command_runs_twice_without_paying_twice(tmp_path: Path) -> None:
-    """`genq batch examples/prompts.csv --local` (the README's first command) on a machine with nothing running
-    exits 0 with every valid row succeeded and every bad row reported by line; the second run creates zero
-    upstream tasks; export works."""
+def test_the_readme_batch_command_runs_twice_without_paying_twice(tmp_path: Path, chromium: str) -> None:
+    """`genq batch examples/prompts.csv --local` (the README's first command, on a copy of the sample) on a
+    machine with nothing running exits 0 with every valid row succeeded and every bad row reported by line,
+    and leaves the images and a contact sheet beside the CSV whose path it prints and on which Chromium shows
+    every image; the second run creates zero upstream tasks; export works."""
     env = fresh_machine(tmp_path, COLUMNS="200")
-    first = genq("batch", str(SAMPLE), "--local", env=env, cwd=tmp_path)
+    sample = tmp_path / "examples" / "prompts.csv"
+    sample.parent.mkdir()
+    sample.write_bytes(SAMPLE.read_bytes())
+    first = genq("batch", str(sample), "--local", env=env, cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "12 new jobs (14 images) enqueued, 0 already known, 3 rejected" in first.stdout
     for line, reason in (
@@ -100,8 +104,12 @@ def test_the_readme_batch_command_runs_twice_without_paying_twice(tmp_path: Path
         ), (line, first.stdout)
     assert "succeeded      │   12" in first.stdout
     assert "12 upstream tasks created by this run, 0 duplicate creates" in first.stdout
+    folder = tmp_path / "examples" / "prompts-results"
+    assert f"Contact sheet: {folder / 'report.html'}" in first.stdout.replace("\n", "")
+    assert len(list(folder.glob("*/*.png"))) == 14
+    assert images_shown(chromium, folder / "report.html") == (14, 14)
 
-    second = genq("batch", str(SAMPLE), "--local", env=env, cwd=tmp_path)
+    second = genq("batch", str(sample), "--local", env=env, cwd=tmp_path)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "0 new jobs (0 images) enqueued, 12 already known" in second.stdout
     assert "not submitted again: 12 succeeded" in second.stdout

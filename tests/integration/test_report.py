@@ -2,43 +2,14 @@
 
 from __future__ import annotations
 
-import re
-import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from producer.cli.report import render, store_report
-from tests.conftest import RunningSimulator
+from tests.conftest import RunningSimulator, headless, images_shown
 from tests.stage_runner import enqueue, run
 from workers.runtime import Runtime
-
-CHROMIUM = "/usr/bin/chromium"
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    """Debian's Chromium, installed by the test setup when the machine does not have it yet."""
-    if not Path(CHROMIUM).exists():
-        if shutil.which("apt-get") is None:
-            pytest.fail("Chromium is needed for the report test and apt-get is not available to install it")
-        env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True, timeout=600)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env, capture_output=True, timeout=1200
-        )
-    return CHROMIUM
-
-
-def headless(chromium: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_report_renders_in_chromium_with_every_image_visible(
@@ -65,12 +36,7 @@ def test_report_renders_in_chromium_with_every_image_visible(
 
     local = tmp_path / "report.html"
     local.write_text(page)
-    dom = headless(chromium, "--virtual-time-budget=5000", "--dump-dom", local.as_uri())
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    shown = re.search(r'data-images-shown="(\d+)"', dom.stdout)
-    total = re.search(r'data-images-total="(\d+)"', dom.stdout)
-    assert shown and total and (shown.group(1), total.group(1)) == ("3", "3"), dom.stdout[:500]
-    assert "3 of 3 images shown" in dom.stdout
+    assert images_shown(chromium, local) == (3, 3)
 
     shot = tmp_path / "report.png"  # kept under the test's tmp folder for a person to look at
     taken = headless(chromium, "--window-size=1200,800", f"--screenshot={shot}", local.as_uri())

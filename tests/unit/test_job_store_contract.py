@@ -24,6 +24,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from workers.billing import Bill, utc_day
 from workers.events import iso_time
 from workers.job import PER_TRY, REVIVABLE, TERMINAL, TRANSITIONS, Action, Job, Status, record_of
 from workers.jobstore import Applied, JobStore, MemoryJobStore, NewJob, Purged, RedisJobStore
@@ -471,13 +472,46 @@ def test_the_last_end_finishes_a_sealed_batch_with_one_event(
             "subject": batch_id,
             "time": iso_time(NOW + 5.25),
             "datacontenttype": "application/json",
-            "data": {"batch_id": batch_id, "total": 2, "rejected": 1, "counts": {"canceled": 1, "succeeded": 1}},
+            "data": {
+                "batch_id": batch_id,
+                "total": 2,
+                "rejected": 1,
+                "counts": {"canceled": 1, "succeeded": 1},
+                "billed": {},
+            },
         }
     ]
     summary = store.batch_summary(batch_id)
     assert summary is not None and summary.done and summary.done_at == NOW + 5.25 and summary.succeeded == 1
     assert not store.seal_batch(batch_id, now=NOW + 6)
     assert len(events()) == 1
+
+
+def test_a_bill_counts_once_per_task_on_the_job_its_batch_and_its_day(
+    store: JobStore, model: str, events: Callable[[], list[dict[str, Any]]]
+) -> None:
+    """A transition carrying a bill adds its units to the job, the batch (per model) and the UTC day (per account
+    and model) in the same step; the same task's bill again adds nothing; a refused transition adds nothing; a
+    second task of the job (a retry) adds to it; the batch's finished event carries its billed units."""
+    batch_id, (a, b) = batch_of(store, model, 2, seal=True)
+    day = utc_day(NOW)
+    walk(store, a, Status.SUBMITTED)
+    bill = Bill(2, "task-1", "acct", model, NOW)
+    assert store.transition(a, Status.DOWNLOADING, expected_attempt=None, bill=bill, now=NOW).ok
+    assert store.transition(a, Status.DOWNLOADING, expected_attempt=None, bill=bill, now=NOW).ok  # again: same task
+    stale = store.transition(b, Status.ADMITTED, expected_attempt=99, bill=Bill(4, "task-9", "acct", model, NOW))
+    assert not stale.ok
+    job = store.get(a)
+    assert job is not None and job.billed_units == 2 and job.billed_origin == "task-1"
+    assert store.transition(a, Status.DOWNLOADING, expected_attempt=None, bill=Bill(0.5, "task-2", "acct", model, NOW))
+    job = store.get(a)
+    assert job is not None and job.billed_units == 2.5
+    summary = store.batch_summary(batch_id)
+    assert summary is not None and summary.billed == {model: 2.5}
+    assert store.billed(day) == {("acct", model): 2.5} and store.billed("2000-01-01") == {}
+    assert store.transition(a, Status.SUCCEEDED, expected_attempt=None, now=NOW + 1).ok
+    assert store.transition(b, Status.CANCELED, expected_attempt=None, now=NOW + 2).batch_finished
+    assert events()[-1]["data"]["billed"] == {model: 2.5}
 
 
 def test_sealing_a_batch_whose_jobs_all_ended_finishes_it(
@@ -1032,6 +1066,8 @@ def test_both_stores_apply_any_history_alike(redis_url: str, operations: list[Op
         # The records themselves, string for string: the memory store keeps what the Lua writes, encoding included.
         assert [client.hgetall(f"genq:job:{r}") for r in job_refs] == [in_memory._jobs[r] for r in job_refs]
         assert client.hgetall(f"genq:batch:{batch_id}") == in_memory._batches[batch_id]
+        days = {utc_day(NOW + step + 1) for step in range(len(operations))}
+        assert {d: client.hgetall(f"genq:billed:{d}") for d in days} == {d: in_memory._billed.get(d, {}) for d in days}
         assert on_redis.due(math.inf) == in_memory.due(math.inf)
         assert drain(on_redis, model) == drain(in_memory, model)
         assert on_redis.gauges() == in_memory.gauges()
@@ -1062,7 +1098,9 @@ def apply(
         allowed = sorted(TRANSITIONS[job.status] & TERMINAL if kind == "end" else TRANSITIONS[job.status] - TERMINAL)
         target = allowed[k % len(allowed)] if allowed and kind != "transition" else status
         event = {"id": f"{ref}/{target}/{now!r}"}
-        return store.transition(ref, target, expected_attempt=expected, due_at=due_at, event=event, now=now)
+        # Some moves carry a bill, of one of two tasks (a second bill of one task counts nothing).
+        bill = Bill((1, 2.5, 0.1)[k % 3], f"task-{k % 2}", "acct", "m-prop", now) if k >= 4 else None
+        return store.transition(ref, target, expected_attempt=expected, due_at=due_at, event=event, now=now, bill=bill)
     if kind == "claim":
         expected = job.attempt if expected is None else expected
         return store.claim(ref, status, expected_attempt=expected, action=Action.POLL, lease_until=now + 60, now=now)

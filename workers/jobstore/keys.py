@@ -55,6 +55,8 @@ ended more than `retention_s` ago (`docs/architecture.md`, "Retention").
 | `genq:watch:{account}`                 | hash       | ~30 s  | the account's task-list watcher: `token` and `round` |
 |                                        |            |        | of the one running, `ok_at` of its last good round,  |
 |                                        |            |        | `sent` polls (quota/watch_board.py)                  |
+| `genq:billed:{day}`                    | hash       | 40 d   | `{account}|{model}` -> units billed on that UTC day  |
+|                                        |            |        | (`workers/billing.py`)                               |
 | `genq:requests` (setting)              | stream     | none   | requests of upstream stages (`request_inbox.py`);    |
 |                                        |            |        | trimmed by their producers (`docs/requests.md`)      |
 | `genq:requests:answered:{entry}`       | string     | 7 d    | a request entry already answered with a rejection    |
@@ -114,6 +116,10 @@ def creating_lost(account: str, model: str) -> str:
 
 def webhook_outbox(entry_id: str) -> str:
     return f"{PREFIX}:webhook:out:{entry_id}"
+
+
+def billed(day: str) -> str:
+    return f"{PREFIX}:billed:{day}"
 
 
 def wait_queue(model: str) -> str:

@@ -31,7 +31,7 @@ from workers.events import iso_time
 from workers.job import TERMINAL, Job, Status
 from workers.jobstore import keys
 from workers.jobstore.moves import Move, Planned, outcome
-from workers.jobstore.protocol import Applied, BatchSummary, Gauges, NewJob, Purged, in_line_order
+from workers.jobstore.protocol import Applied, BatchSummary, Gauges, NewJob, Purged, billed_scopes, in_line_order
 from workers.jobstore.sorted_set import SortedSet
 
 #: Statuses whose job has a task upstream (`transition.lua` counts them per model in `genq:inflight`).
@@ -42,6 +42,10 @@ def _hincrby(h: dict[str, str], name: str, by: int) -> int:
     value = int(h.get(name, "0")) + by
     h[name] = str(value)
     return value
+
+
+def _hincrbyfloat(h: dict[str, str], name: str, by: float) -> None:
+    h[name] = _lua_number(float(h.get(name, "0")) + by)
 
 
 def _lua_number(value: float) -> str:
@@ -73,6 +77,7 @@ class MemoryJobStore(Planned):
         self._creating: dict[tuple[str, str], SortedSet] = {}  # genq:creating:{account}:{model}
         self._lost: dict[tuple[str, str], set[str]] = {}  # genq:creating:{account}:{model}:lost
         self._owners: dict[str, str] = {}  # genq:task:{task_id} (no TTL here: purged with its job)
+        self._billed: dict[str, dict[str, str]] = {}  # genq:billed:{day} (no TTL here)
         self._events: deque[tuple[str, dict[str, str]]] = deque(maxlen=event_stream_maxlen)  # the event stream
         self._last_entry = (0, 0)
 
@@ -135,6 +140,10 @@ class MemoryJobStore(Planned):
     def batch_webhook(self, batch_id: str) -> str | None:
         with self._lock:
             return self._batches.get(batch_id, {}).get(keys.BATCH_WEBHOOK_FIELD)
+
+    def billed(self, day: str) -> dict[tuple[str, str], float]:
+        with self._lock:
+            return billed_scopes(self._billed.get(day, {}))
 
     # --- jobs -----------------------------------------------------------------------------------
     def create_jobs(self, jobs: list[NewJob]) -> list[Status | None]:
@@ -199,6 +208,8 @@ class MemoryJobStore(Planned):
     def _apply(self, move: Move, *, model: str | None = None) -> Applied:
         # The same named arguments `transition.lua` gets, read as it reads them.
         a = move.as_arguments(self.event_stream_maxlen)
+        if move.bill is not None:
+            a["bill_day"] = move.bill.day  # Redis gets the day as its key
         with self._lock:
             code, status, attempt, finished, previous = self._transition(a, model if move.requeue else None)
         return outcome(move, code, status, attempt, finished, previous)
@@ -227,6 +238,12 @@ class MemoryJobStore(Planned):
         if queue_model is not None:
             clock = float(self._clocks.get(queue_model, "0"))
             self._queues.setdefault(queue_model, SortedSet()).add(ref, self._queue_score(batch_id, clock), nx=True)
+        bill = a.get("bill")
+        if bill is not None and job.get("billed_origin") != bill["origin"]:
+            job["billed_origin"] = bill["origin"]
+            _hincrbyfloat(job, "billed_units", float(bill["units"]))
+            _hincrbyfloat(self._batches.setdefault(batch_id, {}), "billed:" + bill["model"], float(bill["units"]))
+            _hincrbyfloat(self._billed.setdefault(a["bill_day"], {}), bill["scope"], float(bill["units"]))
         finished = False
         if status != target:
             terminal = set(a["terminal"])
@@ -452,11 +469,13 @@ class MemoryJobStore(Planned):
         b["done_at"] = now
         self._batches_done.add(batch_id, float(now))
         counts = {k[2:]: int(v) for k, v in b.items() if k.startswith("n:") and int(v) != 0}
+        billed = {k[7:]: json.loads(v) for k, v in b.items() if k.startswith("billed:") and float(v) != 0}
         data = {
             "batch_id": batch_id,
             "total": int(b.get("total", "0")),
             "rejected": int(b.get("rejected", "0")),
             "counts": counts,
+            "billed": billed,
         }
         event = {
             "specversion": "1.0",

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workers import metrics
+from workers.billing import BILLED_DAY_TTL_S, Bill
 from workers.events import iso_time
 from workers.job import TERMINAL, Action, Job, Status, allowed_sources, encode, per_try_reset, settable_field
 from workers.jobstore.protocol import Applied
@@ -37,6 +38,7 @@ class Move:
     event: str | None  # the job's event (JSON), appended when its status changes
     now: float
     requeue: bool = False  # back in its model's wait queue (a revival)
+    bill: Bill | None = None  # what the task billed, counted with this move (once per origin)
 
     @property
     def batch_id(self) -> str:
@@ -63,6 +65,14 @@ class Move:
             arguments["due_at"] = repr(self.due_at)
         if self.event is not None:
             arguments["event"] = self.event
+        if self.bill is not None:
+            arguments["bill"] = {
+                "units": repr(float(self.bill.units)),
+                "origin": self.bill.origin,
+                "model": self.bill.model,
+                "scope": self.bill.scope,
+                "ttl_s": BILLED_DAY_TTL_S,
+            }
         return arguments
 
 
@@ -77,6 +87,7 @@ def plan(
     fields: Mapping[str, Any] | None = None,
     event: Mapping[str, Any] | None = None,
     now: float | None = None,
+    bill: Bill | None = None,
 ) -> Move:
     """A transition or a claim. A terminal target leaves the due index and has no next action."""
     terminal = target in TERMINAL
@@ -95,6 +106,7 @@ def plan(
         fields=encoded,
         event=json.dumps(event, ensure_ascii=False) if event else None,
         now=time.time() if now is None else now,
+        bill=bill,
     )
 
 
@@ -142,6 +154,7 @@ class Planned(ABC):
         fields: Mapping[str, Any] | None = None,
         event: Mapping[str, Any] | None = None,
         now: float | None = None,
+        bill: Bill | None = None,
     ) -> Applied:
         move = plan(
             ref,
@@ -152,6 +165,7 @@ class Planned(ABC):
             fields=fields,
             event=event,
             now=now,
+            bill=bill,
         )
         return self._apply(move)
 

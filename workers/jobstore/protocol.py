@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from workers.billing import Bill
 from workers.job import Action, Job, Status
 
 
@@ -55,6 +56,7 @@ class BatchSummary:
     created_at: float | None = None
     source: str = ""
     counts: dict[str, int] = field(default_factory=dict)
+    billed: dict[str, float] = field(default_factory=dict)  # model -> units the service billed for the batch
 
     @classmethod
     def from_record(cls, batch_id: str, h: Mapping[str, str]) -> BatchSummary:
@@ -70,6 +72,7 @@ class BatchSummary:
             created_at=float(h["created_at"]) if h.get("created_at") else None,
             source=h.get("source", ""),
             counts={k[2:]: int(v) for k, v in h.items() if k.startswith("n:") and int(v)},
+            billed={k[7:]: float(v) for k, v in h.items() if k.startswith("billed:") and float(v)},
         )
 
     @property
@@ -133,6 +136,9 @@ class JobStore(Protocol):
 
     def batch_webhook(self, batch_id: str) -> str | None: ...
 
+    def billed(self, day: str) -> dict[tuple[str, str], float]:
+        """(account, model) -> units billed on the UTC day `day` (`YYYY-MM-DD`, `workers/billing.py`)."""
+
     # --- jobs ---------------------------------------------------------------------------------------
     def create_jobs(self, jobs: list[NewJob]) -> list[Status | None]:
         """Create each job (waiting in its model's queue) unless it exists, in order: None when created, else
@@ -157,10 +163,12 @@ class JobStore(Protocol):
         fields: Mapping[str, Any] | None = None,
         event: Mapping[str, Any] | None = None,
         now: float | None = None,
+        bill: Bill | None = None,
     ) -> Applied:
         """Move the job to `target` if its attempt is still `expected_attempt` (None: any) and the table allows
         it. A terminal target leaves the due index; any other schedules `next_action` at `due_at`. `event` is
-        appended if the status changes."""
+        appended if the status changes. `bill` (what the task billed) is added, once per origin, to the job's,
+        its batch's and its day's billed units in the same step."""
 
     def claim(
         self,
@@ -250,3 +258,12 @@ class JobStore(Protocol):
         owns it now, including when it already did."""
 
     def task_owner(self, task_id: str) -> str | None: ...
+
+
+def billed_scopes(day: Mapping[str, str]) -> dict[tuple[str, str], float]:
+    """A day's billed totals as stored (`{account}|{model}` -> units) by (account, model)."""
+    scopes: dict[tuple[str, str], float] = {}
+    for scope, units in day.items():
+        account, _, model = scope.partition("|")
+        scopes[(account, model)] = float(units)
+    return scopes

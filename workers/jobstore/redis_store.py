@@ -17,11 +17,12 @@ from typing import Any, cast
 import redis
 
 from workers import refs
+from workers.billing import utc_day
 from workers.events import iso_time
 from workers.job import TERMINAL, Job, Status
 from workers.jobstore import keys
 from workers.jobstore.moves import Move, Planned, outcome
-from workers.jobstore.protocol import Applied, BatchSummary, Gauges, NewJob, Purged, in_line_order
+from workers.jobstore.protocol import Applied, BatchSummary, Gauges, NewJob, Purged, billed_scopes, in_line_order
 
 #: Scripts that use the shared functions of `finish_batch.lua` (prepended to them).
 _WITH_SHARED = {"transition", "seal_batch", "create_job", "requeue"}
@@ -123,6 +124,9 @@ class RedisJobStore(Planned):
     def batch_webhook(self, batch_id: str) -> str | None:
         return cast(str | None, self._redis.hget(keys.batch(batch_id), keys.BATCH_WEBHOOK_FIELD))
 
+    def billed(self, day: str) -> dict[tuple[str, str], float]:
+        return billed_scopes(self._hash(keys.billed(day)))
+
     # --- jobs -----------------------------------------------------------------------------------
     def create_jobs(self, jobs: list[NewJob]) -> list[Status | None]:
         """`create_job.lua` for each job, in one round trip (each still one atomic step), in order."""
@@ -221,6 +225,7 @@ class RedisJobStore(Planned):
             keys.INFLIGHT,
             keys.FINISHED,
             keys.BATCHES_DONE,
+            keys.billed(utc_day(move.now) if move.bill is None else move.bill.day),
         ]
         if move.requeue and model is not None:
             move_keys += [keys.wait_queue(model), keys.wait_clock(model)]

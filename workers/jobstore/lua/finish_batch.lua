@@ -7,14 +7,17 @@ local function finish_batch(batch_key, events_key, done_key, batch_id, now, now_
   redis.call('HSET', batch_key, 'done_at', now)
   redis.call('ZADD', done_key, tonumber(now), batch_id)
   local flat = redis.call('HGETALL', batch_key)
-  local counts = {}
+  local counts, billed = {}, {}
   for i = 1, #flat, 2 do
     if string.sub(flat[i], 1, 2) == 'n:' and tonumber(flat[i + 1]) ~= 0 then
       counts[string.sub(flat[i], 3)] = tonumber(flat[i + 1])
+    elseif string.sub(flat[i], 1, 7) == 'billed:' and tonumber(flat[i + 1]) ~= 0 then
+      billed[string.sub(flat[i], 8)] = tonumber(flat[i + 1])
     end
   end
   local data = {batch_id = batch_id, total = tonumber(b[2] or '0'),
-                rejected = tonumber(redis.call('HGET', batch_key, 'rejected') or '0'), counts = counts}
+                rejected = tonumber(redis.call('HGET', batch_key, 'rejected') or '0'), counts = counts,
+                billed = billed}
   local event = {specversion = '1.0', id = 'batch/' .. batch_id .. '/finished/' .. now, source = 'genq',
                  type = 'genq.batch.finished', subject = batch_id, time = now_iso,
                  datacontenttype = 'application/json', data = data}

@@ -1,15 +1,17 @@
 -- Move one job to another status by compare-and-set, keeping every index that depends on it in the same step.
 -- KEYS: job, batch, due index, events stream, counts (jobs by status), inflight (tasks upstream per model),
---       finished jobs, finished batches, and, for a move back into line (`requeue`), the model's wait queue and
---       its clock.
+--       finished jobs, finished batches, the billed totals of the move's UTC day, and, for a move back into
+--       line (`requeue`), the model's wait queue and its clock.
 -- ARGV[1]: JSON {ref, batch_id, target, sources = [statuses it may come from], terminal = [terminal statuses],
 --   expected_attempt (absent: any), bump (claim: advance the attempt), due_at (absent: leave the due index),
 --   event (JSON of the job's event, appended when the status changes), maxlen, now, now_iso,
---   fields = {name: value}, requeue (back in the wait queue, at its band's current turn)}.
+--   fields = {name: value}, requeue (back in the wait queue, at its band's current turn),
+--   bill = {units, origin, model, scope = account|model, ttl_s} (what a task that succeeded bills: added to the
+--   job, its batch and the day, once per origin: a second record of the same answer adds nothing)}.
 -- Returns JSON {code, status, attempt, finished, previous}: code 1 applied, 0 attempt moved on, -1 no such job,
 -- -2 the status does not allow the target.
 local job_key, batch_key, due_key, events_key, counts_key, inflight_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local finished_key, done_key = KEYS[7], KEYS[8]
+local finished_key, done_key, billed_key = KEYS[7], KEYS[8], KEYS[9]
 local a = cjson.decode(ARGV[1])
 local function set_of(list)
   local s = {}
@@ -42,8 +44,15 @@ else
   redis.call('HSET', job_key, 'due_at', a.due_at)
 end
 if a.requeue then
-  local clock = tonumber(redis.call('GET', KEYS[10]) or '0')
-  redis.call('ZADD', KEYS[9], 'NX', queue_score(batch_key, clock), a.ref)
+  local clock = tonumber(redis.call('GET', KEYS[11]) or '0')
+  redis.call('ZADD', KEYS[10], 'NX', queue_score(batch_key, clock), a.ref)
+end
+if a.bill ~= nil and redis.call('HGET', job_key, 'billed_origin') ~= a.bill.origin then
+  redis.call('HSET', job_key, 'billed_origin', a.bill.origin)
+  redis.call('HINCRBYFLOAT', job_key, 'billed_units', a.bill.units)
+  redis.call('HINCRBYFLOAT', batch_key, 'billed:' .. a.bill.model, a.bill.units)
+  redis.call('HINCRBYFLOAT', billed_key, a.bill.scope, a.bill.units)
+  redis.call('EXPIRE', billed_key, a.bill.ttl_s)
 end
 local finished = 0
 if status ~= a.target then
