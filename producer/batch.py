@@ -54,6 +54,8 @@ class RowChecker:
 
     def check(self, row: CsvRow) -> tuple[str, GenerationRequest]:
         """The row's job id and canonical request, or `RequestInvalid` naming the field and the rule."""
+        if row.problem is not None:
+            raise RequestInvalid(*row.problem)
         if row.extra_values:
             raise RequestInvalid(
                 "row",

@@ -56,6 +56,7 @@ class CsvRow:
     fields: dict[str, str]
     size_bytes: int = 0  # of its values, as UTF-8
     extra_values: int = 0  # values past the header's columns (a stray comma, an unquoted field)
+    problem: tuple[str, str] | None = None  # (field, reason) found before validation: a value of the wrong type
 
     def clipped_fields(self) -> dict[str, str]:
         """The row's first fields, each clipped, for the record of a rejected row."""

@@ -13,9 +13,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from config.celery_app import create_app
 from config.settings import Settings
-from producer.batch import CheckReport, check_rows, enqueue_rows
+from producer.api import Genq
+from producer.batch import CheckReport, check_rows
 from producer.cli import common
 from producer.cli.common import ConfigOption, LocalOption, command_line, fail, settings_for
 from producer.cli.display import (
@@ -32,12 +32,10 @@ from producer.cli.display import (
 )
 from producer.cli.eta import eta_line
 from producer.cli.export import export_batch
-from producer.cli.services import Services, local_services
+from producer.cli.services import local_services
 from producer.csv_source import CsvFormatError, read_rows, stable_copy
+from producer.services import Services
 from workers import refs
-from workers.bucket import ResultBucket, make_minio
-from workers.messages import publish
-from workers.runtime import make_quota, make_store
 
 
 def default_batch_id(path: Path) -> str:
@@ -206,24 +204,17 @@ def _run_batch(
     defaults: dict[str, str],
 ) -> int:
     console = common.console
-    settings = services.settings
-    store = make_store(settings)
-    results = ResultBucket(make_minio(settings), settings.bucket)
+    genq = Genq(services)
+    settings, store, results = genq.settings, genq.store, genq.results
     results.ensure_bucket()
-    celery = create_app(settings)
     if services.simulator_url:
         console.print(f"No DASHSCOPE_API_KEY: using the local DashScope simulator at {services.simulator_url}")
-    if webhook:
-        store.set_batch_webhook(batch_id, webhook)
-    report = enqueue_rows(
-        store,
-        settings,
-        batch_id,
+    report = genq.submit_rows(
         read_rows(stable, name=str(csv_file)),
+        batch_id=batch_id,
         source=str(csv_file),
-        send=lambda step: publish(celery, step),
-        quota=make_quota(settings),
         priority=priority,
+        webhook=webhook,
         defaults=defaults,
     )
     already = sum(report.existing.values())

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from config.celery_app import create_app
 from config.settings import MAX_RETENTION_S, MIN_RETENTION_S, Settings
+from producer.api import Genq
 from producer.cli import common
 from producer.cli.batch_command import batch
 from producer.cli.common import ConfigOption, LocalOption, fail, settings_for
@@ -49,7 +50,7 @@ from producer.cli.services import local_services
 from producer.cli.worker_commands import beat, flower, sim, worker
 from producer.scheduled_runs import schedule_named, scheduled_run
 from producer.stream import ConsumeReport, RequestConsumer
-from workers import account_pause, control, refs
+from workers import account_pause, refs
 from workers.billing import cost
 from workers.bucket import ResultBucket, make_minio
 from workers.errors import StorageError
@@ -211,10 +212,7 @@ def cancel_command(
 ) -> None:
     """Cancel a batch or a job: tasks still queued upstream are cancelled there; the rest are no longer polled."""
     with local_services(settings_for(config, local=local or None), s3=False) as services:
-        rt = build_runtime(services.settings)
-        celery = create_app(services.settings)
-        rt.send = lambda step: publish(celery, step)  # jobs admitted into the slots the cancel frees
-        report = control.cancel(rt, target)
+        report = Genq(services).cancel(target)
     common.console.print(
         f"canceled {len(report.changed)} jobs ({report.upstream_canceled} cancelled upstream before they ran)"
     )
@@ -239,16 +237,13 @@ def retry_command(
     del failed  # a flag without a negative form: scripts may spell out `--failed`, and nothing else is retried
     console = common.console
     with local_services(settings_for(config, local=local or None), workers=1 if wait else 0) as services:
-        rt = build_runtime(services.settings)
-        report, steps = control.retry(rt, batch_id, force=force)
-        celery = create_app(services.settings)
-        for step in steps:
-            publish(celery, step)
+        genq = Genq(services)
+        report = genq.retry(batch_id, force=force)
         console.print(f"retrying {len(report.changed)} jobs; {len(report.skipped)} skipped")
         for ref, why in report.skipped.items():
             console.print(f"  {ref}: {why}")
         if wait and report.changed:
-            summary = wait_for_batch(rt.store, refs.split_ref(report.changed[0])[0], console)
+            summary = wait_for_batch(genq.store, refs.split_ref(report.changed[0])[0], console)
             console.print(summary_table(summary))
 
 

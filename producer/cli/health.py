@@ -24,7 +24,7 @@ import typer
 from config.celery_app import create_app
 from config.settings import Settings
 from producer.cli.common import ConfigOption, fail, settings_for
-from producer.cli.services import redis_problem
+from producer.services import redis_problem
 
 #: Touched by `genq consume` at every round of its loop; in a container, /tmp is the container's own.
 HEARTBEAT_FILE = Path(tempfile.gettempdir()) / "genq-consume.heartbeat"

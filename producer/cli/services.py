@@ -1,121 +1,36 @@
-"""The command line's one seam to the local stack: the only module of `producer/` that imports `ops.localstack`.
-
-A command that needs Redis, S3 or DashScope asks for them here, and gets back only what it uses:
+"""The command line's services: `producer/services.py` (the seam to the local stack) with its failures worded as
+a command ends, one sentence and exit code 3, and its warnings printed on the error console.
 
     with local_services(settings, workers=1) as services:
         store = make_store(services.settings)
-
-`services.settings` are the settings to use from then on. Two forms:
-
-- **production** (the default): genq starts nothing. Redis and S3 must answer and a DashScope API key must be
-  set; otherwise the command ends with exit code 3 naming the service, before anything is changed. A command
-  that waits for its jobs warns when no worker is attached.
-- **local** (`--local`, or `local = true`): every configured service that answers is used as is; a loopback
-  address that does not is started for the command's duration (a local Redis or S3 server, with its data
-  under `state_dir`), as is the DashScope simulator when no API key is set, and, with `workers`, Celery
-  workers when none is attached; everything started is stopped as the block ends. `simulator_url` and
-  `simulator_counters()` tell `genq batch` what the simulator saw.
-
-A service that cannot be reached or started, or S3 trouble inside the block, ends the command with its reason
-and exit code 3.
-
-The rest of the local stack (its processes, starting one more worker, the chaos hooks of `ops/chaos/`) is
-development harness, not part of the command line: `Services` does not show it.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
-from typing import Any, Protocol
-from urllib.parse import urlsplit
-
-import redis
+from contextlib import contextmanager
 
 from config.settings import Settings
-from ops.localstack import LocalStack, StackError
-from ops.localstack.services import s3_ready
-from ops.localstack.stack import LOOPBACK, workers_attached
 from producer.cli import common
 from producer.cli.common import fail
 from producer.cli.display import styled
-from workers.errors import StorageError
+from producer.services import ServiceMissing, Services, open_services, unreachable
 
 
-class Services(Protocol):
-    """What a command sees of the services it asked for."""
+@contextmanager
+def local_services(
+    settings: Settings, *, workers: int = 0, s3: bool = True, dashscope: bool = True
+) -> Iterator[Services]:
+    """`open_services` for a command: a service missing, or lost half-way, ends it with exit code 3."""
 
-    @property
-    def settings(self) -> Settings:
-        """The settings to use: pointing at the services started for this command, if any."""
-        ...
+    def warn(text: str) -> None:
+        common.errors.print(styled(("warning:", "yellow"), f" {text}"))
 
-    @property
-    def simulator_url(self) -> str | None:
-        """The local DashScope simulator's address, when one was started (no API key)."""
-        ...
-
-    def simulator_counters(self) -> dict[str, Any] | None:
-        """The local simulator's counters (`/_sim/counters`), or None when none was started."""
-        ...
-
-
-@dataclass(frozen=True)
-class Configured:
-    """The production form's services: exactly those the settings name, started by someone else."""
-
-    settings: Settings
-    simulator_url: str | None = None
-
-    def simulator_counters(self) -> dict[str, Any] | None:
-        return None
-
-
-#: How long a production command waits for a service to answer before naming it unreachable.
-ANSWER_TIMEOUT_S = 5.0
-LOCAL_HINT = "(to run everything on this machine instead, add --local)"
-
-
-def unreachable(settings: Settings, *, s3: bool = True, dashscope: bool = True, hint: bool = True) -> str | None:
-    """What the production form lacks, named, or None when Redis (and, with `s3`, S3) answer and (with
-    `dashscope`) an API key is set. The `--local` hint is offered only where the local form could help: a
-    loopback Redis that nothing answers on."""
-    local = f" {LOCAL_HINT}" if hint and _loopback(settings) else ""
-    redis_missing = redis_problem(settings)
-    if redis_missing is not None:
-        return redis_missing + (local if redis_missing.startswith("Redis does not answer") else "")
-    if s3 and not s3_ready(settings.s3_endpoint, timeout_s=ANSWER_TIMEOUT_S, secure=settings.s3_secure):
-        return f"the S3 server does not answer at {settings.s3_endpoint} (GENQ_S3_ENDPOINT){local}"
-    if dashscope and settings.uses_simulator:
-        return f"no DashScope API key: set DASHSCOPE_API_KEY, or give it as a secrets file{local}"
-    return None
-
-
-def _loopback(settings: Settings) -> bool:
-    return settings.redis_url.startswith("unix://") or urlsplit(settings.redis_url).hostname in LOOPBACK
-
-
-def redis_problem(settings: Settings) -> str | None:
-    """Why Redis cannot be used, in one sentence naming it (without its password), or None when it answers."""
-    where = f"at {redis_address(settings.redis_url)} (GENQ_REDIS_URL)"
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=ANSWER_TIMEOUT_S, socket_timeout=ANSWER_TIMEOUT_S
-    )
     try:
-        client.ping()
-    except (redis.AuthenticationError, redis.ResponseError) as exc:  # NOAUTH may come as either
-        if not isinstance(exc, redis.AuthenticationError) and not re.match("(NOAUTH|WRONGPASS)", str(exc)):
-            return f"Redis {where} answered with an error: {exc}"
-        if client.connection_pool.connection_kwargs.get("password"):
-            return f"Redis {where} refused the password (GENQ_REDIS_PASSWORD, the secrets file, or the URL)"
-        return f"Redis {where} asks for a password, and none was given (GENQ_REDIS_PASSWORD or a secrets file)"
-    except (redis.RedisError, OSError) as exc:
-        return f"Redis does not answer {where}: {exc.__class__.__name__}"
-    finally:
-        client.close()
-    return None
+        with open_services(settings, workers=workers, s3=s3, dashscope=dashscope, warn=warn) as services:
+            yield services
+    except ServiceMissing as exc:
+        raise fail(str(exc), 3) from exc
 
 
 def require(settings: Settings, *, s3: bool = True, dashscope: bool = True) -> None:
@@ -124,58 +39,3 @@ def require(settings: Settings, *, s3: bool = True, dashscope: bool = True) -> N
     missing = unreachable(settings, s3=s3, dashscope=dashscope, hint=False)
     if missing is not None:
         raise fail(missing, 3)
-
-
-def redis_address(url: str) -> str:
-    """Where a Redis URL points (host:port, or a socket's path), never its password."""
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        return parts.path
-    return f"{parts.hostname}:{parts.port or 6379}"
-
-
-#: What a command may meet from Redis half-way (a restart, a lost connection): the command ends, exit code 3.
-_REDIS_LOST = (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError)
-
-
-@contextmanager
-def local_services(
-    settings: Settings, *, workers: int = 0, s3: bool = True, dashscope: bool = True
-) -> Iterator[Services]:
-    """The services `settings` name for the block. In the local form they are started as needed (with `workers`
-    local Celery workers if none is attached) and stopped after it; in the production form they are only
-    checked: Redis always, S3 with `s3`, an API key with `dashscope` (a command that reads only what Redis holds
-    asks for neither). A service missing or lost half-way, `StackError` or `StorageError` end the command with
-    exit code 3."""
-    if not settings.local:
-        missing = unreachable(settings, s3=s3, dashscope=dashscope)
-        if missing is not None:
-            raise fail(missing, 3)
-        if workers and not workers_attached(settings):
-            common.errors.print(
-                styled(("warning:", "yellow"), " no genq worker answers on this Redis: jobs wait until one starts")
-            )
-        with _ended_clearly(settings):
-            yield Configured(settings)
-        return
-    with ExitStack() as started:
-        try:
-            stack = started.enter_context(LocalStack(settings, workers=workers))
-        except (StackError, StorageError) as exc:
-            raise fail(str(exc), 3) from exc
-        except OSError as exc:  # the state folder cannot be made or written (a read-only or foreign path)
-            folder = f"{settings.state_dir} (GENQ_STATE_DIR)"
-            raise fail(f"the local form cannot use its state folder {folder}: {exc.strerror or exc}", 3) from exc
-        with _ended_clearly(settings):
-            yield stack
-
-
-@contextmanager
-def _ended_clearly(settings: Settings) -> Iterator[None]:
-    """A service failing inside a command's block ends it with one sentence and exit code 3, no traceback."""
-    try:
-        yield
-    except (StackError, StorageError) as exc:
-        raise fail(str(exc), 3) from exc
-    except _REDIS_LOST as exc:
-        raise fail(f"Redis at {redis_address(settings.redis_url)} stopped answering ({type(exc).__name__})", 3) from exc

@@ -713,6 +713,31 @@ def test_emit_event_appends_in_order(store: JobStore, events: Callable[[], list[
     ]
 
 
+def test_read_events_pages_through_the_stream_after_an_entry(store: JobStore, request: pytest.FixtureRequest) -> None:
+    """Events are read back oldest first, `limit` entries at a time, each page after the last entry of the one
+    before; an entry genq did not write (no JSON event) is skipped, not an error, and a page of nothing else still
+    moves the cursor on."""
+    for i in range(4):
+        store.emit_event({"id": str(i)})
+    if isinstance(store, RedisJobStore):  # a foreign entry, written by someone else on the same stream
+        client = redis.Redis.from_url(request.getfixturevalue("redis_url"), decode_responses=True)
+        client.xadd(store.event_stream, {"other": "x"})
+        client.xadd(store.event_stream, {"event": "not json"})
+        client.close()
+    store.emit_event({"id": "4"})
+    store.emit_event({"id": "5"})
+    seen, after, pages = [], "0", 0
+    while True:
+        events, cursor = store.read_events(after, limit=2)
+        if cursor == after:
+            break
+        seen += [e["id"] for e in events]
+        after, pages = cursor, pages + 1
+    assert seen == ["0", "1", "2", "3", "4", "5"]
+    assert pages == (4 if isinstance(store, RedisJobStore) else 3)  # the two foreign entries fill the third
+    assert store.read_events(after) == ([], after)
+
+
 def test_gauges_count_jobs_per_status_and_tasks_upstream_per_model(store: JobStore, model: str) -> None:
     """Jobs per status over every batch (a status that emptied reads 0) and tasks submitted, running or overdue
     per model, kept by every transition."""

@@ -1,6 +1,7 @@
 """The floors of the code, read from the source with `ast`: no module imports another that imports it back; only
-the command line (`producer/cli/`) and `ops` itself import `ops`, and of `producer/` only the command line's seam
-imports the local stack; nothing outside the command line imports it.
+the front ends (the command line `producer/cli/` and the Python API `producer/api.py`), the seam to the local
+stack (`producer/services.py`) and `ops` itself import `ops`, and of `producer/` only that seam imports the local
+stack; nothing outside the command line imports it.
 
 Every `import` counts, wherever it is (module level, inside a function, under `TYPE_CHECKING`): a function-level
 import is still a dependency, only a later one. `from package import name` is an import of `package.name` when
@@ -16,8 +17,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("workers", "producer", "config", "ops")
 
-#: The command line: with `ops` itself, the only modules that may import `ops`.
+#: The command line: the top floor.
 CLI_PACKAGE = "producer.cli"
+#: The one seam to the local stack, shared by the command line and the Python API.
+SEAM = "producer.services"
+#: The front ends and the seam: with `ops` itself, the only modules that may import `ops`.
+FRONT = (CLI_PACKAGE, "producer.api", SEAM)
 
 
 def module_name(path: Path) -> str:
@@ -85,8 +90,8 @@ def _parents(module: str) -> list[str]:
 
 
 #: The floors, lowest first: a module may import its own floor and those below, never one above. `ops` stands
-#: beside the command line (it may use everything below it), and the simulator imports nothing of genq.
-FLOORS = (("config",), ("workers",), ("producer",), ("producer.cli", "ops"))
+#: beside the front ends (it may use everything below it), and the simulator imports nothing of genq.
+FLOORS = (("config",), ("workers",), ("producer",), (*FRONT, "ops"))
 
 
 def floor_of(module: str) -> int:
@@ -155,7 +160,7 @@ def test_the_graph_sees_every_floor_and_the_cli_package() -> None:
     graph = import_graph()
     for package in PACKAGES:
         assert package in graph
-    assert "ops.localstack" in graph["producer.cli.services"]
+    assert "ops.localstack" in graph[SEAM]
     assert "producer.cli.common" in graph["producer.cli.batch_command"]  # `from producer.cli import common`
 
 
@@ -173,16 +178,17 @@ def test_no_module_imports_another_that_imports_it_back() -> None:
     assert not found, "import cycles:\n" + "\n".join(_describe(graph, c) for c in found)
 
 
-def test_only_the_cli_and_ops_import_ops() -> None:
-    """Outside `ops` itself, only modules of the command line's package import anything of `ops`."""
+def test_only_the_front_ends_and_ops_import_ops() -> None:
+    """Outside `ops` itself, only the front ends (the command line, the Python API) and the seam to the local
+    stack import anything of `ops`."""
     graph = import_graph()
     offenders = {
         module: sorted(m for m in imports if _within(m, ["ops"]))
         for module, imports in graph.items()
-        if not _within(module, ["ops", CLI_PACKAGE])
+        if not _within(module, ["ops", *FRONT])
     }
     offenders = {module: ops for module, ops in offenders.items() if ops}
-    assert not offenders, f"modules outside {CLI_PACKAGE} and ops that import ops: {offenders}"
+    assert not offenders, f"modules outside {', '.join(FRONT)} and ops that import ops: {offenders}"
 
 
 def test_dependencies_point_down_the_floors() -> None:
@@ -200,15 +206,15 @@ def test_dependencies_point_down_the_floors() -> None:
     assert {module: found for module, found in simulator.items() if found} == {}
 
 
-def test_the_cli_reaches_the_local_stack_through_one_seam() -> None:
-    """Of `producer/`, only the command line's seam (`producer/cli/services.py`) imports the local stack."""
+def test_the_front_ends_reach_the_local_stack_through_one_seam() -> None:
+    """Of `producer/`, only the seam (`producer/services.py`) imports the local stack."""
     graph = import_graph()
     importers = sorted(
         module
         for module, imports in graph.items()
         if _within(module, ["producer"]) and any(_within(m, ["ops.localstack"]) for m in imports)
     )
-    assert importers == [f"{CLI_PACKAGE}.services"]
+    assert importers == [SEAM]
 
 
 def test_nothing_below_the_cli_imports_it() -> None:

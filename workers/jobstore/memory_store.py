@@ -31,7 +31,16 @@ from workers.events import iso_time
 from workers.job import TERMINAL, Job, Status
 from workers.jobstore import keys
 from workers.jobstore.moves import Move, Planned, outcome
-from workers.jobstore.protocol import Applied, BatchSummary, Gauges, NewJob, Purged, billed_scopes, in_line_order
+from workers.jobstore.protocol import (
+    Applied,
+    BatchSummary,
+    Gauges,
+    NewJob,
+    Purged,
+    billed_scopes,
+    decoded_event,
+    in_line_order,
+)
 from workers.jobstore.sorted_set import SortedSet
 
 #: Statuses whose job has a task upstream (`transition.lua` counts them per model in `genq:inflight`).
@@ -343,6 +352,16 @@ class MemoryJobStore(Planned):
         """The events in the stream, oldest first, decoded (what a consumer of `event_stream` reads)."""
         with self._lock:
             return [json.loads(fields["event"]) for _, fields in self._events]
+
+    def read_events(self, after: str = "0", limit: int = 1000) -> tuple[list[dict[str, Any]], str]:
+        def entry(entry_id: str) -> tuple[int, int]:
+            ms, _, seq = entry_id.partition("-")
+            return int(ms), int(seq or 0)
+
+        with self._lock:
+            later = [(i, fields) for i, fields in self._events if entry(i) > entry(after)][:limit]
+        events = [event for _, fields in later if (event := decoded_event(fields)) is not None]
+        return events, later[-1][0] if later else after
 
     def pause_account(self, account: str, record: Mapping[str, Any], event: Mapping[str, Any]) -> bool:
         """`pause_account.lua`: pause `account` and append its event atomically; False (and no event) when it

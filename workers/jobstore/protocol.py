@@ -15,6 +15,7 @@ counters, the due index, the tasks-in-flight count, and appends the job's event 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -220,6 +221,11 @@ class JobStore(Protocol):
     def emit_event(self, event: Mapping[str, Any]) -> None:
         """Append an event that goes with no change of status (a result at risk, a request answered)."""
 
+    def read_events(self, after: str = "0", limit: int = 1000) -> tuple[list[dict[str, Any]], str]:
+        """The events of up to `limit` entries of the stream that came after the entry id `after` ("0": from the
+        oldest kept), oldest first, and the id of the last entry read (the next page starts after it; `after`
+        when there was none). An entry that is not an event genq wrote is skipped."""
+
     def pause_account(self, account: str, record: Mapping[str, Any], event: Mapping[str, Any]) -> bool:
         """Pause `account` and append its event atomically; False (and no event) when it already was."""
 
@@ -267,3 +273,12 @@ def billed_scopes(day: Mapping[str, str]) -> dict[tuple[str, str], float]:
         account, _, model = scope.partition("|")
         scopes[(account, model)] = float(units)
     return scopes
+
+
+def decoded_event(fields: Mapping[str, str]) -> dict[str, Any] | None:
+    """The event of a stream entry (its `event` field, JSON), or None for an entry genq did not write."""
+    try:
+        event = json.loads(fields.get("event", ""))
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None

@@ -22,7 +22,16 @@ from workers.events import iso_time
 from workers.job import TERMINAL, Job, Status
 from workers.jobstore import keys
 from workers.jobstore.moves import Move, Planned, outcome
-from workers.jobstore.protocol import Applied, BatchSummary, Gauges, NewJob, Purged, billed_scopes, in_line_order
+from workers.jobstore.protocol import (
+    Applied,
+    BatchSummary,
+    Gauges,
+    NewJob,
+    Purged,
+    billed_scopes,
+    decoded_event,
+    in_line_order,
+)
 
 #: Scripts that use the shared functions of `finish_batch.lua` (prepended to them).
 _WITH_SHARED = {"transition", "seal_batch", "create_job", "requeue"}
@@ -358,6 +367,11 @@ class RedisJobStore(Planned):
             maxlen=self.event_stream_maxlen,
             approximate=True,
         )
+
+    def read_events(self, after: str = "0", limit: int = 1000) -> tuple[list[dict[str, Any]], str]:
+        entries = cast(list[tuple[str, dict[str, str]]], self._redis.xrange(self.event_stream, f"({after}", "+", limit))
+        events = [event for _, fields in entries if (event := decoded_event(fields)) is not None]
+        return events, entries[-1][0] if entries else after
 
     def paused_accounts(self) -> dict[str, dict[str, Any]]:
         return {a: json.loads(v) for a, v in cast(dict[str, str], self._redis.hgetall(keys.PAUSED)).items()}
