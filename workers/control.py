@@ -1,10 +1,12 @@
 """What an operator does to jobs that are already in flight: cancel them, retry the failed ones.
 
-Cancel: a job whose task is still `PENDING` upstream is cancelled there (nothing is billed); one already
-running upstream cannot be, so genq just stops looking after it. A job already downloading its results, or
-whose task has already succeeded, is left to finish (they are paid for). Either way the job ends `canceled` at
-once, by a compare-and-set on the attempt it was read at: a job a worker moved on meanwhile (its create sent)
-is left alone, and any message still in flight finds a cancelled job moved on.
+Cancel: a job whose task is still `PENDING` upstream is cancelled there (nothing is billed), and ends
+`canceled`. A task already running upstream cannot be cancelled and will be billed: its job is left to finish
+and store its result (dropping a paid result saves nothing), as is a job already downloading its results or
+whose task has already succeeded; a cancel the service refuses while the task is still `PENDING`, or that
+cannot be sent now, leaves the job as it is, to be cancelled again. Each job left is named with its reason. A
+job ends `canceled` by a compare-and-set on the attempt it was read at: a job a worker moved on meanwhile (its
+create sent) is judged again, and any message still in flight finds a cancelled job moved on.
 
 A job still waiting for a slot leaves its queue; a job holding one gives it back (and the next job is admitted).
 
@@ -44,6 +46,16 @@ _OWN_PERMANENT = frozenset(
     }
 )
 _ACTIVE_UPSTREAM = frozenset({Status.SUBMITTED, Status.RUNNING, Status.OVERDUE})
+#: After a refused cancel, by the task's status upstream: why the job is left as it is. A task that may still
+#: run, or already succeeded, is paid for (or may yet start): its job goes on and stores what it bills. Any
+#: other status (FAILED, CANCELED, UNKNOWN) bills nothing more, and the job ends `canceled`.
+_LEFT_RUNNING = {
+    "SUCCEEDED": "its task has already succeeded upstream (billed): its result is stored",
+    "RUNNING": "its task already runs upstream and cannot be cancelled (it will be billed): left to finish, "
+    "its result is stored",
+    "PENDING": "the service refused to cancel its task, still PENDING upstream; try again",
+}
+_UNREAD = "its task could not be cancelled and its status not read now; try again"
 
 
 @dataclass
@@ -105,13 +117,11 @@ def _cancel_one(rt: Runtime, ref: str, report: ControlReport) -> str:
             return "skipped"
         except RemoteError as exc:  # UnsupportedOperation: it started, or already ended, upstream
             upstream = _upstream_status(rt, job)
-            if upstream is None:
-                report.skipped[ref] = "its task could not be cancelled and its status not read now; try again"
+            left = _LEFT_RUNNING.get(upstream or "", "") if upstream else _UNREAD
+            if left:
+                report.skipped[ref] = left
                 return "skipped"
-            if upstream == "SUCCEEDED":
-                report.skipped[ref] = "its task has already succeeded upstream (billed): its result is stored"
-                return "skipped"
-            log.info("upstream cancel refused; no longer polling", ref=ref, code=exc.code, upstream=upstream)
+            log.info("upstream cancel refused; the task ended unbilled", ref=ref, code=exc.code, upstream=upstream)
     now = rt.clock()
     event = job_event(job, Status.CANCELED, now=now, error_code="Canceled", error_message="canceled by the user")
     # A compare-and-set on the attempt it was read at: if a worker moved it on since (sent its create, found

@@ -26,7 +26,7 @@ from workers.claimed import run_stage
 from workers.control import cancel, retry
 from workers.dashscope import DashScopeClient
 from workers.finalize import finalize, object_key
-from workers.job import TASK_LIFE_S, Job, Status
+from workers.job import TASK_LIFE_S, Action, Job, Status
 from workers.jobstore import keys
 from workers.quota.quota import Scope
 from workers.runtime import Runtime
@@ -296,24 +296,32 @@ def test_an_account_error_during_a_poll_pauses_the_account_and_keeps_the_job(
 def test_cancel_stops_a_batch_and_cancels_upstream(
     runtime_factory: Callable[..., Runtime], simulator_factory: Callable[..., RunningSimulator]
 ) -> None:
-    """genq cancel: every job ends canceled, queued tasks are cancelled upstream, stale messages do nothing."""
+    """genq cancel: jobs whose tasks are queued upstream are cancelled there and end canceled, and their messages
+    still in flight do nothing; a job whose task already runs upstream (it cannot be cancelled, and bills) is
+    left to finish, saying so, and is still polled."""
     sim = simulator_factory(time_scale=30.0)
     rt = runtime_factory(**aimed_at(sim))
     steps = enqueue(rt, *({"id": f"j{i}", "prompt": f"p{i}", "model": "wanx2.0-t2i-turbo"} for i in range(3)))
     left = run(rt, steps, timeout_s=3, max_sleep_s=0.5)
     report = cancel(rt, "b")
-    assert sorted(report.changed) == ["b/j0", "b/j1", "b/j2"] and report.upstream_canceled >= 1
-    assert run(rt, left, timeout_s=5) == []  # every message still in flight is now stale
-    assert all(j.status is Status.CANCELED for j in rt.store.jobs("b"))
-    assert sim.counters()["cancels"] >= 1
+    running = {ref for ref, why in report.skipped.items() if why.startswith("its task already runs upstream")}
+    assert set(report.skipped) == running and sorted([*report.changed, *running]) == ["b/j0", "b/j1", "b/j2"]
+    assert report.upstream_canceled >= 1 and sim.counters()["cancels"] >= 1
+    run(rt, left, timeout_s=5)  # the cancelled jobs' messages are stale; the running ones' polls go on
+    for job in rt.store.jobs("b"):
+        if job.ref in running:
+            assert job.status in (Status.SUBMITTED, Status.RUNNING) and job.next_action is Action.POLL, job
+        else:
+            assert job.status is Status.CANCELED, job
 
 
 def test_cancel_never_lets_a_freed_slot_start_a_job_it_has_yet_to_cancel(
     runtime_factory: Callable[..., Runtime], simulator_factory: Callable[..., RunningSimulator]
 ) -> None:
-    """One slot, one running job and two waiting: cancelling the batch frees the slot, and workers act on what is
-    admitted at once (here: the submit runs the moment it is sent). No waiting job of the batch is admitted and
-    creates a task that the cancel then abandons: one task upstream in all, every job canceled."""
+    """One slot, one running job and two waiting, and workers that act on what is admitted at once (here: the
+    submit runs the moment it is sent): cancelling the batch ends the two waiting jobs and admits none of them
+    into a slot; the running job is left to finish (its task cannot be cancelled and bills): one task upstream
+    in all."""
     sim = simulator_factory(time_scale=30.0)
     account = AccountSettings(
         name="default",
@@ -328,9 +336,11 @@ def test_cancel_never_lets_a_freed_slot_start_a_job_it_has_yet_to_cancel(
     assert sim.counters()["creates"] == 1
     rt.send = lambda step: run_stage(submit, rt, step.ref, step.attempt) if step else None  # an eager worker
     report = cancel(rt, "b")
-    assert sorted(report.changed) == ["b/j0", "b/j1", "b/j2"]
-    assert run(rt, left, timeout_s=3) == []
-    assert all(j.status is Status.CANCELED for j in rt.store.jobs("b"))
+    (running,) = [j.ref for j in rt.store.jobs("b") if j.task_id]
+    assert sorted(report.changed) == sorted({"b/j0", "b/j1", "b/j2"} - {running})
+    assert report.skipped[running].startswith("its task already runs upstream")  # left to finish: it bills
+    assert {step.ref for step in run(rt, left, timeout_s=3)} <= {running}
+    assert [j.status for j in rt.store.jobs("b") if j.ref != running] == [Status.CANCELED] * 2
     assert sim.counters()["creates"] == 1  # the running job's task only: nothing admitted after it
 
 
