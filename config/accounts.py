@@ -62,6 +62,12 @@ class AccountSettings(BaseModel):
     query_qps: float = Field(20.0, gt=0)
     limits: dict[str, tuple[float, int]] = Field(default_factory=dict)
     models: tuple[str, ...] = Field((), description="Models this account serves; empty: all of them.")
+    daily_cap_units: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="Most billed units (images, seconds of video) per UTC day."
+    )
+    daily_cap_money: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="Most money per UTC day, at the configured prices."
+    )
 
     @field_validator("limits")
     @classmethod

@@ -14,7 +14,7 @@ import binascii
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast
 from urllib.parse import quote, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
 
@@ -222,6 +222,21 @@ class Settings(BaseSettings):
         "`genq batch --dry-run` estimates and the cost beside billed units. genq ships no prices.",
     )
     price_currency: str = Field("", max_length=8, description="The currency `prices` are in, as shown (e.g. CNY).")
+    daily_cap_units: float | None = Field(
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        description="The single account's most billed units (images, seconds of video) per UTC day; configured "
+        "accounts set their own (`daily_cap_units` of `[[accounts]]`).",
+    )
+    daily_cap_money: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="The same in money, at `prices` (the single account's)."
+    )
+    budget_on_cap: Literal["wait", "reject"] = Field(
+        "wait",
+        description="A job whose largest bill would cross a cap waits until the cap is raised or the day "
+        "changes (`wait`), or ends `failed` with `BudgetCapReached` (`reject`).",
+    )
     sweep_grace_s: float = Field(5.0, description="How overdue a job's next action must be to be re-sent.")
     unknown_confirm_s: float = Field(
         60.0, gt=0, description="How long a task younger than 24 h must keep answering UNKNOWN to be believed gone."
@@ -502,7 +517,14 @@ class Settings(BaseSettings):
             return self.accounts
         keys = (self.dashscope_api_key,) if self.dashscope_api_key is not None else ()
         return (
-            AccountSettings(name=self.account, api_keys=keys, region=self.region, base_url=self.dashscope_base_url),
+            AccountSettings(
+                name=self.account,
+                api_keys=keys,
+                region=self.region,
+                base_url=self.dashscope_base_url,
+                daily_cap_units=self.daily_cap_units,
+                daily_cap_money=self.daily_cap_money,
+            ),
         )
 
     @property

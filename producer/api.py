@@ -28,6 +28,7 @@ import asyncio
 import functools
 import hashlib
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -46,14 +47,19 @@ from producer.batch import EnqueueReport, enqueue_rows
 from producer.csv_source import CsvRow
 from producer.services import ServiceMissing, Services, open_services
 from workers import control, refs
+from workers.admission import dispatch_all
+from workers.billing import utc_day
 from workers.bucket import ResultBucket, make_minio
 from workers.job import TERMINAL, Job, Next, Status
 from workers.jobstore import BatchSummary, JobStore
 from workers.messages import publish
+from workers.quota.quota import Quota
+from workers.quota.spend import Cap, Ledger, batch_ledger, day_ledger
 from workers.runtime import Runtime, build_runtime
 
 __all__ = [
     "AsyncGenq",
+    "Budget",
     "Genq",
     "JobResult",
     "Rejection",
@@ -191,6 +197,10 @@ class Genq:
         return self.runtime.store
 
     @property
+    def quota(self) -> Quota:
+        return self.runtime.quota
+
+    @property
     def results(self) -> ResultBucket:
         if self._results is None:
             self._results = ResultBucket(make_minio(self.settings), self.settings.bucket)
@@ -210,10 +220,13 @@ class Genq:
         priority: int = 5,
         webhook: str | None = None,
         defaults: Mapping[str, Any] | None = None,
+        cap_units: float | None = None,
+        cap_money: float | None = None,
     ) -> Submitted:
         """Enqueue `requests` as one batch with `priority` (0-9: a higher band is admitted first); `defaults`
-        fill the fields a request leaves out; the batch's events also go to `webhook`, if given. Returns at
-        once: the jobs are admitted as the account's quota allows (`wait` follows them)."""
+        fill the fields a request leaves out; the batch's events also go to `webhook`, if given; `cap_units` /
+        `cap_money` cap what the batch may be billed (`set_budget`). Returns at once: the jobs are admitted as
+        the account's quota and the caps allow (`wait` follows them)."""
         items = list(requests)
         if not 0 <= priority <= 9:
             raise ValueError(f"priority must be 0-9, got {priority!r}")
@@ -222,7 +235,10 @@ class Genq:
         if not refs.is_id(batch_id):
             raise ValueError(f"batch id {batch_id!r} must be letters, digits, '.', '_' or '-' (at most 64)")
         cells = {k: _cell(v)[0] for k, v in (defaults or {}).items() if v is not None}
-        report = self.submit_rows(rows, batch_id=batch_id, priority=priority, webhook=webhook, defaults=cells)
+        cap = checked_cap(cap_units, cap_money)
+        report = self.submit_rows(
+            rows, batch_id=batch_id, priority=priority, webhook=webhook, defaults=cells, cap=cap if cap.any else None
+        )
         rejected = [Rejection(int(str(r["line"])) - 1, str(r["field"]), str(r["reason"])) for r in report.rejected]
         return Submitted(batch_id, report.accepted, report.images, dict(report.existing), rejected)
 
@@ -235,11 +251,14 @@ class Genq:
         priority: int = 5,
         webhook: str | None = None,
         defaults: dict[str, str] | None = None,
+        cap: Cap | None = None,
     ) -> EnqueueReport:
         """Enqueue rows (of a CSV file, or made by `submit`) as the batch `batch_id`: what `genq batch` and
-        `submit` both do."""
+        `submit` both do. `cap` (set before any job is admitted) caps what the batch may be billed."""
         if webhook:
             self.store.set_batch_webhook(batch_id, webhook)
+        if cap is not None:
+            self.quota.spend.set_cap(batch_ledger(batch_id), cap)
         return enqueue_rows(
             self.store,
             self.settings,
@@ -321,7 +340,29 @@ class Genq:
                 return found
             after = cursor
 
+    def budget(self, batch_id: str) -> Budget:
+        """The batch's spending against its cap: committed (billed, plus the largest bills of its jobs under
+        way), the cap, and how many of its jobs the cap holds back."""
+        self.status(batch_id)
+        return Budget(self.quota.spend.read(batch_ledger(batch_id)), self.store.held(batch_id))
+
+    def day_budget(self, account: str, day: str | None = None) -> Ledger:
+        """An account's spending for a UTC day (default: today) against its daily cap."""
+        self.settings.account_settings(account)  # KeyError names the configured ones
+        return self.quota.spend.read(day_ledger(day or utc_day(time.time()), account))
+
     # --- changing -----------------------------------------------------------------------------------------
+    def set_budget(self, batch_id: str, *, cap_units: float | None = None, cap_money: float | None = None) -> Budget:
+        """Set (raise, lower, or with neither remove) the batch's cap, in units (images, seconds of video) and
+        or in money (at the configured prices). Jobs the cap held go back in line, and those that now fit are
+        admitted; the next time the cap is reached is announced again."""
+        self.status(batch_id)
+        self.quota.spend.set_cap(batch_ledger(batch_id), checked_cap(cap_units, cap_money))
+        while self.store.unhold(batch_id, limit=1000):
+            pass
+        dispatch_all(self.store, self.quota, self.settings, self._send)
+        return self.budget(batch_id)
+
     def cancel(self, target: str) -> control.ControlReport:
         """Cancel a batch, or one job (`BATCH/JOB`): tasks still queued upstream are cancelled there (nothing
         is billed for them); tasks already running end and are stored. The report names what was skipped."""
@@ -382,11 +423,33 @@ class AsyncGenq:
     async def events(self, batch_id: str) -> list[dict[str, Any]]:
         return await self._in_thread(self.sync.events, batch_id)
 
+    async def budget(self, batch_id: str) -> Budget:
+        return await self._in_thread(self.sync.budget, batch_id)
+
+    async def set_budget(self, batch_id: str, **caps: float | None) -> Budget:
+        return await self._in_thread(self.sync.set_budget, batch_id, **caps)
+
     async def cancel(self, target: str) -> control.ControlReport:
         return await self._in_thread(self.sync.cancel, target)
 
     async def retry(self, target: str, *, force: bool = False) -> control.ControlReport:
         return await self._in_thread(self.sync.retry, target, force=force)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A batch's spending ledger and the jobs its cap holds back."""
+
+    ledger: Ledger
+    held: int
+
+
+def checked_cap(units: float | None, money: float | None) -> Cap:
+    """A cap from its figures; `ValueError` for one that is not a finite number, 0 or more."""
+    for name, value in (("cap_units", units), ("cap_money", money)):
+        if value is not None and (isinstance(value, bool) or not math.isfinite(value) or value < 0):
+            raise ValueError(f"{name} must be a finite number, 0 or more, got {value!r}")
+    return Cap(None if units is None else float(units), None if money is None else float(money))
 
 
 # --- requests as CSV rows -----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from config.settings import Settings
 from producer.csv_source import CsvRow
 from workers import refs
 from workers.admission import dispatch_all
+from workers.billing import largest_bill
 from workers.errors import RequestInvalid
 from workers.job import Next, record_of
 from workers.jobstore import JobStore, NewJob
@@ -107,7 +108,7 @@ def check_rows(settings: Settings, rows: Iterable[CsvRow], defaults: dict[str, s
             report.valid += 1
             report.images += request.n
             report.jobs_by_model[request.model] += 1
-            report.units_by_model[request.model] += request.duration_s or request.n
+            report.units_by_model[request.model] += int(largest_bill(request))
     return report
 
 

@@ -11,6 +11,15 @@ slot audit gives back any slot whose job no longer needs it.
 Who calls `dispatch`: the producer when a batch arrives, the stage that frees a slot (a poll that sees the
 task end, any job that ends), and the periodic sweep.
 
+Budget: a job is admitted only with a reservation of its largest possible bill in its batch's and its
+account's day's spending ledgers (`workers/quota/spend.py`), taken in one atomic step with the caps checked;
+so no cap is ever overshot, however many dispatchers admit at once. A job over its batch's cap is held out of
+the queue (it waits with the batch, and is put back in line when the cap is raised or spending falls); one
+over its account's cap for the day leaves it waiting in line, and that account admits nothing more of the
+model this round (the next day, or a raised cap, lets it go on). With `budget_on_cap = "reject"` such a job
+ends `failed` (`BudgetCapReached`) instead. When a job's bill is known the reservation becomes that bill;
+when it ends without one, the reservation is given back (`settle_spend`).
+
 Order: a batch's priority (0-9) is a band, and a band is served before every lower one; within a band,
 batches take turns (the queue's score, see `workers/jobstore/lua/create_job.lua`), so a ten-row interactive batch is not
 stuck behind a 100,000-row nightly one.
@@ -18,23 +27,32 @@ stuck behind a 100,000-row nightly one.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 
 from config.accounts import AccountSettings
 from config.catalogue import Kind
 from config.settings import Settings
-from workers import account_pause
+from workers import account_pause, refs
+from workers.billing import SYNC_OUTCOME_UNKNOWN, largest_bill, utc_day
+from workers.events import cloud_event, iso_time, job_event
 from workers.job import Action, Job, Next, Status
 from workers.jobstore import JobStore
 from workers.quota.quota import Quota, Scope
+from workers.quota.spend import NO_PRICE, Cap, LedgerSpec, Refusal, batch_ledger, day_ledger
 
 log = structlog.get_logger("genq.admission")
 
 Send = Callable[[Next | None], None]
 
+#: The code of a job that a cap stopped, with `budget_on_cap = "reject"`.
+BUDGET_CAP_REACHED = "BudgetCapReached"
+#: Held jobs put back in line at once when a batch's spending falls (the rest follow as more room appears).
+UNHOLD_CHUNK = 100
 #: Statuses in which a job needs its slot: its task is (or is about to be) upstream.
 HOLDS_SLOT = frozenset({Status.ADMITTED, Status.SUBMITTING, Status.SUBMITTED, Status.RUNNING, Status.OVERDUE})
 
@@ -92,9 +110,16 @@ def dispatch(
             ref, score = first
             if not quota.take_slot(scope, ref, limit=limit, lease_s=settings.slot_lease_s, now=now):
                 break  # this account is full; the next one may have room
+            refused = reserve_spend(store, quota, settings, ref, account.name, now)
+            if refused is not None:
+                quota.release_slot(scope, ref)
+                if refused.index == 0 or settings.budget_on_cap == "reject":
+                    _over_cap(store, quota, settings, ref, model, refused, account.name, send, now)
+                    continue  # the job is held (or ended): the next one in line may fit
+                break  # the account's cap for the day: it admits nothing more of this model now
             step = admit(store, settings, ref, account.name, now=now)
             if step is None:
-                if not _settle_lost_race(store, quota, scope, ref):
+                if not _settle_lost_race(store, quota, scope, ref, now):
                     break
                 continue
             store.leave_queue(model, ref)
@@ -106,17 +131,138 @@ def dispatch(
     return admitted
 
 
-def _settle_lost_race(store: JobStore, quota: Quota, scope: Scope, ref: str) -> bool:
-    """`ref` could not be admitted (it ended, or a racing dispatcher admitted it first). Keep the slot only if
-    the job now holds it; take the job out of the queue unless it is still waiting. False when it still is
-    (the caller stops rather than look at it again)."""
+def _settle_lost_race(store: JobStore, quota: Quota, scope: Scope, ref: str, now: float) -> bool:
+    """`ref` could not be admitted (it ended, or a racing dispatcher admitted it first). Keep the slot and the
+    reservation only if the job now holds them (the racing admission reserved under the same name); take the
+    job out of the queue unless it is still waiting. False when it still is (the caller stops rather than look
+    at it again)."""
     job = store.get(ref)
     if not (job is not None and job.status in HOLDS_SLOT and job.account == scope.account):
         quota.release_slot(scope, ref)
+        ledgers = [batch_ledger(refs.split_ref(ref)[0]), day_ledger(utc_day(now), scope.account)]
+        quota.spend.settle(ledgers, ref, units=0.0, money=0.0)
     if job is not None and job.status is Status.ACCEPTED:
         return False
     store.leave_queue(scope.model, ref)
     return True
+
+
+def reserve_spend(
+    store: JobStore, quota: Quota, settings: Settings, ref: str, account: str, now: float
+) -> Refusal | None:
+    """Reserve the job's largest possible bill in its batch's ledger and its account's for the day, or refuse
+    (nothing reserved) when that would cross a cap. A job gone or no longer waiting reserves nothing here (its
+    admission then fails and settles the race)."""
+    job = store.get(ref)
+    if job is None or job.status is not Status.ACCEPTED:
+        return None
+    units = largest_bill(job.request)
+    price = settings.prices.get(job.request.model)
+    money = NO_PRICE if price is None else units * price
+    day, limits = utc_day(now), settings.account_settings(account)
+    ledgers = [
+        LedgerSpec(batch_ledger(job.batch_id), None, {"scope": "batch", "batch_id": job.batch_id}),
+        LedgerSpec(
+            day_ledger(day, account),
+            Cap(limits.daily_cap_units, limits.daily_cap_money),
+            {"scope": "account_day", "account": account, "day": day},
+        ),
+    ]
+    events = [json.dumps(_cap_event(spec, ref, now), ensure_ascii=False) for spec in ledgers]
+    return quota.spend.reserve(
+        ledgers,
+        ref,
+        units=units,
+        money=money,
+        events=events,
+        event_stream=settings.event_stream,
+        maxlen=settings.event_stream_maxlen,
+    )
+
+
+def _cap_event(spec: LedgerSpec, ref: str, now: float) -> dict[str, Any]:
+    """`genq.budget.cap_reached` of a ledger, as its first refusal appends it (the cap as the refusal saw it is
+    in the ledger; the event names it as configured when it was built)."""
+    label = spec.label
+    subject = label["batch_id"] if label["scope"] == "batch" else f"{label['account']}/{label['day']}"
+    cap = spec.cap or Cap()
+    data = {**label, "cap_units": cap.units, "cap_money": cap.money, "ref": ref}
+    return cloud_event("genq.budget.cap_reached", subject, f"budget/{subject}/{iso_time(now)}", data, now=now)
+
+
+def _over_cap(
+    store: JobStore,
+    quota: Quota,
+    settings: Settings,
+    ref: str,
+    model: str,
+    refused: Refusal,
+    account: str,
+    send: Send,
+    now: float,
+) -> None:
+    """A job whose largest bill would cross a cap: held out of line with its batch (the batch's cap), or ended
+    `failed` (`budget_on_cap = "reject"`)."""
+    if settings.budget_on_cap == "wait":
+        store.hold(model, ref)
+        return
+    job = store.get(ref)
+    if job is None or job.status is not Status.ACCEPTED:
+        return
+    message = over_cap_reason(refused, batch=refused.index == 0, account=account)
+    event = job_event(job, Status.FAILED, now=now, error_code=BUDGET_CAP_REACHED, error_message=message)
+    applied = store.transition(
+        ref,
+        Status.FAILED,
+        expected_attempt=job.attempt,
+        fields={"error_code": BUDGET_CAP_REACHED, "error_message": message},
+        event=event,
+        now=now,
+    )
+    if applied.ok:
+        store.leave_queue(model, ref)
+
+
+def over_cap_reason(refused: Refusal, *, batch: bool, account: str) -> str:
+    """Why a job was not admitted, in words: which cap, and what is committed against it."""
+    whose = "the batch's budget cap" if batch else f"account {account}'s budget cap for the day (UTC)"
+    if refused.no_price:
+        return f"{whose} is in money, and the model has no price (`prices`)"
+    parts = []
+    if refused.cap.units is not None:
+        parts.append(f"{refused.committed_units:g} of {refused.cap.units:g} units committed")
+    if refused.cap.money is not None:
+        parts.append(f"{refused.committed_money:.2f} of {refused.cap.money:.2f} in money committed")
+    return f"{whose} would be crossed by its largest bill ({'; '.join(parts)})"
+
+
+def settle_spend(
+    store: JobStore,
+    quota: Quota,
+    settings: Settings,
+    job: Job,
+    send: Send,
+    *,
+    units: float | None = None,
+    status: Status | None = None,
+    code: str | None = None,
+) -> None:
+    """The job's reservation becomes what it cost: `units` billed (its task succeeded), else nothing (it ended
+    without a bill), else, when its outcome cannot be known (`status` expired, or a synchronous call's answer
+    lost), its largest bill, kept as spent. When that frees room, held jobs of its batch go back in line."""
+    admitted_at = job.times.get("admitted")
+    if admitted_at is None or not job.account:
+        return
+    if units is None:
+        unknown = status is Status.EXPIRED or code == SYNC_OUTCOME_UNKNOWN
+        units = -1.0 if unknown else 0.0
+    price = settings.prices.get(job.request.model)
+    money = units if units < 0 else (units * price if price is not None else 0.0)
+    ledgers = [batch_ledger(job.batch_id), day_ledger(utc_day(admitted_at), job.account)]
+    settled = quota.spend.settle(ledgers, job.ref, units=units, money=money)
+    freed = settled and 0 <= units < largest_bill(job.request)  # a bill of all it reserved frees nothing
+    if freed and store.held(job.batch_id) and store.unhold(job.batch_id, limit=UNHOLD_CHUNK):
+        dispatch_all(store, quota, settings, send)
 
 
 def dispatch_all(store: JobStore, quota: Quota, settings: Settings, send: Send, *, now: float | None = None) -> int:

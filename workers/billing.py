@@ -11,8 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from workers.requests import GenerationRequest
+
 #: How long a day's billed totals are kept in Redis: long enough to read back a month.
 BILLED_DAY_TTL_S = 40 * 86400
+#: The code of a job whose synchronous call's answer was lost: it may have been billed (`workers/call.py`).
+SYNC_OUTCOME_UNKNOWN = "SyncOutcomeUnknown"
 
 
 def utc_day(ts: float) -> str:
@@ -39,6 +43,12 @@ class Bill:
     def scope(self) -> str:
         """The day's field for this bill: `{account}|{model}`."""
         return f"{self.account}|{self.model}"
+
+
+def largest_bill(request: GenerationRequest) -> float:
+    """The most a request can be billed, in its model's unit: every image it asks for, or the video's seconds
+    (what admission reserves against a budget cap)."""
+    return float(request.duration_s or request.n)
 
 
 def cost(units: float, price: float | None) -> float | None:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 import redis
 
 from workers.admission import scope_of
+from workers.billing import SYNC_OUTCOME_UNKNOWN
 from workers.claimed import Claimed, claim, load_current, log
 from workers.dashscope.client import call_bound_s
 from workers.dashscope.protocol import TaskState
@@ -35,7 +36,7 @@ from workers.job import Action, Job, Next, Status
 from workers.poll import on_succeeded
 from workers.quota.quota import Scope
 from workers.runtime import Runtime
-from workers.submit import SETTLED, SYNC_OUTCOME_UNKNOWN, refused
+from workers.submit import SETTLED, refused
 
 #: The call's lease beyond the longest the call can take (`call_bound_s`): the recovery sweep must never take a
 #: call that may still be answered for a lost one (that would end a job whose billed images are about to arrive).

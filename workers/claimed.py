@@ -261,6 +261,7 @@ def end(
         )
         if applied.batch_finished:
             log.info("batch finished", batch_id=job.batch_id)
+        admission.settle_spend(rt.store, rt.quota, rt.settings, job, rt.send, status=status, code=code)
         admission.release(rt.store, rt.quota, rt.settings, job, rt.send)
     else:
         log.warning("terminal transition refused", ref=job.ref, target=status.value, reason=applied.reason)

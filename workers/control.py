@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 
 from workers import refs
-from workers.admission import dispatch, release
+from workers.admission import dispatch, release, settle_spend
 from workers.claimed import log
 from workers.dashscope.classify import error_class
 from workers.errors import AccountError, PermanentRemoteError, RemoteError, Throttled, TransientRemoteError
@@ -138,6 +138,7 @@ def _cancel_one(rt: Runtime, ref: str, report: ControlReport) -> str:
         report.changed.append(ref)
         report.skipped.pop(ref, None)
         rt.store.leave_queue(job.request.model, ref)
+        settle_spend(rt.store, rt.quota, rt.settings, job, rt.send, status=Status.CANCELED)
         release(rt.store, rt.quota, rt.settings, job, rt.send)
         return "canceled"
     if applied.reason != "attempt moved on":

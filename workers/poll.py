@@ -38,7 +38,7 @@ from typing import Any
 import redis
 
 from workers import account_pause, metrics
-from workers.admission import deadline_s, release, scope_of
+from workers.admission import deadline_s, release, scope_of, settle_spend
 from workers.billing import Bill
 from workers.claimed import Claimed, backoff_s, claim, load_current, log
 from workers.dashscope import TaskState
@@ -254,6 +254,7 @@ def on_succeeded(
     step = claimed.again(Status.DOWNLOADING, Action.FINALIZE, 0.0, fields={**upstream, **results}, bill=bill)
     if step is not None:
         metrics.BILLED_UNITS.labels(account=bill.account, model=bill.model).inc(bill.units)
+        settle_spend(rt.store, rt.quota, rt.settings, job, rt.send, units=bill.units)
         release(rt.store, rt.quota, rt.settings, job, rt.send)
     return step
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from workers import account_pause, metrics
 from workers.admission import scope_of
+from workers.billing import SYNC_OUTCOME_UNKNOWN
 from workers.claimed import Claimed, backoff_s, claim, end, load_current, log
 from workers.errors import (
     AccountError,
@@ -39,9 +40,6 @@ from workers.runtime import Runtime
 #: `create_pending` reconciles (after the create's timeout has passed) instead of POSTing again, so a short
 #: lease cannot cause a second paid create.
 SUBMIT_LEASE_S = 15.0
-#: The code of a job whose synchronous call's answer was lost: it may have been billed, and is never called again
-#: on its own (`workers/call.py`).
-SYNC_OUTCOME_UNKNOWN = "SyncOutcomeUnknown"
 #: Recorded once a create's outcome is known (a task, or none): nothing need be reconciled for it any more.
 SETTLED: Mapping[str, Any] = MappingProxyType({"create_pending": 0})
 

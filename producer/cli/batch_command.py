@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from config.settings import Settings
-from producer.api import Genq
+from producer.api import Genq, checked_cap
 from producer.batch import CheckReport, check_rows
 from producer.cli import common
 from producer.cli.common import ConfigOption, LocalOption, command_line, fail, settings_for
@@ -36,6 +36,7 @@ from producer.cli.services import local_services
 from producer.csv_source import CsvFormatError, read_rows, stable_copy
 from producer.services import Services
 from workers import refs
+from workers.quota.spend import Cap
 
 
 def default_batch_id(path: Path) -> str:
@@ -100,6 +101,13 @@ def batch(
             help="POST this batch's events here (signed with GENQ_WEBHOOK_SECRET), instead of GENQ_WEBHOOK_URL."
         ),
     ] = None,
+    cap: Annotated[
+        float | None,
+        typer.Option(min=0, help="Cap what the batch may be billed, in units (images, seconds of video)."),
+    ] = None,
+    cap_money: Annotated[
+        float | None, typer.Option(min=0, help="Cap what the batch may be billed in money, at the configured prices.")
+    ] = None,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -126,6 +134,7 @@ def batch(
         "duration": duration,
     }
     defaults = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in given.items() if v is not None}
+    batch_cap = _cap_of(cap, cap_money)
     batch_id = batch_id or default_batch_id(csv_file)
     if not refs.is_id(batch_id):
         raise fail(f"batch id {batch_id!r} must be letters, digits, '.', '_' or '-' (at most 64)", 2)
@@ -151,12 +160,22 @@ def batch(
                     webhook=webhook,
                     priority=priority,
                     defaults=defaults,
+                    cap=batch_cap,
                 )
     except CsvFormatError as exc:
         raise fail(str(exc), 2) from exc
     except OSError as exc:
         raise fail(f"cannot read {csv_file}: {exc.strerror or exc}", 2) from exc
     raise typer.Exit(code)
+
+
+def _cap_of(units: float | None, money: float | None) -> Cap | None:
+    """The batch's cap from --cap and --cap-money (None: neither given); exit 2 on one that is not a number."""
+    try:
+        cap = checked_cap(units, money)
+    except ValueError as exc:
+        raise fail(str(exc).replace("cap_units", "--cap").replace("cap_money", "--cap-money"), 2) from exc
+    return cap if cap.any else None
 
 
 def _beside(csv_file: Path, settings: Settings) -> Path | None:
@@ -202,6 +221,7 @@ def _run_batch(
     webhook: str | None,
     priority: int,
     defaults: dict[str, str],
+    cap: Cap | None,
 ) -> int:
     console = common.console
     genq = Genq(services)
@@ -216,6 +236,7 @@ def _run_batch(
         priority=priority,
         webhook=webhook,
         defaults=defaults,
+        cap=cap,
     )
     already = sum(report.existing.values())
     console.print(

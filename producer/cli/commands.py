@@ -27,10 +27,11 @@ from config.settings import MAX_RETENTION_S, MIN_RETENTION_S, Settings
 from producer.api import Genq
 from producer.cli import common
 from producer.cli.batch_command import batch
-from producer.cli.common import ConfigOption, LocalOption, fail, settings_for
+from producer.cli.common import ConfigOption, LocalOption, command_line, fail, settings_for
 from producer.cli.display import (
     billed_table,
     billed_words,
+    budget_lines,
     cells,
     failed_table,
     money,
@@ -51,12 +52,13 @@ from producer.cli.worker_commands import beat, flower, sim, worker
 from producer.scheduled_runs import schedule_named, scheduled_run
 from producer.stream import ConsumeReport, RequestConsumer
 from workers import account_pause, refs
-from workers.billing import cost
+from workers.billing import cost, utc_day
 from workers.bucket import ResultBucket, make_minio
 from workers.errors import StorageError
 from workers.events import iso_time
 from workers.jobstore import BatchSummary, JobStore
 from workers.messages import publish
+from workers.quota.spend import batch_ledger, day_ledger
 from workers.retention import purge_finished
 from workers.runtime import build_runtime, make_inbox, make_quota, make_store
 
@@ -96,27 +98,40 @@ def status(
     """Show a batch's counters by status, the quota it waits on, its rejected rows and its failed jobs."""
     console = common.console
     with _open_batch(config, local, batch_id) as (settings, store, summary):
+        quota = make_quota(settings)
+        ledger, held = quota.spend.read(batch_ledger(batch_id)), store.held(batch_id)
         if as_json:
-            console.print_json(json.dumps({**summary.__dict__, "done": summary.done}))
+            budget = {"cap": ledger.cap.__dict__, "committed_units": ledger.committed_units}
+            budget.update(committed_money=ledger.committed_money, reached=ledger.reached, held=held)
+            console.print_json(json.dumps({**summary.__dict__, "done": summary.done, "budget": budget}))
             return
         console.print(summary_table(summary))
         console.print("done" if summary.done else f"{summary.terminal} of {summary.total} jobs ended so far")
         billed = billed_table(summary.billed, settings, title="billed by the service")
         if billed is not None:
             console.print(billed)
+        raise_it = f"raise the cap to let them go on: {command_line(settings, 'budget', batch_id, '--cap', 'N')}"
+        for line in budget_lines(ledger, held, settings, whose="the batch's budget", then=raise_it):
+            console.print(line)
+        today = utc_day(time.time())
+        for account in settings.resolved_accounts():
+            day = quota.spend.read(day_ledger(today, account.name))
+            then = "jobs wait in line until the next UTC day, or a higher daily cap"
+            for line in budget_lines(day, 0, settings, whose=f"account {account.name} today (UTC)", then=then):
+                console.print(line)
         if summary.purged:
             console.print(
                 f"{summary.purged} of these jobs ended longer ago than the retention and left Redis: counted above, "
                 "no longer listed; their results and manifests are in the bucket"
             )
-        quota = quota_table(settings, store, make_quota(settings), now=time.time())
-        if quota is not None:
-            console.print(quota)
-        for account, pause in account_pause.all_paused(store).items():
+        waits = quota_table(settings, store, quota, now=time.time())
+        if waits is not None:
+            console.print(waits)
+        for name, pause in account_pause.all_paused(store).items():
             console.print(
                 styled(
-                    (f"account {account} is PAUSED", "red"),
-                    f" since {pause['code']}: {pause['message']} (fix it, then: genq resume {account})",
+                    (f"account {name} is PAUSED", "red"),
+                    f" since {pause['code']}: {pause['message']} (fix it, then: genq resume {name})",
                 )
             )
         if summary.rejected:
@@ -292,6 +307,36 @@ def billed(
     common.console.print(table if table.row_count else f"nothing billed on {span} (UTC)")
 
 
+def budget(
+    batch_id: Annotated[str, typer.Argument(help="The batch whose budget to show or change.")],
+    cap: Annotated[
+        float | None, typer.Option(min=0, help="Cap what the batch may be billed, in units (images, s of video).")
+    ] = None,
+    cap_money: Annotated[float | None, typer.Option(min=0, help="Cap it in money, at the configured prices.")] = None,
+    no_cap: Annotated[bool, typer.Option("--no-cap", help="Remove the batch's cap.")] = False,
+    config: ConfigOption = None,
+    local: LocalOption = False,
+) -> None:
+    """Show a batch's spending against its cap, or set the cap (--cap, --cap-money; --no-cap removes it): the
+    jobs the cap held go back in line, and those that now fit are admitted."""
+    if no_cap and (cap is not None or cap_money is not None):
+        raise fail("--no-cap removes the cap: give it alone, or give --cap / --cap-money", 2)
+    with local_services(settings_for(config, local=local or None), s3=False) as services:
+        genq = Genq(services)
+        try:
+            if cap is not None or cap_money is not None or no_cap:
+                now = genq.set_budget(batch_id, cap_units=cap, cap_money=cap_money)
+            else:
+                now = genq.budget(batch_id)
+        except KeyError as exc:
+            raise fail(str(exc.args[0]), 2) from exc
+        except ValueError as exc:
+            raise fail(str(exc), 2) from exc
+    lines = budget_lines(now.ledger, now.held, genq.settings, whose=f"batch {batch_id}", then="raise the cap")
+    for line in lines or [styled(f"batch {batch_id}: no budget cap")]:
+        common.console.print(line)
+
+
 #: Seconds per unit of a duration (`genq purge --older-than 36h`); no unit: seconds.
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,6})?)\s*([smhd]?)")
@@ -418,6 +463,7 @@ app.command("cancel")(cancel_command)
 app.command("retry")(retry_command)
 app.command()(resume)
 app.command()(billed)
+app.command()(budget)
 app.command()(purge)
 app.command()(consume)
 app.command("run-schedule")(run_schedule)

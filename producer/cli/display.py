@@ -23,6 +23,7 @@ from config.settings import Settings
 from workers.job import TERMINAL, Status
 from workers.jobstore import BatchSummary, JobStore
 from workers.quota.quota import Quota, Scope
+from workers.quota.spend import Ledger
 
 _ORDER = [s.value for s in Status]
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -126,6 +127,25 @@ def money(units: float, model: str, settings: Settings) -> str:
 def unit_of(model: str, settings: Settings) -> str:
     spec = settings.catalogue.get(model)
     return "s of video" if spec is not None and spec.kind is Kind.VIDEO else "images"
+
+
+def budget_lines(ledger: Ledger, held: int, settings: Settings, *, whose: str, then: str) -> list[Text]:
+    """A spending ledger against its cap, in words: what is committed (billed, plus the largest bills of
+    jobs under way), the cap, and what waits for it; nothing when there is no cap and nothing waits."""
+    if not ledger.cap.any and not held:
+        return []
+    currency = f" {settings.price_currency}" if settings.price_currency else ""
+    caps = []
+    if ledger.cap.units is not None:
+        caps.append(f"{ledger.committed_units:g} of {ledger.cap.units:g} units")
+    if ledger.cap.money is not None:
+        caps.append(f"{ledger.committed_money:.2f} of {ledger.cap.money:.2f}{currency}")
+    line = [
+        styled(f"{whose}: committed (billed, and the largest bills of jobs under way) ", "; ".join(caps) or "no cap")
+    ]
+    if ledger.reached:
+        line.append(styled(("  cap reached", "yellow"), f": {held} job(s) wait; {then}" if held else f"; {then}"))
+    return line
 
 
 def billed_words(billed: dict[str, float], settings: Settings) -> str:

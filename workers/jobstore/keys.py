@@ -57,6 +57,12 @@ ended more than `retention_s` ago (`docs/architecture.md`, "Retention").
 |                                        |            |        | `sent` polls (quota/watch_board.py)                  |
 | `genq:billed:{day}`                    | hash       | 40 d   | `{account}|{model}` -> units billed on that UTC day  |
 |                                        |            |        | (`workers/billing.py`)                               |
+| `genq:spend:batch:{batch_id}`           | hash       | 40 d   | a batch's spending ledger: `committed_u`/`_m`, its   |
+|                                        |            |        | cap `cap_u`/`cap_m`, `reached`, `j:{ref}` = the      |
+|                                        |            |        | job's reservation "units money" (quota/spend.py)     |
+| `genq:spend:day:{day}:{account}`       | hash       | 40 d   | an account's ledger for one UTC day (the same)       |
+| `genq:held:{batch_id}`                 | sorted set | none   | `model|ref` of the batch's jobs held out of their    |
+|                                        |            |        | wait queue by its cap, scored as they waited there   |
 | `genq:requests` (setting)              | stream     | none   | requests of upstream stages (`request_inbox.py`);    |
 |                                        |            |        | trimmed by their producers (`docs/requests.md`)      |
 | `genq:requests:answered:{entry}`       | string     | 7 d    | a request entry already answered with a rejection    |
@@ -120,6 +126,18 @@ def webhook_outbox(entry_id: str) -> str:
 
 def billed(day: str) -> str:
     return f"{PREFIX}:billed:{day}"
+
+
+def spend_batch(batch_id: str) -> str:
+    return f"{PREFIX}:spend:batch:{batch_id}"
+
+
+def spend_day(day: str, account: str) -> str:
+    return f"{PREFIX}:spend:day:{day}:{account}"
+
+
+def held(batch_id: str) -> str:
+    return f"{PREFIX}:held:{batch_id}"
 
 
 def wait_queue(model: str) -> str:

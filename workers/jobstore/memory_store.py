@@ -87,6 +87,7 @@ class MemoryJobStore(Planned):
         self._lost: dict[tuple[str, str], set[str]] = {}  # genq:creating:{account}:{model}:lost
         self._owners: dict[str, str] = {}  # genq:task:{task_id} (no TTL here: purged with its job)
         self._billed: dict[str, dict[str, str]] = {}  # genq:billed:{day} (no TTL here)
+        self._held: dict[str, SortedSet] = {}  # genq:held:{batch_id}
         self._events: deque[tuple[str, dict[str, str]]] = deque(maxlen=event_stream_maxlen)  # the event stream
         self._last_entry = (0, 0)
 
@@ -316,6 +317,30 @@ class MemoryJobStore(Planned):
         with self._lock:
             counts = {m: len(self._queues.get(m, ())) for m in models}
         return {m: n for m, n in counts.items() if n}
+
+    def hold(self, model: str, ref: str) -> bool:
+        with self._lock:
+            queue = self._queues.get(model)
+            score = queue.score(ref) if queue is not None else None
+            if queue is None or score is None:
+                return False
+            self._held.setdefault(refs.split_ref(ref)[0], SortedSet()).add(f"{model}|{ref}", score)
+            return queue.remove(ref)
+
+    def unhold(self, batch_id: str, limit: int = 100) -> int:
+        with self._lock:
+            held = self._held.get(batch_id)
+            found = held.items()[:limit] if held is not None else []
+            for member, score in found:
+                model, _, ref = member.partition("|")
+                self._queues.setdefault(model, SortedSet()).add(ref, score, nx=True)
+                assert held is not None
+                held.remove(member)
+            return len(found)
+
+    def held(self, batch_id: str) -> int:
+        with self._lock:
+            return len(self._held.get(batch_id, ()))
 
     def _queue_score(self, batch_id: str, position: float) -> float:
         """`queue_score` of `finish_batch.lua`: the batch's priority band (9 - priority), then `position`."""

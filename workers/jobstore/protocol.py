@@ -207,6 +207,17 @@ class JobStore(Protocol):
     def waiting(self, models: list[str]) -> dict[str, int]:
         """How many jobs wait for a slot, per model (only the models with any)."""
 
+    def hold(self, model: str, ref: str) -> bool:
+        """Take a waiting job out of its model's queue into its batch's held set (its batch's budget cap is
+        reached), keeping its place; False when it was not in the queue."""
+
+    def unhold(self, batch_id: str, limit: int = 100) -> int:
+        """Put up to `limit` of the batch's held jobs back in their queues, at the places they had, first held
+        first; how many."""
+
+    def held(self, batch_id: str) -> int:
+        """How many of the batch's jobs are held by its budget cap."""
+
     # --- the due index (the recovery sweep) ---------------------------------------------------------
     def due(self, now: float, limit: int = 1000) -> list[tuple[str, float]]:
         """Refs whose next action was due at or before `now`, oldest first."""

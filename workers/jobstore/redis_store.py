@@ -192,6 +192,27 @@ class RedisJobStore(Planned):
             pipe.zcard(keys.wait_queue(model))
         return {m: int(n) for m, n in zip(models, pipe.execute(), strict=True) if n}
 
+    def hold(self, model: str, ref: str) -> bool:
+        # In the held set before it leaves the queue: a crash in between leaves it in both (an admission from the
+        # queue, and an `unhold` that finds it there, are both harmless), never in neither.
+        score = self._redis.zscore(keys.wait_queue(model), ref)
+        if score is None:
+            return False
+        batch_id = refs.split_ref(ref)[0]
+        self._redis.zadd(keys.held(batch_id), {f"{model}|{ref}": score})
+        return bool(self._redis.zrem(keys.wait_queue(model), ref))
+
+    def unhold(self, batch_id: str, limit: int = 100) -> int:
+        found = cast(list[tuple[str, float]], self._redis.zrange(keys.held(batch_id), 0, limit - 1, withscores=True))
+        for member, score in found:
+            model, _, ref = member.partition("|")
+            self._redis.zadd(keys.wait_queue(model), {ref: score}, nx=True)
+            self._redis.zrem(keys.held(batch_id), member)
+        return len(found)
+
+    def held(self, batch_id: str) -> int:
+        return int(self._redis.zcard(keys.held(batch_id)))
+
     def get(self, ref: str) -> Job | None:
         h = self._hash(keys.job(ref))
         return Job.from_record(ref, h) if h else None

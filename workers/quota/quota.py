@@ -21,6 +21,7 @@ from workers.quota.budget import QueryBudget
 from workers.quota.cooldown import Cooldowns, CooldownState, MemoryCooldowns, RedisCooldowns
 from workers.quota.rate import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from workers.quota.slots import MemorySlots, RedisSlots, Slots
+from workers.quota.spend import MemorySpend, RedisSpend, Spend
 
 #: A poll whose slot lease lapsed takes it back whatever the limit: its task holds an upstream slot anyway.
 UNBOUNDED = 1_000_000
@@ -52,18 +53,19 @@ class Quota:
     slots: Slots
     cooldowns: Cooldowns
     budget: QueryBudget
+    spend: Spend
 
     @classmethod
     def redis(cls, client: redis.Redis) -> Quota:
         """The fleet-wide quota, in the Redis every worker shares."""
         limiter = RedisRateLimiter(client)
-        return cls(limiter, RedisSlots(client), RedisCooldowns(client), QueryBudget(limiter))
+        return cls(limiter, RedisSlots(client), RedisCooldowns(client), QueryBudget(limiter), RedisSpend(client))
 
     @classmethod
     def memory(cls) -> Quota:
         """A one-process quota (tests; a single-process embedding)."""
         limiter = MemoryRateLimiter()
-        return cls(limiter, MemorySlots(), MemoryCooldowns(), QueryBudget(limiter))
+        return cls(limiter, MemorySlots(), MemoryCooldowns(), QueryBudget(limiter), MemorySpend())
 
     # --- submit rate and cooldown ------------------------------------------------------------------
     def cooldown(self, scope: Scope, now: float) -> CooldownState:
