@@ -303,6 +303,24 @@ def test_requeue_puts_a_job_back_at_its_band_current_turn(store: JobStore, model
     assert store.waiting([model]) == {model: 3}
 
 
+def test_a_held_job_leaves_its_queue_and_comes_back_to_its_place(store: JobStore, model: str) -> None:
+    """Holding a batch's jobs (its budget cap) takes them out of their queue, so the next batch's job is first
+    in line; unholding puts them back at the places they had, first held first, `limit` at a time; holding a
+    job not in the queue does nothing."""
+    capped, (a, b) = batch_of(store, model, 2, priority=6)  # a higher band: first in line
+    _, (other,) = batch_of(store, model, 1)
+    first = store.next_waiting(model)
+    assert first is not None and first[0] == a
+    assert store.hold(model, a) and store.hold(model, b) and not store.hold(model, a)
+    behind = store.next_waiting(model)
+    assert store.held(capped) == 2 and behind is not None and behind[0] == other
+    assert store.unhold(capped, limit=1) == 1 and store.held(capped) == 1
+    assert store.next_waiting(model) == first  # back at its own place, before the other batch's job
+    assert store.unhold(capped) == 1 and store.unhold(capped) == 0
+    served = drain(store, model)
+    assert {ref for ref, _ in served} == {a, b, other} and served[0] == first and behind in served
+
+
 def test_advance_clock_only_moves_forward(store: JobStore, model: str) -> None:
     """The clock takes the admitted job's position (its score modulo 1e12, whatever its band) and never goes
     back; a new batch counts on from it and a requeued job waits at it."""

@@ -27,6 +27,7 @@ from config.settings import Settings
 from producer.batch import enqueue_rows
 from producer.csv_source import CsvRow
 from tests.stage_runner import STAGES, VirtualClock, run
+from workers.admission import dispatch_all
 from workers.bucket import MemoryBucket
 from workers.claimed import run_stage
 from workers.dashscope import DashScopeClient
@@ -36,6 +37,7 @@ from workers.job import Action, Next, Status
 from workers.jobstore import JobStore, MemoryJobStore, RedisJobStore
 from workers.poll import poll
 from workers.quota.quota import Quota, Scope
+from workers.quota.spend import Cap, MemorySpend, batch_ledger
 from workers.runtime import Runtime
 from workers.submit import submit
 
@@ -555,3 +557,94 @@ def test_a_threads_pool_worker_never_cancels_its_tasks_on_a_lost_broker_connecti
         app.conf.worker_cancel_long_running_tasks_on_connection_loss = True
         _never_cancel_synchronous_calls(sender=SimpleNamespace(pool_cls=pool, app=app))
         assert app.conf.worker_cancel_long_running_tasks_on_connection_loss is cancels
+
+
+# --- budget caps (workers/admission.py, workers/quota/spend.py) -----------------------------------------------
+def test_a_batch_cap_admits_only_what_fits_holds_the_rest_and_a_raised_cap_lets_them_go_on(
+    rt: Runtime, clock: VirtualClock, upstream: Upstream
+) -> None:
+    """Five jobs of 2 images under a batch cap of 6 images: three tasks are created upstream and billed, the two
+    others are held with the batch (no task), one cap-reached event says so; raising the cap to 10 admits them,
+    and the batch's bill is 10 images with nothing created twice."""
+    rt.quota.spend.set_cap(batch_ledger("b"), Cap(units=6))
+    follow(rt, clock, enqueue_images(rt, 2, *(f"a fox {i}" for i in range(5))))
+    assert upstream.creates() == 3 and rt.store.held("b") == 2
+    assert sorted(j.status.value for j in rt.store.jobs("b")) == ["accepted"] * 2 + ["succeeded"] * 3
+    ledger = rt.quota.spend.read(batch_ledger("b"))
+    assert (ledger.committed_units, ledger.reached, ledger.reserved) == (6, True, 0)
+    reached = [e for e in _cap_events(rt) if e["subject"] == "b"]
+    assert len(reached) == 1 and reached[0]["data"]["scope"] == "batch"
+
+    rt.quota.spend.set_cap(batch_ledger("b"), Cap(units=10))
+    while rt.store.unhold("b"):
+        pass
+    sent: list[Next] = []
+    dispatch_all(rt.store, rt.quota, rt.settings, lambda s: sent.append(s) if s else None)
+    follow(rt, clock, sent)
+    summary = rt.store.batch_summary("b")
+    assert summary is not None and summary.counts == {"succeeded": 5} and summary.billed == {MODEL: 10}
+    assert upstream.creates() == 5
+
+
+def test_a_job_that_ends_unbilled_gives_its_reservation_back_to_a_held_one(
+    rt: Runtime, clock: VirtualClock, upstream: Upstream
+) -> None:
+    """Under a cap of 2 images, the first job's create is refused by moderation (nothing made, nothing billed),
+    which gives back its reservation: the held job is admitted and succeeds, within the cap."""
+    upstream.create_answers.append((400, {"code": "DataInspectionFailed", "message": "the input was refused"}))
+    rt.quota.spend.set_cap(batch_ledger("b"), Cap(units=2))
+    first = enqueue_images(rt, 2, "a fox", "a hare")
+    assert rt.store.held("b") == 1
+    follow(rt, clock, first)
+    statuses = sorted(j.status.value for j in rt.store.jobs("b"))
+    assert statuses == ["failed", "succeeded"] and rt.store.held("b") == 0
+    assert rt.quota.spend.read(batch_ledger("b")).committed_units == 2
+
+
+def test_an_account_cap_for_the_day_stops_admission_and_the_next_day_resumes_it(
+    rt: Runtime, clock: VirtualClock, upstream: Upstream
+) -> None:
+    """A daily cap of 6 images on the account: of four two-image jobs, three are created today and the fourth
+    waits in line (not failed, not created); the next UTC day's dispatch admits it; four tasks in all."""
+    account = rt.settings.resolved_accounts()[0].model_copy(update={"daily_cap_units": 6.0})
+    rt.settings = rt.settings.model_copy(update={"accounts": (account,)})
+    follow(rt, clock, enqueue_images(rt, 2, *(f"a fox {i}" for i in range(4))))
+    assert upstream.creates() == 3
+    assert sorted(j.status.value for j in rt.store.jobs("b")) == ["accepted"] + ["succeeded"] * 3
+    clock.now += 86400  # tomorrow (UTC): a new day's ledger
+    sent: list[Next] = []
+    dispatch_all(rt.store, rt.quota, rt.settings, lambda s: sent.append(s) if s else None, now=clock.now)
+    follow(rt, clock, sent)
+    summary = rt.store.batch_summary("b")
+    assert summary is not None and summary.counts == {"succeeded": 4} and upstream.creates() == 4
+
+
+def test_with_reject_a_job_over_the_cap_ends_failed_saying_why(
+    rt: Runtime, clock: VirtualClock, upstream: Upstream
+) -> None:
+    """`budget_on_cap = "reject"`: the job that does not fit ends failed with BudgetCapReached and a reason that
+    names the cap and what is committed; nothing is created for it."""
+    rt.settings = rt.settings.model_copy(update={"budget_on_cap": "reject"})
+    rt.quota.spend.set_cap(batch_ledger("b"), Cap(units=2))
+    follow(rt, clock, enqueue_images(rt, 2, "a fox", "a hare"))
+    jobs = {j.job_id: j for j in rt.store.jobs("b")}
+    assert jobs["j0"].status is Status.SUCCEEDED and jobs["j1"].status is Status.FAILED
+    assert jobs["j1"].error_code == "BudgetCapReached" and "2 of 2 units committed" in (jobs["j1"].error_message or "")
+    assert upstream.creates() == 1
+
+
+def _cap_events(rt: Runtime) -> list[dict[str, Any]]:
+    """The cap-reached events: in the Redis stream, or (memory quota) as the ledgers appended them."""
+    spend = rt.quota.spend
+    found = [json.loads(e) for e in spend.events] if isinstance(spend, MemorySpend) else events(rt)
+    return [e for e in found if e.get("type") == "genq.budget.cap_reached"]
+
+
+def enqueue_images(rt: Runtime, n: int, *prompts: str) -> list[Next]:
+    """`enqueue`, each job asking for `n` images (the scripted service makes and bills 2 per task)."""
+    sent: list[Next] = []
+    rows = [CsvRow(i + 2, {"id": f"j{i}", "prompt": p, "n": str(n)}) for i, p in enumerate(prompts)]
+    enqueue_rows(
+        rt.store, rt.settings, "b", rows, source="test", send=lambda s: sent.append(s) if s else None, quota=rt.quota
+    )
+    return sent

@@ -104,7 +104,7 @@ for i = 1, n do
   end
 end
 for i = 1, n do
-  if not redis.call('HEXISTS', KEYS[i], 'j:' .. a.ref) then
+  if redis.call('HEXISTS', KEYS[i], 'j:' .. a.ref) == 0 then
     local h = redis.call('HMGET', KEYS[i], 'committed_u', 'committed_m', 'cap_u', 'cap_m')
     local cu, cm = num(h[1]) or 0, num(h[2]) or 0
     local capu, capm = num(h[3]), num(h[4])
@@ -119,7 +119,7 @@ for i = 1, n do
   end
 end
 for i = 1, n do
-  if not redis.call('HEXISTS', KEYS[i], 'j:' .. a.ref) then
+  if redis.call('HEXISTS', KEYS[i], 'j:' .. a.ref) == 0 then
     local m = math.max(a.money, 0)
     redis.call('HINCRBYFLOAT', KEYS[i], 'committed_u', a.units)
     redis.call('HINCRBYFLOAT', KEYS[i], 'committed_m', m)
