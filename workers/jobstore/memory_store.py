@@ -294,8 +294,10 @@ class MemoryJobStore(Planned):
 
     def leave_queue(self, model: str, ref: str) -> bool:
         with self._lock:
-            queue = self._queues.get(model)
-            return queue is not None and queue.remove(ref)
+            queue, held = self._queues.get(model), self._held.get(refs.split_ref(ref)[0])
+            waiting = queue is not None and queue.remove(ref)
+            was_held = held is not None and held.remove(f"{model}|{ref}")
+            return waiting or was_held
 
     def requeue(self, ref: str, model: str) -> bool:
         """`requeue.lua`: put an accepted job back in line (at its band's current turn); False when it already

@@ -196,7 +196,8 @@ class JobStore(Protocol):
     def next_waiting(self, model: str) -> tuple[str, float] | None:
         """The job first in line for a slot of `model`, with its score; None when nobody waits."""
 
-    def leave_queue(self, model: str, ref: str) -> bool: ...
+    def leave_queue(self, model: str, ref: str) -> bool:
+        """Take the job out of line: its model's queue, or its batch's held set; False when it was in neither."""
 
     def requeue(self, ref: str, model: str) -> bool:
         """Put an accepted job back in line (at its band's current turn); False when it already was."""

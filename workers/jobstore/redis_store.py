@@ -173,7 +173,11 @@ class RedisJobStore(Planned):
         return found[0] if found else None
 
     def leave_queue(self, model: str, ref: str) -> bool:
-        return bool(self._redis.zrem(keys.wait_queue(model), ref))
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zrem(keys.wait_queue(model), ref)
+        pipe.zrem(keys.held(refs.split_ref(ref)[0]), f"{model}|{ref}")  # held by its batch's cap: out of line too
+        waiting, held = pipe.execute()
+        return bool(waiting or held)
 
     def requeue(self, ref: str, model: str) -> bool:
         """Put an accepted job back in line (at its band's current turn); False when it already was."""
