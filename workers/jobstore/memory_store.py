@@ -18,6 +18,7 @@ Differences, none of which a caller of the protocol can observe in one process:
 
 from __future__ import annotations
 
+import decimal
 import json
 import random
 import threading
@@ -53,8 +54,11 @@ def _hincrby(h: dict[str, str], name: str, by: int) -> int:
     return value
 
 
-def _hincrbyfloat(h: dict[str, str], name: str, by: float) -> None:
-    h[name] = _lua_number(float(h.get(name, "0")) + by)
+def _hincrbyfloat(h: dict[str, str], name: str, by: str) -> None:
+    """HINCRBYFLOAT as Redis does it: the stored text and `by` read exactly (Redis adds in long double), the
+    sum written with 17 significant digits and no trailing zeros (so 1.1 + 0.1 is "1.2", as in Redis)."""
+    total = decimal.Context(prec=17).plus(decimal.Decimal(h.get(name, "0")) + decimal.Decimal(by))
+    h[name] = format(total.normalize(), "f")
 
 
 def _lua_number(value: float) -> str:
@@ -251,9 +255,9 @@ class MemoryJobStore(Planned):
         bill = a.get("bill")
         if bill is not None and job.get("billed_origin") != bill["origin"]:
             job["billed_origin"] = bill["origin"]
-            _hincrbyfloat(job, "billed_units", float(bill["units"]))
-            _hincrbyfloat(self._batches.setdefault(batch_id, {}), "billed:" + bill["model"], float(bill["units"]))
-            _hincrbyfloat(self._billed.setdefault(a["bill_day"], {}), bill["scope"], float(bill["units"]))
+            _hincrbyfloat(job, "billed_units", bill["units"])
+            _hincrbyfloat(self._batches.setdefault(batch_id, {}), "billed:" + bill["model"], bill["units"])
+            _hincrbyfloat(self._billed.setdefault(a["bill_day"], {}), bill["scope"], bill["units"])
         finished = False
         if status != target:
             terminal = set(a["terminal"])
