@@ -153,10 +153,13 @@ class JobResult:
 class Genq:
     """A client of genq's services: open it with `Genq.open` (or build it on services already open)."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, *, runtime: Runtime | None = None) -> None:
+        """A client on `services`; `runtime` (an embedding's own stores and quota, its `send` included) is
+        built from the services' settings when not given."""
         self._services = services
-        self.settings: Settings = services.settings
-        self._runtime: Runtime | None = None
+        self.settings: Settings = services.settings if runtime is None else runtime.settings
+        self._runtime: Runtime | None = runtime
+        self._owns_runtime = runtime is None
         self._results: ResultBucket | None = None
         self._celery: Any = None
 
@@ -181,8 +184,28 @@ class Genq:
             settings = load_settings(Path(config) if config else None, **given)
         elif local is not None:
             settings = settings.model_copy(update={"local": local})
-        with open_services(settings, workers=workers, warn=_warn) as services:
-            yield cls(services)
+        with open_services(settings, workers=workers, warn=_warn) as services, cls(services) as genq:
+            yield genq
+
+    def __enter__(self) -> Genq:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Let go of the connections this client opened (an embedding's own runtime is left to it)."""
+        if self._runtime is not None and self._owns_runtime:
+            self._runtime.close()
+            self._runtime = None
+        if self._results is not None:
+            pool = getattr(self._results.client, "_http", None)  # the MinIO SDK's urllib3 pool
+            if pool is not None:
+                pool.clear()
+            self._results = None
+        if self._celery is not None:
+            self._celery.close()
+            self._celery = None
 
     # --- what is built once -------------------------------------------------------------------------------
     @property
@@ -207,6 +230,9 @@ class Genq:
         return self._results
 
     def _send(self, step: Next | None) -> None:
+        if self._runtime is not None and not self._owns_runtime:  # an embedding's runtime sends its own way
+            self._runtime.send(step)
+            return
         if self._celery is None:
             self._celery = create_app(self.settings)
         publish(self._celery, step)
@@ -287,10 +313,28 @@ class Genq:
         progress: bool | Callable[[BatchSummary], None] = False,
         interval_s: float = 0.5,
     ) -> BatchSummary:
-        """Block until every job of the batch ended (or `timeout_s` passed: see `BatchSummary.done`). With
+        """Block until every job of the batch ended, or `timeout_s` passed, or the batch cannot go on by itself
+        (`stalled` says why: a budget cap holds what is left); `BatchSummary.done` tells them apart. With
         `progress`, a progress bar on stderr, or your callable told each summary as it changes."""
         with _progress_of(batch_id, progress) as show:
-            return _waited(lambda: self.status(batch_id), show, timeout_s, interval_s, time.sleep)
+            return _waited(
+                lambda: self.status(batch_id), show, timeout_s, interval_s, time.sleep, lambda: self.stalled(batch_id)
+            )
+
+    def stalled(self, batch_id: str) -> str | None:
+        """Why the batch cannot go on by itself, or None: no job of it is under way, and those not ended all
+        wait for a budget cap (held by the batch's, or in line behind every account's cap for the day)."""
+        summary = self.status(batch_id)
+        waiting = summary.counts.get(Status.ACCEPTED.value, 0)
+        if summary.done or not waiting or summary.total - summary.terminal > waiting:
+            return None
+        held = self.store.held(batch_id)
+        if held >= waiting:
+            return f"{held} job(s) held by the batch's budget cap: raise it (genq budget {batch_id} --cap N)"
+        today, accounts = utc_day(time.time()), self.settings.resolved_accounts()
+        if all(self.quota.spend.read(day_ledger(today, a.name)).reached for a in accounts):
+            return f"{waiting} job(s) wait for the next UTC day: every account's daily budget cap is reached"
+        return None
 
     def jobs(self, batch_id: str, *, url_life_s: float = URL_LIFE_S) -> Iterator[JobResult]:
         """The batch's jobs in source order, each stored object with a presigned URL that works for
@@ -413,7 +457,7 @@ class AsyncGenq:
             while True:
                 summary = await self.status(batch_id)
                 show(summary)
-                if _settled(summary, deadline):
+                if _settled(summary, deadline) or await self._in_thread(self.sync.stalled, batch_id) is not None:
                     return summary
                 await asyncio.sleep(interval_s)
 
@@ -476,8 +520,9 @@ def _row(index: int, item: Any) -> CsvRow:
         return CsvRow(line, {}, problem=("request", f"must be a mapping or a genq Request, got {type(item).__name__}"))
     cells: dict[str, str] = {}
     for key, value in item.items():
-        if not isinstance(key, str):
-            return CsvRow(line, cells, problem=("request", f"field names must be text, got {type(key).__name__}"))
+        if not isinstance(key, str) or not key.strip():
+            what = repr(key) if isinstance(key, str) else type(key).__name__
+            return CsvRow(line, cells, problem=("request", f"field names must be text that is not blank, got {what}"))
         cell, wrong = _cell(value)
         if wrong is not None:
             return CsvRow(line, cells, problem=(key, wrong))
@@ -503,12 +548,13 @@ def _waited(
     timeout_s: float | None,
     interval_s: float,
     sleep: Callable[[float], None],
+    stalled: Callable[[], str | None],
 ) -> BatchSummary:
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
         summary = read()
         show(summary)
-        if _settled(summary, deadline):
+        if _settled(summary, deadline) or stalled() is not None:
             return summary
         sleep(interval_s)
 

@@ -234,6 +234,22 @@ def local_stack_factory(tmp_path: Path) -> Iterator[Callable[..., LocalStack]]:
         assert all(not p.alive() for p in started)
 
 
+@pytest.fixture
+def genq_for() -> Iterator[Callable[[Any], Any]]:
+    """`Genq` clients of the Python API on given services, each closed at the end of the test (its sockets)."""
+    from producer.api import Genq
+
+    made: list[Genq] = []
+
+    def make(services: Any) -> Genq:
+        made.append(Genq(services))
+        return made[-1]
+
+    yield make
+    for genq in made:
+        genq.close()
+
+
 @functools.cache
 def _raw_client(url: str) -> redis.Redis:
     return make_redis(Settings(redis_url=url))

@@ -137,10 +137,15 @@ def _settle_lost_race(store: JobStore, quota: Quota, scope: Scope, ref: str, now
     job out of the queue unless it is still waiting. False when it still is (the caller stops rather than look
     at it again)."""
     job = store.get(ref)
-    if not (job is not None and job.status in HOLDS_SLOT and job.account == scope.account):
+    admitted = job is not None and job.status in HOLDS_SLOT
+    if not (admitted and job is not None and job.account == scope.account):
         quota.release_slot(scope, ref)
-        ledgers = [batch_ledger(refs.split_ref(ref)[0]), day_ledger(utc_day(now), scope.account)]
-        quota.spend.settle(ledgers, ref, units=0.0, money=0.0)
+        # This dispatcher's reservation: its account's day; the batch's too unless the job was admitted by another
+        # account's dispatcher, whose reservation it is (a reservation is named by the job, once per ledger).
+        mine = [day_ledger(utc_day(now), scope.account)]
+        if not admitted:
+            mine.append(batch_ledger(refs.split_ref(ref)[0]))
+        quota.spend.settle(mine, ref, units=0.0, money=0.0)
     if job is not None and job.status is Status.ACCEPTED:
         return False
     store.leave_queue(scope.model, ref)

@@ -58,7 +58,14 @@ class Runtime:
     start_watch: Callable[[str, str], None] = _no_watcher
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
+    closers: list[Callable[[], None]] = field(default_factory=list, repr=False)  # what `close` lets go of
     _turns: dict[str, Iterator[DashScopeClient]] = field(default_factory=dict, init=False, repr=False)
+
+    def close(self) -> None:
+        """Let go of the connections this runtime opened (a worker's live as long as its process; an
+        embedding's, such as the Python API's, end with it)."""
+        while self.closers:
+            self.closers.pop()()
 
     def client(self, account: str | None) -> DashScopeClient:
         """The next client (API key) of `account`; the first account's when it has none of its own."""
@@ -146,17 +153,23 @@ def build_runtime(settings: Settings) -> Runtime:
     api = httpx.Client(timeout=timeout, limits=httpx.Limits(max_connections=connections))
     clients = account_clients(settings, api)
     client = make_redis(settings)
+    minio = make_minio(settings)
+    downloads = httpx.Client(timeout=httpx.Timeout(120.0, connect=5.0))
+    # The MinIO SDK has no close of its own: its urllib3 pool (`_http`) is what holds the sockets.
+    pool = getattr(minio, "_http", None)
+    closers = [api.close, downloads.close, client.close, *([pool.clear] if pool is not None else [])]
     return Runtime(
         settings=settings,
         store=make_store(settings, client),
         dashscope=next(iter(clients.values()))[0],
-        results=ResultBucket(make_minio(settings), settings.bucket),
-        downloads=httpx.Client(timeout=httpx.Timeout(120.0, connect=5.0)),
+        results=ResultBucket(minio, settings.bucket),
+        downloads=downloads,
         quota=make_quota(settings, client),
         clients=clients,
         outbox=make_outbox(settings, client),
         durations=RedisDurations(client),
         watch_board=RedisWatchBoard(client),
+        closers=closers,
     )
 
 

@@ -147,8 +147,9 @@ def batch(
             )
             if dry_run:
                 raise typer.Exit(_dry_run_report(settings, checked))
-            with local_services(settings, workers=workers if wait else 0) as services:
+            with local_services(settings, workers=workers if wait else 0) as services, Genq(services) as genq:
                 code = _run_batch(
+                    genq,
                     services,
                     stable,
                     csv_file,
@@ -209,6 +210,7 @@ def _dry_run_report(settings: Settings, checked: CheckReport) -> int:
 
 
 def _run_batch(
+    genq: Genq,
     services: Services,
     stable: Path,
     csv_file: Path,
@@ -224,7 +226,6 @@ def _run_batch(
     cap: Cap | None,
 ) -> int:
     console = common.console
-    genq = Genq(services)
     settings, store, results = genq.settings, genq.store, genq.results
     results.ensure_bucket()
     if services.simulator_url:
@@ -251,7 +252,14 @@ def _run_batch(
     if not wait:
         console.print(f"Not waiting. Follow it with: {command_line(settings, 'status', batch_id)}")
         return 0
-    summary = wait_for_batch(store, batch_id, console, timeout_s=timeout_s, eta=eta_line(settings, store))
+    summary = wait_for_batch(
+        store,
+        batch_id,
+        console,
+        timeout_s=timeout_s,
+        eta=eta_line(settings, store),
+        stalled=lambda: genq.stalled(batch_id),
+    )
     console.print(summary_table(summary))
     billed = billed_table(summary.billed, settings, title="billed by the service")
     if billed is not None:

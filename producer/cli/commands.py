@@ -226,8 +226,8 @@ def cancel_command(
     local: LocalOption = False,
 ) -> None:
     """Cancel a batch or a job: tasks still queued upstream are cancelled there; the rest are no longer polled."""
-    with local_services(settings_for(config, local=local or None), s3=False) as services:
-        report = Genq(services).cancel(target)
+    with local_services(settings_for(config, local=local or None), s3=False) as services, Genq(services) as genq:
+        report = genq.cancel(target)
     common.console.print(
         f"canceled {len(report.changed)} jobs ({report.upstream_canceled} cancelled upstream before they ran)"
     )
@@ -251,8 +251,8 @@ def retry_command(
     """Run a batch's failed jobs again, except those whose error is permanent (unless --force)."""
     del failed  # a flag without a negative form: scripts may spell out `--failed`, and nothing else is retried
     console = common.console
-    with local_services(settings_for(config, local=local or None), workers=1 if wait else 0) as services:
-        genq = Genq(services)
+    settings = settings_for(config, local=local or None)
+    with local_services(settings, workers=1 if wait else 0) as services, Genq(services) as genq:
         report = genq.retry(batch_id, force=force)
         console.print(f"retrying {len(report.changed)} jobs; {len(report.skipped)} skipped")
         for ref, why in report.skipped.items():
@@ -321,8 +321,7 @@ def budget(
     jobs the cap held go back in line, and those that now fit are admitted."""
     if no_cap and (cap is not None or cap_money is not None):
         raise fail("--no-cap removes the cap: give it alone, or give --cap / --cap-money", 2)
-    with local_services(settings_for(config, local=local or None), s3=False) as services:
-        genq = Genq(services)
+    with local_services(settings_for(config, local=local or None), s3=False) as services, Genq(services) as genq:
         try:
             if cap is not None or cap_money is not None or no_cap:
                 now = genq.set_budget(batch_id, cap_units=cap, cap_money=cap_money)

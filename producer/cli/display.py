@@ -72,9 +72,11 @@ def wait_for_batch(
     clock: Callable[[], float] = time.monotonic,
     eta: Callable[[BatchSummary], str] | None = None,
     eta_every_s: float = 10.0,
+    stalled: Callable[[], str | None] | None = None,
 ) -> BatchSummary:
-    """Show progress until every job of the batch is terminal (or `timeout_s` passes); return the summary.
-    `eta` describes the time left; it is asked every `eta_every_s`."""
+    """Show progress until every job of the batch is terminal (or `timeout_s` passes, or `stalled` names why
+    the batch cannot go on by itself, which is then printed); return the summary. `eta` describes the time
+    left; it is asked every `eta_every_s`."""
     started = clock()
     eta_text, eta_at = "", float("-inf")
     summary = store.batch_summary(batch_id) or BatchSummary(batch_id)
@@ -99,6 +101,10 @@ def wait_for_batch(
             if summary.done:
                 return summary
             if timeout_s is not None and clock() - started > timeout_s:
+                return summary
+            why = stalled() if stalled is not None else None
+            if why is not None:
+                progress.console.print(styled(("stopped waiting: ", "yellow"), why))
                 return summary
             time.sleep(interval_s)
 

@@ -47,14 +47,15 @@ def genq_cli(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_cap_of_20_images_over_4_workers_creates_exactly_20_then_a_raised_cap_finishes_the_batch(
-    local_stack_factory: Callable[..., LocalStack],
+    local_stack_factory: Callable[..., LocalStack], genq_for: Callable[[LocalStack], Genq], tmp_path: Path
 ) -> None:
     """50 one-image jobs under a batch cap of 20 images, with 4 worker processes admitting into the slots that
     free: exactly 20 tasks are created upstream (the simulator counts them), the other 30 are held with the
-    reason `genq status` shows and one cap-reached event; `genq budget --cap 50` lets all 50 finish; the billed
+    reason `genq status` shows and one cap-reached event (waiting, from Python or `genq batch`, stops there and
+    says why); `genq budget --cap 50` lets all 50 finish; the billed
     total in status, the contact sheet, the events and the workers' metrics equals the simulator's."""
     stack = local_stack_factory(workers=4, metrics=True, simulator_profile="fast")
-    genq = Genq(stack)
+    genq = genq_for(stack)
     batch = genq.submit([{"prompt": f"a fox {i}", "n": 1} for i in range(50)], batch_id="cap", cap_units=20)
     assert batch.accepted == 50
 
@@ -73,14 +74,22 @@ def test_a_cap_of_20_images_over_4_workers_creates_exactly_20_then_a_raised_cap_
     assert "20 of 20 units" in flat and "cap reached: 30 job(s) wait" in flat and "genq budget cap --cap N" in flat
     reached = [e for e in genq.events("cap") if e["type"] == "genq.budget.cap_reached"]
     assert len(reached) == 1 and reached[0]["data"]["scope"] == "batch"
+    assert not genq.wait("cap", timeout_s=60).done  # it stops waiting at once: nothing can go on by itself
+    assert genq.stalled("cap") == "30 job(s) held by the batch's budget cap: raise it (genq budget cap --cap N)"
+    csv_file = tmp_path / "more.csv"
+    csv_file.write_text("prompt,n\na hare,1\na heron,1\na wolf,1\n", encoding="utf-8")
+    stopped = genq_cli(stack, "batch", str(csv_file), "--batch-id", "more", "--cap", "2", "--timeout", "60")
+    assert stopped.returncode == 1, stopped.stdout + stopped.stderr
+    assert "stopped waiting: 1 job(s) held by the batch's budget cap" in " ".join(stopped.stdout.split())
 
     raised = genq_cli(stack, "budget", "cap", "--cap", "50")
     assert raised.returncode == 0, raised.stderr
     assert genq.wait("cap", timeout_s=120).done
     counters = stack.simulator_counters()
-    assert counters is not None and counters["counters"]["creates"] == 50 and counters["duplicate_creates"] == 0
-    billed = float(counters["billed_images"])
-    assert billed == 50 and genq.status("cap").billed == {MODEL: billed}
+    assert counters is not None and counters["counters"]["creates"] == 52 and counters["duplicate_creates"] == 0
+    assert counters["billed_images"] == 52  # 50 of this batch, 2 of the batch `genq batch` stopped at its cap
+    billed = 50.0
+    assert genq.status("cap").billed == {MODEL: billed} and genq.status("more").billed == {MODEL: 2.0}
     status = json.loads(genq_cli(stack, "status", "cap", "--json").stdout)
     assert status["billed"] == {MODEL: billed} and status["budget"]["committed_units"] == billed
     events = genq.events("cap")
@@ -89,7 +98,7 @@ def test_a_cap_of_20_images_over_4_workers_creates_exactly_20_then_a_raised_cap_
     words = functools.partial(billed_words, settings=stack.settings)
     page, _ = render(genq.store, genq.results, "cap", billed_text=words)
     assert f'<span id="billed">{billed:g} images of {MODEL} (no price)</span>' in page
-    assert scrape(stack.metrics_urls)["genq_billed_units_total"] == billed
+    assert scrape(stack.metrics_urls)["genq_billed_units_total"] == counters["billed_images"]
 
 
 def test_a_nightly_schedule_stops_at_the_daily_cap_and_goes_on_the_next_day_without_paying_twice(

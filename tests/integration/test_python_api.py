@@ -25,7 +25,7 @@ VIDEO = "wan2.5-t2v-preview"
 
 
 def test_submit_wait_download_cancel_and_retry_through_the_api_alone(
-    local_stack_factory: Callable[..., LocalStack],
+    local_stack_factory: Callable[..., LocalStack], genq_for: Callable[[LocalStack], Genq]
 ) -> None:
     """Through `Genq` only: a batch of dicts and a `Request` (one bad) is accepted with the bad one returned as a
     rejection naming its field; waiting ends it; each image downloads through its presigned URL with the
@@ -33,7 +33,7 @@ def test_submit_wait_download_cancel_and_retry_through_the_api_alone(
     cannot all run are cancelled (the waiting ones) or named as running; the batch's events are its own; and
     the same submit again sends nothing."""
     stack = local_stack_factory(submit_max_attempts=1, simulator_profile="fast")
-    genq = Genq(stack)
+    genq = genq_for(stack)
     requests = [
         {"id": "fox", "prompt": "a red fox", "n": 2, "seed": 7},
         Request(prompt="a lighthouse", id="light", watermark=False),
@@ -72,7 +72,8 @@ def test_submit_wait_download_cancel_and_retry_through_the_api_alone(
     asyncio.run(_until_one_runs(genq))
     cancelled = genq.cancel("videos")
     assert len(cancelled.changed) >= 1 and len(cancelled.changed) + len(cancelled.skipped) == 3
-    assert all("upstream" in why for why in cancelled.skipped.values()), cancelled.skipped
+    left = ("its task already runs upstream", "a create is in flight")  # never dropped: it runs, or may have
+    assert all(why.startswith(left) for why in cancelled.skipped.values()), cancelled.skipped
 
     events = genq.events("api")
     assert events and all(e["subject"] == "api" or e["subject"].startswith("api/") for e in events)
