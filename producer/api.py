@@ -13,8 +13,9 @@ A request is a mapping or a `Request`, with the fields and validation of a CSV r
 integers and booleans are taken as a CSV cell would hold them, `None` leaves a field to its default, and a key
 that is not a field is kept as metadata. A request that fails validation is not an exception: it comes back
 in `Submitted.rejected` with its position, the field and the reason, is recorded with the batch (`genq status`
-shows it), and the rest of the batch goes on. Only a call that cannot mean anything (a bad batch id, priority
-or URL life) raises `ValueError`; a service that cannot be used raises `ServiceMissing`.
+shows it), and the rest of the batch goes on. Only a call that cannot mean anything raises: `TypeError` for
+requests that are not a sequence of them, `ValueError` for a bad batch id, priority, default, cap or URL life;
+a service that cannot be used raises `ServiceMissing`.
 
 Submitting is idempotent: a batch's jobs are named by their `id` (or a hash of the request), and the default
 batch id is a hash of the requests, so running the same cell twice submits nothing twice.
@@ -30,6 +31,7 @@ import hashlib
 import json
 import math
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -160,6 +162,7 @@ class Genq:
         self.settings: Settings = services.settings if runtime is None else runtime.settings
         self._runtime: Runtime | None = runtime
         self._owns_runtime = runtime is None
+        self._building = threading.Lock()  # AsyncGenq's threads may ask at once: one of each is built
         self._results: ResultBucket | None = None
         self._celery: Any = None
 
@@ -210,10 +213,11 @@ class Genq:
     # --- what is built once -------------------------------------------------------------------------------
     @property
     def runtime(self) -> Runtime:
-        if self._runtime is None:
-            self._runtime = build_runtime(self.settings)
-            self._runtime.send = self._send
-        return self._runtime
+        with self._building:
+            if self._runtime is None:
+                self._runtime = build_runtime(self.settings)
+                self._runtime.send = self._send
+            return self._runtime
 
     @property
     def store(self) -> JobStore:
@@ -225,16 +229,18 @@ class Genq:
 
     @property
     def results(self) -> ResultBucket:
-        if self._results is None:
-            self._results = ResultBucket(make_minio(self.settings), self.settings.bucket)
-        return self._results
+        with self._building:
+            if self._results is None:
+                self._results = ResultBucket(make_minio(self.settings), self.settings.bucket)
+            return self._results
 
     def _send(self, step: Next | None) -> None:
         if self._runtime is not None and not self._owns_runtime:  # an embedding's runtime sends its own way
             self._runtime.send(step)
             return
-        if self._celery is None:
-            self._celery = create_app(self.settings)
+        with self._building:
+            if self._celery is None:
+                self._celery = create_app(self.settings)
         publish(self._celery, step)
 
     # --- submitting ---------------------------------------------------------------------------------------
@@ -253,14 +259,18 @@ class Genq:
         fill the fields a request leaves out; the batch's events also go to `webhook`, if given; `cap_units` /
         `cap_money` cap what the batch may be billed (`set_budget`). Returns at once: the jobs are admitted as
         the account's quota and the caps allow (`wait` follows them)."""
+        if isinstance(requests, (str, bytes, Mapping, Request)):
+            raise TypeError(
+                f"requests must be a sequence of requests (mappings or Request), got one {type(requests).__name__}"
+            )
         items = list(requests)
-        if not 0 <= priority <= 9:
-            raise ValueError(f"priority must be 0-9, got {priority!r}")
+        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
+            raise ValueError(f"priority must be an integer 0-9, got {priority!r}")
         rows = [_row(i, item) for i, item in enumerate(items)]
         batch_id = batch_id if batch_id is not None else _batch_id_of(rows)
-        if not refs.is_id(batch_id):
+        if not isinstance(batch_id, str) or not refs.is_id(batch_id):
             raise ValueError(f"batch id {batch_id!r} must be letters, digits, '.', '_' or '-' (at most 64)")
-        cells = {k: _cell(v)[0] for k, v in (defaults or {}).items() if v is not None}
+        cells = _default_cells(defaults or {})
         cap = checked_cap(cap_units, cap_money)
         report = self.submit_rows(
             rows, batch_id=batch_id, priority=priority, webhook=webhook, defaults=cells, cap=cap if cap.any else None
@@ -330,6 +340,8 @@ class Genq:
             return None
         held = self.store.held(batch_id)
         if held >= waiting:
+            if self.quota.spend.read(batch_ledger(batch_id)).no_price:
+                return f"{held} job(s) held: their model has no price (`prices`), and the batch's cap is in money"
             return f"{held} job(s) held by the batch's budget cap: raise it (genq budget {batch_id} --cap N)"
         today, accounts = utc_day(time.time()), self.settings.resolved_accounts()
         if all(self.quota.spend.read(day_ledger(today, a.name)).reached for a in accounts):
@@ -396,12 +408,25 @@ class Genq:
         return self.quota.spend.read(day_ledger(day or utc_day(time.time()), account))
 
     # --- changing -----------------------------------------------------------------------------------------
-    def set_budget(self, batch_id: str, *, cap_units: float | None = None, cap_money: float | None = None) -> Budget:
-        """Set (raise, lower, or with neither remove) the batch's cap, in units (images, seconds of video) and
-        or in money (at the configured prices). Jobs the cap held go back in line, and those that now fit are
-        admitted; the next time the cap is reached is announced again."""
+    def set_budget(
+        self,
+        batch_id: str,
+        *,
+        cap_units: float | None = None,
+        cap_money: float | None = None,
+        remove: bool = False,
+    ) -> Budget:
+        """Set (raise or lower) the batch's cap in units (images, seconds of video) and/or in money (at the
+        configured prices); a kind not given is left as it is, and `remove` takes both away. Jobs the cap held
+        go back in line, and those that now fit are admitted; the next time the cap is reached is announced."""
+        cap = checked_cap(cap_units, cap_money)
+        if remove and cap.any:
+            raise ValueError("remove takes the caps away: give it alone, or give cap_units / cap_money")
         self.status(batch_id)
-        self.quota.spend.set_cap(batch_ledger(batch_id), checked_cap(cap_units, cap_money))
+        if remove:
+            self.quota.spend.clear_cap(batch_ledger(batch_id))
+        else:
+            self.quota.spend.set_cap(batch_ledger(batch_id), cap)
         while self.store.unhold(batch_id, limit=1000):
             pass
         dispatch_all(self.store, self.quota, self.settings, self._send)
@@ -470,8 +495,14 @@ class AsyncGenq:
     async def budget(self, batch_id: str) -> Budget:
         return await self._in_thread(self.sync.budget, batch_id)
 
-    async def set_budget(self, batch_id: str, **caps: float | None) -> Budget:
+    async def set_budget(self, batch_id: str, **caps: Any) -> Budget:
         return await self._in_thread(self.sync.set_budget, batch_id, **caps)
+
+    async def day_budget(self, account: str, day: str | None = None) -> Ledger:
+        return await self._in_thread(self.sync.day_budget, account, day)
+
+    async def stalled(self, batch_id: str) -> str | None:
+        return await self._in_thread(self.sync.stalled, batch_id)
 
     async def cancel(self, target: str) -> control.ControlReport:
         return await self._in_thread(self.sync.cancel, target)
@@ -491,7 +522,9 @@ class Budget:
 def checked_cap(units: float | None, money: float | None) -> Cap:
     """A cap from its figures; `ValueError` for one that is not a finite number, 0 or more."""
     for name, value in (("cap_units", units), ("cap_money", money)):
-        if value is not None and (isinstance(value, bool) or not math.isfinite(value) or value < 0):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be a finite number, 0 or more, got {value!r}")
     return Cap(None if units is None else float(units), None if money is None else float(money))
 
@@ -510,11 +543,26 @@ def _cell(value: Any) -> tuple[str, str | None]:
     return "", f"must be text, a number or a boolean, got {type(value).__name__}"
 
 
+def _default_cells(defaults: Mapping[Any, Any]) -> dict[str, str]:
+    """`defaults` as CSV cells; `ValueError` naming one that no cell could hold (the whole call is wrong)."""
+    cells = {}
+    for key, value in defaults.items():
+        cell, wrong = _cell(value)
+        if not isinstance(key, str) or wrong is not None:
+            raise ValueError(f"defaults[{key!r}] {wrong or 'must be named by text'}")
+        if value is not None:
+            cells[key] = cell
+    return cells
+
+
 def _row(index: int, item: Any) -> CsvRow:
     """Request `index` as the CSV row it stands for (`line` is its position, from 1); a value no CSV cell
     could hold makes a row that validation rejects with that field and reason."""
     line = index + 1
     if isinstance(item, Request):
+        clash = sorted(set(item.metadata) & {f.name for f in fields(Request)})
+        if clash:
+            return CsvRow(line, {}, problem=("metadata", f"keys {clash} are request fields: give them as fields"))
         item = item.as_fields()
     if not isinstance(item, Mapping):
         return CsvRow(line, {}, problem=("request", f"must be a mapping or a genq Request, got {type(item).__name__}"))

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -37,13 +37,13 @@ import structlog
 from config.accounts import AccountSettings
 from config.catalogue import Kind
 from config.settings import Settings
-from workers import account_pause, refs
+from workers import account_pause
 from workers.billing import SYNC_OUTCOME_UNKNOWN, largest_bill, utc_day
 from workers.events import cloud_event, iso_time, job_event
 from workers.job import Action, Job, Next, Status
 from workers.jobstore import JobStore
 from workers.quota.quota import Quota, Scope
-from workers.quota.spend import NO_PRICE, Cap, LedgerSpec, Refusal, batch_ledger, day_ledger
+from workers.quota.spend import NO_PRICE, Cap, LedgerSpec, Refusal, Reserved, batch_ledger, day_ledger
 
 log = structlog.get_logger("genq.admission")
 
@@ -67,11 +67,14 @@ def scope_of(job: Job) -> Scope | None:
     return Scope(job.account, job.request.model) if job.account else None
 
 
-def admit(store: JobStore, settings: Settings, ref: str, account: str, *, now: float | None = None) -> Next | None:
+def admit(
+    store: JobStore, settings: Settings, ref: str, account: str, *, now: float | None = None, job: Job | None = None
+) -> Next | None:
     """Move an `accepted` job to `admitted` under `account`: its deadline starts now and its submit is due now.
-    Returns the submit message; None when the job was no longer waiting."""
+    Returns the submit message; None when the job was no longer waiting. `job`: the job as its reservation was
+    judged on, whose attempt the move must still find (a job revived since is judged again)."""
     now = time.time() if now is None else now
-    job = store.get(ref)
+    job = store.get(ref) if job is None else job
     if job is None or job.status is not Status.ACCEPTED:
         return None
     applied = store.transition(
@@ -110,16 +113,19 @@ def dispatch(
             ref, score = first
             if not quota.take_slot(scope, ref, limit=limit, lease_s=settings.slot_lease_s, now=now):
                 break  # this account is full; the next one may have room
-            refused = reserve_spend(store, quota, settings, ref, account.name, now)
-            if refused is not None:
-                quota.release_slot(scope, ref)
-                if refused.index == 0 or settings.budget_on_cap == "reject":
-                    _over_cap(store, quota, settings, ref, model, refused, account.name, send, now)
-                    continue  # the job is held (or ended): the next one in line may fit
-                break  # the account's cap for the day: it admits nothing more of this model now
-            step = admit(store, settings, ref, account.name, now=now)
+            job = store.get(ref)
+            if job is None or job.status is not Status.ACCEPTED:  # admitted, or ended, since it was queued
+                if not _settle_lost_race(store, quota, scope, ref, ()):
+                    break
+                continue
+            reservation = reserve_spend(quota, settings, job, account.name, now)
+            if isinstance(reservation, Refusal):
+                if not _over_cap(store, quota, settings, scope, job, reservation, now):
+                    break  # the account's cap for the day: it admits nothing more of this model now
+                continue  # the job is held (or ended): the next one in line may fit
+            step = admit(store, settings, ref, account.name, now=now, job=job)
             if step is None:
-                if not _settle_lost_race(store, quota, scope, ref, now):
+                if not _settle_lost_race(store, quota, scope, ref, _ledgers(job, account.name, now, reservation)):
                     break
                 continue
             store.leave_queue(model, ref)
@@ -131,36 +137,33 @@ def dispatch(
     return admitted
 
 
-def _settle_lost_race(store: JobStore, quota: Quota, scope: Scope, ref: str, now: float) -> bool:
-    """`ref` could not be admitted (it ended, or a racing dispatcher admitted it first). Keep the slot and the
-    reservation only if the job now holds them (the racing admission reserved under the same name); take the
-    job out of the queue unless it is still waiting. False when it still is (the caller stops rather than look
-    at it again)."""
+def _settle_lost_race(store: JobStore, quota: Quota, scope: Scope, ref: str, reserved: Sequence[str]) -> bool:
+    """`ref` could not be admitted (it ended, was revived, or a racing dispatcher admitted it first). Keep the
+    slot only if the job now holds it; give back the reservations this dispatcher took (`reserved`: none of a
+    racing one's, which are named by the same job); take the job out of the queue unless it is still waiting.
+    False when it still is (the caller stops rather than look at it again)."""
     job = store.get(ref)
-    admitted = job is not None and job.status in HOLDS_SLOT
-    if not (admitted and job is not None and job.account == scope.account):
+    if not (job is not None and job.status in HOLDS_SLOT and job.account == scope.account):
         quota.release_slot(scope, ref)
-        # This dispatcher's reservation: its account's day; the batch's too unless the job was admitted by another
-        # account's dispatcher, whose reservation it is (a reservation is named by the job, once per ledger).
-        mine = [day_ledger(utc_day(now), scope.account)]
-        if not admitted:
-            mine.append(batch_ledger(refs.split_ref(ref)[0]))
-        quota.spend.settle(mine, ref, units=0.0, money=0.0)
+    if reserved:
+        quota.spend.settle(reserved, ref, units=0.0, money=0.0)
     if job is not None and job.status is Status.ACCEPTED:
         return False
     store.leave_queue(scope.model, ref)
     return True
 
 
-def reserve_spend(
-    store: JobStore, quota: Quota, settings: Settings, ref: str, account: str, now: float
-) -> Refusal | None:
+def _ledgers(job: Job, account: str, now: float, reservation: Reserved) -> list[str]:
+    """The keys of the ledgers `reservation` was newly taken in (its batch's: 0, its account's day: 1)."""
+    keys = [batch_ledger(job.batch_id), day_ledger(utc_day(now), account)]
+    return [keys[i] for i in reservation.new]
+
+
+def reserve_spend(quota: Quota, settings: Settings, job: Job, account: str, now: float) -> Refusal | Reserved:
     """Reserve the job's largest possible bill in its batch's ledger and its account's for the day, or refuse
-    (nothing reserved) when that would cross a cap. A job gone or no longer waiting reserves nothing here (its
-    admission then fails and settles the race)."""
-    job = store.get(ref)
-    if job is None or job.status is not Status.ACCEPTED:
-        return None
+    (nothing reserved) when that would cross a cap. The account's daily cap is passed only by a process that
+    has one configured: one without leaves the cap another stored for the day as it is."""
+    ref = job.ref
     units = largest_bill(job.request)
     price = settings.prices.get(job.request.model)
     money = NO_PRICE if price is None else units * price
@@ -169,7 +172,7 @@ def reserve_spend(
         LedgerSpec(batch_ledger(job.batch_id), None, {"scope": "batch", "batch_id": job.batch_id}),
         LedgerSpec(
             day_ledger(day, account),
-            Cap(limits.daily_cap_units, limits.daily_cap_money),
+            daily if (daily := Cap(limits.daily_cap_units, limits.daily_cap_money)).any else None,
             {"scope": "account_day", "account": account, "day": day},
         ),
     ]
@@ -199,33 +202,38 @@ def _over_cap(
     store: JobStore,
     quota: Quota,
     settings: Settings,
-    ref: str,
-    model: str,
+    scope: Scope,
+    job: Job,
     refused: Refusal,
-    account: str,
-    send: Send,
     now: float,
-) -> None:
-    """A job whose largest bill would cross a cap: held out of line with its batch (the batch's cap), or ended
+) -> bool:
+    """A job whose largest bill would cross a cap gives back the slot it took (unless a racing dispatcher has
+    admitted it meanwhile, under that very slot), then is held out of line with its batch (the batch's cap), left
+    in line (the account's cap for the day: False, the account admits nothing more of the model now), or ended
     `failed` (`budget_on_cap = "reject"`)."""
+    current = store.get(job.ref)
+    if current is None or current.status is not Status.ACCEPTED:
+        _settle_lost_race(store, quota, scope, job.ref, ())
+        return True
+    quota.release_slot(scope, job.ref)
+    batch = refused.index == 0
     if settings.budget_on_cap == "wait":
-        store.hold(model, ref)
-        return
-    job = store.get(ref)
-    if job is None or job.status is not Status.ACCEPTED:
-        return
-    message = over_cap_reason(refused, batch=refused.index == 0, account=account)
-    event = job_event(job, Status.FAILED, now=now, error_code=BUDGET_CAP_REACHED, error_message=message)
+        if batch:
+            store.hold(scope.model, job.ref)
+        return batch
+    message = over_cap_reason(refused, batch=batch, account=scope.account)
+    event = job_event(current, Status.FAILED, now=now, error_code=BUDGET_CAP_REACHED, error_message=message)
     applied = store.transition(
-        ref,
+        job.ref,
         Status.FAILED,
-        expected_attempt=job.attempt,
+        expected_attempt=current.attempt,
         fields={"error_code": BUDGET_CAP_REACHED, "error_message": message},
         event=event,
         now=now,
     )
     if applied.ok:
-        store.leave_queue(model, ref)
+        store.leave_queue(scope.model, job.ref)
+    return True
 
 
 def over_cap_reason(refused: Refusal, *, batch: bool, account: str) -> str:
@@ -253,17 +261,19 @@ def settle_spend(
     code: str | None = None,
 ) -> None:
     """The job's reservation becomes what it cost: `units` billed (its task succeeded), else nothing (it ended
-    without a bill), else, when its outcome cannot be known (`status` expired, or a synchronous call's answer
-    lost), its largest bill, kept as spent. When that frees room, held jobs of its batch go back in line."""
-    admitted_at = job.times.get("admitted")
-    if admitted_at is None or not job.account:
-        return
+    without a bill), else, when what it cost is not known here, its largest bill, kept as spent: its outcome
+    cannot be known (`status` expired, or a synchronous call's answer lost), or this try's task succeeded and
+    its bill was recorded by a process that died before settling. When that frees room, held jobs of its batch
+    go back in line. A job never admitted (a dispatcher died after reserving) has only its batch's to give."""
     if units is None:
-        unknown = status is Status.EXPIRED or code == SYNC_OUTCOME_UNKNOWN
+        unknown = status is Status.EXPIRED or code == SYNC_OUTCOME_UNKNOWN or bool(job.results)
         units = -1.0 if unknown else 0.0
     price = settings.prices.get(job.request.model)
     money = units if units < 0 else (units * price if price is not None else 0.0)
-    ledgers = [batch_ledger(job.batch_id), day_ledger(utc_day(admitted_at), job.account)]
+    admitted_at = job.times.get("admitted")
+    ledgers = [batch_ledger(job.batch_id)]
+    if admitted_at is not None and job.account:
+        ledgers.append(day_ledger(utc_day(admitted_at), job.account))
     settled = quota.spend.settle(ledgers, job.ref, units=units, money=money)
     freed = settled and 0 <= units < largest_bill(job.request)  # a bill of all it reserved frees nothing
     if freed and store.held(job.batch_id) and store.unhold(job.batch_id, limit=UNHOLD_CHUNK):

@@ -47,8 +47,9 @@ _OWN_PERMANENT = frozenset(
 )
 _ACTIVE_UPSTREAM = frozenset({Status.SUBMITTED, Status.RUNNING, Status.OVERDUE})
 #: After a refused cancel, by the task's status upstream: why the job is left as it is. A task that may still
-#: run, or already succeeded, is paid for (or may yet start): its job goes on and stores what it bills. Any
-#: other status (FAILED, CANCELED, UNKNOWN) bills nothing more, and the job ends `canceled`.
+#: run, or already succeeded, is paid for (or may yet start): its job goes on and stores what it bills. Only a
+#: task known to have ended unbilled (FAILED, CANCELED) lets the job end `canceled`; any other answer (UNKNOWN,
+#: which the service also gives for a task it cannot tell about just now) leaves it to be cancelled again.
 _LEFT_RUNNING = {
     "SUCCEEDED": "its task has already succeeded upstream (billed): its result is stored",
     "RUNNING": "its task already runs upstream and cannot be cancelled (it will be billed): left to finish, "
@@ -56,6 +57,16 @@ _LEFT_RUNNING = {
     "PENDING": "the service refused to cancel its task, still PENDING upstream; try again",
 }
 _UNREAD = "its task could not be cancelled and its status not read now; try again"
+_ENDED_UNBILLED = frozenset({"FAILED", "CANCELED"})
+
+
+def _left_as_it_is(upstream: str | None) -> str:
+    """Why a job whose cancel the service refused stays as it is ("" when its task ended unbilled)."""
+    if upstream is None:
+        return _UNREAD
+    if upstream in _ENDED_UNBILLED:
+        return ""
+    return _LEFT_RUNNING.get(upstream, f"its task was answered {upstream} upstream, and may still bill; try again")
 
 
 @dataclass
@@ -117,7 +128,7 @@ def _cancel_one(rt: Runtime, ref: str, report: ControlReport) -> str:
             return "skipped"
         except RemoteError as exc:  # UnsupportedOperation: it started, or already ended, upstream
             upstream = _upstream_status(rt, job)
-            left = _LEFT_RUNNING.get(upstream or "", "") if upstream else _UNREAD
+            left = _left_as_it_is(upstream)
             if left:
                 report.skipped[ref] = left
                 return "skipped"

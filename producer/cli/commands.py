@@ -258,7 +258,8 @@ def retry_command(
         for ref, why in report.skipped.items():
             console.print(f"  {ref}: {why}")
         if wait and report.changed:
-            summary = wait_for_batch(genq.store, refs.split_ref(report.changed[0])[0], console)
+            retried = refs.split_ref(report.changed[0])[0]
+            summary = wait_for_batch(genq.store, retried, console, stalled=lambda: genq.stalled(retried))
             console.print(summary_table(summary))
 
 
@@ -324,7 +325,7 @@ def budget(
     with local_services(settings_for(config, local=local or None), s3=False) as services, Genq(services) as genq:
         try:
             if cap is not None or cap_money is not None or no_cap:
-                now = genq.set_budget(batch_id, cap_units=cap, cap_money=cap_money)
+                now = genq.set_budget(batch_id, cap_units=cap, cap_money=cap_money, remove=no_cap)
             else:
                 now = genq.budget(batch_id)
         except KeyError as exc:

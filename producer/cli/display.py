@@ -149,6 +149,14 @@ def budget_lines(ledger: Ledger, held: int, settings: Settings, *, whose: str, t
     line = [
         styled(f"{whose}: committed (billed, and the largest bills of jobs under way) ", "; ".join(caps) or "no cap")
     ]
+    if ledger.no_price:
+        line.append(
+            styled(
+                ("  no price", "yellow"),
+                ": a job's model has no price (`prices`), so it cannot be admitted "
+                "under a money cap; add its price, or cap in units",
+            )
+        )
     if ledger.reached:
         line.append(styled(("  cap reached", "yellow"), f": {held} job(s) wait; {then}" if held else f"; {then}"))
     return line

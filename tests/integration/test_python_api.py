@@ -74,6 +74,13 @@ def test_submit_wait_download_cancel_and_retry_through_the_api_alone(
     assert len(cancelled.changed) >= 1 and len(cancelled.changed) + len(cancelled.skipped) == 3
     left = ("its task already runs upstream", "a create is in flight")  # never dropped: it runs, or may have
     assert all(why.startswith(left) for why in cancelled.skipped.values()), cancelled.skipped
+    upstream = {
+        t["task_id"]: t["status"] for t in httpx.get(f"{stack.simulator_url}/_sim/tasks", timeout=10).json()["tasks"]
+    }
+    for ref in cancelled.changed:  # a job ended by the cancel had no task that runs (and bills) upstream
+        job = genq.store.get(ref)
+        assert job is not None and job.status.value == "canceled"
+        assert job.task_id is None or upstream[job.task_id] == "CANCELED", (ref, upstream.get(job.task_id or ""))
 
     events = genq.events("api")
     assert events and all(e["subject"] == "api" or e["subject"].startswith("api/") for e in events)

@@ -8,13 +8,14 @@ import json
 import secrets
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from workers.quota.spend import NO_PRICE, Cap, LedgerSpec, MemorySpend, RedisSpend, Spend
+from workers.quota.spend import NO_PRICE, Cap, LedgerSpec, MemorySpend, RedisSpend, Reserved, Spend
 
 STREAM_MAXLEN = 1000
 
@@ -33,7 +34,7 @@ def ledger(cap: Cap | None = None) -> LedgerSpec:
     return LedgerSpec("genq:spend:test:" + secrets.token_hex(4), cap, {"scope": "batch", "batch_id": "b"})
 
 
-def reserve(spend: Spend, ledgers: list[LedgerSpec], ref: str, units: float, money: float = 0.0) -> object:
+def reserve(spend: Spend, ledgers: list[LedgerSpec], ref: str, units: float, money: float = 0.0) -> Any:
     events = [json.dumps({"ledger": spec.key}) for spec in ledgers]
     return spend.reserve(
         ledgers, ref, units=units, money=money, events=events, event_stream="genq:events:test", maxlen=STREAM_MAXLEN
@@ -44,7 +45,7 @@ def test_a_reservation_is_taken_in_every_ledger_or_in_none(spend: Spend) -> None
     """Two ledgers with room for 4 and 10 units: 3 fits both; 2 more would cross the first, so nothing is
     reserved in either, and the refusal names the first ledger with what it has committed and its cap."""
     tight, loose = ledger(Cap(units=4)), ledger(Cap(units=10))
-    assert reserve(spend, [tight, loose], "b/j1", 3) is None
+    assert isinstance(reserve(spend, [tight, loose], "b/j1", 3), Reserved)
     refused = reserve(spend, [tight, loose], "b/j2", 2)
     assert refused is not None and refused.index == 0  # type: ignore[attr-defined]
     assert (refused.committed_units, refused.cap) == (3, Cap(units=4))  # type: ignore[attr-defined]
@@ -55,8 +56,8 @@ def test_a_reservation_is_taken_in_every_ledger_or_in_none(spend: Spend) -> None
 def test_a_repeated_reservation_counts_once(spend: Spend) -> None:
     """The same job reserving again (a second dispatcher, a retried admission) keeps the one reservation."""
     spec = ledger(Cap(units=5))
-    assert reserve(spend, [spec], "b/j", 4) is None
-    assert reserve(spend, [spec], "b/j", 4) is None
+    assert reserve(spend, [spec], "b/j", 4) == Reserved((0,))
+    assert reserve(spend, [spec], "b/j", 4) == Reserved(())  # nothing newly reserved: nothing to give back
     assert spend.read(spec.key).committed_units == 4 and spend.read(spec.key).reserved == 1
 
 
@@ -65,7 +66,7 @@ def test_settling_turns_the_reservation_into_the_bill_or_gives_it_back(spend: Sp
     outcome is unknown keeps its 4 as spent; settling again does nothing."""
     spec = ledger(Cap(units=100, money=100))
     for ref in ("b/billed", "b/none", "b/unknown"):
-        assert reserve(spend, [spec], ref, 4, money=2.0) is None
+        assert isinstance(reserve(spend, [spec], ref, 4, money=2.0), Reserved)
     assert spend.settle([spec.key], "b/billed", units=3, money=1.5) == 1
     assert spend.settle([spec.key], "b/none", units=0, money=0) == 1
     assert spend.settle([spec.key], "b/unknown", units=-1, money=-1) == 1
@@ -80,13 +81,13 @@ def test_the_first_refusal_announces_the_cap_once_and_a_new_cap_arms_it_again(
     """Refused three times, a ledger appends one event (Redis: to the stream, in the same step); raising the cap
     lets the job in; reaching the new cap announces again."""
     spec = ledger(Cap(units=1))
-    assert reserve(spend, [spec], "b/a", 1) is None
+    assert isinstance(reserve(spend, [spec], "b/a", 1), Reserved)
     for _ in range(3):
         assert reserve(spend, [spec], "b/b", 1) is not None
     spend.set_cap(spec.key, Cap(units=2))
     assert not spend.read(spec.key).reached
     unstored = LedgerSpec(spec.key, None, spec.label)  # the cap stored in the ledger (set_cap's)
-    assert reserve(spend, [unstored], "b/b", 1) is None
+    assert isinstance(reserve(spend, [unstored], "b/b", 1), Reserved)
     assert reserve(spend, [unstored], "b/c", 1) is not None
     if isinstance(spend, MemorySpend):
         announced = len(spend.events)
@@ -97,13 +98,30 @@ def test_the_first_refusal_announces_the_cap_once_and_a_new_cap_arms_it_again(
     assert announced == 2
 
 
+def test_a_process_without_a_cap_leaves_the_stored_one_and_a_new_figure_arms_the_event(spend: Spend) -> None:
+    """A ledger capped at 2 by one process: another that passes no cap (its configuration has none) is held to
+    the stored cap; a cap given with a new figure is stored and announced again when reached; setting one kind
+    leaves the other."""
+    capped, uncapped = ledger(Cap(units=2)), None
+    assert isinstance(reserve(spend, [capped], "b/a", 2), Reserved)
+    uncapped = LedgerSpec(capped.key, None, capped.label)
+    assert not isinstance(reserve(spend, [uncapped], "b/b", 1), Reserved)
+    assert spend.read(capped.key).reached and spend.read(capped.key).cap == Cap(units=2)
+    raised = LedgerSpec(capped.key, Cap(units=3), capped.label)
+    assert isinstance(reserve(spend, [raised], "b/b", 1), Reserved) and not spend.read(capped.key).reached
+    spend.set_cap(capped.key, Cap(money=50))
+    assert spend.read(capped.key).cap == Cap(units=3, money=50)
+    spend.clear_cap(capped.key)
+    assert spend.read(capped.key).cap == Cap()
+
+
 def test_a_money_cap_refuses_a_job_without_a_price(spend: Spend) -> None:
     """Under a money cap, a job whose model has no price cannot be admitted (its cost is unknown); without a
     money cap it can."""
     capped, free = ledger(Cap(money=10)), ledger(Cap(units=10))
     refused = reserve(spend, [capped], "b/j", 1, money=NO_PRICE)
     assert refused is not None and refused.no_price  # type: ignore[attr-defined]
-    assert reserve(spend, [free], "b/j", 1, money=NO_PRICE) is None
+    assert isinstance(reserve(spend, [free], "b/j", 1, money=NO_PRICE), Reserved)
     assert spend.read(free.key).committed_money == 0
 
 
@@ -119,18 +137,10 @@ def test_concurrent_admissions_never_overshoot_a_cap(redis_url: str) -> None:
         for i in range(40):
             units = float(1 + (worker + i) % 4)
             spec = LedgerSpec(key, Cap(units=20), {"scope": "batch", "batch_id": "race"})
-            if (
-                mine.reserve(
-                    [spec],
-                    f"race/{worker}-{i}",
-                    units=units,
-                    money=0,
-                    events=["{}"],
-                    event_stream="genq:events:race",
-                    maxlen=10,
-                )
-                is None
-            ):
+            answer = mine.reserve(
+                [spec], f"race/{worker}-{i}", units=units, money=0, events=["{}"], event_stream="genq:e", maxlen=10
+            )
+            if isinstance(answer, Reserved):
                 with lock:
                     taken.append(units)
 
@@ -176,7 +186,7 @@ def test_both_ledgers_agree_and_never_pass_their_cap(redis_url: str, operations:
                 for s in stores
             ]
             assert answers[0] == answers[1]
-            if answers[0] is None and ref not in held:
+            if isinstance(answers[0], Reserved) and ref not in held:
                 held[ref] = units
                 assert stores[0].read(key).committed_units <= cap + 1e-9
         elif kind == "cap":

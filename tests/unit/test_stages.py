@@ -27,6 +27,7 @@ from config.settings import Settings
 from producer.batch import enqueue_rows
 from producer.csv_source import CsvRow
 from tests.stage_runner import STAGES, VirtualClock, run
+from workers import control
 from workers.admission import dispatch_all
 from workers.bucket import MemoryBucket
 from workers.claimed import run_stage
@@ -648,3 +649,55 @@ def enqueue_images(rt: Runtime, n: int, *prompts: str) -> list[Next]:
         rt.store, rt.settings, "b", rows, source="test", send=lambda s: sent.append(s) if s else None, quota=rt.quota
     )
     return sent
+
+
+class Killed(BaseException):
+    """A worker process killed (SIGKILL) at a chosen point."""
+
+
+def test_a_worker_killed_between_the_bill_and_its_settling_never_lets_a_cap_be_overshot(
+    rt: Runtime, clock: VirtualClock, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a batch cap of 2 images, the first job's SUCCEEDED answer is recorded (billed 2) and its worker
+    dies before settling the reservation; the finalize the sweep re-sends ends the job, and its reservation is
+    kept as spent (what it cost is not known there), so the held job stays held: 2 billed, cap 2."""
+    rt.quota.spend.set_cap(batch_ledger("b"), Cap(units=2))
+    settle = rt.quota.spend.settle
+
+    def killed_once(keys: Any, ref: str, *, units: float, money: float) -> int:
+        if units > 0 and not killed:
+            killed.append(ref)
+            raise Killed("the worker died after recording the answer")
+        return settle(keys, ref, units=units, money=money)
+
+    killed: list[str] = []
+    monkeypatch.setattr(rt.quota.spend, "settle", killed_once)
+    steps = enqueue_images(rt, 2, "a fox", "a hare")
+    with pytest.raises(Killed):
+        run(rt, steps, timeout_s=5, clock=clock)
+    job = rt.store.get("b/j0")
+    assert job is not None and job.status is Status.DOWNLOADING and killed == ["b/j0"]
+    follow(rt, clock, [Next(Action.FINALIZE, job.ref, job.attempt)])  # the sweep re-sends it
+    summary = rt.store.batch_summary("b")
+    assert summary is not None and summary.billed == {MODEL: 2} and rt.store.held("b") == 1
+    assert upstream.creates() == 1 and rt.quota.spend.read(batch_ledger("b")).committed_units == 2
+
+
+def test_a_cancel_answered_unknown_leaves_a_running_task_to_finish_and_bill(
+    rt: Runtime, clock: VirtualClock, upstream: Upstream
+) -> None:
+    """A running task whose cancel is refused and whose status then reads UNKNOWN (the service cannot tell just
+    now): the job is left as it is, saying so, and goes on to store its result; nothing is given back."""
+    upstream.statuses = ["RUNNING", "RUNNING", "SUCCEEDED"]
+    steps = enqueue_images(rt, 2, "a fox")
+    left = run(rt, steps, timeout_s=5, clock=clock, until=lambda: _status(rt, "b/j0") == "running")
+    upstream.query_answers.append((200, {"output": {"task_id": "task-1", "task_status": "UNKNOWN"}, "request_id": "r"}))
+    report = control.cancel(rt, "b/j0")
+    assert report.changed == [] and "UNKNOWN" in report.skipped["b/j0"]
+    follow(rt, clock, left)
+    assert _status(rt, "b/j0") == "succeeded"
+
+
+def _status(rt: Runtime, ref: str) -> str:
+    job = rt.store.get(ref)
+    return job.status.value if job is not None else ""

@@ -55,10 +55,13 @@ def _hincrby(h: dict[str, str], name: str, by: int) -> int:
 
 
 def _hincrbyfloat(h: dict[str, str], name: str, by: str) -> None:
-    """HINCRBYFLOAT as Redis does it: the stored text and `by` read exactly (Redis adds in long double), the
-    sum written with 17 significant digits and no trailing zeros (so 1.1 + 0.1 is "1.2", as in Redis)."""
-    total = decimal.Context(prec=17).plus(decimal.Decimal(h.get(name, "0")) + decimal.Decimal(by))
-    h[name] = format(total.normalize(), "f")
+    """HINCRBYFLOAT as Redis does it: the stored text and `by` read as written (Redis adds in long double), the
+    sum printed with 17 decimal places and the trailing zeros cut (`%.17Lf`, human form: 1.1 + 0.1 is "1.2").
+    The sum here is exact, so it is Redis's own for what genq adds (whole images and seconds, short decimals);
+    for arbitrary floats, long double rounding can differ from it in the 17th decimal."""
+    total = decimal.Decimal(h.get(name, "0")) + decimal.Decimal(by)
+    text = format(total.quantize(decimal.Decimal("1e-17"), rounding=decimal.ROUND_HALF_EVEN), "f")
+    h[name] = text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def _lua_number(value: float) -> str:

@@ -80,36 +80,53 @@ class Refusal:
 
 
 @dataclass(frozen=True)
+class Reserved:
+    """A reservation taken: `new` are the ledgers (indexes into those given) it was newly taken in (a ledger
+    already holding one of the job kept it: a second admission reserves once, and gives back only its own)."""
+
+    new: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Ledger:
     committed_units: float = 0.0
     committed_money: float = 0.0
     reserved: int = 0  # jobs holding a reservation
     cap: Cap = Cap()
     reached: bool = False
+    no_price: bool = False  # a job was kept out of a money cap because its model has no price
 
 
-# KEYS: the ledgers, then the event stream. ARGV[1]: JSON {ref, units, money, caps = [[u, m] | null per ledger],
-# events = [event JSON per ledger], maxlen, ttl_s}. A cap given is stored in its ledger (null: the stored one).
-# Returns JSON {ok} or {ok = false, index (1-based), committed_u, committed_m, cap_u, cap_m, no_price}.
+# KEYS: the ledgers, then the event stream. ARGV[1]: JSON {ref, units, money (text; money "-1": no price),
+# caps = [[u, m] | null per ledger] (text, or null: leave it), events = [event JSON per ledger], maxlen, ttl_s}.
+# A cap given is stored in its ledger (a changed one arms its event again); one not given is left as stored.
+# Returns JSON {ok = true, new = [indexes of the ledgers newly reserved in]} or {ok = false, index (1-based),
+# committed_u, committed_m, cap_u, cap_m, no_price}.
 _RESERVE = """
 local a = cjson.decode(ARGV[1])
 local n = #KEYS - 1
+local units, money = tonumber(a.units), tonumber(a.money)
 local function num(v) if v == nil or v == false then return nil end return tonumber(v) end
 for i = 1, n do
   local cap = a.caps[i]
   if type(cap) == 'table' then
     for k, name in ipairs({'cap_u', 'cap_m'}) do
-      if cap[k] ~= cjson.null then redis.call('HSET', KEYS[i], name, cap[k]) else redis.call('HDEL', KEYS[i], name) end
+      if cap[k] ~= cjson.null and redis.call('HGET', KEYS[i], name) ~= cap[k] then
+        redis.call('HSET', KEYS[i], name, cap[k])
+        redis.call('HDEL', KEYS[i], 'reached')
+      end
     end
   end
+  redis.call('EXPIRE', KEYS[i], a.ttl_s)
 end
 for i = 1, n do
   if redis.call('HEXISTS', KEYS[i], 'j:' .. a.ref) == 0 then
     local h = redis.call('HMGET', KEYS[i], 'committed_u', 'committed_m', 'cap_u', 'cap_m')
     local cu, cm = num(h[1]) or 0, num(h[2]) or 0
     local capu, capm = num(h[3]), num(h[4])
-    local no_price = capm ~= nil and a.money < 0
-    if no_price or (capu ~= nil and cu + a.units > capu + 1e-9) or (capm ~= nil and cm + a.money > capm + 1e-9) then
+    local no_price = capm ~= nil and money < 0
+    if no_price or (capu ~= nil and cu + units > capu + 1e-9) or (capm ~= nil and cm + money > capm + 1e-9) then
+      if no_price then redis.call('HSET', KEYS[i], 'no_price', '1') end
       if redis.call('HSETNX', KEYS[i], 'reached', '1') == 1 then
         redis.call('XADD', KEYS[n + 1], 'MAXLEN', '~', a.maxlen, '*', 'event', a.events[i])
       end
@@ -118,16 +135,17 @@ for i = 1, n do
     end
   end
 end
+local new = {}
+local kept = money < 0 and '0' or a.money
 for i = 1, n do
   if redis.call('HEXISTS', KEYS[i], 'j:' .. a.ref) == 0 then
-    local m = math.max(a.money, 0)
     redis.call('HINCRBYFLOAT', KEYS[i], 'committed_u', a.units)
-    redis.call('HINCRBYFLOAT', KEYS[i], 'committed_m', m)
-    redis.call('HSET', KEYS[i], 'j:' .. a.ref, a.units .. ' ' .. m)
+    redis.call('HINCRBYFLOAT', KEYS[i], 'committed_m', kept)
+    redis.call('HSET', KEYS[i], 'j:' .. a.ref, a.units .. ' ' .. kept)
+    new[#new + 1] = i - 1
   end
-  redis.call('EXPIRE', KEYS[i], a.ttl_s)
 end
-return cjson.encode({ok = true})
+return cjson.encode({ok = true, new = new})
 """
 
 # KEYS: the ledgers. ARGV: ref, units, money (negative: keep what was reserved). Turns the job's reservation
@@ -163,7 +181,7 @@ class Spend(Protocol):
         events: Sequence[str],
         event_stream: str,
         maxlen: int,
-    ) -> Refusal | None:
+    ) -> Refusal | Reserved:
         """Reserve `units` and `money` (`NO_PRICE`: unknown) for `ref` in every ledger, or in none: the refusal
         (and, the first time a ledger refuses, its event appended). A ledger already holding a reservation of
         `ref` keeps it as it is (a repeated admission reserves once)."""
@@ -173,7 +191,10 @@ class Spend(Protocol):
         how many ledgers held one."""
 
     def set_cap(self, key: str, cap: Cap) -> None:
-        """Set the ledger's cap (None of a kind: no cap of it), and arm its cap-reached event again."""
+        """Set the kinds of cap given (None: leave that kind as it is), and arm the cap-reached event again."""
+
+    def clear_cap(self, key: str) -> None:
+        """Remove the ledger's caps (both kinds), and arm the cap-reached event again."""
 
     def read(self, key: str) -> Ledger: ...
 
@@ -191,6 +212,7 @@ def _ledger(h: Mapping[str, str]) -> Ledger:
         reserved=sum(1 for k in h if k.startswith("j:")),
         cap=Cap(number("cap_u"), number("cap_m")),
         reached=h.get("reached") == "1",
+        no_price=h.get("no_price") == "1",
     )
 
 
@@ -219,11 +241,11 @@ class RedisSpend:
         events: Sequence[str],
         event_stream: str,
         maxlen: int,
-    ) -> Refusal | None:
+    ) -> Refusal | Reserved:
         arguments = {
             "ref": ref,
-            "units": float(units),
-            "money": float(money),
+            "units": repr(float(units)),
+            "money": repr(float(money)),
             "caps": _caps(ledgers),
             "events": list(events),
             "maxlen": str(maxlen),
@@ -232,7 +254,7 @@ class RedisSpend:
         keys = [spec.key for spec in ledgers] + [event_stream]
         answer = json.loads(self._reserve(keys=keys, args=[json.dumps(arguments)]))
         if answer["ok"]:
-            return None
+            return Reserved(tuple(int(i) for i in (answer["new"] or [])))
         return Refusal(
             index=int(answer["index"]) - 1,
             committed_units=float(answer["committed_u"]),
@@ -247,13 +269,14 @@ class RedisSpend:
     def set_cap(self, key: str, cap: Cap) -> None:
         pipe = self._redis.pipeline()
         for name, value in (("cap_u", cap.units), ("cap_m", cap.money)):
-            if value is None:
-                pipe.hdel(key, name)
-            else:
+            if value is not None:
                 pipe.hset(key, name, repr(float(value)))
-        pipe.hdel(key, "reached")
+        pipe.hdel(key, "reached", "no_price")
         pipe.expire(key, LEDGER_TTL_S)
         pipe.execute()
+
+    def clear_cap(self, key: str) -> None:
+        self._redis.hdel(key, "cap_u", "cap_m", "reached", "no_price")
 
     def read(self, key: str) -> Ledger:
         return _ledger(cast(dict[str, str], self._redis.hgetall(key)))
@@ -284,7 +307,7 @@ class MemorySpend:
         events: Sequence[str],
         event_stream: str,
         maxlen: int,
-    ) -> Refusal | None:
+    ) -> Refusal | Reserved:
         del event_stream, maxlen
         with self._lock:
             hashes = [self._ledgers.setdefault(spec.key, {}) for spec in ledgers]
@@ -300,16 +323,21 @@ class MemorySpend:
                 over_u = cap.units is not None and cu + units > cap.units + EPSILON
                 over_m = cap.money is not None and cm + money > cap.money + EPSILON
                 if no_price or over_u or over_m:
+                    if no_price:
+                        h["no_price"] = "1"
                     if h.get("reached") != "1":
                         h["reached"] = "1"
                         self.events.append(events[i])
                     return Refusal(i, cu, cm, cap, no_price)
-            for h in hashes:
+            new = []
+            kept = max(float(money), 0.0)
+            for i, h in enumerate(hashes):
                 if f"j:{ref}" not in h:
                     h["committed_u"] = float(h.get("committed_u", 0.0)) + units
-                    h["committed_m"] = float(h.get("committed_m", 0.0)) + max(money, 0.0)
-                    h[f"j:{ref}"] = f"{units} {max(money, 0.0)}"
-            return None
+                    h["committed_m"] = float(h.get("committed_m", 0.0)) + kept
+                    h[f"j:{ref}"] = f"{float(units)!r} {kept!r}"
+                    new.append(i)
+            return Reserved(tuple(new))
 
     def settle(self, keys: Sequence[str], ref: str, *, units: float, money: float) -> int:
         settled = 0
@@ -330,6 +358,13 @@ class MemorySpend:
             h = self._ledgers.setdefault(key, {})
             _store_cap(h, cap)
             h.pop("reached", None)
+            h.pop("no_price", None)
+
+    def clear_cap(self, key: str) -> None:
+        with self._lock:
+            h = self._ledgers.setdefault(key, {})
+            for name in ("cap_u", "cap_m", "reached", "no_price"):
+                h.pop(name, None)
 
     def read(self, key: str) -> Ledger:
         with self._lock:
@@ -341,8 +376,8 @@ class MemorySpend:
 
 
 def _store_cap(h: dict[str, float | str], cap: Cap) -> None:
+    """The kinds of cap given, stored (a changed one arms the cap-reached event again); the others left."""
     for name, value in (("cap_u", cap.units), ("cap_m", cap.money)):
-        if value is None:
-            h.pop(name, None)
-        else:
+        if value is not None and h.get(name) != float(value):
             h[name] = float(value)
+            h.pop("reached", None)
