@@ -40,6 +40,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -57,7 +58,7 @@ from workers.jobstore import BatchSummary, JobStore
 from workers.messages import publish
 from workers.quota.quota import Quota
 from workers.quota.spend import Cap, Ledger, batch_ledger, day_ledger
-from workers.runtime import Runtime, build_runtime
+from workers.runtime import Runtime, build_runtime, make_quota, make_redis, make_store
 
 __all__ = [
     "AsyncGenq",
@@ -163,6 +164,8 @@ class Genq:
         self._runtime: Runtime | None = runtime
         self._owns_runtime = runtime is None
         self._building = threading.Lock()  # AsyncGenq's threads may ask at once: one of each is built
+        self._connection: redis.Redis | None = None  # the client's own, until a runtime is built
+        self._own: tuple[JobStore, Quota] | None = None
         self._results: ResultBucket | None = None
         self._celery: Any = None
 
@@ -198,6 +201,9 @@ class Genq:
 
     def close(self) -> None:
         """Let go of the connections this client opened (an embedding's own runtime is left to it)."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection, self._own = None, None
         if self._runtime is not None and self._owns_runtime:
             self._runtime.close()
             self._runtime = None
@@ -221,11 +227,22 @@ class Genq:
 
     @property
     def store(self) -> JobStore:
-        return self.runtime.store
+        """The job store: the runtime's once one is built (cancel and retry need one, and an API key for it),
+        else one of the client's own, so that submitting and reading need only Redis."""
+        return self._stores()[0]
 
     @property
     def quota(self) -> Quota:
-        return self.runtime.quota
+        return self._stores()[1]
+
+    def _stores(self) -> tuple[JobStore, Quota]:
+        with self._building:
+            if self._runtime is not None:
+                return self._runtime.store, self._runtime.quota
+            if self._own is None:
+                self._connection = make_redis(self.settings)
+                self._own = make_store(self.settings, self._connection), make_quota(self.settings, self._connection)
+            return self._own
 
     @property
     def results(self) -> ResultBucket:

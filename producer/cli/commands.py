@@ -322,7 +322,8 @@ def budget(
     jobs the cap held go back in line, and those that now fit are admitted."""
     if no_cap and (cap is not None or cap_money is not None):
         raise fail("--no-cap removes the cap: give it alone, or give --cap / --cap-money", 2)
-    with local_services(settings_for(config, local=local or None), s3=False) as services, Genq(services) as genq:
+    settings = settings_for(config, local=local or None)
+    with local_services(settings, s3=False, dashscope=False) as services, Genq(services) as genq:
         try:
             if cap is not None or cap_money is not None or no_cap:
                 now = genq.set_budget(batch_id, cap_units=cap, cap_money=cap_money, remove=no_cap)

@@ -8,6 +8,7 @@ enqueues is collected instead of sent, and no service is called.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 from typing import Any
@@ -18,13 +19,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from config.settings import Settings
-from producer.api import Genq, Rejection, Request
+from producer.api import AsyncGenq, Genq, Rejection, Request
 from producer.services import Configured
 from workers.bucket import MemoryBucket
 from workers.dashscope import DashScopeClient
 from workers.job import Next
 from workers.jobstore import MemoryJobStore
 from workers.quota.quota import Quota
+from workers.quota.spend import Cap
 from workers.runtime import Runtime
 
 MODEL = "wan2.5-t2i-preview"
@@ -126,3 +128,45 @@ def test_any_requests_are_each_accepted_or_rejected_with_a_reason(requests: list
     for rejection in submitted.rejected:
         assert 0 <= rejection.index < len(requests) and rejection.field and rejection.reason
     assert len(genq.store.rejected("fuzz")) == len(submitted.rejected)
+
+
+def test_the_asyncio_flavour_gives_the_same_answers() -> None:
+    """`AsyncGenq` over the same client: submitting, reading the status, the budget and the events, waiting
+    (which returns at its timeout), changing the cap, cancelling and retrying (a cancelled job is not) answer
+    as `Genq` does."""
+    genq, sent = offline_genq()
+
+    async def use() -> None:
+        client = AsyncGenq(genq)
+        batch = await client.submit([{"prompt": "a fox"}, {"prompt": "a dog", "n": 9}], batch_id="aio", cap_units=8)
+        assert batch.accepted == 1 and [r.field for r in batch.rejected] == ["n"]
+        assert (await client.status("aio")).counts == {"admitted": 1}
+        seen: list[int] = []
+        waited = await client.wait("aio", timeout_s=0, progress=lambda s: seen.append(s.total))
+        assert not waited.done and seen == [1]
+        assert await client.stalled("aio") is None  # a job is under way
+        budget = await client.set_budget("aio", cap_money=3.0)
+        assert budget.ledger.cap == Cap(units=8.0, money=3.0) and budget.held == 0
+        assert (await client.budget("aio")).ledger.committed_units == 1
+        assert (await client.day_budget("default")).committed_units == 1
+        assert [j.job_id for j in await client.jobs("aio")] == [next(iter(genq.store.jobs("aio"))).job_id]
+        assert await client.events("aio") == []
+        cancelled = await client.cancel("aio")
+        assert len(cancelled.changed) == 1
+        retried = await client.retry("aio")
+        assert retried.changed == []  # only failed, timed-out and expired jobs are retried
+        removed = await client.set_budget("aio", remove=True)
+        assert removed.ledger.cap == Cap()
+
+    asyncio.run(use())
+    assert len(sent) == 1  # the one admission
+
+
+def test_set_budget_refuses_a_cap_given_with_remove_and_waits_with_a_progress_bar(capsys: Any) -> None:
+    """`remove` with a figure is a contradiction (ValueError); `wait(progress=True)` draws its bar on stderr."""
+    genq, _ = offline_genq()
+    genq.submit([{"prompt": "a fox"}], batch_id="bar")
+    with pytest.raises(ValueError, match="remove"):
+        genq.set_budget("bar", cap_units=1, remove=True)
+    assert not genq.wait("bar", timeout_s=0, progress=True).done
+    assert "batch bar" in capsys.readouterr().err

@@ -45,6 +45,7 @@ OWN_CLIENT_ALLOWED = {
     "ops/doctor.py": "checks that Redis answers, and builds the outbox whose backlog it reports",
     "ops/localstack/services.py": "waits for a Redis server it started to answer",
     "producer/services.py": "probes that Redis answers (and why not) before a production command uses it",
+    "producer/api.py": "builds the store and quota of a client that only submits and reads (no API key needed)",
     "ops/bench_peers.py": "the peers' own bookkeeping in the broker (their keys, not genq's)",
     "ops/bench_quota.py": "clears the peers' broker between runs (their keys, not genq's)",
     "ops/bench_retention.py": "reads the server's memory (INFO memory, MEMORY USAGE of the configured event stream)",
