@@ -16,7 +16,7 @@ from producer.cli import app
 from workers.billing import Bill, utc_day
 from workers.job import Status, record_of
 from workers.jobstore import NewJob, RedisJobStore
-from workers.quota.spend import Cap, RedisSpend, batch_ledger
+from workers.quota.spend import NO_PRICE, Cap, LedgerSpec, RedisSpend, Reserved, batch_ledger
 from workers.refs import job_ref
 from workers.requests import GenerationRequest
 
@@ -75,3 +75,25 @@ def test_budget_shows_and_changes_a_batchs_cap(env: dict[str, str], redis_url: s
     assert invoke(env, "budget", "b2", "--no-cap").exit_code == 0
     assert RedisSpend(client).read(batch_ledger("b2")).cap == Cap()
     assert invoke(env, "budget", "nope").exit_code == 2
+
+
+def test_status_shows_a_reached_cap_and_a_money_cap_without_a_price(env: dict[str, str], redis_url: str) -> None:
+    """A batch whose money cap refused a job of a model without a price: `genq status` shows the budget, that
+    the cap was reached, and why (no price), with the command that raises it."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    billed_job(client, "b3", 1)
+    spend = RedisSpend(client)
+    spec = LedgerSpec(batch_ledger("b3"), Cap(units=5, money=2), {"scope": "batch", "batch_id": "b3"})
+    refused = spend.reserve([spec], "b3/x", units=1, money=NO_PRICE, events=["{}"], event_stream="e", maxlen=10)
+    assert not isinstance(refused, Reserved)
+    shown = " ".join(invoke(env, "status", "b3").output.split())
+    assert "the batch's budget: committed" in shown and "0 of 5 units; 0.00 of 2.00 CNY" in shown
+    assert "no price" in shown and "cap reached" in shown and "genq budget b3 --cap N" in shown
+
+
+def test_a_cap_that_is_not_a_number_is_refused_before_anything_starts(env: dict[str, str], tmp_path: Any) -> None:
+    """`genq batch --cap inf` ends with exit 2 naming the option, before any service is asked for."""
+    csv_file = tmp_path / "p.csv"
+    csv_file.write_text("prompt\na fox\n", encoding="utf-8")
+    result = invoke({**env, "GENQ_REDIS_URL": "redis://127.0.0.1:1/0"}, "batch", str(csv_file), "--cap", "inf")
+    assert result.exit_code == 2 and "--cap must be a finite number" in result.output
