@@ -319,7 +319,7 @@ class Genq:
             rows,
             source=source,
             send=self._send,
-            quota=self.runtime.quota,
+            quota=self.quota,
             priority=priority,
             defaults=defaults,
         )

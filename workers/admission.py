@@ -77,12 +77,14 @@ def admit(
     job = store.get(ref) if job is None else job
     if job is None or job.status is not Status.ACCEPTED:
         return None
-    applied = store.transition(
+    # A claim: it advances the attempt, so of two dispatchers that judged the job at one attempt only the first
+    # admits it (`admitted` may stay `admitted`, so the move alone would let both through).
+    applied = store.claim(
         ref,
         Status.ADMITTED,
         expected_attempt=job.attempt,
-        next_action=Action.SUBMIT,
-        due_at=now,
+        action=Action.SUBMIT,
+        lease_until=now,
         fields={"deadline_at": now + deadline_s(settings, job.request.model), "account": account},
         now=now,
     )
@@ -104,9 +106,8 @@ def dispatch(
         return 0
     admitted = 0
     paused = account_pause.all_paused(store)
-    for account in serving(settings, model):
-        if account.name in paused:
-            continue
+    accounts = [a for a in serving(settings, model) if a.name not in paused]
+    for account in accounts:
         scope = Scope(account.name, model)
         limit = quota.slot_limit(scope, settings.limits(account.name, model).slot_limit, settings.slot_probe_s, now)
         while (first := store.next_waiting(model)) is not None:
@@ -120,7 +121,8 @@ def dispatch(
                 continue
             reservation = reserve_spend(quota, settings, job, account.name, now)
             if isinstance(reservation, Refusal):
-                if not _over_cap(store, quota, settings, scope, job, reservation, now):
+                last = account is accounts[-1]  # no other account can take it: `reject` may end it
+                if not _over_cap(store, quota, settings, scope, job, reservation, now, last_account=last):
                     break  # the account's cap for the day: it admits nothing more of this model now
                 continue  # the job is held (or ended): the next one in line may fit
             step = admit(store, settings, ref, account.name, now=now, job=job)
@@ -145,6 +147,11 @@ def _settle_lost_race(store: JobStore, quota: Quota, scope: Scope, ref: str, res
     job = store.get(ref)
     if not (job is not None and job.status in HOLDS_SLOT and job.account == scope.account):
         quota.release_slot(scope, ref)
+    if reserved and job is not None and job.status is not Status.ACCEPTED and not job.terminal:
+        # Admitted by a racing dispatcher, whose admission stands on the reservations named by the job: its batch's,
+        # and its account's day when that is this one's. Only a day of another account was this dispatcher's alone.
+        kept = {batch_ledger(job.batch_id), day_ledger(utc_day(job.times.get("admitted", 0.0)), job.account or "")}
+        reserved = [key for key in reserved if key not in kept]
     if reserved:
         quota.spend.settle(reserved, ref, units=0.0, money=0.0)
     if job is not None and job.status is Status.ACCEPTED:
@@ -206,6 +213,8 @@ def _over_cap(
     job: Job,
     refused: Refusal,
     now: float,
+    *,
+    last_account: bool,
 ) -> bool:
     """A job whose largest bill would cross a cap gives back the slot it took (unless a racing dispatcher has
     admitted it meanwhile, under that very slot), then is held out of line with its batch (the batch's cap), left
@@ -217,7 +226,7 @@ def _over_cap(
         return True
     quota.release_slot(scope, job.ref)
     batch = refused.index == 0
-    if settings.budget_on_cap == "wait":
+    if settings.budget_on_cap == "wait" or not (batch or last_account):
         if batch:
             store.hold(scope.model, job.ref)
         return batch

@@ -23,6 +23,7 @@ from workers.admission import HOLDS_SLOT, dispatch_all, scope_of
 from workers.claimed import log
 from workers.job import Action, Next, Status
 from workers.quota.quota import Scope
+from workers.quota.spend import batch_ledger
 from workers.runtime import Runtime
 from workers.watch import keep_watching
 
@@ -35,12 +36,35 @@ RESEND_AFTER_S = 15.0
 class SweepReport:
     resent: int = 0
     slots_freed: int = 0
+    unheld: int = 0
     admitted: int = 0
+
+
+#: Held jobs the sweep puts back in line per batch and round, when its ledger has room (those that still do not
+#: fit are held again): what a job ending, or a cap changed, put back is the fast way; this is the safety net.
+SWEEP_UNHOLD = 10
+
+
+def unhold_with_room(rt: Runtime) -> int:
+    """Put back in line some held jobs of each batch whose budget has room: a job that ended while another was
+    being held (its room freed before the hold landed), or a price added for a money cap, is not left waiting
+    for ever."""
+    unheld = 0
+    for batch_id in rt.store.held_batches():
+        ledger = rt.quota.spend.read(batch_ledger(batch_id))
+        room_u = ledger.cap.units is None or ledger.committed_units < ledger.cap.units
+        room_m = ledger.cap.money is None or ledger.committed_money < ledger.cap.money
+        if room_u and room_m:
+            unheld += rt.store.unhold(batch_id, limit=SWEEP_UNHOLD)
+        elif not rt.store.held(batch_id):
+            rt.store.unhold(batch_id, limit=1)  # an empty held set leaves the index
+    return unheld
 
 
 def sweep(rt: Runtime, send: Callable[[Next | None], None], *, limit: int = 1000) -> SweepReport:
     report = SweepReport(resent=resend_overdue(rt, send, limit=limit))
     report.slots_freed = audit_slots(rt)
+    report.unheld = unhold_with_room(rt)
     report.admitted = dispatch_all(rt.store, rt.quota, rt.settings, send, now=rt.clock())
     keep_watching(rt, rt.clock())
     return report

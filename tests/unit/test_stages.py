@@ -24,21 +24,23 @@ import redis
 from prometheus_client import REGISTRY
 
 from config.settings import Settings
-from producer.batch import enqueue_rows
+from producer.batch import enqueue_rows, new_job
 from producer.csv_source import CsvRow
 from tests.stage_runner import STAGES, VirtualClock, run
-from workers import control
+from workers import admission, control
+from workers import sweep as sweep_module
 from workers.admission import dispatch_all
 from workers.bucket import MemoryBucket
 from workers.claimed import run_stage
 from workers.dashscope import DashScopeClient
 from workers.dashscope.protocol import upstream_epoch
 from workers.finalize import finalize
-from workers.job import Action, Next, Status
+from workers.job import Action, Job, Next, Status
 from workers.jobstore import JobStore, MemoryJobStore, RedisJobStore
 from workers.poll import poll
 from workers.quota.quota import Quota, Scope
-from workers.quota.spend import Cap, MemorySpend, batch_ledger
+from workers.quota.spend import Cap, MemorySpend, Reserved, batch_ledger
+from workers.requests import GenerationRequest
 from workers.runtime import Runtime
 from workers.submit import submit
 
@@ -701,3 +703,45 @@ def test_a_cancel_answered_unknown_leaves_a_running_task_to_finish_and_bill(
 def _status(rt: Runtime, ref: str) -> str:
     job = rt.store.get(ref)
     return job.status.value if job is not None else ""
+
+
+def test_the_loser_of_an_admission_race_keeps_the_winners_reservation(rt: Runtime) -> None:
+    """Dispatcher A reserves for a job first; dispatcher B (same account) reserves nothing new and admits it; A's
+    admission is then refused: A gives back nothing the admitted job stands on, and the batch's ledger still
+    holds the job's reservation (its bill will settle it)."""
+    rt.quota.spend.set_cap(batch_ledger("b"), Cap(units=10))
+    job = waiting_job(rt)
+    now = time.time()
+    first = admission.reserve_spend(rt.quota, rt.settings, job, "default", now)
+    second = admission.reserve_spend(rt.quota, rt.settings, job, "default", now)
+    assert first == Reserved((0, 1)) and second == Reserved(())
+    assert admission.admit(rt.store, rt.settings, "b/j", "default", now=now, job=job) is not None  # B wins
+    scope = Scope("default", job.request.model)
+    assert admission.admit(rt.store, rt.settings, "b/j", "default", now=now, job=job) is None  # A loses
+    admission._settle_lost_race(rt.store, rt.quota, scope, "b/j", admission._ledgers(job, "default", now, first))
+    assert rt.quota.spend.reservations(batch_ledger("b")) == ["b/j"]
+    assert rt.quota.spend.read(batch_ledger("b")).committed_units == 2
+
+
+def test_the_sweep_puts_back_a_held_job_whose_batch_has_room(rt: Runtime) -> None:
+    """A job held while its batch's ledger has room (the room freed just before the hold landed) is put back
+    in line by the sweep, and admitted; once none is held, the batch leaves the sweep's index."""
+    rt.quota.spend.set_cap(batch_ledger("b"), Cap(units=10))
+    job = waiting_job(rt)
+    assert rt.store.hold(job.request.model, "b/j") and rt.store.held_batches() == ["b"]
+    assert sweep_module.unhold_with_room(rt) == 1 and rt.store.held("b") == 0
+    sent: list[Next] = []
+    dispatch_all(rt.store, rt.quota, rt.settings, lambda s: sent.append(s) if s else None)
+    assert [s.ref for s in sent] == ["b/j"]
+    sweep_module.unhold_with_room(rt)
+    assert rt.store.held_batches() == []
+
+
+def waiting_job(rt: Runtime) -> Job:
+    """Job `b/j` (two images) created and waiting in its model's queue, admitted by nobody yet."""
+    rt.store.open_batch("b", source="t")
+    request = GenerationRequest(model=MODEL, prompt="a fox", size="1280*1280", n=2)
+    rt.store.create_jobs([new_job("b/j", 2, request)])
+    job = rt.store.get("b/j")
+    assert job is not None and job.status is Status.ACCEPTED
+    return job

@@ -63,6 +63,7 @@ ended more than `retention_s` ago (`docs/architecture.md`, "Retention").
 | `genq:spend:day:{day}:{account}`       | hash       | 40 d   | an account's ledger for one UTC day (the same)       |
 | `genq:held:{batch_id}`                 | sorted set | none   | `model|ref` of the batch's jobs held out of their    |
 |                                        |            |        | wait queue by its cap, scored as they waited there   |
+| `genq:held`                            | set        | none   | ids of the batches that hold jobs (the sweep's view) |
 | `genq:requests` (setting)              | stream     | none   | requests of upstream stages (`request_inbox.py`);    |
 |                                        |            |        | trimmed by their producers (`docs/requests.md`)      |
 | `genq:requests:answered:{entry}`       | string     | 7 d    | a request entry already answered with a rejection    |
@@ -134,6 +135,9 @@ def spend_batch(batch_id: str) -> str:
 
 def spend_day(day: str, account: str) -> str:
     return f"{PREFIX}:spend:day:{day}:{account}"
+
+
+HELD_BATCHES = f"{PREFIX}:held"
 
 
 def held(batch_id: str) -> str:

@@ -351,6 +351,10 @@ class MemoryJobStore(Planned):
         with self._lock:
             return len(self._held.get(batch_id, ()))
 
+    def held_batches(self) -> list[str]:
+        with self._lock:
+            return sorted(batch for batch, held in self._held.items() if len(held))
+
     def _queue_score(self, batch_id: str, position: float) -> float:
         """`queue_score` of `finish_batch.lua`: the batch's priority band (9 - priority), then `position`."""
         band = 9 - float(self._batches.get(batch_id, {}).get("priority", "5"))

@@ -219,6 +219,9 @@ class JobStore(Protocol):
     def held(self, batch_id: str) -> int:
         """How many of the batch's jobs are held by its budget cap."""
 
+    def held_batches(self) -> list[str]:
+        """The batches that hold jobs (or did, until their next `unhold` found none)."""
+
     # --- the due index (the recovery sweep) ---------------------------------------------------------
     def due(self, now: float, limit: int = 1000) -> list[tuple[str, float]]:
         """Refs whose next action was due at or before `now`, oldest first."""

@@ -203,6 +203,7 @@ class RedisJobStore(Planned):
         if score is None:
             return False
         batch_id = refs.split_ref(ref)[0]
+        self._redis.sadd(keys.HELD_BATCHES, batch_id)
         self._redis.zadd(keys.held(batch_id), {f"{model}|{ref}": score})
         return bool(self._redis.zrem(keys.wait_queue(model), ref))
 
@@ -212,10 +213,15 @@ class RedisJobStore(Planned):
             model, _, ref = member.partition("|")
             self._redis.zadd(keys.wait_queue(model), {ref: score}, nx=True)
             self._redis.zrem(keys.held(batch_id), member)
+        if len(found) < limit and not self._redis.zcard(keys.held(batch_id)):
+            self._redis.srem(keys.HELD_BATCHES, batch_id)
         return len(found)
 
     def held(self, batch_id: str) -> int:
         return int(self._redis.zcard(keys.held(batch_id)))
+
+    def held_batches(self) -> list[str]:
+        return sorted(cast(set[str], self._redis.smembers(keys.HELD_BATCHES)))
 
     def get(self, ref: str) -> Job | None:
         h = self._hash(keys.job(ref))

@@ -113,7 +113,7 @@ for i = 1, n do
     for k, name in ipairs({'cap_u', 'cap_m'}) do
       if cap[k] ~= cjson.null and redis.call('HGET', KEYS[i], name) ~= cap[k] then
         redis.call('HSET', KEYS[i], name, cap[k])
-        redis.call('HDEL', KEYS[i], 'reached')
+        redis.call('HDEL', KEYS[i], 'reached', 'no_price')
       end
     end
   end
@@ -144,6 +144,7 @@ for i = 1, n do
     redis.call('HSET', KEYS[i], 'j:' .. a.ref, a.units .. ' ' .. kept)
     new[#new + 1] = i - 1
   end
+  redis.call('EXPIRE', KEYS[i], a.ttl_s)
 end
 return cjson.encode({ok = true, new = new})
 """
@@ -381,3 +382,4 @@ def _store_cap(h: dict[str, float | str], cap: Cap) -> None:
         if value is not None and h.get(name) != float(value):
             h[name] = float(value)
             h.pop("reached", None)
+            h.pop("no_price", None)
