@@ -200,3 +200,14 @@ def test_both_ledgers_agree_and_never_pass_their_cap(redis_url: str, operations:
             held.pop(ref, None)
         assert stores[0].read(key) == stores[1].read(key)
     client.close()
+
+
+def test_a_ledger_lives_40_days_from_its_first_reservation_or_refusal(redis_url: str) -> None:
+    """A ledger made by a single reservation, or by a refusal, expires (40 days): ledgers never pile up in Redis."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    spend = RedisSpend(client)
+    once, refused = ledger(Cap(units=5)), ledger(Cap(money=1))
+    assert isinstance(reserve(spend, [once], "b/j", 1), Reserved)
+    assert not isinstance(reserve(spend, [refused], "b/j", 1, money=NO_PRICE), Reserved)
+    assert 0 < client.ttl(once.key) <= 40 * 86400 and 0 < client.ttl(refused.key) <= 40 * 86400
+    client.close()
