@@ -19,6 +19,7 @@ from producer.batch import CheckReport, check_rows
 from producer.cli import common
 from producer.cli.common import ConfigOption, LocalOption, command_line, fail, settings_for
 from producer.cli.display import (
+    amount,
     billed_table,
     billed_words,
     cells,
@@ -27,7 +28,6 @@ from producer.cli.display import (
     rejected_table,
     styled,
     summary_table,
-    unit_of,
     wait_for_batch,
 )
 from producer.cli.eta import eta_line
@@ -191,7 +191,7 @@ def _dry_run_report(settings: Settings, checked: CheckReport) -> int:
     table = Table("model", "jobs", "billed units", "estimated cost", title="dry run: nothing was sent")
     for model, jobs in sorted(checked.jobs_by_model.items()):
         units = checked.units_by_model[model]
-        table.add_row(*cells(model, jobs, f"{units} {unit_of(model, settings)}", money(units, model, settings)))
+        table.add_row(*cells(model, jobs, amount(units, model, settings), money(units, model, settings)))
     console.print(table)
     total, unpriced = checked.estimated_cost(settings.prices)
     if settings.prices:
@@ -283,7 +283,7 @@ def _run_batch(
             console.print(styled((why, "red"), f"; copy them with: {hint}"))
         else:
             console.print(f"Exported {exported.files} files and {exported.csv_path}")
-            console.print(f"Contact sheet: {exported.sheet_path}")
+            console.print(f"Contact sheet: {exported.sheet_path.resolve() if exported.sheet_path else ''}")
     else:
         console.print(f"Copy them to a folder with: {command_line(settings, 'export', batch_id, 'DIR')}")
     counters = services.simulator_counters()

@@ -29,6 +29,7 @@ from producer.cli import common
 from producer.cli.batch_command import batch
 from producer.cli.common import ConfigOption, LocalOption, command_line, fail, settings_for
 from producer.cli.display import (
+    amount,
     billed_table,
     billed_words,
     budget_lines,
@@ -39,7 +40,6 @@ from producer.cli.display import (
     rejected_table,
     styled,
     summary_table,
-    unit_of,
     wait_for_batch,
 )
 from producer.cli.eta import eta_line
@@ -200,7 +200,7 @@ def export(
         except OSError as exc:
             raise fail(f"cannot write into {out_dir}: {exc.strerror or exc}", 2) from exc
     common.console.print(f"Exported {exported.jobs} jobs, {exported.files} files; index: {exported.csv_path}")
-    common.console.print(f"Contact sheet: {exported.sheet_path}")
+    common.console.print(f"Contact sheet: {exported.sheet_path.resolve() if exported.sheet_path else ''}")
 
 
 def doctor(config: ConfigOption = None) -> None:
@@ -302,7 +302,7 @@ def billed(
     table = Table("day (UTC)", "account", "model", "billed", "cost", title="billed by the service")
     for d, scopes in by_day.items():
         for (account, model), units in sorted(scopes.items()):
-            shown = f"{units:g} {unit_of(model, settings)}"
+            shown = amount(units, model, settings)
             table.add_row(*cells(d, account, model, shown, money(units, model, settings)))
     span = wanted[0] if days == 1 else f"{wanted[0]} to {wanted[-1]}"
     common.console.print(table if table.row_count else f"nothing billed on {span} (UTC)")

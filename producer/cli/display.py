@@ -130,9 +130,12 @@ def money(units: float, model: str, settings: Settings) -> str:
     return f"{units * price:.2f}" + (f" {settings.price_currency}" if settings.price_currency else "")
 
 
-def unit_of(model: str, settings: Settings) -> str:
+def amount(units: float, model: str, settings: Settings) -> str:
+    """Billed units of `model` in words: `14 images`, `1 image`, `10 s of video`."""
     spec = settings.catalogue.get(model)
-    return "s of video" if spec is not None and spec.kind is Kind.VIDEO else "images"
+    if spec is not None and spec.kind is Kind.VIDEO:
+        return f"{units:g} s of video"
+    return f"{units:g} image" + ("" if units == 1 else "s")
 
 
 def budget_lines(ledger: Ledger, held: int, settings: Settings, *, whose: str, then: str) -> list[Text]:
@@ -165,7 +168,7 @@ def budget_lines(ledger: Ledger, held: int, settings: Settings, *, whose: str, t
 def billed_words(billed: dict[str, float], settings: Settings) -> str:
     """Model -> units billed, in words with their cost: `14 images of wan2.5-t2i-preview (no price)`."""
     return "; ".join(
-        f"{units:g} {unit_of(model, settings)} of {model} ({money(units, model, settings)})"
+        f"{amount(units, model, settings)} of {model} ({money(units, model, settings)})"
         for model, units in sorted(billed.items())
     )
 
@@ -176,7 +179,7 @@ def billed_table(billed: dict[str, float], settings: Settings, *, title: str) ->
         return None
     table = Table("model", "billed", "cost", title=title)
     for model, units in sorted(billed.items()):
-        table.add_row(*cells(model, f"{units:g} {unit_of(model, settings)}", money(units, model, settings)))
+        table.add_row(*cells(model, amount(units, model, settings), money(units, model, settings)))
     return table
 
 
