@@ -159,7 +159,6 @@ class Genq:
     def __init__(self, services: Services, *, runtime: Runtime | None = None) -> None:
         """A client on `services`; `runtime` (an embedding's own stores and quota, its `send` included) is
         built from the services' settings when not given."""
-        self._services = services
         self.settings: Settings = services.settings if runtime is None else runtime.settings
         self._runtime: Runtime | None = runtime
         self._owns_runtime = runtime is None

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from producer.cli.report import ReportSummary, render
+from producer.cli.report import render
 from workers.bucket import ResultBucket
 from workers.job import Job
 from workers.jobstore import JobStore
@@ -46,7 +46,6 @@ class ExportReport:
     files: int = 0
     csv_path: Path | None = None
     sheet_path: Path | None = None  # the contact sheet
-    sheet: ReportSummary | None = None
 
 
 def _row(job: Job, files: list[str]) -> dict[str, str]:
@@ -96,7 +95,7 @@ def export_batch(
             writer.writerow(_row(job, files))
             report.jobs += 1
             report.files += len(files)
-    page, report.sheet = render(store, results, batch_id, link_files=True, billed_text=billed_text)
+    page, _ = render(store, results, batch_id, link_files=True, billed_text=billed_text)
     report.sheet_path = out_dir / "report.html"
     report.sheet_path.write_text(page, encoding="utf-8")
     return report
