@@ -553,10 +553,23 @@ def _cell(value: Any) -> tuple[str, str | None]:
     if isinstance(value, bool):
         return ("true" if value else "false"), None
     if isinstance(value, str):
-        return value, None
-    if isinstance(value, int | float):
-        return repr(value) if isinstance(value, float) else str(value), None
+        return (value, None) if _encodable(value) else ("", "is not valid text (it holds a lone surrogate)")
+    if isinstance(value, float):
+        return repr(value), None
+    if isinstance(value, int):
+        try:
+            return str(value), None
+        except ValueError:  # Python refuses to write an integer of more than 4,300 digits
+            return "", "is an integer far too long to be a value"
     return "", f"must be text, a number or a boolean, got {type(value).__name__}"
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _default_cells(defaults: Mapping[Any, Any]) -> dict[str, str]:
@@ -584,7 +597,7 @@ def _row(index: int, item: Any) -> CsvRow:
         return CsvRow(line, {}, problem=("request", f"must be a mapping or a genq Request, got {type(item).__name__}"))
     cells: dict[str, str] = {}
     for key, value in item.items():
-        if not isinstance(key, str) or not key.strip():
+        if not isinstance(key, str) or not key.strip() or not _encodable(key):
             what = repr(key) if isinstance(key, str) else type(key).__name__
             return CsvRow(line, cells, problem=("request", f"field names must be text that is not blank, got {what}"))
         cell, wrong = _cell(value)

@@ -63,18 +63,22 @@ def test_bad_requests_come_back_as_rejections_and_the_rest_is_accepted() -> None
         {"prompt": "a cat", "model": "dall-e-3"},
         Request(prompt="a heron", n=2, watermark=False, metadata={"shoot": "7"}),
         {"prompt": "", "n": None},
+        {"prompt": "a \ud800 surrogate"},
+        {"prompt": "a fox", "seed": 10**5000},
     ]
     submitted = genq.submit(requests, batch_id="mixed")
     assert submitted.accepted == 2 and submitted.images == 3
     by_index = {r.index: r for r in submitted.rejected}
-    assert sorted(by_index) == [1, 2, 3, 4, 5, 7]
+    assert sorted(by_index) == [1, 2, 3, 4, 5, 7, 8, 9]
+    assert by_index[8] == Rejection(8, "prompt", "is not valid text (it holds a lone surrogate)")
+    assert by_index[9].field == "seed" and "too long" in by_index[9].reason
     assert by_index[1].field == "n" and "integer" in by_index[1].reason
     assert by_index[2] == Rejection(2, "prompt", "must be text, a number or a boolean, got list")
     assert by_index[3].field == "request" and "mapping" in by_index[3].reason
     assert by_index[4].field == "request" and "field names must be text" in by_index[4].reason
     assert by_index[5].field == "model" and "dall-e-3" in by_index[5].reason
     assert by_index[7].field == "prompt"
-    assert [r["line"] for r in genq.store.rejected("mixed")] == [2, 3, 4, 5, 6, 8]  # positions from 1
+    assert [r["line"] for r in genq.store.rejected("mixed")] == [2, 3, 4, 5, 6, 8, 9, 10]  # positions from 1
 
 
 def test_the_same_requests_again_make_the_same_batch_and_nothing_new() -> None:
@@ -105,7 +109,14 @@ def test_a_call_that_cannot_mean_anything_raises_value_error(options: dict[str, 
     assert sent == [] and genq.store.batch_ids() == []
 
 
-scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=30)
+    | st.text(st.characters(categories=["Cs", "Ll"]), max_size=4)  # lone surrogates: not encodable text
+)
 values = scalars | st.lists(scalars, max_size=2) | st.dictionaries(st.text(max_size=5), scalars, max_size=2)
 keys = st.sampled_from(["prompt", "n", "size", "seed", "model", "negative_prompt", "watermark", "duration", "id"])
 request = (
