@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from collections.abc import Mapping
@@ -131,26 +132,58 @@ def start_s3(
         )
     data_dir.mkdir(parents=True, exist_ok=True)
     env = {**base_env, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
+    log_path = log_dir / "s3.log"
     # weed needs four more ports (and each one's gRPC twin, +10000), chosen here and bound by weed a moment later:
-    # another program may take one in between, and weed then exits at once saying so. Fresh ports fix that.
+    # another program may take one in between (weed checks them and exits saying so), or even after weed's check
+    # and before its listen (it then dies of a Fatal, exit 255, its stacks burying the reason). Fresh ports fix both.
     for attempt in range(1, S3_PORT_ATTEMPTS + 1):
-        process = ManagedProcess("s3", _weed_argv(data_dir, port), log_path=log_dir / "s3.log", env=env)
+        log_start = log_path.stat().st_size if log_path.exists() else 0
+        process = ManagedProcess("s3", _weed_argv(data_dir, port), log_path=log_path, env=env)
         try:
             process.wait_until(lambda: s3_ready(f"127.0.0.1:{port}"), timeout_s=60, what="serving S3")
-        except StackError:
-            tail = process.log_tail()
+        except StackError as error:
+            reason = weed_failure_reason(_read_from(log_path, log_start))
             # The S3 port itself is the caller's choice (GENQ_S3_ENDPOINT): a new attempt would not free it.
-            if attempt == S3_PORT_ATTEMPTS or WEED_PORT_TAKEN not in tail or f"port {port} " in tail:
-                raise
-            continue
+            port_race = any(taken in reason for taken in WEED_PORT_TAKEN) and not _names_port(reason, port)
+            if attempt < S3_PORT_ATTEMPTS and port_race:
+                continue
+            if reason and reason not in str(error):
+                raise StackError(f"{error}\nweed's reason: {reason}") from None
+            raise
         return process
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 #: How often a weed start that lost one of its ports to another program is tried again on fresh ones.
 S3_PORT_ATTEMPTS = 3
-#: What weed prints when a port it was given is no longer free.
-WEED_PORT_TAKEN = "Port allocation failed"
+#: What weed prints when a port it was given is not free: its own check at start, or the listen that follows.
+WEED_PORT_TAKEN = ("Port allocation failed", "bind: address already in use")
+
+
+def weed_failure_reason(log_text: str) -> str:
+    """The line of weed's log that says why it stopped: its first Fatal (glog `F` line; the goroutine stacks that
+    follow it say nothing useful), else its last error (`E` line), else "" when it said neither."""
+    fatal = error = ""
+    for line in log_text.splitlines():
+        if re.match(r"F\d{4} ", line) and not fatal:
+            fatal = line
+        elif re.match(r"E\d{4} ", line):
+            error = line
+    return (fatal or error).strip()
+
+
+def _names_port(reason: str, port: int) -> bool:
+    # "port 8333 for S3 (specified by ...)" from the check, "listen tcp 127.0.0.1:8333: bind: ..." from the listen.
+    return f"port {port} " in reason or f":{port}:" in reason
+
+
+def _read_from(path: Path, offset: int, limit_bytes: int = 256 * 1024) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read(limit_bytes).decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 def _weed_argv(data_dir: Path, s3_port: int) -> list[str]:

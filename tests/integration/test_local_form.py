@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import stat
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -82,3 +86,69 @@ def test_s3_starts_on_fresh_ports_when_another_program_took_one_of_weeds(
         assert (logs / "s3.log").read_text().count(f"port {taken_port} for S3") == 1  # not tried again
     finally:
         taken.close()
+
+
+def test_s3_starts_again_when_a_port_is_taken_after_weeds_own_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When a program binds weed's filer port after weed checked it free but before weed listens on it (weed then
+    dies of a Fatal, exit 255, its log ending in goroutine stacks), the S3 server is started again on fresh ports;
+    when the S3 port is the one lost, the error quotes weed's Fatal line, not the stacks."""
+    chosen: list[int] = []
+    real_free_port = services.free_port
+
+    def recorded(*, with_grpc_offset: bool = False) -> int:
+        chosen.append(real_free_port(with_grpc_offset=with_grpc_offset))
+        return chosen[-1]
+
+    monkeypatch.setattr(services, "free_port", recorded)
+    logs = tmp_path / "logs"
+    taken: list[socket.socket] = []
+
+    def take_after_weeds_check(port_of: Callable[[], int]) -> None:
+        # weed prints its banner after checking every port, then starts master, volume and filer in turn.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if (logs / "s3.log").exists() and b"Starting SeaweedFS Mini" in (logs / "s3.log").read_bytes():
+                with contextlib.suppress(OSError):
+                    taken.append(socket.create_server(("127.0.0.1", port_of())))
+                return
+            time.sleep(0.005)
+
+    s3_port = real_free_port(with_grpc_offset=True)
+    watcher = threading.Thread(target=take_after_weeds_check, args=(lambda: chosen[2],))  # the filer's port
+    watcher.start()
+    try:
+        process = services.start_s3(
+            tmp_path / "s3", s3_port, logs, access_key="k", secret_key="s", base_env=dict(os.environ)
+        )
+        watcher.join()
+        try:
+            assert taken, "the filer's port was bound by weed before the test could take it"
+            assert services.s3_ready(f"127.0.0.1:{s3_port}")
+            log = (logs / "s3.log").read_text()
+            assert f"127.0.0.1:{chosen[2]}: bind: address already in use" in log  # the first attempt lost it
+            assert len(chosen) == 8  # four ports per attempt, two attempts
+        finally:
+            process.stop()
+    finally:
+        watcher.join()
+        for sock in taken:
+            sock.close()
+        taken.clear()
+
+    # The S3 port itself is the caller's: lost after weed's check, the start fails once, naming weed's Fatal.
+    (logs / "s3.log").unlink()
+    chosen.clear()
+    watcher = threading.Thread(target=take_after_weeds_check, args=(lambda: s3_port,))
+    watcher.start()
+    try:
+        with pytest.raises(
+            StackError, match=rf"(?s)exited with code 255 .*\nweed's reason: F\d{{4}} .*:{s3_port}: bind"
+        ):
+            services.start_s3(tmp_path / "s3", s3_port, logs, access_key="k", secret_key="s", base_env=dict(os.environ))
+        assert len(chosen) == 4  # not tried again
+    finally:
+        watcher.join()
+        for sock in taken:
+            sock.close()
