@@ -144,8 +144,7 @@ def start_s3(
         except StackError as error:
             reason = weed_failure_reason(_read_from(log_path, log_start))
             # The S3 port itself is the caller's choice (GENQ_S3_ENDPOINT): a new attempt would not free it.
-            port_race = any(taken in reason for taken in WEED_PORT_TAKEN) and not _names_port(reason, port)
-            if attempt < S3_PORT_ATTEMPTS and port_race:
+            if attempt < S3_PORT_ATTEMPTS and weed_lost_a_port(reason) and not names_port(reason, port):
                 continue
             if reason and reason not in str(error):
                 raise StackError(f"{error}\nweed's reason: {reason}") from None
@@ -156,8 +155,12 @@ def start_s3(
 
 #: How often a weed start that lost one of its ports to another program is tried again on fresh ones.
 S3_PORT_ATTEMPTS = 3
-#: What weed prints when a port it was given is not free: its own check at start, or the listen that follows.
-WEED_PORT_TAKEN = ("Port allocation failed", "bind: address already in use")
+#: What weed prints when a port it was given is not free: its own check at start (an error, then exit 1).
+WEED_PORT_CHECK_FAILED = "Port allocation failed"
+#: ... or the listen that follows the check (a Fatal, exit 255).
+WEED_LISTEN_FAILED = "bind: address already in use"
+#: A glog line's header: level and date, time, then the source file and line (`F1203 05:50:15.166779 volume.go:629`).
+_GLOG_HEADER = re.compile(r"[FEWI]\d{4} \S+ \S+ ")
 
 
 def weed_failure_reason(log_text: str) -> str:
@@ -165,16 +168,24 @@ def weed_failure_reason(log_text: str) -> str:
     follow it say nothing useful), else its last error (`E` line), else "" when it said neither."""
     fatal = error = ""
     for line in log_text.splitlines():
-        if re.match(r"F\d{4} ", line) and not fatal:
+        if line.startswith("F") and _GLOG_HEADER.match(line) and not fatal:
             fatal = line
-        elif re.match(r"E\d{4} ", line):
+        elif line.startswith("E") and _GLOG_HEADER.match(line):
             error = line
     return (fatal or error).strip()
 
 
-def _names_port(reason: str, port: int) -> bool:
-    # "port 8333 for S3 (specified by ...)" from the check, "listen tcp 127.0.0.1:8333: bind: ..." from the listen.
-    return f"port {port} " in reason or f":{port}:" in reason
+def weed_lost_a_port(reason: str) -> bool:
+    """Whether weed stopped because a port it was given was taken: its start-up check said so, or a listen was
+    Fatal. (A lost admin port is only an error and weed serves on, so an `E` line about a listen is not it.)"""
+    return WEED_PORT_CHECK_FAILED in reason or (reason.startswith("F") and WEED_LISTEN_FAILED in reason)
+
+
+def names_port(reason: str, port: int) -> bool:
+    """Whether weed's `reason` line is about `port`: "port 8333 for S3 (…)" from its check, "listen tcp
+    127.0.0.1:8333: bind: …" from a listen. The glog header is left out (its time and source line hold `:NN`)."""
+    message = _GLOG_HEADER.sub("", reason, count=1)
+    return re.search(rf"(?:\bport |:){port}(?!\d)", message) is not None
 
 
 def _read_from(path: Path, offset: int, limit_bytes: int = 256 * 1024) -> str:
@@ -186,10 +197,27 @@ def _read_from(path: Path, offset: int, limit_bytes: int = 256 * 1024) -> str:
         return ""
 
 
+def weed_ports(s3_port: int, count: int = 4) -> list[int]:
+    """`count` free ports for weed's other servers: each with its gRPC twin (+10000) free, and no port or twin equal
+    to another's or to the S3 port's pair (the S3 port is not held while they are chosen, and weed refuses, or worse
+    serves its master page on, a port given twice)."""
+    taken = {s3_port, s3_port + 10000}
+    ports: list[int] = []
+    for _ in range(count * 50):
+        candidate = free_port(with_grpc_offset=True)
+        if candidate in taken or candidate + 10000 in taken:
+            continue
+        ports.append(candidate)
+        taken |= {candidate, candidate + 10000}
+        if len(ports) == count:
+            return ports
+    raise StackError(f"no {count} distinct free port pairs found on 127.0.0.1 for the S3 server")
+
+
 def _weed_argv(data_dir: Path, s3_port: int) -> list[str]:
     # weed mini remembers earlier flags in mini.options; ports are chosen afresh on each start.
     (data_dir / "mini.options").unlink(missing_ok=True)
-    others = [free_port(with_grpc_offset=True) for _ in range(4)]
+    others = weed_ports(s3_port)
     return [
         weed_binary(),
         "mini",

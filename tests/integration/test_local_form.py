@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import stat
 import threading
@@ -17,7 +18,7 @@ import pytest
 import redis
 
 from ops.localstack import LocalStack, isolated_settings, services
-from ops.localstack.process import StackError
+from ops.localstack.process import ManagedProcess, StackError, free_port
 
 
 def test_the_local_state_is_private_and_its_redis_asks_for_the_password(tmp_path: Path) -> None:
@@ -93,15 +94,16 @@ def test_s3_starts_again_when_a_port_is_taken_after_weeds_own_check(
 ) -> None:
     """When a program binds weed's filer port after weed checked it free but before weed listens on it (weed then
     dies of a Fatal, exit 255, its log ending in goroutine stacks), the S3 server is started again on fresh ports;
-    when the S3 port is the one lost, the error quotes weed's Fatal line, not the stacks."""
-    chosen: list[int] = []
-    real_free_port = services.free_port
+    when the S3 port is the one lost, the error quotes weed's Fatal line, not the stacks, and weed is not tried
+    again."""
+    attempts: list[list[int]] = []  # the ports weed was given, per attempt
+    real_weed_ports = services.weed_ports
 
-    def recorded(*, with_grpc_offset: bool = False) -> int:
-        chosen.append(real_free_port(with_grpc_offset=with_grpc_offset))
-        return chosen[-1]
+    def recorded(s3_port: int, count: int = 4) -> list[int]:
+        attempts.append(real_weed_ports(s3_port, count))
+        return attempts[-1]
 
-    monkeypatch.setattr(services, "free_port", recorded)
+    monkeypatch.setattr(services, "weed_ports", recorded)
     logs = tmp_path / "logs"
     taken: list[socket.socket] = []
 
@@ -115,20 +117,23 @@ def test_s3_starts_again_when_a_port_is_taken_after_weeds_own_check(
                 return
             time.sleep(0.005)
 
-    s3_port = real_free_port(with_grpc_offset=True)
-    watcher = threading.Thread(target=take_after_weeds_check, args=(lambda: chosen[2],))  # the filer's port
-    watcher.start()
-    try:
-        process = services.start_s3(
+    def start() -> ManagedProcess:
+        return services.start_s3(
             tmp_path / "s3", s3_port, logs, access_key="k", secret_key="s", base_env=dict(os.environ)
         )
+
+    s3_port = free_port(with_grpc_offset=True)
+    watcher = threading.Thread(target=take_after_weeds_check, args=(lambda: attempts[0][2],))  # the filer's port
+    watcher.start()
+    try:
+        process = start()
         watcher.join()
         try:
-            assert taken, "the filer's port was bound by weed before the test could take it"
+            assert taken, "weed bound its filer port before the test could take it: the race was not reproduced"
             assert services.s3_ready(f"127.0.0.1:{s3_port}")
             log = (logs / "s3.log").read_text()
-            assert f"127.0.0.1:{chosen[2]}: bind: address already in use" in log  # the first attempt lost it
-            assert len(chosen) == 8  # four ports per attempt, two attempts
+            assert f"127.0.0.1:{attempts[0][2]}: bind: address already in use" in log  # the first attempt lost it
+            assert len(attempts) == 2
         finally:
             process.stop()
     finally:
@@ -139,15 +144,16 @@ def test_s3_starts_again_when_a_port_is_taken_after_weeds_own_check(
 
     # The S3 port itself is the caller's: lost after weed's check, the start fails once, naming weed's Fatal.
     (logs / "s3.log").unlink()
-    chosen.clear()
+    attempts.clear()
     watcher = threading.Thread(target=take_after_weeds_check, args=(lambda: s3_port,))
     watcher.start()
     try:
-        with pytest.raises(
-            StackError, match=rf"(?s)exited with code 255 .*\nweed's reason: F\d{{4}} .*:{s3_port}: bind"
-        ):
-            services.start_s3(tmp_path / "s3", s3_port, logs, access_key="k", secret_key="s", base_env=dict(os.environ))
-        assert len(chosen) == 4  # not tried again
+        with pytest.raises(StackError) as raised:
+            started = start()
+            started.stop()  # weed won the race: stop it, and the test fails below as "did not raise"
+        assert taken, "weed bound the S3 port before the test could take it: the race was not reproduced"
+        assert re.search(rf"(?s)exited with code 255 .*\nweed's reason: F\d{{4}} .*:{s3_port}: bind", str(raised.value))
+        assert len(attempts) == 1  # not tried again
     finally:
         watcher.join()
         for sock in taken:
