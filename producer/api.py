@@ -207,9 +207,7 @@ class Genq:
             self._runtime.close()
             self._runtime = None
         if self._results is not None:
-            pool = getattr(self._results.client, "_http", None)  # the MinIO SDK's urllib3 pool
-            if pool is not None:
-                pool.clear()
+            self._results.close()
             self._results = None
         if self._celery is not None:
             self._celery.close()

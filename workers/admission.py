@@ -150,7 +150,7 @@ def _settle_lost_race(store: JobStore, quota: Quota, scope: Scope, ref: str, res
     if reserved and job is not None and job.status is not Status.ACCEPTED and not job.terminal:
         # Admitted by a racing dispatcher, whose admission stands on the reservations named by the job: its batch's,
         # and its account's day when that is this one's. Only a day of another account was this dispatcher's alone.
-        kept = {batch_ledger(job.batch_id), day_ledger(utc_day(job.times.get("admitted", 0.0)), job.account or "")}
+        kept = set(job_ledgers(job, job.account or "", utc_day(job.times.get("admitted", 0.0))))
         reserved = [key for key in reserved if key not in kept]
     if reserved:
         quota.spend.settle(reserved, ref, units=0.0, money=0.0)
@@ -162,8 +162,13 @@ def _settle_lost_race(store: JobStore, quota: Quota, scope: Scope, ref: str, res
 
 def _ledgers(job: Job, account: str, now: float, reservation: Reserved) -> list[str]:
     """The keys of the ledgers `reservation` was newly taken in (its batch's: 0, its account's day: 1)."""
-    keys = [batch_ledger(job.batch_id), day_ledger(utc_day(now), account)]
+    keys = job_ledgers(job, account, utc_day(now))
     return [keys[i] for i in reservation.new]
+
+
+def job_ledgers(job: Job, account: str, day: str) -> tuple[str, str]:
+    """The ledgers a job's reservation is taken in, in this order: its batch's, and its account's for `day`."""
+    return batch_ledger(job.batch_id), day_ledger(day, account)
 
 
 def reserve_spend(quota: Quota, settings: Settings, job: Job, account: str, now: float) -> Refusal | Reserved:
@@ -175,10 +180,11 @@ def reserve_spend(quota: Quota, settings: Settings, job: Job, account: str, now:
     price = settings.prices.get(job.request.model)
     money = NO_PRICE if price is None else units * price
     day, limits = utc_day(now), settings.account_settings(account)
+    batch_key, day_key = job_ledgers(job, account, day)
     ledgers = [
-        LedgerSpec(batch_ledger(job.batch_id), None, {"scope": "batch", "batch_id": job.batch_id}),
+        LedgerSpec(batch_key, None, {"scope": "batch", "batch_id": job.batch_id}),
         LedgerSpec(
-            day_ledger(day, account),
+            day_key,
             daily if (daily := Cap(limits.daily_cap_units, limits.daily_cap_money)).any else None,
             {"scope": "account_day", "account": account, "day": day},
         ),
@@ -282,7 +288,7 @@ def settle_spend(
     admitted_at = job.times.get("admitted")
     ledgers = [batch_ledger(job.batch_id)]
     if admitted_at is not None and job.account:
-        ledgers.append(day_ledger(utc_day(admitted_at), job.account))
+        ledgers = list(job_ledgers(job, job.account, utc_day(admitted_at)))
     settled = quota.spend.settle(ledgers, job.ref, units=units, money=money)
     freed = settled and 0 <= units < largest_bill(job.request)  # a bill of all it reserved frees nothing
     if freed and store.held(job.batch_id) and store.unhold(job.batch_id, limit=UNHOLD_CHUNK):

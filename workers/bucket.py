@@ -47,6 +47,13 @@ class ResultBucket:
         self.client = client
         self.bucket = bucket
 
+    def close(self) -> None:
+        """Let go of the client's connections. The MinIO SDK has no close of its own: its urllib3 pool (`_http`)
+        is what holds the sockets (a bucket from `other` shares them)."""
+        pool = getattr(self.client, "_http", None)
+        if pool is not None:
+            pool.clear()
+
     def other(self, bucket: str) -> ResultBucket:
         """Another bucket of the same server (a scheduled run's input folder)."""
         return ResultBucket(self.client, bucket)

@@ -153,23 +153,20 @@ def build_runtime(settings: Settings) -> Runtime:
     api = httpx.Client(timeout=timeout, limits=httpx.Limits(max_connections=connections))
     clients = account_clients(settings, api)
     client = make_redis(settings)
-    minio = make_minio(settings)
+    results = ResultBucket(make_minio(settings), settings.bucket)
     downloads = httpx.Client(timeout=httpx.Timeout(120.0, connect=5.0))
-    # The MinIO SDK has no close of its own: its urllib3 pool (`_http`) is what holds the sockets.
-    pool = getattr(minio, "_http", None)
-    closers = [api.close, downloads.close, client.close, *([pool.clear] if pool is not None else [])]
     return Runtime(
         settings=settings,
         store=make_store(settings, client),
         dashscope=next(iter(clients.values()))[0],
-        results=ResultBucket(minio, settings.bucket),
+        results=results,
         downloads=downloads,
         quota=make_quota(settings, client),
         clients=clients,
         outbox=make_outbox(settings, client),
         durations=RedisDurations(client),
         watch_board=RedisWatchBoard(client),
-        closers=closers,
+        closers=[api.close, downloads.close, client.close, results.close],
     )
 
 

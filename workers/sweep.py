@@ -54,10 +54,9 @@ def unhold_with_room(rt: Runtime) -> int:
         ledger = rt.quota.spend.read(batch_ledger(batch_id))
         room_u = ledger.cap.units is None or ledger.committed_units < ledger.cap.units
         room_m = ledger.cap.money is None or ledger.committed_money < ledger.cap.money
-        if room_u and room_m:
+        # An unhold that finds the held set empty also takes the batch out of the index.
+        if (room_u and room_m) or not rt.store.held(batch_id):
             unheld += rt.store.unhold(batch_id, limit=SWEEP_UNHOLD)
-        elif not rt.store.held(batch_id):
-            rt.store.unhold(batch_id, limit=1)  # an empty held set leaves the index
     return unheld
 
 

@@ -283,7 +283,7 @@ def _run_batch(
             console.print(styled((why, "red"), f"; copy them with: {hint}"))
         else:
             console.print(f"Exported {exported.files} files and {exported.csv_path}")
-            console.print(f"Contact sheet: {exported.sheet_path.resolve() if exported.sheet_path else ''}")
+            console.print(f"Contact sheet: {exported.sheet_path}")
     else:
         console.print(f"Copy them to a folder with: {command_line(settings, 'export', batch_id, 'DIR')}")
     counters = services.simulator_counters()

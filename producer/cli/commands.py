@@ -200,7 +200,7 @@ def export(
         except OSError as exc:
             raise fail(f"cannot write into {out_dir}: {exc.strerror or exc}", 2) from exc
     common.console.print(f"Exported {exported.jobs} jobs, {exported.files} files; index: {exported.csv_path}")
-    common.console.print(f"Contact sheet: {exported.sheet_path.resolve() if exported.sheet_path else ''}")
+    common.console.print(f"Contact sheet: {exported.sheet_path}")
 
 
 def doctor(config: ConfigOption = None) -> None:

@@ -45,7 +45,7 @@ class ExportReport:
     jobs: int = 0
     files: int = 0
     csv_path: Path | None = None
-    sheet_path: Path | None = None  # the contact sheet
+    sheet_path: Path | None = None  # the contact sheet, absolute
 
 
 def _row(job: Job, files: list[str]) -> dict[str, str]:
@@ -96,6 +96,6 @@ def export_batch(
             report.jobs += 1
             report.files += len(files)
     page, _ = render(store, results, batch_id, link_files=True, billed_text=billed_text)
-    report.sheet_path = out_dir / "report.html"
+    report.sheet_path = (out_dir / "report.html").resolve()  # printed whole: a new user opens it from anywhere
     report.sheet_path.write_text(page, encoding="utf-8")
     return report
